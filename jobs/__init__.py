@@ -1,0 +1,1 @@
+"""Entry points (spark-submit jobs, the command line) and the driver-side table layer."""

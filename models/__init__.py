@@ -1,0 +1,1 @@
+"""Encoders, model references and image decoding; no Spark imports here."""

@@ -1,0 +1,181 @@
+"""Aligned image and text encoders: preprocess -> forward -> postprocess.
+
+:func:`load_encoder` turns a model reference (:mod:`models.refs`) into an :class:`Encoder` whose
+``embed_texts`` and ``embed_images`` run under ``torch.inference_mode()`` on the chosen device (bf16
+autocast on CUDA) and return L2-normalised float32 NumPy arrays on the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from models.images import to_model_array
+from models.refs import (
+    CONFIG_DIR,
+    MINILM_PLACEHOLDER,
+    RANDOM_SEED,
+    ModelRef,
+    parse_model_ref,
+    text_tower_path,
+)
+
+__all__ = ["Encoder", "fuse", "load_encoder", "pick_device"]
+
+log = logging.getLogger(__name__)
+
+# No model hub at run time: transformers and huggingface_hub must only read local files.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pick_device(requested: str | None = None) -> str:
+    import torch
+
+    if requested and requested != "auto":
+        return requested
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def fuse(text: np.ndarray, image: np.ndarray | None) -> np.ndarray:
+    """The fused product embedding: the normalised mean of the two unit vectors (text alone without image)."""
+    if image is None:
+        return text
+    v = text + image
+    n = np.linalg.norm(v, axis=-1, keepdims=True)
+    return (v / np.maximum(n, 1e-12)).astype(np.float32)
+
+
+class Encoder:
+    """An open_clip model plus its tokenizer and image preprocessing."""
+
+    def __init__(self, model: Any, tokenize: Any, ref: ModelRef, device: str, context_length: int):
+        self.model = model
+        self.ref = ref
+        self.device = device
+        self._tokenize = tokenize
+        self.context_length = context_length
+        pp = model.visual.preprocess_cfg
+        size = pp["size"]
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.mean, self.std = tuple(pp["mean"]), tuple(pp["std"])
+
+    @property
+    def version(self) -> str:
+        return self.ref.version
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        import torch
+
+        if self.device.startswith("cuda"):
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _finish(self, x: Any) -> np.ndarray:
+        import torch
+
+        x = torch.nn.functional.normalize(x.float(), dim=-1)
+        return x.cpu().numpy().astype(np.float32, copy=False)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        ids = self._tokenize(list(texts))
+        with torch.inference_mode(), self._autocast():
+            return self._finish(self.model.encode_text(ids.to(self.device, non_blocking=True)))
+
+    def preprocess(self, img: Any) -> np.ndarray:
+        return to_model_array(img, self.image_size, self.mean, self.std)
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Embed a (n, 3, size, size) float32 batch produced by :meth:`preprocess`."""
+        import torch
+
+        x = torch.from_numpy(pixels)
+        if self.device.startswith("cuda"):
+            x = x.pin_memory()
+        with torch.inference_mode(), self._autocast():
+            return self._finish(self.model.encode_image(x.to(self.device, non_blocking=True)))
+
+    def embed_images(self, images: Sequence[Any]) -> np.ndarray:
+        return self.embed_pixels(np.stack([self.preprocess(im) for im in images]))
+
+
+def _hf_tokenizer(path: str, context_length: int):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+
+    def tokenize(texts: list[str]):
+        # Pad to the longest text of the batch, not to the context length: titles are short.
+        out = tok(texts, padding="longest", truncation=True, max_length=context_length, return_tensors="pt")
+        return out["input_ids"]
+
+    return tokenize
+
+
+def _resolve_text_cfg(text_cfg: dict) -> dict:
+    cfg = dict(text_cfg)
+    for key in ("hf_model_name", "hf_tokenizer_name"):
+        if cfg.get(key) == MINILM_PLACEHOLDER:
+            cfg[key] = text_tower_path()
+    return cfg
+
+
+def _create(ref: ModelRef, device: str):
+    import open_clip
+    import torch
+
+    if ref.kind == "builtin":
+        open_clip.add_model_config(CONFIG_DIR)
+        cfg = json.loads((CONFIG_DIR / f"{ref.name}.json").read_text())
+        text_cfg = _resolve_text_cfg(cfg["text_cfg"])
+        text_cfg["hf_model_pretrained"] = True
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_SEED)
+            model = open_clip.create_model(ref.name, text_cfg=text_cfg, device=device)
+        return model, text_cfg
+    if ref.kind == "local":
+        cfg_path = os.path.join(ref.name, "open_clip_config.json")
+        with open(cfg_path) as f:
+            text_cfg = json.load(f)["model_cfg"]["text_cfg"]
+        model = open_clip.create_model(f"local-dir:{ref.name}", device=device, weights_only=True)
+        return model, text_cfg
+    if ref.kind == "hf-hub":
+        model = open_clip.create_model(f"hf-hub:{ref.name}", device=device, weights_only=True)
+        return model, open_clip.get_model_config(ref.name) or {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_SEED)
+        model = open_clip.create_model(ref.name, pretrained=ref.tag, device=device, weights_only=True)
+    return model, (open_clip.get_model_config(ref.name) or {}).get("text_cfg", {})
+
+
+def load_encoder(ref: str | ModelRef | None = None, device: str | None = None) -> Encoder:
+    """Build the encoder for ``ref`` on ``device`` (``None``/``auto``: CUDA when available)."""
+    import open_clip
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    mref = ref if isinstance(ref, ModelRef) else parse_model_ref(ref)
+    dev = pick_device(device)
+    try:
+        model, text_cfg = _create(mref, dev)
+    except (RuntimeError, OSError) as e:
+        raise RuntimeError(f"could not load model {mref.version!r}: {e}") from e
+    model.eval()
+    ctx = int(text_cfg.get("context_length", 77))
+    if text_cfg.get("hf_tokenizer_name"):
+        tokenize = _hf_tokenizer(_resolve_text_cfg(text_cfg)["hf_tokenizer_name"], ctx)
+    else:
+        tokenize = open_clip.get_tokenizer(mref.name if mref.kind != "local" else "ViT-B-32", context_length=ctx)
+    log.info("loaded model %s on %s", mref.description, dev)
+    return Encoder(model, tokenize, mref, dev, ctx)

