@@ -75,11 +75,10 @@ class Lake:
         return self.root / spec.name
 
     def _arrow_schema(self, spec: TableSpec):
-        from pyspark.sql.pandas.types import to_arrow_schema
-
         # Delta columns are all nullable here: Spark writes optional Parquet fields whatever the DataFrame
         # says, and the not-null rules are checked by validation, not by the storage format.
         import pyarrow as pa
+        from pyspark.sql.pandas.types import to_arrow_schema
 
         schema = to_arrow_schema(spec.schema, timezone="UTC") if _accepts_tz() else to_arrow_schema(spec.schema)
         return pa.schema([f.with_nullable(True) for f in schema])
@@ -112,7 +111,7 @@ class Lake:
             return {}
         paths = [str(p) for p in actions.column("path").to_pylist()]
         sizes = [int(s) for s in actions.column("size_bytes").to_pylist()]
-        return dict(zip(paths, sizes))
+        return dict(zip(paths, sizes, strict=True))
 
     def _check_readable(self, dt) -> None:
         features = set(dt.protocol().reader_features or [])

@@ -272,6 +272,8 @@ def _broken_rows(out: Path, rows: list[dict], rng: random.Random, t0: datetime) 
     (out / "images" / "B-truncated.jpg").write_bytes(_jpeg(good, 90)[:200])
     (out / "images" / "B-not-an-image.jpg").write_bytes(b"this is a text file, not a JPEG\n")
     (out / "images" / "B-empty.png").write_bytes(b"")
+    whole = _jpeg(_draw("mug", (40, 90, 200), rng), 90)
+    (out / "images" / "B-cut-short.jpg").write_bytes(whole[: len(whole) * 2 // 3])  # header intact, pixels cut
     first = rows[1]
     return [
         (row(None, "Kestrel Men Black T-Shirt without an id", None), "missing_id"),
@@ -285,6 +287,8 @@ def _broken_rows(out: Path, rows: list[dict], rng: random.Random, t0: datetime) 
         (row("B0005", "Aster Men Green Shirt whose photo is text", "images/B-not-an-image.jpg"),
          "image_undecodable"),
         (row("B0006", "Quill Kids Yellow Cap with an empty photo file", "images/B-empty.png"),
+         "image_undecodable"),
+        (row("B0010", "Kestrel Unisex Blue Mug whose photo is cut short", "images/B-cut-short.jpg"),
          "image_undecodable"),
         (row("B0007", "Mosaic Unisex White Mug escaping the image root", "../../../../etc/passwd"),
          "image_uri_not_allowed"),

@@ -81,4 +81,7 @@ def build_session(app_name: str = "catalog-enrich", conf: dict[str, str] | None 
     for key, value in wanted.items():
         if not existing.contains(key):
             builder = builder.config(key, value)
-    return builder.getOrCreate()
+    session = builder.getOrCreate()
+    # Spark's INFO chatter buries the job's own progress lines; CATALOG_ENRICH_SPARK_LOG=INFO brings it back.
+    session.sparkContext.setLogLevel(os.environ.get("CATALOG_ENRICH_SPARK_LOG", "WARN"))
+    return session

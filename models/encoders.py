@@ -158,6 +158,10 @@ def _create(ref: ModelRef, device: str):
     return model, (open_clip.get_model_config(ref.name) or {}).get("text_cfg", {})
 
 
+def _quiet_partial_init(record: logging.LogRecord) -> bool:
+    return "initialized partially" not in record.getMessage()
+
+
 def load_encoder(ref: str | ModelRef | None = None, device: str | None = None) -> Encoder:
     """Build the encoder for ``ref`` on ``device`` (``None``/``auto``: CUDA when available)."""
     import open_clip
@@ -165,6 +169,8 @@ def load_encoder(ref: str | ModelRef | None = None, device: str | None = None) -
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    # open_clip warns at root level that a config "initialized partially" whenever towers load separately.
+    logging.getLogger().addFilter(_quiet_partial_init)
     mref = ref if isinstance(ref, ModelRef) else parse_model_ref(ref)
     dev = pick_device(device)
     try:

@@ -1,0 +1,287 @@
+"""Enrich a product catalog: validate, embed what changed, upsert Delta tables.
+
+    spark-submit jobs/enrich.py [--catalog PATH] [--lake DIR] [--image-root DIR] [--model REF] [--run-id ID]
+
+With no arguments it enriches the sample catalog shipped in ``jobs/sample_catalog`` into ``./lake``.
+Every input row is accounted for: enriched, unchanged since the last run (same content hash and model
+version), or quarantined with a reason. Re-running a run id changes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import math
+import os
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script (spark-submit jobs/enrich.py): make the repo importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from jobs.make_sample_catalog import DEFAULT_SAMPLE_DIR  # noqa: E402
+
+__all__ = ["EnrichConfig", "RunSummary", "main", "parse_args", "run"]
+
+log = logging.getLogger("catalog_enrich.enrich")
+
+DEFAULT_CATALOG = DEFAULT_SAMPLE_DIR / "catalog.parquet"
+ROWS_PER_PARTITION = 20_000
+
+
+@dataclass(frozen=True)
+class EnrichConfig:
+    catalog: str = str(DEFAULT_CATALOG)
+    lake: str = "lake"
+    image_root: str | None = None          # default: the folder holding the catalog
+    allowed_image_roots: tuple[str, ...] = ()
+    model: str = "default"
+    run_id: str = ""
+    batch_size: int = 64
+    device: str | None = None
+    decode_threads: int = 2
+    encoder_loader: str = "models.encoders:load_encoder"
+
+    def resolved_image_root(self) -> str:
+        return str(Path(self.image_root or Path(self.catalog).resolve().parent).resolve())
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    status: str
+    model_version: str
+    model_description: str
+    lake: str
+    counts: dict[str, int] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    tables: dict[str, str] = field(default_factory=dict)
+    message: str = ""
+
+    def accounted(self) -> bool:
+        c = self.counts
+        return c.get("read", -1) == c.get("enriched", 0) + c.get("unchanged", 0) + c.get("quarantined", 0)
+
+
+def new_run_id() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+def parse_args(argv: list[str] | None = None) -> EnrichConfig:
+    p = argparse.ArgumentParser(prog="spark-submit jobs/enrich.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--catalog", default=str(DEFAULT_CATALOG), help="catalog snapshot: Parquet file/folder or Delta")
+    p.add_argument("--lake", default="lake", help="folder of the output Delta tables (default: ./lake)")
+    p.add_argument("--image-root", help="folder that relative image URIs resolve against (default: the "
+                                        "catalog's folder); images are read only from under it")
+    p.add_argument("--allowed-image-root", action="append", default=[], dest="allowed_image_roots",
+                   help="another folder absolute image paths may point into (repeatable)")
+    p.add_argument("--model", default="default", help="model reference: default, builtin:NAME, "
+                                                      "open_clip:ARCH/TAG, hf-hub:ORG/REPO or a model folder")
+    p.add_argument("--run-id", default="", help="idempotency key of the run (default: a new time-based id)")
+    p.add_argument("--batch-size", type=int, default=64, help="rows per model forward pass (default: 64)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when available)")
+    p.add_argument("--decode-threads", type=int, default=2, help="image decode threads per worker")
+    p.add_argument("--encoder-loader", default=EnrichConfig.encoder_loader, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.batch_size < 1:
+        p.error("--batch-size must be at least 1")
+    return EnrichConfig(
+        catalog=a.catalog, lake=a.lake, image_root=a.image_root, allowed_image_roots=tuple(a.allowed_image_roots),
+        model=a.model, run_id=a.run_id or new_run_id(), batch_size=a.batch_size, device=a.device,
+        decode_threads=a.decode_threads, encoder_loader=a.encoder_loader)
+
+
+def describe_model(cfg: EnrichConfig) -> tuple[str, str]:
+    """(version, description) of the model, without loading weights for the real loader."""
+    if cfg.encoder_loader == EnrichConfig.encoder_loader:
+        from models.refs import parse_model_ref
+
+        ref = parse_model_ref(cfg.model)
+        return ref.version, ref.description
+    from udfs.model_cache import import_object
+
+    enc = import_object(cfg.encoder_loader)(cfg.model, "cpu")
+    return enc.version, enc.version
+
+
+class _Stages:
+    """Times each stage, logs progress, and names the Spark jobs so the Spark UI says what runs."""
+
+    def __init__(self, spark):
+        self.spark = spark
+        self.timings: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        stages = self
+
+        class _Stage:
+            def __enter__(self):
+                self.t = time.perf_counter()
+                stages.spark.sparkContext.setJobDescription(f"catalog-enrich: {name}")
+                log.info("stage %s ...", name)
+                return self
+
+            def __exit__(self, *exc):
+                stages.timings[name] = round(time.perf_counter() - self.t, 3)
+                log.info("stage %s done in %.1f s", name, stages.timings[name])
+                stages.spark.sparkContext.setJobDescription(None)
+
+        return _Stage()
+
+
+def _run_row(spark, summary: RunSummary, cfg: EnrichConfig, started: dt.datetime, finished: dt.datetime | None):
+    from schemas.tables import ENRICHMENT_RUNS
+
+    return spark.createDataFrame([(
+        summary.run_id, summary.status, summary.model_version, cfg.catalog, started, finished,
+        {k: int(v) for k, v in summary.counts.items()}, dict(summary.timings), summary.message,
+    )], ENRICHMENT_RUNS.schema)
+
+
+def run(spark, cfg: EnrichConfig) -> RunSummary:
+    """Enrich ``cfg.catalog`` into ``cfg.lake``; returns the run summary (also written to enrichment_runs)."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from jobs.lakehouse import Lake
+    from jobs.transforms import changed_products, quarantine_rows, read_catalog, validate
+    from schemas.tables import ENRICHMENT_RUNS, PRODUCT_EMBEDDINGS, QUARANTINE
+    from udfs.embed import EmbedConfig, make_embed_udf
+    from udfs.images import ImagePolicy, make_inspect_udf
+
+    started, t_start = dt.datetime.now(dt.timezone.utc), time.perf_counter()
+    version, description = describe_model(cfg)
+    lake = Lake(spark, cfg.lake)
+    summary = RunSummary(cfg.run_id, "running", version, description, str(lake.root))
+    stage = _Stages(spark)
+    lake.upsert(ENRICHMENT_RUNS, _run_row(spark, summary, cfg, started, None), cfg.run_id, step=1)
+
+    policy = ImagePolicy(image_root=cfg.resolved_image_root(), allowed_roots=cfg.allowed_image_roots)
+    with stage("validate"):
+        catalog = read_catalog(spark, cfg.catalog)
+        validated = validate(catalog, make_inspect_udf(policy)).persist(StorageLevel.MEMORY_AND_DISK)
+        n_read = validated.count()
+        rejected = validated.where(F.col("reason_code").isNotNull())
+        valid = validated.where(F.col("reason_code").isNull())
+        n_rejected = rejected.count()
+        log.info("read %d rows: %d valid, %d rejected by validation", n_read, n_read - n_rejected, n_rejected)
+
+    with stage("select changed"):
+        todo = changed_products(valid, lake.read(PRODUCT_EMBEDDINGS), version)
+        n_todo = todo.count()
+        log.info("%d products new or changed, %d unchanged", n_todo, n_read - n_rejected - n_todo)
+
+    now = dt.datetime.now(dt.timezone.utc)
+    with stage("embed"):
+        parallelism = spark.sparkContext.defaultParallelism
+        embed_cfg = EmbedConfig(
+            model_ref=cfg.model, batch_size=cfg.batch_size, device=cfg.device, decode_threads=cfg.decode_threads,
+            torch_threads=int(spark.conf.get("spark.task.cpus", "1")), loader=cfg.encoder_loader)
+        parts = max(parallelism, math.ceil(n_todo / ROWS_PER_PARTITION))
+        embedded = (todo.repartition(parts, "product_id")
+                    .withColumn("_e", make_embed_udf(embed_cfg)(F.col("title"), F.col("image_path")))
+                    .persist(StorageLevel.MEMORY_AND_DISK))
+        t = time.perf_counter()
+        n_failed = embedded.where(F.col("_e.error").isNotNull()).count()
+        rate = n_todo / max(time.perf_counter() - t, 1e-9)
+        log.info("embedded %d products (%.1f products/s), %d failed image decoding", n_todo - n_failed, rate, n_failed)
+
+    with stage("commit"):
+        ok = embedded.where(F.col("_e.error").isNull()).select(
+            "product_id", F.lit(version).alias("model_version"), "_e.embedding", "_e.text_embedding",
+            "_e.image_embedding", "content_hash", F.lit(cfg.run_id).alias("run_id"),
+            F.lit(now).cast("timestamp").alias("updated_at"))
+        failed = (embedded.where(F.col("_e.error").isNotNull())
+                  .withColumn("reason_code", F.col("_e.error")).withColumn("detail", F.col("_e.error_detail")))
+        emb = lake.upsert(PRODUCT_EMBEDDINGS, ok, cfg.run_id, step=1)
+        bad = quarantine_rows(rejected, cfg.run_id, now).unionByName(quarantine_rows(failed, cfg.run_id, now))
+        qua = lake.upsert(QUARANTINE, bad, cfg.run_id, step=1)
+    embedded.unpersist()
+    validated.unpersist()
+
+    summary.counts = {
+        "read": n_read, "valid": n_read - n_rejected, "enriched": n_todo - n_failed,
+        "unchanged": n_read - n_rejected - n_todo, "quarantined": n_rejected + n_failed,
+    }
+    summary.timings = dict(stage.timings, total=round(time.perf_counter() - t_start, 3))
+    summary.status = "succeeded"
+    summary.tables = {s.name: str(lake.path(s)) for s in (PRODUCT_EMBEDDINGS, QUARANTINE, ENRICHMENT_RUNS)}
+    summary.message = (f"embeddings v{emb.version if emb.version is not None else '-'}, "
+                       f"quarantine v{qua.version if qua.version is not None else '-'}")
+    finished = dt.datetime.now(dt.timezone.utc)
+    lake.upsert(ENRICHMENT_RUNS, _run_row(spark, summary, cfg, started, finished), cfg.run_id, step=2)
+    _write_report(lake.root, summary)
+    return summary
+
+
+def _write_report(root: Path, summary: RunSummary) -> Path:
+    reports = root / "_reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    path = reports / f"{summary.run_id}.json"
+    path.write_text(json.dumps(asdict(summary), indent=2, sort_keys=True))
+    return path
+
+
+def record_failure(spark, cfg: EnrichConfig, error: BaseException) -> None:
+    """Best effort: mark the run failed in enrichment_runs (under its own transaction id)."""
+    from jobs.lakehouse import Lake
+    from schemas.tables import ENRICHMENT_RUNS
+
+    try:
+        now = dt.datetime.now(dt.timezone.utc)
+        summary = RunSummary(cfg.run_id, "failed", "", "", cfg.lake, message=f"{type(error).__name__}: {error}"[:2000])
+        Lake(spark, cfg.lake).upsert(ENRICHMENT_RUNS, _run_row(spark, summary, cfg, now, now),
+                                     f"{cfg.run_id}/failed/{uuid.uuid4().hex[:8]}", step=1)
+    except Exception:  # the original error matters more than this one
+        log.exception("could not record the failure of run %s", cfg.run_id)
+
+
+def print_summary(s: RunSummary, out=sys.stdout) -> None:
+    c = s.counts
+    print(f"catalog-enrich run {s.run_id} {s.status} in {s.timings.get('total', 0):.1f} s", file=out)
+    print(f"  model               {s.model_description}", file=out)
+    print(f"  read                {c['read']} rows = enriched {c['enriched']} + unchanged {c['unchanged']} "
+          f"+ quarantined {c['quarantined']}", file=out)
+    for name, path in s.tables.items():
+        print(f"  {name:<20}{path}", file=out)
+    print(f"  run report          {Path(s.lake) / '_reports' / (s.run_id + '.json')}", file=out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("CATALOG_ENRICH_LOG", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from jobs.lakehouse import LakeError
+    from jobs.spark_session import SparkSetupError, build_session
+    from jobs.transforms import CatalogError
+    from models.refs import ModelRefError
+
+    cfg = parse_args(argv)
+    try:
+        spark = build_session("catalog-enrich")
+    except SparkSetupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    log.info("run %s: catalog %s -> lake %s", cfg.run_id, cfg.catalog, cfg.lake)
+    try:
+        summary = run(spark, cfg)
+    except (CatalogError, ModelRefError, LakeError) as e:
+        record_failure(spark, cfg, e)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        log.exception("run %s failed", cfg.run_id)
+        record_failure(spark, cfg, e)
+        print(f"error: run {cfg.run_id} failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print_summary(summary)
+    return 0 if summary.accounted() else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,130 @@
+"""The embedding UDF: titles and images in, L2-normalised text, image and fused embeddings out.
+
+The model is loaded once per Python worker (:mod:`udfs.model_cache`); Arrow batches (sized by
+``spark.sql.execution.arrow.maxRecordsPerBatch``) are split into model batches of ``batch_size`` rows, so
+the two sizes are tuned independently. Images are read and decoded in a thread pool (Pillow releases the
+GIL while decoding) while the model works on the previous batch.
+
+A row whose image cannot be decoded is not dropped: it comes back with ``error`` set and no embeddings, and
+the job sends it to quarantine.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd  # at module level: the UDF type hints are resolved in this module's namespace
+
+from schemas import reasons
+from udfs.model_cache import cached, import_object
+
+__all__ = ["EMBED_SCHEMA", "EmbedConfig", "embed_frame", "make_embed_udf"]
+
+EMBED_SCHEMA = ("embedding array<float>, text_embedding array<float>, image_embedding array<float>, "
+                "error string, error_detail string")
+DEFAULT_LOADER = "models.encoders:load_encoder"
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    model_ref: str = "default"
+    batch_size: int = 64               # rows per model forward pass
+    device: str | None = None          # None: CUDA when available
+    decode_threads: int = 2
+    max_bytes: int = 32 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    torch_threads: int | None = None   # None: leave torch's default
+    loader: str = DEFAULT_LOADER       # "module:function"(model_ref, device) -> encoder
+
+
+def _encoder(cfg: EmbedConfig):
+    def load():
+        if cfg.torch_threads:
+            import torch
+
+            torch.set_num_threads(cfg.torch_threads)
+        return import_object(cfg.loader)(cfg.model_ref, cfg.device)
+
+    return cached(("encoder", cfg.loader, cfg.model_ref, cfg.device), load)
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    return cached(("decode-pool", threads, os.getpid()), lambda: ThreadPoolExecutor(max(1, threads)))
+
+
+def _decode(path: str, encoder, cfg: EmbedConfig) -> tuple[np.ndarray | None, str | None, str | None]:
+    from models.images import ImageDecodeError, decode_image
+    from udfs.images import read_image_bytes
+
+    try:
+        data = read_image_bytes(path, cfg.max_bytes)
+    except OSError as e:
+        return None, reasons.IMAGE_UNREADABLE, f"{type(e).__name__}: {e.strerror or e}"
+    except ValueError as e:
+        return None, reasons.IMAGE_UNDECODABLE, str(e)
+    try:
+        img = decode_image(data, target_size=encoder.image_size, max_pixels=cfg.max_pixels)
+        return encoder.preprocess(img), None, None
+    except ImageDecodeError as e:
+        return None, reasons.IMAGE_UNDECODABLE, str(e)
+
+
+def _chunks(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+def embed_frame(titles: list[str], paths: list[str | None], encoder, cfg: EmbedConfig) -> dict[str, list]:
+    """Embed one Arrow batch; pure apart from reading image files. Returns the output columns."""
+    n = len(titles)
+    decoded = list(_pool(cfg.decode_threads).map(
+        lambda p: _decode(p, encoder, cfg) if p else (None, None, None), paths))
+    errors = [d[1] for d in decoded]
+    details = [d[2] for d in decoded]
+    ok = [i for i in range(n) if errors[i] is None]
+
+    ok_titles = [titles[i] for i in ok]
+    text_parts = [encoder.embed_texts(ok_titles[s]) for s in _chunks(len(ok_titles), cfg.batch_size)]
+    text_by_row = dict(zip(ok, np.concatenate(text_parts), strict=True)) if text_parts else {}
+
+    with_image = [i for i in ok if decoded[i][0] is not None]
+    image_by_row: dict[int, np.ndarray] = {}
+    if with_image:
+        pixels = np.stack([decoded[i][0] for i in with_image])
+        images = np.concatenate([encoder.embed_pixels(pixels[s]) for s in _chunks(len(with_image), cfg.batch_size)])
+        image_by_row = dict(zip(with_image, images, strict=True))
+
+    from models.encoders import fuse
+
+    out: dict[str, list] = {k: [None] * n for k in ("embedding", "text_embedding", "image_embedding")}
+    for i in ok:
+        t, im = text_by_row[i], image_by_row.get(i)
+        out["text_embedding"][i] = t
+        out["image_embedding"][i] = im
+        out["embedding"][i] = fuse(t[None, :], None if im is None else im[None, :])[0]
+    out["error"] = errors
+    out["error_detail"] = details
+    return out
+
+
+def make_embed_udf(cfg: EmbedConfig):
+    """An iterator pandas UDF ``(title, image_path) -> struct<EMBED_SCHEMA>``."""
+    from pyspark.sql.functions import pandas_udf
+
+    if cfg.batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {cfg.batch_size}")
+
+    @pandas_udf(EMBED_SCHEMA)
+    def embed(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+        encoder = _encoder(cfg)  # once per worker process, not per batch or task
+        for titles, paths in batches:
+            cols = embed_frame(
+                [t if isinstance(t, str) else "" for t in titles],
+                [p if isinstance(p, str) else None for p in paths], encoder, cfg)
+            yield pd.DataFrame(cols, index=titles.index)
+
+    return embed
