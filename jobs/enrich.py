@@ -242,7 +242,8 @@ def record_failure(spark, cfg: EnrichConfig, error: BaseException) -> None:
         log.exception("could not record the failure of run %s", cfg.run_id)
 
 
-def print_summary(s: RunSummary, out=sys.stdout) -> None:
+def print_summary(s: RunSummary, out=None) -> None:
+    out = out or sys.stdout
     c = s.counts
     print(f"catalog-enrich run {s.run_id} {s.status} in {s.timings.get('total', 0):.1f} s", file=out)
     print(f"  model               {s.model_description}", file=out)

@@ -7,7 +7,6 @@ settings win: a default below is applied only where the submitter left the key u
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 
 __all__ = ["DEFAULTS", "SparkSetupError", "build_session", "check_java"]
@@ -42,15 +41,12 @@ LOCAL_DEFAULTS: dict[str, str] = {
 
 
 def check_java() -> None:
-    """Fail with one sentence, not a Py4J stack trace, when there is no Java for Spark."""
-    if sys.version_info < (3, 10) or sys.version_info >= (3, 13):
-        raise SparkSetupError(f"Python 3.10-3.12 is required; this is {sys.version.split()[0]} ({sys.executable}).")
-    java_home = os.environ.get("JAVA_HOME")
-    java = os.path.join(java_home, "bin", "java") if java_home else shutil.which("java")
-    if not java or not os.path.exists(java):
-        where = f"JAVA_HOME={java_home} has no bin/java" if java_home else "no 'java' on PATH"
-        raise SparkSetupError(f"Spark needs Java 17 or 21 ({where}): install a JDK (e.g. apt-get install "
-                              "openjdk-17-jre-headless) or set JAVA_HOME.")
+    """Fail with one sentence, not a Py4J stack trace, when Spark cannot start here."""
+    from jobs.preflight import java_problem, python_problem
+
+    problem = python_problem() or java_problem()
+    if problem:
+        raise SparkSetupError(problem)
 
 
 def _under_spark_submit() -> bool:
@@ -69,6 +65,8 @@ def build_session(app_name: str = "catalog-enrich", conf: dict[str, str] | None 
     submitted = _under_spark_submit()
     if not submitted:
         check_java()
+        # Python workers must run this interpreter (and its packages), not whatever python3 is on PATH.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     existing = SparkConf()  # under spark-submit this holds --master, --conf and spark-defaults.conf
     wanted = dict(DEFAULTS)
     local = not submitted or existing.get("spark.master", "local").startswith("local")

@@ -18,6 +18,10 @@ __all__ = ["CatalogError", "changed_products", "quarantine_rows", "read_catalog"
 CONTENT_COLUMNS = ("title", "description", "brand", "category", "price", "currency", "language", "image_sha256")
 
 
+# JSON of a row keeps its null fields: the raw record shows every column, and hashes see explicit nulls.
+_KEEP_NULLS = {"ignoreNullFields": "false"}
+
+
 class CatalogError(ValueError):
     """The catalog as a whole is unusable (missing, or without the required columns)."""
 
@@ -60,7 +64,7 @@ def validate(catalog, inspect_udf):
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    raw = F.to_json(F.struct(*[F.col(f.name) for f in CATALOG.fields]))
+    raw = F.to_json(F.struct(*[F.col(f.name) for f in CATALOG.fields]), _KEEP_NULLS)
     df = catalog.withColumn("raw_record", raw)
     pid_blank = F.col("product_id").isNull() | (F.trim(F.col("product_id")) == "")
     title_blank = F.col("title").isNull() | (F.trim(F.col("title")) == "")
@@ -84,7 +88,7 @@ def validate(catalog, inspect_udf):
     df = (df.withColumn("reason_code", reason).withColumn("detail", detail)
           .withColumn("image_path", F.col("_img.image_path"))
           .withColumn("image_sha256", F.col("_img.image_sha256")))
-    content = F.to_json(F.struct(*[F.col(c) for c in CONTENT_COLUMNS]))
+    content = F.to_json(F.struct(*[F.col(c) for c in CONTENT_COLUMNS]), _KEEP_NULLS)
     df = df.withColumn("content_hash", F.sha2(content, 256))
     return df.drop("_rank", "_copy", "_img")
 

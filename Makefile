@@ -1,0 +1,35 @@
+# Two commands a new user needs:  `make demo` (set up, then enrich the sample catalog)  and  `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+# Spark's Python workers and the spark-submit driver must use the project's interpreter.
+export PATH := $(BIN):$(PATH)
+export PYSPARK_PYTHON := $(BIN)/python
+export PYSPARK_DRIVER_PYTHON := $(BIN)/python
+
+.PHONY: setup demo test lint sample clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PY) jobs/preflight.py
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	@touch $(STAMP)
+
+demo: setup
+	$(BIN)/spark-submit jobs/enrich.py
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+
+sample: setup
+	$(BIN)/python -m jobs.make_sample_catalog
+
+clean:
+	rm -rf lake .pytest_cache

@@ -1,0 +1,141 @@
+"""The enrich job end to end: real SparkSession, real Delta tables, the shipped sample catalog."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+from deltalake import DeltaTable
+
+from jobs import enrich
+from tests.conftest import SAMPLE
+
+pytestmark = pytest.mark.spark
+
+FAKE = ["--encoder-loader", "models.testing:load_fake_encoder", "--model", "fake:"]
+
+
+@pytest.fixture()
+def sample(tmp_path):
+    """A private copy of the sample catalog (tests modify it)."""
+    dst = tmp_path / "catalog"
+    shutil.copytree(SAMPLE, dst)
+    return dst
+
+
+def run_job(spark, sample, lake, run_id, *extra) -> int:
+    return enrich.main(["--catalog", str(sample / "catalog.parquet"), "--lake", str(lake), "--run-id", run_id,
+                        *FAKE, *extra])
+
+
+def table(lake, name):
+    return DeltaTable(str(lake / name))
+
+
+def expected_rejections(sample):
+    with open(sample / "broken.csv") as f:
+        return sorted((r["title"], r["expected_reason"]) for r in csv.DictReader(f))
+
+
+def test_sample_run_accounts_for_every_row(spark, sample, tmp_path, capsys):
+    lake = tmp_path / "lake"
+    assert run_job(spark, sample, lake, "r1") == 0
+    out = capsys.readouterr().out
+    n_read = pq.read_metadata(sample / "catalog.parquet").num_rows
+    emb = table(lake, "product_embeddings").to_pandas()
+    quarantine = table(lake, "quarantine").to_pandas()
+    assert len(emb) + len(quarantine) == n_read
+    assert emb["product_id"].is_unique
+    assert f"read                {n_read} rows = enriched {len(emb)} + unchanged 0 + quarantined {len(quarantine)}" \
+        in out
+    # Every broken row is quarantined with the reason the generator planted, and nothing else is.
+    got = sorted(zip(quarantine["raw_record"].map(lambda r: json.loads(r)["title"] or ""),
+                     quarantine["reason_code"], strict=True))
+    assert got == expected_rejections(sample)
+    runs = table(lake, "enrichment_runs").to_pandas()
+    assert runs.loc[0, "status"] == "succeeded" and dict(runs.loc[0, "counts"])["read"] == n_read
+    # Products without an image have no image embedding; the others do.
+    catalog = pq.read_table(sample / "catalog.parquet").to_pandas().drop_duplicates("product_id")
+    no_image = set(catalog.loc[catalog["image_uri"].isna(), "product_id"])
+    assert set(emb.loc[emb["image_embedding"].isna(), "product_id"]) == no_image & set(emb["product_id"])
+
+
+def test_rerun_recomputes_nothing_and_one_changed_title_recomputes_one_product(spark, sample, tmp_path, capsys):
+    lake = tmp_path / "lake"
+    assert run_job(spark, sample, lake, "r1") == 0
+    first = table(lake, "product_embeddings")
+    v1, rows1 = first.version(), first.to_pandas().sort_values("product_id").reset_index(drop=True)
+
+    assert run_job(spark, sample, lake, "r2") == 0
+    assert "enriched 0 + unchanged" in capsys.readouterr().out
+    assert table(lake, "product_embeddings").version() == v1  # no commit at all
+
+    catalog = pq.read_table(sample / "catalog.parquet")
+    df = catalog.to_pandas()
+    target = rows1.loc[0, "product_id"]
+    df.loc[df["product_id"] == target, "title"] = "A completely new title"
+    pq.write_table(catalog.from_pandas(df, schema=catalog.schema, preserve_index=False), sample / "catalog.parquet")
+    assert run_job(spark, sample, lake, "r3") == 0
+    assert "enriched 1 + unchanged" in capsys.readouterr().out
+    rows3 = table(lake, "product_embeddings").to_pandas().sort_values("product_id").reset_index(drop=True)
+    assert len(rows3) == len(rows1)
+    changed = rows3.loc[rows3["run_id"] == "r3", "product_id"].tolist()
+    assert changed == [target]
+    assert rows3.loc[0, "content_hash"] != rows1.loc[0, "content_hash"]
+    assert list(rows3.loc[0, "text_embedding"]) != list(rows1.loc[0, "text_embedding"])
+
+
+def test_repeating_a_run_id_changes_no_table(spark, sample, tmp_path):
+    lake = tmp_path / "lake"
+    assert run_job(spark, sample, lake, "same") == 0
+    versions = {n: table(lake, n).version() for n in ("product_embeddings", "quarantine", "enrichment_runs")}
+    assert run_job(spark, sample, lake, "same") == 0
+    assert {n: table(lake, n).version() for n in versions} == versions
+
+
+def test_catalog_without_required_columns_is_a_clear_error(spark, tmp_path, capsys):
+    bad = tmp_path / "bad.parquet"
+    spark.createDataFrame([("x", "y")], "id string, name string").toPandas().to_parquet(bad)
+    code = enrich.main(["--catalog", str(bad), "--lake", str(tmp_path / "lake"), *FAKE])
+    assert code == 2
+    assert "lacks the required column(s) product_id, title; it has: id, name" in capsys.readouterr().err
+
+
+def test_delta_catalog_input(spark, sample, tmp_path):
+    from deltalake import write_deltalake
+
+    delta_catalog = tmp_path / "delta_catalog"
+    write_deltalake(str(delta_catalog), pq.read_table(sample / "catalog.parquet"))
+    lake = tmp_path / "lake"
+    code = enrich.main(["--catalog", str(delta_catalog), "--image-root", str(sample), "--lake", str(lake),
+                        "--run-id", "d1", *FAKE])
+    assert code == 0
+    n_read = pq.read_metadata(sample / "catalog.parquet").num_rows
+    assert len(table(lake, "product_embeddings").to_pandas()) + len(table(lake, "quarantine").to_pandas()) == n_read
+
+
+@pytest.mark.slow
+def test_default_model_end_to_end(spark, sample, tmp_path):
+    """The real default encoder (MiniLM text tower + small image tower) on a slice of the sample."""
+    import numpy as np
+
+    small = tmp_path / "small.parquet"
+    pq.write_table(pq.read_table(sample / "catalog.parquet").slice(0, 40), small)
+    lake = tmp_path / "lake"
+    code = enrich.main(["--catalog", str(small), "--image-root", str(sample), "--lake", str(lake), "--run-id", "m1",
+                        "--batch-size", "8"])
+    assert code == 0
+    emb = table(lake, "product_embeddings").to_pandas()
+    assert len(emb) > 30 and emb["model_version"].str.startswith("catalog-tiny-minilm@").all()
+    vectors = np.stack(emb["embedding"].values)
+    assert vectors.shape[1] == 384
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    with_image = emb["image_embedding"].notna()
+    assert with_image.any()
+    text = np.stack(emb.loc[with_image, "text_embedding"].values)
+    image = np.stack(emb.loc[with_image, "image_embedding"].values)
+    assert np.allclose(np.linalg.norm(image, axis=1), 1.0, atol=1e-4)
+    assert not np.allclose(text, image)

@@ -1,0 +1,96 @@
+"""Image URI policy and decoding: pure Python, no Spark."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import pytest
+from PIL import Image
+
+from models.images import ImageDecodeError, decode_image, to_model_array
+from schemas import reasons
+from udfs.images import ImagePolicy, inspect_image, resolve_image_uri
+
+
+@pytest.fixture()
+def root(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(buf, format="JPEG")
+    (images / "ok.jpg").write_bytes(buf.getvalue())
+    (tmp_path / "secret.jpg").write_bytes(buf.getvalue())
+    os.symlink(tmp_path / "secret.jpg", images / "link.jpg")
+    return images
+
+
+@pytest.mark.parametrize("uri, reason", [
+    ("ok.jpg", None),
+    ("./sub/../ok.jpg", None),
+    ("../secret.jpg", reasons.IMAGE_URI_NOT_ALLOWED),
+    ("link.jpg", reasons.IMAGE_URI_NOT_ALLOWED),          # a symlink pointing out of the root
+    ("https://example.com/a.jpg", reasons.IMAGE_URI_NOT_ALLOWED),
+    ("s3://bucket/a.jpg", reasons.IMAGE_URI_NOT_ALLOWED),
+    ("file:///etc/hostname", reasons.IMAGE_URI_NOT_ALLOWED),
+    ("file://otherhost/ok.jpg", reasons.IMAGE_URI_NOT_ALLOWED),
+    ("/etc/passwd", reasons.IMAGE_URI_NOT_ALLOWED),
+    ("ok.jpg\x00.png", reasons.IMAGE_URI_NOT_ALLOWED),
+])
+def test_resolve_image_uri(root, uri, reason):
+    got = resolve_image_uri(uri, ImagePolicy(image_root=str(root)))
+    assert got.reason == reason
+    if reason is None:
+        assert got.path == str((root / "ok.jpg").resolve())
+
+
+def test_file_uri_and_absolute_path_inside_the_root_are_allowed(root):
+    policy = ImagePolicy(image_root=str(root))
+    assert resolve_image_uri(f"file://{root}/ok.jpg", policy).path == str((root / "ok.jpg").resolve())
+    assert resolve_image_uri(str(root / "ok.jpg"), policy).path is not None
+
+
+def test_extra_allowed_roots(root):
+    policy = ImagePolicy(image_root=str(root), allowed_roots=(str(root.parent),))
+    assert resolve_image_uri("../secret.jpg", policy).path is not None
+
+
+def test_relative_uri_without_a_root_is_refused():
+    assert resolve_image_uri("a.jpg", ImagePolicy()).detail == "relative image URI and no image root"
+
+
+def test_inspect_reports_each_problem(root):
+    policy = ImagePolicy(image_root=str(root), max_pixels=1000)
+    (root / "empty.png").write_bytes(b"")
+    (root / "text.jpg").write_bytes(b"hello")
+    path, sha, reason, _ = inspect_image("ok.jpg", ImagePolicy(image_root=str(root)))
+    assert path and len(sha) == 64 and reason is None
+    assert inspect_image("missing.jpg", policy)[2] == reasons.IMAGE_UNREADABLE
+    assert inspect_image("empty.png", policy)[2] == reasons.IMAGE_UNDECODABLE
+    assert inspect_image("text.jpg", policy)[3] == "not a recognised image format"
+    # 40x30 = 1200 pixels is over this policy's cap of 1000: refused before decoding.
+    assert "exceeds the cap" in inspect_image("ok.jpg", policy)[3]
+    assert inspect_image(None, policy) == (None, None, None, None)
+
+
+def test_decode_refuses_bombs_and_truncation():
+    buf = io.BytesIO()
+    Image.new("RGB", (300, 300), (1, 2, 3)).save(buf, format="PNG")
+    with pytest.raises(ImageDecodeError, match="exceeds the cap"):
+        decode_image(buf.getvalue(), max_pixels=10_000)
+    jpeg = io.BytesIO()
+    Image.effect_noise((128, 128), 50).convert("RGB").save(jpeg, format="JPEG")
+    with pytest.raises(ImageDecodeError, match="truncated"):
+        decode_image(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
+    with pytest.raises(ImageDecodeError, match="empty"):
+        decode_image(b"")
+
+
+def test_decode_draft_and_model_array():
+    buf = io.BytesIO()
+    Image.new("RGB", (640, 480), (255, 0, 0)).save(buf, format="JPEG")
+    img = decode_image(buf.getvalue(), target_size=64)
+    assert min(img.size) >= 64 and img.size[0] <= 160  # decoded at a reduced scale, not 640x480
+    arr = to_model_array(img, 64, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    assert arr.shape == (3, 64, 64)
+    assert arr[0].mean() == pytest.approx(1.0, abs=0.02) and arr[1].mean() == pytest.approx(-1.0, abs=0.02)

@@ -1,0 +1,48 @@
+"""Model references resolve without loading weights, and refuse what they cannot load safely."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from models.refs import ModelRefError, parse_model_ref
+
+
+def test_default_is_the_builtin_tiny_model():
+    ref = parse_model_ref("default")
+    assert ref.kind == "builtin" and ref.name == "catalog-tiny-minilm"
+    assert ref.version.startswith("catalog-tiny-minilm@cfg-") and ref.random_image_tower
+    assert "untrained" in ref.description
+
+
+def test_open_clip_and_hub_references():
+    ref = parse_model_ref("open_clip:ViT-B-32/laion2b_s34b_b79k")
+    assert (ref.kind, ref.name, ref.tag) == ("open_clip", "ViT-B-32", "laion2b_s34b_b79k")
+    assert parse_model_ref("hf-hub:org/repo").version == "hf-hub:org/repo"
+
+
+def test_local_directory_version_follows_the_weights(tmp_path):
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": {}}))
+    (tmp_path / "open_clip_model.safetensors").write_bytes(b"weights v1")
+    v1 = parse_model_ref(str(tmp_path)).version
+    (tmp_path / "open_clip_model.safetensors").write_bytes(b"weights v2")
+    assert parse_model_ref(str(tmp_path)).version != v1
+
+
+def test_pickled_weights_are_refused(tmp_path):
+    (tmp_path / "open_clip_config.json").write_text("{}")
+    (tmp_path / "open_clip_pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ModelRefError, match=r"no \.safetensors weights \(found open_clip_pytorch_model\.bin: "
+                                            r"pickled weights are refused\)"):
+        parse_model_ref(str(tmp_path))
+
+
+@pytest.mark.parametrize("ref, message", [
+    ("builtin:nope", "unknown builtin model 'nope'"),
+    ("/no/such/model", "cannot resolve model reference"),
+    ("open_clip:", "needs an architecture"),
+])
+def test_bad_references(ref, message):
+    with pytest.raises(ModelRefError, match=message):
+        parse_model_ref(ref)
