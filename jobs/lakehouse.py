@@ -1,0 +1,256 @@
+"""The table layer: Delta tables whose data Spark writes and whose log the driver commits.
+
+There are no Delta jars for Spark here (no Maven), so the work is split the way Delta's own writers split
+it: Spark executors write Parquet data files in parallel into a fresh folder inside the table, and the
+driver commits them to the transaction log with the ``deltalake`` package (add and remove actions in one
+atomic commit). The driver handles file names and counts only; it never collects table rows.
+
+Every commit carries an application transaction ``(app_id, version)`` where the app id names the table
+and the run and the version numbers the commit within the run. A commit whose transaction the log already
+holds is skipped, so re-running a run that crashed after committing changes nothing.
+
+Readers see exactly the files in the log: :meth:`Lake.read` lists them from the log (never by globbing
+the folder), so files of an unfinished or failed write are invisible.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from schemas.tables import TableSpec
+
+__all__ = ["CommitResult", "Lake", "LakeError", "app_id_for"]
+
+log = logging.getLogger(__name__)
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+class LakeError(RuntimeError):
+    """A table cannot be read or written as asked."""
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    table: str
+    version: int | None        # table version after the commit; None when nothing was committed
+    added_files: int
+    removed_files: int
+    skipped: bool = False      # True when the log already held this run's commit
+
+    @property
+    def committed(self) -> bool:
+        return self.version is not None and not self.skipped
+
+
+def app_id_for(table: str, run_id: str) -> str:
+    return f"catalog-enrich:{table}:{run_id}"
+
+
+def _local_path(uri: str) -> str:
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return unquote(parsed.path) if parsed.scheme else uri
+    raise LakeError(f"only local or mounted paths are supported for now, not {uri!r}")
+
+
+class Lake:
+    """The Delta tables under one root directory (``--lake``)."""
+
+    def __init__(self, spark, root: str | os.PathLike):
+        self.spark = spark
+        self.root = Path(_local_path(str(root))).expanduser().resolve()
+
+    # -- paths and creation ---------------------------------------------------------------------------
+    def path(self, spec: TableSpec) -> Path:
+        return self.root / spec.name
+
+    def _arrow_schema(self, spec: TableSpec):
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        # Delta columns are all nullable here: Spark writes optional Parquet fields whatever the DataFrame
+        # says, and the not-null rules are checked by validation, not by the storage format.
+        import pyarrow as pa
+
+        schema = to_arrow_schema(spec.schema, timezone="UTC") if _accepts_tz() else to_arrow_schema(spec.schema)
+        return pa.schema([f.with_nullable(True) for f in schema])
+
+    def ensure(self, spec: TableSpec):
+        """Open the table, creating it (empty, with the spec's schema) if it does not exist."""
+        from deltalake import DeltaTable, Schema
+
+        path = self.path(spec)
+        if DeltaTable.is_deltatable(str(path)):
+            return DeltaTable(str(path))
+        path.mkdir(parents=True, exist_ok=True)
+        return DeltaTable.create(
+            str(path), schema=Schema.from_arrow(self._arrow_schema(spec)), mode="ignore",
+            partition_by=list(spec.partition_by) or None, name=spec.name, description=spec.doc,
+        )
+
+    def exists(self, spec: TableSpec) -> bool:
+        from deltalake import DeltaTable
+
+        return DeltaTable.is_deltatable(str(self.path(spec)))
+
+    # -- reading ---------------------------------------------------------------------------------------
+    def files(self, spec: TableSpec) -> dict[str, int]:
+        """The table's live data files as ``{relative path: size}``, from the log."""
+        dt = self.ensure(spec)
+        actions = dt.get_add_actions(flatten=True)
+        cols = actions.column_names if hasattr(actions, "column_names") else actions.schema.names
+        if "path" not in cols:
+            return {}
+        paths = [str(p) for p in actions.column("path").to_pylist()]
+        sizes = [int(s) for s in actions.column("size_bytes").to_pylist()]
+        return dict(zip(paths, sizes))
+
+    def _check_readable(self, dt) -> None:
+        features = set(dt.protocol().reader_features or [])
+        unsupported = features & {"deletionVectors", "columnMapping"}
+        if unsupported:
+            raise LakeError(f"table {dt.table_uri} uses {sorted(unsupported)}, which this reader does not support")
+
+    def read(self, spec: TableSpec):
+        """The table as a Spark DataFrame over exactly the files in its log."""
+        dt = self.ensure(spec)
+        self._check_readable(dt)
+        base = self.path(spec)
+        files = [str(base / unquote(p)) for p in self.files(spec)]
+        if not files:
+            return self.spark.createDataFrame([], spec.schema)
+        return self.spark.read.schema(spec.schema).parquet(*files)
+
+    # -- writing ---------------------------------------------------------------------------------------
+    def append(self, spec: TableSpec, df, run_id: str, step: int = 1) -> CommitResult:
+        """Add ``df``'s rows to the table in one commit."""
+        return self._write(spec, df, run_id, step, upsert=False)
+
+    def upsert(self, spec: TableSpec, df, run_id: str, step: int = 1) -> CommitResult:
+        """Insert or replace rows by the spec's key columns, in one commit (copy-on-write).
+
+        Only data files that hold a key of ``df`` are rewritten: their other rows are carried over into
+        the new files, and the old files are removed in the same commit. ``df`` must not hold a key twice.
+        """
+        return self._write(spec, df, run_id, step, upsert=True)
+
+    def _write(self, spec: TableSpec, df, run_id: str, step: int, upsert: bool) -> CommitResult:
+        from deltalake import DeltaTable
+
+        missing = [c for c in spec.column_names if c not in df.columns]
+        if missing:
+            raise LakeError(f"rows for {spec.name} lack the columns {missing}")
+        df = df.select(*spec.column_names)
+        dt = self.ensure(spec)
+        app_id = app_id_for(spec.name, run_id)
+        done = dt.transaction_version(app_id)
+        if done is not None and done >= step:
+            log.info("%s: commit %d of run %s is already in the log; skipped", spec.name, step, run_id)
+            return CommitResult(spec.name, dt.version(), 0, 0, skipped=True)
+
+        removed: dict[str, int] = {}
+        if upsert:
+            # The updates are read twice (to find the files they touch, then to write): compute them once.
+            from pyspark import StorageLevel
+
+            df = df.persist(StorageLevel.MEMORY_AND_DISK)
+            removed = self._files_holding(spec, df)
+            if removed:
+                old = self.spark.read.schema(spec.schema).parquet(*(self._abs(spec, p) for p in removed))
+                keys = df.select(*spec.keys)
+                df = df.unionByName(old.join(keys, list(spec.keys), "left_anti").select(*spec.column_names))
+
+        folder = f"run-{_SAFE.sub('_', run_id)[:80]}-{step}-{uuid.uuid4().hex[:8]}"
+        target = self.path(spec) / folder
+        try:
+            df.write.mode("errorifexists").parquet(str(target))
+            adds = self._add_actions(spec, folder)
+            if not adds and not removed:
+                shutil.rmtree(target, ignore_errors=True)
+                return CommitResult(spec.name, None, 0, 0)
+            self._commit(spec, dt, adds, removed, app_id, step)
+        except Exception:
+            # The files were never referenced by the log, so readers never saw them; tidy up.
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        version = DeltaTable(str(self.path(spec))).version()
+        log.info("%s: committed version %d (+%d files, -%d files)", spec.name, version, len(adds), len(removed))
+        return CommitResult(spec.name, version, len(adds), len(removed))
+
+    def _abs(self, spec: TableSpec, rel: str) -> str:
+        return str(self.path(spec) / unquote(rel))
+
+    def _files_holding(self, spec: TableSpec, df) -> dict[str, int]:
+        """Live files that contain at least one key of ``df`` (a distributed semi-join; file names only)."""
+        from pyspark.sql import functions as F
+
+        live = self.files(spec)
+        if not live:
+            return {}
+        by_abs = {os.path.normpath(self._abs(spec, rel)): rel for rel in live}
+        existing = (self.spark.read.schema(spec.schema).parquet(*by_abs)
+                    .select(*spec.keys, F.col("_metadata.file_path").alias("_file")))
+        hits = existing.join(df.select(*spec.keys), list(spec.keys), "left_semi").select("_file").distinct()
+        touched: dict[str, int] = {}
+        for row in hits.collect():  # one row per touched file, not per table row
+            rel = by_abs.get(os.path.normpath(_local_path(row["_file"])))
+            if rel is None:
+                raise LakeError(f"Spark read a file that is not in the log of {spec.name}: {row['_file']}")
+            touched[rel] = live[rel]
+        return touched
+
+    def _add_actions(self, spec: TableSpec, folder: str):
+        import pyarrow.parquet as pq
+        from deltalake.transaction import AddAction
+
+        adds = []
+        base = self.path(spec) / folder
+        for f in sorted(base.iterdir()):
+            if f.name.startswith((".", "_")) or not f.name.endswith(".parquet"):
+                f.unlink()  # checksum files and markers of the local Hadoop file system
+                continue
+            meta = pq.read_metadata(f)  # the footer only: row count for the file statistics
+            if meta.num_rows == 0:
+                f.unlink()
+                continue
+            st = f.stat()
+            adds.append(AddAction(
+                path=f"{folder}/{f.name}", size=st.st_size, partition_values={},
+                modification_time=int(st.st_mtime * 1000), data_change=True,
+                stats=json.dumps({"numRecords": meta.num_rows}),
+            ))
+        return adds
+
+    def _commit(self, spec: TableSpec, dt, adds, removed: dict[str, int], app_id: str, step: int) -> None:
+        from deltalake import CommitProperties, Schema, Transaction
+        from deltalake.transaction import RemoveAction
+
+        now = int(time.time() * 1000)
+        removes = [RemoveAction(path=p, data_change=True, deletion_timestamp=now, size=s, partition_values={})
+                   for p, s in removed.items()]
+        dt.create_write_transaction(
+            [*adds, *removes], mode="append", schema=Schema.from_arrow(self._arrow_schema(spec)),
+            partition_by=list(spec.partition_by) or None,
+            commit_properties=CommitProperties(
+                app_transactions=[Transaction(app_id=app_id, version=step)],
+                custom_metadata={"catalog_enrich.app_id": app_id, "catalog_enrich.step": step},
+                max_commit_retries=0,  # a concurrent change to the same files must fail, not be merged over
+            ),
+        )
+
+
+def _accepts_tz() -> bool:
+    import inspect
+
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return "timezone" in inspect.signature(to_arrow_schema).parameters

@@ -1,0 +1,119 @@
+"""Every table the system reads or writes: Spark schema, key columns and partitioning, in one place.
+
+Table creation (:mod:`jobs.lakehouse`), validation and the tests all read these definitions. The column
+comments are the table documentation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pyspark.sql.types import (
+    ArrayType,
+    DataType,
+    DoubleType,
+    FloatType,
+    LongType,
+    MapType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+__all__ = [
+    "CATALOG", "CATALOG_REQUIRED", "ENRICHMENT_RUNS", "PRODUCT_EMBEDDINGS", "QUARANTINE", "TABLES", "TableSpec",
+]
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: DataType
+    doc: str
+    nullable: bool = True
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """An output table: its columns, the key an upsert matches on, and partition columns."""
+
+    name: str
+    columns: tuple[Column, ...]
+    keys: tuple[str, ...]
+    doc: str
+    partition_by: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def schema(self) -> StructType:
+        return StructType([StructField(c.name, c.type, c.nullable) for c in self.columns])
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+
+_VEC = ArrayType(FloatType(), containsNull=False)
+
+# The input contract (PRODUCT.md). Only product_id and title are required; every other column is optional.
+CATALOG = StructType([
+    StructField("product_id", StringType()), StructField("title", StringType()),
+    StructField("description", StringType()), StructField("image_uri", StringType()),
+    StructField("brand", StringType()), StructField("category", StringType()),
+    StructField("price", DoubleType()), StructField("currency", StringType()),
+    StructField("language", StringType()), StructField("updated_at", TimestampType()),
+])
+CATALOG_REQUIRED = ("product_id", "title")
+
+PRODUCT_EMBEDDINGS = TableSpec(
+    "product_embeddings",
+    (
+        Column("product_id", StringType(), "catalog product id (key)", nullable=False),
+        Column("model_version", StringType(), "model that produced the embeddings"),
+        Column("embedding", _VEC, "fused embedding: normalised sum of text and image (text alone without image)"),
+        Column("text_embedding", _VEC, "title embedding from the text tower, L2-normalised"),
+        Column("image_embedding", _VEC, "image embedding, L2-normalised; null when the product has no image"),
+        Column("content_hash", StringType(), "sha256 over the product's content and image bytes"),
+        Column("run_id", StringType(), "run that last wrote the row"),
+        Column("updated_at", TimestampType(), "when the row was last written"),
+    ),
+    keys=("product_id",),
+    doc="One row per enriched product: its embeddings and the content hash they were computed from.",
+)
+
+QUARANTINE = TableSpec(
+    "quarantine",
+    (
+        Column("run_id", StringType(), "run that rejected the row", nullable=False),
+        Column("row_id", StringType(), "sha256 of the raw record: the row's identity within a run", nullable=False),
+        Column("product_id", StringType(), "product id as given (may be null or empty)"),
+        Column("reason_code", StringType(), "why the row was rejected (schemas.reasons)"),
+        Column("detail", StringType(), "human-readable detail"),
+        Column("raw_record", StringType(), "the input row as JSON"),
+        Column("quarantined_at", TimestampType(), "when the row was rejected"),
+    ),
+    keys=("run_id", "row_id"),
+    doc="Input rows rejected by validation or by image decoding, with the reason; one row per rejected row and run.",
+)
+
+_COUNTS = MapType(StringType(), LongType(), valueContainsNull=False)
+_TIMINGS = MapType(StringType(), DoubleType(), valueContainsNull=False)
+
+ENRICHMENT_RUNS = TableSpec(
+    "enrichment_runs",
+    (
+        Column("run_id", StringType(), "run id (key)", nullable=False),
+        Column("status", StringType(), "running | succeeded | failed"),
+        Column("model_version", StringType(), "model used by the run"),
+        Column("catalog", StringType(), "catalog path read"),
+        Column("started_at", TimestampType(), "start time"),
+        Column("finished_at", TimestampType(), "end time; null while running"),
+        Column("counts", _COUNTS, "read, valid, enriched, unchanged, quarantined"),
+        Column("timings", _TIMINGS, "seconds per stage"),
+        Column("message", StringType(), "summary or error message"),
+    ),
+    keys=("run_id",),
+    doc="One row per enrich run: status, counts and timings.",
+)
+
+TABLES: dict[str, TableSpec] = {t.name: t for t in (PRODUCT_EMBEDDINGS, QUARANTINE, ENRICHMENT_RUNS)}

@@ -1,0 +1,42 @@
+"""Shared fixtures: one SparkSession for the whole test run, and scratch lakes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "jobs" / "sample_catalog"
+
+# Spark's Python workers must run the interpreter of the tests, not whatever 'python3' is on PATH.
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    from jobs.spark_session import build_session
+
+    warehouse = tmp_path_factory.mktemp("warehouse")
+    session = build_session("catalog-enrich-tests", conf={
+        # Two cores here: two local tasks, and tiny shuffles so small test tables stay fast.
+        "spark.master": "local[2]",
+        "spark.sql.shuffle.partitions": "4",
+        "spark.default.parallelism": "4",
+        # No UI: parallel test runs would fight over port 4040, and nobody looks at it.
+        "spark.ui.enabled": "false",
+        "spark.sql.warehouse.dir": str(warehouse),
+        "spark.driver.memory": "2g",
+    })
+    yield session
+    session.stop()
+
+
+@pytest.fixture()
+def lake(spark, tmp_path):
+    from jobs.lakehouse import Lake
+
+    return Lake(spark, tmp_path / "lake")
