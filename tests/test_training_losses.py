@@ -64,23 +64,28 @@ def _towers():
     return image, text, scale
 
 
+def _step(cached, x, t, groups):
+    image, text, scale = _towers()
+
+    def ei(b):
+        return F.normalize(image(b), dim=-1)
+
+    def et(b):
+        return F.normalize(text(b), dim=-1)
+
+    def loss(a, b):
+        return clip_loss(a, b, scale, groups)
+
+    value = grad_cached_backward(ei, et, loss, x, t, chunk=3) if cached else plain_backward(ei, et, loss, x, t)
+    return value, [p.grad.clone() for p in (*image.parameters(), *text.parameters(), scale)]
+
+
 def test_gradient_cache_equals_full_batch_gradients():
     x = torch.randn(10, 3, 2, 2)
     t = torch.randn(10, 6)
     groups = torch.tensor([0, 0, 1, -1, 2, 2, -1, 3, 4, 5])
-    grads = []
-    for cached in (False, True):
-        image, text, scale = _towers()
-        ei = lambda b: F.normalize(image(b), dim=-1)  # noqa: E731
-        et = lambda b: F.normalize(text(b), dim=-1)  # noqa: E731
-        loss = lambda a, b: clip_loss(a, b, scale, groups)  # noqa: E731
-        if cached:
-            value = grad_cached_backward(ei, et, loss, x, t, chunk=3)
-        else:
-            value = plain_backward(ei, et, loss, x, t)
-        params = [*image.parameters(), *text.parameters(), scale]
-        grads.append((value, [p.grad.clone() for p in params]))
-    (v0, g0), (v1, g1) = grads
+    v0, g0 = _step(False, x, t, groups)
+    v1, g1 = _step(True, x, t, groups)
     assert v0 == pytest.approx(v1, rel=1e-6)
     for a, b in zip(g0, g1, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

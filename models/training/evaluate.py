@@ -99,7 +99,8 @@ def evaluate(encoder: Any, train: TrainData, valid: TrainData, cfg: EvalConfig =
         for k, r in recall_at_k(q, gal, keys, (1, 10)).items():
             metrics[f"{direction}_recall@{k}"] = r
     metrics["gallery_size"] = float(len(g))
-    if train.labels is not None and valid.labels is not None:
+    has_labels = train.labels is not None and valid.labels is not None
+    if has_labels and len(np.unique(train.labels[train.labels >= 0])) >= 2 and bool((valid.labels >= 0).any()):
         rng = np.random.default_rng(cfg.seed)
         tr_idx = np.flatnonzero(train.labels >= 0)
         tr_idx = np.sort(rng.permutation(tr_idx)[: cfg.probe_train])
