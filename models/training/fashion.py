@@ -2,7 +2,8 @@
 
 Usage (the reproduce command of the model card)::
 
-    python -m models.training.fashion --data /work/shared/data/fashion --epochs 3 --batch 128 --double-at 2
+    python -m models.training.fashion --data /work/shared/data/fashion --epochs 2 --batch 128 --double-at 1 \\
+        --max-steps 330 --seed 0
 
 The data stays where it is (never copied into the repository); decoded images are cached under
 ``--cache-dir`` (default ``~/.cache/catalog-enrich``) so that a rerun skips decoding.
@@ -80,8 +81,8 @@ def load_fashion(root: str | Path, size: int = 64, cache_dir: str | Path | None 
                         f"{table.name} sha256:{digest}")
 
 
-REPRODUCE = ("python -m models.training.fashion --data /work/shared/data/fashion --store models/store "
-             "--epochs {epochs} --batch {batch} --double-at {double_at} --seed {seed}")
+REPRODUCE = ("python -m models.training.fashion --data /work/shared/data/fashion "
+             "--epochs {epochs} --batch {batch} --double-at {double_at} --max-steps {max_steps} --seed {seed}")
 
 
 def _card(cfg: TrainConfig, args: argparse.Namespace, split: FashionSplit, result: TrainResult,
@@ -111,7 +112,8 @@ def _card(cfg: TrainConfig, args: argparse.Namespace, split: FashionSplit, resul
                     f"pre-training (`builtin:catalog-tiny-minilm`: seeded random image tower, frozen MiniLM, identity "
                     f"text projection)."),
         columns={"baseline (untrained)": base, "this model": cand},
-        reproduce=REPRODUCE.format(epochs=args.epochs, batch=args.batch, double_at=args.double_at, seed=args.seed),
+        reproduce=REPRODUCE.format(epochs=args.epochs, batch=args.batch, double_at=args.double_at,
+                                   max_steps=args.max_steps, seed=args.seed),
         limitations=("Tiny images (60x80 photos at 64 px) and a tiny image tower: good for coarse type and colour, "
                      "not for fine detail. Fashion titles are templated (\"Brand Gender Colour Type\"), so text "
                      "metrics are optimistic for free-form seller titles. English only (see Languages)."),
