@@ -29,8 +29,6 @@ __all__ = ["RetrainConfig", "main", "parse_args", "read_catalog", "record_run", 
 
 log = logging.getLogger("jobs.retrain")
 
-BASELINE = "builtin:catalog-tiny-minilm"
-
 
 @dataclass(frozen=True)
 class RetrainConfig:

@@ -155,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         model.load_state_dict(load_file(args.checkpoint), strict=False)
         result = TrainResult(**json.loads(Path(args.checkpoint + ".json").read_text()))
     else:
-        model, result = train_candidate(model_cfg, split.train, cfg, seed=args.seed)
+        titles_digest = hashlib.sha256("\n".join(split.train.titles).encode()).hexdigest()[:12]
+        cache = Path(args.cache_dir or Path.home() / ".cache" / "catalog-enrich") / f"minilm-{titles_digest}.npy"
+        model, result = train_candidate(model_cfg, split.train, cfg, seed=args.seed, feature_cache=cache)
         if args.checkpoint:
             save_file(trained_state_dict(model), args.checkpoint)
             Path(args.checkpoint + ".json").write_text(json.dumps(

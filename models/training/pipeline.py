@@ -38,14 +38,27 @@ def load_tokenizer(text_cfg: dict[str, Any]) -> Any:
     return AutoTokenizer.from_pretrained(resolve_text_cfg(text_cfg)["hf_tokenizer_name"])
 
 
-def train_candidate(model_cfg: dict[str, Any], data: TrainData, cfg: TrainConfig, seed: int = 0
-                    ) -> tuple[Any, TrainResult]:
-    import torch
-
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
+def train_candidate(model_cfg: dict[str, Any], data: TrainData, cfg: TrainConfig, seed: int = 0,
+                    feature_cache: Path | None = None) -> tuple[Any, TrainResult]:
+    """Build and train a candidate. ``feature_cache``: an ``.npy`` file for the locked text tower's features
+    (the MiniLM pass over every title costs minutes on a CPU; they only depend on the titles)."""
     model = build_clip(model_cfg, seed=seed)
-    trainer = Trainer(model, load_tokenizer(model_cfg["text_cfg"]), cfg)
-    result = trainer.fit(data)
+    tokenizer = load_tokenizer(model_cfg["text_cfg"])
+    trainer = Trainer(model, tokenizer, cfg)
+    features = None
+    if cfg.lock_text and feature_cache is not None:
+        import torch
+
+        from models.training.trainer import text_features, tokenize_all
+
+        if feature_cache.is_file():
+            features = torch.from_numpy(np.load(feature_cache))
+        else:
+            ids = tokenize_all(tokenizer, data.titles, trainer.context_length)
+            features = text_features(model.text, ids)
+            feature_cache.parent.mkdir(parents=True, exist_ok=True)
+            np.save(feature_cache, features.numpy())
+    result = trainer.fit(data, features)
     return model, result
 
 

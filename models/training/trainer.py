@@ -126,7 +126,9 @@ class Trainer:
             return (step + 1) / warm
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(total - warm, 1)))
 
-    def fit(self, data: TrainData) -> TrainResult:
+    def fit(self, data: TrainData, features: torch.Tensor | None = None) -> TrainResult:
+        """Train on ``data``; ``features``: the locked text tower's pooled features of ``data.titles`` when
+        already known (:func:`text_features`), to skip that pass."""
         cfg, model = self.cfg, self.model
         torch.manual_seed(cfg.seed)
         if data.labels is not None and cfg.category_weight > 0 and data.n_classes > 0:
@@ -134,7 +136,10 @@ class Trainer:
         if cfg.mlm_weight > 0:
             self.mlm_head = MlmHead(model.text.transformer.get_input_embeddings())
         ids = tokenize_all(self.tokenizer, data.titles, self.context_length)
-        texts = text_features(model.text, ids) if cfg.lock_text else ids
+        if cfg.lock_text:
+            texts = features if features is not None else text_features(model.text, ids)
+        else:
+            texts = ids
         embed_text = self._embed_text_features if cfg.lock_text else self._embed_text_ids
         groups = None if data.groups is None or not cfg.mask_false_negatives else torch.from_numpy(data.groups)
         labels = None if data.labels is None else torch.from_numpy(data.labels)
