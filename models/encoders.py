@@ -143,6 +143,12 @@ def _create(ref: ModelRef, device: str):
             torch.manual_seed(RANDOM_SEED)
             model = open_clip.create_model(ref.name, text_cfg=text_cfg, device=device)
         return model, text_cfg
+    if ref.kind == "store":
+        from pathlib import Path
+
+        from models.store import load_model
+
+        return load_model(Path(ref.name), device)
     if ref.kind == "local":
         cfg_path = os.path.join(ref.name, "open_clip_config.json")
         with open(cfg_path) as f:

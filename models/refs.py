@@ -8,7 +8,10 @@ Accepted forms (see README):
 * ``open_clip:ARCH/TAG`` (or ``open_clip:ARCH`` for random weights) - an open_clip architecture with a
   pretrained tag; the tag's weights must already be in the open_clip cache (no hub access at run time);
 * ``hf-hub:ORG/REPO`` - an open_clip model on the Hugging Face hub (cache only, as above);
-* a local directory holding ``open_clip_config.json`` and ``*.safetensors`` weights.
+* a local directory holding ``open_clip_config.json`` and ``*.safetensors`` weights;
+* ``store:VERSION`` - a version of the model store (:mod:`models.store`; ``--model-store`` root, else the
+  store shipped with the project); ``current`` - that store's champion. ``default`` is the shipped store's
+  champion once there is one, else ``builtin:catalog-tiny-minilm``.
 
 This module imports nothing heavy: the driver resolves versions without loading torch models.
 """
@@ -19,6 +22,8 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from models import store as model_store
 
 __all__ = ["CONFIG_DIR", "DEFAULT_MODEL", "ModelRef", "ModelRefError", "parse_model_ref", "text_tower_path"]
 
@@ -35,7 +40,7 @@ class ModelRefError(ValueError):
 
 @dataclass(frozen=True)
 class ModelRef:
-    kind: str                 # builtin | open_clip | hf-hub | local
+    kind: str                 # builtin | open_clip | hf-hub | local | store
     name: str                 # architecture name, hub id or directory
     tag: str | None = None    # open_clip pretrained tag
     version: str = ""         # recorded in every output row; changes whenever the weights change
@@ -66,11 +71,34 @@ def _file_digest(paths: list[Path]) -> str:
     return h.hexdigest()[:12]
 
 
-def parse_model_ref(ref: str | None) -> ModelRef:
-    """Resolve ``ref`` to a :class:`ModelRef` without loading any weights."""
+def _store_ref(root: Path, version: str | None, what: str) -> ModelRef:
+    if version is None:
+        raise ModelRefError(f"model store {root} has no current version ({what})")
+    vdir = root / version
+    if not (vdir / model_store.MANIFEST_FILE).is_file():
+        known = ", ".join(model_store.list_versions(root)) or "none"
+        raise ModelRefError(f"model store {root} has no version {version!r}; known: {known}")
+    # The version id carries a digest of config + weights: output rows change model_version with the weights.
+    return ModelRef("store", str(vdir), version=f"store:{version}")
+
+
+def parse_model_ref(ref: str | None, model_store_root: str | Path | None = None) -> ModelRef:
+    """Resolve ``ref`` to a :class:`ModelRef` without loading any weights.
+
+    ``model_store_root`` (a directory or ``file://`` URI) is where ``store:`` and ``current`` look; by default
+    the store shipped with the project.
+    """
     ref = (ref or "default").strip()
     if ref == "default":
-        ref = DEFAULT_MODEL
+        shipped = model_store.current_version(model_store.DEFAULT_STORE)
+        if shipped is None:
+            ref = DEFAULT_MODEL
+        else:
+            return _store_ref(model_store.DEFAULT_STORE, shipped, "default")
+    if ref == "current" or ref.startswith("store:"):
+        root = model_store.store_root(model_store_root)
+        version = model_store.current_version(root) if ref == "current" else ref.split(":", 1)[1]
+        return _store_ref(root, version, ref)
     if ref.startswith("builtin:"):
         name = ref.split(":", 1)[1]
         cfg = CONFIG_DIR / f"{name}.json"
@@ -89,6 +117,8 @@ def parse_model_ref(ref: str | None) -> ModelRef:
     if ref.startswith("hf-hub:"):
         return ModelRef("hf-hub", ref.split(":", 1)[1], version=ref)
     path = Path(ref).expanduser()
+    if path.is_dir() and (path / model_store.MANIFEST_FILE).is_file():
+        return _store_ref(path.parent.resolve(), path.name, ref)
     if path.is_dir():
         config = path / "open_clip_config.json"
         if not config.is_file():
@@ -105,5 +135,5 @@ def parse_model_ref(ref: str | None) -> ModelRef:
         digest = _file_digest([config, *weights])
         return ModelRef("local", str(path.resolve()), version=f"local:{path.name}@{digest}")
     raise ModelRefError(
-        f"cannot resolve model reference {ref!r}: expected 'default', 'builtin:NAME', 'open_clip:ARCH/TAG', "
-        "'hf-hub:ORG/REPO' or an existing model directory")
+        f"cannot resolve model reference {ref!r}: expected 'default', 'current', 'store:VERSION', "
+        "'builtin:NAME', 'open_clip:ARCH/TAG', 'hf-hub:ORG/REPO' or an existing model directory")

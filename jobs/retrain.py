@@ -1,0 +1,176 @@
+"""Retrain job: train a candidate on the catalog, compare it with the champion, promote only if it is better.
+
+    spark-submit jobs/retrain.py --catalog PATH --lake DIR [--image-root DIR] [--model-store DIR]
+                                 [--epochs N] [--steps N] [--batch N] [--double-at E,E] [--run-id ID]
+
+Spark reads the catalog snapshot (Parquet or Delta) and the duplicate clusters (``<lake>/product_clusters``
+when present); only the training columns are collected to the driver, which trains on them. The candidate and
+the champion (the store's ``current``; the untrained builtin when the store has none) are evaluated on the same
+held-out split (a hash of product_id). The candidate is always saved as a store version with its card; it
+becomes ``current`` only if its selection metric beats the champion's. Either way a row goes to ``model_runs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import sys
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+if __name__ == "__main__" and __package__ is None:  # spark-submit runs the file: make the repo importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+__all__ = ["RetrainConfig", "main", "parse_args", "read_catalog", "record_run", "training_frame"]
+
+log = logging.getLogger("jobs.retrain")
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    catalog: str
+    lake: str
+    image_root: str | None = None
+    model_store: str | None = None
+    run_id: str = ""
+    epochs: int = 1
+    steps: int | None = None
+    batch: int = 128
+    double_at: tuple[int, ...] = ()
+    valid_percent: int = 10
+    gallery_size: int = 1000
+    probe_train: int = 5000
+    min_improvement: float = 0.0       # the candidate must beat the champion by more than this
+    arch_config: str | None = None     # JSON model_cfg replacing the default candidate architecture
+    seed: int = 0
+
+
+def parse_args(argv: list[str] | None) -> RetrainConfig:
+    p = argparse.ArgumentParser(prog="retrain.py", description=__doc__.split("\n")[0])
+    p.add_argument("--catalog", required=True, help="catalog snapshot: Parquet file/folder or Delta table")
+    p.add_argument("--lake", required=True, help="lake root: model_runs is written here, product_clusters read")
+    p.add_argument("--image-root", default=None, help="base for relative image_uri values")
+    p.add_argument("--model-store", default=None, help="model store root (default: the project's store)")
+    p.add_argument("--run-id", default="")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--steps", type=int, default=None, help="stop after this many optimiser steps")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--double-at", default="", help="epochs at which the batch size doubles, e.g. 2,4")
+    p.add_argument("--valid-percent", type=int, default=10)
+    p.add_argument("--gallery-size", type=int, default=1000)
+    p.add_argument("--probe-train", type=int, default=5000)
+    p.add_argument("--min-improvement", type=float, default=0.0)
+    p.add_argument("--arch-config", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    if not 1 <= a.valid_percent <= 50:
+        p.error("--valid-percent must be between 1 and 50")
+    double_at = tuple(int(x) for x in a.double_at.split(",") if x.strip())
+    return RetrainConfig(a.catalog, a.lake, a.image_root, a.model_store, a.run_id or f"retrain-{uuid.uuid4().hex[:12]}",
+                         a.epochs, a.steps, a.batch, double_at, a.valid_percent, a.gallery_size, a.probe_train,
+                         a.min_improvement, a.arch_config, a.seed)
+
+
+def _hash_files(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def read_catalog(spark: Any, path: str) -> tuple[Any, str]:
+    """The catalog as a DataFrame plus a snapshot id: ``delta:PATH@vN`` or ``parquet sha256:...``."""
+    root = Path(path)
+    if (root / "_delta_log").is_dir():
+        from deltalake import DeltaTable
+
+        dt = DeltaTable(str(root))
+        return spark.read.parquet(*dt.file_uris()), f"delta:{root.resolve()}@v{dt.version()}"
+    files = [root] if root.is_file() else sorted(root.rglob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"--catalog {path}: no Parquet files")
+    return spark.read.parquet(str(root)), f"parquet:{root.resolve()} sha256:{_hash_files(files)}"
+
+
+def read_clusters(spark: Any, lake: str) -> Any | None:
+    path = Path(lake) / "product_clusters"
+    if not (path / "_delta_log").is_dir():
+        return None
+    from deltalake import DeltaTable
+
+    uris = DeltaTable(str(path)).file_uris()
+    return spark.read.parquet(*uris).select("product_id", "cluster_id") if uris else None
+
+
+def training_frame(catalog: Any, clusters: Any | None) -> Any:
+    """Rows usable for contrastive training: a product id, a non-empty title and an image."""
+    from pyspark.sql import functions as F
+
+    cols = ["product_id", "title", "image_uri"] + (["category"] if "category" in catalog.columns else [])
+    df = catalog.select(*cols).where(
+        F.col("product_id").isNotNull() & (F.length(F.trim(F.col("title"))) > 0)
+        & F.col("image_uri").isNotNull() & (F.length(F.col("image_uri")) > 0))
+    df = df.dropDuplicates(["product_id"])
+    if clusters is not None:
+        df = df.join(clusters.dropDuplicates(["product_id"]), "product_id", "left")
+    return df
+
+
+def record_run(spark: Any, lake: str, row: dict[str, Any]) -> None:
+    """Append one row to ``<lake>/model_runs`` (through the project's table layer)."""
+    from jobs.lakehouse import Lake
+    from schemas.model_runs import MODEL_RUNS
+
+    df = spark.createDataFrame([tuple(row.get(c) for c in MODEL_RUNS.column_names)], schema=MODEL_RUNS.schema)
+    Lake(spark, lake).append(MODEL_RUNS, df, row["run_id"])
+
+
+def _resolve(uri: str, image_root: str | None) -> Path:
+    if uri.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        return Path(unquote(urlparse(uri).path))
+    p = Path(uri)
+    return p if p.is_absolute() or image_root is None else Path(image_root) / p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = parse_args(argv)
+    from jobs.spark_session import build_session
+
+    spark = build_session("catalog-enrich-retrain")
+    started = datetime.now(timezone.utc)
+    row: dict[str, Any] = {"run_id": cfg.run_id, "status": "failed", "promoted": False, "started_at": started}
+    try:
+        code = _run(spark, cfg, row)
+    except Exception as e:
+        log.exception("retrain run %s failed", cfg.run_id)
+        row["message"] = f"{type(e).__name__}: {e}"
+        code = 1
+    row["finished_at"] = datetime.now(timezone.utc)
+    record_run(spark, cfg.lake, row)
+    log.info("retrain run %s: %s (%s)", cfg.run_id, row["status"], row.get("message", ""))
+    return code
+
+
+def _run(spark: Any, cfg: RetrainConfig, row: dict[str, Any]) -> int:
+    from jobs.retrain_steps import train_and_compare
+
+    catalog, snapshot = read_catalog(spark, cfg.catalog)
+    pdf = training_frame(catalog, read_clusters(spark, cfg.lake)).toPandas()  # training columns only
+    row["training_data"] = snapshot
+    paths = [_resolve(u, cfg.image_root) for u in pdf["image_uri"]]
+    return train_and_compare(cfg, pdf, paths, snapshot, row)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

@@ -1,0 +1,126 @@
+"""The driver-side part of the retrain job (no Spark): decode, split, train, evaluate both models, decide.
+
+Kept apart from :mod:`jobs.retrain` so that the job file stays a thin read -> transform -> commit script.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.store import ModelIntegrityError, current_version, promote, store_root
+from models.training.card import model_card
+from models.training.config import BatchSchedule, TrainConfig
+from models.training.data import TrainData, decode_all, encode_labels, group_ids, split_of
+from models.training.evaluate import EvalConfig, SelectionMetric, evaluate
+from models.training.pipeline import candidate_config, in_memory_encoder, save_candidate, train_candidate
+
+__all__ = ["build_data", "train_and_compare"]
+
+log = logging.getLogger(__name__)
+
+BASELINE = "builtin:catalog-tiny-minilm"
+
+
+def build_data(pdf: Any, paths: list[Path], size: int, valid_percent: int,
+               classes: list[str] | None = None) -> tuple[TrainData, TrainData, list[str]]:
+    """Decode images at ``size``; drop undecodable ones; split train/valid by a hash of product_id."""
+    pixels, ok = decode_all(paths, size)
+    if not ok.any():
+        raise ValueError("no catalog image could be read: check --image-root")
+    keep = np.flatnonzero(ok)
+    titles = [str(t) for t in pdf["title"]]
+    norm_titles = [" ".join(t.lower().split()) for t in titles]
+    cols = [group_ids(norm_titles)]  # identical titles: never negatives of each other
+    if "cluster_id" in pdf.columns:
+        cols.insert(0, group_ids(pdf["cluster_id"].tolist()))  # e-CLIP: same duplicate cluster, no negative
+    groups = np.stack(cols, axis=1)
+    cats = pdf["category"].tolist() if "category" in pdf.columns else [None] * len(pdf)
+    labels, classes = encode_labels(cats, classes)
+    data = TrainData(pixels, tuple(titles), groups, labels, len(classes)).subset(keep)
+    ids = [str(pdf["product_id"].iloc[i]) for i in keep]
+    valid = np.array([split_of(i, valid_percent) == "valid" for i in ids])
+    # Gallery order = product-id order, so both models see the same fixed gallery.
+    order = np.argsort(np.asarray(ids), kind="stable")
+    tr, va = order[~valid[order]], order[valid[order]]
+    if len(tr) < 2 or len(va) < 2:
+        raise ValueError(f"too few products with images to train and evaluate ({len(tr)} train, {len(va)} valid)")
+    return data.subset(tr), data.subset(va), classes
+
+
+def _arch(cfg: Any) -> dict[str, Any]:
+    if cfg.arch_config:
+        return json.loads(Path(cfg.arch_config).read_text())
+    return candidate_config()
+
+
+def _champion(root: Path) -> tuple[str, str]:
+    """(reference, version label) of the model to beat."""
+    v = current_version(root)
+    return (str(root / v), f"store:{v}") if v else (BASELINE, BASELINE)
+
+
+def train_and_compare(cfg: Any, pdf: Any, paths: list[Path], snapshot: str, row: dict[str, Any]) -> int:
+    from models.encoders import load_encoder
+
+    root = store_root(cfg.model_store)
+    row["model_store"] = str(root)
+    model_cfg = _arch(cfg)
+    size = int(model_cfg["vision_cfg"]["image_size"])
+    train, valid, classes = build_data(pdf, paths, size, cfg.valid_percent)
+    row["train_items"], row["valid_items"] = len(train), len(valid)
+    tcfg = TrainConfig(epochs=cfg.epochs, max_steps=cfg.steps, schedule=BatchSchedule(max(cfg.batch, 2), cfg.double_at),
+                       seed=cfg.seed, warmup_steps=min(100, max((cfg.steps or 100) // 10, 1)))
+    model, result = train_candidate(model_cfg, train, tcfg, seed=cfg.seed)
+    row["train_seconds"], row["samples_per_s"] = result.seconds, result.samples_per_s
+    ecfg = EvalConfig(gallery_size=cfg.gallery_size, probe_train=cfg.probe_train)
+    cand = evaluate(in_memory_encoder(model, model_cfg), train, valid, ecfg)
+
+    champ_ref, champ_label = _champion(root)
+    champ = load_encoder(champ_ref, "cpu")
+    if champ.image_size != size:  # the champion may use another resolution: same products, its own pixels
+        # The split is recomputed from the same rows and ids, so both models see the same products.
+        ctrain, cvalid, _ = build_data(pdf, paths, champ.image_size, cfg.valid_percent, classes)
+    else:
+        ctrain, cvalid = train, valid
+    base = evaluate(champ, ctrain, cvalid, ecfg)
+    metric = SelectionMetric()
+    c_score, b_score = metric(cand), metric(base)
+    better = c_score > b_score + cfg.min_improvement
+    row.update(selection_metric=metric.name, candidate_score=c_score, champion_score=b_score,
+               candidate_metrics={k: float(v) for k, v in cand.items()},
+               champion_metrics={k: float(v) for k, v in base.items()}, champion_version=champ_label)
+    card = model_card(
+        title="catalog encoder retrained on the catalog",
+        summary=f"Candidate of retrain run `{cfg.run_id}`, compared with `{champ_label}`.",
+        training=(f"{result.steps} steps, {result.samples} samples, {result.seconds:.0f} s "
+                  f"({result.samples_per_s:.0f} samples/s); config: {tcfg}."),
+        data=f"{snapshot}; {len(train)} train / {len(valid)} held-out products (hash of product_id).",
+        evaluation=(f"Held-out split; selection metric {metric.name}: candidate {c_score:.4f}, champion "
+                    f"{b_score:.4f}; {'promoted' if better else 'not promoted'}."),
+        columns={champ_label: base, "candidate": cand},
+        reproduce="spark-submit jobs/retrain.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
+                                                              (("catalog", cfg.catalog), ("lake", cfg.lake))),
+        limitations="English text tower (MiniLM). Evaluated on the catalog's own held-out products only.",
+    )
+    metrics = {"valid": cand, "champion_valid": base, "champion": champ_label, "selection_metric": metric.name,
+               "selection_score": c_score}
+    version = save_candidate(root, "catalog-retrain", model, model_cfg, tcfg, result, metrics, snapshot, card)
+    row["candidate_version"] = f"store:{version}"
+    if not better:
+        row["status"] = "kept_champion"
+        row["message"] = f"candidate {c_score:.4f} <= champion {b_score:.4f} + {cfg.min_improvement}"
+        return 0
+    try:
+        promote(root, version)
+    except ModelIntegrityError as e:
+        row["message"] = f"promotion refused: {e}"
+        log.error("%s", row["message"])
+        return 1
+    row["status"], row["promoted"] = "promoted", True
+    row["message"] = f"candidate {c_score:.4f} > champion {b_score:.4f}"
+    return 0

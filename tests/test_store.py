@@ -1,0 +1,91 @@
+import json
+
+import numpy as np
+import pytest
+from tiny_models import tiny_model_cfg
+
+from models import store
+from models.arch import build_clip
+from models.encoders import load_encoder
+from models.refs import ModelRefError, parse_model_ref
+
+
+@pytest.fixture()
+def saved(tmp_path):
+    cfg = tiny_model_cfg(tmp_path)
+    model = build_clip(cfg, seed=3)
+    model.text.lock(0)  # as in training with a locked text tower: its transformer is not stored
+    root = tmp_path / "store"
+    version = store.save_version(root, "tiny", cfg, {"size": [16, 16]}, store.trained_state_dict(model),
+                                 training_data="test", metrics={"x": 1.0}, card="# card {version}\n")
+    return root, version, model
+
+
+def test_round_trip_through_the_store(saved):
+    root, version, model = saved
+    manifest = store.read_manifest(root / version)
+    assert set(manifest["files"]) == {"open_clip_config.json", "model.safetensors", "MODEL_CARD.md"}
+    assert manifest["training_data"] == "test" and manifest["code_version"]
+    assert version in (root / version / "MODEL_CARD.md").read_text()
+    ref = parse_model_ref(f"store:{version}", model_store_root=root)
+    assert ref.kind == "store" and ref.version == f"store:{version}"
+    enc = load_encoder(ref, "cpu")
+    px = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)
+    import torch
+
+    with torch.inference_mode():
+        want = torch.nn.functional.normalize(model.encode_image(torch.from_numpy(px)), dim=-1).numpy()
+    np.testing.assert_allclose(enc.embed_pixels(px), want, atol=1e-5)
+    # Only trained parts are stored: the (frozen) text transformer stays out.
+    from safetensors import safe_open
+
+    with safe_open(str(root / version / "model.safetensors"), "pt") as f:
+        assert not any(k.startswith("text.transformer.") for k in f.keys())
+
+
+def test_version_id_changes_with_the_weights(saved, tmp_path):
+    root, version, _ = saved
+    cfg = tiny_model_cfg(tmp_path)
+    other = store.save_version(root, "tiny", cfg, {}, store.trained_state_dict(build_clip(cfg, seed=4)),
+                               training_data="test", metrics={})
+    assert other.rsplit("-", 1)[1] != version.rsplit("-", 1)[1]
+
+
+def test_tampered_weights_are_refused_and_current_stays(saved):
+    root, version, _ = saved
+    store.promote(root, version)
+    cfg = json.loads((root / version / "open_clip_config.json").read_text())["model_cfg"]
+    bad = store.save_version(root, "tiny", cfg, {}, store.trained_state_dict(build_clip(cfg, seed=5)),
+                             training_data="test", metrics={})
+    path = root / bad / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(store.ModelIntegrityError, match=r"model\.safetensors: sha256 does not match"):
+        store.promote(root, bad)
+    assert store.current_version(root) == version
+    with pytest.raises(store.ModelIntegrityError, match="sha256 does not match"):
+        load_encoder(parse_model_ref(f"store:{bad}", model_store_root=root), "cpu")
+
+
+def test_pickles_are_refused(saved):
+    root, version, _ = saved
+    (root / version / "extra.pt").write_bytes(b"\x80\x04")
+    with pytest.raises(store.ModelIntegrityError, match=r"extra\.pt: pickled weights"):
+        store.verify_version(root / version)
+
+
+def test_current_and_file_uri(saved):
+    root, version, _ = saved
+    with pytest.raises(ModelRefError, match="no current version"):
+        parse_model_ref("current", model_store_root=root)
+    store.promote(root, version)
+    assert parse_model_ref("current", model_store_root=f"file://{root}").version == f"store:{version}"
+    assert parse_model_ref(str(root / version)).kind == "store"
+    with pytest.raises(ModelRefError, match="has no version 'nope'"):
+        parse_model_ref("store:nope", model_store_root=root)
+
+
+def test_default_falls_back_to_builtin_without_a_shipped_champion(monkeypatch, tmp_path):
+    monkeypatch.setattr(store, "DEFAULT_STORE", tmp_path / "empty")
+    assert parse_model_ref("default").kind == "builtin"

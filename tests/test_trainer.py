@@ -1,0 +1,50 @@
+import numpy as np
+import torch
+from tiny_models import tiny_model_cfg
+
+from models.arch import build_clip
+from models.training.config import BatchSchedule, TrainConfig
+from models.training.data import TrainData, split_of
+from models.training.pipeline import load_tokenizer
+from models.training.trainer import Trainer
+
+TITLES = ("red shirt", "blue jeans", "black shoe", "white watch", "green bag", "red dress", "blue cap", "grey sock")
+
+
+def _data(n_classes=3):
+    rng = np.random.default_rng(0)
+    return TrainData(rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8), TITLES,
+                     groups=np.array([[0], [0], [-1], [1], [1], [-1], [2], [3]]),
+                     labels=np.array([0, 1, 2, 0, 1, 2, 0, -1]), n_classes=n_classes)
+
+
+def test_locked_text_tower_stays_frozen_and_image_tower_learns(tmp_path):
+    cfg = tiny_model_cfg(tmp_path)
+    model = build_clip(cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tc = TrainConfig(epochs=2, schedule=BatchSchedule(4, (1,)), chunk_size=2, warmup_steps=1, category_weight=0.5)
+    result = Trainer(model, load_tokenizer(cfg["text_cfg"]), tc).fit(_data())
+    assert [h["batch"] for h in result.history] == [4, 4, 8]
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("text.transformer."))
+    assert not torch.equal(before["visual.proj"], after["visual.proj"])
+    assert not torch.equal(before["text.proj.weight"], after["text.proj.weight"])
+    assert all(np.isfinite(h["loss"]) for h in result.history)
+
+
+def test_unlocked_text_with_masked_lm_trains_the_text_tower(tmp_path):
+    cfg = tiny_model_cfg(tmp_path)
+    model = build_clip(cfg)
+    word = model.text.transformer.get_input_embeddings().weight.clone()
+    tc = TrainConfig(epochs=1, schedule=BatchSchedule(8), chunk_size=4, warmup_steps=1, lock_text=False,
+                     mlm_weight=1.0, mlm_probability=0.5, text_lr=1e-2)
+    result = Trainer(model, load_tokenizer(cfg["text_cfg"]), tc).fit(_data())
+    assert result.steps == 1 and np.isfinite(result.history[0]["loss"])
+    assert not torch.equal(word, model.text.transformer.get_input_embeddings().weight)
+
+
+def test_split_is_stable_and_about_ten_percent():
+    ids = [f"P{i:05d}" for i in range(5000)]
+    valid = sum(split_of(i) == "valid" for i in ids)
+    assert 400 < valid < 600
+    assert split_of("P00001") == split_of("P00001")
