@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from pyspark.sql.types import (
     ArrayType,
+    BooleanType,
     DataType,
     DoubleType,
     FloatType,
@@ -22,7 +23,8 @@ from pyspark.sql.types import (
 )
 
 __all__ = [
-    "CATALOG", "CATALOG_REQUIRED", "ENRICHMENT_RUNS", "PRODUCT_EMBEDDINGS", "QUARANTINE", "TABLES", "TableSpec",
+    "CATALOG", "CATALOG_REQUIRED", "ENRICHMENT_RUNS", "MODEL_RUNS", "PRODUCT_EMBEDDINGS", "QUARANTINE", "TABLES",
+    "TableSpec",
 ]
 
 
@@ -116,4 +118,33 @@ ENRICHMENT_RUNS = TableSpec(
     doc="One row per enrich run: status, counts and timings.",
 )
 
-TABLES: dict[str, TableSpec] = {t.name: t for t in (PRODUCT_EMBEDDINGS, QUARANTINE, ENRICHMENT_RUNS)}
+_METRICS = MapType(StringType(), DoubleType(), valueContainsNull=False)
+
+MODEL_RUNS = TableSpec(
+    "model_runs",
+    (
+        Column("run_id", StringType(), "retrain run id (key)", nullable=False),
+        Column("status", StringType(), "promoted | kept_champion | failed"),
+        Column("candidate_version", StringType(), "store version id of the trained candidate (null if not saved)"),
+        Column("champion_version", StringType(), "model the candidate was compared with (store version or builtin)"),
+        Column("promoted", BooleanType(), "whether the candidate became the store's current version"),
+        Column("selection_metric", StringType(), "name of the metric that decides promotion"),
+        Column("candidate_score", DoubleType(), "selection metric of the candidate on the held-out split"),
+        Column("champion_score", DoubleType(), "selection metric of the champion on the same split"),
+        Column("candidate_metrics", _METRICS, "all evaluation metrics of the candidate"),
+        Column("champion_metrics", _METRICS, "all evaluation metrics of the champion"),
+        Column("training_data", StringType(), "catalog snapshot trained on (Delta version or file hash)"),
+        Column("train_items", LongType(), "products trained on"),
+        Column("valid_items", LongType(), "held-out products evaluated on"),
+        Column("train_seconds", DoubleType(), "training wall time"),
+        Column("samples_per_s", DoubleType(), "training throughput"),
+        Column("model_store", StringType(), "store root"),
+        Column("started_at", TimestampType(), "start time"),
+        Column("finished_at", TimestampType(), "end time"),
+        Column("message", StringType(), "summary or error message"),
+    ),
+    keys=("run_id",),
+    doc="One row per retrain run.",
+)
+
+TABLES: dict[str, TableSpec] = {t.name: t for t in (PRODUCT_EMBEDDINGS, QUARANTINE, ENRICHMENT_RUNS, MODEL_RUNS)}

@@ -119,7 +119,7 @@ def test_delta_catalog_input(spark, sample, tmp_path):
 
 @pytest.mark.slow
 def test_default_model_end_to_end(spark, sample, tmp_path):
-    """The real default encoder (MiniLM text tower + small image tower) on a slice of the sample."""
+    """The real default (shipped, trained) encoder on a slice of the sample."""
     import numpy as np
 
     small = tmp_path / "small.parquet"
@@ -129,7 +129,9 @@ def test_default_model_end_to_end(spark, sample, tmp_path):
                         "--batch-size", "8"])
     assert code == 0
     emb = table(lake, "product_embeddings").to_pandas()
-    assert len(emb) > 30 and emb["model_version"].str.startswith("catalog-tiny-minilm@").all()
+    from models.refs import parse_model_ref
+
+    assert len(emb) > 30 and (emb["model_version"] == parse_model_ref("default").version).all()
     vectors = np.stack(emb["embedding"].values)
     assert vectors.shape[1] == 384
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)

@@ -9,7 +9,19 @@ import pytest
 from models.refs import ModelRefError, parse_model_ref
 
 
-def test_default_is_the_builtin_tiny_model():
+def test_default_is_the_shipped_store_model():
+    from models.store import DEFAULT_STORE
+
+    ref = parse_model_ref("default")
+    current = (DEFAULT_STORE / "current").read_text().strip()
+    assert ref.kind == "store" and ref.version == f"store:{current}"
+    assert not ref.random_image_tower and "untrained" not in ref.description
+
+
+def test_default_falls_back_to_the_builtin_model_without_a_current_version(tmp_path, monkeypatch):
+    from models import store
+
+    monkeypatch.setattr(store, "DEFAULT_STORE", tmp_path)  # a project store with no current version
     ref = parse_model_ref("default")
     assert ref.kind == "builtin" and ref.name == "catalog-tiny-minilm"
     assert ref.version.startswith("catalog-tiny-minilm@cfg-") and ref.random_image_tower

@@ -2,12 +2,12 @@ import json
 
 import numpy as np
 import pytest
-from tiny_models import tiny_model_cfg
 
 from models import store
 from models.arch import build_clip
 from models.encoders import load_encoder
 from models.refs import ModelRefError, parse_model_ref
+from tests.tiny_models import tiny_model_cfg
 
 
 @pytest.fixture()

@@ -1,12 +1,12 @@
 import numpy as np
 import torch
-from tiny_models import tiny_model_cfg
 
 from models.arch import build_clip
 from models.training.config import BatchSchedule, TrainConfig
 from models.training.data import TrainData, split_of
 from models.training.pipeline import load_tokenizer
 from models.training.trainer import Trainer
+from tests.tiny_models import tiny_model_cfg
 
 TITLES = ("red shirt", "blue jeans", "black shoe", "white watch", "green bag", "red dress", "blue cap", "grey sock")
 
