@@ -13,7 +13,6 @@ becomes ``current`` only if its selection metric beats the champion's. Either wa
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import sys
 import uuid
@@ -75,15 +74,6 @@ def parse_args(argv: list[str] | None) -> RetrainConfig:
                          a.min_improvement, a.arch_config, a.seed)
 
 
-def _hash_files(paths: list[Path]) -> str:
-    h = hashlib.sha256()
-    for p in sorted(paths):
-        h.update(p.name.encode())
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
 
 def read_catalog(spark: Any, path: str) -> tuple[Any, str]:
     """The catalog as a DataFrame plus a snapshot id: ``delta:PATH@vN`` or ``parquet sha256:...``."""
@@ -96,7 +86,9 @@ def read_catalog(spark: Any, path: str) -> tuple[Any, str]:
     files = [root] if root.is_file() else sorted(root.rglob("*.parquet"))
     if not files:
         raise FileNotFoundError(f"--catalog {path}: no Parquet files")
-    return spark.read.parquet(str(root)), f"parquet:{root.resolve()} sha256:{_hash_files(files)}"
+    from models.digest import sha256_files
+
+    return spark.read.parquet(str(root)), f"parquet:{root.resolve()} sha256:{sha256_files(files)}"
 
 
 def read_clusters(spark: Any, lake: str) -> Any | None:

@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 from PIL import Image
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageDecodeError", "decode_image", "to_model_array"]
+__all__ = ["DEFAULT_MAX_PIXELS", "ImageDecodeError", "center_square", "decode_image", "to_model_array"]
 
 # Product photos are rarely above 4k x 4k; anything larger is refused before decoding.
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -53,19 +53,23 @@ def decode_image(data: bytes, target_size: int | None = None, max_pixels: int = 
     return img
 
 
-def to_model_array(img: Image.Image, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    """Resize the shorter side to ``size``, centre-crop, scale and normalise: a (3, size, size) float32 array.
-
-    The same transform as open_clip's default preprocessing (shortest-side resize, centre crop), done
-    with one PIL resize and NumPy instead of a torchvision pipeline per image.
-    """
+def center_square(img: Image.Image, size: int) -> Image.Image:
+    """Resize the shorter side to ``size`` and centre-crop to ``size`` x ``size`` (open_clip's default geometry)."""
     w, h = img.size
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
     if (nw, nh) != (w, h):
         img = img.resize((nw, nh), Image.BICUBIC)
     left, top = (nw - size) // 2, (nh - size) // 2
-    img = img.crop((left, top, left + size, top + size))
-    arr = np.asarray(img, dtype=np.float32) / 255.0
+    return img.crop((left, top, left + size, top + size))
+
+
+def to_model_array(img: Image.Image, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """:func:`center_square`, scaled and normalised: a (3, size, size) float32 array.
+
+    The same transform as open_clip's default preprocessing, done with one PIL resize and NumPy instead of a
+    torchvision pipeline per image.
+    """
+    arr = np.asarray(center_square(img, size), dtype=np.float32) / 255.0
     arr = (arr - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))

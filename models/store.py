@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from models.digest import sha256_file
+
 __all__ = [
     "CONFIG_FILE", "DEFAULT_STORE", "MANIFEST_FILE", "WEIGHTS_FILE", "ModelIntegrityError", "code_version",
     "current_version", "list_versions", "load_model", "promote", "read_manifest", "save_version", "store_root",
@@ -83,13 +85,6 @@ def list_versions(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / MANIFEST_FILE).is_file())
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def read_manifest(vdir: Path) -> dict[str, Any]:
     try:
@@ -119,7 +114,7 @@ def verify_version(vdir: Path) -> dict[str, Any]:
         path = vdir / name
         if not path.is_file():
             raise ModelIntegrityError(f"{path}: listed in the manifest but missing")
-        if _sha256(path) != expected:
+        if sha256_file(path) != expected:
             raise ModelIntegrityError(f"{path}: sha256 does not match the manifest (file changed or corrupted)")
     extra = sorted(p.name for p in vdir.iterdir() if p.name not in files and p.name != MANIFEST_FILE)
     if extra:
@@ -194,7 +189,7 @@ def save_version(root: Path, name: str, model_cfg: dict[str, Any], preprocess_cf
         "code_version": code_version(),
         "training_data": training_data,
         "metrics": dict(metrics),
-        "files": {f: _sha256(tmp / f) for f in files},
+        "files": {f: sha256_file(tmp / f) for f in files},
         **dict(extra or {}),
     }
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

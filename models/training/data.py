@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from models.images import ImageDecodeError, decode_image
+from models.images import ImageDecodeError, center_square, decode_image
 
 __all__ = ["TrainData", "decode_square", "decode_all", "encode_labels", "group_ids", "split_of"]
 
@@ -61,13 +60,7 @@ def decode_square(data: bytes, size: int) -> np.ndarray:
     uint8 so that a whole catalog fits in memory; normalisation happens per batch.
     """
     img = decode_image(data, target_size=size)
-    w, h = img.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), Image.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    return np.asarray(center_square(img, size), dtype=np.uint8)
 
 
 def decode_all(paths: Sequence[str | Path], size: int,

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from models.digest import sha256_file
 from models.store import trained_state_dict
 from models.training.card import model_card
 from models.training.config import BatchSchedule, TrainConfig
@@ -48,19 +49,12 @@ class FashionSplit:
     snapshot: str          # "products.parquet sha256:..." recorded in the manifest
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def load_fashion(root: str | Path, size: int = 64, cache_dir: str | Path | None = None) -> FashionSplit:
     """Products with a decodable image, split 90/10 by a hash of product_id; labels = articleType."""
     root = Path(root)
     table = root / "products.parquet"
-    digest = _file_sha256(table)
+    digest = sha256_file(table)
     df = pd.read_parquet(table).sort_values("product_id", kind="stable").reset_index(drop=True)
     cache = Path(cache_dir or Path.home() / ".cache" / "catalog-enrich") / f"fashion-{digest[:12]}-{size}.npz"
     if cache.is_file():
