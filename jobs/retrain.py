@@ -52,7 +52,9 @@ def parse_args(argv: list[str] | None) -> RetrainConfig:
     p = argparse.ArgumentParser(prog="retrain.py", description=__doc__.split("\n")[0])
     p.add_argument("--catalog", required=True, help="catalog snapshot: Parquet file/folder or Delta table")
     p.add_argument("--lake", required=True, help="lake root: model_runs is written here, product_clusters read")
-    p.add_argument("--image-root", default=None, help="base for relative image_uri values")
+    p.add_argument("--image-root", default=None,
+                   help="folder relative image URIs resolve against; images are read only from under it "
+                        "(default: the catalog's folder)")
     p.add_argument("--model-store", default=None, help="model store root (default: the project's store)")
     p.add_argument("--run-id", default="")
     p.add_argument("--epochs", type=int, default=1)
@@ -124,13 +126,22 @@ def record_run(spark: Any, lake: str, row: dict[str, Any]) -> None:
     Lake(spark, lake).append(MODEL_RUNS, df, row["run_id"])
 
 
-def _resolve(uri: str, image_root: str | None) -> Path:
-    if uri.startswith("file://"):
-        from urllib.parse import unquote, urlparse
+def resolve_images(pdf: Any, catalog: str, image_root: str | None) -> tuple[Any, list[Path]]:
+    """Keep the rows whose image URI passes the enrich job's image policy; their resolved paths.
 
-        return Path(unquote(urlparse(uri).path))
-    p = Path(uri)
-    return p if p.is_absolute() or image_root is None else Path(image_root) / p
+    The same rules as enrichment (:mod:`udfs.images`): relative URIs resolve against ``--image-root`` (default:
+    the catalog's folder), and nothing outside the allowed roots or over another scheme is read.
+    """
+    from udfs.images import ImagePolicy, resolve_image_uri
+
+    root = Path(image_root) if image_root else Path(catalog).resolve().parent
+    policy = ImagePolicy(image_root=str(root.resolve()))
+    resolved = [resolve_image_uri(str(u), policy).path for u in pdf["image_uri"]]
+    keep = [p is not None for p in resolved]
+    if not all(keep):
+        log.warning("%d image URIs are outside the allowed roots or schemes; those rows are not trained on",
+                    keep.count(False))
+    return pdf[keep].reset_index(drop=True), [Path(p) for p in resolved if p is not None]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,7 +170,7 @@ def _run(spark: Any, cfg: RetrainConfig, row: dict[str, Any]) -> int:
     catalog, snapshot = read_catalog(spark, cfg.catalog)
     pdf = training_frame(catalog, read_clusters(spark, cfg.lake)).toPandas()  # training columns only
     row["training_data"] = snapshot
-    paths = [_resolve(u, cfg.image_root) for u in pdf["image_uri"]]
+    pdf, paths = resolve_images(pdf, cfg.catalog, cfg.image_root)
     return train_and_compare(cfg, pdf, paths, snapshot, row)
 
 
