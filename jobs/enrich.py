@@ -10,6 +10,7 @@ version), or quarantined with a reason. Re-running a run id changes nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -117,22 +118,17 @@ class _Stages:
         self.spark = spark
         self.timings: dict[str, float] = {}
 
+    @contextlib.contextmanager
     def __call__(self, name: str):
-        stages = self
-
-        class _Stage:
-            def __enter__(self):
-                self.t = time.perf_counter()
-                stages.spark.sparkContext.setJobDescription(f"catalog-enrich: {name}")
-                log.info("stage %s ...", name)
-                return self
-
-            def __exit__(self, *exc):
-                stages.timings[name] = round(time.perf_counter() - self.t, 3)
-                log.info("stage %s done in %.1f s", name, stages.timings[name])
-                stages.spark.sparkContext.setJobDescription(None)
-
-        return _Stage()
+        t = time.perf_counter()
+        self.spark.sparkContext.setJobDescription(f"catalog-enrich: {name}")
+        log.info("stage %s ...", name)
+        try:
+            yield
+        finally:
+            self.timings[name] = round(time.perf_counter() - t, 3)
+            log.info("stage %s done in %.1f s", name, self.timings[name])
+            self.spark.sparkContext.setJobDescription(None)
 
 
 def _run_row(spark, summary: RunSummary, cfg: EnrichConfig, started: dt.datetime, finished: dt.datetime | None):

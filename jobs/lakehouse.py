@@ -80,7 +80,7 @@ class Lake:
         import pyarrow as pa
         from pyspark.sql.pandas.types import to_arrow_schema
 
-        schema = to_arrow_schema(spec.schema, timezone="UTC") if _accepts_tz() else to_arrow_schema(spec.schema)
+        schema = to_arrow_schema(spec.schema)  # timestamps as UTC microseconds, as Delta stores them
         return pa.schema([f.with_nullable(True) for f in schema])
 
     def ensure(self, spec: TableSpec):
@@ -246,10 +246,3 @@ class Lake:
             ),
         )
 
-
-def _accepts_tz() -> bool:
-    import inspect
-
-    from pyspark.sql.pandas.types import to_arrow_schema
-
-    return "timezone" in inspect.signature(to_arrow_schema).parameters

@@ -76,21 +76,21 @@ def parse_args(argv: list[str] | None) -> RetrainConfig:
                          a.min_improvement, a.arch_config, a.seed)
 
 
-
 def read_catalog(spark: Any, path: str) -> tuple[Any, str]:
-    """The catalog as a DataFrame plus a snapshot id: ``delta:PATH@vN`` or ``parquet sha256:...``."""
+    """The catalog (read and conformed by the enrich job's reader) plus a snapshot id for the model manifest:
+    ``delta:PATH@vN`` or ``parquet:PATH sha256:...``."""
+    from jobs.transforms import read_catalog as read_conformed
+
+    catalog = read_conformed(spark, path)
     root = Path(path)
     if (root / "_delta_log").is_dir():
         from deltalake import DeltaTable
 
-        dt = DeltaTable(str(root))
-        return spark.read.parquet(*dt.file_uris()), f"delta:{root.resolve()}@v{dt.version()}"
-    files = [root] if root.is_file() else sorted(root.rglob("*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"--catalog {path}: no Parquet files")
+        return catalog, f"delta:{root.resolve()}@v{DeltaTable(str(root)).version()}"
     from models.digest import sha256_files
 
-    return spark.read.parquet(str(root)), f"parquet:{root.resolve()} sha256:{sha256_files(files)}"
+    files = [root] if root.is_file() else sorted(root.rglob("*.parquet"))
+    return catalog, f"parquet:{root.resolve()} sha256:{sha256_files(files)}"
 
 
 def read_clusters(spark: Any, lake: str) -> Any | None:

@@ -53,6 +53,7 @@ def _encoder(cfg: EmbedConfig):
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:
+    # Keyed by pid too: a pool's threads do not survive a fork, so a forked worker must not reuse its parent's.
     return cached(("decode-pool", threads, os.getpid()), lambda: ThreadPoolExecutor(max(1, threads)))
 
 
