@@ -76,7 +76,16 @@ def load_fashion(root: str | Path, size: int = 64, cache_dir: str | Path | None 
 
 
 REPRODUCE = ("python -m models.training.fashion --data /work/shared/data/fashion "
-             "--epochs {epochs} --batch {batch} --double-at {double_at} --max-steps {max_steps} --seed {seed}")
+             "--epochs {epochs} --batch {batch} --double-at {double_at} --max-steps {max_steps} --seed {seed} "
+             "--category-weight {category_weight}")
+
+
+def _labels_note(cfg: TrainConfig) -> str:
+    if cfg.category_weight <= 0:
+        return "No category labels were used in training."
+    return (f"ZhichunRoad multitask pre-training: a shared linear articleType classifier on the image and the text "
+            f"embeddings (cross-entropy, weight {cfg.category_weight}) trained beside the contrastive loss, on the "
+            f"train split's labels only; the classifier itself is dropped, the embeddings keep what it taught.")
 
 
 def _card(cfg: TrainConfig, args: argparse.Namespace, split: FashionSplit, result: TrainResult,
@@ -93,7 +102,7 @@ def _card(cfg: TrainConfig, args: argparse.Namespace, split: FashionSplit, resul
                   f"({sched}); AdamW lr {cfg.lr} (text projection {cfg.text_lr}), cosine decay, "
                   f"{cfg.warmup_steps} warm-up steps; random horizontal flips. {result.steps} steps, "
                   f"{result.samples} samples in {result.seconds / 60:.1f} min on 2 CPU cores "
-                  f"({result.samples_per_s:.0f} samples/s). No category labels were used in training."),
+                  f"({result.samples_per_s:.0f} samples/s). " + _labels_note(cfg)),
         data=(f"`fashion/` of the project's research data (Kaggle \"Fashion Product Images (Small)\", Myntra; "
               f"research licence, not redistributed): {split.snapshot}. Split by a hash of product_id "
               f"(sha256, bucket < 10 of 100 = valid): {len(split.train)} train, {len(split.valid)} valid products; "
@@ -107,7 +116,8 @@ def _card(cfg: TrainConfig, args: argparse.Namespace, split: FashionSplit, resul
                     f"text projection)."),
         columns={"baseline (untrained)": base, "this model": cand},
         reproduce=REPRODUCE.format(epochs=args.epochs, batch=args.batch, double_at=args.double_at,
-                                   max_steps=args.max_steps, seed=args.seed),
+                                   max_steps=args.max_steps, seed=args.seed,
+                                   category_weight=args.category_weight),
         limitations=("Tiny images (60x80 photos at 64 px) and a tiny image tower: good for coarse type and colour, "
                      "not for fine detail. Fashion titles are templated (\"Brand Gender Colour Type\"), so text "
                      "metrics are optimistic for free-form seller titles. English only (see Languages)."),
@@ -125,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--double-at", default="2", help="comma-separated epochs at which the batch doubles")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--category-weight", type=float, default=0.0,
+                   help="ZhichunRoad multitask: weight of an articleType classification loss beside the contrastive "
+                        "loss (0 = contrastive only)")
     p.add_argument("--checkpoint", default=None, help="raw weights written right after training / reused")
     p.add_argument("--no-promote", action="store_true")
     args = p.parse_args(argv)
@@ -142,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
     double_at = tuple(int(x) for x in args.double_at.split(",") if x.strip())
     cfg = TrainConfig(epochs=args.epochs, max_steps=args.max_steps, schedule=BatchSchedule(args.batch, double_at),
-                      chunk_size=512, seed=args.seed)
+                      chunk_size=512, seed=args.seed, category_weight=args.category_weight)
     model_cfg = candidate_config()
     if args.checkpoint and Path(args.checkpoint).is_file():
         model = build_clip(model_cfg, seed=args.seed)
