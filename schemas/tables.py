@@ -23,8 +23,8 @@ from pyspark.sql.types import (
 )
 
 __all__ = [
-    "CATALOG", "CATALOG_REQUIRED", "ENRICHMENT_RUNS", "MODEL_RUNS", "PRODUCT_EMBEDDINGS", "QUARANTINE", "TABLES",
-    "TableSpec",
+    "CATALOG", "CATALOG_REQUIRED", "ENRICHMENT_RUNS", "MODEL_RUNS", "PRODUCT_CLUSTERS", "PRODUCT_EMBEDDINGS",
+    "PRODUCT_MATCHES", "QUARANTINE", "TABLES", "TableSpec",
 ]
 
 
@@ -147,4 +147,51 @@ MODEL_RUNS = TableSpec(
     doc="One row per retrain run.",
 )
 
-TABLES: dict[str, TableSpec] = {t.name: t for t in (PRODUCT_EMBEDDINGS, QUARANTINE, ENRICHMENT_RUNS, MODEL_RUNS)}
+PRODUCT_MATCHES = TableSpec(
+    "product_matches",
+    (
+        Column("product_id_a", StringType(), "the smaller product id of the pair (key)", nullable=False),
+        Column("product_id_b", StringType(), "the larger product id of the pair (key); product_id_a < product_id_b",
+               nullable=False),
+        Column("score", DoubleType(), "calibrated probability that both listings are the same product"),
+        Column("fused_cosine", FloatType(), "cosine of the fused embeddings"),
+        Column("text_cosine", FloatType(), "cosine of the title embeddings"),
+        Column("image_cosine", FloatType(), "cosine of the image embeddings; null unless both products have an image"),
+        Column("token_jaccard", FloatType(), "Jaccard overlap of the lower-cased title words"),
+        Column("model_number_match", BooleanType(),
+               "true when the titles share a normalised model number, false when both carry model numbers and "
+               "none is shared, null when either title has none"),
+        Column("brand_match", BooleanType(), "whether the brands agree; null when either brand is unknown"),
+        Column("price_ratio", DoubleType(), "smaller over larger price; null without both prices in one currency"),
+        Column("blocking", StringType(), "how the pair became a candidate: ann, model_number or ann+model_number"),
+        Column("model_version", StringType(), "encoder that produced the embeddings compared"),
+        Column("scorer_version", StringType(), "pair scorer that produced the score (models/matching store)"),
+        Column("run_id", StringType(), "run that last wrote the row"),
+        Column("updated_at", TimestampType(), "when the row was last written"),
+    ),
+    keys=("product_id_a", "product_id_b"),
+    doc="One row per pair of listings judged to be the same product (score at or above the scorer's threshold).",
+)
+
+PRODUCT_CLUSTERS = TableSpec(
+    "product_clusters",
+    (
+        Column("product_id", StringType(), "catalog product id (key)", nullable=False),
+        Column("cluster_id", StringType(),
+               "the smallest product id of the cluster: unchanged across runs while the membership is unchanged"),
+        Column("cluster_size", LongType(), "number of products in the cluster (1: no duplicate found)"),
+        Column("guard", StringType(),
+               "null, or why an oversized component was cut: 'strict:<threshold>' (re-clustered on pairs scoring "
+               "at least that) or 'dissolved' (still too large at the strictest threshold: left as singletons)"),
+        Column("matched_hash", StringType(),
+               "content hash and model version of the embeddings the product was last matched with; a product "
+               "whose embeddings change is matched again"),
+        Column("run_id", StringType(), "run that last wrote the row"),
+        Column("updated_at", TimestampType(), "when the row was last written"),
+    ),
+    keys=("product_id",),
+    doc="One row per matched product: its duplicate cluster (connected components of product_matches).",
+)
+
+TABLES: dict[str, TableSpec] = {t.name: t for t in (
+    PRODUCT_EMBEDDINGS, PRODUCT_MATCHES, PRODUCT_CLUSTERS, QUARANTINE, ENRICHMENT_RUNS, MODEL_RUNS)}
