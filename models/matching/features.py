@@ -1,0 +1,133 @@
+"""Features of a pair of product listings, computed the same way for training and in the Spark job.
+
+A record is a mapping with ``title`` and optionally ``brand``, ``price`` and ``currency``. The embedding
+cosines come from the caller (the title embeddings of the shipped encoder, and image/fused ones when both
+products have an image). :func:`pair_features` returns the scorer's numeric inputs (:data:`FEATURES`, no
+NaN: every optional signal has a ``*_known`` indicator) plus evidence columns for analysts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from models.matching.text import brand_key, char_ngrams, model_numbers, numbers, parse_price, tokens
+
+__all__ = ["FEATURES", "Prepared", "pair_features", "prepare"]
+
+# The scorer's inputs, in order. Image and fused cosines are evidence only: no labelled pair here has
+# images, so a scorer could not learn what they are worth.
+FEATURES = (
+    "text_cosine", "token_jaccard", "token_overlap", "char3_jaccard", "length_ratio",
+    "model_both", "model_shared", "model_conflict", "number_both", "number_jaccard",
+    "brand_known", "brand_agree", "price_known", "price_similarity",
+)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The normalised parts of one record, computed once however many pairs it is in."""
+
+    words: frozenset[str]
+    grams: frozenset[str]
+    codes: frozenset[str]
+    nums: frozenset[str]
+    compact: str
+    brand: str
+    price: float
+    currency: str
+
+
+def _text(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return str(v)
+
+
+def prepare(record: Mapping) -> Prepared:
+    title = _text(record.get("title"))
+    words = tokens(title)
+    return Prepared(
+        words=frozenset(words), grams=frozenset(char_ngrams(title)), codes=frozenset(model_numbers(title)),
+        nums=frozenset(numbers(title)), compact="".join(c for c in "".join(words) if c.isalnum()),
+        brand=brand_key(_text(record.get("brand"))), price=parse_price(record.get("price")),
+        currency=_text(record.get("currency")).strip().upper(),
+    )
+
+
+def _jaccard(a: frozenset, b: frozenset) -> float:
+    if not a and not b:
+        return 0.0
+    return len(a & b) / len(a | b)
+
+
+def _brand(a: Prepared, b: Prepared) -> bool | None:
+    """Brands agree when equal (one may extend the other: "elite" / "elitescreens"), or when the one known
+    brand appears in the other title; they disagree only when both are known."""
+    if a.brand and b.brand:
+        return a.brand.startswith(b.brand) or b.brand.startswith(a.brand)
+    known, other = (a, b) if a.brand else (b, a)
+    if known.brand and len(known.brand) >= 2 and known.brand in other.compact:
+        return True
+    return None
+
+
+def _models(a: Prepared, b: Prepared) -> tuple[bool, int]:
+    """(both have model numbers, how many are shared); a model number also counts as shared when the other
+    title holds it with different spacing or punctuation."""
+    both = bool(a.codes) and bool(b.codes)
+    shared = {c for c in a.codes if c in b.compact} | {c for c in b.codes if c in a.compact}
+    return both, len(shared)
+
+
+def _one(a: Prepared, b: Prepared) -> tuple[list[float], bool | None, bool | None, float]:
+    jac = _jaccard(a.words, b.words)
+    small = min(len(a.words), len(b.words))
+    overlap = len(a.words & b.words) / small if small else 0.0
+    length = small / max(len(a.words), len(b.words)) if small else 0.0
+    m_both, m_shared = _models(a, b)
+    n_both = bool(a.nums) and bool(b.nums)
+    brand = _brand(a, b)
+    same_currency = a.currency == b.currency  # both empty counts as the same (unknown) currency
+    ratio = (min(a.price, b.price) / max(a.price, b.price)
+             if same_currency and not (math.isnan(a.price) or math.isnan(b.price)) else math.nan)
+    row = [jac, overlap, _jaccard(a.grams, b.grams), length,
+           float(m_both), float(m_shared > 0), float(m_both and m_shared == 0),
+           float(n_both), _jaccard(a.nums, b.nums) if n_both else 0.0,
+           float(brand is not None), float(bool(brand)),
+           float(not math.isnan(ratio)), 0.0 if math.isnan(ratio) else ratio]
+    model_match = (m_shared > 0) if (m_both or m_shared) else None
+    return row, model_match, brand, ratio
+
+
+def pair_features(left: Sequence[Prepared], right: Sequence[Prepared], text_cosine: np.ndarray,
+                  image_cosine: np.ndarray | None = None, fused_cosine: np.ndarray | None = None) -> pd.DataFrame:
+    """One row per pair ``(left[i], right[i])``: the :data:`FEATURES` columns plus the evidence columns
+    ``image_cosine``, ``fused_cosine`` (NaN when not given), ``model_number_match``, ``brand_match`` (object:
+    True/False/None) and ``price_ratio`` (NaN when unknown; the feature ``price_similarity`` is 0 then), named
+    like the columns of ``product_matches``."""
+    n = len(left)
+    if len(right) != n or len(text_cosine) != n:
+        raise ValueError(f"pair_features: left ({n}), right ({len(right)}) and text_cosine "
+                         f"({len(text_cosine)}) must have one entry per pair")
+    rows, models, brands, ratios = [], [], [], []
+    for a, b in zip(left, right, strict=True):
+        row, m, br, r = _one(a, b)
+        rows.append(row)
+        models.append(m)
+        brands.append(br)
+        ratios.append(r)
+    arr = np.asarray(rows, dtype=np.float64).reshape(n, len(FEATURES) - 1)
+    out = pd.DataFrame(arr, columns=list(FEATURES[1:]))
+    out.insert(0, "text_cosine", np.nan_to_num(np.asarray(text_cosine, dtype=np.float64), nan=0.0))
+    nan = np.full(n, np.nan)
+    out["image_cosine"] = nan if image_cosine is None else np.asarray(image_cosine, dtype=np.float64)
+    out["fused_cosine"] = out["text_cosine"] if fused_cosine is None else np.asarray(fused_cosine, np.float64)
+    out["model_number_match"] = pd.Series(models, dtype=object)
+    out["brand_match"] = pd.Series(brands, dtype=object)
+    out["price_ratio"] = np.asarray(ratios, dtype=np.float64)
+    return out

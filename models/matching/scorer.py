@@ -1,0 +1,131 @@
+"""The pair scorer: gradient-boosted trees on the pair features, calibrated to a probability.
+
+Everything the scorer needs at inference is plain data (tree arrays, isotonic calibration points, the
+decision threshold), so it is stored as JSON and evaluated with NumPy: no pickle, no scikit-learn at
+inference. :mod:`models.matching.train` fits it with scikit-learn and converts it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["FORMAT", "PairScorer", "Trees"]
+
+FORMAT = "catalog-enrich/pair-scorer/1"
+
+
+@dataclass(frozen=True)
+class Trees:
+    """Regression trees summed into log-odds: ``raw = bias + rate * sum(leaf values)``.
+
+    Nodes of all trees sit in flat arrays; ``roots[t]`` is tree t's first node; ``left < 0`` marks a leaf.
+    A sample goes left when ``x[feature] <= threshold`` (scikit-learn's rule, on float32 inputs).
+    """
+
+    roots: np.ndarray
+    feature: np.ndarray
+    threshold: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    value: np.ndarray
+    rate: float
+    bias: float = 0.0
+
+    def raw(self, x: np.ndarray) -> np.ndarray:
+        # scikit-learn compares float32 features with float64 thresholds; do the same for identical splits.
+        x = np.asarray(x, dtype=np.float32).astype(np.float64)
+        if len(x) == 0:
+            return np.zeros(0)
+        nodes = np.broadcast_to(self.roots, (len(x), len(self.roots))).copy()
+        rows = np.arange(len(x))[:, None]
+        while True:
+            inner = self.left[nodes] >= 0
+            if not inner.any():
+                break
+            go_left = x[rows, self.feature[nodes]] <= self.threshold[nodes]
+            nodes = np.where(inner, np.where(go_left, self.left[nodes], self.right[nodes]), nodes)
+        return self.bias + self.rate * self.value[nodes].sum(axis=1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"roots": self.roots.tolist(), "feature": self.feature.tolist(), "threshold": self.threshold.tolist(),
+                "left": self.left.tolist(), "right": self.right.tolist(), "value": self.value.tolist(),
+                "rate": self.rate, "bias": self.bias}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Trees:
+        t = cls(np.asarray(d["roots"], np.int64), np.asarray(d["feature"], np.int64),
+                np.asarray(d["threshold"], np.float64), np.asarray(d["left"], np.int64),
+                np.asarray(d["right"], np.int64), np.asarray(d["value"], np.float64), float(d["rate"]),
+                float(d.get("bias", 0.0)))
+        n = len(t.feature)
+        if not (len(t.threshold) == len(t.left) == len(t.right) == len(t.value) == n):
+            raise ValueError("pair scorer trees: node arrays differ in length")
+        links = np.concatenate([t.roots, t.left[t.left >= 0], t.right[t.left >= 0]])
+        if len(links) and (links.min() < 0 or links.max() >= n):
+            raise ValueError("pair scorer trees: a node index points outside the node arrays")
+        return t
+
+
+@dataclass(frozen=True)
+class PairScorer:
+    """Calibrated probability that a pair is a match; ``score >= threshold`` is a match."""
+
+    features: tuple[str, ...]
+    trees: Trees
+    calib_x: np.ndarray        # isotonic calibration: raw log-odds -> probability, linear in between
+    calib_y: np.ndarray
+    threshold: float
+    meta: dict[str, Any] = field(default_factory=dict)   # training data, metrics, encoder used for features
+    version: str = "unsaved"
+
+    def raw(self, x: pd.DataFrame | np.ndarray) -> np.ndarray:
+        return self.trees.raw(self._matrix(x))
+
+    def score(self, x: pd.DataFrame | np.ndarray) -> np.ndarray:
+        return np.clip(np.interp(self.raw(x), self.calib_x, self.calib_y), 0.0, 1.0)
+
+    def is_match(self, scores: np.ndarray) -> np.ndarray:
+        return np.asarray(scores) >= self.threshold
+
+    def _matrix(self, x: pd.DataFrame | np.ndarray) -> np.ndarray:
+        if isinstance(x, pd.DataFrame):
+            missing = [f for f in self.features if f not in x.columns]
+            if missing:
+                raise ValueError(f"pair scorer {self.version}: feature columns missing: {missing}")
+            x = x[list(self.features)].to_numpy(dtype=np.float64)
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != len(self.features):
+            raise ValueError(f"pair scorer {self.version}: expected (n, {len(self.features)}) features, got {x.shape}")
+        return x
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "format": FORMAT, "features": list(self.features), "trees": self.trees.to_dict(),
+            "calibration": {"kind": "isotonic", "x": self.calib_x.tolist(), "y": self.calib_y.tolist()},
+            "threshold": self.threshold, "meta": self.meta,
+        }, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, version: str = "unsaved", expected_features: Sequence[str] | None = None
+                  ) -> PairScorer:
+        d = json.loads(text)
+        if d.get("format") != FORMAT:
+            raise ValueError(f"not a pair scorer of format {FORMAT!r}: format is {d.get('format')!r}")
+        features = tuple(d["features"])
+        if expected_features is not None and features != tuple(expected_features):
+            raise ValueError(f"pair scorer {version} uses features {features}, this code computes "
+                             f"{tuple(expected_features)}: retrain it")
+        cal = d["calibration"]
+        x, y = np.asarray(cal["x"], np.float64), np.asarray(cal["y"], np.float64)
+        if cal.get("kind") != "isotonic" or len(x) != len(y) or len(x) == 0 or np.any(np.diff(x) < 0):
+            raise ValueError("pair scorer calibration must be isotonic points with increasing x")
+        trees = Trees.from_dict(d["trees"])
+        if len(trees.feature) and trees.feature[trees.left >= 0].max(initial=0) >= len(features):
+            raise ValueError("pair scorer trees use a feature index beyond the feature list")
+        return cls(features, trees, x, y, float(d["threshold"]), dict(d.get("meta", {})), version)

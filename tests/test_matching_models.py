@@ -1,0 +1,279 @@
+"""models.matching without Spark: normalisation, pair features, scorer training/storage, blocking, clustering."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.matching.artifact import load_scorer, promote_scorer, save_scorer
+from models.matching.blocking import BlockingConfig, assign, block_search, candidate_pairs, code_pairs, kmeans
+from models.matching.cluster import ClusterConfig, cluster, connected_components, pairwise_prf
+from models.matching.features import FEATURES, pair_features, prepare
+from models.matching.scorer import PairScorer
+from models.matching.text import brand_key, model_numbers, numbers, parse_price, tokens
+from models.matching.train import ScorerTrainConfig, best_threshold, prf, train_pair_scorer
+from models.store import ModelIntegrityError
+
+
+def test_model_numbers_are_normalised_across_spellings():
+    assert model_numbers("Kestrel Unisex Black Watch KE-8301") == {"ke8301"}
+    assert model_numbers("Watch Kestrel Black KE8301 Unisex") == {"ke8301"}
+    assert "ke8301" in model_numbers("Kestrel KE 8301 watch")
+    assert model_numbers("toshiba ph3100u-1e3s 1tb usb 3.0") >= {"ph3100u1e3s"}
+    assert model_numbers("Women's Purple T-Shirt") == set()  # letters only: not a model number
+    assert numbers("harmony 890 remote, 4.0 cu ft") == {"890", "4.0"}
+    assert tokens("NEW FJORD cap") == ["new", "fjord", "cap"]
+    assert brand_key("KESTREL") == brand_key("Kestrel") == "kestrel"
+
+
+@pytest.mark.parametrize(("raw", "value"), [
+    (19.99, 19.99), ("$\u200e234.95", 234.95), ("1,299.00", 1299.0), ("378,00 лв", 378.0), ("1.299,50", 1299.5),
+    ("1,299", 1299.0), ("", math.nan), (None, math.nan), ("free", math.nan), (0.0, math.nan),
+])
+def test_parse_price(raw, value):
+    got = parse_price(raw)
+    assert (math.isnan(got) and math.isnan(value)) or got == pytest.approx(value)
+
+
+def _feat(a: dict, b: dict, cos: float = 0.9) -> pd.Series:
+    return pair_features([prepare(a)], [prepare(b)], np.array([cos])).iloc[0]
+
+
+def test_pair_features_see_model_numbers_brands_and_prices():
+    a = {"title": "Quill Women Purple Dress QU-7101", "brand": "Quill", "price": 29.74, "currency": "EUR"}
+    dup = {"title": "Women's Purple Dress | Quill QU7101 | fast shipping", "brand": None, "price": 29.72,
+           "currency": "EUR"}
+    other = {"title": "Quill Women Purple Dress QU-5550", "brand": "QUILL", "price": 80.0, "currency": "EUR"}
+    f = _feat(a, dup)
+    assert f["model_shared"] == 1 and f["model_conflict"] == 0 and f["model_number_match"] is True
+    assert f["brand_known"] == 1 and f["brand_agree"] == 1  # the known brand appears in the other title
+    assert f["brand_match"] is True and f["price_ratio"] == pytest.approx(29.72 / 29.74)
+    g = _feat(a, other)
+    assert g["model_conflict"] == 1 and g["model_number_match"] is False
+    assert g["token_jaccard"] > f["token_jaccard"]  # the near-identical title of another product
+    assert g["brand_agree"] == 1 and g["price_similarity"] == pytest.approx(29.74 / 80)
+    h = _feat(a, dict(other, currency="USD", brand="Orca"))
+    assert h["price_known"] == 0 and h["price_similarity"] == 0 and math.isnan(h["price_ratio"])
+    assert h["brand_known"] == 1 and h["brand_agree"] == 0 and h["brand_match"] is False
+    assert _feat(a, dict(other, brand=None, title="Dress QU-5550"))["brand_match"] is None
+    assert not np.isnan(pair_features([prepare(a)] * 3, [prepare(other)] * 3, np.ones(3))[list(FEATURES)]
+                        .to_numpy()).any()
+    with pytest.raises(ValueError, match="one entry per pair"):
+        pair_features([prepare(a)], [prepare(a), prepare(a)], np.ones(1))
+
+
+def _toy_pairs(n: int, seed: int) -> pd.DataFrame:
+    """Feature rows where matches share a model number and have high cosine, with label noise."""
+    rng = np.random.default_rng(seed)
+    y = rng.random(n) < 0.3
+    df = pd.DataFrame({f: rng.random(n) for f in FEATURES})
+    df["model_shared"] = np.where(y, rng.random(n) < 0.9, rng.random(n) < 0.05).astype(float)
+    df["text_cosine"] = np.clip(np.where(y, 0.8, 0.5) + 0.15 * rng.standard_normal(n), -1, 1)
+    df["label"] = np.where(rng.random(n) < 0.05, ~y, y).astype(int)
+    return df
+
+
+def test_scorer_trains_calibrates_round_trips_and_is_checksummed(tmp_path):
+    train, valid = _toy_pairs(3000, 0), _toy_pairs(1000, 1)
+    cfg = ScorerTrainConfig(n_trees=40, folds=3)
+    s = train_pair_scorer(train, valid, cfg, meta={"encoder_version": "toy"})
+    scores = s.score(valid)
+    assert scores.min() >= 0 and scores.max() <= 1
+    assert prf(valid["label"], s.is_match(scores))["f1"] > 0.8
+    assert s.meta["metrics"]["valid_f1"] == pytest.approx(prf(valid["label"], s.is_match(scores))["f1"])
+    # Calibrated: among pairs scored around p, about p are matches.
+    hi = scores > 0.8
+    assert valid["label"][hi].mean() > 0.75 and valid["label"][scores < 0.2].mean() < 0.25
+    back = PairScorer.from_json(s.to_json())
+    assert np.array_equal(back.score(valid), scores) and back.threshold == s.threshold
+
+    root = tmp_path / "store"
+    version = save_scorer(root, s, training_data="toy")
+    promote_scorer(root, version)
+    loaded = load_scorer(root)
+    assert loaded.version == version and np.array_equal(loaded.score(valid), scores)
+    assert load_scorer(root / version).version == version
+    path = root / version / "scorer.json"
+    path.write_text(path.read_text().replace('"threshold": ', '"threshold": 0.0001 + '))
+    with pytest.raises(ModelIntegrityError, match="sha256 does not match"):
+        load_scorer(root)
+    (root / version / "scorer.pkl").write_bytes(b"\x80")
+    with pytest.raises(ModelIntegrityError, match="not in the manifest"):
+        load_scorer(root / version)
+
+
+def test_scorer_refuses_other_features_and_bad_files():
+    s = train_pair_scorer(_toy_pairs(600, 2), _toy_pairs(300, 3), ScorerTrainConfig(n_trees=5, folds=2))
+    d = json.loads(s.to_json())
+    with pytest.raises(ValueError, match="retrain it"):
+        PairScorer.from_json(json.dumps(dict(d, features=d["features"][:-1])), expected_features=FEATURES)
+    with pytest.raises(ValueError, match="not a pair scorer"):
+        PairScorer.from_json(json.dumps(dict(d, format="other")))
+    with pytest.raises(ValueError, match="missing"):
+        s.score(pd.DataFrame({"text_cosine": [0.5]}))
+
+
+def test_shipped_scorer_loads_and_separates_the_obvious_cases():
+    s = load_scorer()
+    a = {"title": "Kestrel Unisex Black Watch KE-8301", "brand": "Kestrel", "price": 142.45, "currency": "EUR"}
+    b = {"title": "Watch Kestrel Black KE8301 Unisex", "brand": "KESTREL", "price": 140.49, "currency": "EUR"}
+    c = {"title": "Kestrel Unisex Black Watch KE-4417", "brand": "Kestrel", "price": 210.0, "currency": "EUR"}
+    f = pair_features([prepare(a), prepare(a)], [prepare(b), prepare(c)], np.array([0.9, 0.97]))
+    match, other = s.score(f)
+    assert match >= s.threshold > other
+
+
+def test_best_threshold_maximises_f1():
+    y = np.array([1, 1, 0, 1, 0, 0])
+    s = np.array([0.9, 0.8, 0.7, 0.6, 0.2, 0.1])
+    t, f1 = best_threshold(y, s)
+    assert t == 0.6 and f1 == pytest.approx(prf(y, s >= t)["f1"])
+    assert all(prf(y, s >= u)["f1"] <= f1 + 1e-12 for u in s)
+
+
+def _clustered(n_groups: int, per: int, d: int, noise: float, seed: int):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_groups, d))
+    x = np.repeat(centres, per, axis=0) + noise * rng.standard_normal((n_groups * per, d))
+    ids = [f"p{i:05d}" for i in range(len(x))]
+    groups = np.repeat(np.arange(n_groups), per)
+    return ids, (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), groups
+
+
+def test_block_search_is_exact_within_a_cell():
+    ids, x, _ = _clustered(20, 3, 16, 0.3, 0)
+    qi, ji, cos = block_search(ids, x, ids, x, k=2, min_cosine=-1.0)
+    sims = x @ x.T
+    np.fill_diagonal(sims, -np.inf)
+    expect = {(i, j) for i in range(len(ids)) for j in np.argsort(-sims[i])[:2]}
+    assert set(zip(qi.tolist(), ji.tolist(), strict=True)) == expect
+    assert np.allclose(cos, sims[qi, ji], atol=1e-5)
+    assert all(i != j for i, j in zip(qi, ji, strict=True))
+
+
+def test_blocking_finds_the_duplicates_with_far_fewer_pairs():
+    ids, x, groups = _clustered(300, 3, 32, 0.25, 1)
+    cfg = BlockingConfig(block_size=100, probes=2, neighbours=5, min_cosine=0.3)
+    cand = candidate_pairs(ids, x, [""] * len(ids), cfg)
+    found = set(zip(cand["a"], cand["b"], strict=True))
+    true = {(ids[i], ids[j]) for i in range(len(ids)) for j in range(i + 1, len(ids)) if groups[i] == groups[j]}
+    assert len(true & found) / len(true) > 0.97
+    assert len(cand) < 0.02 * len(ids) * (len(ids) - 1) / 2
+    assert (cand["a"] < cand["b"]).all() and not cand.duplicated(["a", "b"]).any()
+    assert kmeans(x, 9, seed=3).shape == (9, 32) and np.array_equal(kmeans(x, 9, seed=3), kmeans(x, 9, seed=3))
+    top = assign(x[:5], kmeans(x, 9), 3)
+    assert top.shape == (5, 3) and all(len(set(r)) == 3 for r in top.tolist())
+
+
+def test_code_pairs_skip_unspecific_keys_and_respect_queries():
+    ids = ["a", "b", "c", "d"]
+    titles = ["Shirt AB-1234", "AB1234 shirt", "Mug XY-9999", "Mug XY9999 large"]
+    assert code_pairs(ids, titles, 10) == {("a", "b"), ("c", "d")}
+    assert code_pairs(ids, titles, 10, queries={"d"}) == {("c", "d")}
+    assert code_pairs(ids, titles, 1) == set()
+
+
+def test_clusters_use_the_smallest_id_and_guard_giant_components():
+    nodes = [f"n{i:02d}" for i in range(12)]
+    chain = [(nodes[i], nodes[i + 1]) for i in range(7)]         # n00..n07 chained: a component of 8
+    scores = [0.95, 0.95, 0.5, 0.95, 0.95, 0.5, 0.95]
+    pair = [("n09", "n10")]
+    a = [e[0] for e in chain + pair]
+    b = [e[1] for e in chain + pair]
+    got = cluster(nodes, a, b, scores + [0.6], ClusterConfig(max_size=5, strict_thresholds=(0.9,)))
+    assert got.cluster_id["n10"] == "n09" and got.guard["n10"] is None and got.cluster_id["n11"] == "n11"
+    assert [got.cluster_id[n] for n in nodes[:8]] == ["n00"] * 3 + ["n03"] * 3 + ["n06"] * 2
+    assert all(got.guard[n] == "strict:0.9" for n in nodes[:8])
+    strict = cluster(nodes, a, b, scores + [0.6], ClusterConfig(max_size=2, strict_thresholds=(0.9,)))
+    assert strict.guard["n00"] == "dissolved" and strict.cluster_id["n01"] == "n01"
+    assert strict.cluster_id["n07"] == "n06" and strict.guard["n07"] == "strict:0.9"
+    assert connected_components(["x"], [("c", "b"), ("b", "a")]) == {"x": "x", "a": "a", "b": "a", "c": "a"}
+
+
+def test_pairwise_prf():
+    truth = {"a": "1", "b": "1", "c": "1", "d": "2"}
+    pred = {"a": "x", "b": "x", "c": "y", "d": "y"}
+    m = pairwise_prf(pred, truth)  # predicted pairs ab, cd; true pairs ab, ac, bc
+    assert m["precision"] == 0.5 and m["recall"] == pytest.approx(1 / 3)
+
+
+def _tiny_benchmarks(root):
+    """Files shaped like shared/data/matching, with made-up products (a few dozen pairs per benchmark)."""
+    from models.matching.data import BENCHMARKS
+
+    rng = np.random.default_rng(0)
+    kinds = ["shirt", "watch", "mug", "camera", "drive", "remote"]
+    prods = [(f"{rng.choice(['acme', 'zeta', 'nova'])} {rng.choice(kinds)} {rng.choice(kinds)} "
+              f"{chr(97 + i % 26)}{chr(97 + i // 26)}-{1000 + i}", float(10 + i)) for i in range(60)]
+
+    def relist(t):
+        words = t.split()
+        return " ".join(words[1:] + words[:1]).upper()
+
+    rows = []
+    for split in ("train", "valid"):
+        for i in range(0, 60, 2 if split == "train" else 3):
+            j = (i + 7) % 60
+            rows.append((split, 1, prods[i][0], relist(prods[i][0]), prods[i][1], prods[i][1] * 1.02, i, i))
+            rows.append((split, 0, prods[i][0], relist(prods[j][0]), prods[i][1], prods[j][1], i, j))
+    df = pd.DataFrame(rows, columns=["split", "label", "lt", "rt", "lp", "rp", "lc", "rc"])
+    for b in BENCHMARKS.values():
+        path = root / b.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if "{split}" in b.path:
+            for split, name in zip(("train", "valid"), b.splits, strict=True):
+                d = df[df["split"] == split]
+                pd.DataFrame({"id_left": d["lc"] * 10, "title_left": d["lt"], "brand_left": None,
+                              "price_left": d["lp"].astype(str), "priceCurrency_left": "EUR",
+                              "cluster_id_left": d["lc"], "id_right": d["rc"] * 10 + 1, "title_right": d["rt"],
+                              "brand_right": None, "price_right": d["rp"].astype(str), "priceCurrency_right": "EUR",
+                              "cluster_id_right": d["rc"], "label": d["label"]}).to_parquet(
+                                  root / b.path.format(split=name))
+        else:
+            out = {"split": df["split"], "label": df["label"]}
+            for side, t, pr in (("left", "lt", "lp"), ("right", "rt", "rp")):
+                out[f"{side}_{b.title}"] = df[t]
+                if b.brand:
+                    out[f"{side}_{b.brand}"] = ""
+                out[f"{side}_{b.price}"] = df[pr].astype(str)
+                out[f"{side}_serialized"] = df[t] + " " + df[pr].astype(str)
+            pd.DataFrame(out).to_parquet(path)
+
+
+def _hash_embed(texts):
+    """Bag-of-words hashed into 64 dimensions: similar titles get similar vectors."""
+    import zlib
+
+    from models.matching.text import tokens
+
+    out = np.zeros((len(texts), 64), np.float32)
+    for i, t in enumerate(texts):
+        for w in tokens(t):
+            out[i, zlib.crc32(w.encode()) % 64] += 1.0
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+
+def test_evaluation_runs_end_to_end_on_benchmark_shaped_files(tmp_path):
+    from models.matching.data import BENCHMARKS, TitleVectors, featurize, load_offers, load_pairs
+    from models.matching.evaluate import evaluate_all, to_markdown
+
+    data = tmp_path / "data"
+    _tiny_benchmarks(data)
+    vectors = TitleVectors(_hash_embed, "hash-64", tmp_path / "cache")
+    train = pd.concat([featurize(load_pairs(data, b, BENCHMARKS[b].splits[0]), vectors) for b in BENCHMARKS])
+    valid = pd.concat([featurize(load_pairs(data, b, BENCHMARKS[b].splits[1]), vectors) for b in BENCHMARKS])
+    scorer = train_pair_scorer(train, valid, ScorerTrainConfig(n_trees=20, folds=2))
+    r = evaluate_all(str(data), scorer, vectors, BlockingConfig(block_size=20, neighbours=3, min_cosine=0.0))
+    for name, d in r["pairs"]["datasets"].items():
+        assert d["pairs"] == len(load_pairs(data, name, BENCHMARKS[name].splits[1]))
+        assert 0 <= d["ours"]["f1"] <= d["best_threshold_f1"] + 1e-9 <= 1 + 1e-9
+        assert r["blocking"][name]["pair_completeness"] > 0.5  # shared model numbers are lexical keys
+    c = r["wdc_clusters"]
+    assert c["offers"] == len(load_offers(data, BENCHMARKS["wdc_products"].splits[1])) and c["ours"]["recall"] > 0.5
+    md = to_markdown(r, "python -m models.matching.evaluate ...")
+    assert "| abt_buy | valid |" in md and "89.3" in md and "pair completeness" in md and "pairwise F1" in md
+    assert (tmp_path / "cache" / "hash-64" / "titles.parquet").is_file()  # embeddings are cached
