@@ -134,15 +134,16 @@ class Lake:
         """Add ``df``'s rows to the table in one commit."""
         return self._write(spec, df, run_id, step, upsert=False)
 
-    def upsert(self, spec: TableSpec, df, run_id: str, step: int = 1) -> CommitResult:
+    def upsert(self, spec: TableSpec, df, run_id: str, step: int = 1, delete=None) -> CommitResult:
         """Insert or replace rows by the spec's key columns, in one commit (copy-on-write).
 
         Only data files that hold a key of ``df`` are rewritten: their other rows are carried over into
         the new files, and the old files are removed in the same commit. ``df`` must not hold a key twice.
+        ``delete`` (a DataFrame with the key columns) names rows removed in the same commit.
         """
-        return self._write(spec, df, run_id, step, upsert=True)
+        return self._write(spec, df, run_id, step, upsert=True, delete=delete)
 
-    def _write(self, spec: TableSpec, df, run_id: str, step: int, upsert: bool) -> CommitResult:
+    def _write(self, spec: TableSpec, df, run_id: str, step: int, upsert: bool, delete=None) -> CommitResult:
         from deltalake import DeltaTable
 
         missing = [c for c in spec.column_names if c not in df.columns]
@@ -162,10 +163,12 @@ class Lake:
             from pyspark import StorageLevel
 
             df = df.persist(StorageLevel.MEMORY_AND_DISK)
-            removed = self._files_holding(spec, df)
+            keys = df.select(*spec.keys)
+            if delete is not None:
+                keys = keys.unionByName(delete.select(*spec.keys))
+            removed = self._files_holding(spec, keys)
             if removed:
                 old = self.spark.read.schema(spec.schema).parquet(*(self._abs(spec, p) for p in removed))
-                keys = df.select(*spec.keys)
                 df = df.unionByName(old.join(keys, list(spec.keys), "left_anti").select(*spec.column_names))
 
         folder = f"run-{_SAFE.sub('_', run_id)[:80]}-{step}-{uuid.uuid4().hex[:8]}"

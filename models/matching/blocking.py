@@ -128,10 +128,11 @@ def code_pairs(ids: Sequence[str], titles: Iterable[str], max_group: int,
     return out
 
 
-def candidate_pairs(ids: Sequence[str], emb: np.ndarray, titles: Sequence[str], cfg: BlockingConfig = BlockingConfig()
+def candidate_pairs(ids: Sequence[str], emb: np.ndarray, titles: Sequence[str], cfg: BlockingConfig | None = None
                     ) -> pd.DataFrame:
     """All candidate pairs of an in-memory catalog (the Spark job's algorithm on one machine):
     ``a < b``, ``cosine`` (NaN for lexical-only pairs) and ``blocking`` (ann, model_number, ann+model_number)."""
+    cfg = cfg or BlockingConfig()
     ids = np.asarray([str(i) for i in ids])
     emb = _unit(emb)
     rng = np.random.default_rng(cfg.seed)

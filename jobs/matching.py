@@ -1,0 +1,269 @@
+"""Duplicate listings across the catalog: blocking, pair scoring and clustering in Spark.
+
+:func:`match_and_cluster` is the enrich job's ``match`` stage. It reads ``product_embeddings`` (the current
+model version) with the valid catalog rows and
+
+1. picks the **queries**: products never matched, or whose embeddings changed since they were last matched
+   (``product_clusters.matched_hash``), or every product when the scorer changed or ``full`` is set;
+2. **blocks**: spherical k-means centroids from a sample split the catalog into cells of about
+   ``block_size`` products; every product is indexed in its nearest cell, every query searches its
+   ``probes`` nearest cells exactly (``groupBy(cell).applyInPandas``), and products sharing a specific model
+   number are paired too. Work grows as ``queries * probes * block_size``: linear, not quadratic;
+3. **scores** every candidate with the calibrated pair scorer (``mapInPandas``) and keeps those at or above
+   its threshold;
+4. **writes** ``product_matches``: the queries' new pairs, replacing (deleting) their old pairs in the same
+   commit;
+5. **clusters** the whole match graph (large-star/small-star in :mod:`jobs.graph`, with the giant-component
+   guard) and upserts the ``product_clusters`` rows that changed. A cluster's id is its smallest product id.
+
+An unchanged catalog therefore queries nothing and commits nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from models.matching.blocking import BlockingConfig, n_cells
+from models.matching.cluster import ClusterConfig
+
+__all__ = ["MatchConfig", "match_and_cluster"]
+
+log = logging.getLogger("catalog_enrich.matching")
+
+
+@dataclass(frozen=True)
+class MatchConfig:
+    blocking: BlockingConfig = field(default_factory=BlockingConfig)
+    clusters: ClusterConfig = field(default_factory=ClusterConfig)
+    scorer: str | None = None            # scorer reference (models.matching.artifact.resolve_scorer); None: shipped
+    full: bool = False                   # match every product, not only new and changed ones
+    rows_per_partition: int = 20_000
+    max_rounds: int = 100                # connected-components rounds before giving up
+    checkpoint_every: int = 2            # rounds between lineage cuts
+
+
+def _universe(lake, products, model_version: str):
+    """Valid catalog rows with their current embeddings, and the hash they are matched under."""
+    from pyspark.sql import functions as F
+
+    from schemas.tables import PRODUCT_EMBEDDINGS
+
+    emb = (lake.read(PRODUCT_EMBEDDINGS).where(F.col("model_version") == model_version)
+           .select("product_id", "embedding", "text_embedding", "image_embedding", "content_hash"))
+    attrs = products.select("product_id", "title", "brand", "price", "currency").dropDuplicates(["product_id"])
+    return (attrs.join(emb, "product_id")
+            .withColumn("matched_hash", F.concat_ws(":", F.lit(model_version), F.col("content_hash")))
+            .drop("content_hash"))
+
+
+def _queries(lake, universe, scorer_version: str, cfg: MatchConfig, changed_ids):
+    """(universe with an ``in_query`` flag, full mode?)."""
+    from pyspark.sql import functions as F
+
+    from schemas.tables import PRODUCT_CLUSTERS, PRODUCT_MATCHES
+
+    stale = lake.read(PRODUCT_MATCHES).where(F.col("scorer_version") != scorer_version).limit(1).count() > 0
+    full = cfg.full or stale
+    if stale:
+        log.info("matches of another scorer version exist: matching every product with %s", scorer_version)
+    if full:
+        return universe.withColumn("in_query", F.lit(True)), True
+    done = lake.read(PRODUCT_CLUSTERS).select("product_id", F.col("matched_hash").alias("_done"))
+    flagged = universe.join(done, "product_id", "left").withColumn(
+        "in_query", F.col("_done").isNull() | (F.col("_done") != F.col("matched_hash"))).drop("_done")
+    if changed_ids is not None:
+        hint = changed_ids.select("product_id").distinct().withColumn("_hint", F.lit(True))
+        flagged = (flagged.join(hint, "product_id", "left")
+                   .withColumn("in_query", F.col("in_query") | F.coalesce(F.col("_hint"), F.lit(False)))
+                   .drop("_hint"))
+    return flagged, False
+
+
+def _centroids(universe, n: int, cfg: BlockingConfig):
+    import numpy as np
+
+    from models.matching.blocking import kmeans
+
+    k = n_cells(n, cfg)
+    want = min(n, k * cfg.sample_per_cell)
+    sample = universe.select("product_id", "embedding")
+    if want < n:
+        sample = sample.sample(fraction=min(1.0, 1.2 * want / n), seed=cfg.seed)
+    pdf = sample.toPandas().sort_values("product_id")  # a fixed order: the same sample gives the same centroids
+    x = np.stack(pdf["embedding"].to_numpy()).astype(np.float32)
+    return kmeans(x, k, cfg.kmeans_iters, cfg.seed)
+
+
+def _dot(a: str, b: str):
+    from pyspark.sql import functions as F
+
+    return F.aggregate(F.zip_with(F.col(a), F.col(b), lambda x, y: x * y), F.lit(0.0).cast("float"),
+                       lambda acc, v: acc + v)
+
+
+def _candidates(spark, flagged, n: int, full: bool, cfg: BlockingConfig, stats: dict[str, Any]):
+    """Candidate pairs ``a < b`` with their cosines and how they were found."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from udfs.matching import CELL_SCHEMA, HIT_SCHEMA, make_cells_fn, make_codes_udf, make_search_fn
+
+    cents = _centroids(flagged, n, cfg)
+    stats["cells"] = len(cents)
+    cells = (flagged.select("product_id", "in_query", "embedding", "text_embedding", "image_embedding")
+             .mapInPandas(make_cells_fn(cents, cfg.probes), CELL_SCHEMA))
+    if not full:  # only the cells some query probes are searched
+        probed = cells.where("is_query").select("cell").distinct()
+        cells = cells.join(F.broadcast(probed), "cell", "left_semi")
+    cells = cells.persist(StorageLevel.MEMORY_AND_DISK)
+    sizes = cells.where("is_index").groupBy("cell").count().agg(F.max("count").alias("m"), F.count("*").alias("c"))
+    row = sizes.first()
+    stats["searched_cells"], stats["largest_cell"] = int(row["c"] or 0), int(row["m"] or 0)
+    hits = (cells.groupBy("cell").applyInPandas(make_search_fn(cfg.neighbours, cfg.min_cosine), HIT_SCHEMA)
+            .groupBy("a", "b").agg(F.max("fused_cosine").alias("fused_cosine"),
+                                   F.first("text_cosine").alias("text_cosine"),
+                                   F.first("image_cosine").alias("image_cosine"))
+            .withColumn("ann", F.lit(True)))
+
+    codes = (flagged.select("product_id", "in_query", F.explode(make_codes_udf()(F.col("title"))).alias("code")))
+    specific = codes.groupBy("code").count().where(F.col("count").between(2, cfg.max_key_group)).select("code")
+    keyed = codes.join(specific, "code", "left_semi")
+    lex = (keyed.alias("x").join(keyed.alias("y"), "code")
+           .where((F.col("x.product_id") < F.col("y.product_id")) & (F.col("x.in_query") | F.col("y.in_query")))
+           .select(F.col("x.product_id").alias("a"), F.col("y.product_id").alias("b")).distinct()
+           .withColumn("lex", F.lit(True)))
+    both = hits.join(lex, ["a", "b"], "full_outer")
+    found = both.where(F.col("ann").isNotNull())
+    # Model-number-only pairs have no cosines yet: compute them from the embeddings.
+    emb = flagged.select("product_id", "embedding", "text_embedding", "image_embedding")
+    lex_only = (both.where(F.col("ann").isNull()).select("a", "b", "lex")
+                .join(emb.toDF("a", "ea", "ta", "ia"), "a").join(emb.toDF("b", "eb", "tb", "ib"), "b")
+                .select("a", "b", _dot("ea", "eb").alias("fused_cosine"), _dot("ta", "tb").alias("text_cosine"),
+                        F.when(F.col("ia").isNotNull() & F.col("ib").isNotNull(), _dot("ia", "ib"))
+                        .alias("image_cosine"), F.lit(None).cast("boolean").alias("ann"), "lex"))
+    label = (F.when(F.col("ann").isNotNull() & F.col("lex").isNotNull(), "ann+model_number")
+             .when(F.col("ann").isNotNull(), "ann").otherwise("model_number"))
+    cols = ["a", "b", "fused_cosine", "text_cosine", "image_cosine"]
+    return found.select(*cols, label.alias("blocking")).unionByName(
+        lex_only.select(*cols, label.alias("blocking"))), cells
+
+
+def _score(cand, flagged, scorer, parts: int):
+    from pyspark.sql import functions as F
+
+    from udfs.matching import SCORE_SCHEMA, make_score_fn
+
+    attrs = flagged.select("product_id", "title", "brand", F.col("price").cast("double").alias("price"), "currency")
+    side = {s: attrs.toDF(s, f"title_{s}", f"brand_{s}", f"price_{s}", f"currency_{s}") for s in ("a", "b")}
+    joined = cand.join(side["a"], "a").join(side["b"], "b").repartition(parts)
+    return joined.mapInPandas(make_score_fn(scorer.version, scorer.to_json()), SCORE_SCHEMA)
+
+
+def _write_clusters(spark, lake, universe, run_id: str, now, cfg: MatchConfig, stats: dict[str, Any]):
+    from pyspark import StorageLevel
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    from jobs.graph import guarded_components
+    from schemas.tables import PRODUCT_CLUSTERS, PRODUCT_MATCHES
+
+    ids = universe.select("product_id", "matched_hash")
+    edges = (lake.read(PRODUCT_MATCHES).select(F.col("product_id_a").alias("src"),
+                                               F.col("product_id_b").alias("dst"), "score")
+             .join(ids.select(F.col("product_id").alias("src")), "src", "left_semi")
+             .join(ids.select(F.col("product_id").alias("dst")), "dst", "left_semi"))
+    comp, report = guarded_components(edges, cfg.clusters.max_size, cfg.clusters.strict_thresholds,
+                                      cfg.max_rounds, cfg.checkpoint_every)
+    stats.update({f"cc_{k}" if k == "rounds" else k: v for k, v in report.items()})
+    rows = (ids.join(comp.withColumnRenamed("node", "product_id"), "product_id", "left")
+            .select("product_id", F.coalesce("component", "product_id").alias("cluster_id"), "guard", "matched_hash")
+            .withColumn("cluster_size", F.count("*").over(Window.partitionBy("cluster_id"))))
+    old = lake.read(PRODUCT_CLUSTERS).select("product_id", "cluster_id", "cluster_size", "guard", "matched_hash")
+    same = [rows[c].eqNullSafe(old[c]) for c in ("product_id", "cluster_id", "cluster_size", "guard", "matched_hash")]
+    cond = same[0]
+    for c in same[1:]:
+        cond = cond & c
+    rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
+    changed = (rows.join(old, cond, "left_anti")
+               .withColumn("run_id", F.lit(run_id)).withColumn("updated_at", F.lit(now).cast("timestamp"))
+               .persist(StorageLevel.MEMORY_AND_DISK))
+    stats["cluster_rows_written"] = changed.count()
+    result = lake.upsert(PRODUCT_CLUSTERS, changed, run_id, step=1)
+    sizes = rows.where("cluster_size > 1").agg(F.countDistinct("cluster_id").alias("n"), F.count("*").alias("p"),
+                                               F.max("cluster_size").alias("m")).first()
+    stats.update(clusters=int(sizes["n"]), clustered_products=int(sizes["p"] or 0),
+                 largest_cluster=int(sizes["m"] or 1))
+    changed.unpersist()
+    rows.unpersist()
+    return result
+
+
+def match_and_cluster(spark, lake, products, run_id: str, model_version: str, cfg: MatchConfig | None = None,
+                      changed_ids=None) -> dict[str, Any]:
+    """Match the new and changed products of ``products`` (valid catalog rows: ``product_id, title, brand,
+    price, currency``) against the catalog, then recluster; writes ``product_matches`` and
+    ``product_clusters`` under ``lake``. ``changed_ids`` (a DataFrame with ``product_id``) adds queries.
+    Returns counts and timings for the run summary."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from models.matching.artifact import load_scorer
+    from schemas.tables import PRODUCT_CLUSTERS, PRODUCT_MATCHES
+
+    t0 = time.perf_counter()
+    cfg = cfg or MatchConfig()
+    scorer = load_scorer(cfg.scorer)
+    if scorer.meta.get("encoder_version") not in (None, model_version):
+        log.info("pair scorer %s was trained with %s title embeddings; the catalog's are %s",
+                 scorer.version, scorer.meta.get("encoder_version"), model_version)
+    now = dt.datetime.now(dt.timezone.utc)
+    lake.ensure(PRODUCT_MATCHES)
+    lake.ensure(PRODUCT_CLUSTERS)
+    universe = _universe(lake, products, model_version)
+    flagged, full = _queries(lake, universe, scorer.version, cfg, changed_ids)
+    flagged = flagged.persist(StorageLevel.MEMORY_AND_DISK)
+    counts = flagged.agg(F.count("*").alias("n"), F.sum(F.col("in_query").cast("long")).alias("q")).first()
+    n, n_q = int(counts["n"]), int(counts["q"] or 0)
+    stats: dict[str, Any] = {"mode": "full" if full else "incremental", "products": n, "queries": n_q,
+                             "scorer_version": scorer.version, "threshold": scorer.threshold}
+    log.info("matching: %d products, %d queries (%s)", n, n_q, stats["mode"])
+    if n_q and n >= 2:
+        cand, cells = _candidates(spark, flagged, n, full, cfg.blocking, stats)
+        cand = cand.persist(StorageLevel.MEMORY_AND_DISK)
+        stats["candidates"] = cand.count()
+        stats["blocking_seconds"] = round(time.perf_counter() - t0, 3)
+        cells.unpersist()
+        parts = max(spark.sparkContext.defaultParallelism, math.ceil(stats["candidates"] / cfg.rows_per_partition))
+        t1 = time.perf_counter()
+        new = (_score(cand, flagged, scorer, parts)
+               .withColumn("model_version", F.lit(model_version)).withColumn("scorer_version", F.lit(scorer.version))
+               .withColumn("run_id", F.lit(run_id)).withColumn("updated_at", F.lit(now).cast("timestamp"))
+               .persist(StorageLevel.MEMORY_AND_DISK))
+        stats["matches_written"] = new.count()
+        stats["scoring_seconds"] = round(time.perf_counter() - t1, 3)
+        q = flagged.where("in_query").select("product_id")
+        old = lake.read(PRODUCT_MATCHES).select("product_id_a", "product_id_b")
+        touched = (old.join(q.withColumnRenamed("product_id", "product_id_a"), "product_id_a", "left_semi")
+                   .unionByName(old.join(q.withColumnRenamed("product_id", "product_id_b"), "product_id_b",
+                                         "left_semi")).distinct())
+        gone = touched.join(new.select("product_id_a", "product_id_b"), ["product_id_a", "product_id_b"],
+                            "left_anti").persist(StorageLevel.MEMORY_AND_DISK)
+        stats["matches_removed"] = gone.count()
+        lake.upsert(PRODUCT_MATCHES, new, run_id, step=1, delete=gone)
+        new.unpersist()
+        gone.unpersist()
+        cand.unpersist()
+    else:
+        stats.update(candidates=0, matches_written=0, matches_removed=0)
+    t2 = time.perf_counter()
+    _write_clusters(spark, lake, flagged, run_id, now, cfg, stats)
+    stats["clustering_seconds"] = round(time.perf_counter() - t2, 3)
+    flagged.unpersist()
+    stats["seconds"] = round(time.perf_counter() - t0, 3)
+    log.info("matching done: %s", stats)
+    return stats

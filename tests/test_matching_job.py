@@ -1,0 +1,129 @@
+"""The matching job on real Spark and real Delta tables, with synthetic embeddings."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+from deltalake import DeltaTable
+
+from jobs.matching import MatchConfig, match_and_cluster
+from models.matching.cluster import ClusterConfig
+from schemas.tables import PRODUCT_CLUSTERS, PRODUCT_EMBEDDINGS, PRODUCT_MATCHES
+
+pytestmark = pytest.mark.spark
+
+VERSION = "test-encoder-1"
+BRANDS = ["Acme", "Zeta", "Nova", "Orbit"]
+KINDS = ["Kettle", "Lamp", "Drill", "Blender", "Router"]
+
+
+def synthetic(n_groups: int = 12, seed: int = 0) -> pd.DataFrame:
+    """Products in groups of 1-3 listings of one product: a shared model number, reworded titles and
+    embeddings near the group's centre; different groups of one brand and kind look alike otherwise."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for g in range(n_groups):
+        centre = rng.standard_normal(16)
+        brand, kind, code = BRANDS[g % 4], KINDS[g % 5], f"{BRANDS[g % 4][:2].upper()}-{1000 + 37 * g}"
+        titles = [f"{brand} {kind} {code} steel", f"NEW {brand.upper()} {kind.lower()} {code.replace('-', '')}",
+                  f"{kind} by {brand} model {code}"][: 1 + g % 3]
+        for i, title in enumerate(titles):
+            v = centre + 0.15 * rng.standard_normal(16)
+            rows.append({"product_id": f"S{g:03d}{i}", "title": title, "brand": brand, "price": 20.0 + g + 0.3 * i,
+                         "currency": "EUR", "vec": (v / np.linalg.norm(v)).astype(np.float32).tolist(), "group": g})
+    return pd.DataFrame(rows)
+
+
+def write_embeddings(spark, lake, df: pd.DataFrame, run_id: str) -> None:
+    now = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+    rows = [(r.product_id, VERSION, r.vec, r.vec, None, f"h-{r.title}", run_id, now) for r in df.itertuples()]
+    lake.upsert(PRODUCT_EMBEDDINGS, spark.createDataFrame(rows, PRODUCT_EMBEDDINGS.schema), run_id)
+
+
+def products(spark, df: pd.DataFrame):
+    return spark.createDataFrame(df[["product_id", "title", "brand", "price", "currency"]])
+
+
+def read(lake, spec) -> pd.DataFrame:
+    return DeltaTable(str(lake.path(spec))).to_pandas()
+
+
+def planted(df: pd.DataFrame) -> dict[str, str]:
+    """product -> smallest id of its group (the expected cluster id)."""
+    first = df.groupby("group")["product_id"].transform("min")
+    return dict(zip(df["product_id"], first, strict=True))
+
+
+def run(spark, lake, df, run_id, cfg: MatchConfig | None = None):
+    return match_and_cluster(spark, lake, products(spark, df), run_id, VERSION, cfg or MatchConfig())
+
+
+def test_full_then_incremental_runs(spark, lake):
+    df = synthetic()
+    write_embeddings(spark, lake, df, "e1")
+    stats = run(spark, lake, df, "m1")
+    assert stats["queries"] == len(df) and stats["matches_written"] > 0
+    clusters = read(lake, PRODUCT_CLUSTERS).set_index("product_id")
+    assert clusters["cluster_id"].to_dict() == planted(df)
+    sizes = df.groupby("group")["product_id"].transform("size")
+    assert clusters.loc[df["product_id"], "cluster_size"].tolist() == sizes.tolist()
+    matches = read(lake, PRODUCT_MATCHES)
+    assert (matches["product_id_a"] < matches["product_id_b"]).all()
+    assert set(matches["scorer_version"]) == {stats["scorer_version"]} and set(matches["model_version"]) == {VERSION}
+    assert (matches["score"] >= stats["threshold"]).all()
+    assert matches["model_number_match"].all()
+    versions = {s.name: DeltaTable(str(lake.path(s))).version() for s in (PRODUCT_MATCHES, PRODUCT_CLUSTERS)}
+
+    # Nothing changed: nothing is queried and no table gets a commit.
+    again = run(spark, lake, df, "m2")
+    assert again["queries"] == 0 and again["cluster_rows_written"] == 0
+    assert {s.name: DeltaTable(str(lake.path(s))).version() for s in (PRODUCT_MATCHES, PRODUCT_CLUSTERS)} == versions
+
+    # One listing of group 2 (S0020..S0022) is re-listed as a copy of group 7's product: only it is queried,
+    # its old pairs go, its new ones come, and the untouched clusters keep their ids.
+    moved = "S0021"
+    changed = df.copy()
+    src = changed[changed["group"] == 7].iloc[0]
+    i = changed.index[changed["product_id"] == moved][0]
+    changed.loc[i, "title"] = src["title"].upper() + " (relisted)"
+    changed.at[i, "vec"] = src["vec"]
+    changed.loc[i, ["group", "price"]] = [7, src["price"]]
+    write_embeddings(spark, lake, changed[changed["product_id"] == moved], "e3")
+    inc = run(spark, lake, changed, "m3")
+    assert inc["mode"] == "incremental" and inc["queries"] == 1
+    assert inc["matches_removed"] == 2  # S0020-S0021 and S0021-S0022
+    matches = read(lake, PRODUCT_MATCHES)
+    touching = matches[(matches["product_id_a"] == moved) | (matches["product_id_b"] == moved)]
+    assert set(touching["run_id"]) == {"m3"}
+    assert set(touching["product_id_a"]) | set(touching["product_id_b"]) == {moved} | set(
+        changed.loc[changed["group"] == 7, "product_id"])
+    assert set(matches.loc[~matches.index.isin(touching.index), "run_id"]) == {"m1"}
+    clusters = read(lake, PRODUCT_CLUSTERS).set_index("product_id")
+    assert clusters["cluster_id"].to_dict() == planted(changed)
+    rewritten = set(clusters.index[clusters["run_id"] == "m3"])
+    assert rewritten == set(changed.loc[changed["group"].isin([2, 7]), "product_id"])
+
+
+def test_cluster_ids_are_stable_when_everything_is_matched_again(spark, lake):
+    df = synthetic(seed=3)
+    write_embeddings(spark, lake, df, "e1")
+    run(spark, lake, df, "m1")
+    before = read(lake, PRODUCT_CLUSTERS).set_index("product_id")["cluster_id"].to_dict()
+    stats = run(spark, lake, df, "m2", MatchConfig(full=True))
+    assert stats["mode"] == "full" and stats["queries"] == len(df) and stats["cluster_rows_written"] == 0
+    assert read(lake, PRODUCT_CLUSTERS).set_index("product_id")["cluster_id"].to_dict() == before
+
+
+def test_giant_components_are_cut_and_reported(spark, lake):
+    df = synthetic(n_groups=9, seed=5)
+    write_embeddings(spark, lake, df, "e1")
+    cfg = MatchConfig(clusters=ClusterConfig(max_size=2, strict_thresholds=(0.999999,)))
+    stats = run(spark, lake, df, "m1", cfg)
+    n_big = int((df.groupby("group").size() > 2).sum())
+    assert n_big > 0 and stats["oversized_components"] == n_big
+    clusters = read(lake, PRODUCT_CLUSTERS)
+    assert clusters["cluster_size"].max() <= 2
+    assert stats["guarded_products"] == 3 * n_big == clusters["guard"].notna().sum()

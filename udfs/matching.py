@@ -1,0 +1,155 @@
+"""The Python side of the matching job: functions Spark runs per partition or per k-means cell.
+
+* :func:`make_cells_fn` (``mapInPandas``): each product's home cell, plus its other probe cells when it is
+  a query;
+* :func:`make_search_fn` (``groupBy(cell).applyInPandas``): exact top-k search of the cell's queries
+  against the products indexed in it, with text and image cosines of every hit;
+* :func:`make_codes_udf` (scalar pandas UDF): normalised model numbers of a title;
+* :func:`make_score_fn` (``mapInPandas``): pair features and the calibrated score. The scorer travels as
+  JSON in the closure (verified by the driver) and is parsed once per Python worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pandas as pd  # at module level: the UDF type hints are resolved in this module's namespace
+
+from udfs.model_cache import cached
+
+__all__ = ["CELL_SCHEMA", "HIT_SCHEMA", "SCORE_SCHEMA", "make_cells_fn", "make_codes_udf", "make_score_fn",
+           "make_search_fn"]
+
+CELL_SCHEMA = ("cell int, product_id string, is_index boolean, is_query boolean, embedding array<float>, "
+               "text_embedding array<float>, image_embedding array<float>")
+HIT_SCHEMA = "a string, b string, fused_cosine float, text_cosine float, image_cosine float"
+SCORE_SCHEMA = ("product_id_a string, product_id_b string, score double, fused_cosine float, text_cosine float, "
+                "image_cosine float, token_jaccard float, model_number_match boolean, brand_match boolean, "
+                "price_ratio double, blocking string")
+
+
+def _stack(col: pd.Series, dim: int | None = None) -> np.ndarray:
+    """A column of arrays as a float32 matrix; null rows become NaN rows (width ``dim`` when all are null)."""
+    present = [v for v in col if v is not None]
+    d = len(present[0]) if present else (dim or 0)
+    out = np.full((len(col), d), np.nan, np.float32)
+    for i, v in enumerate(col):
+        if v is not None:
+            out[i] = v
+    return out
+
+
+def make_cells_fn(centroids: np.ndarray, probes: int) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """Rows ``product_id, in_query, <embeddings>`` -> :data:`CELL_SCHEMA` rows: one for the home cell
+    (``is_index``; ``is_query`` when a query) and, for queries, one per further probe cell."""
+    from models.matching.blocking import assign
+
+    cents = np.asarray(centroids, np.float32)
+
+    def cells(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for pdf in batches:
+            if pdf.empty:
+                continue
+            top = assign(_stack(pdf["embedding"]), cents, probes)
+            home = pdf.assign(cell=top[:, 0], is_index=True, is_query=pdf["in_query"].astype(bool))
+            parts = [home]
+            q = pdf["in_query"].to_numpy(bool)
+            for r in range(1, top.shape[1]):
+                parts.append(pdf[q].assign(cell=top[q, r], is_index=False, is_query=True))
+            out = pd.concat(parts, ignore_index=True)
+            yield out[["cell", "product_id", "is_index", "is_query", "embedding", "text_embedding",
+                       "image_embedding"]].astype({"cell": "int32"})
+
+    return cells
+
+
+def _dot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    if x.shape[1] == 0:
+        return np.full(len(x), np.nan, np.float32)
+    return (x * y).sum(axis=1).astype(np.float32)  # NaN when either row is null (no image)
+
+
+def make_search_fn(neighbours: int, min_cosine: float) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """One cell's rows -> :data:`HIT_SCHEMA` hits, ``a < b``, for every query against the cell's index."""
+    from models.matching.blocking import block_search
+
+    def search(pdf: pd.DataFrame) -> pd.DataFrame:
+        idx, qry = pdf[pdf["is_index"]], pdf[pdf["is_query"]]
+        if idx.empty or qry.empty:
+            return pd.DataFrame({c: [] for c in ("a", "b", "fused_cosine", "text_cosine", "image_cosine")})
+        qi, ji, cos = block_search(qry["product_id"].to_numpy(), _stack(qry["embedding"]),
+                                   idx["product_id"].to_numpy(), _stack(idx["embedding"]), neighbours, min_cosine)
+        qids, iids = qry["product_id"].to_numpy()[qi], idx["product_id"].to_numpy()[ji]
+        dim = _stack(qry["text_embedding"]).shape[1]
+        text = _dot(_stack(qry["text_embedding"], dim)[qi], _stack(idx["text_embedding"], dim)[ji])
+        img = _dot(_stack(qry["image_embedding"])[qi], _stack(idx["image_embedding"])[ji]) \
+            if qry["image_embedding"].notna().any() and idx["image_embedding"].notna().any() \
+            else np.full(len(qi), np.nan, np.float32)
+        swap = qids > iids
+        return pd.DataFrame({"a": np.where(swap, iids, qids), "b": np.where(swap, qids, iids), "fused_cosine": cos,
+                             "text_cosine": text, "image_cosine": img})
+
+    return search
+
+
+def make_codes_udf():
+    """Scalar pandas UDF: title -> sorted normalised model numbers."""
+    from pyspark.sql.functions import pandas_udf
+
+    from models.matching.text import model_numbers
+
+    @pandas_udf("array<string>")
+    def codes(titles: pd.Series) -> pd.Series:
+        return titles.map(lambda t: sorted(model_numbers(t)) if t is not None else [])
+
+    return codes
+
+
+def _scorer(version: str, text: str):
+    from models.matching.features import FEATURES
+    from models.matching.scorer import PairScorer
+
+    return cached(("pair-scorer", version), lambda: PairScorer.from_json(text, version, expected_features=FEATURES))
+
+
+def make_score_fn(scorer_version: str, scorer_json: str, keep_all: bool = False
+                  ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """Candidate rows (``a, b``, cosines, ``blocking`` and ``title/brand/price/currency`` of both sides as
+    ``<field>_a``/``<field>_b``) -> :data:`SCORE_SCHEMA` rows of the matches (every pair with ``keep_all``)."""
+    from models.matching.features import pair_features, prepare
+
+    def prepared(pdf: pd.DataFrame, side: str) -> list:
+        memo: dict[str, object] = {}
+        out = []
+        for pid, t, br, pr, cur in pdf[[side, f"title_{side}", f"brand_{side}", f"price_{side}",
+                                        f"currency_{side}"]].itertuples(index=False, name=None):
+            if pid not in memo:
+                memo[pid] = prepare({"title": t, "brand": br, "price": pr, "currency": cur})
+            out.append(memo[pid])
+        return out
+
+    def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        scorer = _scorer(scorer_version, scorer_json)
+        for pdf in batches:
+            if pdf.empty:
+                continue
+            f = pair_features(prepared(pdf, "a"), prepared(pdf, "b"), pdf["text_cosine"].to_numpy(np.float64),
+                              pdf["image_cosine"].to_numpy(np.float64), pdf["fused_cosine"].to_numpy(np.float64))
+            s = scorer.score(f)
+            keep = np.ones(len(s), bool) if keep_all else scorer.is_match(s)
+            if not keep.any():
+                continue
+            f, pdf = f[keep], pdf[keep]
+            yield pd.DataFrame({
+                "product_id_a": pdf["a"].to_numpy(), "product_id_b": pdf["b"].to_numpy(), "score": s[keep],
+                "fused_cosine": pdf["fused_cosine"].to_numpy(np.float32),
+                "text_cosine": pdf["text_cosine"].to_numpy(np.float32),
+                "image_cosine": pdf["image_cosine"].to_numpy(np.float32),
+                "token_jaccard": f["token_jaccard"].to_numpy(np.float32),
+                "model_number_match": f["model_number_match"].to_numpy(object),
+                "brand_match": f["brand_match"].to_numpy(object),
+                "price_ratio": f["price_ratio"].to_numpy(np.float64), "blocking": pdf["blocking"].to_numpy(),
+            })
+
+    return score
