@@ -146,8 +146,9 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
     from pyspark.sql import functions as F
 
     from jobs.lakehouse import Lake
+    from jobs.matching import match_and_cluster
     from jobs.transforms import changed_products, quarantine_rows, read_catalog, validate
-    from schemas.tables import ENRICHMENT_RUNS, PRODUCT_EMBEDDINGS, QUARANTINE
+    from schemas.tables import ENRICHMENT_RUNS, PRODUCT_CLUSTERS, PRODUCT_EMBEDDINGS, PRODUCT_MATCHES, QUARANTINE
     from udfs.embed import EmbedConfig, make_embed_udf
     from udfs.images import ImagePolicy, make_inspect_udf
 
@@ -198,16 +199,21 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
         emb = lake.upsert(PRODUCT_EMBEDDINGS, ok, cfg.run_id, step=1)
         bad = quarantine_rows(rejected, cfg.run_id, now).unionByName(quarantine_rows(failed, cfg.run_id, now))
         qua = lake.upsert(QUARANTINE, bad, cfg.run_id, step=1)
+
+    with stage("match"):
+        matched = match_and_cluster(spark, lake, valid, cfg.run_id, version)
     embedded.unpersist()
     validated.unpersist()
 
     summary.counts = {
         "read": n_read, "valid": n_read - n_rejected, "enriched": n_todo - n_failed,
         "unchanged": n_read - n_rejected - n_todo, "quarantined": n_rejected + n_failed,
+        "matches_written": matched["matches_written"], "duplicate_clusters": matched["clusters"],
     }
     summary.timings = dict(stage.timings, total=round(time.perf_counter() - t_start, 3))
     summary.status = "succeeded"
-    summary.tables = {s.name: str(lake.path(s)) for s in (PRODUCT_EMBEDDINGS, QUARANTINE, ENRICHMENT_RUNS)}
+    summary.tables = {s.name: str(lake.path(s)) for s in (PRODUCT_EMBEDDINGS, PRODUCT_MATCHES, PRODUCT_CLUSTERS,
+                                                          QUARANTINE, ENRICHMENT_RUNS)}
     summary.message = (f"embeddings v{emb.version if emb.version is not None else '-'}, "
                        f"quarantine v{qua.version if qua.version is not None else '-'}")
     finished = dt.datetime.now(dt.timezone.utc)

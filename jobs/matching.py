@@ -113,12 +113,14 @@ def _candidates(spark, flagged, n: int, full: bool, cfg: BlockingConfig, stats: 
 
     from udfs.matching import CELL_SCHEMA, HIT_SCHEMA, make_cells_fn, make_codes_udf, make_search_fn
 
+    t = time.perf_counter()
     cents = _centroids(flagged, n, cfg)
-    stats["cells"] = len(cents)
-    cells = (flagged.select("product_id", "in_query", "embedding", "text_embedding", "image_embedding")
-             .mapInPandas(make_cells_fn(cents, cfg.probes), CELL_SCHEMA))
-    if not full:  # only the cells some query probes are searched
-        probed = cells.where("is_query").select("cell").distinct()
+    stats["cells"], stats["centroid_seconds"] = len(cents), round(time.perf_counter() - t, 3)
+    cols = ("product_id", "in_query", "embedding", "text_embedding", "image_embedding")
+    cells = flagged.select(*cols).mapInPandas(make_cells_fn(cents, cfg.probes), CELL_SCHEMA)
+    if not full:  # only the cells some query probes are searched (found from the queries alone: few rows)
+        probed = (flagged.where("in_query").select(*cols).mapInPandas(make_cells_fn(cents, cfg.probes), CELL_SCHEMA)
+                  .select("cell").distinct())
         cells = cells.join(F.broadcast(probed), "cell", "left_semi")
     cells = cells.persist(StorageLevel.MEMORY_AND_DISK)
     sizes = cells.where("is_index").groupBy("cell").count().agg(F.max("count").alias("m"), F.count("*").alias("c"))
@@ -215,7 +217,7 @@ def match_and_cluster(spark, lake, products, run_id: str, model_version: str, cf
     from models.matching.artifact import load_scorer
     from schemas.tables import PRODUCT_CLUSTERS, PRODUCT_MATCHES
 
-    t0 = time.perf_counter()
+    t0 = t_start = time.perf_counter()
     cfg = cfg or MatchConfig()
     scorer = load_scorer(cfg.scorer)
     if scorer.meta.get("encoder_version") not in (None, model_version):
@@ -232,7 +234,9 @@ def match_and_cluster(spark, lake, products, run_id: str, model_version: str, cf
     stats: dict[str, Any] = {"mode": "full" if full else "incremental", "products": n, "queries": n_q,
                              "scorer_version": scorer.version, "threshold": scorer.threshold}
     log.info("matching: %d products, %d queries (%s)", n, n_q, stats["mode"])
+    stats["prepare_seconds"] = round(time.perf_counter() - t0, 3)
     if n_q and n >= 2:
+        t0 = time.perf_counter()
         cand, cells = _candidates(spark, flagged, n, full, cfg.blocking, stats)
         cand = cand.persist(StorageLevel.MEMORY_AND_DISK)
         stats["candidates"] = cand.count()
@@ -264,6 +268,6 @@ def match_and_cluster(spark, lake, products, run_id: str, model_version: str, cf
     _write_clusters(spark, lake, flagged, run_id, now, cfg, stats)
     stats["clustering_seconds"] = round(time.perf_counter() - t2, 3)
     flagged.unpersist()
-    stats["seconds"] = round(time.perf_counter() - t0, 3)
+    stats["seconds"] = round(time.perf_counter() - t_start, 3)
     log.info("matching done: %s", stats)
     return stats

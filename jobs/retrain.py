@@ -46,6 +46,8 @@ class RetrainConfig:
     min_improvement: float = 0.0       # the candidate must beat the champion by more than this
     arch_config: str | None = None     # JSON model_cfg replacing the default candidate architecture
     seed: int = 0
+    matching_data: str | None = None   # labelled pairs (shared/data/matching): retrain the pair scorer too
+    scorer_store: str | None = None    # pair scorer store (default: the shipped models/scorers)
 
 
 def parse_args(argv: list[str] | None) -> RetrainConfig:
@@ -67,13 +69,16 @@ def parse_args(argv: list[str] | None) -> RetrainConfig:
     p.add_argument("--min-improvement", type=float, default=0.0)
     p.add_argument("--arch-config", default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--matching-data", default=None, help="labelled product pairs: also retrain the pair scorer "
+                                                         "on them with the champion's embeddings")
+    p.add_argument("--scorer-store", default=None, help="pair scorer store (default: models/scorers)")
     a = p.parse_args(argv)
     if not 1 <= a.valid_percent <= 50:
         p.error("--valid-percent must be between 1 and 50")
     double_at = tuple(int(x) for x in a.double_at.split(",") if x.strip())
     return RetrainConfig(a.catalog, a.lake, a.image_root, a.model_store, a.run_id or f"retrain-{uuid.uuid4().hex[:12]}",
                          a.epochs, a.steps, a.batch, double_at, a.valid_percent, a.gallery_size, a.probe_train,
-                         a.min_improvement, a.arch_config, a.seed)
+                         a.min_improvement, a.arch_config, a.seed, a.matching_data, a.scorer_store)
 
 
 def read_catalog(spark: Any, path: str) -> tuple[Any, str]:
@@ -171,7 +176,12 @@ def _run(spark: Any, cfg: RetrainConfig, row: dict[str, Any]) -> int:
     pdf = training_frame(catalog, read_clusters(spark, cfg.lake)).toPandas()  # training columns only
     row["training_data"] = snapshot
     pdf, paths = resolve_images(pdf, cfg.catalog, cfg.image_root)
-    return train_and_compare(cfg, pdf, paths, snapshot, row)
+    code = train_and_compare(cfg, pdf, paths, snapshot, row)
+    if cfg.matching_data and code == 0:
+        from jobs.retrain_steps import retrain_pair_scorer
+
+        row["message"] = f"{row.get('message', '')}; {retrain_pair_scorer(cfg)}"
+    return code
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from models.training.data import TrainData, decode_all, encode_labels, group_ids
 from models.training.evaluate import EvalConfig, SelectionMetric, evaluate
 from models.training.pipeline import candidate_config, in_memory_encoder, save_candidate, train_candidate
 
-__all__ = ["build_data", "train_and_compare"]
+__all__ = ["build_data", "retrain_pair_scorer", "train_and_compare"]
 
 log = logging.getLogger(__name__)
 
@@ -124,3 +124,15 @@ def train_and_compare(cfg: Any, pdf: Any, paths: list[Path], snapshot: str, row:
     row["status"], row["promoted"] = "promoted", True
     row["message"] = f"candidate {c_score:.4f} > champion {b_score:.4f}"
     return 0
+
+
+def retrain_pair_scorer(cfg: Any) -> str:
+    """Retrain the pair scorer with the (possibly new) champion's title embeddings; promote it if its valid F1
+    beats the current scorer's. Returns a one-line summary for the run's message."""
+    from models.matching.train import retrain_scorer
+
+    ref, label = _champion(store_root(cfg.model_store))
+    out = retrain_scorer(cfg.matching_data, Path(cfg.scorer_store) if cfg.scorer_store else None, ref)
+    log.info("pair scorer retrained with %s: %s", label, out)
+    return (f"pair scorer {out['version']} valid F1 {out['valid_f1']:.4f} vs {out['champion_valid_f1']:.4f}: "
+            f"{'promoted' if out['promoted'] else 'kept'}")

@@ -1,17 +1,22 @@
-"""The matching job on real Spark and real Delta tables, with synthetic embeddings."""
+"""The matching job on real Spark and real Delta tables: synthetic embeddings for the incremental logic, and
+the enrich job with the shipped model on the sample catalog for the planted duplicates."""
 
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
+from jobs import enrich
 from jobs.matching import MatchConfig, match_and_cluster
 from models.matching.cluster import ClusterConfig
 from schemas.tables import PRODUCT_CLUSTERS, PRODUCT_EMBEDDINGS, PRODUCT_MATCHES
+from tests.conftest import SAMPLE
 
 pytestmark = pytest.mark.spark
 
@@ -127,3 +132,74 @@ def test_giant_components_are_cut_and_reported(spark, lake):
     clusters = read(lake, PRODUCT_CLUSTERS)
     assert clusters["cluster_size"].max() <= 2
     assert stats["guarded_products"] == 3 * n_big == clusters["guard"].notna().sum()
+
+
+# -- the enrich job with the shipped model on the sample catalog ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def sample_run(spark, tmp_path_factory):
+    """The enrich job (default model, match stage included) run once over a copy of the sample catalog."""
+    root = tmp_path_factory.mktemp("sample-match")
+    shutil.copytree(SAMPLE, root / "catalog")
+    lake = root / "lake"
+    code = enrich.main(["--catalog", str(root / "catalog" / "catalog.parquet"), "--lake", str(lake),
+                        "--run-id", "s1", "--batch-size", "32"])
+    assert code == 0
+    return root
+
+
+def _clusters(lake) -> pd.DataFrame:
+    return DeltaTable(str(lake / "product_clusters")).to_pandas()
+
+
+@pytest.mark.slow
+def test_planted_duplicates_share_clusters_and_nothing_else(sample_run):
+    truth = pd.read_csv(SAMPLE / "duplicates.csv")
+    clusters = _clusters(sample_run / "lake")
+    embedded = set(DeltaTable(str(sample_run / "lake" / "product_embeddings")).to_pandas()["product_id"])
+    assert set(clusters["product_id"]) == embedded
+    multi = clusters[clusters["cluster_size"] > 1]
+    found = sorted(sorted(g) for _, g in multi.groupby("cluster_id")["product_id"])
+    expected = sorted(sorted(g) for _, g in truth.groupby("planted_group")["product_id"])
+    assert len(expected) == 24
+    assert found == expected
+    # Each cluster is named after its smallest member.
+    smallest = multi.groupby("cluster_id")["product_id"].min()
+    assert (smallest.index == smallest.to_numpy()).all()
+
+
+@pytest.mark.slow
+def test_sample_rerun_changes_nothing(sample_run, tmp_path):
+    lake = tmp_path / "lake"
+    shutil.copytree(sample_run / "lake", lake)
+    names = ("product_embeddings", "product_matches", "product_clusters")  # quarantine logs every run
+    versions = {n: DeltaTable(str(lake / n)).version() for n in names}
+    code = enrich.main(["--catalog", str(sample_run / "catalog" / "catalog.parquet"), "--lake", str(lake),
+                        "--run-id", "s2"])
+    assert code == 0
+    assert {n: DeltaTable(str(lake / n)).version() for n in names} == versions
+
+
+@pytest.mark.slow
+def test_sample_changed_listing_leaves_its_cluster_and_the_others_keep_their_ids(sample_run, tmp_path):
+    lake = tmp_path / "lake"
+    shutil.copytree(sample_run / "lake", lake)
+    catalog = tmp_path / "catalog"
+    shutil.copytree(sample_run / "catalog", catalog)
+    truth = pd.read_csv(SAMPLE / "duplicates.csv")
+    target = truth.loc[truth["product_id"] != truth["planted_group"], "product_id"].iloc[0]
+    table = pq.read_table(catalog / "catalog.parquet")
+    df = table.to_pandas()
+    df.loc[df["product_id"] == target, "title"] = "Handmade ceramic vase, unique piece"
+    pq.write_table(table.from_pandas(df, schema=table.schema, preserve_index=False), catalog / "catalog.parquet")
+    before = _clusters(lake).set_index("product_id")
+    assert enrich.main(["--catalog", str(catalog / "catalog.parquet"), "--lake", str(lake), "--run-id", "s3"]) == 0
+    after = _clusters(lake).set_index("product_id")
+    assert after.loc[target, "cluster_id"] == target and after.loc[target, "cluster_size"] == 1
+    group = truth.loc[truth["product_id"] == target, "planted_group"].iloc[0]
+    others = set(truth.loc[truth["planted_group"] == group, "product_id"]) - {target}
+    unaffected = before.index.difference(list(others | {target}))
+    assert (after.loc[unaffected, "cluster_id"] == before.loc[unaffected, "cluster_id"]).all()
+    assert set(after.index[after["run_id"] == "s3"]) == others | {target}
+    matches = DeltaTable(str(lake / "product_matches")).to_pandas()
+    assert not ((matches["product_id_a"] == target) | (matches["product_id_b"] == target)).any()

@@ -277,3 +277,21 @@ def test_evaluation_runs_end_to_end_on_benchmark_shaped_files(tmp_path):
     md = to_markdown(r, "python -m models.matching.evaluate ...")
     assert "| abt_buy | valid |" in md and "89.3" in md and "pair completeness" in md and "pairwise F1" in md
     assert (tmp_path / "cache" / "hash-64" / "titles.parquet").is_file()  # embeddings are cached
+
+
+@pytest.mark.slow
+def test_retrain_scorer_promotes_only_a_better_scorer(tmp_path):
+    from models.matching.train import retrain_scorer
+
+    data = tmp_path / "data"
+    _tiny_benchmarks(data)
+    kw = {"store": tmp_path / "store", "encoder_ref": "builtin:catalog-tiny-minilm", "cache_dir": tmp_path / "cache",
+          "cfg": ScorerTrainConfig(n_trees=20, folds=2)}
+    first = retrain_scorer(str(data), **kw)
+    assert first["promoted"] and first["champion"] is None
+    assert load_scorer(tmp_path / "store").version == first["version"]
+    assert load_scorer(tmp_path / "store").meta["encoder_version"].startswith("catalog-tiny-minilm")
+    second = retrain_scorer(str(data), **kw)  # the same data and seed: no better, so not promoted
+    assert not second["promoted"] and second["champion"] == first["version"]
+    assert second["valid_f1"] == pytest.approx(second["champion_valid_f1"])
+    assert load_scorer(tmp_path / "store").version == first["version"]

@@ -52,6 +52,8 @@ def make_cells_fn(centroids: np.ndarray, probes: int) -> Callable[[Iterator[pd.D
             if pdf.empty:
                 continue
             top = assign(_stack(pdf["embedding"]), cents, probes)
+            # Without an image the text embedding is the fused one (schemas.tables): do not ship it twice.
+            pdf = pdf.assign(text_embedding=pdf["text_embedding"].where(pdf["image_embedding"].notna(), None))
             home = pdf.assign(cell=top[:, 0], is_index=True, is_query=pdf["in_query"].astype(bool))
             parts = [home]
             q = pdf["in_query"].to_numpy(bool)
@@ -70,6 +72,15 @@ def _dot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (x * y).sum(axis=1).astype(np.float32)  # NaN when either row is null (no image)
 
 
+def _text(pdf: pd.DataFrame) -> np.ndarray:
+    """Text embeddings, taking the fused one where it was left out (products without an image)."""
+    fused = _stack(pdf["embedding"])
+    text = _stack(pdf["text_embedding"], fused.shape[1])
+    missing = np.isnan(text).any(axis=1)
+    text[missing] = fused[missing]
+    return text
+
+
 def make_search_fn(neighbours: int, min_cosine: float) -> Callable[[pd.DataFrame], pd.DataFrame]:
     """One cell's rows -> :data:`HIT_SCHEMA` hits, ``a < b``, for every query against the cell's index."""
     from models.matching.blocking import block_search
@@ -81,8 +92,7 @@ def make_search_fn(neighbours: int, min_cosine: float) -> Callable[[pd.DataFrame
         qi, ji, cos = block_search(qry["product_id"].to_numpy(), _stack(qry["embedding"]),
                                    idx["product_id"].to_numpy(), _stack(idx["embedding"]), neighbours, min_cosine)
         qids, iids = qry["product_id"].to_numpy()[qi], idx["product_id"].to_numpy()[ji]
-        dim = _stack(qry["text_embedding"]).shape[1]
-        text = _dot(_stack(qry["text_embedding"], dim)[qi], _stack(idx["text_embedding"], dim)[ji])
+        text = _dot(_text(qry)[qi], _text(idx)[ji])
         img = _dot(_stack(qry["image_embedding"])[qi], _stack(idx["image_embedding"])[ji]) \
             if qry["image_embedding"].notna().any() and idx["image_embedding"].notna().any() \
             else np.full(len(qi), np.nan, np.float32)
