@@ -111,7 +111,7 @@ def _candidates(spark, flagged, n: int, full: bool, cfg: BlockingConfig, stats: 
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from udfs.matching import CELL_SCHEMA, HIT_SCHEMA, make_cells_fn, make_codes_udf, make_search_fn
+    from udfs.matching import CELL_SCHEMA, HIT_SCHEMA, MaxParam, make_cells_fn, make_codes_udf, make_search_fn
 
     t = time.perf_counter()
     cents = _centroids(flagged, n, cfg)
@@ -122,11 +122,13 @@ def _candidates(spark, flagged, n: int, full: bool, cfg: BlockingConfig, stats: 
         probed = (flagged.where("in_query").select(*cols).mapInPandas(make_cells_fn(cents, cfg.probes), CELL_SCHEMA)
                   .select("cell").distinct())
         cells = cells.join(F.broadcast(probed), "cell", "left_semi")
-    cells = cells.persist(StorageLevel.MEMORY_AND_DISK)
-    sizes = cells.where("is_index").groupBy("cell").count().agg(F.max("count").alias("m"), F.count("*").alias("c"))
-    row = sizes.first()
-    stats["searched_cells"], stats["largest_cell"] = int(row["c"] or 0), int(row["m"] or 0)
-    hits = (cells.groupBy("cell").applyInPandas(make_search_fn(cfg.neighbours, cfg.min_cosine), HIT_SCHEMA)
+    # Not persisted: the cells hold every embedding once more (and twice for queries); the shuffle of the
+    # search spills them to disk instead of keeping them in the executors' memory.
+    largest = spark.sparkContext.accumulator(0, MaxParam())
+    searched = spark.sparkContext.accumulator(0)
+    stats["_cell_accumulators"] = (largest, searched)
+    hits = (cells.groupBy("cell").applyInPandas(make_search_fn(cfg.neighbours, cfg.min_cosine, largest, searched),
+                                                HIT_SCHEMA)
             .groupBy("a", "b").agg(F.max("fused_cosine").alias("fused_cosine"),
                                    F.first("text_cosine").alias("text_cosine"),
                                    F.first("image_cosine").alias("image_cosine"))
@@ -139,7 +141,8 @@ def _candidates(spark, flagged, n: int, full: bool, cfg: BlockingConfig, stats: 
            .where((F.col("x.product_id") < F.col("y.product_id")) & (F.col("x.in_query") | F.col("y.in_query")))
            .select(F.col("x.product_id").alias("a"), F.col("y.product_id").alias("b")).distinct()
            .withColumn("lex", F.lit(True)))
-    both = hits.join(lex, ["a", "b"], "full_outer")
+    # Both branches below read these pairs: persist them (scalars only), or the search would run twice.
+    both = hits.join(lex, ["a", "b"], "full_outer").persist(StorageLevel.MEMORY_AND_DISK)
     found = both.where(F.col("ann").isNotNull())
     # Model-number-only pairs have no cosines yet: compute them from the embeddings.
     emb = flagged.select("product_id", "embedding", "text_embedding", "image_embedding")
@@ -152,7 +155,7 @@ def _candidates(spark, flagged, n: int, full: bool, cfg: BlockingConfig, stats: 
              .when(F.col("ann").isNotNull(), "ann").otherwise("model_number"))
     cols = ["a", "b", "fused_cosine", "text_cosine", "image_cosine"]
     return found.select(*cols, label.alias("blocking")).unionByName(
-        lex_only.select(*cols, label.alias("blocking"))), cells
+        lex_only.select(*cols, label.alias("blocking"))), both
 
 
 def _score(cand, flagged, scorer, parts: int):
@@ -237,11 +240,13 @@ def match_and_cluster(spark, lake, products, run_id: str, model_version: str, cf
     stats["prepare_seconds"] = round(time.perf_counter() - t0, 3)
     if n_q and n >= 2:
         t0 = time.perf_counter()
-        cand, cells = _candidates(spark, flagged, n, full, cfg.blocking, stats)
+        cand, pairs = _candidates(spark, flagged, n, full, cfg.blocking, stats)
         cand = cand.persist(StorageLevel.MEMORY_AND_DISK)
         stats["candidates"] = cand.count()
+        pairs.unpersist()
+        largest, searched = stats.pop("_cell_accumulators")
+        stats["largest_cell"], stats["searched_cells"] = largest.value, searched.value  # retries may inflate
         stats["blocking_seconds"] = round(time.perf_counter() - t0, 3)
-        cells.unpersist()
         parts = max(spark.sparkContext.defaultParallelism, math.ceil(stats["candidates"] / cfg.rows_per_partition))
         t1 = time.perf_counter()
         new = (_score(cand, flagged, scorer, parts)

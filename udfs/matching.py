@@ -18,7 +18,7 @@ import pandas as pd  # at module level: the UDF type hints are resolved in this 
 
 from udfs.model_cache import cached
 
-__all__ = ["CELL_SCHEMA", "HIT_SCHEMA", "SCORE_SCHEMA", "make_cells_fn", "make_codes_udf", "make_score_fn",
+__all__ = ["CELL_SCHEMA", "HIT_SCHEMA", "SCORE_SCHEMA", "MaxParam", "make_cells_fn", "make_codes_udf", "make_score_fn",
            "make_search_fn"]
 
 CELL_SCHEMA = ("cell int, product_id string, is_index boolean, is_query boolean, embedding array<float>, "
@@ -27,6 +27,16 @@ HIT_SCHEMA = "a string, b string, fused_cosine float, text_cosine float, image_c
 SCORE_SCHEMA = ("product_id_a string, product_id_b string, score double, fused_cosine float, text_cosine float, "
                 "image_cosine float, token_jaccard float, model_number_match boolean, brand_match boolean, "
                 "price_ratio double, blocking string")
+
+
+class MaxParam:
+    """Accumulator parameter of a maximum (the largest cell searched); here so Python workers can import it."""
+
+    def zero(self, value: int) -> int:
+        return 0
+
+    def addInPlace(self, a: int, b: int) -> int:  # noqa: N802 - the name PySpark calls
+        return max(a, b)
 
 
 def _stack(col: pd.Series, dim: int | None = None) -> np.ndarray:
@@ -81,12 +91,18 @@ def _text(pdf: pd.DataFrame) -> np.ndarray:
     return text
 
 
-def make_search_fn(neighbours: int, min_cosine: float) -> Callable[[pd.DataFrame], pd.DataFrame]:
-    """One cell's rows -> :data:`HIT_SCHEMA` hits, ``a < b``, for every query against the cell's index."""
+def make_search_fn(neighbours: int, min_cosine: float, largest=None, searched=None
+                   ) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """One cell's rows -> :data:`HIT_SCHEMA` hits, ``a < b``, for every query against the cell's index.
+    ``largest``/``searched``: optional accumulators of the largest cell and the number of cells searched."""
     from models.matching.blocking import block_search
 
     def search(pdf: pd.DataFrame) -> pd.DataFrame:
         idx, qry = pdf[pdf["is_index"]], pdf[pdf["is_query"]]
+        if largest is not None:
+            largest.add(len(idx))
+        if searched is not None:
+            searched.add(1)
         if idx.empty or qry.empty:
             return pd.DataFrame({c: [] for c in ("a", "b", "fused_cosine", "text_cosine", "image_cosine")})
         qi, ji, cos = block_search(qry["product_id"].to_numpy(), _stack(qry["embedding"]),

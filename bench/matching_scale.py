@@ -1,0 +1,211 @@
+"""Scale of the matching job: time and peak memory of blocking + scoring + clustering, and the growth exponent.
+
+    python bench/matching_scale.py [--sizes 10000,100000] [--dim 384] [--workdir DIR]
+    python bench/matching_scale.py --sizes 10000,100000,1000000      # the 1M point (long: run on a quiet machine)
+
+For each size, in a fresh process (its own JVM, so memory figures do not mix): synthetic products in
+duplicate groups (about 40% of the products have 1-3 other listings of the same product: a shared model
+number, reworded titles, embeddings near the group's centre; the others are singletons) and in families of
+similar products (same brand and kind, embedding cosine about 0.6: the near neighbours that are not
+duplicates), written as a real
+``product_embeddings`` Delta table; then one full run of :func:`jobs.matching.match_and_cluster` with the
+shipped pair scorer on ``local[*]``. Reported per size: seconds for blocking, scoring and clustering, peak
+resident memory of the whole process tree (driver, JVM, Python workers), candidates, matches, and the
+recall/precision of the planted duplicate pairs. The exponent is the least-squares slope of log(total seconds)
+over log(size): 1 is linear, 2 quadratic. The default sizes run in a few minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+BRANDS = ["Acme", "Zeta", "Nova", "Orbit", "Kestrel", "Lumen", "Vela", "Quill", "Fjord", "Tundra"]
+KINDS = ["Kettle", "Lamp", "Drill", "Blender", "Router", "Watch", "Backpack", "Monitor", "Speaker", "Jacket"]
+FAMILY = 12  # products per family
+
+
+def synthetic(n: int, dim: int, seed: int = 0, chunk: int = 100_000):
+    """(products table, a reader of embeddings batches, the planted group of each product). Embeddings are
+    made chunk by chunk in float32, so generating 1M x 384 needs about 2 GB, not ten."""
+    import numpy as np
+    import pyarrow as pa
+
+    rng = np.random.default_rng(seed)
+    sizes = []
+    total = 0
+    while total < n:  # most products are singletons, the others come in groups of 2-4 listings
+        s = 1 if rng.random() < 0.82 else int(rng.integers(2, 5))
+        s = min(s, n - total)
+        sizes.append(s)
+        total += s
+    group = np.repeat(np.arange(len(sizes)), sizes)
+    # Product families (one brand and kind, FAMILY products): their embeddings are alike (cosine about 0.6),
+    # so every listing has near neighbours that are other products: hard negatives for the scorer.
+    family = np.arange(len(sizes)) // FAMILY
+    centres = rng.standard_normal((len(sizes), dim), dtype=np.float32)
+    centres *= 0.8
+    centres += rng.standard_normal((int(family.max()) + 1, dim), dtype=np.float32)[family]
+    first = np.r_[0, np.cumsum(sizes)[:-1]]
+    rank = np.arange(n) - first[group]
+    brand = np.asarray(BRANDS)[family[group] % len(BRANDS)]
+    kind = np.asarray(KINDS)[(family[group] // len(BRANDS)) % len(KINDS)]
+    forms = ["{b} {k} {c}", "NEW {B} {kl} {cc}", "{k} by {b}, model {c}", "{b} {c} {k} - genuine"]
+    titles = []
+    for i in range(n):
+        code = f"{brand[i][:2].upper()}-{100000 + group[i]}"
+        titles.append(forms[rank[i] % 4].format(b=brand[i], B=brand[i].upper(), k=kind[i], kl=kind[i].lower(),
+                                                c=code, cc=code.replace("-", "")))
+    ids = np.asarray([f"P{i:08d}" for i in range(n)])
+    price = (10 + group % 500).astype(float) * (1 + 0.02 * rank)
+    products = pa.table({"product_id": ids, "title": titles, "brand": brand, "price": price,
+                         "currency": np.full(n, "EUR")})
+    vec_type = pa.list_(pa.float32())
+    schema = pa.schema([("product_id", pa.string()), ("model_version", pa.string()), ("embedding", vec_type),
+                        ("text_embedding", vec_type), ("image_embedding", vec_type), ("content_hash", pa.string()),
+                        ("run_id", pa.string()), ("updated_at", pa.timestamp("us", tz="UTC"))])
+
+    def batches():
+        for s in range(0, n, chunk):
+            e = min(n, s + chunk)
+            emb = centres[group[s:e]] + 0.3 * rng.standard_normal((e - s, dim), dtype=np.float32)
+            emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+            vec = pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel(), pa.float32()), dim).cast(vec_type)
+            yield pa.record_batch([pa.array(ids[s:e]), pa.array(["bench-encoder"] * (e - s)), vec, vec,
+                                   pa.nulls(e - s, vec_type), pa.array(ids[s:e]), pa.array(["bench"] * (e - s)),
+                                   pa.array([0] * (e - s), pa.timestamp("us", tz="UTC"))], schema=schema)
+
+    return products, pa.RecordBatchReader.from_batches(schema, batches()), group
+
+
+class PeakRss:
+    """Peak resident memory of this process and all its descendants, sampled every ``every`` seconds."""
+
+    def __init__(self, every: float = 0.5):
+        import psutil
+
+        self.proc, self.every, self.peak = psutil.Process(), every, 0
+        self.by_kind: dict[str, int] = {}  # largest single process of each kind
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        import psutil
+
+        while not self._stop.is_set():
+            total = 0
+            for p in [self.proc, *self.proc.children(recursive=True)]:
+                try:
+                    rss = p.memory_info().rss
+                    kind = "driver" if p.pid == self.proc.pid else "jvm" if "java" in p.name() else "workers"
+                except psutil.Error:
+                    continue
+                total += rss
+                self.by_kind[kind] = max(self.by_kind.get(kind, 0), rss)
+            self.peak = max(self.peak, total)
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def one(n: int, dim: int, workdir: Path) -> dict:
+    import numpy as np
+    import pyarrow.parquet as pq
+    from deltalake import DeltaTable, write_deltalake
+
+    from jobs.lakehouse import Lake
+    from jobs.matching import match_and_cluster
+    from jobs.spark_session import build_session
+    from schemas.tables import PRODUCT_EMBEDDINGS
+
+    t = time.perf_counter()
+    products, embeddings, group = synthetic(n, dim)
+    root = workdir / f"n{n}"
+    pq.write_table(products, root.with_suffix(".products.parquet"))
+    write_deltalake(str(root / PRODUCT_EMBEDDINGS.name), embeddings, mode="overwrite")
+    del embeddings  # the generator holds the cluster centres
+    gen = time.perf_counter() - t
+    spark = build_session("matching-scale", conf={"spark.driver.memory": os.environ.get("BENCH_DRIVER_MEMORY", "6g"),
+                                                  "spark.ui.enabled": "false"})
+    spark.sparkContext.setCheckpointDir(str(workdir / "checkpoints"))
+    lake = Lake(spark, root)
+    with PeakRss() as mem:
+        t = time.perf_counter()
+        stats = match_and_cluster(spark, lake, spark.read.parquet(str(root.with_suffix(".products.parquet"))),
+                                  f"bench-{n}", "bench-encoder")
+        total = time.perf_counter() - t
+    matches = DeltaTable(str(root / "product_matches")).to_pandas(columns=["product_id_a", "product_id_b"])
+    a = matches["product_id_a"].str[1:].astype(int).to_numpy()
+    b = matches["product_id_b"].str[1:].astype(int).to_numpy()
+    sizes = np.bincount(group)
+    true_pairs = int((sizes * (sizes - 1) // 2).sum())
+    correct = int((group[a] == group[b]).sum())
+    spark.stop()
+    return {"n": n, "dim": dim, "seconds": round(total, 1), "blocking_s": stats.get("blocking_seconds"),
+            "scoring_s": stats.get("scoring_seconds"), "clustering_s": stats.get("clustering_seconds"),
+            "peak_rss_gib": round(mem.peak / 2**30, 2), "cells": stats.get("cells"),
+            "peak_process_gib": {k: round(v / 2**30, 2) for k, v in mem.by_kind.items()},
+            "largest_cell": stats.get("largest_cell"), "candidates": stats.get("candidates"),
+            "matches": len(matches), "true_pairs": true_pairs,
+            "pair_recall": round(correct / max(true_pairs, 1), 4),
+            "pair_precision": round(correct / max(len(matches), 1), 4), "cc_rounds": stats.get("cc_rounds"),
+            "clusters": stats.get("clusters"), "generate_s": round(gen, 1)}
+
+
+def exponent(rows: list[dict]) -> float:
+    xs = [math.log(r["n"]) for r in rows]
+    ys = [math.log(r["seconds"]) for r in rows]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="10000,100000", help="comma-separated catalog sizes")
+    ap.add_argument("--dim", type=int, default=384, help="embedding dimension (the shipped model's is 384)")
+    ap.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one, removed after)")
+    ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # internal: run one size here
+    a = ap.parse_args(argv)
+    if a.one is not None:
+        print(json.dumps(one(a.one, a.dim, Path(a.workdir))), flush=True)
+        return 0
+    rows = []
+    with tempfile.TemporaryDirectory(dir=a.workdir) as tmp:
+        for n in [int(s) for s in a.sizes.split(",")]:
+            out = subprocess.run([sys.executable, __file__, "--one", str(n), "--dim", str(a.dim), "--workdir", tmp],
+                                 capture_output=True, text=True, check=False)
+            if out.returncode != 0:
+                errors = [ln for ln in out.stderr.splitlines() if "Error" in ln or "Exception" in ln]
+                print("\n".join(errors[:20]) + "\n...\n" + out.stderr[-3000:], file=sys.stderr)
+                return 1
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(json.dumps(rows[-1]), flush=True)
+    print("\n| products | total s | blocking s | scoring s | clustering s | peak RSS GiB | candidates | matches "
+          "| recall | precision |\n|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['n']:,} | {r['seconds']} | {r['blocking_s']} | {r['scoring_s']} | {r['clustering_s']} | "
+              f"{r['peak_rss_gib']} | {r['candidates']:,} | {r['matches']:,} | {r['pair_recall']:.3f} | "
+              f"{r['pair_precision']:.3f} |")
+    if len(rows) >= 2:
+        print(f"\ngrowth exponent (slope of log time over log size): {exponent(rows):.2f}  (1 = linear, 2 = quadratic)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
