@@ -47,6 +47,8 @@ class FashionSplit:
     valid: TrainData
     classes: list[str]
     snapshot: str          # "products.parquet sha256:..." recorded in the manifest
+    train_rows: pd.DataFrame | None = None   # the products behind ``train`` / ``valid``, same order, all columns
+    valid_rows: pd.DataFrame | None = None
 
 
 
@@ -71,8 +73,9 @@ def load_fashion(root: str | Path, size: int = 64, cache_dir: str | Path | None 
     groups = group_ids([" ".join(str(t).lower().split()) for t in df["title"]])[:, None]
     data = TrainData(pixels, tuple(str(t) for t in df["title"]), groups, labels, len(classes))
     is_valid = np.array([split_of(str(p)) == "valid" for p in df["product_id"]])
-    return FashionSplit(data.subset(np.flatnonzero(~is_valid)), data.subset(np.flatnonzero(is_valid)), classes,
-                        f"{table.name} sha256:{digest}")
+    tr, va = np.flatnonzero(~is_valid), np.flatnonzero(is_valid)
+    return FashionSplit(data.subset(tr), data.subset(va), classes, f"{table.name} sha256:{digest}",
+                        df.iloc[tr].reset_index(drop=True), df.iloc[va].reset_index(drop=True))
 
 
 REPRODUCE = ("python -m models.training.fashion --data /work/shared/data/fashion "
