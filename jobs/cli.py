@@ -2,6 +2,7 @@
 
     catalog-enrich enrich [enrich options]   run the enrich job (same options as jobs/enrich.py)
     catalog-enrich tables                    print every output table's columns and keys
+    catalog-enrich query "SQL" [--lake DIR]  SQL over the Delta tables (DuckDB; no Spark needed)
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         from jobs.enrich import main as enrich_main
 
         return enrich_main(rest)
+    if command == "query":
+        from jobs.query import main as query_main
+
+        return query_main(rest)
     if command == "tables":
         print(describe_tables())
         return 0
