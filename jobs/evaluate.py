@@ -40,7 +40,8 @@ def encoder_section(data: Path, model: str) -> str:
     from models.store import DEFAULT_STORE, read_manifest
 
     ref = parse_model_ref(model)
-    manifest = read_manifest(DEFAULT_STORE / ref.version)
+    vdir = Path(ref.name) if Path(ref.name).is_dir() else DEFAULT_STORE / ref.version.removeprefix("store:")
+    manifest = read_manifest(vdir)
     m = manifest["metrics"]
     cand, base = m["valid"], m["baseline_valid"]
     names = [("i2t_recall@1", "image->text recall@1"), ("i2t_recall@10", "image->text recall@10"),

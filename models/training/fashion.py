@@ -80,7 +80,7 @@ def load_fashion(root: str | Path, size: int = 64, cache_dir: str | Path | None 
 
 REPRODUCE = ("python -m models.training.fashion --data /work/shared/data/fashion "
              "--epochs {epochs} --batch {batch} --double-at {double_at} --max-steps {max_steps} --seed {seed} "
-             "--category-weight {category_weight} --lr {lr} --warmup-steps {warmup}{init}")
+             "--category-weight {category_weight} --lr {lr} --text-lr {text_lr} --warmup-steps {warmup}{init}")
 
 
 def _labels_note(cfg: TrainConfig) -> str:
@@ -122,7 +122,8 @@ def _card(cfg: TrainConfig, args: argparse.Namespace, split: FashionSplit, resul
         columns={"baseline (untrained)": base, "this model": cand},
         reproduce=REPRODUCE.format(epochs=args.epochs, batch=args.batch, double_at=args.double_at,
                                    max_steps=args.max_steps, seed=args.seed,
-                                   category_weight=args.category_weight, lr=args.lr, warmup=args.warmup_steps,
+                                   category_weight=args.category_weight, lr=args.lr, text_lr=args.text_lr,
+                                   warmup=args.warmup_steps,
                                    init=f" --init-from {args.init_from}" if args.init_from else ""),
         limitations=("Tiny images (60x80 photos at 64 px) and a tiny image tower: good for coarse type and colour, "
                      "not for fine detail. Fashion titles are templated (\"Brand Gender Colour Type\"), so text "
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--init-from", default=None,
                    help="continue training from this store version's weights (same architecture)")
     p.add_argument("--lr", type=float, default=TrainConfig.lr, help="peak learning rate of the image tower")
+    p.add_argument("--text-lr", type=float, default=TrainConfig.text_lr, help="peak learning rate of the text side")
     p.add_argument("--warmup-steps", type=int, default=TrainConfig.warmup_steps)
     p.add_argument("--category-weight", type=float, default=0.0,
                    help="ZhichunRoad multitask: weight of an articleType classification loss beside the contrastive "
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     double_at = tuple(int(x) for x in args.double_at.split(",") if x.strip())
     cfg = TrainConfig(epochs=args.epochs, max_steps=args.max_steps, schedule=BatchSchedule(args.batch, double_at),
                       chunk_size=512, seed=args.seed, category_weight=args.category_weight, lr=args.lr,
-                      warmup_steps=args.warmup_steps)
+                      text_lr=args.text_lr, warmup_steps=args.warmup_steps)
     model_cfg = candidate_config()
     if args.checkpoint and Path(args.checkpoint).is_file():
         model = build_clip(model_cfg, seed=args.seed)
