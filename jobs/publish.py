@@ -191,7 +191,11 @@ def discard(lake: str | Path, run_id: str) -> dict[str, Any]:
             target = None if first is None else first - 1
         if target is None or target == current:
             continue
-        table.restore(target, commit_properties=CommitProperties(custom_metadata={_DISCARD_KEY: run_id}))
+        props = CommitProperties(custom_metadata={_DISCARD_KEY: run_id})
+        if target < 0:  # the run created the table with its first commit: empty it (there is no version -1)
+            table.delete(commit_properties=props)
+        else:
+            table.restore(target, commit_properties=props)
         restored[name] = {"from": current, "to": target}
     record = {"run_id": run_id, "discarded_at": _now(), "restored": restored,
               "data_docs": verdict.get("data_docs"), "failed_tables": sorted(
