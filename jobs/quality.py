@@ -93,7 +93,7 @@ def _validate(session, name: str, df, checks: TableChecks, keys: tuple[str, ...]
     try:
         table_scoped = key_expectations(keys) if checks.key_checks else []
         table_scoped += [e for e in checks.expectations if e.scope == "table"]
-        results = [session.validate(name, df, table_scoped, params)]
+        results = [session.validate(name, df, table_scoped, params)] if table_scoped else []
         run_scoped = [e for e in checks.expectations if e.scope == "run"]
         if run_scoped and "run_id" in df.columns:
             results.append(session.validate(f"{name}.this_run", df.where(F.col("run_id") == params["run_id"]),

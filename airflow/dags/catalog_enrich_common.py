@@ -32,7 +32,9 @@ DEFAULT_ARGS: dict[str, Any] = {
     "owner": "data-platform",
     "retries": 3,
     "retry_delay": timedelta(minutes=5),
-    "retry_exponential_backoff": True,       # 5, 10, 20 minutes: a busy cluster gets time to recover
+    # A multiplier since Airflow 3 (True would mean 1.0: no growth). Delays of 5-10, 10-20, 20-40 minutes
+    # (Airflow adds up to 100% jitter): a busy cluster gets time to recover.
+    "retry_exponential_backoff": 2.0,
     "max_retry_delay": timedelta(hours=1),
 }
 
@@ -92,12 +94,24 @@ def _current_model(store: str) -> str:
     return str(root / version)
 
 
-def resolve_settings(raw: dict[str, Any] | None, context: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """The settings of one DAG run: the variable with defaults, the interval's catalog, the model, the run id."""
+def _check_local(what: str, path: str | None) -> None:
+    # spark-submit runs on this worker: a missing local artifact would only fail after every retry.
+    if path and "://" not in path and not Path(path.split("#")[0]).exists():
+        raise ValueError(f"{what} {path} does not exist on this worker: build it with `make dist` "
+                         f"(python -m jobs.package) or set {what!r} in the {SETTINGS_VARIABLE!r} variable")
+
+
+def resolve_settings(raw: dict[str, Any] | None, context: dict[str, Any], prefix: str,
+                     pin_model: bool = True) -> dict[str, Any]:
+    """The settings of one DAG run: the variable with defaults, the interval's catalog, the run id and, with
+    ``pin_model``, the model (the store's current version at the start of the run)."""
     s = Settings.from_variable(raw)
+    for what in ("application", "py_files", "archives"):
+        _check_local(what, getattr(s, what))
     out = asdict(s)
     out["catalog"] = s.catalog.format(ds=context.get("ds") or "", ds_nodash=context.get("ds_nodash") or "")
-    out["model"] = s.model or (_current_model(s.model_store) if s.model_store else "default")
+    if pin_model:
+        out["model"] = s.model or (_current_model(s.model_store) if s.model_store else "default")
     out["run_id"] = run_id_for(prefix, context)
     return out
 

@@ -28,7 +28,7 @@ def settings(**context):
     from airflow.sdk import Variable
 
     raw = Variable.get(SETTINGS_VARIABLE, default={}, deserialize_json=True)
-    return resolve_settings(raw, context, prefix="retrain")
+    return resolve_settings(raw, context, prefix="retrain", pin_model=False)  # the job compares with the champion
 
 
 @task.branch(task_id="train_or_skip", retries=0)

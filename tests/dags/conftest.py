@@ -3,6 +3,7 @@ folder, no example DAGs. Set at import, before any test imports Airflow (which r
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -20,6 +21,9 @@ _HOME = tempfile.mkdtemp(prefix="catalog-enrich-airflow-")
 os.environ["AIRFLOW_HOME"] = _HOME
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+# Airflow's logging setup gives the root logger a handler on the test's stdout; py4j's INFO line at interpreter
+# exit would then be written to a stream pytest has closed ("--- Logging error ---").
+logging.getLogger("py4j").setLevel(logging.WARNING)
 # Airflow puts a bundle's folder on sys.path so DAG files can import their helper modules; so do the tests.
 if str(DAGS) not in sys.path:
     sys.path.append(str(DAGS))

@@ -37,7 +37,7 @@ def test_nightly_dag_shape(dagbag):
     assert {k: t.command for k, t in spark_tasks.items()} == {
         "input_gate": "quality-input", "enrich": "enrich", "output_gate": "quality-output"}
     for t in spark_tasks.values():
-        assert t.retries == 3 and t.retry_exponential_backoff and t.max_retry_delay == dt.timedelta(hours=1)
+        assert t.retries == 3 and t.retry_exponential_backoff == 2.0 and t.max_retry_delay == dt.timedelta(hours=1)
     # A failed verdict does not change on retry: the tasks that read verdicts fail at once.
     assert dag.get_task("input_ok").retries == 0 and dag.get_task("publish").retries == 0
 
@@ -74,20 +74,28 @@ def test_settings_resolve_run_id_catalog_and_model(tmp_path):
     store = tmp_path / "store"
     (store / "v7").mkdir(parents=True)
     (store / "current").write_text("v7\n")
+    built = {"application": str(tmp_path / "main.py"), "py_files": str(tmp_path / "code.zip")}
+    for path in built.values():
+        open(path, "w").close()
     raw = {"catalog": "/data/catalog/ds={ds}", "lake": "/data/lake", "model_store": str(store),
-           "enrich_args": ["--batch-size", 256]}
+           "enrich_args": ["--batch-size", 256], **built}
     s = resolve_settings(raw, _context(end), prefix="enrich")
     assert s["run_id"] == "enrich-20261120T020000Z" == resolve_settings(raw, _context(end), "enrich")["run_id"]
     assert s["catalog"] == "/data/catalog/ds=2026-11-20"
     assert s["model"] == str(store / "v7")           # pinned for the whole run
     assert s["enrich_args"] == ("--batch-size", "256")
-    assert resolve_settings({}, _context(None), "enrich")["run_id"] == "enrich-manual__2026-11-20T02_00_00_00_00"
-    assert resolve_settings({}, _context(end), "enrich")["model"] == "default"
+    assert resolve_settings(built, _context(None), "enrich")["run_id"] == "enrich-manual__2026-11-20T02_00_00_00_00"
+    assert resolve_settings(built, _context(end), "enrich")["model"] == "default"
     with pytest.raises(ValueError, match=r"unknown keys \['lakes'\]"):
         Settings.from_variable({"lakes": "/x"})
+    with pytest.raises(ValueError, match=r"py_files /nowhere/code.zip does not exist on this worker: build it"):
+        resolve_settings(dict(built, py_files="/nowhere/code.zip"), _context(end), "enrich")
+    assert resolve_settings(dict(built, py_files="hdfs:///apps/code.zip"), _context(end), "enrich")
     (store / "current").unlink()
     with pytest.raises(ValueError, match="has no current version"):
         resolve_settings(raw, _context(end), "enrich")
+    # Retraining does not need a champion in the store (it compares with the untrained builtin then).
+    assert resolve_settings(raw, _context(end), "retrain", pin_model=False)["model"] is None
 
 
 def test_job_command_lines():
