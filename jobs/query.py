@@ -23,21 +23,27 @@ def _tables(lake: Path) -> dict[str, Path]:
     return {p.name: p for p in sorted(lake.iterdir()) if (p / "_delta_log").is_dir() and p.name.isidentifier()}
 
 
-def connect(lake: str | Path):
-    """A DuckDB connection with one view per Delta table of ``lake``."""
+def connect(lake: str | Path, latest: bool = False):
+    """A DuckDB connection with one view per Delta table of ``lake``: the published version of each table
+    when the lake is published through the quality gates (:mod:`jobs.publish`), else (or with ``latest``) the
+    newest version."""
     import duckdb
     from deltalake import DeltaTable
 
+    from jobs.publish import read_pointer
+
+    pointer = None if latest else read_pointer(lake)
     con = duckdb.connect(":memory:")
     for name, path in _tables(Path(lake)).items():
+        version = (pointer or {}).get("tables", {}).get(name)
         # Table names come from folder names that are valid identifiers, never from the query text.
-        con.register(name, DeltaTable(str(path)).to_pyarrow_dataset())
+        con.register(name, DeltaTable(str(path), version=version).to_pyarrow_dataset())
     return con
 
 
-def query(lake: str | Path, sql: str):
+def query(lake: str | Path, sql: str, latest: bool = False):
     """The result of ``sql`` over the lake's tables as a pandas DataFrame."""
-    return connect(lake).execute(sql).fetch_df()
+    return connect(lake, latest).execute(sql).fetch_df()
 
 
 def register_spark_views(spark, lake) -> list[str]:
@@ -56,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="catalog-enrich query", description=__doc__.split("\n\n")[0])
     p.add_argument("sql", help="a SQL query; the tables are views named after them (product_categories, ...)")
     p.add_argument("--lake", default="lake", help="folder of the Delta tables (default: ./lake)")
+    p.add_argument("--latest", action="store_true",
+                   help="read the newest table versions, not the published ones (runs not yet through the gates)")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.add_argument("--max-rows", type=int, default=50, help="rows printed in table format (default: 50)")
     args = p.parse_args(argv)
@@ -63,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
     try:
-        df = query(args.lake, args.sql)
+        df = query(args.lake, args.sql, args.latest)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

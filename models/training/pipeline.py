@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from models.arch import build_clip, resolve_text_cfg
-from models.refs import CONFIG_DIR, ModelRef
+from models.refs import ModelRef, builtin_config_bytes
 from models.training.config import TrainConfig
 from models.training.data import TrainData
 from models.training.trainer import Trainer, TrainResult
@@ -27,7 +27,9 @@ def candidate_config(base: str = "catalog-tiny-minilm", text_proj: str | None = 
     With the MiniLM locked, a projection is the only text-side part that learns; ``mlp`` lets the text
     embedding move towards what the images show (type, colour) rather than stay MiniLM's sentence space.
     """
-    cfg = json.loads((CONFIG_DIR / f"{base}.json").read_text())
+    cfg = json.loads(builtin_config_bytes(base) or b"null")  # zip-safe (spark-submit --py-files)
+    if cfg is None:
+        raise ValueError(f"no builtin architecture {base!r} in models/configs")
     cfg["text_cfg"]["hf_proj_type"] = text_proj
     return cfg
 
