@@ -204,8 +204,7 @@ _QUARANTINE = TableChecks(
     ),
 )
 
-# Tables written by the later parts of the system. Their expectations wait here; each is skipped with a note
-# until its table exists in the lake.
+# Tables of the downstream tasks; each is skipped with a note until its table exists in the lake.
 _CATEGORIES = TableChecks("product_categories", expectations=(
     _probability("confidence"),
     Expect("ExpectColumnValuesToBeInSet", {"column": "category", "value_set": Param("category_labels")},
@@ -213,8 +212,9 @@ _CATEGORIES = TableChecks("product_categories", expectations=(
 ))
 _ATTRIBUTES = TableChecks("product_attributes", expectations=(
     _probability("confidence"),
-    Expect("ExpectColumnValuesToBeInSet", {"column": "source", "value_set": ["title", "description", "image"]},
-           "the value was read from the title, description or image"),
+    Expect("ExpectColumnValuesToBeInSet",
+           {"column": "source", "value_set": ["title", "description", "image", "title+image"]},
+           "the value was read from the title, description or image (or title and image together)"),
 ))
 _ADULT = TableChecks("product_adult_flags", expectations=(
     _probability("score"), _not_null("is_adult", "every product has a decision"),
