@@ -47,7 +47,7 @@ class RetrainConfig:
     arch_config: str | None = None     # JSON model_cfg replacing the default candidate architecture
     seed: int = 0
     matching_data: str | None = None   # labelled pairs (shared/data/matching): retrain the pair scorer too
-    scorer_store: str | None = None    # pair scorer store (default: the shipped models/scorers)
+    scorer_store: str | None = None    # pair scorer store (default: the shipped models/store/scorers)
 
 
 def parse_args(argv: list[str] | None) -> RetrainConfig:
@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None) -> RetrainConfig:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--matching-data", default=None, help="labelled product pairs: also retrain the pair scorer "
                                                          "on them with the champion's embeddings")
-    p.add_argument("--scorer-store", default=None, help="pair scorer store (default: models/scorers)")
+    p.add_argument("--scorer-store", default=None, help="pair scorer store (default: models/store/scorers)")
     a = p.parse_args(argv)
     if not 1 <= a.valid_percent <= 50:
         p.error("--valid-percent must be between 1 and 50")

@@ -26,7 +26,7 @@ from models.store import ModelIntegrityError, code_version, current_version, ver
 
 __all__ = ["DEFAULT_SCORER_STORE", "SCORER_FILE", "load_scorer", "promote_scorer", "resolve_scorer", "save_scorer"]
 
-DEFAULT_SCORER_STORE = Path(__file__).resolve().parents[1] / "scorers"
+DEFAULT_SCORER_STORE = Path(__file__).resolve().parents[1] / "store" / "scorers"
 SCORER_FILE = "scorer.json"
 MANIFEST_FILE = "manifest.json"
 

@@ -200,6 +200,17 @@ def to_markdown(r: dict[str, Any], command: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def matching_report(data_root: str | Path, model: str = "default", scorer: str | None = None) -> str:
+    """The markdown section of ``python -m jobs.evaluate``: the current scorer on the shared valid splits."""
+    from models.encoders import load_encoder
+
+    sc = load_scorer(scorer)
+    enc = load_encoder(model, "cpu")
+    vectors = TitleVectors(enc.embed_texts, enc.version, None)
+    return to_markdown(evaluate_all(data_root, sc, vectors),
+                       f"python -m models.matching.evaluate --data {data_root} --out matching.md")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ap = argparse.ArgumentParser(prog="python -m models.matching.evaluate", description=__doc__.split("\n")[0])

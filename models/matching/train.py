@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ap = argparse.ArgumentParser(prog="python -m models.matching.train", description=main.__doc__)
     ap.add_argument("--data", required=True, help="the matching data folder (shared/data/matching)")
-    ap.add_argument("--store", default=None, help="scorer store root (default: the shipped models/scorers)")
+    ap.add_argument("--store", default=None, help="scorer store root (default: the shipped models/store/scorers)")
     ap.add_argument("--model", default="default", help="encoder for the title embeddings")
     ap.add_argument("--cache", default=None, help="title-embedding cache folder")
     ap.add_argument("--no-promote", action="store_true", help="save the candidate without making it current")
