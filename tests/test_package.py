@@ -38,7 +38,8 @@ def test_packages_import_and_read_their_data_from_the_zip(tmp_path):
             "from models.heads.adult import TermList\n"
             "ref = models.refs.parse_model_ref('builtin:catalog-tiny-minilm')\n"
             "terms = TermList.load().match('ein Erotik Artikel')\n"
-            "print(json.dumps([jobs.cli.__file__, ref.version, candidate_config()['text_cfg']['hf_proj_type'], terms]))")
+            "proj = candidate_config()['text_cfg']['hf_proj_type']\n"
+            "print(json.dumps([jobs.cli.__file__, ref.version, proj, terms]))")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(zpath)  # the zip and the installed third-party packages, not the checkout
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
