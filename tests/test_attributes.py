@@ -11,13 +11,16 @@ import pytest
 
 from models.attributes.baseline import DictionaryBaseline
 from models.attributes.data import Product, split_products
+from models.attributes.extractor import clean_value
 from models.attributes.metrics import judge, score_predictions
-from models.attributes.spans import IGNORE, B, I, O, align_span, bio_labels, decode_tags, find_spans
+from models.attributes.spans import IGNORE, B, I, O, Unit, align_span, bio_labels, decode_tags, find_spans, word_units
 
-# "Folgers Coffee 24.2 oz" as a word-piece tokenizer cuts it: [CLS] folgers coffee 24 . 2 oz [SEP]
+# "Folgers Coffee 24.2 oz" as the word-piece tokenizer cuts it: [CLS] folgers coffee 24 . 2 oz [SEP]
 TITLE = "Folgers Coffee 24.2 oz"
 OFFSETS = [(0, 0), (0, 7), (8, 14), (15, 17), (17, 18), (18, 19), (20, 22), (0, 0)]
 SEGMENTS = [None, 0, 0, 0, 0, 0, 0, None]
+WORDS = [None, 0, 1, 2, 3, 4, 5, None]
+UNITS = word_units(OFFSETS, SEGMENTS, WORDS)
 ATTRS = ["Brand", "Flavor", "Net content"]
 
 
@@ -27,15 +30,22 @@ def test_find_spans_is_case_insensitive_and_keeps_the_texts_offsets():
     assert find_spans(None, "red") == [] and find_spans("red", "  ") == []
 
 
-def test_align_span_needs_token_boundaries():
-    assert align_span(OFFSETS, SEGMENTS, 0, 15, 22) == (3, 6)     # "24.2 oz"
-    assert align_span(OFFSETS, SEGMENTS, 0, 1, 7) is None         # "olgers" starts inside a token
-    assert align_span(OFFSETS, SEGMENTS, 1, 0, 7) is None         # no description segment
+def test_word_units_merge_pieces_and_skip_special_tokens():
+    # "Bimmor 4Inx6In" -> [CLS] bi ##mm ##or 4 ##in ##x ##6 ##in [SEP]
+    offsets = [(0, 0), (0, 2), (2, 4), (4, 6), (7, 8), (8, 10), (10, 11), (11, 12), (12, 14), (0, 0)]
+    units = word_units(offsets, [None] + [0] * 8 + [None], [None, 0, 0, 0, 1, 1, 1, 1, 1, None])
+    assert units == [Unit(1, 0, 0, 6), Unit(4, 0, 7, 14)]
+
+
+def test_align_span_needs_word_boundaries():
+    assert align_span(UNITS, 0, 15, 22) == (2, 5)        # "24.2 oz": the words 24 . 2 oz
+    assert align_span(UNITS, 0, 1, 7) is None            # "olgers" starts inside a word
+    assert align_span(UNITS, 1, 0, 7) is None            # no description segment
 
 
 def test_bio_labels_tag_found_values_and_ignore_unsupervised_attributes():
     gold = {"Brand": ("folgers",), "Net content": ("24.2 oz",)}
-    tags, stats = bio_labels([TITLE, None], OFFSETS, SEGMENTS, gold, ["Brand", "Net content"], ATTRS)
+    tags, stats = bio_labels([TITLE, None], UNITS, 8, gold, ["Brand", "Net content"], ATTRS)
     assert tags.shape == (8, 3)
     assert tags[:, 0].tolist() == [IGNORE, B, O, O, O, O, O, IGNORE]
     assert tags[:, 1].tolist() == [IGNORE] * 8                    # Flavor: not annotated for this product
@@ -43,22 +53,27 @@ def test_bio_labels_tag_found_values_and_ignore_unsupervised_attributes():
     assert (stats.values, stats.labelled, stats.not_found, stats.unaligned) == (2, 2, 0, 0)
 
 
+def test_bio_labels_tag_only_the_first_piece_of_a_word():
+    # "Bimmor Lure" -> [CLS] bi ##mm ##or lure [SEP]
+    offsets = [(0, 0), (0, 2), (2, 4), (4, 6), (7, 11), (0, 0)]
+    units = word_units(offsets, [None, 0, 0, 0, 0, None], [None, 0, 0, 0, 1, None])
+    tags, stats = bio_labels(["Bimmor Lure", None], units, 6, {"Brand": ("BIMMOR",)}, ["Brand"], ["Brand"])
+    assert tags[:, 0].tolist() == [IGNORE, B, IGNORE, IGNORE, O, IGNORE] and stats.labelled == 1
+
+
 def test_bio_labels_count_values_that_cannot_be_tagged():
     gold = {"Brand": ("Nescafe", "olgers"), "Flavor": ()}
-    tags, stats = bio_labels([TITLE, None], OFFSETS, SEGMENTS, gold, ["Brand", "Flavor"], ATTRS)
+    tags, stats = bio_labels([TITLE, None], UNITS, 8, gold, ["Brand", "Flavor"], ATTRS)
     assert (stats.values, stats.labelled, stats.not_found, stats.unaligned) == (2, 0, 1, 1)
     assert set(tags[1:-1, 0].tolist()) == {O} and set(tags[1:-1, 1].tolist()) == {O}  # n/a: all O
 
 
 def test_bio_labels_count_values_cut_off_by_truncation():
     # The description "dark roast" was cut after "dark": [CLS] folgers [SEP] dark [SEP]
-    offsets = [(0, 0), (0, 7), (0, 0), (0, 4), (0, 0)]
-    segments = [None, 0, None, 1, None]
-    tags, stats = bio_labels(["Folgers", "dark roast"], offsets, segments, {"Flavor": ("roast",)}, ["Flavor"],
-                             ["Flavor"])
+    units = word_units([(0, 0), (0, 7), (0, 0), (0, 4), (0, 0)], [None, 0, None, 1, None], [None, 0, None, 0, None])
+    tags, stats = bio_labels(["Folgers", "dark roast"], units, 5, {"Flavor": ("roast",)}, ["Flavor"], ["Flavor"])
     assert stats.truncated == 1 and stats.labelled == 0
-    tags, stats = bio_labels(["Folgers", "dark roast"], offsets, segments, {"Flavor": ("dark",)}, ["Flavor"],
-                             ["Flavor"])
+    tags, stats = bio_labels(["Folgers", "dark roast"], units, 5, {"Flavor": ("dark",)}, ["Flavor"], ["Flavor"])
     assert stats.labelled == 1 and tags[:, 0].tolist() == [IGNORE, O, IGNORE, B, IGNORE]
 
 
@@ -78,25 +93,36 @@ def test_decode_merges_word_pieces_back_to_the_original_text():
     title, desc = "Bimmor 14.5cm lure", "Red"
     offsets = [(0, 0), (0, 2), (2, 4), (4, 6), (7, 9), (9, 10), (10, 11), (11, 13), (14, 18), (0, 0), (0, 3), (0, 0)]
     segments = [None, 0, 0, 0, 0, 0, 0, 0, 0, None, 1, None]
+    words = [None, 0, 0, 0, 1, 2, 3, 3, 4, None, 0, None]
+    units = word_units(offsets, segments, words)
     #        brand length color
-    tags = [[O, O, O], [B, O, O], [I, O, O], [I, O, O], [O, B, O], [O, I, O], [O, I, O], [O, I, O],
+    tags = [[O, O, O], [B, O, O], [O, I, O], [O, O, O], [O, B, O], [O, I, O], [O, I, O], [B, O, I],
             [O, O, O], [B, B, B], [O, O, B], [O, O, O]]
-    p = [[0.9] * 3, [0.9, 0.9, 0.9], [0.8, 0.9, 0.9], [0.7, 0.9, 0.9], [0.9, 0.6, 0.9], [0.9] * 3, [0.9] * 3,
-         [0.9, 0.6, 0.9], [0.9] * 3, [0.9] * 3, [0.9, 0.9, 0.5], [0.9] * 3]
-    spans = decode_tags(_probs(tags, p), segments, offsets)
+    p = [[0.9] * 3, [0.8, 0.9, 0.9], [0.1, 0.1, 0.1], [0.1] * 3, [0.9, 0.6, 0.9], [0.9] * 3, [0.9] * 3,
+         [0.1, 0.1, 0.1], [0.9] * 3, [0.9] * 3, [0.9, 0.9, 0.5], [0.9] * 3]
+    spans = decode_tags(_probs(tags, p), units)
     got = {(s.attribute, s.segment, (title, desc)[s.segment][s.start:s.end]): round(s.confidence, 6) for s in spans}
-    # special tokens never start a span ([SEP] tagged B above is ignored)
-    assert got == {(0, 0, "Bimmor"): 0.8, (1, 0, "14.5cm"): 0.75, (2, 1, "Red"): 0.5}
-    assert [s for s in decode_tags(_probs(tags, p), segments, offsets, min_confidence=0.6)
-            if s.attribute == 2] == []
+    # Only a word's first piece counts (the B/I on "##mm", "##cm" are ignored); special tokens never start a span.
+    assert got == {(0, 0, "Bimmor"): 0.8, (1, 0, "14.5cm"): 0.8, (2, 1, "Red"): 0.5}
+    assert [s for s in decode_tags(_probs(tags, p), units, min_confidence=0.6) if s.attribute == 2] == []
 
 
 def test_decode_is_lenient_about_a_span_that_starts_with_i_and_stops_at_the_segment_end():
-    offsets = [(0, 0), (0, 3), (4, 8), (0, 0), (0, 4), (0, 0)]       # [CLS] red wine [SEP] dark [SEP]
-    segments = [None, 0, 0, None, 1, None]
+    # [CLS] red wine [SEP] dark [SEP]
+    units = word_units([(0, 0), (0, 3), (4, 8), (0, 0), (0, 4), (0, 0)], [None, 0, 0, None, 1, None],
+                       [None, 0, 1, None, 0, None])
     tags = [[O], [I], [I], [O], [I], [O]]
-    spans = decode_tags(_probs(tags, [[0.9]] * 6), segments, offsets)
+    spans = decode_tags(_probs(tags, [[0.9]] * 6), units)
     assert [(s.segment, s.start, s.end) for s in spans] == [(0, 0, 8), (1, 0, 4)]
+    assert decode_tags(np.zeros((2, 1, 3)), []) == []
+
+
+def test_clean_value_drops_separators_at_the_edges():
+    assert clean_value("Stride Rite Baby-") == "Stride Rite Baby"
+    assert clean_value(", Black ;") == "Black"
+    assert clean_value('20 1/8"') == '20 1/8"' and clean_value("Co.") == "Co."
+    assert clean_value("Cafe (Decaf)") == "Cafe (Decaf)" and clean_value("Decaf)") == "Decaf"
+    assert clean_value("Medium (") == "Medium"
 
 
 def test_judge_follows_the_extractgpt_cells():

@@ -1,9 +1,10 @@
-"""Character spans <-> per-token BIO tags, one independent B/I/O tagging per attribute.
+"""Character spans <-> per-word BIO tags, one independent B/I/O tagging per attribute.
 
-Values are located in the text case-insensitively; a located value becomes a training span only when its
-characters start and end on token boundaries of the tokenizer (otherwise the tagger could not produce exactly
-that text). Decoding goes the other way: tags per token -> token runs -> character spans in the original text
-through the tokenizer's offsets, so word pieces come back merged and in the text's own casing.
+The tagger decides per word (the tokenizer's pre-tokenized words: whitespace and punctuation split them), through
+the tag of the word's first piece. Values are located in the text case-insensitively; a located value becomes a
+training span only when its characters start and end on word boundaries (otherwise the tagger could not produce
+exactly that text). Decoding goes the other way: tags per word -> word runs -> character spans in the original
+text through the tokenizer's offsets, so word pieces come back merged and in the text's own casing.
 
 Numpy only (no torch): the unit tests and the evaluation use it without a model.
 """
@@ -16,7 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["B", "I", "IGNORE", "O", "LabelStats", "Span", "align_span", "bio_labels", "decode_tags", "find_spans"]
+__all__ = [
+    "B", "I", "IGNORE", "O", "LabelStats", "Span", "Unit", "align_span", "bio_labels", "decode_tags", "find_spans",
+    "word_units",
+]
 
 O, B, I = 0, 1, 2  # noqa: E741 - the tag names of the BIO scheme
 IGNORE = -1        # an attribute not annotated for this product: no loss
@@ -37,7 +41,7 @@ class LabelStats:
     values: int = 0          # non-n/a gold values
     labelled: int = 0        # found and aligned to token boundaries at least once
     not_found: int = 0       # not in the text at all (case-insensitive): no span extractor can produce them
-    unaligned: int = 0       # found only inside a token (e.g. "XL" inside "XXL")
+    unaligned: int = 0       # found only inside a word (e.g. "XL" inside "XXL", "Black" in "BlackALTERNATE")
     truncated: int = 0       # found only past the tokenizer's length limit
 
     def add(self, other: LabelStats) -> None:
@@ -54,63 +58,86 @@ def find_spans(text: str | None, value: str) -> list[tuple[int, int]]:
     return [(m.start(), m.end()) for m in re.finditer(re.escape(needle), text, flags=re.IGNORECASE)]
 
 
-def align_span(offsets: Sequence[tuple[int, int]], segments: Sequence[int | None], segment: int,
-               start: int, end: int) -> tuple[int, int] | None:
-    """Token indices ``(first, last)`` whose characters are exactly ``[start, end)`` in ``segment``, or None."""
-    first = last = None
-    for t, ((s, e), seg) in enumerate(zip(offsets, segments, strict=True)):
-        if seg != segment or s == e:
+@dataclass(frozen=True)
+class Unit:
+    """What the tagger decides on: a whole word (the tag of its first word piece), with its character range."""
+    token: int           # index of the word's first piece
+    segment: int         # 0 = title, 1 = description
+    start: int
+    end: int
+
+
+def word_units(offsets: Sequence[tuple[int, int]], segments: Sequence[int | None],
+               words: Sequence[int | None]) -> list[Unit]:
+    """Words as the tokenizer's pre-tokenizer splits them (whitespace and punctuation), in token order.
+
+    Tagging words rather than pieces keeps spans from starting or ending inside a word ("tock" for "Stock").
+    """
+    units: list[Unit] = []
+    key = None
+    for t, ((s, e), seg, w) in enumerate(zip(offsets, segments, words, strict=True)):
+        if seg is None or w is None or s == e:
+            key = None
             continue
-        if s == start:
-            first = t
-        if e == end and first is not None:
-            last = t
-            break
-        if s >= end:
-            break
-    if first is None or last is None:
-        return None
-    return first, last
+        if (seg, w) == key:
+            last = units[-1]
+            units[-1] = Unit(last.token, last.segment, last.start, max(last.end, e))
+        else:
+            units.append(Unit(t, seg, s, e))
+            key = (seg, w)
+    return units
 
 
-def bio_labels(texts: Sequence[str | None], offsets: Sequence[tuple[int, int]], segments: Sequence[int | None],
+def align_span(units: Sequence[Unit], segment: int, start: int, end: int) -> tuple[int, int] | None:
+    """Indices ``(first, last)`` into ``units`` whose characters are exactly ``[start, end)``, or None."""
+    first = None
+    for i, u in enumerate(units):
+        if u.segment != segment:
+            continue
+        if u.start == start:
+            first = i
+        if first is not None and u.end == end:
+            return first, i
+        if u.start >= end:
+            break
+    return None
+
+
+def bio_labels(texts: Sequence[str | None], units: Sequence[Unit], n_tokens: int,
                gold: dict[str, tuple[str, ...]], supervised: Sequence[str], attributes: Sequence[str],
                ) -> tuple[np.ndarray, LabelStats]:
-    """Tags ``[tokens, attributes]`` (int8) for one encoded product.
+    """Tags ``[tokens, attributes]`` (int8) for one encoded product; only the units' tokens carry tags.
 
     ``texts`` are the segments (title, description); ``gold`` maps attribute -> values (empty: n/a);
-    ``supervised`` are the attributes whose tags are known for this product (every token not in one of their
-    spans is O); every other attribute is IGNORE. Every aligned occurrence of a value is tagged.
+    ``supervised`` are the attributes whose tags are known for this product (every unit not in one of their
+    spans is O); every other attribute, and every token that is not a unit's first piece, is IGNORE.
+    Every aligned occurrence of a value is tagged.
     """
     index = {a: i for i, a in enumerate(attributes)}
-    tags = np.full((len(offsets), len(attributes)), IGNORE, dtype=np.int8)
-    special = np.array([seg is None or s == e for (s, e), seg in zip(offsets, segments, strict=True)])
+    tags = np.full((n_tokens, len(attributes)), IGNORE, dtype=np.int8)
+    rows = np.array([u.token for u in units], dtype=np.int64)
     stats = LabelStats()
-    # the last character each segment reaches after truncation
-    reach = {seg: max((e for (_, e), sg in zip(offsets, segments, strict=True) if sg == seg), default=0)
-             for seg in (0, 1)}
+    reach = {seg: max((u.end for u in units if u.segment == seg), default=0) for seg in (0, 1)}
     for attr in supervised:
-        col = index[attr]
-        tags[:, col] = O
+        col = np.zeros(len(units), dtype=np.int8)
         for value in gold.get(attr, ()):
             stats.values += 1
-            found = aligned = False
-            visible = False
+            found = aligned = visible = False
             for seg, text in enumerate(texts):
                 for start, end in find_spans(text, value):
                     found = True
                     if end > reach[seg]:
-                        continue
+                        continue  # cut off by the length limit
                     visible = True
-                    tok = align_span(offsets, segments, seg, start, end)
-                    if tok is None:
+                    span = align_span(units, seg, start, end)
+                    if span is None:
                         continue
                     aligned = True
-                    first, last = tok
-                    if (tags[first:last + 1, col] != O).any():
-                        continue  # overlaps a span of this attribute already tagged (e.g. "Red" in "Red Wine")
-                    tags[first, col] = B
-                    tags[first + 1:last + 1, col] = I
+                    first, last = span
+                    if (col[first:last + 1] != O).any():
+                        continue  # overlaps a span of this attribute already tagged ("Red" in "Red Wine")
+                    col[first] = B
+                    col[first + 1:last + 1] = I
             if aligned:
                 stats.labelled += 1
             elif not found:
@@ -119,20 +146,23 @@ def bio_labels(texts: Sequence[str | None], offsets: Sequence[tuple[int, int]], 
                 stats.truncated += 1
             else:
                 stats.unaligned += 1
-    tags[special, :] = IGNORE
+        if len(units):
+            tags[rows, index[attr]] = col
     return tags, stats
 
 
-def decode_tags(probs: np.ndarray, segments: Sequence[int | None], offsets: Sequence[tuple[int, int]],
-                min_confidence: float = 0.0) -> list[Span]:
-    """Spans from per-token tag probabilities ``[tokens, attributes, 3]`` of one sequence.
+def decode_tags(probs: np.ndarray, units: Sequence[Unit], min_confidence: float = 0.0) -> list[Span]:
+    """Spans from per-token tag probabilities ``[tokens, attributes, 3]`` of one sequence, read at its units.
 
     A span starts at a B, or at an I that does not continue a span (lenient BIO), and runs over the following
-    I tokens of the same segment. Its confidence is the mean probability of the chosen tags.
+    I units of the same segment; its characters run from its first unit's start to its last unit's end, so
+    word pieces come back merged. Its confidence is the mean probability of the chosen tags.
     """
-    tags = probs.argmax(-1)
-    valid = np.array([seg is not None and s != e for (s, e), seg in zip(offsets, segments, strict=True)])
-    tags[~valid] = O
+    if not units:
+        return []
+    p = probs[[u.token for u in units]]                      # [units, attributes, 3]
+    tags = p.argmax(-1)
+    segs = [u.segment for u in units]
     spans: list[Span] = []
     for attr in np.flatnonzero((tags != O).any(0)):
         col = tags[:, attr]
@@ -141,12 +171,12 @@ def decode_tags(probs: np.ndarray, segments: Sequence[int | None], offsets: Sequ
             if col[t] == O:
                 t += 1
                 continue
-            first, seg = t, segments[t]
+            first, seg = t, segs[t]
             t += 1
-            while t < n and col[t] == I and segments[t] == seg:
+            while t < n and col[t] == I and segs[t] == seg:
                 t += 1
             last = t - 1
-            conf = float(probs[np.arange(first, last + 1), attr, col[first:last + 1]].mean())
+            conf = float(p[np.arange(first, last + 1), attr, col[first:last + 1]].mean())
             if conf >= min_confidence:
-                spans.append(Span(int(attr), int(seg), offsets[first][0], offsets[last][1], conf))
+                spans.append(Span(int(attr), int(seg), units[first].start, units[last].end, conf))
     return spans
