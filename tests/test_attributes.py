@@ -208,3 +208,17 @@ def test_dictionary_baseline_takes_the_longest_known_value_at_word_boundaries():
     assert got == {"Flavor": None, "Size": None}                     # "M" inside "Mild" is no match; Tea's vanilla
     got = base.predict(_product("Dark roast", {"Flavor": ()}, description="Notes of MOCHA."))
     assert got == {"Flavor": "MOCHA"}                                # the description when the title has nothing
+
+
+def test_supervision_covers_the_gold_and_the_attributes_outside_the_category():
+    from models.attributes.data import category_schemas
+    from models.attributes.train import supervised_attributes
+
+    products = [_product("a", {"Brand": ("X",), "Flavor": ()}), _product("b", {"Roast type": ("Dark",)}),
+                _product("c", {"Scent": ("Lavender",)}, category="Soap")]
+    schemas = category_schemas(products)
+    assert schemas == {"Coffee": {"Brand", "Flavor", "Roast type"}, "Soap": {"Scent"}}
+    attrs = ["Brand", "Flavor", "Roast type", "Scent", "Processor Type"]
+    # Roast type: a coffee attribute that product "a" was not annotated with, so its tags are unknown.
+    assert supervised_attributes(products[0], schemas["Coffee"], attrs) == ["Brand", "Flavor", "Scent",
+                                                                            "Processor Type"]

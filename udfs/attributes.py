@@ -28,6 +28,8 @@ class AttributesConfig:
     batch_size: int = 32               # rows per model forward pass
     device: str | None = None          # None: CUDA when available
     min_confidence: float | None = None  # None: the stored model's default
+    # product_attributes holds one row per product and attribute: keep each attribute's most confident value.
+    one_per_attribute: bool = True
     torch_threads: int | None = None   # None: leave torch's default
     loader: str = DEFAULT_LOADER       # "module:function"(model_ref, store, device) -> extractor
 
@@ -46,7 +48,8 @@ def _extractor(cfg: AttributesConfig):
 def extract_frame(titles: list[str | None], descriptions: list[str | None], extractor, cfg: AttributesConfig
                   ) -> list[list[dict]]:
     """Extract one Arrow batch; one list of struct-like dicts per row."""
-    found = extractor.extract(titles, descriptions, batch_size=cfg.batch_size, min_confidence=cfg.min_confidence)
+    found = extractor.extract(titles, descriptions, batch_size=cfg.batch_size, min_confidence=cfg.min_confidence,
+                              one_per_attribute=cfg.one_per_attribute)
     return [[{"attribute": e.attribute, "value": e.value, "confidence": float(e.confidence), "source": e.source}
              for e in row] for row in found]
 

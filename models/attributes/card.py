@@ -47,8 +47,8 @@ weight decay {cfg.weight_decay:g}, linear warm-up and decay), B/I loss weight {c
 caching. Loss per epoch: {', '.join(f'{x:.4f}' for x in facts['losses'])}.
 
 Supervision per product: the attributes of its gold annotation (values tagged where the text has them, every
-other token O; n/a attributes all O), and O for every attribute its dataset never annotates. Attribute names are
-merged across datasets ("Brand Name" -> "Brand", "Color(s)" -> "Color").
+other word O; n/a attributes all O), and O for every attribute that its dataset never annotates in its category.
+Attribute names are merged across datasets ("Brand Name" -> "Brand", "Color(s)" -> "Color").
 
 ## Data
 Train splits of OA-Mine, AE-110K and WDC PAVE ("all attributes", values as written) from

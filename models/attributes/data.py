@@ -22,14 +22,15 @@ import json
 import logging
 import re
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 __all__ = [
-    "ALIASES", "DATASETS", "Dataset", "Product", "canonical_attribute", "data_snapshot", "load_dataset",
-    "load_all", "split_products",
+    "ALIASES", "DATASETS", "Dataset", "Product", "canonical_attribute", "category_schemas", "data_snapshot",
+    "load_all", "load_dataset", "split_products",
 ]
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,14 @@ def data_snapshot(root: str | Path) -> str:
     files = [root / f"{prefix}_{kind}.parquet" for prefix, _ in DATASETS.values()
              for kind in ("products", "attribute_values")]
     return "attributes sha256:" + sha256_files(files)[:16]
+
+
+def category_schemas(products: Iterable[Product]) -> dict[str, set[str]]:
+    """Per category, every attribute annotated on one of its products."""
+    out: dict[str, set[str]] = {}
+    for p in products:
+        out.setdefault(p.category, set()).update(p.gold)
+    return out
 
 
 def load_dataset(root: str | Path, name: str) -> pd.DataFrame:

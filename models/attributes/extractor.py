@@ -30,8 +30,8 @@ from models import store as model_store
 from models.attributes.spans import Unit, decode_tags, word_units
 
 __all__ = [
-    "DEFAULT_ATTRIBUTE_STORE", "Extraction", "Extractor", "best_per_attribute", "clean_value", "load_extractor",
-    "resolve_version",
+    "DEFAULT_ATTRIBUTE_STORE", "Extraction", "Extractor", "best_per_attribute", "clean_value", "extractor_version",
+    "load_extractor", "resolve_version",
 ]
 
 log = logging.getLogger(__name__)
@@ -120,8 +120,10 @@ class Extractor:
         return [probs[i, :len(r.input_ids)] for i, r in enumerate(rows)]
 
     def extract(self, titles: Sequence[str | None], descriptions: Sequence[str | None] | None = None, *,
-                batch_size: int = 32, min_confidence: float | None = None) -> list[list[Extraction]]:
-        """Per product the extracted values, most confident first; one entry per attribute and distinct value.
+                batch_size: int = 32, min_confidence: float | None = None, one_per_attribute: bool = False
+                ) -> list[list[Extraction]]:
+        """Per product the extracted values, most confident first; one entry per attribute and distinct value
+        (``one_per_attribute``: only each attribute's most confident value).
 
         A missing or blank title gives no extractions. Rows are batched by length (less padding) and
         returned in input order.
@@ -142,7 +144,8 @@ class Extractor:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             for i, probs in zip(chunk, self.tag_probs([encoded[i] for i in chunk]), strict=True):
-                out[i] = self._spans_to_values(probs, encoded[i], texts[i], threshold)
+                found = self._spans_to_values(probs, encoded[i], texts[i], threshold)
+                out[i] = _first_per_attribute(found) if one_per_attribute else found
         return out
 
     def _spans_to_values(self, probs: np.ndarray, row: EncodedRow, texts: tuple[str | None, str | None],
@@ -160,12 +163,27 @@ class Extractor:
         return sorted(best.values(), key=lambda e: (-e.confidence, e.attribute, e.value))
 
 
+def _first_per_attribute(found: Sequence[Extraction]) -> list[Extraction]:
+    seen: set[str] = set()
+    out = []
+    for e in found:  # most confident first
+        if e.attribute not in seen:
+            seen.add(e.attribute)
+            out.append(e)
+    return out
+
+
 def best_per_attribute(extractions: Sequence[Extraction]) -> dict[str, str]:
     """The most confident value of each attribute (ExtractGPT scores one value per attribute)."""
     out: dict[str, str] = {}
     for e in sorted(extractions, key=lambda e: -e.confidence):
         out.setdefault(e.attribute, e.value)
     return out
+
+
+def extractor_version(ref: str | None = "default", store: str | Path | None = None) -> str:
+    """The ``model_version`` that rows made by ``load_extractor(ref, store)`` carry, without loading torch."""
+    return f"store:{resolve_version(ref, store).name}"
 
 
 def resolve_version(ref: str | None, store: str | Path | None = None) -> Path:
