@@ -123,6 +123,7 @@ def test_clean_value_drops_separators_at_the_edges():
     assert clean_value('20 1/8"') == '20 1/8"' and clean_value("Co.") == "Co."
     assert clean_value("Cafe (Decaf)") == "Cafe (Decaf)" and clean_value("Decaf)") == "Decaf"
     assert clean_value("Medium (") == "Medium"
+    assert clean_value(".5g") == "5g"
 
 
 def test_judge_follows_the_extractgpt_cells():

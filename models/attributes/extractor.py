@@ -70,7 +70,7 @@ _EDGE = " ,;:/|-&"
 
 def clean_value(value: str) -> str:
     """A span's text without separators at its edges, nor an unmatched bracket."""
-    v = value.strip(_EDGE)
+    v = value.strip(_EDGE).lstrip(".").strip(_EDGE)  # ".5g" from "4.5g": values almost never start with a stop
     if v.endswith("("):
         v = v[:-1].strip(_EDGE)
     if v.endswith(")") and "(" not in v:

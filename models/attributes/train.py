@@ -266,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = evaluate_all(extractor, args.data, cfg.valid_fraction)
     facts["eval_seconds"] = round(time.perf_counter() - t0, 1)
     report = report_markdown(results, extractor_version="{version}")
+    facts["macro_f1_below_baseline"] = [n for n, r in results.items()
+                                        if r["model"]["macro_f1"] < r["baseline"]["macro_f1"]]
     card = model_card(cfg, facts, report, argv=list(argv) if argv is not None else None)
     metrics = {name: {"model": r["model"], "baseline": r["baseline"]} for name, r in results.items()}
     version = save_extractor(extractor, Path(args.store), cfg, facts, metrics, card, data_snapshot(args.data))
