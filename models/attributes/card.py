@@ -76,8 +76,6 @@ datasets' test splits are withheld.
 ```
 {command}
 ```
-Single-threaded training is deterministic on one machine: the same command gives the same weights (the version's
-digest covers them).
 
 ## Limitations
 - Values are spans of the text: a value written differently from the gold ("6 In" for "6In") or normalised
