@@ -196,6 +196,9 @@ def train_extractor(data: str | Path, cfg: TrainConfig) -> tuple[Extractor, dict
     cache_s = time.perf_counter() - t0
     log.info("cached the frozen bottom for %d products in %.0f s", len(hidden), cache_s)
     losses = train_top(top, hidden, enc.tags, cfg)
+    with torch.no_grad():  # the precision the store keeps: the figures below are those of the shipped weights
+        for p in top.parameters():
+            p.copy_(p.half().float())
     extractor = Extractor(tokenizer, bottom, top, attributes, version="in-memory", max_length=cfg.max_length,
                           min_confidence=cfg.min_confidence)
     facts = {
