@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 export PYSPARK_PYTHON := $(BIN)/python
 export PYSPARK_DRIVER_PYTHON := $(BIN)/python
 
-.PHONY: setup demo test lint sample clean
+.PHONY: setup demo test lint sample dist clean
 
 setup: $(STAMP)
 
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@$(PY) jobs/preflight.py
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,airflow]'
 	conf="$$($(BIN)/python -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')/conf" && \
 	  mkdir -p "$$conf" && cp jobs/conf/log4j2.properties "$$conf/"
 	@touch $(STAMP)
@@ -30,8 +30,12 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 
+# The cluster artifact the DAGs ship: dist/catalog_enrich.zip (--py-files) and dist/catalog_enrich_main.py.
+dist: setup
+	$(BIN)/python -m jobs.package
+
 sample: setup
 	$(BIN)/python -m jobs.make_sample_catalog
 
 clean:
-	rm -rf lake .pytest_cache
+	rm -rf lake dist .pytest_cache

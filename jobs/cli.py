@@ -1,7 +1,12 @@
 """The ``catalog-enrich`` command: the jobs and table documentation without typing spark-submit.
 
     catalog-enrich enrich [enrich options]   run the enrich job (same options as jobs/enrich.py)
+    catalog-enrich retrain [retrain options] run the retrain job (same options as jobs/retrain.py)
+    catalog-enrich quality input|output ...  run a quality gate (see jobs/quality.py)
+    catalog-enrich publish status|publish|discard|finalize|rollback ...
+                                             the published state of the lake (see jobs/publish.py)
     catalog-enrich tables                    print every output table's columns and keys
+    catalog-enrich query "SQL" [--lake DIR]  SQL over the Delta tables (DuckDB; no Spark needed)
 """
 
 from __future__ import annotations
@@ -9,6 +14,10 @@ from __future__ import annotations
 import sys
 
 __all__ = ["main", "describe_tables"]
+
+# Subcommands that are a job's main(argv); imported only when chosen (they pull Spark, torch, GE).
+_JOBS = {"enrich": "jobs.enrich", "retrain": "jobs.retrain", "quality": "jobs.quality", "publish": "jobs.publish",
+         "query": "jobs.query"}
 
 
 def describe_tables() -> str:
@@ -30,10 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0 if args else 2
     command, rest = args[0], args[1:]
-    if command == "enrich":
-        from jobs.enrich import main as enrich_main
+    if command in _JOBS:
+        import importlib
 
-        return enrich_main(rest)
+        return importlib.import_module(_JOBS[command]).main(rest)
     if command == "tables":
         print(describe_tables())
         return 0

@@ -26,6 +26,7 @@ if __package__ in (None, ""):  # run as a script (spark-submit jobs/enrich.py): 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
+from jobs.heads import HeadsConfig  # noqa: E402
 from jobs.make_sample_catalog import DEFAULT_SAMPLE_DIR  # noqa: E402
 
 __all__ = ["EnrichConfig", "RunSummary", "main", "parse_args", "run"]
@@ -48,6 +49,7 @@ class EnrichConfig:
     device: str | None = None
     decode_threads: int = 2
     encoder_loader: str = "models.encoders:load_encoder"
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
 
     def resolved_image_root(self) -> str:
         return str(Path(self.image_root or Path(self.catalog).resolve().parent).resolve())
@@ -88,14 +90,28 @@ def parse_args(argv: list[str] | None = None) -> EnrichConfig:
     p.add_argument("--batch-size", type=int, default=64, help="rows per model forward pass (default: 64)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when available)")
     p.add_argument("--decode-threads", type=int, default=2, help="image decode threads per worker")
+    p.add_argument("--heads", default="auto", help="head bundle: auto (the store's bundle for the encoder), none, "
+                                                  "or a bundle folder")
+    p.add_argument("--categories", default="auto", choices=("auto", "head", "zero-shot", "none"),
+                   help="category source: auto = the head when its labels fit the catalog, else zero-shot")
+    p.add_argument("--taxonomy", default=None, help="category names for zero-shot: a taxonomy Parquet "
+                                                    "(path_<lang> columns) or a text file, one name per line "
+                                                    "(default: the catalog's own seller categories)")
+    p.add_argument("--taxonomy-language", default="en", help="language column of a Parquet taxonomy")
+    p.add_argument("--adult-terms", default=None, help="adult term list JSON (default: the shipped list)")
+    p.add_argument("--top-k", type=int, default=5, help="labels kept in product_categories.top_k")
     p.add_argument("--encoder-loader", default=EnrichConfig.encoder_loader, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.batch_size < 1:
         p.error("--batch-size must be at least 1")
+    if a.top_k < 1:
+        p.error("--top-k must be at least 1")
     return EnrichConfig(
         catalog=a.catalog, lake=a.lake, image_root=a.image_root, allowed_image_roots=tuple(a.allowed_image_roots),
         model=a.model, run_id=a.run_id or new_run_id(), batch_size=a.batch_size, device=a.device,
-        decode_threads=a.decode_threads, encoder_loader=a.encoder_loader)
+        decode_threads=a.decode_threads, encoder_loader=a.encoder_loader,
+        heads=HeadsConfig(heads=a.heads, categories=a.categories, taxonomy=a.taxonomy,
+                          taxonomy_language=a.taxonomy_language, adult_terms=a.adult_terms, top_k=a.top_k))
 
 
 def describe_model(cfg: EnrichConfig) -> tuple[str, str]:
@@ -131,6 +147,14 @@ class _Stages:
             self.spark.sparkContext.setJobDescription(None)
 
 
+def _driver_encoder(cfg: EnrichConfig):
+    """The encoder on the driver (only to embed zero-shot category names, once per run)."""
+    from udfs.model_cache import cached, import_object
+
+    return cached(("driver-encoder", cfg.encoder_loader, cfg.model),
+                  lambda: import_object(cfg.encoder_loader)(cfg.model, "cpu"))
+
+
 def _run_row(spark, summary: RunSummary, cfg: EnrichConfig, started: dt.datetime, finished: dt.datetime | None):
     from schemas.tables import ENRICHMENT_RUNS
 
@@ -147,7 +171,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
 
     from jobs.lakehouse import Lake
     from jobs.transforms import changed_products, quarantine_rows, read_catalog, validate
-    from schemas.tables import ENRICHMENT_RUNS, PRODUCT_EMBEDDINGS, QUARANTINE
+    from schemas.tables import ENRICHMENT_RUNS, PRODUCT_EMBEDDINGS, QUARANTINE, TABLES
     from udfs.embed import EmbedConfig, make_embed_udf
     from udfs.images import ImagePolicy, make_inspect_udf
 
@@ -188,6 +212,22 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
         rate = n_todo / max(time.perf_counter() - t, 1e-9)
         log.info("embedded %d products (%.1f products/s), %d failed image decoding", n_todo - n_failed, rate, n_failed)
 
+    with stage("heads"):
+        from jobs.heads import heads_tables, plan_heads
+        from udfs.heads import make_heads_udf
+
+        counts = {r["category"]: int(r["count"]) for r in
+                  valid.where(F.col("category").isNotNull()).groupBy("category").count().collect()}
+        plan, heads_note = plan_heads(cfg.heads, version, counts, lambda: _driver_encoder(cfg).embed_texts)
+        scored = (embedded.where(F.col("_e.error").isNull())
+                  .withColumn("_h", make_heads_udf(plan)(F.col("_e.text_embedding"), F.col("_e.image_embedding"),
+                                                         F.col("title"), F.col("description")))
+                  .persist(StorageLevel.MEMORY_AND_DISK))
+        n_scored = scored.count()
+        n_adult = scored.where(F.col("_h.is_adult")).count()
+        log.info("heads applied to %d products: %d flagged adult", n_scored, n_adult)
+        head_frames = heads_tables(scored, plan, version, cfg.run_id, now)
+
     with stage("commit"):
         ok = embedded.where(F.col("_e.error").isNull()).select(
             "product_id", F.lit(version).alias("model_version"), "_e.embedding", "_e.text_embedding",
@@ -198,18 +238,24 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
         emb = lake.upsert(PRODUCT_EMBEDDINGS, ok, cfg.run_id, step=1)
         bad = quarantine_rows(rejected, cfg.run_id, now).unionByName(quarantine_rows(failed, cfg.run_id, now))
         qua = lake.upsert(QUARANTINE, bad, cfg.run_id, step=1)
+        # Every scored product's old rows go, also where it now has none (no attribute above the threshold).
+        scored_ids = scored.select("product_id")
+        for name, frame in head_frames.items():
+            lake.upsert(TABLES[name], frame, cfg.run_id, step=1, replaced=scored_ids)
+    scored.unpersist()
     embedded.unpersist()
     validated.unpersist()
 
     summary.counts = {
         "read": n_read, "valid": n_read - n_rejected, "enriched": n_todo - n_failed,
-        "unchanged": n_read - n_rejected - n_todo, "quarantined": n_rejected + n_failed,
+        "unchanged": n_read - n_rejected - n_todo, "quarantined": n_rejected + n_failed, "adult_flagged": n_adult,
     }
     summary.timings = dict(stage.timings, total=round(time.perf_counter() - t_start, 3))
     summary.status = "succeeded"
-    summary.tables = {s.name: str(lake.path(s)) for s in (PRODUCT_EMBEDDINGS, QUARANTINE, ENRICHMENT_RUNS)}
+    summary.tables = {s.name: str(lake.path(s)) for s in (PRODUCT_EMBEDDINGS, *(TABLES[n] for n in head_frames),
+                                                          QUARANTINE, ENRICHMENT_RUNS)}
     summary.message = (f"embeddings v{emb.version if emb.version is not None else '-'}, "
-                       f"quarantine v{qua.version if qua.version is not None else '-'}")
+                       f"quarantine v{qua.version if qua.version is not None else '-'}; {heads_note}")
     finished = dt.datetime.now(dt.timezone.utc)
     lake.upsert(ENRICHMENT_RUNS, _run_row(spark, summary, cfg, started, finished), cfg.run_id, step=2)
     _write_report(lake.root, summary)

@@ -134,15 +134,18 @@ class Lake:
         """Add ``df``'s rows to the table in one commit."""
         return self._write(spec, df, run_id, step, upsert=False)
 
-    def upsert(self, spec: TableSpec, df, run_id: str, step: int = 1) -> CommitResult:
-        """Insert or replace rows by the spec's key columns, in one commit (copy-on-write).
+    def upsert(self, spec: TableSpec, df, run_id: str, step: int = 1, replaced=None) -> CommitResult:
+        """Insert or replace rows by the spec's key columns (``replace_by`` when set), in one commit
+        (copy-on-write).
 
         Only data files that hold a key of ``df`` are rewritten: their other rows are carried over into
         the new files, and the old files are removed in the same commit. ``df`` must not hold a key twice.
+        ``replaced``: a DataFrame of match keys whose old rows go even when ``df`` has no new row for them
+        (a re-enriched product that no longer has any attribute); default: the keys of ``df``.
         """
-        return self._write(spec, df, run_id, step, upsert=True)
+        return self._write(spec, df, run_id, step, upsert=True, replaced=replaced)
 
-    def _write(self, spec: TableSpec, df, run_id: str, step: int, upsert: bool) -> CommitResult:
+    def _write(self, spec: TableSpec, df, run_id: str, step: int, upsert: bool, replaced=None) -> CommitResult:
         from deltalake import DeltaTable
 
         missing = [c for c in spec.column_names if c not in df.columns]
@@ -162,11 +165,11 @@ class Lake:
             from pyspark import StorageLevel
 
             df = df.persist(StorageLevel.MEMORY_AND_DISK)
-            removed = self._files_holding(spec, df)
+            keys = (df if replaced is None else replaced).select(*spec.match_keys).distinct()
+            removed = self._files_holding(spec, keys)
             if removed:
                 old = self.spark.read.schema(spec.schema).parquet(*(self._abs(spec, p) for p in removed))
-                keys = df.select(*spec.keys)
-                df = df.unionByName(old.join(keys, list(spec.keys), "left_anti").select(*spec.column_names))
+                df = df.unionByName(old.join(keys, list(spec.match_keys), "left_anti").select(*spec.column_names))
 
         folder = f"run-{_SAFE.sub('_', run_id)[:80]}-{step}-{uuid.uuid4().hex[:8]}"
         target = self.path(spec) / folder
@@ -197,8 +200,9 @@ class Lake:
             return {}
         by_abs = {os.path.normpath(self._abs(spec, rel)): rel for rel in live}
         existing = (self.spark.read.schema(spec.schema).parquet(*by_abs)
-                    .select(*spec.keys, F.col("_metadata.file_path").alias("_file")))
-        hits = existing.join(df.select(*spec.keys), list(spec.keys), "left_semi").select("_file").distinct()
+                    .select(*spec.match_keys, F.col("_metadata.file_path").alias("_file")))
+        hits = (existing.join(df.select(*spec.match_keys), list(spec.match_keys), "left_semi")
+                .select("_file").distinct())
         touched: dict[str, int] = {}
         for row in hits.collect():  # one row per touched file, not per table row
             rel = by_abs.get(os.path.normpath(_local_path(row["_file"])))

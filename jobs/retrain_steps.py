@@ -111,9 +111,10 @@ def train_and_compare(cfg: Any, pdf: Any, paths: list[Path], snapshot: str, row:
                "selection_score": c_score}
     version = save_candidate(root, "catalog-retrain", model, model_cfg, tcfg, result, metrics, snapshot, card)
     row["candidate_version"] = f"store:{version}"
+    heads_note = train_heads(root, version, in_memory_encoder(model, model_cfg), train, valid, classes, snapshot)
     if not better:
         row["status"] = "kept_champion"
-        row["message"] = f"candidate {c_score:.4f} <= champion {b_score:.4f} + {cfg.min_improvement}"
+        row["message"] = f"candidate {c_score:.4f} <= champion {b_score:.4f} + {cfg.min_improvement}; {heads_note}"
         return 0
     try:
         promote(root, version)
@@ -122,5 +123,33 @@ def train_and_compare(cfg: Any, pdf: Any, paths: list[Path], snapshot: str, row:
         log.error("%s", row["message"])
         return 1
     row["status"], row["promoted"] = "promoted", True
-    row["message"] = f"candidate {c_score:.4f} > champion {b_score:.4f}"
+    row["message"] = f"candidate {c_score:.4f} > champion {b_score:.4f}; {heads_note}"
     return 0
+
+
+def train_heads(root: Path, version: str, encoder: Any, train: TrainData, valid: TrainData, classes: list[str],
+                snapshot: str) -> str:
+    """A category head on the candidate's embeddings, from the catalog's seller categories, stored for the
+    candidate's version (the enrich job picks it when it runs that encoder). Returns a note for the run row."""
+    from models.heads.bundle import HeadBundle, save_heads
+    from models.heads.metrics import accuracy_f1
+    from models.heads.train import HeadTrainConfig, fit_head
+    from models.training.evaluate import embed_data
+
+    if train.labels is None or len(np.unique(train.labels[train.labels >= 0])) < 2:
+        return "no category head (fewer than two seller categories)"
+    tr_img, tr_txt = embed_data(encoder, train)
+    va_img, va_txt = embed_data(encoder, valid)
+    d = tr_txt.shape[1]
+    hcfg = HeadTrainConfig(ema_decay=0.99, fgm_eps=0.5, rdrop_alpha=1.0, clean_labels=len(train) >= 1000,
+                           image_dropout=0.1)
+    head = fit_head(np.concatenate([tr_txt, tr_img], axis=1), train.labels, classes, hcfg, name="category",
+                    inputs="text+image", text_slice=slice(0, d), image_slice=slice(d, 2 * d))
+    m = accuracy_f1(valid.labels, head.predict(va_txt, va_img).argmax(axis=1))
+    hv = save_heads(root, "heads-catalog", HeadBundle(version, head), training_data=snapshot,
+                    metrics={"category_valid": m},
+                    card=(f"# Head bundle {{version}}\n\nCategory head ({len(classes)} seller categories) for encoder "
+                          f"`{version}`; held-out accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f} "
+                          f"on {m['n']} products.\n"))
+    log.info("category head %s: held-out accuracy %.3f", hv, m["accuracy"])
+    return f"category head {hv} (held-out accuracy {m['accuracy']:.3f})"

@@ -26,7 +26,8 @@ from pathlib import Path
 from models import store as model_store
 from models.digest import sha256_files
 
-__all__ = ["CONFIG_DIR", "DEFAULT_MODEL", "ModelRef", "ModelRefError", "parse_model_ref", "text_tower_path"]
+__all__ = ["CONFIG_DIR", "DEFAULT_MODEL", "ModelRef", "ModelRefError", "builtin_config_bytes", "parse_model_ref",
+           "text_tower_path"]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_MODEL = "builtin:catalog-tiny-minilm"
@@ -63,6 +64,19 @@ def text_tower_path() -> str:
 
 
 
+def builtin_config_bytes(name: str) -> bytes | None:
+    """The JSON of a builtin architecture, or None if there is none by that name.
+
+    Read through importlib.resources rather than a path: under spark-submit --py-files the package is a zip.
+    """
+    from importlib.resources import files
+
+    if not name or "/" in name or name.startswith("."):
+        return None
+    res = files("models").joinpath("configs", f"{name}.json")
+    return res.read_bytes() if res.is_file() else None
+
+
 def _store_ref(root: Path, version: str | None, what: str) -> ModelRef:
     if version is None:
         raise ModelRefError(f"model store {root} has no current version ({what})")
@@ -93,11 +107,11 @@ def parse_model_ref(ref: str | None, model_store_root: str | Path | None = None)
         return _store_ref(root, version, ref)
     if ref.startswith("builtin:"):
         name = ref.split(":", 1)[1]
-        cfg = CONFIG_DIR / f"{name}.json"
-        if not cfg.is_file():
+        cfg = builtin_config_bytes(name)
+        if cfg is None:
             known = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
             raise ModelRefError(f"unknown builtin model {name!r}; known: {', '.join(known)}")
-        digest = hashlib.sha256(cfg.read_bytes()).hexdigest()[:8]
+        digest = hashlib.sha256(cfg).hexdigest()[:8]
         return ModelRef("builtin", name, version=f"{name}@cfg-{digest}-seed{RANDOM_SEED}", random_image_tower=True)
     if ref.startswith("open_clip:"):
         body = ref.split(":", 1)[1]

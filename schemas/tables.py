@@ -23,8 +23,8 @@ from pyspark.sql.types import (
 )
 
 __all__ = [
-    "CATALOG", "CATALOG_REQUIRED", "ENRICHMENT_RUNS", "MODEL_RUNS", "PRODUCT_EMBEDDINGS", "QUARANTINE", "TABLES",
-    "TableSpec",
+    "CATALOG", "CATALOG_REQUIRED", "ENRICHMENT_RUNS", "MODEL_RUNS", "PRODUCT_ADULT_FLAGS", "PRODUCT_ATTRIBUTES",
+    "PRODUCT_CATEGORIES", "PRODUCT_EMBEDDINGS", "QUARANTINE", "TABLES", "TableSpec",
 ]
 
 
@@ -45,6 +45,13 @@ class TableSpec:
     keys: tuple[str, ...]
     doc: str
     partition_by: tuple[str, ...] = field(default_factory=tuple)
+    # An upsert replaces every existing row that shares these columns with a new row (default: ``keys``).
+    # Tables with several rows per product (attributes) replace a product's rows as a whole.
+    replace_by: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def match_keys(self) -> tuple[str, ...]:
+        return self.replace_by or self.keys
 
     @property
     def schema(self) -> StructType:
@@ -98,6 +105,62 @@ QUARANTINE = TableSpec(
     doc="Input rows rejected by validation or by image decoding, with the reason; one row per rejected row and run.",
 )
 
+_SCORED = ArrayType(StructType([StructField("label", StringType()), StructField("score", DoubleType())]),
+                    containsNull=False)
+
+PRODUCT_CATEGORIES = TableSpec(
+    "product_categories",
+    (
+        Column("product_id", StringType(), "catalog product id (key)", nullable=False),
+        Column("category", StringType(), "predicted category (top-1 label)"),
+        Column("confidence", DoubleType(), "calibrated probability of the top-1 label, in [0, 1]"),
+        Column("top_k", _SCORED, "the k most likely labels with their probabilities, best first"),
+        Column("seller_category", StringType(), "the category the seller gave, for comparison"),
+        Column("method", StringType(), "head:<head bundle version> or zero-shot:<label set> (no head fits)"),
+        Column("model_version", StringType(), "encoder whose embeddings were classified"),
+        Column("run_id", StringType(), "run that last wrote the row"),
+        Column("updated_at", TimestampType(), "when the row was last written"),
+    ),
+    keys=("product_id",),
+    doc="One row per enriched product: predicted category with a calibrated confidence and the top-k list.",
+)
+
+PRODUCT_ATTRIBUTES = TableSpec(
+    "product_attributes",
+    (
+        Column("product_id", StringType(), "catalog product id", nullable=False),
+        Column("attribute", StringType(), "attribute name (colour, usage, gender, Brand, Flavor, ...)", nullable=False),
+        Column("value", StringType(), "attribute value", nullable=False),
+        Column("confidence", DoubleType(), "probability of the value, in [0, 1]"),
+        Column("source", StringType(), "where the value comes from: title, description, image, title+image"),
+        Column("method", StringType(), "closed:<head bundle version> (vocabulary heads) or open:<extractor version>"),
+        Column("model_version", StringType(), "encoder whose embeddings fed the closed heads"),
+        Column("run_id", StringType(), "run that last wrote the row"),
+        Column("updated_at", TimestampType(), "when the row was last written"),
+    ),
+    keys=("product_id", "attribute", "value"),
+    replace_by=("product_id",),
+    doc="One row per product and attribute value; a re-enriched product's rows are replaced as a whole.",
+)
+
+PRODUCT_ADULT_FLAGS = TableSpec(
+    "product_adult_flags",
+    (
+        Column("product_id", StringType(), "catalog product id (key)", nullable=False),
+        Column("is_adult", BooleanType(), "true when any signal fired"),
+        Column("score", DoubleType(), "strongest signal in [0, 1]: head probability, 1.0 for a term, category "
+                                      "confidence for a mature category"),
+        Column("reasons", ArrayType(StringType(), containsNull=False),
+               "signals that fired: embedding:<p>, category:<label>, term:<group>:<term>"),
+        Column("method", StringType(), "head bundle version of the embedding signal, or terms+category when none"),
+        Column("model_version", StringType(), "encoder whose embeddings were scored"),
+        Column("run_id", StringType(), "run that last wrote the row"),
+        Column("updated_at", TimestampType(), "when the row was last written"),
+    ),
+    keys=("product_id",),
+    doc="One row per enriched product: adult flag, score and the signals behind it.",
+)
+
 _COUNTS = MapType(StringType(), LongType(), valueContainsNull=False)
 _TIMINGS = MapType(StringType(), DoubleType(), valueContainsNull=False)
 
@@ -147,4 +210,6 @@ MODEL_RUNS = TableSpec(
     doc="One row per retrain run.",
 )
 
-TABLES: dict[str, TableSpec] = {t.name: t for t in (PRODUCT_EMBEDDINGS, QUARANTINE, ENRICHMENT_RUNS, MODEL_RUNS)}
+TABLES: dict[str, TableSpec] = {t.name: t for t in (
+    PRODUCT_EMBEDDINGS, PRODUCT_CATEGORIES, PRODUCT_ATTRIBUTES, PRODUCT_ADULT_FLAGS, QUARANTINE, ENRICHMENT_RUNS,
+    MODEL_RUNS)}

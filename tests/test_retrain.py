@@ -1,6 +1,7 @@
 import json
 import shutil
 
+import pandas as pd
 import pytest
 
 from jobs.make_sample_catalog import generate
@@ -53,6 +54,14 @@ def test_retrain_trains_saves_promotes_and_records(spark, catalog, tiny_arch, tm
     manifest = store.verify_version(st / version)
     assert manifest["training_data"].startswith("parquet:") and "sha256:" in manifest["training_data"]
     assert "English" in (st / version / "MODEL_CARD.md").read_text()
+    # A category head for the candidate, from the sample's seller categories, verified on load.
+    from models.heads.bundle import find_heads, load_heads
+
+    bundle = load_heads(find_heads(st, version))
+    assert bundle.encoder_version == version
+    seller = set(pd.read_parquet(catalog / "catalog.parquet").dropna(subset=["category"])["category"])
+    assert len(bundle.category.classes) >= 2 and set(bundle.category.classes) <= seller
+    assert "category head heads-catalog-" in runs["message"].iloc[0]
 
 
 def test_tampered_candidate_is_refused_and_champion_stays(spark, catalog, tiny_arch, tmp_path, monkeypatch):

@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="folder of the attribute datasets")
     p.add_argument("--out", help="markdown file to write")
     p.add_argument("--model", default="default", help="default, current, store:VERSION or a version folder")
-    p.add_argument("--store", help="attribute model store (default: the one shipped in models/attributes/store)")
+    p.add_argument("--store", help="attribute model store (default: the one shipped in models/store/attributes)")
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

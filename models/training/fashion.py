@@ -47,6 +47,8 @@ class FashionSplit:
     valid: TrainData
     classes: list[str]
     snapshot: str          # "products.parquet sha256:..." recorded in the manifest
+    train_rows: pd.DataFrame | None = None   # the products behind ``train`` / ``valid``, same order, all columns
+    valid_rows: pd.DataFrame | None = None
 
 
 
@@ -71,13 +73,14 @@ def load_fashion(root: str | Path, size: int = 64, cache_dir: str | Path | None 
     groups = group_ids([" ".join(str(t).lower().split()) for t in df["title"]])[:, None]
     data = TrainData(pixels, tuple(str(t) for t in df["title"]), groups, labels, len(classes))
     is_valid = np.array([split_of(str(p)) == "valid" for p in df["product_id"]])
-    return FashionSplit(data.subset(np.flatnonzero(~is_valid)), data.subset(np.flatnonzero(is_valid)), classes,
-                        f"{table.name} sha256:{digest}")
+    tr, va = np.flatnonzero(~is_valid), np.flatnonzero(is_valid)
+    return FashionSplit(data.subset(tr), data.subset(va), classes, f"{table.name} sha256:{digest}",
+                        df.iloc[tr].reset_index(drop=True), df.iloc[va].reset_index(drop=True))
 
 
 REPRODUCE = ("python -m models.training.fashion --data /work/shared/data/fashion "
              "--epochs {epochs} --batch {batch} --double-at {double_at} --max-steps {max_steps} --seed {seed} "
-             "--category-weight {category_weight}")
+             "--category-weight {category_weight} --lr {lr} --text-lr {text_lr} --warmup-steps {warmup}{init}")
 
 
 def _labels_note(cfg: TrainConfig) -> str:
@@ -102,7 +105,9 @@ def _card(cfg: TrainConfig, args: argparse.Namespace, split: FashionSplit, resul
                   f"({sched}); AdamW lr {cfg.lr} (text projection {cfg.text_lr}), cosine decay, "
                   f"{cfg.warmup_steps} warm-up steps; random horizontal flips. {result.steps} steps, "
                   f"{result.samples} samples in {result.seconds / 60:.1f} min on 2 CPU cores "
-                  f"({result.samples_per_s:.0f} samples/s). " + _labels_note(cfg)),
+                  f"({result.samples_per_s:.0f} samples/s). " + _labels_note(cfg)
+                  + (f" Continued from the weights of `{args.init_from}` (its own card says how it was trained)."
+                     if args.init_from else "")),
         data=(f"`fashion/` of the project's research data (Kaggle \"Fashion Product Images (Small)\", Myntra; "
               f"research licence, not redistributed): {split.snapshot}. Split by a hash of product_id "
               f"(sha256, bucket < 10 of 100 = valid): {len(split.train)} train, {len(split.valid)} valid products; "
@@ -117,7 +122,9 @@ def _card(cfg: TrainConfig, args: argparse.Namespace, split: FashionSplit, resul
         columns={"baseline (untrained)": base, "this model": cand},
         reproduce=REPRODUCE.format(epochs=args.epochs, batch=args.batch, double_at=args.double_at,
                                    max_steps=args.max_steps, seed=args.seed,
-                                   category_weight=args.category_weight),
+                                   category_weight=args.category_weight, lr=args.lr, text_lr=args.text_lr,
+                                   warmup=args.warmup_steps,
+                                   init=f" --init-from {args.init_from}" if args.init_from else ""),
         limitations=("Tiny images (60x80 photos at 64 px) and a tiny image tower: good for coarse type and colour, "
                      "not for fine detail. Fashion titles are templated (\"Brand Gender Colour Type\"), so text "
                      "metrics are optimistic for free-form seller titles. English only (see Languages)."),
@@ -135,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--double-at", default="2", help="comma-separated epochs at which the batch doubles")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init-from", default=None,
+                   help="continue training from this store version's weights (same architecture)")
+    p.add_argument("--lr", type=float, default=TrainConfig.lr, help="peak learning rate of the image tower")
+    p.add_argument("--text-lr", type=float, default=TrainConfig.text_lr, help="peak learning rate of the text side")
+    p.add_argument("--warmup-steps", type=int, default=TrainConfig.warmup_steps)
     p.add_argument("--category-weight", type=float, default=0.0,
                    help="ZhichunRoad multitask: weight of an articleType classification loss beside the contrastive "
                         "loss (0 = contrastive only)")
@@ -155,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
 
     double_at = tuple(int(x) for x in args.double_at.split(",") if x.strip())
     cfg = TrainConfig(epochs=args.epochs, max_steps=args.max_steps, schedule=BatchSchedule(args.batch, double_at),
-                      chunk_size=512, seed=args.seed, category_weight=args.category_weight)
+                      chunk_size=512, seed=args.seed, category_weight=args.category_weight, lr=args.lr,
+                      text_lr=args.text_lr, warmup_steps=args.warmup_steps)
     model_cfg = candidate_config()
     if args.checkpoint and Path(args.checkpoint).is_file():
         model = build_clip(model_cfg, seed=args.seed)
@@ -164,7 +177,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         titles_digest = hashlib.sha256("\n".join(split.train.titles).encode()).hexdigest()[:12]
         cache = Path(args.cache_dir or Path.home() / ".cache" / "catalog-enrich") / f"minilm-{titles_digest}.npy"
-        model, result = train_candidate(model_cfg, split.train, cfg, seed=args.seed, feature_cache=cache)
+        init = None
+        if args.init_from:
+            from models.store import verify_version, version_dir
+
+            given = Path(args.init_from)
+            vdir = given if given.is_dir() else version_dir(store_root(None), args.init_from)
+            verify_version(vdir)
+            init = load_file(str(vdir / "model.safetensors"))
+        model, result = train_candidate(model_cfg, split.train, cfg, seed=args.seed, feature_cache=cache,
+                                        init_state=init)
         if args.checkpoint:
             save_file(trained_state_dict(model), args.checkpoint)
             Path(args.checkpoint + ".json").write_text(json.dumps(

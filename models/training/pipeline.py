@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from models.arch import build_clip, resolve_text_cfg
-from models.refs import CONFIG_DIR, ModelRef
+from models.refs import ModelRef, builtin_config_bytes
 from models.training.config import TrainConfig
 from models.training.data import TrainData
 from models.training.trainer import Trainer, TrainResult
@@ -27,7 +27,9 @@ def candidate_config(base: str = "catalog-tiny-minilm", text_proj: str | None = 
     With the MiniLM locked, a projection is the only text-side part that learns; ``mlp`` lets the text
     embedding move towards what the images show (type, colour) rather than stay MiniLM's sentence space.
     """
-    cfg = json.loads((CONFIG_DIR / f"{base}.json").read_text())
+    cfg = json.loads(builtin_config_bytes(base) or b"null")  # zip-safe (spark-submit --py-files)
+    if cfg is None:
+        raise ValueError(f"no builtin architecture {base!r} in models/configs")
     cfg["text_cfg"]["hf_proj_type"] = text_proj
     return cfg
 
@@ -39,10 +41,17 @@ def load_tokenizer(text_cfg: dict[str, Any]) -> Any:
 
 
 def train_candidate(model_cfg: dict[str, Any], data: TrainData, cfg: TrainConfig, seed: int = 0,
-                    feature_cache: Path | None = None) -> tuple[Any, TrainResult]:
+                    feature_cache: Path | None = None, init_state: dict[str, Any] | None = None,
+                    ) -> tuple[Any, TrainResult]:
     """Build and train a candidate. ``feature_cache``: an ``.npy`` file for the locked text tower's features
-    (the MiniLM pass over every title costs minutes on a CPU; they only depend on the titles)."""
+    (the MiniLM pass over every title costs minutes on a CPU; they only depend on the titles).
+    ``init_state``: trained weights to continue from (a stored version's), instead of a fresh image tower."""
     model = build_clip(model_cfg, seed=seed)
+    if init_state is not None:
+        missing, unexpected = model.load_state_dict(init_state, strict=False)
+        if unexpected or any(not k.startswith("text.transformer.") for k in missing):
+            raise ValueError(f"init weights do not fit the candidate: unexpected {unexpected[:5]}, "
+                             f"missing {[k for k in missing if not k.startswith('text.transformer.')][:5]}")
     tokenizer = load_tokenizer(model_cfg["text_cfg"])
     trainer = Trainer(model, tokenizer, cfg)
     features = None

@@ -1,0 +1,59 @@
+"""Read the run logs (``enrichment_runs``, ``model_runs``) without Spark: the DAGs and the gates ask them
+small questions (this run's counts, whether a retrain promoted its candidate).
+
+Only the ``deltalake`` package is used, with a filter on ``run_id``, so an Airflow worker can call these in
+a few milliseconds without a JVM.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RETRY_SEPARATOR", "latest_attempt", "retrain_outcome", "run_counts", "run_rows"]
+
+# Retrain attempts after the first get their own run id, ``<base>.try<N>``: a model_runs row is appended
+# once per run id, so a retried attempt must not share the id of the attempt that failed.
+RETRY_SEPARATOR = ".try"
+
+
+def _plain(value: Any) -> Any:
+    # deltalake hands a map column back as a list of (key, value) pairs.
+    if isinstance(value, list) and all(isinstance(v, tuple) and len(v) == 2 for v in value):
+        return dict(value)
+    return value
+
+
+def run_rows(lake: str | Path, table: str, run_ids: list[str]) -> list[dict[str, Any]]:
+    """The rows of ``<lake>/<table>`` whose run_id is one of ``run_ids`` (empty if the table does not exist)."""
+    from deltalake import DeltaTable
+
+    path = Path(lake) / table
+    if not run_ids or not DeltaTable.is_deltatable(str(path)):
+        return []
+    rows = DeltaTable(str(path)).to_pyarrow_table(filters=[("run_id", "in", list(run_ids))]).to_pylist()
+    return [{k: _plain(v) for k, v in row.items()} for row in rows]
+
+
+def run_counts(lake: str | Path, run_id: str) -> dict[str, int] | None:
+    """``counts`` of a run's ``enrichment_runs`` row (read, enriched, unchanged, quarantined), or None."""
+    rows = run_rows(lake, "enrichment_runs", [run_id])  # keyed by run_id: at most one row
+    return dict(rows[0]["counts"] or {}) if rows else None
+
+
+def latest_attempt(base_run_id: str, try_number: int) -> str:
+    """The retrain run id of an Airflow attempt: the base id for the first, ``<base>.try<N>`` after."""
+    return base_run_id if try_number <= 1 else f"{base_run_id}{RETRY_SEPARATOR}{try_number}"
+
+
+def retrain_outcome(lake: str | Path, base_run_id: str, max_tries: int = 20) -> dict[str, Any] | None:
+    """The ``model_runs`` row of the last finished attempt of a retrain run, or None if none finished.
+
+    A row with status ``failed`` is returned only when no attempt succeeded.
+    """
+    ids = [latest_attempt(base_run_id, n) for n in range(1, max_tries + 1)]
+    rows = run_rows(lake, "model_runs", ids)
+    if not rows:
+        return None
+    done = [r for r in rows if r.get("status") in ("promoted", "kept_champion")] or rows
+    return max(done, key=lambda r: (r.get("finished_at") is not None, r.get("finished_at") or 0))

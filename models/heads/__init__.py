@@ -1,0 +1,5 @@
+"""Task heads on the product embeddings: categories, closed-vocabulary attributes, adult recognition.
+
+Inference (:mod:`models.heads.bundle`, :mod:`models.heads.adult`, :mod:`models.heads.zero_shot`) is numpy only;
+training (:mod:`models.heads.train`, :mod:`models.heads.fashion`) imports torch, scikit-learn and cleanlab.
+"""

@@ -1,0 +1,108 @@
+"""Adult-product recognition: three signals, each named in the output row when it fires.
+
+* ``embedding``: the adult head's probability from the text embedding is at or above its threshold;
+* ``category``: the predicted category is a mature one (a label of the bundle's mature list, or a category name
+  that the term list matches, e.g. ``Mature > Erotic`` from a zero-shot taxonomy);
+* ``term``: the title or description contains a term of the configurable multilingual term list.
+
+Lingerie, swimwear and innerwear are ordinary apparel: neither the term list nor the training data treats them
+as adult, and the evaluation measures the false-positive rate on them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["DEFAULT_TERMS", "AdultDecision", "TermList", "decide_adult"]
+
+DEFAULT_TERMS = Path(__file__).resolve().parent / "adult_terms.json"
+
+
+def _is_cjk(term: str) -> bool:
+    return any(ord(ch) >= 0x2E80 for ch in term)
+
+
+@dataclass(frozen=True)
+class TermList:
+    """Terms per group (``erotic``, ``weapons``, ...), all languages merged."""
+
+    groups: dict[str, tuple[str, ...]]
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> TermList:
+        p = Path(path) if path else DEFAULT_TERMS
+        try:
+            raw = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"adult term list {p}: {e}") from None
+        groups: dict[str, tuple[str, ...]] = {}
+        for group, by_lang in raw.items():
+            if group.startswith("_"):
+                continue
+            if not isinstance(by_lang, dict):
+                raise ValueError(f"adult term list {p}: group {group!r} must map languages to term lists")
+            groups[group] = tuple(sorted({t.strip().lower() for terms in by_lang.values() for t in terms
+                                          if t.strip()}))
+        return cls(groups)
+
+    def __post_init__(self) -> None:
+        patterns = {}
+        for group, terms in self.groups.items():
+            # Latin/Cyrillic terms on word boundaries ("gun" must not fire in "gunmetal"); CJK and Hangul have
+            # no spaces between words, so those terms match as substrings.
+            alts = [re.escape(t) if _is_cjk(t) else rf"(?<!\w){re.escape(t)}(?!\w)"
+                    for t in sorted(terms, key=len, reverse=True)]
+            if alts:
+                patterns[group] = re.compile("|".join(alts), re.IGNORECASE)
+        object.__setattr__(self, "_patterns", patterns)
+
+    def match(self, text: str | None) -> list[str]:
+        """``group:term`` for every group with a match in ``text`` (first match per group)."""
+        if not text:
+            return []
+        out = []
+        for group, pat in self._patterns.items():  # type: ignore[attr-defined]
+            m = pat.search(text)
+            if m:
+                out.append(f"{group}:{m.group(0).lower()}")
+        return out
+
+
+@dataclass(frozen=True)
+class AdultDecision:
+    is_adult: bool
+    score: float
+    reasons: tuple[str, ...]
+
+
+def decide_adult(texts: list[str], *, terms: TermList, embedding_scores: np.ndarray | None = None,
+                 threshold: float = 0.5, categories: list[str | None] | None = None,
+                 category_scores: np.ndarray | None = None,
+                 mature_categories: frozenset[str] = frozenset()) -> list[AdultDecision]:
+    """Combine the signals per product. ``score`` is the strongest signal: the head probability, 1.0 for a
+    term match, the category confidence for a mature category."""
+    out = []
+    for i, text in enumerate(texts):
+        reasons: list[str] = []
+        score = 0.0
+        if embedding_scores is not None:
+            s = float(embedding_scores[i])
+            score = s
+            if s >= threshold:
+                reasons.append(f"embedding:{s:.2f}")
+        if categories is not None and categories[i]:
+            cat = categories[i]
+            if cat in mature_categories or terms.match(cat) or cat.split(">")[0].strip().lower() == "mature":
+                reasons.append(f"category:{cat}")
+                score = max(score, float(category_scores[i]) if category_scores is not None else 1.0)
+        hits = terms.match(text)
+        if hits:
+            reasons += [f"term:{h}" for h in hits]
+            score = 1.0
+        out.append(AdultDecision(bool(reasons), round(min(max(score, 0.0), 1.0), 6), tuple(reasons)))
+    return out

@@ -1,0 +1,194 @@
+"""Task heads on the embeddings (categories, closed-vocabulary attributes, adult score) and their store format.
+
+A head bundle is trained for one encoder version (its inputs are that encoder's embeddings) and lives in the
+model store under ``<store>/heads/<version>/`` with the same guarantees as an encoder: a manifest with the
+sha256 of every file, safetensors weights, a model card. Inference is plain numpy: a Spark worker applies a
+bundle without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "HEADS_DIR", "HeadBundle", "LinearHead", "find_heads", "head_input", "load_heads", "save_heads", "softmax",
+]
+
+log = logging.getLogger(__name__)
+
+HEADS_DIR = "heads"   # sub-folder of a model store that holds head bundles
+INPUTS = ("text", "image", "text+image")
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _gelu(z: np.ndarray) -> np.ndarray:
+    from scipy.special import erf
+
+    return 0.5 * z * (1.0 + erf(z / np.sqrt(2.0)))
+
+
+def head_input(text: np.ndarray, image: np.ndarray | None, inputs: str) -> np.ndarray:
+    """The feature matrix a head reads: text, image, or both side by side (a missing image is zeros)."""
+    if inputs not in INPUTS:
+        raise ValueError(f"head inputs must be one of {INPUTS}, got {inputs!r}")
+    if image is None:
+        image = np.zeros_like(text)
+    image = np.nan_to_num(image, nan=0.0)
+    if inputs == "text":
+        return text
+    if inputs == "image":
+        return image
+    return np.concatenate([text, image], axis=1)
+
+
+@dataclass(frozen=True)
+class LinearHead:
+    """An MLP head (one or two layers, GELU between) on standardised inputs, with a softmax temperature."""
+
+    name: str
+    inputs: str
+    classes: tuple[str, ...]
+    mean: np.ndarray
+    scale: np.ndarray
+    layers: tuple[tuple[np.ndarray, np.ndarray], ...]   # (W (in, out), b (out,)) per layer
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.inputs not in INPUTS:
+            raise ValueError(f"LinearHead.inputs must be one of {INPUTS}, got {self.inputs!r}")
+        if self.layers[-1][0].shape[1] != len(self.classes):
+            raise ValueError(f"head {self.name}: last layer has {self.layers[-1][0].shape[1]} outputs "
+                             f"for {len(self.classes)} classes")
+
+    def with_temperature(self, t: float) -> LinearHead:
+        return replace(self, temperature=float(t))
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        z = (np.asarray(x, dtype=np.float32) - self.mean) / self.scale
+        for i, (w, b) in enumerate(self.layers):
+            z = z @ w + b
+            if i < len(self.layers) - 1:
+                z = _gelu(z)
+        return z
+
+    def probs(self, x: np.ndarray) -> np.ndarray:
+        return softmax(self.logits(x) / self.temperature)
+
+    def predict(self, text: np.ndarray, image: np.ndarray | None) -> np.ndarray:
+        return self.probs(head_input(text, image, self.inputs))
+
+    # -- serialisation: tensors + a JSON description --
+    def tensors(self) -> dict[str, np.ndarray]:
+        out = {f"{self.name}.mean": self.mean.astype(np.float32), f"{self.name}.scale": self.scale.astype(np.float32)}
+        for i, (w, b) in enumerate(self.layers):
+            out[f"{self.name}.layer{i}.weight"] = np.ascontiguousarray(w, dtype=np.float32)
+            out[f"{self.name}.layer{i}.bias"] = np.ascontiguousarray(b, dtype=np.float32)
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"inputs": self.inputs, "classes": list(self.classes), "temperature": self.temperature,
+                "n_layers": len(self.layers)}
+
+    @classmethod
+    def from_parts(cls, name: str, desc: dict[str, Any], tensors: dict[str, np.ndarray]) -> LinearHead:
+        layers = tuple((tensors[f"{name}.layer{i}.weight"], tensors[f"{name}.layer{i}.bias"])
+                       for i in range(int(desc["n_layers"])))
+        return cls(name, desc["inputs"], tuple(desc["classes"]), tensors[f"{name}.mean"], tensors[f"{name}.scale"],
+                   layers, float(desc["temperature"]))
+
+
+@dataclass(frozen=True)
+class HeadBundle:
+    """Every head trained for one encoder version."""
+
+    encoder_version: str
+    category: LinearHead | None = None
+    attributes: dict[str, LinearHead] = field(default_factory=dict)   # closed vocabulary: colour, usage, ...
+    adult: LinearHead | None = None          # classes ("not_adult", "adult")
+    adult_threshold: float = 0.5
+    attribute_threshold: float = 0.5         # closed attributes below this confidence are not written
+    mature_categories: tuple[str, ...] = ()  # category labels that count as adult when predicted
+    version: str = ""                        # the store version id, once saved
+
+    def heads(self) -> dict[str, LinearHead]:
+        out = dict(self.attributes)
+        if self.category is not None:
+            out["category"] = self.category
+        if self.adult is not None:
+            out["adult"] = self.adult
+        return out
+
+
+def save_heads(store: Path, name: str, bundle: HeadBundle, *, training_data: str, metrics: dict[str, Any],
+               card: str | None = None) -> str:
+    """Write ``bundle`` as a new version under ``<store>/heads``; returns the version id."""
+    import torch
+
+    from models.store import save_version
+
+    config = {
+        "kind": "heads",
+        "encoder_version": bundle.encoder_version,
+        "category": None if bundle.category is None else bundle.category.describe(),
+        "attributes": {k: h.describe() for k, h in bundle.attributes.items()},
+        "adult": None if bundle.adult is None else bundle.adult.describe(),
+        "adult_threshold": bundle.adult_threshold,
+        "attribute_threshold": bundle.attribute_threshold,
+        "mature_categories": list(bundle.mature_categories),
+    }
+    tensors: dict[str, Any] = {}
+    for head in bundle.heads().values():
+        tensors.update({k: torch.from_numpy(v) for k, v in head.tensors().items()})
+    return save_version(store / HEADS_DIR, name, config, {}, tensors, training_data=training_data, metrics=metrics,
+                        extra={"kind": "heads", "encoder_version": bundle.encoder_version}, card=card)
+
+
+def load_heads(vdir: Path) -> HeadBundle:
+    """Verify (checksums, no pickles) and load a head bundle."""
+    from safetensors.numpy import load_file
+
+    from models.store import CONFIG_FILE, WEIGHTS_FILE, ModelIntegrityError, verify_version
+
+    manifest = verify_version(vdir)
+    if manifest.get("kind") != "heads":
+        raise ModelIntegrityError(f"{vdir} is not a head bundle (manifest kind {manifest.get('kind')!r})")
+    cfg = json.loads((vdir / CONFIG_FILE).read_text())["model_cfg"]
+    tensors = load_file(str(vdir / WEIGHTS_FILE))
+
+    def part(name: str, desc: dict[str, Any] | None) -> LinearHead | None:
+        return None if desc is None else LinearHead.from_parts(name, desc, tensors)
+
+    return HeadBundle(
+        encoder_version=cfg["encoder_version"],
+        category=part("category", cfg.get("category")),
+        attributes={k: LinearHead.from_parts(k, d, tensors) for k, d in cfg.get("attributes", {}).items()},
+        adult=part("adult", cfg.get("adult")),
+        adult_threshold=float(cfg.get("adult_threshold", 0.5)),
+        attribute_threshold=float(cfg.get("attribute_threshold", 0.5)),
+        mature_categories=tuple(cfg.get("mature_categories", ())),
+        version=manifest["version"],
+    )
+
+
+def find_heads(store: Path, encoder_version: str) -> Path | None:
+    """The newest head bundle in ``store`` trained for ``encoder_version`` (None when there is none)."""
+    from models.store import list_versions, read_manifest
+
+    root = store / HEADS_DIR
+    matches = []
+    for v in list_versions(root):
+        m = read_manifest(root / v)
+        if m.get("kind") == "heads" and m.get("encoder_version") == encoder_version:
+            matches.append((m.get("created_at", ""), v))
+    return root / max(matches)[1] if matches else None

@@ -1,0 +1,219 @@
+"""Training of the classification heads on frozen embeddings, with the ZhichunRoad fine-tuning tricks.
+
+Each trick is a switch in :class:`HeadTrainConfig` so that the ablation table can measure it:
+
+* confident learning (``clean_labels``): out-of-fold predicted probabilities -> ``cleanlab`` finds the likely
+  label issues -> those rows are dropped from training (sellers' categories are noisy);
+* EMA of the weights (``ema_decay``): evaluation and export use the moving average;
+* FGM (``fgm_eps``): an adversarial step along the loss gradient of the text-embedding part of the input;
+* R-Drop (``rdrop_alpha``): two forward passes with dropout, symmetric KL between them added to the loss.
+
+A head is a small MLP on standardised inputs; a temperature fitted on a held-out calibration slice makes its
+softmax an honest confidence.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.heads.bundle import LinearHead
+
+__all__ = ["HeadTrainConfig", "clean_label_mask", "fit_head", "fit_temperature", "expected_calibration_error"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HeadTrainConfig:
+    hidden: int = 512              # 0: a linear head
+    dropout: float = 0.2
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.0
+    ema_decay: float = 0.0         # e.g. 0.99; 0 = off
+    fgm_eps: float = 0.0           # e.g. 0.5 (in standardised units); 0 = off
+    rdrop_alpha: float = 0.0       # e.g. 1.0; 0 = off
+    clean_labels: bool = False     # confident learning (cleanlab) before training
+    clean_folds: int = 3
+    calibration_fraction: float = 0.1
+    image_dropout: float = 0.0     # fraction of rows whose image part is zeroed (heads must cope without a photo)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"HeadTrainConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.rdrop_alpha > 0 and self.dropout == 0:
+            raise ValueError("HeadTrainConfig.rdrop_alpha > 0 needs dropout > 0: two passes would be identical")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("HeadTrainConfig.epochs and batch_size must be >= 1")
+
+
+def _softmax_regression_probs(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, n_classes: int,
+                              epochs: int = 8, seed: int = 0) -> np.ndarray:
+    """Probabilities of a quickly trained multinomial logistic regression (Adam, minibatches, standardised)."""
+    import torch
+    import torch.nn.functional as F
+
+    mu, sigma = xtr.mean(axis=0), xtr.std(axis=0) + 1e-6
+    xt = torch.from_numpy(((xtr - mu) / sigma).astype(np.float32))
+    yt = torch.from_numpy(ytr.astype(np.int64))
+    gen = torch.Generator().manual_seed(seed)
+    lin = torch.nn.Linear(xt.shape[1], n_classes)
+    opt = torch.optim.Adam(lin.parameters(), lr=1e-2, weight_decay=1e-4)
+    for _ in range(epochs):
+        for b in torch.randperm(len(xt), generator=gen).split(512):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(lin(xt[b]), yt[b]).backward()
+            opt.step()
+    with torch.no_grad():
+        return torch.softmax(lin(torch.from_numpy(((xte - mu) / sigma).astype(np.float32))), dim=1).numpy()
+
+
+def clean_label_mask(x: np.ndarray, y: np.ndarray, n_classes: int, folds: int = 3, seed: int = 0) -> np.ndarray:
+    """True for rows to keep: cleanlab's label issues from out-of-fold predicted probabilities."""
+    from cleanlab.filter import find_label_issues
+    from sklearn.model_selection import StratifiedKFold
+
+    counts = np.bincount(y, minlength=n_classes)
+    # Classes rarer than the folds cannot be stratified: they keep their labels (too few to judge).
+    idx = np.flatnonzero(counts[y] >= folds)
+    keep = np.ones(len(y), dtype=bool)
+    sub_classes = np.unique(y[idx])
+    if len(sub_classes) < 2:
+        return keep
+    remap = np.full(n_classes, -1)
+    remap[sub_classes] = np.arange(len(sub_classes))
+    sub_y = remap[y[idx]]
+    probs = np.zeros((len(idx), len(sub_classes)), dtype=np.float64)
+    skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for tr, te in skf.split(idx, sub_y):
+        probs[te] = _softmax_regression_probs(x[idx[tr]], sub_y[tr], x[idx[te]], len(sub_classes), seed=seed)
+    issues = find_label_issues(sub_y, probs, filter_by="prune_by_noise_rate")
+    keep[idx[issues]] = False
+    log.info("confident learning: %d of %d labels flagged as issues and dropped", int((~keep).sum()), len(y))
+    return keep
+
+
+def _split_calibration(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed + 1)
+    perm = rng.permutation(n)
+    k = int(round(n * fraction)) if fraction > 0 else 0
+    return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+def fit_head(x: np.ndarray, y: np.ndarray, classes: list[str], cfg: HeadTrainConfig, *, name: str,
+             inputs: str, text_slice: slice | None = None, image_slice: slice | None = None) -> LinearHead:
+    """Train a head on ``x`` (N, D) with labels ``y`` (indices into ``classes``; -1 = unknown, ignored)."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    known = y >= 0
+    x, y = x[known].astype(np.float32), y[known].astype(np.int64)
+    n_classes = len(classes)
+    keep = np.ones(len(y), dtype=bool)
+    if cfg.clean_labels:
+        keep = clean_label_mask(x, y, n_classes, cfg.clean_folds, cfg.seed)
+    tr, cal = _split_calibration(len(y), cfg.calibration_fraction, cfg.seed)
+    tr = tr[keep[tr]]
+    mu = x[tr].mean(axis=0)
+    sigma = x[tr].std(axis=0) + 1e-6
+
+    torch.manual_seed(cfg.seed)
+    dim = x.shape[1]
+    layers: list[nn.Module] = [nn.Dropout(cfg.dropout)]
+    if cfg.hidden:
+        layers += [nn.Linear(dim, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, n_classes)]
+    else:
+        layers += [nn.Linear(dim, n_classes)]
+    net = nn.Sequential(*layers)
+    ema = copy.deepcopy(net) if cfg.ema_decay > 0 else None
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    xt = torch.from_numpy((x[tr] - mu) / sigma)
+    yt = torch.from_numpy(y[tr])
+    steps = cfg.epochs * max(1, -(-len(tr) // cfg.batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    text_cols = text_slice if text_slice is not None else slice(0, dim)
+    img_zero = torch.from_numpy(-mu / sigma)  # the standardised value of a zero (missing) image embedding
+    for _epoch in range(cfg.epochs):
+        net.train()
+        for b in torch.randperm(len(tr), generator=gen).split(cfg.batch_size):
+            xb, yb = xt[b].clone(), yt[b]
+            if cfg.image_dropout > 0 and image_slice is not None:
+                drop = torch.rand(len(b), generator=gen) < cfg.image_dropout
+                xb[drop, image_slice] = img_zero[image_slice]
+            if cfg.fgm_eps > 0:
+                xb.requires_grad_(True)
+            logits = net(xb)
+            loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+            if cfg.rdrop_alpha > 0:
+                logits2 = net(xb)
+                loss = 0.5 * (loss + F.cross_entropy(logits2, yb, label_smoothing=cfg.label_smoothing))
+                lp, lq = F.log_softmax(logits, -1), F.log_softmax(logits2, -1)
+                kl = 0.5 * (F.kl_div(lp, lq, log_target=True, reduction="batchmean")
+                            + F.kl_div(lq, lp, log_target=True, reduction="batchmean"))
+                loss = loss + cfg.rdrop_alpha * kl
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.fgm_eps > 0:
+                # FGM: perturb the text-embedding part along the gradient, add the loss there (Miyato et al.).
+                g = xb.grad.detach()
+                r = torch.zeros_like(xb)
+                gt = g[:, text_cols]
+                r[:, text_cols] = cfg.fgm_eps * gt / gt.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                adv = F.cross_entropy(net(xb.detach() + r), yb, label_smoothing=cfg.label_smoothing)
+                adv.backward()
+            opt.step()
+            sched.step()
+            if ema is not None:
+                with torch.no_grad():
+                    for pe, p in zip(ema.parameters(), net.parameters(), strict=True):
+                        pe.mul_(cfg.ema_decay).add_(p.detach(), alpha=1 - cfg.ema_decay)
+    final = ema if ema is not None else net
+    final.eval()
+    linears = [m for m in final if isinstance(m, nn.Linear)]
+    weights = [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()) for m in linears]
+    head = LinearHead(name=name, inputs=inputs, classes=tuple(classes), mean=mu, scale=sigma,
+                      layers=tuple(weights), temperature=1.0)
+    if len(cal):
+        head = head.with_temperature(fit_temperature(head.logits(x[cal]), y[cal]))
+    return head
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """The softmax temperature minimising the negative log-likelihood of held-out labels (Guo et al. 2017)."""
+    import torch
+    import torch.nn.functional as F
+
+    lt, yt = torch.from_numpy(logits.astype(np.float32)), torch.from_numpy(y.astype(np.int64))
+    log_t = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(lt / log_t.exp(), yt)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(np.clip(log_t.exp().item(), 0.05, 20.0))
+
+
+def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+    """ECE of the top-1 confidence, equal-width bins."""
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y
+    edges = np.linspace(0, 1, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        m = (conf > lo) & (conf <= hi)
+        if m.any():
+            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
+    return float(ece)

@@ -1,0 +1,151 @@
+"""Heads on the embeddings: training tricks, calibration, label cleaning, store round trip, adult signals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.heads.adult import TermList, decide_adult
+from models.heads.bundle import HeadBundle, find_heads, load_heads, save_heads
+from models.heads.train import HeadTrainConfig, clean_label_mask, expected_calibration_error, fit_head, fit_temperature
+from models.heads.zero_shot import ZeroShotLabels, label_prompt, zero_shot_probs
+from models.store import ModelIntegrityError
+
+
+def _blobs(n_per: int = 80, k: int = 4, d: int = 16, seed: int = 0, spread: float = 0.6):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, d)) * 3
+    x = np.concatenate([c + spread * rng.normal(size=(n_per, d)) for c in centres]).astype(np.float32)
+    y = np.repeat(np.arange(k), n_per)
+    return x, y
+
+
+@pytest.mark.parametrize("change", [{}, {"ema_decay": 0.9}, {"fgm_eps": 0.5}, {"rdrop_alpha": 1.0},
+                                    {"hidden": 0}, {"clean_labels": True}])
+def test_fit_head_learns_separable_classes_with_each_trick(change):
+    x, y = _blobs()
+    xt, yt = _blobs(n_per=30, seed=0)
+    # A linear head learns slower than an MLP from the same few steps: give it a larger learning rate.
+    cfg = HeadTrainConfig(epochs=15, batch_size=64, hidden=32, **change) if "hidden" not in change else \
+        HeadTrainConfig(epochs=15, batch_size=64, lr=5e-2, **change)
+    head = fit_head(x, y, ["a", "b", "c", "d"], cfg, name="t", inputs="text")
+    probs = head.probs(xt)
+    assert probs.shape == (len(xt), 4)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    assert (probs.argmax(axis=1) == yt).mean() > 0.95
+    assert 0.05 <= head.temperature <= 20
+
+
+def test_rdrop_needs_dropout():
+    with pytest.raises(ValueError, match="rdrop_alpha > 0 needs dropout"):
+        HeadTrainConfig(rdrop_alpha=1.0, dropout=0.0)
+
+
+def test_temperature_scaling_recovers_an_overconfident_scale():
+    # Labels drawn from softmax(l); a model that outputs 4*l is overconfident by a temperature of 4.
+    rng = np.random.default_rng(1)
+    logits = rng.normal(scale=1.5, size=(4000, 5))
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    y = np.array([rng.choice(5, p=row) for row in p])
+    t = fit_temperature(4 * logits, y)
+    assert 3.4 < t < 4.6
+    over = np.exp(4 * logits) / np.exp(4 * logits).sum(axis=1, keepdims=True)
+    fixed = np.exp(4 * logits / t) / np.exp(4 * logits / t).sum(axis=1, keepdims=True)
+    assert expected_calibration_error(fixed, y) < 0.5 * expected_calibration_error(over, y)
+
+
+def test_confident_learning_finds_flipped_labels():
+    x, y = _blobs(n_per=100, k=4, d=16, seed=2)
+    rng = np.random.default_rng(3)
+    flipped = rng.choice(len(y), size=40, replace=False)
+    noisy = y.copy()
+    noisy[flipped] = (y[flipped] + 1 + rng.integers(0, 3, size=40)) % 4
+    keep = clean_label_mask(x, noisy, 4, folds=3)
+    dropped = np.flatnonzero(~keep)
+    assert len(dropped) >= 30
+    assert np.isin(dropped, flipped).mean() > 0.8      # what it drops is mostly what was flipped
+
+
+def _bundle(d: int = 8) -> HeadBundle:
+    x, y = _blobs(n_per=40, k=3, d=2 * d, seed=4)
+    cat = fit_head(x, y, ["Tshirts", "Watches", "Mugs"], HeadTrainConfig(epochs=5, hidden=16),
+                   name="category", inputs="text+image", image_slice=slice(d, 2 * d))
+    col = fit_head(x[:, :d], y, ["Red", "Blue", "Green"], HeadTrainConfig(epochs=5, hidden=0), name="colour",
+                   inputs="text")
+    return HeadBundle("enc-v1", cat, {"colour": col}, None, 0.5)
+
+
+def test_head_bundle_round_trip_through_the_store(tmp_path):
+    bundle = _bundle()
+    version = save_heads(tmp_path, "heads-test", bundle, training_data="synthetic", metrics={"acc": 1.0})
+    vdir = find_heads(tmp_path, "enc-v1")
+    assert vdir is not None and vdir.name == version
+    assert find_heads(tmp_path, "another-encoder") is None
+    loaded = load_heads(vdir)
+    assert loaded.version == version and loaded.encoder_version == "enc-v1"
+    rng = np.random.default_rng(0)
+    t, i = rng.normal(size=(5, 8)).astype(np.float32), rng.normal(size=(5, 8)).astype(np.float32)
+    np.testing.assert_allclose(loaded.category.predict(t, i), bundle.category.predict(t, i), rtol=1e-5)
+    np.testing.assert_allclose(loaded.attributes["colour"].predict(t, None),
+                               bundle.attributes["colour"].predict(t, None), rtol=1e-5)
+    # A missing image is read as zeros, not as NaN.
+    assert np.isfinite(loaded.category.predict(t, np.full_like(i, np.nan))).all()
+
+
+def test_tampered_head_bundle_is_refused(tmp_path):
+    save_heads(tmp_path, "heads-test", _bundle(), training_data="synthetic", metrics={})
+    vdir = find_heads(tmp_path, "enc-v1")
+    weights = vdir / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelIntegrityError, match="sha256 does not match"):
+        load_heads(vdir)
+
+
+@pytest.mark.parametrize("text, group", [
+    ("Silicone Dildo 18cm", "erotic"), ("EROTIC massage candle", "erotic"), ("大人のおもちゃ セット", "erotic"),
+    ("성인용품 커플 세트", "erotic"), ("Erotische Spiele für Paare", "erotic"), ("Stun gun 5000kV", "weapons"),
+    ("Pfefferspray zur Selbstverteidigung", "weapons"),
+])
+def test_term_list_matches_adult_terms_in_six_languages(text, group):
+    hits = TermList.load().match(text)
+    assert any(h.startswith(group + ":") for h in hits), hits
+
+
+@pytest.mark.parametrize("text", [
+    "Gunmetal Analog Watch", "Amante Women Black Lace Lingerie Set", "Speedo Women Swimwear", "Jockey Men Briefs",
+    "Nike Men Sports Bra", "Sexy Beach Women Bikini", "Titan Men Dress Watch", "",
+])
+def test_term_list_leaves_ordinary_apparel_alone(text):
+    assert TermList.load().match(text) == []
+
+
+def test_decide_adult_names_every_signal():
+    terms = TermList.load()
+    ds = decide_adult(["Plain mug", "Vibrator deluxe", "Plain mug", "Leather whip"], terms=terms,
+                      embedding_scores=np.array([0.1, 0.2, 0.9, 0.3]), threshold=0.5,
+                      categories=[None, None, None, "Mature > Erotic"], category_scores=np.array([0, 0, 0, 0.7]))
+    assert [d.is_adult for d in ds] == [False, True, True, True]
+    assert ds[0].reasons == () and ds[0].score == pytest.approx(0.1)
+    assert ds[1].reasons == ("term:erotic:vibrator",) and ds[1].score == 1.0
+    assert ds[2].reasons == ("embedding:0.90",)
+    assert ds[3].reasons == ("category:Mature > Erotic",) and ds[3].score == pytest.approx(0.7)
+
+
+def test_term_list_file_errors_are_clear(tmp_path):
+    bad = tmp_path / "terms.json"
+    bad.write_text('{"erotic": ["not a mapping"]}')
+    with pytest.raises(ValueError, match="must map languages to term lists"):
+        TermList.load(bad)
+
+
+def test_zero_shot_picks_the_nearest_label():
+    assert label_prompt("Apparel > Topwear > Tshirts") == "Tshirts, Topwear, Apparel"
+    emb = {"Tshirts, Topwear, Apparel": [1, 0, 0], "Mugs, Kitchen, Home": [0, 1, 0], "Watches": [0, 0, 1]}
+    labels = ZeroShotLabels.build(["Apparel > Topwear > Tshirts", "Home > Kitchen > Mugs", "Watches", "Watches"],
+                                  lambda texts: np.array([emb[t] for t in texts], dtype=np.float32), "test")
+    assert labels.labels == ("Apparel > Topwear > Tshirts", "Home > Kitchen > Mugs", "Watches")
+    probs = zero_shot_probs(np.array([[0.1, 0.9, 0.0], [2.0, 0.0, 0.1]]), labels)
+    assert probs.argmax(axis=1).tolist() == [1, 0]
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)

@@ -1,0 +1,46 @@
+"""The cluster artifact: what goes into the zip, that the same sources give the same bytes, and that the
+packages work when imported from the zip alone (as spark-submit --py-files puts them on the path)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+from jobs.package import ARCHIVE, LAUNCHER, build_zip, zip_members
+
+
+def test_zip_holds_the_packages_and_their_configs_but_not_the_store_or_sample():
+    names = {p.as_posix() for p in zip_members()}
+    assert {"jobs/cli.py", "jobs/enrich.py", "jobs/quality.py", "udfs/embed.py", "schemas/expectations.py",
+            "models/configs/catalog-tiny-minilm.json", "models/training/pipeline.py"} <= names
+    assert not any(n.startswith(("models/store/", "jobs/sample_catalog/")) or "__pycache__" in n for n in names)
+    assert not any(n.startswith(("tests/", "airflow/")) for n in names)
+
+
+def test_same_sources_same_bytes(tmp_path):
+    a = build_zip(tmp_path / "a").read_bytes()
+    b = build_zip(tmp_path / "b").read_bytes()
+    assert hashlib.sha256(a).digest() == hashlib.sha256(b).digest()
+    with zipfile.ZipFile(tmp_path / "a" / ARCHIVE) as zf:
+        build = json.loads(zf.read("BUILD.json"))
+    assert build["files"] == len(zip_members()) and len(build["sources_sha256"]) == 64
+    assert "from jobs.cli import main" in (tmp_path / "a" / LAUNCHER).read_text()
+
+
+def test_packages_import_and_read_their_data_from_the_zip(tmp_path):
+    zpath = build_zip(tmp_path / "dist")
+    code = ("import json, jobs.cli, models.refs\n"
+            "from models.training.pipeline import candidate_config\n"
+            "ref = models.refs.parse_model_ref('builtin:catalog-tiny-minilm')\n"
+            "print(json.dumps([jobs.cli.__file__, ref.version, candidate_config()['text_cfg']['hf_proj_type']]))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(zpath)  # the zip and the installed third-party packages, not the checkout
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    cli_file, version, proj = json.loads(out.stdout.strip().splitlines()[-1])
+    assert cli_file.startswith(str(zpath)) and version.startswith("catalog-tiny-minilm@cfg-") and proj == "mlp"

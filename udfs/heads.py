@@ -1,0 +1,134 @@
+"""The heads UDF: embeddings (and the text, for the term list) in; category, closed attributes and adult flag out.
+
+Everything here is numpy: a head bundle is a few small matrices, loaded (and checksum-verified) once per worker.
+Without a bundle for the encoder, or when the bundle's labels do not fit the catalog, categories come from
+zero-shot classification against category names embedded on the driver (:class:`HeadsPlan.zero_shot`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd  # at module level: the UDF type hints are resolved in this module's namespace
+
+from models.heads.zero_shot import ZeroShotLabels
+from udfs.model_cache import cached
+
+__all__ = ["HEADS_SCHEMA", "HeadsPlan", "heads_frame", "make_heads_udf"]
+
+HEADS_SCHEMA = (
+    "category string, confidence double, top_k array<struct<label: string, score: double>>, "
+    "attributes array<struct<attribute: string, value: string, confidence: double, source: string>>, "
+    "is_adult boolean, adult_score double, adult_reasons array<string>"
+)
+
+
+@dataclass(frozen=True)
+class HeadsPlan:
+    """What the heads stage does in this run; decided on the driver (:func:`jobs.heads.plan_heads`)."""
+
+    bundle_dir: str | None                 # verified head bundle, or None
+    category_mode: str                     # "head" | "zero-shot" | "none"
+    zero_shot: ZeroShotLabels | None = None
+    top_k: int = 5
+    terms_path: str | None = None          # None: the shipped multilingual term list
+
+    def __post_init__(self) -> None:
+        if self.category_mode not in ("head", "zero-shot", "none"):
+            raise ValueError(f"category_mode must be head, zero-shot or none, got {self.category_mode!r}")
+        if self.category_mode == "zero-shot" and self.zero_shot is None:
+            raise ValueError("category_mode 'zero-shot' needs zero_shot labels")
+        if self.category_mode == "head" and self.bundle_dir is None:
+            raise ValueError("category_mode 'head' needs a head bundle")
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {self.top_k}")
+
+
+def _resources(plan: HeadsPlan):
+    from models.heads.adult import TermList
+    from models.heads.bundle import load_heads
+
+    def load():
+        bundle = load_heads(Path(plan.bundle_dir)) if plan.bundle_dir else None
+        return bundle, TermList.load(plan.terms_path)
+
+    return cached(("heads", plan.bundle_dir, plan.terms_path), load)
+
+
+def _stack(values: list, dim: int) -> np.ndarray:
+    """Rows of a nullable array column as an (N, dim) matrix; null rows are NaN (a missing image)."""
+    out = np.full((len(values), dim), np.nan, dtype=np.float32)
+    for i, v in enumerate(values):
+        if v is not None and len(v):
+            out[i] = v
+    return out
+
+
+def heads_frame(text_emb: list, image_emb: list, texts: list[str], plan: HeadsPlan, bundle, terms) -> dict[str, list]:
+    """Apply the plan to one batch; pure. Returns the output columns of :data:`HEADS_SCHEMA`."""
+    from models.heads.adult import decide_adult
+    from models.heads.zero_shot import zero_shot_probs
+
+    n = len(texts)
+    dim = next((len(v) for v in text_emb if v is not None), 0)
+    t = _stack(text_emb, dim)
+    img = _stack(image_emb, dim)
+    has_image = ~np.isnan(img).any(axis=1)
+    out: dict[str, list] = {"category": [None] * n, "confidence": [None] * n, "top_k": [[] for _ in range(n)],
+                            "attributes": [[] for _ in range(n)]}
+    probs, labels = None, None
+    if plan.category_mode == "head":
+        probs, labels = bundle.category.predict(t, img), bundle.category.classes
+    elif plan.category_mode == "zero-shot":
+        probs, labels = zero_shot_probs(t, plan.zero_shot), plan.zero_shot.labels
+    if probs is not None:
+        k = min(plan.top_k, probs.shape[1])
+        top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        for i in range(n):
+            out["category"][i] = labels[top[i, 0]]
+            out["confidence"][i] = float(probs[i, top[i, 0]])
+            out["top_k"][i] = [{"label": labels[j], "score": float(probs[i, j])} for j in top[i]]
+    if bundle is not None:
+        for name, head in bundle.attributes.items():
+            p = head.predict(t, img)
+            best = p.argmax(axis=1)
+            for i in range(n):
+                conf = float(p[i, best[i]])
+                if conf >= bundle.attribute_threshold:
+                    source = "title+image" if head.inputs != "text" and has_image[i] else "title"
+                    if head.inputs == "image":
+                        if not has_image[i]:
+                            continue
+                        source = "image"
+                    out["attributes"][i].append({"attribute": name, "value": head.classes[best[i]],
+                                                 "confidence": conf, "source": source})
+    adult_head = bundle.adult if bundle is not None else None
+    decisions = decide_adult(
+        texts, terms=terms,
+        embedding_scores=None if adult_head is None else adult_head.predict(t, None)[:, 1],
+        threshold=bundle.adult_threshold if bundle is not None else 0.5,
+        categories=out["category"], category_scores=np.array([c or 0.0 for c in out["confidence"]]),
+        mature_categories=frozenset(bundle.mature_categories) if bundle is not None else frozenset())
+    out["is_adult"] = [d.is_adult for d in decisions]
+    out["adult_score"] = [d.score for d in decisions]
+    out["adult_reasons"] = [list(d.reasons) for d in decisions]
+    return out
+
+
+def make_heads_udf(plan: HeadsPlan):
+    """An iterator pandas UDF ``(text_embedding, image_embedding, title, description) -> struct<HEADS_SCHEMA>``."""
+    from pyspark.sql.functions import pandas_udf
+
+    @pandas_udf(HEADS_SCHEMA)
+    def heads(batches: Iterator[tuple[pd.Series, pd.Series, pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+        bundle, terms = _resources(plan)
+        for text_emb, image_emb, titles, descriptions in batches:
+            texts = [" ".join(x for x in (t, d) if isinstance(x, str) and x) for t, d in zip(titles, descriptions,
+                                                                                         strict=True)]
+            cols = heads_frame(list(text_emb), list(image_emb), texts, plan, bundle, terms)
+            yield pd.DataFrame(cols, index=titles.index)
+
+    return heads
