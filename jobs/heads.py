@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.heads.adult import TermList
 from udfs.heads import HeadsPlan
 
 __all__ = ["HeadsConfig", "heads_tables", "leaf", "plan_heads"]
@@ -105,7 +106,8 @@ def plan_heads(cfg: HeadsConfig, encoder_version: str, category_counts: dict[str
             zero_shot = ZeroShotLabels.build(names, embed_texts(), source)
         else:
             mode = "none"
-    plan = HeadsPlan(str(bundle_dir) if bundle_dir else None, mode, zero_shot, cfg.top_k, cfg.adult_terms)
+    terms = TermList.load(cfg.adult_terms)
+    plan = HeadsPlan(str(bundle_dir) if bundle_dir else None, mode, zero_shot, cfg.top_k, terms)
     if mode == "head":
         what = f"category head of {bundle.version}"
     elif mode == "zero-shot":

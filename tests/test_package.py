@@ -35,12 +35,16 @@ def test_packages_import_and_read_their_data_from_the_zip(tmp_path):
     zpath = build_zip(tmp_path / "dist")
     code = ("import json, jobs.cli, models.refs\n"
             "from models.training.pipeline import candidate_config\n"
+            "from models.heads.adult import TermList\n"
             "ref = models.refs.parse_model_ref('builtin:catalog-tiny-minilm')\n"
-            "print(json.dumps([jobs.cli.__file__, ref.version, candidate_config()['text_cfg']['hf_proj_type']]))")
+            "terms = TermList.load().match('ein Erotik Artikel')\n"
+            "proj = candidate_config()['text_cfg']['hf_proj_type']\n"
+            "print(json.dumps([jobs.cli.__file__, ref.version, proj, terms]))")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(zpath)  # the zip and the installed third-party packages, not the checkout
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    cli_file, version, proj = json.loads(out.stdout.strip().splitlines()[-1])
+    cli_file, version, proj, terms = json.loads(out.stdout.strip().splitlines()[-1])
     assert cli_file.startswith(str(zpath)) and version.startswith("catalog-tiny-minilm@cfg-") and proj == "mlp"
+    assert terms and terms[0].startswith("erotic:")          # the shipped term list, read from inside the zip

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd  # at module level: the UDF type hints are resolved in this module's namespace
 
+from models.heads.adult import TermList
 from models.heads.zero_shot import ZeroShotLabels
 from udfs.model_cache import cached
 
@@ -34,7 +35,7 @@ class HeadsPlan:
     category_mode: str                     # "head" | "zero-shot" | "none"
     zero_shot: ZeroShotLabels | None = None
     top_k: int = 5
-    terms_path: str | None = None          # None: the shipped multilingual term list
+    terms: TermList | None = None          # loaded on the driver (None: the shipped multilingual term list)
 
     def __post_init__(self) -> None:
         if self.category_mode not in ("head", "zero-shot", "none"):
@@ -48,14 +49,13 @@ class HeadsPlan:
 
 
 def _resources(plan: HeadsPlan):
-    from models.heads.adult import TermList
     from models.heads.bundle import load_heads
 
     def load():
-        bundle = load_heads(Path(plan.bundle_dir)) if plan.bundle_dir else None
-        return bundle, TermList.load(plan.terms_path)
+        return load_heads(Path(plan.bundle_dir)) if plan.bundle_dir else None
 
-    return cached(("heads", plan.bundle_dir, plan.terms_path), load)
+    # The term list travels in the plan: the driver read it, so workers need no access to its file.
+    return cached(("heads", plan.bundle_dir), load), plan.terms or TermList.load()
 
 
 def _stack(values: list, dim: int) -> np.ndarray:

@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DEFAULT_TERMS", "AdultDecision", "TermList", "decide_adult"]
+__all__ = ["AdultDecision", "TermList", "decide_adult"]
 
-DEFAULT_TERMS = Path(__file__).resolve().parent / "adult_terms.json"
 
 
 def _is_cjk(term: str) -> bool:
@@ -35,7 +35,8 @@ class TermList:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> TermList:
-        p = Path(path) if path else DEFAULT_TERMS
+        # The shipped list is read through importlib.resources, so it also loads from a --py-files zip.
+        p = Path(path) if path else resources.files("models.heads").joinpath("adult_terms.json")
         try:
             raw = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:

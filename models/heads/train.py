@@ -64,9 +64,14 @@ def _softmax_regression_probs(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray,
     xt = torch.from_numpy(((xtr - mu) / sigma).astype(np.float32))
     yt = torch.from_numpy(ytr.astype(np.int64))
     gen = torch.Generator().manual_seed(seed)
+    # Zero init and a seeded order: the same data gives the same probabilities, whatever ran before.
     lin = torch.nn.Linear(xt.shape[1], n_classes)
+    torch.nn.init.zeros_(lin.weight)
+    torch.nn.init.zeros_(lin.bias)
     opt = torch.optim.Adam(lin.parameters(), lr=1e-2, weight_decay=1e-4)
-    for _ in range(epochs):
+    # At least ~100 optimizer steps: a small catalog would otherwise stop at a handful of updates.
+    batches = -(-len(xt) // 512)
+    for _ in range(max(epochs, -(-100 // batches))):
         for b in torch.randperm(len(xt), generator=gen).split(512):
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(lin(xt[b]), yt[b]).backward()
