@@ -50,6 +50,7 @@ class EnrichConfig:
     decode_threads: int = 2
     encoder_loader: str = "models.encoders:load_encoder"
     heads: HeadsConfig = field(default_factory=HeadsConfig)
+    attributes: str = "auto"               # open attribute extractor: auto, none, or a reference
 
     def resolved_image_root(self) -> str:
         return str(Path(self.image_root or Path(self.catalog).resolve().parent).resolve())
@@ -100,6 +101,9 @@ def parse_args(argv: list[str] | None = None) -> EnrichConfig:
     p.add_argument("--taxonomy-language", default="en", help="language column of a Parquet taxonomy")
     p.add_argument("--adult-terms", default=None, help="adult term list JSON (default: the shipped list)")
     p.add_argument("--top-k", type=int, default=5, help="labels kept in product_categories.top_k")
+    p.add_argument("--attributes", default="auto",
+                   help="open attribute extractor: auto (the store's current one, skipped when the store has "
+                        "none), none, store:VERSION or a version folder")
     p.add_argument("--encoder-loader", default=EnrichConfig.encoder_loader, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.batch_size < 1:
@@ -111,7 +115,8 @@ def parse_args(argv: list[str] | None = None) -> EnrichConfig:
         model=a.model, run_id=a.run_id or new_run_id(), batch_size=a.batch_size, device=a.device,
         decode_threads=a.decode_threads, encoder_loader=a.encoder_loader,
         heads=HeadsConfig(heads=a.heads, categories=a.categories, taxonomy=a.taxonomy,
-                          taxonomy_language=a.taxonomy_language, adult_terms=a.adult_terms, top_k=a.top_k))
+                          taxonomy_language=a.taxonomy_language, adult_terms=a.adult_terms, top_k=a.top_k),
+        attributes=a.attributes)
 
 
 def describe_model(cfg: EnrichConfig) -> tuple[str, str]:
@@ -169,6 +174,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
+    from jobs.heads import open_attributes, resolve_extractor
     from jobs.lakehouse import Lake
     from jobs.matching import match_and_cluster
     from jobs.transforms import changed_products, quarantine_rows, read_catalog, validate
@@ -185,6 +191,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
 
     started, t_start = dt.datetime.now(dt.timezone.utc), time.perf_counter()
     version, description = describe_model(cfg)
+    extractor = resolve_extractor(cfg.attributes)   # a bad reference fails here, before any work
     lake = Lake(spark, cfg.lake)
     summary = RunSummary(cfg.run_id, "running", version, description, str(lake.root))
     stage = _Stages(spark)
@@ -236,6 +243,20 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
         log.info("heads applied to %d products: %d flagged adult", n_scored, n_adult)
         head_frames = heads_tables(scored, plan, version, cfg.run_id, now)
 
+    with stage("attributes"):
+        opened = None
+        if extractor is not None:
+            # Beside the closed heads' rows; the table's key keeps one row per (product, attribute, value).
+            t = time.perf_counter()
+            opened = open_attributes(scored, extractor, cfg.batch_size, cfg.device,
+                                     int(spark.conf.get("spark.task.cpus", "1")), cfg.run_id, now
+                                     ).persist(StorageLevel.MEMORY_AND_DISK)
+            n_values = opened.count()
+            log.info("open attributes: %d values from %d products (%.1f products/s)", n_values, n_scored,
+                     n_scored / max(time.perf_counter() - t, 1e-9))
+            head_frames["product_attributes"] = head_frames["product_attributes"].unionByName(opened)
+        heads_note += f"; open attributes: {extractor[1] if extractor else 'none'}"
+
     with stage("commit"):
         ok = embedded.where(F.col("_e.error").isNull()).select(
             "product_id", F.lit(version).alias("model_version"), "_e.embedding", "_e.text_embedding",
@@ -250,6 +271,8 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
         scored_ids = scored.select("product_id")
         for name, frame in head_frames.items():
             lake.upsert(TABLES[name], frame, cfg.run_id, step=1, replaced=scored_ids)
+    if opened is not None:
+        opened.unpersist()
     scored.unpersist()
 
     with stage("match"):

@@ -8,6 +8,8 @@ Decisions (logged, and recorded in every row's ``method`` column):
   with a seller category have one whose leaf is a head label, or the catalog has no seller categories);
   otherwise zero-shot against category names: ``--taxonomy FILE`` when given, else the catalog's own seller
   categories; with neither, no categories are written.
+* open attributes: ``--attributes auto`` runs the model store's current attribute extractor
+  (:mod:`models.attributes`) over title and description, beside the closed heads' colour/usage/gender rows.
 """
 
 from __future__ import annotations
@@ -146,3 +148,46 @@ def heads_tables(scored, plan: HeadsPlan, encoder_version: str, run_id: str, now
         F.lit(f"embedding:{bundle_name}+terms+category" if bundle_name else "terms+category").alias("method"),
         *common)
     return {"product_categories": categories, "product_attributes": attributes, "product_adult_flags": adult}
+
+
+def resolve_extractor(ref: str) -> tuple[str, str] | None:
+    """(reference for the loader, version name) of the open attribute extractor for ``--attributes``, or None
+    to skip the stage.
+
+    ``auto`` takes the shipped store's current extractor and skips (with a log line) when there is none, as
+    when the project runs from the ``--py-files`` zip without the model store; any other reference must
+    resolve, so a typo fails the run before any work."""
+    from models.attributes.extractor import resolve_version
+    from models.refs import ModelRefError
+
+    if ref == "none":
+        return None
+    if ref == "auto":
+        try:
+            vdir = resolve_version("default")
+        except ValueError as e:
+            log.info("no open attribute extractor (%s): product_attributes gets the closed heads' rows only", e)
+            return None
+        return f"store:{vdir.name}", vdir.name
+    try:
+        vdir = resolve_version(ref)
+    except ValueError as e:
+        raise ModelRefError(f"--attributes {ref}: {e}") from None
+    # A store version keeps its short reference (workers resolve it in the same store); a folder its full path.
+    return (ref if ref.startswith("store:") else str(vdir.resolve())), vdir.name
+
+
+def open_attributes(scored, extractor: tuple[str, str], batch_size: int, device: str | None, torch_threads: int,
+                    run_id: str, now):
+    """``product_attributes`` rows from the open extractor over each scored product's title and description."""
+    from pyspark.sql import functions as F
+
+    from udfs.attributes import AttributesConfig, make_attributes_udf
+
+    ref, name = extractor
+    cfg = AttributesConfig(model_ref=ref, batch_size=batch_size, device=device, torch_threads=torch_threads)
+    found = scored.select("product_id", make_attributes_udf(cfg)(F.col("title"), F.col("description")).alias("_a"))
+    return (found.select("product_id", F.explode("_a").alias("a"))
+            .select("product_id", "a.attribute", "a.value", F.col("a.confidence").cast("double").alias("confidence"),
+                    "a.source", F.lit(f"open:{name}").alias("method"), F.lit(f"store:{name}").alias("model_version"),
+                    F.lit(run_id).alias("run_id"), F.lit(now).cast("timestamp").alias("updated_at")))

@@ -135,7 +135,7 @@ PRODUCT_ATTRIBUTES = TableSpec(
         Column("confidence", DoubleType(), "probability of the value, in [0, 1]"),
         Column("source", StringType(), "where the value comes from: title, description, image, title+image"),
         Column("method", StringType(), "closed:<head bundle version> (vocabulary heads) or open:<extractor version>"),
-        Column("model_version", StringType(), "encoder whose embeddings fed the closed heads"),
+        Column("model_version", StringType(), "model that made the row: encoder (closed heads) or extractor (open)"),
         Column("run_id", StringType(), "run that last wrote the row"),
         Column("updated_at", TimestampType(), "when the row was last written"),
     ),

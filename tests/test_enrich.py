@@ -15,7 +15,8 @@ from tests.conftest import SAMPLE
 
 pytestmark = pytest.mark.spark
 
-FAKE = ["--encoder-loader", "models.testing:load_fake_encoder", "--model", "fake:"]
+# The fast fake encoder; the open attribute extractor (a MiniLM tagger) runs in test_default_model_end_to_end.
+FAKE = ["--encoder-loader", "models.testing:load_fake_encoder", "--model", "fake:", "--attributes", "none"]
 
 
 @pytest.fixture()
@@ -104,6 +105,16 @@ def test_catalog_without_required_columns_is_a_clear_error(spark, tmp_path, caps
     assert "lacks the required column(s) product_id, title; it has: id, name" in capsys.readouterr().err
 
 
+def test_unknown_attribute_extractor_is_a_clear_error_before_any_work(spark, sample, tmp_path, capsys):
+    lake = tmp_path / "lake"
+    code = enrich.main(["--catalog", str(sample / "catalog.parquet"), "--lake", str(lake),
+                        "--encoder-loader", "models.testing:load_fake_encoder", "--model", "fake:",
+                        "--attributes", "store:no-such-version"])
+    assert code == 2
+    assert "--attributes store:no-such-version" in capsys.readouterr().err
+    assert not (lake / "product_embeddings").exists()
+
+
 def test_delta_catalog_input(spark, sample, tmp_path):
     from deltalake import write_deltalake
 
@@ -141,3 +152,17 @@ def test_default_model_end_to_end(spark, sample, tmp_path):
     image = np.stack(emb.loc[with_image, "image_embedding"].values)
     assert np.allclose(np.linalg.norm(image, axis=1), 1.0, atol=1e-4)
     assert not np.allclose(text, image)
+
+    # The shipped heads and the shipped open attribute extractor ran beside the encoder.
+    from models.attributes.extractor import resolve_version
+
+    attrs = table(lake, "product_attributes").to_pandas()
+    opened = attrs[attrs["method"].str.startswith("open:")]
+    assert (opened["method"] == f"open:{resolve_version('default').name}").all()
+    assert opened["product_id"].nunique() > 20                    # most fashion titles name a brand or colour
+    assert set(opened["source"]) <= {"title", "description"} and opened["confidence"].between(0, 1).all()
+    titles = pq.read_table(small, columns=["product_id", "title", "description"]).to_pandas().set_index("product_id")
+    for row in opened.itertuples():                               # every value is a span of the text it names
+        assert row.value.lower() in str(titles.loc[row.product_id, row.source]).lower()
+    assert attrs.groupby(["product_id", "attribute", "value"]).size().max() == 1
+    assert attrs["method"].str.startswith("closed:").any()        # the closed colour/usage/gender heads too

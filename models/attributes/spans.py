@@ -1,0 +1,182 @@
+"""Character spans <-> per-word BIO tags, one independent B/I/O tagging per attribute.
+
+The tagger decides per word (the tokenizer's pre-tokenized words: whitespace and punctuation split them), through
+the tag of the word's first piece. Values are located in the text case-insensitively; a located value becomes a
+training span only when its characters start and end on word boundaries (otherwise the tagger could not produce
+exactly that text). Decoding goes the other way: tags per word -> word runs -> character spans in the original
+text through the tokenizer's offsets, so word pieces come back merged and in the text's own casing.
+
+Numpy only (no torch): the unit tests and the evaluation use it without a model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "B", "I", "IGNORE", "O", "LabelStats", "Span", "Unit", "align_span", "bio_labels", "decode_tags", "find_spans",
+    "word_units",
+]
+
+O, B, I = 0, 1, 2  # noqa: E741 - the tag names of the BIO scheme
+IGNORE = -1        # an attribute not annotated for this product: no loss
+
+
+@dataclass(frozen=True)
+class Span:
+    attribute: int       # index into the extractor's attribute list
+    segment: int         # 0 = title, 1 = description
+    start: int           # character offsets in that segment's text, end exclusive
+    end: int
+    confidence: float
+
+
+@dataclass
+class LabelStats:
+    """How the gold values of a set of products turned into spans (reported in the model card)."""
+    values: int = 0          # non-n/a gold values
+    labelled: int = 0        # found and aligned to token boundaries at least once
+    not_found: int = 0       # not in the text at all (case-insensitive): no span extractor can produce them
+    unaligned: int = 0       # found only inside a word (e.g. "XL" inside "XXL", "Black" in "BlackALTERNATE")
+    truncated: int = 0       # found only past the tokenizer's length limit
+
+    def add(self, other: LabelStats) -> None:
+        for k in vars(self):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+
+
+def find_spans(text: str | None, value: str) -> list[tuple[int, int]]:
+    """Non-overlapping case-insensitive occurrences of ``value`` (stripped) in ``text``, left to right."""
+    needle = value.strip()
+    if not text or not needle:
+        return []
+    # re with IGNORECASE keeps the text's own offsets (str.lower() may change a string's length).
+    return [(m.start(), m.end()) for m in re.finditer(re.escape(needle), text, flags=re.IGNORECASE)]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What the tagger decides on: a whole word (the tag of its first word piece), with its character range."""
+    token: int           # index of the word's first piece
+    segment: int         # 0 = title, 1 = description
+    start: int
+    end: int
+
+
+def word_units(offsets: Sequence[tuple[int, int]], segments: Sequence[int | None],
+               words: Sequence[int | None]) -> list[Unit]:
+    """Words as the tokenizer's pre-tokenizer splits them (whitespace and punctuation), in token order.
+
+    Tagging words rather than pieces keeps spans from starting or ending inside a word ("tock" for "Stock").
+    """
+    units: list[Unit] = []
+    key = None
+    for t, ((s, e), seg, w) in enumerate(zip(offsets, segments, words, strict=True)):
+        if seg is None or w is None or s == e:
+            key = None
+            continue
+        if (seg, w) == key:
+            last = units[-1]
+            units[-1] = Unit(last.token, last.segment, last.start, max(last.end, e))
+        else:
+            units.append(Unit(t, seg, s, e))
+            key = (seg, w)
+    return units
+
+
+def align_span(units: Sequence[Unit], segment: int, start: int, end: int) -> tuple[int, int] | None:
+    """Indices ``(first, last)`` into ``units`` whose characters are exactly ``[start, end)``, or None."""
+    first = None
+    for i, u in enumerate(units):
+        if u.segment != segment:
+            continue
+        if u.start == start:
+            first = i
+        if first is not None and u.end == end:
+            return first, i
+        if u.start >= end:
+            break
+    return None
+
+
+def bio_labels(texts: Sequence[str | None], units: Sequence[Unit], n_tokens: int,
+               gold: dict[str, tuple[str, ...]], supervised: Sequence[str], attributes: Sequence[str],
+               ) -> tuple[np.ndarray, LabelStats]:
+    """Tags ``[tokens, attributes]`` (int8) for one encoded product; only the units' tokens carry tags.
+
+    ``texts`` are the segments (title, description); ``gold`` maps attribute -> values (empty: n/a);
+    ``supervised`` are the attributes whose tags are known for this product (every unit not in one of their
+    spans is O); every other attribute, and every token that is not a unit's first piece, is IGNORE.
+    Every aligned occurrence of a value is tagged.
+    """
+    index = {a: i for i, a in enumerate(attributes)}
+    tags = np.full((n_tokens, len(attributes)), IGNORE, dtype=np.int8)
+    rows = np.array([u.token for u in units], dtype=np.int64)
+    stats = LabelStats()
+    reach = {seg: max((u.end for u in units if u.segment == seg), default=0) for seg in (0, 1)}
+    for attr in supervised:
+        col = np.zeros(len(units), dtype=np.int8)
+        for value in gold.get(attr, ()):
+            stats.values += 1
+            found = aligned = visible = False
+            for seg, text in enumerate(texts):
+                for start, end in find_spans(text, value):
+                    found = True
+                    if end > reach[seg]:
+                        continue  # cut off by the length limit
+                    visible = True
+                    span = align_span(units, seg, start, end)
+                    if span is None:
+                        continue
+                    aligned = True
+                    first, last = span
+                    if (col[first:last + 1] != O).any():
+                        continue  # overlaps a span of this attribute already tagged ("Red" in "Red Wine")
+                    col[first] = B
+                    col[first + 1:last + 1] = I
+            if aligned:
+                stats.labelled += 1
+            elif not found:
+                stats.not_found += 1
+            elif not visible:
+                stats.truncated += 1
+            else:
+                stats.unaligned += 1
+        if len(units):
+            tags[rows, index[attr]] = col
+    return tags, stats
+
+
+def decode_tags(probs: np.ndarray, units: Sequence[Unit], min_confidence: float = 0.0) -> list[Span]:
+    """Spans from per-token tag probabilities ``[tokens, attributes, 3]`` of one sequence, read at its units.
+
+    A span starts at a B, or at an I that does not continue a span (lenient BIO), and runs over the following
+    I units of the same segment; its characters run from its first unit's start to its last unit's end, so
+    word pieces come back merged. Its confidence is the mean probability of the chosen tags.
+    """
+    if not units:
+        return []
+    p = probs[[u.token for u in units]]                      # [units, attributes, 3]
+    tags = p.argmax(-1)
+    segs = [u.segment for u in units]
+    spans: list[Span] = []
+    for attr in np.flatnonzero((tags != O).any(0)):
+        col = tags[:, attr]
+        t, n = 0, len(col)
+        while t < n:
+            if col[t] == O:
+                t += 1
+                continue
+            first, seg = t, segs[t]
+            t += 1
+            while t < n and col[t] == I and segs[t] == seg:
+                t += 1
+            last = t - 1
+            conf = float(p[np.arange(first, last + 1), attr, col[first:last + 1]].mean())
+            if conf >= min_confidence:
+                spans.append(Span(int(attr), int(seg), units[first].start, units[last].end, conf))
+    return spans

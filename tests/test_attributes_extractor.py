@@ -1,0 +1,118 @@
+"""The attribute extractor: store round trip and integrity, batching invariants, and the shipped model's output."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from models import store as model_store
+from models.attributes.extractor import Extraction, Extractor, best_per_attribute, load_extractor, resolve_version
+from models.attributes.train import TrainConfig, save_extractor
+
+TITLES = ["Folgers Classic Roast Ground Coffee, 30.5 Ounce Canister",
+          "Bimmor 12CM 16.5G Fishing Floating Minnow Lures 6# Hooks",
+          "",
+          "Canon PG-210 XL Ink Cartridge, Black"]
+DESCRIPTIONS = [None, None, "a description without a title", "Genuine Canon ink. Color: Black. Page yield 220 pages."]
+
+
+@pytest.fixture(scope="module")
+def random_store(tmp_path_factory):
+    """A stored extractor with a seeded, untrained top over three attributes (plumbing, not quality)."""
+    import torch
+
+    from models.attributes.tagger import load_tower, split_tower
+    from models.refs import text_tower_path
+
+    tokenizer, bert = load_tower(text_tower_path())
+    torch.manual_seed(0)
+    bottom, top = split_tower(bert, 5, 3)
+    with torch.no_grad():
+        top.classifier.bias.copy_(torch.tensor([0.0, 1.0, 0.5] * 3))  # plenty of spans to compare
+    ex = Extractor(tokenizer, bottom, top, ["Brand", "Color", "Size"], version="in-memory", max_length=64,
+                   min_confidence=0.0)
+    root = tmp_path_factory.mktemp("attr-store")
+    cfg = TrainConfig(bottom_layers=5, max_length=64, min_confidence=0.0)
+    facts = {"label_stats": {}, "split": {}, "train_seconds": 0.0, "losses": []}
+    version = save_extractor(ex, root, cfg, facts, {}, "card {version}", "test data", name="test-attr")
+    model_store.promote(root, version)
+    return root, version, ex
+
+
+def test_store_round_trip_gives_the_same_extractions(random_store):
+    root, version, ex = random_store
+    loaded = load_extractor("current", store=root, device="cpu")
+    assert loaded.version == f"store:{version}" and loaded.attributes == ("Brand", "Color", "Size")
+    got = loaded.extract(TITLES, DESCRIPTIONS)
+    want = ex.extract(TITLES, DESCRIPTIONS)  # float32 top vs. the stored float16 one: same spans
+    assert [[(e.attribute, e.value, e.source) for e in row] for row in got] == \
+        [[(e.attribute, e.value, e.source) for e in row] for row in want]
+    assert (root / version / "MODEL_CARD.md").read_text() == f"card {version}"
+
+
+def test_extractions_are_spans_of_their_source_and_independent_of_batching(random_store):
+    root, version, _ = random_store
+    ex = load_extractor(f"store:{version}", store=root, device="cpu")
+    one = ex.extract(TITLES, DESCRIPTIONS, batch_size=1)
+    many = ex.extract(TITLES, DESCRIPTIONS, batch_size=3)
+    assert len(one) == len(TITLES) and one[2] == []  # no title: nothing extracted
+    assert any(one)
+    for row_a, row_b, title, desc in zip(one, many, TITLES, DESCRIPTIONS, strict=True):
+        assert [(e.attribute, e.value, e.source) for e in row_a] == [(e.attribute, e.value, e.source) for e in row_b]
+        for a, b in zip(row_a, row_b, strict=True):
+            assert a.confidence == pytest.approx(b.confidence, abs=1e-4)
+        for e in row_a:
+            assert isinstance(e, Extraction) and 0.0 <= e.confidence <= 1.0
+            assert e.value in (title if e.source == "title" else desc)
+        confs = [e.confidence for e in row_a]
+        assert confs == sorted(confs, reverse=True)
+    assert ex.extract(TITLES, DESCRIPTIONS, batch_size=2) == ex.extract(TITLES, DESCRIPTIONS, batch_size=2)
+    best = ex.extract(TITLES, DESCRIPTIONS, batch_size=1, one_per_attribute=True)
+    for row_all, row_best in zip(one, best, strict=True):
+        assert row_best == [e for e in row_all if e == max((x for x in row_all if x.attribute == e.attribute),
+                                                            key=lambda x: x.confidence)]
+
+
+def test_extract_checks_its_arguments(random_store):
+    root, version, ex = random_store
+    with pytest.raises(ValueError, match="differ in length"):
+        ex.extract(["a", "b"], [None])
+    with pytest.raises(ValueError, match="batch_size"):
+        ex.extract(["a"], batch_size=0)
+
+
+def test_a_changed_weight_file_is_refused(random_store, tmp_path):
+    root, version, _ = random_store
+    copy = tmp_path / version
+    shutil.copytree(root / version, copy)
+    data = bytearray((copy / model_store.WEIGHTS_FILE).read_bytes())
+    data[-1] ^= 0xFF
+    (copy / model_store.WEIGHTS_FILE).write_bytes(bytes(data))
+    with pytest.raises(model_store.ModelIntegrityError, match="sha256 does not match"):
+        load_extractor(str(copy), device="cpu")
+
+
+def test_unknown_references_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="no version 'nope'"):
+        resolve_version("store:nope", store=tmp_path)
+    with pytest.raises(ValueError, match="has no current version"):
+        resolve_version("current", store=tmp_path)
+    with pytest.raises(ValueError, match="cannot resolve"):
+        resolve_version(str(tmp_path / "missing"))
+
+
+def test_best_per_attribute_keeps_the_most_confident_value():
+    found = [Extraction("Brand", "Canon", 0.7, "title"), Extraction("Brand", "PG-210", 0.9, "title"),
+             Extraction("Color", "Black", 0.8, "description")]
+    assert best_per_attribute(found) == {"Brand": "PG-210", "Color": "Black"}
+
+
+def test_the_shipped_extractor_finds_obvious_values():
+    ex = load_extractor("default", device="cpu")
+    assert ex.version.startswith("store:attr-minilm-")
+    got = [best_per_attribute(row) for row in ex.extract(TITLES, DESCRIPTIONS)]
+    assert got[0].get("Brand") == "Folgers" and got[0].get("Item form") == "Ground Coffee"
+    assert got[1].get("Brand") == "Bimmor"
+    assert got[2] == {}
+    assert got[3].get("Brand") == "Canon" and got[3].get("Color") == "Black"

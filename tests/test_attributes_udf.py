@@ -1,0 +1,55 @@
+"""The attribute UDF inside a real SparkSession, with the shipped extractor, against the extractor on the driver."""
+
+from __future__ import annotations
+
+import pytest
+
+from models.attributes.extractor import load_extractor
+from udfs.attributes import AttributesConfig, make_attributes_udf
+
+pytestmark = pytest.mark.spark
+
+ROWS = [
+    ("p1", "Folgers Classic Roast Ground Coffee, 30.5 Ounce Canister", None),
+    ("p2", "SEAPESCA 3pcs/lot Soft Fishing Lure Bait 80mm 4.5g Worm Shad", None),
+    ("p3", "Canon PG-210 XL Ink Cartridge, Black", "Genuine Canon ink. Color: Black. Page yield 220 pages."),
+    ("p4", "Nike Men's Air Zoom Pegasus Running Shoes, Size 10, Blue", "Breathable mesh upper."),
+    ("p5", "Lipton Green Tea Bags, 100 Count", ""),
+    ("p6", None, "no title at all"),
+]
+
+
+def test_udf_matches_the_extractor_and_is_independent_of_arrow_batches(spark):
+
+    df = spark.createDataFrame(ROWS, "product_id string, title string, description string").repartition(3)
+    old = spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch")
+    results = []
+    try:
+        for arrow_batch, model_batch in ((2, 4), (100, 1)):
+            spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(arrow_batch))
+            udf = make_attributes_udf(AttributesConfig(batch_size=model_batch, device="cpu"))
+            out = df.select("product_id", udf("title", "description").alias("attributes"))
+            results.append({r.product_id: r.attributes for r in out.collect()})
+    finally:
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", old)
+
+    assert set(out.schema["attributes"].dataType.elementType.fieldNames()) == \
+        {"attribute", "value", "confidence", "source"}
+    ex = load_extractor("default", device="cpu")
+    want = ex.extract([r[1] for r in ROWS], [r[2] for r in ROWS], one_per_attribute=True)
+    for got in results:
+        assert set(got) == {r[0] for r in ROWS}
+        for (pid, _, _), expected in zip(ROWS, want, strict=True):
+            assert [(a.attribute, a.value, a.source) for a in got[pid]] == \
+                [(e.attribute, e.value, e.source) for e in expected]
+            assert [a.confidence for a in got[pid]] == pytest.approx([e.confidence for e in expected], abs=1e-4)
+    assert results[0]["p6"] == []
+    for rows in results[0].values():  # one row per product and attribute, as product_attributes is keyed
+        assert len({a.attribute for a in rows}) == len(rows)
+    assert any(a.attribute == "Brand" and a.value == "Folgers" for a in results[0]["p1"])
+    assert all(a.source in ("title", "description") for rows in results[0].values() for a in rows)
+
+
+def test_udf_rejects_a_bad_batch_size():
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        make_attributes_udf(AttributesConfig(batch_size=0))
