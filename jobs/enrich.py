@@ -141,14 +141,18 @@ class _Stages:
 
     @contextlib.contextmanager
     def __call__(self, name: str):
+        from jobs.progress import StageProgress, heartbeat
+
         t = time.perf_counter()
         self.spark.sparkContext.setJobDescription(f"catalog-enrich: {name}")
         log.info("stage %s ...", name)
+        progress = StageProgress(name)
         try:
-            yield
+            with heartbeat(self.spark, name):
+                yield progress
         finally:
             self.timings[name] = round(time.perf_counter() - t, 3)
-            log.info("stage %s done in %.1f s", name, self.timings[name])
+            log.info("stage %s done in %.1f s%s", name, self.timings[name], progress.describe(self.timings[name]))
             self.spark.sparkContext.setJobDescription(None)
 
 
@@ -198,7 +202,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
     lake.upsert(ENRICHMENT_RUNS, _run_row(spark, summary, cfg, started, None), cfg.run_id, step=1)
 
     policy = ImagePolicy(image_root=cfg.resolved_image_root(), allowed_roots=cfg.allowed_image_roots)
-    with stage("validate"):
+    with stage("validate") as progress:
         catalog = read_catalog(spark, cfg.catalog)
         validated = validate(catalog, make_inspect_udf(policy)).persist(StorageLevel.MEMORY_AND_DISK)
         n_read = validated.count()
@@ -206,14 +210,16 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
         valid = validated.where(F.col("reason_code").isNull())
         n_rejected = rejected.count()
         log.info("read %d rows: %d valid, %d rejected by validation", n_read, n_read - n_rejected, n_rejected)
+        progress.count(n_read, "rows")
 
-    with stage("select changed"):
+    with stage("select changed") as progress:
         todo = changed_products(valid, lake.read(PRODUCT_EMBEDDINGS), version)
         n_todo = todo.count()
         log.info("%d products new or changed, %d unchanged", n_todo, n_read - n_rejected - n_todo)
+        progress.count(n_read - n_rejected, "products compared")
 
     now = dt.datetime.now(dt.timezone.utc)
-    with stage("embed"):
+    with stage("embed") as progress:
         parallelism = spark.sparkContext.defaultParallelism
         embed_cfg = EmbedConfig(
             model_ref=cfg.model, batch_size=cfg.batch_size, device=cfg.device, decode_threads=cfg.decode_threads,
@@ -226,8 +232,9 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
         n_failed = embedded.where(F.col("_e.error").isNotNull()).count()
         rate = n_todo / max(time.perf_counter() - t, 1e-9)
         log.info("embedded %d products (%.1f products/s), %d failed image decoding", n_todo - n_failed, rate, n_failed)
+        progress.count(n_todo, "products")
 
-    with stage("heads"):
+    with stage("heads") as progress:
         from jobs.heads import heads_tables, plan_heads
         from udfs.heads import make_heads_udf
 
@@ -241,9 +248,10 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
         n_scored = scored.count()
         n_adult = scored.where(F.col("_h.is_adult")).count()
         log.info("heads applied to %d products: %d flagged adult", n_scored, n_adult)
+        progress.count(n_scored, "products")
         head_frames = heads_tables(scored, plan, version, cfg.run_id, now)
 
-    with stage("attributes"):
+    with stage("attributes") as progress:
         opened = None
         if extractor is not None:
             # Beside the closed heads' rows; the table's key keeps one row per (product, attribute, value).
@@ -255,9 +263,10 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
             log.info("open attributes: %d values from %d products (%.1f products/s)", n_values, n_scored,
                      n_scored / max(time.perf_counter() - t, 1e-9))
             head_frames["product_attributes"] = head_frames["product_attributes"].unionByName(opened)
+            progress.count(n_scored, "products")
         heads_note += f"; open attributes: {extractor[1] if extractor else 'none'}"
 
-    with stage("commit"):
+    with stage("commit") as progress:
         ok = embedded.where(F.col("_e.error").isNull()).select(
             "product_id", F.lit(version).alias("model_version"), "_e.embedding", "_e.text_embedding",
             "_e.image_embedding", "content_hash", F.lit(cfg.run_id).alias("run_id"),
@@ -271,14 +280,21 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
         scored_ids = scored.select("product_id")
         for name, frame in head_frames.items():
             lake.upsert(TABLES[name], frame, cfg.run_id, step=1, replaced=scored_ids)
+        progress.count(n_todo + n_rejected, "rows")
     if opened is not None:
         opened.unpersist()
     scored.unpersist()
 
-    with stage("match"):
+    with stage("match") as progress:
         matched = match_and_cluster(spark, lake, valid, cfg.run_id, version)
+        progress.count(matched["queries"], "products matched")
     embedded.unpersist()
     validated.unpersist()
+
+    with stage("index") as progress:
+        from jobs.index import refresh_index
+
+        index_note = refresh_index(lake.root, version, progress)
 
     summary.counts = {
         "read": n_read, "valid": n_read - n_rejected, "enriched": n_todo - n_failed,
@@ -291,10 +307,13 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
                                                           PRODUCT_MATCHES, PRODUCT_CLUSTERS,
                                                           QUARANTINE, ENRICHMENT_RUNS)}
     summary.message = (f"embeddings v{emb.version if emb.version is not None else '-'}, "
-                       f"quarantine v{qua.version if qua.version is not None else '-'}; {heads_note}")
+                       f"quarantine v{qua.version if qua.version is not None else '-'}; {heads_note}; {index_note}")
     finished = dt.datetime.now(dt.timezone.utc)
     lake.upsert(ENRICHMENT_RUNS, _run_row(spark, summary, cfg, started, finished), cfg.run_id, step=2)
     _write_report(lake.root, summary)
+    from jobs.report import write_run_report
+
+    write_run_report(lake.root, summary.run_id, image_root=cfg.resolved_image_root())
     return summary
 
 
@@ -329,7 +348,7 @@ def print_summary(s: RunSummary, out=None) -> None:
           f"+ quarantined {c['quarantined']}", file=out)
     for name, path in s.tables.items():
         print(f"  {name:<20}{path}", file=out)
-    print(f"  run report          {Path(s.lake) / '_reports' / (s.run_id + '.json')}", file=out)
+    print(f"  run report          {Path(s.lake) / '_reports' / (s.run_id + '.html')}", file=out)
 
 
 def main(argv: list[str] | None = None) -> int:
