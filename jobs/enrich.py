@@ -216,7 +216,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
         todo = changed_products(valid, lake.read(PRODUCT_EMBEDDINGS), version)
         n_todo = todo.count()
         log.info("%d products new or changed, %d unchanged", n_todo, n_read - n_rejected - n_todo)
-        progress.count(n_read - n_rejected, "products compared")
+        progress.count(n_read - n_rejected, "products")
 
     now = dt.datetime.now(dt.timezone.utc)
     with stage("embed") as progress:
@@ -287,7 +287,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
 
     with stage("match") as progress:
         matched = match_and_cluster(spark, lake, valid, cfg.run_id, version)
-        progress.count(matched["queries"], "products matched")
+        progress.count(matched["queries"], "products")
     embedded.unpersist()
     validated.unpersist()
 

@@ -281,6 +281,6 @@ def refresh_index(lake: str | Path, model_version: str, progress=None) -> str:
         log.exception("index update for %s failed; `catalog-enrich index` rebuilds it", model_version)
         return f"index: failed ({type(e).__name__}: {e})"[:500]
     if progress is not None:
-        progress.count(stats.added + stats.replaced + stats.removed, "products indexed")
+        progress.count(stats.added + stats.replaced + stats.removed, "products")
     return (f"index: {stats.count} products at product_embeddings v{stats.table_version} ({stats.mode}: "
             f"+{stats.added}, ~{stats.replaced}, -{stats.removed})")

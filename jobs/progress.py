@@ -65,7 +65,7 @@ def heartbeat(spark, name: str, interval: float | None = None):
             except Exception:  # the session is stopping; progress is best effort
                 return
             detail = (f", Spark tasks {tasks[0]}/{tasks[2]} done, {tasks[1]} running" if tasks
-                      else ", driver work (no Spark stage active)")
+                      else ", no Spark stage active at the moment")
             log.info("stage %s: running for %.0f s%s", name, time.perf_counter() - t0, detail)
 
     thread = threading.Thread(target=beat, name=f"progress-{name}", daemon=True)

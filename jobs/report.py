@@ -46,6 +46,8 @@ SECTIONS: dict[str, str] = {
 }
 
 _E = html.escape
+# The enrich job's stages in the order they run (the summary JSON stores timings sorted by name).
+_STAGE_ORDER = ("validate", "select changed", "embed", "heads", "attributes", "commit", "match", "index")
 
 
 # -- charts ---------------------------------------------------------------------------------------------------
@@ -348,7 +350,9 @@ def _sec_timings(db: _Lake, info, ctx) -> str:
     total = timings.pop("total", None)
     if not timings:
         return _empty("The run recorded no stage timings.")
-    out = hbar_chart([(k, float(v)) for k, v in timings.items()], unit=" s")
+    order = {name: i for i, name in enumerate(_STAGE_ORDER)}
+    stages = sorted(timings.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))
+    out = hbar_chart([(k, float(v)) for k, v in stages], unit=" s")
     return out + (f"<p>Total {float(total):,.1f} s.</p>" if total is not None else "")
 
 

@@ -181,6 +181,13 @@ def main(argv: list[str] | None = None, command: str = "similar") -> int:
     except (IndexError_, SearchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if command == "similar" and args.format == "table":
+        from jobs.lookup import latest_catalog, product_details
+
+        d = product_details(latest_catalog(args.lake), [args.product_id]).to_dict("records")
+        cat = d[0]["category"] if d and isinstance(d[0]["category"], str) else "no category"
+        about = f": {d[0]['title']} ({cat})" if d else ""
+        print(f"products like {args.product_id}{about}")
     _print(_results(args.lake, hits), args.format)
     print(f"({len(hits)} of {idx.index.ntotal} products, model {idx.meta['model_version']}, "
           f"{took * 1000:.1f} ms)", file=sys.stderr)
