@@ -70,9 +70,15 @@ class ProductIndex:
     def table_version(self) -> int:
         return int(self.meta["table_version"])
 
+    def _maps(self):
+        # Built once per loaded index: a query then costs O(k) lookups, not a scan of the id table.
+        if not hasattr(self, "_by_fid"):
+            self._by_fid = dict(zip(self.ids["faiss_id"].tolist(), self.ids["product_id"].tolist(), strict=True))
+            self._by_pid = {p: f for f, p in self._by_fid.items()}
+        return self._by_fid, self._by_pid
+
     def faiss_id(self, product_id: str) -> int | None:
-        hit = self.ids.loc[self.ids["product_id"] == product_id, "faiss_id"]
-        return int(hit.iloc[0]) if len(hit) else None
+        return self._maps()[1].get(product_id)
 
     def vector(self, product_id: str) -> np.ndarray | None:
         fid = self.faiss_id(product_id)
@@ -82,8 +88,8 @@ class ProductIndex:
         """The ``k`` nearest products of each query row as ``(product_id, score)``, best first."""
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         scores, fids = self.index.search(q, min(k, self.index.ntotal))
-        by_id = dict(zip(self.ids["faiss_id"].to_numpy(), self.ids["product_id"], strict=True))
-        return [[(by_id[int(f)], float(s)) for f, s in zip(fr, sr, strict=True) if f >= 0]
+        by_fid = self._maps()[0]
+        return [[(by_fid[int(f)], float(s)) for f, s in zip(fr, sr, strict=True) if f >= 0]
                 for fr, sr in zip(fids, scores, strict=True)]
 
 
