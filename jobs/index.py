@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["IndexError_", "IndexStats", "ProductIndex", "choose_model_version", "index_dir", "load_index",
-           "refresh_index", "update_index"]
+           "model_versions", "refresh_index", "update_index"]
 
 log = logging.getLogger("catalog_enrich.index")
 
@@ -108,12 +108,18 @@ def _table(lake: str | Path, version: int | None = None):
     return DeltaTable(str(path), version=version)
 
 
-def choose_model_version(lake: str | Path, requested: str | None = None) -> str:
-    """``requested`` if the table holds it, else the model version most products were embedded with."""
+def model_versions(lake: str | Path) -> dict[str, int]:
+    """Products per model version in ``product_embeddings``."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     col = _table(lake).to_pyarrow_dataset().to_table(columns=["model_version"]).column("model_version")
-    counts = {r["values"]: r["counts"] for r in pc.value_counts(col).to_pylist()}
+    return {r["values"]: r["counts"] for r in pc.value_counts(col.cast(pa.string())).to_pylist()}
+
+
+def choose_model_version(lake: str | Path, requested: str | None = None) -> str:
+    """``requested`` if the table holds it, else the model version most products were embedded with."""
+    counts = model_versions(lake)
     if not counts:
         raise IndexError_(f"{EMBEDDINGS} in {lake} is empty: no product was enriched yet")
     if requested is None:
@@ -288,5 +294,16 @@ def refresh_index(lake: str | Path, model_version: str, progress=None) -> str:
         return f"index: failed ({type(e).__name__}: {e})"[:500]
     if progress is not None:
         progress.count(stats.added + stats.replaced + stats.removed, "products")
+    _drop_retired(lake)
     return (f"index: {stats.count} products at product_embeddings v{stats.table_version} ({stats.mode}: "
             f"+{stats.added}, ~{stats.replaced}, -{stats.removed})")
+
+
+def _drop_retired(lake: str | Path) -> None:
+    """Remove the indexes of model versions the table no longer holds (after a re-embedding with a new model
+    every product moved on; an index of the old version would only take disk space: 1.5 GB per million)."""
+    root = Path(lake) / "_index"
+    live = {index_dir(lake, v).name for v in model_versions(lake)}
+    for folder in (p for p in root.iterdir() if p.is_dir() and p.name not in live):
+        log.info("index: removing %s (no product has that model version any more)", folder)
+        shutil.rmtree(folder, ignore_errors=True)

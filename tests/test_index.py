@@ -141,3 +141,16 @@ def test_search_needs_the_model_of_the_table(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["search", "--lake", str(lake)])
     assert "give a query text, --image PATH, or both" in capsys.readouterr().err
+
+
+def test_the_job_stage_retires_indexes_of_versions_the_table_left(tmp_path):
+    from jobs.index import refresh_index
+
+    lake = tmp_path / "lake"
+    _write(lake, _rows(["a", "b"], model="old"))
+    assert refresh_index(lake, "old").startswith("index: 2 products at product_embeddings v0 (full")
+    _write(lake, _rows(["a", "b"], model="new", seed=2), mode="overwrite")   # every product re-embedded
+    assert "(full: +2, ~0, -0)" in refresh_index(lake, "new")
+    assert sorted(p.name for p in (lake / "_index").iterdir()) == ["new"]
+    note = refresh_index(lake, "gone")                       # a failure is a note, not an exception
+    assert note.startswith("index: not updated (no embeddings of model version 'gone'")
