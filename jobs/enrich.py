@@ -138,6 +138,12 @@ class _Stages:
     def __init__(self, spark):
         self.spark = spark
         self.timings: dict[str, float] = {}
+        self._progress = None
+
+    def count(self, n: int, unit: str = "rows") -> None:
+        """What the open stage processed: its last log line gives the count and the rate."""
+        if self._progress is not None:
+            self._progress.count(n, unit)
 
     @contextlib.contextmanager
     def __call__(self, name: str):
@@ -146,13 +152,14 @@ class _Stages:
         t = time.perf_counter()
         self.spark.sparkContext.setJobDescription(f"catalog-enrich: {name}")
         log.info("stage %s ...", name)
-        progress = StageProgress(name)
+        self._progress = progress = StageProgress(name)
         try:
             with heartbeat(self.spark, name):
-                yield progress
+                yield
         finally:
             self.timings[name] = round(time.perf_counter() - t, 3)
             log.info("stage %s done in %.1f s%s", name, self.timings[name], progress.describe(self.timings[name]))
+            self._progress = None
             self.spark.sparkContext.setJobDescription(None)
 
 
@@ -202,7 +209,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
     lake.upsert(ENRICHMENT_RUNS, _run_row(spark, summary, cfg, started, None), cfg.run_id, step=1)
 
     policy = ImagePolicy(image_root=cfg.resolved_image_root(), allowed_roots=cfg.allowed_image_roots)
-    with stage("validate") as progress:
+    with stage("validate"):
         catalog = read_catalog(spark, cfg.catalog)
         validated = validate(catalog, make_inspect_udf(policy)).persist(StorageLevel.MEMORY_AND_DISK)
         n_read = validated.count()
@@ -210,16 +217,16 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
         valid = validated.where(F.col("reason_code").isNull())
         n_rejected = rejected.count()
         log.info("read %d rows: %d valid, %d rejected by validation", n_read, n_read - n_rejected, n_rejected)
-        progress.count(n_read, "rows")
+        stage.count(n_read, "rows")
 
-    with stage("select changed") as progress:
+    with stage("select changed"):
         todo = changed_products(valid, lake.read(PRODUCT_EMBEDDINGS), version)
         n_todo = todo.count()
         log.info("%d products new or changed, %d unchanged", n_todo, n_read - n_rejected - n_todo)
-        progress.count(n_read - n_rejected, "products")
+        stage.count(n_read - n_rejected, "products")
 
     now = dt.datetime.now(dt.timezone.utc)
-    with stage("embed") as progress:
+    with stage("embed"):
         parallelism = spark.sparkContext.defaultParallelism
         embed_cfg = EmbedConfig(
             model_ref=cfg.model, batch_size=cfg.batch_size, device=cfg.device, decode_threads=cfg.decode_threads,
@@ -232,9 +239,9 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
         n_failed = embedded.where(F.col("_e.error").isNotNull()).count()
         rate = n_todo / max(time.perf_counter() - t, 1e-9)
         log.info("embedded %d products (%.1f products/s), %d failed image decoding", n_todo - n_failed, rate, n_failed)
-        progress.count(n_todo, "products")
+        stage.count(n_todo, "products")
 
-    with stage("heads") as progress:
+    with stage("heads"):
         from jobs.heads import heads_tables, plan_heads
         from udfs.heads import make_heads_udf
 
@@ -248,10 +255,10 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
         n_scored = scored.count()
         n_adult = scored.where(F.col("_h.is_adult")).count()
         log.info("heads applied to %d products: %d flagged adult", n_scored, n_adult)
-        progress.count(n_scored, "products")
+        stage.count(n_scored, "products")
         head_frames = heads_tables(scored, plan, version, cfg.run_id, now)
 
-    with stage("attributes") as progress:
+    with stage("attributes"):
         opened = None
         if extractor is not None:
             # Beside the closed heads' rows; the table's key keeps one row per (product, attribute, value).
@@ -263,10 +270,10 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
             log.info("open attributes: %d values from %d products (%.1f products/s)", n_values, n_scored,
                      n_scored / max(time.perf_counter() - t, 1e-9))
             head_frames["product_attributes"] = head_frames["product_attributes"].unionByName(opened)
-            progress.count(n_scored, "products")
+            stage.count(n_scored, "products")
         heads_note += f"; open attributes: {extractor[1] if extractor else 'none'}"
 
-    with stage("commit") as progress:
+    with stage("commit"):
         ok = embedded.where(F.col("_e.error").isNull()).select(
             "product_id", F.lit(version).alias("model_version"), "_e.embedding", "_e.text_embedding",
             "_e.image_embedding", "content_hash", F.lit(cfg.run_id).alias("run_id"),
@@ -280,21 +287,21 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
         scored_ids = scored.select("product_id")
         for name, frame in head_frames.items():
             lake.upsert(TABLES[name], frame, cfg.run_id, step=1, replaced=scored_ids)
-        progress.count(n_todo + n_rejected, "rows")
+        stage.count(n_todo + n_rejected, "rows")
     if opened is not None:
         opened.unpersist()
     scored.unpersist()
 
-    with stage("match") as progress:
+    with stage("match"):
         matched = match_and_cluster(spark, lake, valid, cfg.run_id, version)
-        progress.count(matched["queries"], "products")
+        stage.count(matched["queries"], "products")
     embedded.unpersist()
     validated.unpersist()
 
-    with stage("index") as progress:
+    with stage("index"):
         from jobs.index import refresh_index
 
-        index_note = refresh_index(lake.root, version, progress)
+        index_note = refresh_index(lake.root, version, stage.count)
 
     summary.counts = {
         "read": n_read, "valid": n_read - n_rejected, "enriched": n_todo - n_failed,

@@ -280,7 +280,7 @@ def update_index(lake: str | Path, model_version: str | None = None, full: bool 
     return stats
 
 
-def refresh_index(lake: str | Path, model_version: str, progress=None) -> str:
+def refresh_index(lake: str | Path, model_version: str, count=None) -> str:
     """The enrich job's ``index`` stage: update the run's model version index and return a note for the run
     message. The index is derived data that a search rebuilds when it is behind, so a failure here is logged
     and noted, never a reason to fail a run whose tables are committed."""
@@ -292,8 +292,8 @@ def refresh_index(lake: str | Path, model_version: str, progress=None) -> str:
     except Exception as e:
         log.exception("index update for %s failed; `catalog-enrich index` rebuilds it", model_version)
         return f"index: failed ({type(e).__name__}: {e})"[:500]
-    if progress is not None:
-        progress.count(stats.added + stats.replaced + stats.removed, "products")
+    if count is not None:   # the stage's progress line: products added, replaced or removed
+        count(stats.added + stats.replaced + stats.removed, "products")
     _drop_retired(lake)
     return (f"index: {stats.count} products at product_embeddings v{stats.table_version} ({stats.mode}: "
             f"+{stats.added}, ~{stats.replaced}, -{stats.removed})")

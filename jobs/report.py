@@ -140,12 +140,12 @@ class _Lake:
         """Why ``table`` has nothing to show, or None when it has rows."""
         if table not in self.paths:
             return f"No {table} table in this lake yet: the stage that writes it has not run."
-        if not self.rows(f"SELECT 1 FROM {table} LIMIT 1"):  # noqa: S608 - a known table name
+        if not self.rows(f"SELECT 1 FROM {table} LIMIT 1"):
             return f"{table} is empty."
         return None
 
     def hist(self, table: str, column: str, where: str = "TRUE", bins: int = 20) -> list[int]:
-        got = self.rows(f"SELECT least(floor({column} * {bins}), {bins - 1})::INT AS b, count(*) AS n "  # noqa: S608
+        got = self.rows(f"SELECT least(floor({column} * {bins}), {bins - 1})::INT AS b, count(*) AS n "
                         f"FROM {table} WHERE {column} IS NOT NULL AND {where} GROUP BY 1")
         counts = [0] * bins
         for r in got:

@@ -212,3 +212,22 @@ def test_report_command_rewrites_the_run_report(runs, capsys):
     assert cli.main(["report", "--lake", str(runs.lake)]) == 0
     assert capsys.readouterr().out.strip() == str(path)
     assert "catalog-enrich run r1" in path.read_text()
+
+
+def test_heartbeat_reports_spark_tasks_while_a_stage_runs(spark, caplog):
+    import time
+
+    from jobs.progress import StageProgress, heartbeat
+
+    def slow(rows):
+        time.sleep(1.5)
+        return rows
+
+    with caplog.at_level(logging.INFO, logger="catalog_enrich.progress"), heartbeat(spark, "demo", interval=0.5):
+        spark.sparkContext.parallelize(range(4), 2).mapPartitions(slow).count()
+    beats = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stage demo: running for")]
+    assert any("Spark tasks" in b and "/2 done" in b for b in beats), beats
+    progress = StageProgress("x")
+    assert progress.describe(2.0) == ""
+    progress.count(50, "products")
+    assert progress.describe(2.0) == ": 50 products, 25.0 products/s"
