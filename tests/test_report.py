@@ -84,3 +84,15 @@ def test_changes_compare_with_the_previous_succeeded_run(lake):
     assert "<td>read (count)</td><td>5</td><td>4</td><td>1</td>" in changes
     assert "<td>embed (seconds)</td><td>12.25</td><td>10</td><td>2.25</td>" in changes
     assert "nothing to compare with" in _section(build_report(lake, "r7")[1], "changes")
+
+
+def test_a_missing_browser_skips_locally_and_fails_under_ci(tmp_path, monkeypatch):
+    from tests.browser import chromium
+
+    monkeypatch.setenv("PATH", str(tmp_path))           # no browser on this PATH
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="chromium is not installed"):
+        chromium()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI is set but no chromium is installed"):
+        chromium()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -21,6 +20,7 @@ from deltalake import DeltaTable
 from jobs import cli, enrich
 from jobs.index import load_index
 from jobs.report import SECTIONS
+from tests.browser import chromium
 from tests.conftest import SAMPLE
 
 pytestmark = pytest.mark.spark
@@ -145,20 +145,11 @@ class _Sections(HTMLParser):
             self.text[self.current].append(data)
 
 
-def _chromium() -> str:
-    path = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI is set but no chromium is installed: .ci/run installs it with apt-get install chromium")
-        pytest.skip("chromium is not installed (apt-get install -y chromium); CI installs it")
-    return path
-
-
 def test_report_renders_every_section_in_chromium(runs, tmp_path):
     page = runs.lake / "_reports" / "r1.html"
     assert page.exists()
     dom = subprocess.run(
-        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
+        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
          "--virtual-time-budget=5000", "--dump-dom", page.resolve().as_uri()],
         capture_output=True, text=True, timeout=120, check=True).stdout
     parsed = _Sections()
