@@ -7,6 +7,14 @@
                                              the published state of the lake (see jobs/publish.py)
     catalog-enrich tables                    print every output table's columns and keys
     catalog-enrich query "SQL" [--lake DIR]  SQL over the Delta tables (DuckDB; no Spark needed)
+    catalog-enrich similar PRODUCT_ID [--k 10] [--lake DIR] [--format table|json]
+                                             the products nearest to a product (faiss index, no Spark)
+    catalog-enrich search "TEXT" [--image PATH] [--k 10] [--lake DIR]
+                                             the products nearest to a text and/or image query
+    catalog-enrich index [--lake DIR] [--full]
+                                             bring the similarity index up to the embeddings table
+    catalog-enrich report [--lake DIR] [--run-id ID]
+                                             (re)write a run's HTML report, lake/_reports/<run_id>.html
 """
 
 from __future__ import annotations
@@ -17,7 +25,9 @@ __all__ = ["main", "describe_tables"]
 
 # Subcommands that are a job's main(argv); imported only when chosen (they pull Spark, torch, GE).
 _JOBS = {"enrich": "jobs.enrich", "retrain": "jobs.retrain", "quality": "jobs.quality", "publish": "jobs.publish",
-         "query": "jobs.query"}
+         "query": "jobs.query", "report": "jobs.report"}
+# Subcommands of jobs.search's main(argv, command).
+_SEARCH = ("similar", "search", "index")
 
 
 def describe_tables() -> str:
@@ -43,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         import importlib
 
         return importlib.import_module(_JOBS[command]).main(rest)
+    if command in _SEARCH:
+        from jobs import search
+
+        return search.main(rest, command)
     if command == "tables":
         print(describe_tables())
         return 0

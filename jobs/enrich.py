@@ -142,17 +142,28 @@ class _Stages:
     def __init__(self, spark):
         self.spark = spark
         self.timings: dict[str, float] = {}
+        self._progress = None
+
+    def count(self, n: int, unit: str = "rows") -> None:
+        """What the open stage processed: its last log line gives the count and the rate."""
+        if self._progress is not None:
+            self._progress.count(n, unit)
 
     @contextlib.contextmanager
     def __call__(self, name: str):
+        from jobs.progress import StageProgress, heartbeat
+
         t = time.perf_counter()
         self.spark.sparkContext.setJobDescription(f"catalog-enrich: {name}")
         log.info("stage %s ...", name)
+        self._progress = progress = StageProgress(name)
         try:
-            yield
+            with heartbeat(self.spark, name):
+                yield
         finally:
             self.timings[name] = round(time.perf_counter() - t, 3)
-            log.info("stage %s done in %.1f s", name, self.timings[name])
+            log.info("stage %s done in %.1f s%s", name, self.timings[name], progress.describe(self.timings[name]))
+            self._progress = None
             self.spark.sparkContext.setJobDescription(None)
 
 
@@ -211,11 +222,13 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
         valid = validated.where(F.col("reason_code").isNull())
         n_rejected = rejected.count()
         log.info("read %d rows: %d valid, %d rejected by validation", n_read, n_read - n_rejected, n_rejected)
+        stage.count(n_read, "rows")
 
     with stage("select changed"):
         todo = changed_products(valid, lake.read(PRODUCT_EMBEDDINGS), version)
         n_todo = todo.count()
         log.info("%d products new or changed, %d unchanged", n_todo, n_read - n_rejected - n_todo)
+        stage.count(n_read - n_rejected, "products")
 
     now = dt.datetime.now(dt.timezone.utc)
     with stage("embed"):
@@ -231,6 +244,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
         n_failed = embedded.where(F.col("_e.error").isNotNull()).count()
         rate = n_todo / max(time.perf_counter() - t, 1e-9)
         log.info("embedded %d products (%.1f products/s), %d failed image decoding", n_todo - n_failed, rate, n_failed)
+        stage.count(n_todo, "products")
 
     with stage("heads"):
         from jobs.heads import heads_tables, plan_heads
@@ -246,6 +260,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
         n_scored = scored.count()
         n_adult = scored.where(F.col("_h.is_adult")).count()
         log.info("heads applied to %d products: %d flagged adult", n_scored, n_adult)
+        stage.count(n_scored, "products")
         head_frames = heads_tables(scored, plan, version, cfg.run_id, now)
 
     with stage("attributes"):
@@ -260,6 +275,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
             log.info("open attributes: %d values from %d products (%.1f products/s)", n_values, n_scored,
                      n_scored / max(time.perf_counter() - t, 1e-9))
             head_frames["product_attributes"] = head_frames["product_attributes"].unionByName(opened)
+            stage.count(n_scored, "products")
         heads_note += f"; open attributes: {extractor[1] if extractor else 'none'}"
 
     with stage("commit"):
@@ -276,6 +292,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
         scored_ids = scored.select("product_id")
         for name, frame in head_frames.items():
             lake.upsert(TABLES[name], frame, cfg.run_id, step=1, replaced=scored_ids)
+        stage.count(n_todo + n_rejected, "rows")
     if opened is not None:
         opened.unpersist()
     scored.unpersist()
@@ -284,8 +301,14 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
     if scorer is not None:
         with stage("match"):
             matched = match_and_cluster(spark, lake, valid, cfg.run_id, version, MatchConfig(scorer=scorer))
+            stage.count(matched["queries"], "products")
     embedded.unpersist()
     validated.unpersist()
+
+    with stage("index"):
+        from jobs.index import refresh_index
+
+        index_note = refresh_index(lake.root, version, stage.count)
 
     summary.counts = {
         "read": n_read, "valid": n_read - n_rejected, "enriched": n_todo - n_failed,
@@ -299,10 +322,13 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
                                                           QUARANTINE, ENRICHMENT_RUNS)}
     summary.message = (f"embeddings v{emb.version if emb.version is not None else '-'}, "
                        f"quarantine v{qua.version if qua.version is not None else '-'}; {heads_note}; "
-                       f"matching: {Path(scorer).name if scorer else 'none'}")
+                       f"matching: {Path(scorer).name if scorer else 'none'}; {index_note}")
     finished = dt.datetime.now(dt.timezone.utc)
     lake.upsert(ENRICHMENT_RUNS, _run_row(spark, summary, cfg, started, finished), cfg.run_id, step=2)
     _write_report(lake.root, summary)
+    from jobs.report import write_run_report
+
+    write_run_report(lake.root, summary.run_id, image_root=cfg.resolved_image_root())
     return summary
 
 
@@ -337,7 +363,7 @@ def print_summary(s: RunSummary, out=None) -> None:
           f"+ quarantined {c['quarantined']}", file=out)
     for name, path in s.tables.items():
         print(f"  {name:<20}{path}", file=out)
-    print(f"  run report          {Path(s.lake) / '_reports' / (s.run_id + '.json')}", file=out)
+    print(f"  run report          {Path(s.lake) / '_reports' / (s.run_id + '.html')}", file=out)
 
 
 def main(argv: list[str] | None = None) -> int:
