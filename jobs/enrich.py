@@ -26,6 +26,7 @@ if __package__ in (None, ""):  # run as a script (spark-submit jobs/enrich.py): 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
+from jobs.faults import checkpoint, publish_driver_pid  # noqa: E402
 from jobs.heads import HeadsConfig  # noqa: E402
 from jobs.make_sample_catalog import DEFAULT_SAMPLE_DIR  # noqa: E402
 
@@ -193,9 +194,15 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
     version, description = describe_model(cfg)
     extractor = resolve_extractor(cfg.attributes)   # a bad reference fails here, before any work
     lake = Lake(spark, cfg.lake)
+    done = _finished_run(lake, cfg, description)
+    if done is not None:  # a repeat of a run that succeeded (it crashed after its last commit, or a retry)
+        log.info("run %s already succeeded; nothing to do", cfg.run_id)
+        _write_report(lake.root, done)
+        return done
     summary = RunSummary(cfg.run_id, "running", version, description, str(lake.root))
     stage = _Stages(spark)
     lake.upsert(ENRICHMENT_RUNS, _run_row(spark, summary, cfg, started, None), cfg.run_id, step=1)
+    checkpoint("run_started")
 
     policy = ImagePolicy(image_root=cfg.resolved_image_root(), allowed_roots=cfg.allowed_image_roots)
     with stage("validate"):
@@ -206,11 +213,15 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
         valid = validated.where(F.col("reason_code").isNull())
         n_rejected = rejected.count()
         log.info("read %d rows: %d valid, %d rejected by validation", n_read, n_read - n_rejected, n_rejected)
+    checkpoint("validated")
 
     with stage("select changed"):
-        todo = changed_products(valid, lake.read(PRODUCT_EMBEDDINGS), version)
+        # Rows this run id wrote count as not done: a repeat of a crashed run redoes its products (their
+        # commits that reached the log are skipped) instead of calling them unchanged and skipping later tables.
+        todo = changed_products(valid, lake.read(PRODUCT_EMBEDDINGS), version, this_run=cfg.run_id)
         n_todo = todo.count()
         log.info("%d products new or changed, %d unchanged", n_todo, n_read - n_rejected - n_todo)
+    checkpoint("selected")
 
     now = dt.datetime.now(dt.timezone.utc)
     with stage("embed"):
@@ -226,6 +237,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
         n_failed = embedded.where(F.col("_e.error").isNotNull()).count()
         rate = n_todo / max(time.perf_counter() - t, 1e-9)
         log.info("embedded %d products (%.1f products/s), %d failed image decoding", n_todo - n_failed, rate, n_failed)
+    checkpoint("embedded")
 
     with stage("heads"):
         from jobs.heads import heads_tables, plan_heads
@@ -242,6 +254,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
         n_adult = scored.where(F.col("_h.is_adult")).count()
         log.info("heads applied to %d products: %d flagged adult", n_scored, n_adult)
         head_frames = heads_tables(scored, plan, version, cfg.run_id, now)
+    checkpoint("heads_scored")
 
     with stage("attributes"):
         opened = None
@@ -274,10 +287,12 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
     if opened is not None:
         opened.unpersist()
     scored.unpersist()
+    checkpoint("tables_committed")
 
     with stage("match"):
         matched = match_and_cluster(spark, lake, valid, cfg.run_id, version)
     embedded.unpersist()
+    checkpoint("matched")
     validated.unpersist()
 
     summary.counts = {
@@ -294,8 +309,27 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
                        f"quarantine v{qua.version if qua.version is not None else '-'}; {heads_note}")
     finished = dt.datetime.now(dt.timezone.utc)
     lake.upsert(ENRICHMENT_RUNS, _run_row(spark, summary, cfg, started, finished), cfg.run_id, step=2)
+    checkpoint("run_recorded")
     _write_report(lake.root, summary)
     return summary
+
+
+def _finished_run(lake, cfg: EnrichConfig, description: str) -> RunSummary | None:
+    """The summary of this run id when enrichment_runs records it as succeeded, else None."""
+    from jobs.runlog import run_rows
+    from schemas.tables import ENRICHMENT_RUNS
+
+    if not lake.exists(ENRICHMENT_RUNS):
+        return None
+    rows = [r for r in run_rows(lake.root, ENRICHMENT_RUNS.name, [cfg.run_id]) if r["status"] == "succeeded"]
+    if not rows:
+        return None
+    r = rows[0]
+    tables = {name: str(lake.root / name) for name in sorted(p.name for p in lake.root.iterdir()
+                                                               if (p / "_delta_log").is_dir())}
+    return RunSummary(cfg.run_id, "succeeded", r["model_version"], description, str(lake.root),
+                      counts=dict(r["counts"] or {}), timings=dict(r["timings"] or {}), tables=tables,
+                      message=r["message"] or "")
 
 
 def _write_report(root: Path, summary: RunSummary) -> Path:
@@ -335,12 +369,30 @@ def print_summary(s: RunSummary, out=None) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("CATALOG_ENRICH_LOG", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from jobs.lock import LakeBusyError, LakeLock
+
+    cfg = parse_args(argv)
+    # One run per lake at a time, taken before Spark starts: a refused run costs nothing and writes nothing.
+    lock = LakeLock(cfg.lake, cfg.run_id)
+    try:
+        lock.acquire()
+    except LakeBusyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    try:
+        return _locked_main(cfg)
+    finally:
+        lock.release()
+
+
+def _locked_main(cfg: EnrichConfig) -> int:
     from jobs.lakehouse import LakeError
     from jobs.spark_session import SparkSetupError, build_session
     from jobs.transforms import CatalogError
     from models.refs import ModelRefError
 
-    cfg = parse_args(argv)
+    publish_driver_pid()
+    checkpoint("start")
     try:
         spark = build_session("catalog-enrich")
     except SparkSetupError as e:

@@ -102,9 +102,16 @@ def quarantine_rows(rejected, run_id: str, now):
         F.lit(now).cast("timestamp").alias("quarantined_at"))
 
 
-def changed_products(valid, existing, model_version: str):
-    """Valid rows whose (content hash, model version) differ from what the embeddings table holds."""
+def changed_products(valid, existing, model_version: str, this_run: str | None = None):
+    """Valid rows whose (content hash, model version) differ from what the embeddings table holds.
+
+    Rows written by ``this_run`` do not count as current: when a run is repeated after a crash, the products
+    it had already embedded are selected again, so the tables it had not committed yet get their rows.
+    """
     from pyspark.sql import functions as F
 
-    current = existing.where(F.col("model_version") == model_version).select("product_id", "content_hash")
+    current = existing.where(F.col("model_version") == model_version)
+    if this_run is not None:
+        current = current.where(F.col("run_id") != this_run)
+    current = current.select("product_id", "content_hash")
     return valid.join(current, ["product_id", "content_hash"], "left_anti")
