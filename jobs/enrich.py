@@ -230,7 +230,10 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
             model_ref=cfg.model, batch_size=cfg.batch_size, device=cfg.device, decode_threads=cfg.decode_threads,
             torch_threads=int(spark.conf.get("spark.task.cpus", "1")), loader=cfg.encoder_loader)
         parts = max(parallelism, math.ceil(n_todo / ROWS_PER_PARTITION))
-        embedded = (todo.repartition(parts, "product_id")
+        # Sorted within partitions: the order rows arrive from a shuffle varies from run to run, and batched
+        # float32 matrix products give a row last-bit different results in different company. Fixed batches
+        # make a repeated (crashed, retried) run write exactly the numbers an uninterrupted one would.
+        embedded = (todo.repartition(parts, "product_id").sortWithinPartitions("product_id")
                     .withColumn("_e", make_embed_udf(embed_cfg)(F.col("title"), F.col("image_path")))
                     .persist(StorageLevel.MEMORY_AND_DISK))
         t = time.perf_counter()

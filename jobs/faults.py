@@ -55,11 +55,13 @@ def checkpoint(name: str) -> None:
     target = os.environ.get(KILL_ENV)
     if not target:
         return
-    want, _, nth = target.partition(":")
+    want, _, nth = target.rpartition(":")
+    if not nth.isdigit():  # names hold colons (written:quarantine): a count is a trailing number only
+        want, nth = target, "1"
     if want != name:
         return
     _hits[name] += 1
-    if _hits[name] != int(nth or 1):
+    if _hits[name] != int(nth):
         return
     _log("kills", f"{name} {_hits[name]}")
     victim = int(os.environ.get(DRIVER_PID_ENV) or os.getpid())

@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlparse
 
 import pandas as pd  # at module level: the UDF type hints are resolved in this module's namespace
 
-from jobs.faults import maybe_fail
+from jobs.faults import checkpoint, maybe_fail
 from schemas import reasons
 
 __all__ = ["ImagePolicy", "Resolved", "inspect_image", "make_inspect_udf", "read_image_bytes", "resolve_image_uri"]
@@ -121,6 +121,7 @@ def make_inspect_udf(policy: ImagePolicy):
     def inspect_images(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
         cols = ["image_path", "image_sha256", "image_reason", "image_detail"]
         for uris in batches:
+            checkpoint("inspect_batch")
             maybe_fail("inspect", uris.iloc[0] if len(uris) else None)  # tests only: see jobs.faults
             out = [inspect_image(u if isinstance(u, str) else None, policy) for u in uris]
             yield pd.DataFrame(out, columns=cols, index=uris.index)

@@ -100,6 +100,9 @@ def make_search_fn(neighbours: int, min_cosine: float, largest=None, searched=No
 
     def search(pdf: pd.DataFrame) -> pd.DataFrame:
         maybe_fail("match", pdf["product_id"].min() if len(pdf) else None)  # tests only: see jobs.faults
+        # A fixed row order (a shuffle delivers them in any): cosines from batched float32 products then repeat
+        # to the last bit when a run is repeated.
+        pdf = pdf.sort_values(["product_id", "is_index", "is_query"], kind="stable")
         idx, qry = pdf[pdf["is_index"]], pdf[pdf["is_query"]]
         if largest is not None:
             largest.add(len(idx))
