@@ -206,7 +206,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
 
     policy = ImagePolicy(image_root=cfg.resolved_image_root(), allowed_roots=cfg.allowed_image_roots)
     with stage("validate"):
-        catalog = read_catalog(spark, cfg.catalog)
+        catalog = read_catalog(spark, cfg.catalog, flag_problems=True)
         validated = validate(catalog, make_inspect_udf(policy)).persist(StorageLevel.MEMORY_AND_DISK)
         n_read = validated.count()
         rejected = validated.where(F.col("reason_code").isNotNull())

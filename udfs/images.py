@@ -7,8 +7,10 @@ the network.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlparse
@@ -73,8 +75,17 @@ def resolve_image_uri(uri: str, policy: ImagePolicy) -> Resolved:
 
 
 def read_image_bytes(path: str, max_bytes: int) -> bytes:
-    """Read at most ``max_bytes``; raise ``OSError`` for missing files and ``ValueError`` for oversized ones."""
-    with open(path, "rb") as f:
+    """Read at most ``max_bytes``; raise ``OSError`` for missing files and ``ValueError`` for oversized ones.
+
+    Only regular files are read: a named pipe or a device under the image root would block the task forever
+    (or stream without end), so the file is opened without blocking and checked before the first read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with open(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL,
+                          "not a regular file (a folder, pipe, socket or device)")
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise ValueError(f"file larger than {max_bytes} bytes")
