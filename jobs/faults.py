@@ -9,8 +9,8 @@ Both are switched off unless an environment variable names them, and then cost o
     instead, whose pid the driver publishes in ``CATALOG_ENRICH_DRIVER_PID`` before Spark starts: a dead
     worker would only fail a task, which is what the retry faults below test.
 ``CATALOG_ENRICH_TASK_FAULTS=udf[,udf...]:fraction``
-    a UDF batch whose first key hashes below ``fraction`` raises :class:`InjectedFault` on the task's first
-    attempt (``TaskContext.attemptNumber() == 0``); a retry of the task succeeds. Run Spark with task retries
+    a ``fraction`` of the named UDFs' batches raise :class:`InjectedFault` on their task's first attempt
+    (``TaskContext.attemptNumber() == 0``); a retry of the task succeeds. Run Spark with task retries
     (``local[N,F]``) to see the job survive them.
 ``CATALOG_ENRICH_FAULT_LOG=DIR``
     every kill and fault appends a line to a file in ``DIR``, so the tests can count what was injected.
@@ -74,18 +74,27 @@ def _fraction(key: str) -> float:
     return int.from_bytes(hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()[:8], "big") / 2.0**64
 
 
-def maybe_fail(udf: str, key: object) -> None:
-    """Raise :class:`InjectedFault` in a UDF batch picked by ``key`` on its task's first attempt."""
+def maybe_fail(udf: str, key: object = None) -> None:
+    """Raise :class:`InjectedFault` on the first attempt of a task for a ``fraction`` of the UDF's batches.
+
+    A batch is picked by a hash of (UDF, partition, batch number within the task), not by its rows, whose
+    order after a shuffle varies: the same batches fail in every run. ``key`` only goes into the message.
+    """
     spec = os.environ.get(TASK_FAULTS_ENV)
     if not spec:
         return
     names, _, fraction = spec.rpartition(":")
-    if udf not in names.split(",") or _fraction(f"{udf}:{key}") >= float(fraction):
+    if udf not in names.split(","):
         return
     from pyspark import TaskContext
 
     ctx = TaskContext.get()
-    if ctx is None or ctx.attemptNumber() > 0:
+    if ctx is None:
         return
-    _log("faults", f"{udf} {key!r} stage {ctx.stageId()} partition {ctx.partitionId()}")
-    raise InjectedFault(f"injected fault in {udf} (key {key!r}, first attempt of partition {ctx.partitionId()})")
+    batch = (udf, ctx.stageId(), ctx.partitionId(), ctx.attemptNumber())
+    _hits[repr(batch)] += 1
+    if ctx.attemptNumber() > 0 or _fraction(f"{udf}:{ctx.partitionId()}:{_hits[repr(batch)]}") >= float(fraction):
+        return
+    _log("faults", f"{udf} partition {ctx.partitionId()} batch {_hits[repr(batch)]} first row {key!r}")
+    raise InjectedFault(f"injected fault in {udf} (first attempt of partition {ctx.partitionId()}, "
+                        f"batch {_hits[repr(batch)]})")

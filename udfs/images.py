@@ -11,6 +11,7 @@ import errno
 import hashlib
 import os
 import stat
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlparse
@@ -112,8 +113,10 @@ def inspect_image(uri: str | None, policy: ImagePolicy) -> tuple[str | None, str
     try:
         import io
 
-        with Image.open(io.BytesIO(data)) as img:
-            w, h = img.size
+        with warnings.catch_warnings():  # PIL only warns below twice its own limit: our cap decides below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                w, h = img.size
     except Exception as e:  # not an image format PIL knows, or a broken header
         from PIL import UnidentifiedImageError
 
