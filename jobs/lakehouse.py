@@ -182,13 +182,14 @@ class Lake:
         target = self.path(spec) / folder
         try:
             df.write.mode("errorifexists").parquet(str(target))
-            checkpoint(f"written:{spec.name}")   # data files on disk, not yet in the log
+            point = spec.name if step == 1 else f"{spec.name}/{step}"
+            checkpoint(f"written:{point}")   # data files on disk, not yet in the log
             adds = self._add_actions(spec, folder)
             if not adds and not removed:
                 shutil.rmtree(target, ignore_errors=True)
                 return CommitResult(spec.name, None, 0, 0)
             self._commit(spec, dt, adds, removed, app_id, step)
-            checkpoint(f"committed:{spec.name}")
+            checkpoint(f"committed:{point}")
         except Exception:
             # The files were never referenced by the log, so readers never saw them; tidy up.
             shutil.rmtree(target, ignore_errors=True)

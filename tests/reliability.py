@@ -27,15 +27,16 @@ RUN_ID = "rel-1"
 VOLATILE = {"updated_at", "quarantined_at", "started_at", "finished_at", "timings"}
 
 # Every place the enrich job may be killed, in the order a run reaches them (jobs.faults.checkpoint names;
-# ``:n`` is the n-th time). Points inside a Spark task (inspect_batch, embed_batch) kill the driver from a
-# Python worker. Each one must be reached on the test slice: a kill that does not happen fails the test.
+# ``/2`` is a table's second commit in the run). Points inside a Spark task (inspect_batch, embed_batch) kill
+# the driver from a Python worker. Each one must be reached on the test slice: a kill that does not happen fails
+# the test.
 KILL_POINTS = (
     "start", "written:enrichment_runs", "committed:enrichment_runs", "run_started", "inspect_batch", "validated",
     "selected", "embed_batch", "embedded", "heads_scored", "written:product_embeddings",
     "committed:product_embeddings", "written:quarantine", "committed:quarantine", "written:product_categories",
     "committed:product_categories", "written:product_attributes", "written:product_adult_flags",
     "committed:product_adult_flags", "tables_committed", "written:product_matches", "written:product_clusters",
-    "committed:product_clusters", "matched", "written:enrichment_runs:2", "committed:enrichment_runs:2",
+    "committed:product_clusters", "matched", "written:enrichment_runs/2", "committed:enrichment_runs/2",
     "run_recorded",
 )
 
@@ -43,6 +44,12 @@ KILL_POINTS = (
 def full_mode() -> bool:
     """``CATALOG_ENRICH_RELIABILITY=full``: every kill point and many fuzz examples (the long run)."""
     return os.environ.get("CATALOG_ENRICH_RELIABILITY", "").lower() == "full"
+
+
+def chain_mode() -> bool:
+    """``CATALOG_ENRICH_RELIABILITY=chain``: one lake killed at every point in turn (each repeat dies at the
+    next point), then finished: every kill point in about a third of the full run's time."""
+    return os.environ.get("CATALOG_ENRICH_RELIABILITY", "").lower() == "chain"
 
 
 def make_slice(dst: Path, good: int = 30) -> Path:

@@ -24,12 +24,15 @@ pytestmark = pytest.mark.spark
 LIGHT_KILL_POINTS = ("committed:product_embeddings",)   # the point that lost rows before repeats redid products
 TASK_FAULTS = "inspect,embed,heads,match:0.5"
 INJECTED: list[str] = []
+CHAINED: list[str] = []
 
 
 def _kill_points() -> tuple[str, ...]:
     chosen = os.environ.get("CATALOG_ENRICH_KILL_POINTS")
     if chosen:
         return tuple(p for p in chosen.split(",") if p)
+    if rel.chain_mode():
+        return ()
     return rel.KILL_POINTS if rel.full_mode() else LIGHT_KILL_POINTS
 
 
@@ -96,8 +99,7 @@ def test_killed_run_repeated_ends_like_an_uninterrupted_one(point, reference, ca
     killed = rel.run_job(rel.enrich_args(catalog, lake), rel.job_env({
         "CATALOG_ENRICH_KILL_AT": point, "CATALOG_ENRICH_FAULT_LOG": str(faults)}))
     assert killed.returncode == -9, f"kill point {point} was not reached (exit {killed.returncode})"
-    assert [p.read_text().split()[0] for p in faults.glob("kills-*")] == [point.rsplit(":", 1)[0]
-                                                                          if point[-1].isdigit() else point]
+    assert [p.read_text().split()[0] for p in faults.glob("kills-*")] == [point]
     rel.check_readable(lake)  # right after the crash: whatever is visible is whole
 
     again = rel.run_job(rel.enrich_args(catalog, lake), rel.job_env({
@@ -110,6 +112,28 @@ def test_killed_run_repeated_ends_like_an_uninterrupted_one(point, reference, ca
     assert state.keys() == reference["state"].keys()
     for name, rows in reference["state"].items():
         assert state[name] == rows, f"{name} differs from the uninterrupted run after a kill at {point}"
+
+
+@pytest.mark.skipif(not rel.chain_mode(), reason="CATALOG_ENRICH_RELIABILITY=chain runs it")
+def test_one_lake_killed_at_every_point_in_turn(reference, catalog, tmp_path):
+    """Run k dies at point k, having redone what runs 1..k-1 left; the run after the last point finishes.
+    Each point is reached from a lake that earlier crashes left behind, not from an empty one."""
+    lake = tmp_path / "lake"
+    points = [p for p in os.environ.get("CATALOG_ENRICH_KILL_POINTS", "").split(",") if p] or rel.KILL_POINTS
+    for point in points:
+        faults = tmp_path / f"faults-{point.replace('/', '_')}"
+        faults.mkdir()
+        killed = rel.run_job(rel.enrich_args(catalog, lake), rel.job_env({
+            "CATALOG_ENRICH_KILL_AT": point, "CATALOG_ENRICH_FAULT_LOG": str(faults)}))
+        assert killed.returncode == -9, f"kill point {point} was not reached (exit {killed.returncode})"
+        rel.check_readable(lake)
+        print(f"killed at {point} after {killed.seconds:.0f} s", flush=True)
+    again = rel.run_job(rel.enrich_args(catalog, lake), rel.job_env())
+    assert again.returncode == 0, again.stderr[-4000:]
+    rel.check_readable(lake)
+    rel.check_accounted(lake, catalog)
+    assert rel.lake_state(lake) == reference["state"]
+    CHAINED.extend(points)
 
 
 def _injected(faults: Path) -> list[str]:
@@ -141,4 +165,5 @@ def test_report_counts():
     from collections import Counter
 
     by_udf = Counter(line.split()[0] for line in INJECTED)
-    print(f"kill points tried: {len(_kill_points())}; task faults injected: {len(INJECTED)} {dict(by_udf)}")
+    print(f"kill points tried: {len(_kill_points())} one by one, {len(CHAINED)} in a chain; "
+          f"task faults injected: {len(INJECTED)} {dict(by_udf)}")
