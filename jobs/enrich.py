@@ -52,6 +52,7 @@ class EnrichConfig:
     encoder_loader: str = "models.encoders:load_encoder"
     heads: HeadsConfig = field(default_factory=HeadsConfig)
     attributes: str = "auto"               # open attribute extractor: auto, none, or a reference
+    matching: str = "auto"                 # pair scorer for duplicate matching: auto, none, or a reference
 
     def resolved_image_root(self) -> str:
         return str(Path(self.image_root or Path(self.catalog).resolve().parent).resolve())
@@ -105,6 +106,9 @@ def parse_args(argv: list[str] | None = None) -> EnrichConfig:
     p.add_argument("--attributes", default="auto",
                    help="open attribute extractor: auto (the store's current one, skipped when the store has "
                         "none), none, store:VERSION or a version folder")
+    p.add_argument("--matching", default="auto",
+                   help="duplicate matching's pair scorer: auto (the store's current one, skipped when the store "
+                        "has none), none, a scorer version folder or a scorer store")
     p.add_argument("--encoder-loader", default=EnrichConfig.encoder_loader, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.batch_size < 1:
@@ -117,7 +121,7 @@ def parse_args(argv: list[str] | None = None) -> EnrichConfig:
         decode_threads=a.decode_threads, encoder_loader=a.encoder_loader,
         heads=HeadsConfig(heads=a.heads, categories=a.categories, taxonomy=a.taxonomy,
                           taxonomy_language=a.taxonomy_language, adult_terms=a.adult_terms, top_k=a.top_k),
-        attributes=a.attributes)
+        attributes=a.attributes, matching=a.matching)
 
 
 def describe_model(cfg: EnrichConfig) -> tuple[str, str]:
@@ -177,7 +181,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
 
     from jobs.heads import open_attributes, resolve_extractor
     from jobs.lakehouse import Lake
-    from jobs.matching import match_and_cluster
+    from jobs.matching import MatchConfig, match_and_cluster, resolve_matching
     from jobs.transforms import changed_products, quarantine_rows, read_catalog, validate
     from schemas.tables import (
         ENRICHMENT_RUNS,
@@ -193,6 +197,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
     started, t_start = dt.datetime.now(dt.timezone.utc), time.perf_counter()
     version, description = describe_model(cfg)
     extractor = resolve_extractor(cfg.attributes)   # a bad reference fails here, before any work
+    scorer = resolve_matching(cfg.matching)
     lake = Lake(spark, cfg.lake)
     done = _finished_run(lake, cfg, description)
     if done is not None:  # a repeat of a run that succeeded (it crashed after its last commit, or a retry)
@@ -292,8 +297,10 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
     scored.unpersist()
     checkpoint("tables_committed")
 
-    with stage("match"):
-        matched = match_and_cluster(spark, lake, valid, cfg.run_id, version)
+    matched = {"matches_written": 0, "clusters": 0}
+    if scorer is not None:
+        with stage("match"):
+            matched = match_and_cluster(spark, lake, valid, cfg.run_id, version, MatchConfig(scorer=scorer))
     embedded.unpersist()
     checkpoint("matched")
     validated.unpersist()
@@ -306,10 +313,11 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
     summary.timings = dict(stage.timings, total=round(time.perf_counter() - t_start, 3))
     summary.status = "succeeded"
     summary.tables = {s.name: str(lake.path(s)) for s in (PRODUCT_EMBEDDINGS, *(TABLES[n] for n in head_frames),
-                                                          PRODUCT_MATCHES, PRODUCT_CLUSTERS,
+                                                          *((PRODUCT_MATCHES, PRODUCT_CLUSTERS) if scorer else ()),
                                                           QUARANTINE, ENRICHMENT_RUNS)}
     summary.message = (f"embeddings v{emb.version if emb.version is not None else '-'}, "
-                       f"quarantine v{qua.version if qua.version is not None else '-'}; {heads_note}")
+                       f"quarantine v{qua.version if qua.version is not None else '-'}; {heads_note}; "
+                       f"matching: {Path(scorer).name if scorer else 'none'}")
     finished = dt.datetime.now(dt.timezone.utc)
     lake.upsert(ENRICHMENT_RUNS, _run_row(spark, summary, cfg, started, finished), cfg.run_id, step=2)
     checkpoint("run_recorded")

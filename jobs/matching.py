@@ -208,6 +208,34 @@ def _write_clusters(spark, lake, universe, run_id: str, now, cfg: MatchConfig, s
     return result
 
 
+def resolve_matching(ref: str) -> str | None:
+    """The pair scorer's version folder for the enrich job's ``--matching``, or None to skip the match stage.
+
+    ``auto`` takes the shipped scorer store's current version and skips (with a log line) when there is none,
+    as when the project runs from the ``--py-files`` zip without the model store; any other reference must
+    resolve and verify, so a bad one fails the run before any work."""
+    from models.matching.artifact import load_scorer, resolve_scorer
+    from models.refs import ModelRefError
+    from models.store import ModelIntegrityError
+
+    if ref == "none":
+        return None
+    if ref == "auto":
+        try:
+            vdir = resolve_scorer(None)
+        except (ModelIntegrityError, OSError) as e:
+            log.info("no pair scorer (%s): the match stage is skipped", e)
+            return None
+        load_scorer(vdir)   # verify the shipped scorer now: a tampered one fails the run
+        return str(vdir)
+    try:
+        vdir = resolve_scorer(ref)
+        load_scorer(vdir)
+    except ModelIntegrityError as e:
+        raise ModelRefError(f"--matching {ref}: {e}") from None
+    return str(vdir)
+
+
 def match_and_cluster(spark, lake, products, run_id: str, model_version: str, cfg: MatchConfig | None = None,
                       changed_ids=None) -> dict[str, Any]:
     """Match the new and changed products of ``products`` (valid catalog rows: ``product_id, title, brand,
@@ -270,7 +298,17 @@ def match_and_cluster(spark, lake, products, run_id: str, model_version: str, cf
     else:
         stats.update(candidates=0, matches_written=0, matches_removed=0)
     t2 = time.perf_counter()
-    _write_clusters(spark, lake, flagged, run_id, now, cfg, stats)
+    clusters = lake.read(PRODUCT_CLUSTERS)
+    if n_q == 0 and clusters.count() == n:
+        # Nothing new or changed, and every clustered product is still in the catalog: the matches and the
+        # components are what the last run left (a quiet night costs a count, not a connected-components run).
+        sizes = clusters.where("cluster_size > 1").agg(
+            F.countDistinct("cluster_id").alias("n"), F.count("*").alias("p"), F.max("cluster_size").alias("m")).first()
+        stats.update(cc_rounds=0, cluster_rows_written=0, clusters=int(sizes["n"]),
+                     clustered_products=int(sizes["p"] or 0), largest_cluster=int(sizes["m"] or 1))
+        log.info("matching: nothing new to match; clusters unchanged")
+    else:
+        _write_clusters(spark, lake, flagged, run_id, now, cfg, stats)
     stats["clustering_seconds"] = round(time.perf_counter() - t2, 3)
     flagged.unpersist()
     stats["seconds"] = round(time.perf_counter() - t_start, 3)

@@ -75,7 +75,7 @@ def current_version(root: Path) -> str | None:
     """The champion's version id, or None when the store has none."""
     try:
         v = (root / CURRENT_FILE).read_text().strip()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no store there (or a path inside a --py-files zip)
         return None
     return v or None
 

@@ -40,3 +40,19 @@ def lake(spark, tmp_path):
     from jobs.lakehouse import Lake
 
     return Lake(spark, tmp_path / "lake")
+
+
+@pytest.fixture(scope="session")
+def default_sample_run(spark, tmp_path_factory):
+    """The enrich job with everything shipped (default encoder, heads, attribute extractor, pair scorer) run
+    once over a copy of the sample catalog: the tests of each stage's real-model output read this one lake."""
+    import shutil
+
+    from jobs import enrich
+
+    root = tmp_path_factory.mktemp("sample-default")
+    shutil.copytree(SAMPLE, root / "catalog")
+    code = enrich.main(["--catalog", str(root / "catalog" / "catalog.parquet"), "--lake", str(root / "lake"),
+                        "--run-id", "s1", "--batch-size", "32"])
+    assert code == 0
+    return root

@@ -16,7 +16,8 @@ from tests.conftest import SAMPLE
 pytestmark = pytest.mark.spark
 
 # The fast fake encoder; the open attribute extractor (a MiniLM tagger) runs in test_default_model_end_to_end.
-FAKE = ["--encoder-loader", "models.testing:load_fake_encoder", "--model", "fake:", "--attributes", "none"]
+FAKE = ["--encoder-loader", "models.testing:load_fake_encoder", "--model", "fake:", "--attributes", "none",
+        "--matching", "none"]
 
 
 @pytest.fixture()
@@ -129,20 +130,16 @@ def test_delta_catalog_input(spark, sample, tmp_path):
 
 
 @pytest.mark.slow
-def test_default_model_end_to_end(spark, sample, tmp_path):
-    """The real default (shipped, trained) encoder on a slice of the sample."""
+def test_default_model_end_to_end(default_sample_run):
+    """The real default (shipped, trained) encoder, heads, attribute extractor and pair scorer on the sample."""
     import numpy as np
 
-    small = tmp_path / "small.parquet"
-    pq.write_table(pq.read_table(sample / "catalog.parquet").slice(0, 40), small)
-    lake = tmp_path / "lake"
-    code = enrich.main(["--catalog", str(small), "--image-root", str(sample), "--lake", str(lake), "--run-id", "m1",
-                        "--batch-size", "8"])
-    assert code == 0
-    emb = table(lake, "product_embeddings").to_pandas()
+    from models.attributes.extractor import resolve_version
     from models.refs import parse_model_ref
 
-    assert len(emb) > 30 and (emb["model_version"] == parse_model_ref("default").version).all()
+    lake, catalog = default_sample_run / "lake", default_sample_run / "catalog" / "catalog.parquet"
+    emb = table(lake, "product_embeddings").to_pandas()
+    assert len(emb) == 332 and (emb["model_version"] == parse_model_ref("default").version).all()
     vectors = np.stack(emb["embedding"].values)
     assert vectors.shape[1] == 384
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
@@ -154,15 +151,15 @@ def test_default_model_end_to_end(spark, sample, tmp_path):
     assert not np.allclose(text, image)
 
     # The shipped heads and the shipped open attribute extractor ran beside the encoder.
-    from models.attributes.extractor import resolve_version
-
     attrs = table(lake, "product_attributes").to_pandas()
     opened = attrs[attrs["method"].str.startswith("open:")]
     assert (opened["method"] == f"open:{resolve_version('default').name}").all()
-    assert opened["product_id"].nunique() > 20                    # most fashion titles name a brand or colour
+    assert opened["product_id"].nunique() > 200                   # the sample's titles name a brand or colour
     assert set(opened["source"]) <= {"title", "description"} and opened["confidence"].between(0, 1).all()
-    titles = pq.read_table(small, columns=["product_id", "title", "description"]).to_pandas().set_index("product_id")
+    texts = pq.read_table(catalog, columns=["product_id", "title", "description"]).to_pandas().set_index("product_id")
     for row in opened.itertuples():                               # every value is a span of the text it names
-        assert row.value.lower() in str(titles.loc[row.product_id, row.source]).lower()
+        assert row.value.lower() in str(texts.loc[row.product_id, row.source]).lower()
     assert attrs.groupby(["product_id", "attribute", "value"]).size().max() == 1
     assert attrs["method"].str.startswith("closed:").any()        # the closed colour/usage/gender heads too
+    cats = table(lake, "product_categories").to_pandas()
+    assert set(cats["product_id"]) == set(emb["product_id"]) and cats["confidence"].between(0, 1).all()

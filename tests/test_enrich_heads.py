@@ -22,7 +22,8 @@ from tests.conftest import SAMPLE
 
 pytestmark = pytest.mark.spark
 
-FAKE = ["--encoder-loader", "models.testing:load_fake_encoder", "--model", "fake:", "--attributes", "none"]
+FAKE = ["--encoder-loader", "models.testing:load_fake_encoder", "--model", "fake:", "--attributes", "none",
+        "--matching", "none"]
 ADULT_TITLE = "Silicone Dildo Deluxe 18cm"
 LINGERIE_TITLE = "Amante Women Black Lace Lingerie Set"
 

@@ -137,16 +137,10 @@ def test_giant_components_are_cut_and_reported(spark, lake):
 
 # -- the enrich job with the shipped model on the sample catalog ---------------------------------------------
 
-@pytest.fixture(scope="module")
-def sample_run(spark, tmp_path_factory):
+@pytest.fixture()
+def sample_run(default_sample_run):
     """The enrich job (default model, match stage included) run once over a copy of the sample catalog."""
-    root = tmp_path_factory.mktemp("sample-match")
-    shutil.copytree(SAMPLE, root / "catalog")
-    lake = root / "lake"
-    code = enrich.main(["--catalog", str(root / "catalog" / "catalog.parquet"), "--lake", str(lake),
-                        "--run-id", "s1", "--batch-size", "32"])
-    assert code == 0
-    return root
+    return default_sample_run
 
 
 def _clusters(lake) -> pd.DataFrame:

@@ -80,7 +80,8 @@ def load_fashion(root: str | Path, size: int = 64, cache_dir: str | Path | None 
 
 REPRODUCE = ("python -m models.training.fashion --data /work/shared/data/fashion "
              "--epochs {epochs} --batch {batch} --double-at {double_at} --max-steps {max_steps} --seed {seed} "
-             "--category-weight {category_weight} --lr {lr} --text-lr {text_lr} --warmup-steps {warmup}{init}")
+             "--category-weight {category_weight} --lr {lr} --text-lr {text_lr} --warmup-steps {warmup} "
+             "--text-proj {text_proj}{init}")
 
 
 def _labels_note(cfg: TrainConfig) -> str:
@@ -91,13 +92,17 @@ def _labels_note(cfg: TrainConfig) -> str:
             f"train split's labels only; the classifier itself is dropped, the embeddings keep what it taught.")
 
 
+PROJ_TEXT = {"mlp": "a trained 2-layer MLP projection",
+             "linear": "a trained linear projection that started as the identity"}
+
+
 def _card(cfg: TrainConfig, args: argparse.Namespace, split: FashionSplit, result: TrainResult,
           cand: dict[str, float], base: dict[str, float], probe_train: int) -> str:
     sched = ", ".join(f"epoch {e}: {cfg.schedule.batch_size(e)}" for e in range(cfg.epochs))
     return model_card(
         title="catalog-tiny-minilm, contrastively pre-trained on the fashion catalog",
-        summary=("The shipped default model: the `catalog-tiny-minilm` architecture (a 1.6M-parameter ViT at 64 px "
-                 "trained from scratch, and the frozen MiniLM text tower with a trained 2-layer MLP projection), "
+        summary=(f"The shipped default model: the `catalog-tiny-minilm` architecture (a 1.6M-parameter ViT at 64 px "
+                 f"trained from scratch, and the frozen MiniLM text tower with {PROJ_TEXT[args.text_proj]}), "
                  "aligned e-CLIP style on product titles and photos."),
         training=(f"Symmetric InfoNCE with a learned, clamped temperature; identical titles masked out of the "
                   f"negatives (the fashion data has no duplicate-cluster ids); MiniLM locked (its pooled features "
@@ -123,7 +128,7 @@ def _card(cfg: TrainConfig, args: argparse.Namespace, split: FashionSplit, resul
         reproduce=REPRODUCE.format(epochs=args.epochs, batch=args.batch, double_at=args.double_at,
                                    max_steps=args.max_steps, seed=args.seed,
                                    category_weight=args.category_weight, lr=args.lr, text_lr=args.text_lr,
-                                   warmup=args.warmup_steps,
+                                   warmup=args.warmup_steps, text_proj=args.text_proj,
                                    init=f" --init-from {args.init_from}" if args.init_from else ""),
         limitations=("Tiny images (60x80 photos at 64 px) and a tiny image tower: good for coarse type and colour, "
                      "not for fine detail. Fashion titles are templated (\"Brand Gender Colour Type\"), so text "
@@ -150,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--category-weight", type=float, default=0.0,
                    help="ZhichunRoad multitask: weight of an articleType classification loss beside the contrastive "
                         "loss (0 = contrastive only)")
+    p.add_argument("--text-proj", default="mlp", choices=("mlp", "linear"),
+                   help="text projection on the locked MiniLM: a 2-layer MLP, or a linear map that starts as the "
+                        "identity (the untrained baseline's text space)")
     p.add_argument("--checkpoint", default=None, help="raw weights written right after training / reused")
     p.add_argument("--no-promote", action="store_true")
     args = p.parse_args(argv)
@@ -169,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(epochs=args.epochs, max_steps=args.max_steps, schedule=BatchSchedule(args.batch, double_at),
                       chunk_size=512, seed=args.seed, category_weight=args.category_weight, lr=args.lr,
                       text_lr=args.text_lr, warmup_steps=args.warmup_steps)
-    model_cfg = candidate_config()
+    model_cfg = candidate_config(text_proj=args.text_proj)
     if args.checkpoint and Path(args.checkpoint).is_file():
         model = build_clip(model_cfg, seed=args.seed)
         model.load_state_dict(load_file(args.checkpoint), strict=False)

@@ -47,9 +47,21 @@ def train_candidate(model_cfg: dict[str, Any], data: TrainData, cfg: TrainConfig
     (the MiniLM pass over every title costs minutes on a CPU; they only depend on the titles).
     ``init_state``: trained weights to continue from (a stored version's), instead of a fresh image tower."""
     model = build_clip(model_cfg, seed=seed)
+    proj = getattr(model.text, "proj", None)
+    if model_cfg["text_cfg"].get("hf_proj_type") == "linear" and proj.weight.shape[0] == proj.weight.shape[1]:
+        import torch
+
+        # A square linear projection starts as the identity: the candidate starts in the locked tower's own
+        # space (the baseline's), so training can only add to what MiniLM already separates.
+        with torch.no_grad():
+            proj.weight.copy_(torch.eye(proj.weight.shape[0]))
     if init_state is not None:
+        own = model.state_dict()
+        # Continuing from a version with another text projection: keep its image tower, not its projection.
+        init_state = {k: v for k, v in init_state.items()
+                      if not k.startswith("text.proj.") or (k in own and own[k].shape == v.shape)}
         missing, unexpected = model.load_state_dict(init_state, strict=False)
-        if unexpected or any(not k.startswith("text.transformer.") for k in missing):
+        if unexpected or any(not k.startswith(("text.transformer.", "text.proj.")) for k in missing):
             raise ValueError(f"init weights do not fit the candidate: unexpected {unexpected[:5]}, "
                              f"missing {[k for k in missing if not k.startswith('text.transformer.')][:5]}")
     tokenizer = load_tokenizer(model_cfg["text_cfg"])
