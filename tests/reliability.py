@@ -91,9 +91,17 @@ def job_env(extra: dict[str, str] | None = None, master: str = "local[2]") -> di
     return env
 
 
+def with_matching() -> bool:
+    """The match stage is half of a job run's time: the default run leaves it out (``--matching none``)."""
+    return full_mode() or chain_mode()
+
+
+MATCH_POINTS = ("written:product_matches", "written:product_clusters", "committed:product_clusters", "matched")
+
+
 def enrich_args(catalog: Path, lake: Path, run_id: str = RUN_ID) -> list[str]:
     return ["enrich", "--catalog", str(catalog), "--image-root", str(SAMPLE), "--lake", str(lake),
-            "--run-id", run_id, *FAKE]
+            "--run-id", run_id, *FAKE, *([] if with_matching() else ["--matching", "none"])]
 
 
 def start_job(args: list[str], env: dict[str, str]) -> subprocess.Popen:

@@ -3,7 +3,8 @@ killed with SIGKILL at named points (jobs.faults), failing UDF batches on their 
 ``local[2,4]``, and a second run started while the first holds the lake.
 
 Each repeat of a killed run runs under ``local[2,4]`` with task faults injected, so the default run (one kill
-point, to stay within the CI budget) covers crashes, retries and the lock with three job runs.
+point, without the match stage, to stay within the CI budget) covers crashes, retries and the lock with three
+job runs.
 ``CATALOG_ENRICH_RELIABILITY=full`` tries every one of :data:`tests.reliability.KILL_POINTS`
 (``CATALOG_ENRICH_KILL_POINTS=a,b`` picks some) and a faulty run from scratch. Each test compares the lake
 with the one an uninterrupted run wrote (the reference), row for row.
