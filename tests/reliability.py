@@ -96,8 +96,6 @@ def with_matching() -> bool:
     return full_mode() or chain_mode()
 
 
-MATCH_POINTS = ("written:product_matches", "written:product_clusters", "committed:product_clusters", "matched")
-
 
 def enrich_args(catalog: Path, lake: Path, run_id: str = RUN_ID) -> list[str]:
     return ["enrich", "--catalog", str(catalog), "--image-root", str(SAMPLE), "--lake", str(lake),
