@@ -120,7 +120,10 @@ def test_one_lake_killed_at_every_point_in_turn(reference, catalog, tmp_path):
     """Run k dies at point k, having redone what runs 1..k-1 left; the run after the last point finishes.
     Each point is reached from a lake that earlier crashes left behind, not from an empty one."""
     lake = tmp_path / "lake"
-    points = [p for p in os.environ.get("CATALOG_ENRICH_KILL_POINTS", "").split(",") if p] or rel.KILL_POINTS
+    # Not run_recorded: once a run's record is committed, its repeat does no work and never gets there (the
+    # default and full runs reach it from a fresh lake).
+    points = ([p for p in os.environ.get("CATALOG_ENRICH_KILL_POINTS", "").split(",") if p]
+              or [p for p in rel.KILL_POINTS if p != "run_recorded"])
     for point in points:
         faults = tmp_path / f"faults-{point.replace('/', '_')}"
         faults.mkdir()
