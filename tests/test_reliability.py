@@ -106,7 +106,8 @@ def test_killed_run_repeated_ends_like_an_uninterrupted_one(point, reference, ca
     again = rel.run_job(rel.enrich_args(catalog, lake), rel.job_env({
         "CATALOG_ENRICH_TASK_FAULTS": TASK_FAULTS, "CATALOG_ENRICH_FAULT_LOG": str(faults)}, master="local[2,4]"))
     assert again.returncode == 0, again.stderr[-4000:]
-    assert _injected(faults)  # the repeat also survived task failures
+    if point not in ("committed:enrichment_runs/2", "run_recorded"):  # else the repeat has nothing left to do
+        assert _injected(faults)  # the repeat also survived task failures
     rel.check_readable(lake)
     rel.check_accounted(lake, catalog)
     state = rel.lake_state(lake)
