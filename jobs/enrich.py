@@ -26,6 +26,7 @@ if __package__ in (None, ""):  # run as a script (spark-submit jobs/enrich.py): 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
+from jobs.faults import checkpoint, publish_driver_pid  # noqa: E402
 from jobs.heads import HeadsConfig  # noqa: E402
 from jobs.make_sample_catalog import DEFAULT_SAMPLE_DIR  # noqa: E402
 
@@ -209,13 +210,19 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
     extractor = resolve_extractor(cfg.attributes)   # a bad reference fails here, before any work
     scorer = resolve_matching(cfg.matching)
     lake = Lake(spark, cfg.lake)
+    done = _finished_run(lake, cfg, description)
+    if done is not None:  # a repeat of a run that succeeded (it crashed after its last commit, or a retry)
+        log.info("run %s already succeeded; nothing to do", cfg.run_id)
+        _write_report(lake.root, done)
+        return done
     summary = RunSummary(cfg.run_id, "running", version, description, str(lake.root))
     stage = _Stages(spark)
     lake.upsert(ENRICHMENT_RUNS, _run_row(spark, summary, cfg, started, None), cfg.run_id, step=1)
+    checkpoint("run_started")
 
     policy = ImagePolicy(image_root=cfg.resolved_image_root(), allowed_roots=cfg.allowed_image_roots)
     with stage("validate"):
-        catalog = read_catalog(spark, cfg.catalog)
+        catalog = read_catalog(spark, cfg.catalog, flag_problems=True)
         validated = validate(catalog, make_inspect_udf(policy)).persist(StorageLevel.MEMORY_AND_DISK)
         n_read = validated.count()
         rejected = validated.where(F.col("reason_code").isNotNull())
@@ -223,12 +230,16 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
         n_rejected = rejected.count()
         log.info("read %d rows: %d valid, %d rejected by validation", n_read, n_read - n_rejected, n_rejected)
         stage.count(n_read, "rows")
+    checkpoint("validated")
 
     with stage("select changed"):
-        todo = changed_products(valid, lake.read(PRODUCT_EMBEDDINGS), version)
+        # Rows this run id wrote count as not done: a repeat of a crashed run redoes its products (their
+        # commits that reached the log are skipped) instead of calling them unchanged and skipping later tables.
+        todo = changed_products(valid, lake.read(PRODUCT_EMBEDDINGS), version, this_run=cfg.run_id)
         n_todo = todo.count()
         log.info("%d products new or changed, %d unchanged", n_todo, n_read - n_rejected - n_todo)
         stage.count(n_read - n_rejected, "products")
+    checkpoint("selected")
 
     now = dt.datetime.now(dt.timezone.utc)
     with stage("embed"):
@@ -237,7 +248,10 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
             model_ref=cfg.model, batch_size=cfg.batch_size, device=cfg.device, decode_threads=cfg.decode_threads,
             torch_threads=int(spark.conf.get("spark.task.cpus", "1")), loader=cfg.encoder_loader)
         parts = max(parallelism, math.ceil(n_todo / ROWS_PER_PARTITION))
-        embedded = (todo.repartition(parts, "product_id")
+        # Sorted within partitions: the order rows arrive from a shuffle varies from run to run, and batched
+        # float32 matrix products give a row last-bit different results in different company. Fixed batches
+        # make a repeated (crashed, retried) run write exactly the numbers an uninterrupted one would.
+        embedded = (todo.repartition(parts, "product_id").sortWithinPartitions("product_id")
                     .withColumn("_e", make_embed_udf(embed_cfg)(F.col("title"), F.col("image_path")))
                     .persist(StorageLevel.MEMORY_AND_DISK))
         t = time.perf_counter()
@@ -245,6 +259,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
         rate = n_todo / max(time.perf_counter() - t, 1e-9)
         log.info("embedded %d products (%.1f products/s), %d failed image decoding", n_todo - n_failed, rate, n_failed)
         stage.count(n_todo, "products")
+    checkpoint("embedded")
 
     with stage("heads"):
         from jobs.heads import heads_tables, plan_heads
@@ -262,6 +277,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
         log.info("heads applied to %d products: %d flagged adult", n_scored, n_adult)
         stage.count(n_scored, "products")
         head_frames = heads_tables(scored, plan, version, cfg.run_id, now)
+    checkpoint("heads_scored")
 
     with stage("attributes"):
         opened = None
@@ -296,6 +312,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
     if opened is not None:
         opened.unpersist()
     scored.unpersist()
+    checkpoint("tables_committed")
 
     matched = {"matches_written": 0, "clusters": 0}
     if scorer is not None:
@@ -303,6 +320,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
             matched = match_and_cluster(spark, lake, valid, cfg.run_id, version, MatchConfig(scorer=scorer))
             stage.count(matched["queries"], "products")
     embedded.unpersist()
+    checkpoint("matched")
     validated.unpersist()
 
     with stage("index"):
@@ -325,11 +343,30 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
                        f"matching: {Path(scorer).name if scorer else 'none'}; {index_note}")
     finished = dt.datetime.now(dt.timezone.utc)
     lake.upsert(ENRICHMENT_RUNS, _run_row(spark, summary, cfg, started, finished), cfg.run_id, step=2)
+    checkpoint("run_recorded")
     _write_report(lake.root, summary)
     from jobs.report import write_run_report
 
     write_run_report(lake.root, summary.run_id, image_root=cfg.resolved_image_root())
     return summary
+
+
+def _finished_run(lake, cfg: EnrichConfig, description: str) -> RunSummary | None:
+    """The summary of this run id when enrichment_runs records it as succeeded, else None."""
+    from jobs.runlog import run_rows
+    from schemas.tables import ENRICHMENT_RUNS
+
+    if not lake.exists(ENRICHMENT_RUNS):
+        return None
+    rows = [r for r in run_rows(lake.root, ENRICHMENT_RUNS.name, [cfg.run_id]) if r["status"] == "succeeded"]
+    if not rows:
+        return None
+    r = rows[0]
+    tables = {name: str(lake.root / name) for name in sorted(p.name for p in lake.root.iterdir()
+                                                               if (p / "_delta_log").is_dir())}
+    return RunSummary(cfg.run_id, "succeeded", r["model_version"], description, str(lake.root),
+                      counts=dict(r["counts"] or {}), timings=dict(r["timings"] or {}), tables=tables,
+                      message=r["message"] or "")
 
 
 def _write_report(root: Path, summary: RunSummary) -> Path:
@@ -369,12 +406,30 @@ def print_summary(s: RunSummary, out=None) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("CATALOG_ENRICH_LOG", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from jobs.lock import LakeBusyError, LakeLock
+
+    cfg = parse_args(argv)
+    # One run per lake at a time, taken before Spark starts: a refused run costs nothing and writes nothing.
+    lock = LakeLock(cfg.lake, cfg.run_id)
+    try:
+        lock.acquire()
+    except LakeBusyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    try:
+        return _locked_main(cfg)
+    finally:
+        lock.release()
+
+
+def _locked_main(cfg: EnrichConfig) -> int:
     from jobs.lakehouse import LakeError
     from jobs.spark_session import SparkSetupError, build_session
     from jobs.transforms import CatalogError
     from models.refs import ModelRefError
 
-    cfg = parse_args(argv)
+    publish_driver_pid()
+    checkpoint("start")
     try:
         spark = build_session("catalog-enrich")
     except SparkSetupError as e:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from jobs.faults import checkpoint
 from schemas.tables import TableSpec
 
 __all__ = ["CommitResult", "Lake", "LakeError", "app_id_for"]
@@ -181,11 +182,14 @@ class Lake:
         target = self.path(spec) / folder
         try:
             df.write.mode("errorifexists").parquet(str(target))
+            point = spec.name if step == 1 else f"{spec.name}/{step}"
+            checkpoint(f"written:{point}")   # data files on disk, not yet in the log
             adds = self._add_actions(spec, folder)
             if not adds and not removed:
                 shutil.rmtree(target, ignore_errors=True)
                 return CommitResult(spec.name, None, 0, 0)
             self._commit(spec, dt, adds, removed, app_id, step)
+            checkpoint(f"committed:{point}")
         except Exception:
             # The files were never referenced by the log, so readers never saw them; tidy up.
             shutil.rmtree(target, ignore_errors=True)

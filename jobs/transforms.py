@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pyspark.sql.types import StringType
+
 from schemas import reasons
 from schemas.tables import CATALOG, CATALOG_REQUIRED
 
@@ -18,6 +20,9 @@ __all__ = ["CatalogError", "changed_products", "quarantine_rows", "read_catalog"
 CONTENT_COLUMNS = ("title", "description", "brand", "category", "price", "currency", "language", "image_sha256")
 
 
+# A title is a line of text; a longer one is junk (or an attack on the tokenizer and the Arrow batches).
+MAX_TITLE_CHARS = 4096
+
 # JSON of a row keeps its null fields: the raw record shows every column, and hashes see explicit nulls.
 _KEEP_NULLS = {"ignoreNullFields": "false"}
 
@@ -26,8 +31,15 @@ class CatalogError(ValueError):
     """The catalog as a whole is unusable (missing, or without the required columns)."""
 
 
-def read_catalog(spark, path: str):
-    """Read a Parquet or Delta catalog and conform it to the input contract's columns and types."""
+def read_catalog(spark, path: str, flag_problems: bool = False):
+    """Read a Parquet or Delta catalog and conform it to the input contract's columns and types.
+
+    A value that cannot take the contract's type never fails the run: text that is not valid UTF-8 is
+    repaired (U+FFFD), a price or time that does not convert becomes null. With ``flag_problems`` the rows
+    where that happened say so in ``_problem_code``/``_problem_detail`` (for :func:`validate` to quarantine).
+    Only a column that cannot be conformed at all (missing, or a struct, array or map where the contract has
+    a scalar) makes the catalog unusable: :class:`CatalogError` names every such column.
+    """
     from pyspark.sql import functions as F
 
     p = Path(path)
@@ -46,28 +58,69 @@ def read_catalog(spark, path: str):
     if missing:
         raise CatalogError(f"catalog {path} lacks the required column(s) {', '.join(missing)}; "
                            f"it has: {', '.join(df.columns)}")
-    cols = []
+    _check_types(df, path)
+    cols, problems = [], []
     for field in CATALOG.fields:
-        if field.name in df.columns:
-            cols.append(F.col(field.name).cast(field.dataType).alias(field.name))
-        else:
+        if field.name not in df.columns:
             cols.append(F.lit(None).cast(field.dataType).alias(field.name))
+            continue
+        src = F.col(field.name)
+        if field.dataType == StringType():
+            text = src.cast("string")  # bytes are taken as they are: validity is checked next
+            cols.append(F.make_valid_utf8(text).alias(field.name))
+            problems.append((~F.is_valid_utf8(text), reasons.INVALID_TEXT, f"{field.name} is not valid UTF-8"))
+        else:
+            value = src.try_cast(field.dataType)  # spark.sql.ansi.enabled would fail the whole run on one 'n/a'
+            cols.append(value.alias(field.name))
+            code = reasons.INVALID_PRICE if field.name == "price" else reasons.INVALID_VALUE
+            problems.append((src.isNotNull() & value.isNull(), code,
+                             f"{field.name} is not a {field.dataType.simpleString()}"))
+    if flag_problems:
+        code, detail = F.lit(None).cast("string"), F.lit(None).cast("string")
+        for cond, c, d in reversed(problems):  # the first problem, in column order, wins
+            code, detail = F.when(cond, F.lit(c)).otherwise(code), F.when(cond, F.lit(d)).otherwise(detail)
+        cols += [code.alias("_problem_code"), detail.alias("_problem_detail")]
     return df.select(*cols)
+
+
+def _check_types(df, path: str) -> None:
+    from pyspark.sql.types import ArrayType, MapType, StructType
+
+    nested = (ArrayType, MapType, StructType)
+    given = {f.name: f.dataType for f in df.schema.fields}
+    wrong = [f"{f.name} ({given[f.name].simpleString()}, expected {f.dataType.simpleString()})"
+             for f in CATALOG.fields if f.name in given and isinstance(given[f.name], nested)]
+    if wrong:
+        raise CatalogError(f"catalog {path} has column(s) of an unusable type: {', '.join(wrong)}")
+
+
+def _blank(col):
+    """Null, or nothing but separators and control/format characters (tabs, NBSP, zero-width spaces, ...):
+    Spark's ``trim`` strips only ASCII spaces."""
+
+    return col.isNull() | col.rlike(r"^[\p{Z}\p{C}]*\z")
 
 
 def validate(catalog, inspect_udf):
     """Add ``reason_code``/``detail`` (first failing rule wins), image checks, ``content_hash``, ``row_id``.
 
     Rules, in order: missing id; duplicate id (the row with the latest ``updated_at`` wins, ties broken by
-    content so the choice is deterministic); empty title; image URI not allowed, unreadable or not an image.
+    content so the choice is deterministic); a value that did not conform (``_problem_code`` from
+    :func:`read_catalog`, when present); empty title; title too long; price not a finite non-negative number;
+    image URI not allowed, unreadable or not an image.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     raw = F.to_json(F.struct(*[F.col(f.name) for f in CATALOG.fields]), _KEEP_NULLS)
     df = catalog.withColumn("raw_record", raw)
-    pid_blank = F.col("product_id").isNull() | (F.trim(F.col("product_id")) == "")
-    title_blank = F.col("title").isNull() | (F.trim(F.col("title")) == "")
+    if "_problem_code" not in df.columns:
+        df = df.withColumn("_problem_code", F.lit(None).cast("string")).withColumn("_problem_detail",
+                                                                                    F.lit(None).cast("string"))
+    pid_blank = _blank(F.col("product_id"))
+    title_blank = _blank(F.col("title"))
+    price = F.col("price")
+    bad_price = price.isNotNull() & (F.isnan(price) | (price < 0) | (price == float("inf")))
 
     by_id = Window.partitionBy("product_id").orderBy(F.col("updated_at").desc_nulls_last(), F.col("raw_record"))
     df = df.withColumn("_rank", F.when(pid_blank, F.lit(1)).otherwise(F.row_number().over(by_id)))
@@ -75,22 +128,30 @@ def validate(catalog, inspect_udf):
     df = df.withColumn("_copy", F.row_number().over(Window.partitionBy("raw_record").orderBy("raw_record")))
     df = df.withColumn("row_id", F.sha2(F.concat_ws("#", "raw_record", F.col("_copy").cast("string")), 256))
 
+    too_long = F.length("title") > MAX_TITLE_CHARS
+    rules = [
+        (pid_blank, F.lit(reasons.MISSING_ID), F.lit("product_id is null or blank")),
+        (F.col("_rank") > 1, F.lit(reasons.DUPLICATE_ID), F.lit("a later row of the snapshot has this product_id")),
+        (F.col("_problem_code").isNotNull(), F.col("_problem_code"), F.col("_problem_detail")),
+        (title_blank, F.lit(reasons.EMPTY_TITLE), F.lit("title is null or blank")),
+        (too_long, F.lit(reasons.TITLE_TOO_LONG),
+         F.format_string(f"title of %d characters (at most {MAX_TITLE_CHARS})", F.length("title"))),
+        (bad_price, F.lit(reasons.INVALID_PRICE), F.format_string("price %s is not a finite number >= 0", price)),
+    ]
+    reason, detail = F.lit(None).cast("string"), F.lit(None).cast("string")
+    for cond, code, text in reversed(rules):
+        reason, detail = F.when(cond, code).otherwise(reason), F.when(cond, text).otherwise(detail)
+    df = df.withColumn("_pre", reason).withColumn("_pre_detail", detail)
     image = inspect_udf(F.col("image_uri"))
-    df = df.withColumn("_img", F.when(~pid_blank & ~title_blank & (F.col("_rank") == 1), image))
-    reason = (F.when(pid_blank, F.lit(reasons.MISSING_ID))
-              .when(F.col("_rank") > 1, F.lit(reasons.DUPLICATE_ID))
-              .when(title_blank, F.lit(reasons.EMPTY_TITLE))
-              .otherwise(F.col("_img.image_reason")))
-    detail = (F.when(pid_blank, F.lit("product_id is null or blank"))
-              .when(F.col("_rank") > 1, F.lit("a later row of the snapshot has this product_id"))
-              .when(title_blank, F.lit("title is null or blank"))
-              .otherwise(F.col("_img.image_detail")))
-    df = (df.withColumn("reason_code", reason).withColumn("detail", detail)
+    df = df.withColumn("_img", F.when(F.col("_pre").isNull(), image))
+    df = (df.withColumn("reason_code", F.coalesce("_pre", "_img.image_reason"))
+          .withColumn("detail", F.when(F.col("_pre").isNotNull(), F.col("_pre_detail"))
+                      .otherwise(F.col("_img.image_detail")))
           .withColumn("image_path", F.col("_img.image_path"))
           .withColumn("image_sha256", F.col("_img.image_sha256")))
     content = F.to_json(F.struct(*[F.col(c) for c in CONTENT_COLUMNS]), _KEEP_NULLS)
     df = df.withColumn("content_hash", F.sha2(content, 256))
-    return df.drop("_rank", "_copy", "_img")
+    return df.drop("_rank", "_copy", "_img", "_pre", "_pre_detail", "_problem_code", "_problem_detail")
 
 
 def quarantine_rows(rejected, run_id: str, now):
@@ -102,9 +163,16 @@ def quarantine_rows(rejected, run_id: str, now):
         F.lit(now).cast("timestamp").alias("quarantined_at"))
 
 
-def changed_products(valid, existing, model_version: str):
-    """Valid rows whose (content hash, model version) differ from what the embeddings table holds."""
+def changed_products(valid, existing, model_version: str, this_run: str | None = None):
+    """Valid rows whose (content hash, model version) differ from what the embeddings table holds.
+
+    Rows written by ``this_run`` do not count as current: when a run is repeated after a crash, the products
+    it had already embedded are selected again, so the tables it had not committed yet get their rows.
+    """
     from pyspark.sql import functions as F
 
-    current = existing.where(F.col("model_version") == model_version).select("product_id", "content_hash")
+    current = existing.where(F.col("model_version") == model_version)
+    if this_run is not None:
+        current = current.where(F.col("run_id") != this_run)
+    current = current.select("product_id", "content_hash")
     return valid.join(current, ["product_id", "content_hash"], "left_anti")

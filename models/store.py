@@ -31,7 +31,8 @@ from urllib.parse import unquote, urlparse
 from models.digest import sha256_file
 
 __all__ = [
-    "CONFIG_FILE", "DEFAULT_STORE", "MANIFEST_FILE", "WEIGHTS_FILE", "ModelIntegrityError", "code_version",
+    "CONFIG_FILE", "DEFAULT_STORE", "MANIFEST_FILE", "WEIGHTS_FILE", "ModelIntegrityError", "check_safetensors",
+    "code_version",
     "current_version", "list_versions", "load_model", "promote", "read_manifest", "save_version", "store_root",
     "trained_state_dict", "verify_version", "version_dir",
 ]
@@ -119,7 +120,48 @@ def verify_version(vdir: Path) -> dict[str, Any]:
     extra = sorted(p.name for p in vdir.iterdir() if p.name not in files and p.name != MANIFEST_FILE)
     if extra:
         raise ModelIntegrityError(f"{vdir}: files not in the manifest: {', '.join(extra)}")
+    for name in files:
+        if name.endswith(".safetensors"):
+            check_safetensors(vdir / name)
     return manifest
+
+
+_MAX_HEADER = 100 * 1024 * 1024   # the safetensors library's own limit on the JSON header
+
+
+def check_safetensors(path: Path) -> None:
+    """Refuse a file that is not a whole safetensors container, without torch and without reading the tensors.
+
+    The checksum only proves the file is the one the manifest's writer saw: a manifest written over a pickle
+    renamed ``.safetensors``, or over a truncated copy, matches it. The container is an 8-byte little-endian
+    header length, a JSON header, then the tensor bytes; every tensor's byte range must lie in the file and the
+    ranges must end where the file does.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or n > min(_MAX_HEADER, size - 8):
+            raise ModelIntegrityError(f"{path}: not a safetensors file (a pickle or another format under that "
+                                      f"name, or cut short); refused")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ModelIntegrityError(f"{path}: not a safetensors file (its header is not JSON); refused") from None
+    if not isinstance(header, dict):
+        raise ModelIntegrityError(f"{path}: not a safetensors file (its header is not a JSON object); refused")
+    data = size - 8 - n
+    ends = [0]
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = (info.get("data_offsets") or [None, None]) if isinstance(info, dict) else (None, None)
+        if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end <= data):
+            raise ModelIntegrityError(f"{path}: tensor {name!r} lies outside the file (truncated?); refused")
+        ends.append(end)
+    if max(ends) != data:
+        raise ModelIntegrityError(f"{path}: {data - max(ends)} bytes after the last tensor, or the file is cut "
+                                  f"short; refused")
 
 
 def code_version() -> str:

@@ -89,3 +89,49 @@ def test_current_and_file_uri(saved):
 def test_default_falls_back_to_builtin_without_a_shipped_champion(monkeypatch, tmp_path):
     monkeypatch.setattr(store, "DEFAULT_STORE", tmp_path / "empty")
     assert parse_model_ref("default").kind == "builtin"
+
+
+def _forge(vdir, name, data):
+    """Replace a file and rewrite the manifest to match: the checksum alone can no longer catch it."""
+    from models.digest import sha256_file
+
+    (vdir / name).write_bytes(data)
+    manifest = json.loads((vdir / "manifest.json").read_text())
+    manifest["files"][name] = sha256_file(vdir / name)
+    (vdir / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("forgery, message", [
+    ("pickle", r"model\.safetensors: not a safetensors file \(a pickle"),
+    ("truncated", r"model\.safetensors: .*(cut short|outside the file)"),
+    ("empty", r"model\.safetensors: not a safetensors file"),
+    ("json header", r"model\.safetensors: not a safetensors file \(its header is not JSON\)"),
+])
+def test_forged_weights_with_a_matching_manifest_are_refused_and_current_stays(saved, forgery, message):
+    import pickle
+
+    root, version, model = saved
+    store.promote(root, version)
+    cfg = json.loads((root / version / "open_clip_config.json").read_text())["model_cfg"]
+    bad = store.save_version(root, "tiny", cfg, {}, store.trained_state_dict(build_clip(cfg, seed=6)),
+                             training_data="test", metrics={})
+    weights = (root / bad / "model.safetensors").read_bytes()
+    data = {"pickle": pickle.dumps({"weights": [1.0, 2.0]}),
+            "truncated": weights[: len(weights) - 100],
+            "empty": b"",
+            "json header": (8).to_bytes(8, "little") + b"\xff" * 8 + weights[16:]}[forgery]
+    _forge(root / bad, "model.safetensors", data)
+    with pytest.raises(store.ModelIntegrityError, match=message):
+        store.promote(root, bad)
+    assert store.current_version(root) == version            # the champion stays
+    with pytest.raises(store.ModelIntegrityError, match=message):
+        load_encoder(parse_model_ref(f"store:{bad}", model_store_root=root), "cpu")
+    assert parse_model_ref("current", model_store_root=root).version == f"store:{version}"
+    load_encoder(parse_model_ref("current", model_store_root=root), "cpu")  # and still loads
+
+
+def test_the_shipped_stores_pass_the_container_check():
+    """The check must not refuse what the project ships (encoder and head bundle)."""
+    for vdir in [store.DEFAULT_STORE / v for v in store.list_versions(store.DEFAULT_STORE)] + \
+            [store.DEFAULT_STORE / "heads" / v for v in store.list_versions(store.DEFAULT_STORE / "heads")]:
+        store.check_safetensors(vdir / "model.safetensors")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd  # at module level: the UDF type hints are resolved in this module's namespace
 
+from jobs.faults import checkpoint, maybe_fail
 from schemas import reasons
 from udfs.model_cache import cached, import_object
 
@@ -123,6 +124,8 @@ def make_embed_udf(cfg: EmbedConfig):
     def embed(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
         encoder = _encoder(cfg)  # once per worker process, not per batch or task
         for titles, paths in batches:
+            checkpoint("embed_batch")                 # tests only: see jobs.faults
+            maybe_fail("embed", titles.iloc[0] if len(titles) else None)
             cols = embed_frame(
                 [t if isinstance(t, str) else "" for t in titles],
                 [p if isinstance(p, str) else None for p in paths], encoder, cfg)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd  # at module level: the UDF type hints are resolved in this module's namespace
 
+from jobs.faults import maybe_fail
 from models.heads.adult import TermList
 from models.heads.zero_shot import ZeroShotLabels
 from udfs.model_cache import cached
@@ -126,6 +127,7 @@ def make_heads_udf(plan: HeadsPlan):
     def heads(batches: Iterator[tuple[pd.Series, pd.Series, pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
         bundle, terms = _resources(plan)
         for text_emb, image_emb, titles, descriptions in batches:
+            maybe_fail("heads", titles.iloc[0] if len(titles) else None)  # tests only: see jobs.faults
             texts = [" ".join(x for x in (t, d) if isinstance(x, str) and x) for t, d in zip(titles, descriptions,
                                                                                          strict=True)]
             cols = heads_frame(list(text_emb), list(image_emb), texts, plan, bundle, terms)

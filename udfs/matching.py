@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pandas as pd  # at module level: the UDF type hints are resolved in this module's namespace
 
+from jobs.faults import maybe_fail
 from udfs.model_cache import cached
 
 __all__ = ["CELL_SCHEMA", "HIT_SCHEMA", "SCORE_SCHEMA", "MaxParam", "make_cells_fn", "make_codes_udf", "make_score_fn",
@@ -98,6 +99,10 @@ def make_search_fn(neighbours: int, min_cosine: float, largest=None, searched=No
     from models.matching.blocking import block_search
 
     def search(pdf: pd.DataFrame) -> pd.DataFrame:
+        maybe_fail("match", pdf["product_id"].min() if len(pdf) else None)  # tests only: see jobs.faults
+        # A fixed row order (a shuffle delivers them in any): cosines from batched float32 products then repeat
+        # to the last bit when a run is repeated.
+        pdf = pdf.sort_values(["product_id", "is_index", "is_query"], kind="stable")
         idx, qry = pdf[pdf["is_index"]], pdf[pdf["is_query"]]
         if largest is not None:
             largest.add(len(idx))

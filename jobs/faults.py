@@ -1,0 +1,100 @@
+"""Fault injection for the reliability tests: named kill points and first-attempt task failures.
+
+Both are switched off unless an environment variable names them, and then cost one dictionary lookup.
+
+``CATALOG_ENRICH_KILL_AT=name[:n]``
+    the process that reaches :func:`checkpoint` ``name`` for the ``n``-th time (default 1) is killed with
+    SIGKILL: no ``finally`` block, no ``atexit`` handler and no Spark shutdown runs, exactly as when the driver's
+    machine dies. A checkpoint reached inside a Spark task (a pandas UDF on a Python worker) kills the driver
+    instead, whose pid the driver publishes in ``CATALOG_ENRICH_DRIVER_PID`` before Spark starts: a dead
+    worker would only fail a task, which is what the retry faults below test.
+``CATALOG_ENRICH_TASK_FAULTS=udf[,udf...]:fraction``
+    a ``fraction`` of the named UDFs' batches raise :class:`InjectedFault` on their task's first attempt
+    (``TaskContext.attemptNumber() == 0``); a retry of the task succeeds. Run Spark with task retries
+    (``local[N,F]``) to see the job survive them.
+``CATALOG_ENRICH_FAULT_LOG=DIR``
+    every kill and fault appends a line to a file in ``DIR``, so the tests can count what was injected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+from collections import Counter
+
+__all__ = ["InjectedFault", "KILL_ENV", "TASK_FAULTS_ENV", "checkpoint", "maybe_fail", "publish_driver_pid"]
+
+KILL_ENV = "CATALOG_ENRICH_KILL_AT"
+TASK_FAULTS_ENV = "CATALOG_ENRICH_TASK_FAULTS"
+LOG_ENV = "CATALOG_ENRICH_FAULT_LOG"
+DRIVER_PID_ENV = "CATALOG_ENRICH_DRIVER_PID"
+
+_hits: Counter[str] = Counter()
+
+
+class InjectedFault(RuntimeError):
+    """A failure injected on purpose (never raised unless CATALOG_ENRICH_TASK_FAULTS is set)."""
+
+
+def _log(kind: str, line: str) -> None:
+    folder = os.environ.get(LOG_ENV)
+    if folder:
+        with open(os.path.join(folder, f"{kind}-{os.getpid()}.log"), "a") as f:
+            f.write(line + "\n")
+
+
+def publish_driver_pid() -> None:
+    """Called by the driver before Spark starts, so that Python workers (children of the JVM) inherit it."""
+    if os.environ.get(KILL_ENV):
+        os.environ[DRIVER_PID_ENV] = str(os.getpid())
+
+
+def checkpoint(name: str) -> None:
+    """A named point where the job may be killed (see the module doc); does nothing unless asked to."""
+    target = os.environ.get(KILL_ENV)
+    if not target:
+        return
+    want, _, nth = target.rpartition(":")
+    if not nth.isdigit():  # names hold colons (written:quarantine): a count is a trailing number only
+        want, nth = target, "1"
+    if want != name:
+        return
+    _hits[name] += 1
+    if _hits[name] != int(nth):
+        return
+    _log("kills", f"{name} {_hits[name]}")
+    victim = int(os.environ.get(DRIVER_PID_ENV) or os.getpid())
+    os.kill(victim, signal.SIGKILL)
+    if victim != os.getpid():  # a worker: do not let this task finish while the driver dies
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _fraction(key: str) -> float:
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()[:8], "big") / 2.0**64
+
+
+def maybe_fail(udf: str, key: object = None) -> None:
+    """Raise :class:`InjectedFault` on the first attempt of a task for a ``fraction`` of the UDF's batches.
+
+    A batch is picked by a hash of (UDF, partition, batch number within the task), not by its rows, whose
+    order after a shuffle varies: the same batches fail in every run. ``key`` only goes into the message.
+    """
+    spec = os.environ.get(TASK_FAULTS_ENV)
+    if not spec:
+        return
+    names, _, fraction = spec.rpartition(":")
+    if udf not in names.split(","):
+        return
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    if ctx is None:
+        return
+    batch = (udf, ctx.stageId(), ctx.partitionId(), ctx.attemptNumber())
+    _hits[repr(batch)] += 1
+    if ctx.attemptNumber() > 0 or _fraction(f"{udf}:{ctx.partitionId()}:{_hits[repr(batch)]}") >= float(fraction):
+        return
+    _log("faults", f"{udf} partition {ctx.partitionId()} batch {_hits[repr(batch)]} first row {key!r}")
+    raise InjectedFault(f"injected fault in {udf} (first attempt of partition {ctx.partitionId()}, "
+                        f"batch {_hits[repr(batch)]})")

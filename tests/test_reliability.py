@@ -1,0 +1,174 @@
+"""Crashes, task retries and concurrent runs, done for real: the enrich job as a subprocess on a real lake,
+killed with SIGKILL at named points (jobs.faults), failing UDF batches on their first attempt under
+``local[2,4]``, and a second run started while the first holds the lake.
+
+Each repeat of a killed run runs under ``local[2,4]`` with task faults injected, so the default run (one kill
+point, without the match stage, to stay within the CI budget) covers crashes, retries and the lock with three
+job runs.
+``CATALOG_ENRICH_RELIABILITY=full`` tries every one of :data:`tests.reliability.KILL_POINTS`
+(``CATALOG_ENRICH_KILL_POINTS=a,b`` picks some) and a faulty run from scratch. Each test compares the lake
+with the one an uninterrupted run wrote (the reference), row for row.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tests import reliability as rel
+
+pytestmark = pytest.mark.spark
+
+LIGHT_KILL_POINTS = ("committed:product_embeddings",)   # the point that lost rows before repeats redid products
+TASK_FAULTS = "inspect,embed,heads,match:0.5"
+INJECTED: list[str] = []
+CHAINED: list[str] = []
+
+
+def _kill_points() -> tuple[str, ...]:
+    chosen = os.environ.get("CATALOG_ENRICH_KILL_POINTS")
+    if chosen:
+        return tuple(p for p in chosen.split(",") if p)
+    if rel.chain_mode():
+        return ()
+    return rel.KILL_POINTS if rel.full_mode() else LIGHT_KILL_POINTS
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory) -> Path:
+    return rel.make_slice(tmp_path_factory.mktemp("catalog"))
+
+
+@pytest.fixture(scope="module")
+def reference(catalog, tmp_path_factory):
+    """An uninterrupted run: its lake is what every crashed-and-repeated run must end with.
+
+    While it runs, a second run on the same lake is started (another run id): the lake lock must refuse it
+    at once, before it writes anything. ``test_concurrent_run_is_refused`` checks that part.
+    """
+    lake = tmp_path_factory.mktemp("reference") / "lake"
+    t = time.perf_counter()
+    first = rel.start_job(rel.enrich_args(catalog, lake), rel.job_env())
+    lock = lake / "_locks" / "enrich.lock"
+    deadline = time.monotonic() + 120
+    while rel.RUN_ID not in (lock.read_text() if lock.exists() else "") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = rel.run_job(rel.enrich_args(catalog, lake, "rel-2"), rel.job_env(), timeout=120)
+    tables_while_refused = rel.tables(lake)
+    result = rel.finish_job(first, started=t)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return {"lake": lake, "state": rel.lake_state(lake), "result": result, "second": second,
+            "tables_while_refused": tables_while_refused}
+
+
+def test_reference_run_accounts_for_every_row(reference, catalog):
+    counts = rel.check_accounted(reference["lake"], catalog)
+    assert counts["enriched"] == 30 and counts["quarantined"] > 10
+    assert rel.check_readable(reference["lake"]) == dict.fromkeys(reference["state"], 0)  # no leftovers at all
+
+
+def test_concurrent_run_is_refused(reference, catalog):
+    """Two runs at once: the second is refused with exit status 3 and a message naming the holder, writes
+    nothing, and the first commits normally; once the first is done, the second runs."""
+    second = reference["second"]
+    assert second.returncode == 3, second.stderr[-2000:]
+    assert f"is locked by run {rel.RUN_ID}" in second.stderr and "run rel-2 was not started" in second.stderr
+    assert second.seconds < 60  # refused before Spark starts
+    from jobs.runlog import run_rows
+
+    assert run_rows(reference["lake"], "enrichment_runs", ["rel-2"]) == []
+    assert all(row[0] != ("run_id", "rel-2") for rows in reference["state"].values() for row in rows)
+    if rel.full_mode():  # the refused run, repeated later, succeeds (nothing changed: all unchanged)
+        import shutil
+
+        lake = reference["lake"].parent / "after"
+        shutil.copytree(reference["lake"], lake)
+        again = rel.run_job(rel.enrich_args(catalog, lake, "rel-2"), rel.job_env())
+        assert again.returncode == 0, again.stderr[-4000:]
+        c = rel.check_accounted(lake, catalog, "rel-2")
+        assert c["enriched"] == 0 and c["unchanged"] == 30
+
+
+@pytest.mark.parametrize("point", _kill_points())
+def test_killed_run_repeated_ends_like_an_uninterrupted_one(point, reference, catalog, tmp_path):
+    lake = tmp_path / "lake"
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    killed = rel.run_job(rel.enrich_args(catalog, lake), rel.job_env({
+        "CATALOG_ENRICH_KILL_AT": point, "CATALOG_ENRICH_FAULT_LOG": str(faults)}))
+    assert killed.returncode == -9, f"kill point {point} was not reached (exit {killed.returncode})"
+    assert [p.read_text().split()[0] for p in faults.glob("kills-*")] == [point]
+    rel.check_readable(lake)  # right after the crash: whatever is visible is whole
+
+    again = rel.run_job(rel.enrich_args(catalog, lake), rel.job_env({
+        "CATALOG_ENRICH_TASK_FAULTS": TASK_FAULTS, "CATALOG_ENRICH_FAULT_LOG": str(faults)}, master="local[2,4]"))
+    assert again.returncode == 0, again.stderr[-4000:]
+    if point not in ("committed:enrichment_runs/2", "run_recorded"):  # else the repeat has nothing left to do
+        assert _injected(faults)  # the repeat also survived task failures
+    rel.check_readable(lake)
+    rel.check_accounted(lake, catalog)
+    state = rel.lake_state(lake)
+    assert state.keys() == reference["state"].keys()
+    for name, rows in reference["state"].items():
+        assert state[name] == rows, f"{name} differs from the uninterrupted run after a kill at {point}"
+
+
+@pytest.mark.skipif(not rel.chain_mode(), reason="CATALOG_ENRICH_RELIABILITY=chain runs it")
+def test_one_lake_killed_at_every_point_in_turn(reference, catalog, tmp_path):
+    """Run k dies at point k, having redone what runs 1..k-1 left; the run after the last point finishes.
+    Each point is reached from a lake that earlier crashes left behind, not from an empty one."""
+    lake = tmp_path / "lake"
+    # Not run_recorded: once a run's record is committed, its repeat does no work and never gets there (the
+    # default and full runs reach it from a fresh lake).
+    points = ([p for p in os.environ.get("CATALOG_ENRICH_KILL_POINTS", "").split(",") if p]
+              or [p for p in rel.KILL_POINTS if p != "run_recorded"])
+    for point in points:
+        faults = tmp_path / f"faults-{point.replace('/', '_')}"
+        faults.mkdir()
+        killed = rel.run_job(rel.enrich_args(catalog, lake), rel.job_env({
+            "CATALOG_ENRICH_KILL_AT": point, "CATALOG_ENRICH_FAULT_LOG": str(faults)}))
+        assert killed.returncode == -9, f"kill point {point} was not reached (exit {killed.returncode})"
+        rel.check_readable(lake)
+        print(f"killed at {point} after {killed.seconds:.0f} s", flush=True)
+    again = rel.run_job(rel.enrich_args(catalog, lake), rel.job_env())
+    assert again.returncode == 0, again.stderr[-4000:]
+    rel.check_readable(lake)
+    rel.check_accounted(lake, catalog)
+    assert rel.lake_state(lake) == reference["state"]
+    CHAINED.extend(points)
+
+
+def _injected(faults: Path) -> list[str]:
+    lines = [line for p in faults.glob("faults-*") for line in p.read_text().splitlines()]
+    INJECTED.extend(lines)
+    return lines
+
+
+@pytest.mark.skipif(not rel.full_mode(), reason="the default run retries faults in the repeat of a killed run; "
+                                                 "CATALOG_ENRICH_RELIABILITY=full runs this one too")
+def test_task_failures_are_retried_and_change_nothing(reference, catalog, tmp_path):
+    """Half of the inspect, embed, heads and match UDF batches fail on their task's first attempt; under
+    ``local[2,4]`` Spark retries them and the lake equals the reference."""
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    lake = tmp_path / "lake"
+    result = rel.run_job(rel.enrich_args(catalog, lake), rel.job_env({
+        "CATALOG_ENRICH_TASK_FAULTS": TASK_FAULTS, "CATALOG_ENRICH_FAULT_LOG": str(faults)}, master="local[2,4]"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    injected = _injected(faults)
+    assert {line.split()[0] for line in injected} == {"inspect", "embed", "heads", "match"}
+    rel.check_readable(lake)
+    rel.check_accounted(lake, catalog)
+    assert rel.lake_state(lake) == reference["state"]
+
+
+def test_report_counts():
+    """Not a check: prints what this run injected (the figures of the long run)."""
+    from collections import Counter
+
+    by_udf = Counter(line.split()[0] for line in INJECTED)
+    print(f"kill points tried: {len(_kill_points())} one by one, {len(CHAINED)} in a chain; "
+          f"task faults injected: {len(INJECTED)} {dict(by_udf)}")
