@@ -97,6 +97,8 @@ def test_scorer_trains_calibrates_round_trips_and_is_checksummed(tmp_path):
     loaded = load_scorer(root)
     assert loaded.version == version and np.array_equal(loaded.score(valid), scores)
     assert load_scorer(root / version).version == version
+    again = [save_scorer(root, s, training_data="toy") for _ in range(3)]   # the same scorer, within a second
+    assert len({version, *again}) == 4 and all(load_scorer(root / v).version == v for v in again)
     path = root / version / "scorer.json"
     path.write_text(path.read_text().replace('"threshold": ', '"threshold": 0.0001 + '))
     with pytest.raises(ModelIntegrityError, match="sha256 does not match"):

@@ -48,8 +48,12 @@ def save_scorer(root: Path, scorer: PairScorer, *, name: str = "pair-scorer", tr
     """Write a new version and return its id (``<name>-<UTC time>-<digest>``); ``current`` is not touched."""
     text = scorer.to_json() + "\n"
     created = datetime.now(timezone.utc)
-    version = f"{name}-{created:%Y%m%dT%H%M%S}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+    version = base = f"{name}-{created:%Y%m%dT%H%M%S}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
     root.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while version_dir(root, version).exists():  # the same scorer saved twice within one second: a new version
+        n += 1
+        version = f"{base}-{n}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{version}."))
     (tmp / SCORER_FILE).write_text(text)
     manifest = {"version": version, "name": name, "created_at": created.isoformat(timespec="seconds"),
