@@ -242,11 +242,12 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
     checkpoint("selected")
 
     now = dt.datetime.now(dt.timezone.utc)
+    task_cpus = int(spark.conf.get("spark.task.cpus", "1"))   # torch threads per model UDF task
     with stage("embed"):
         parallelism = spark.sparkContext.defaultParallelism
         embed_cfg = EmbedConfig(
             model_ref=cfg.model, batch_size=cfg.batch_size, device=cfg.device, decode_threads=cfg.decode_threads,
-            torch_threads=int(spark.conf.get("spark.task.cpus", "1")), loader=cfg.encoder_loader)
+            torch_threads=task_cpus, loader=cfg.encoder_loader)
         parts = max(parallelism, math.ceil(n_todo / ROWS_PER_PARTITION))
         # Sorted within partitions: the order rows arrive from a shuffle varies from run to run, and batched
         # float32 matrix products give a row last-bit different results in different company. Fixed batches
@@ -284,8 +285,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
         if extractor is not None:
             # Beside the closed heads' rows; the table's key keeps one row per (product, attribute, value).
             t = time.perf_counter()
-            opened = open_attributes(scored, extractor, cfg.batch_size, cfg.device,
-                                     int(spark.conf.get("spark.task.cpus", "1")), cfg.run_id, now
+            opened = open_attributes(scored, extractor, cfg.batch_size, cfg.device, task_cpus, cfg.run_id, now
                                      ).persist(StorageLevel.MEMORY_AND_DISK)
             n_values = opened.count()
             log.info("open attributes: %d values from %d products (%.1f products/s)", n_values, n_scored,

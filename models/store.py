@@ -32,9 +32,8 @@ from models.digest import sha256_file
 
 __all__ = [
     "CONFIG_FILE", "DEFAULT_STORE", "MANIFEST_FILE", "WEIGHTS_FILE", "ModelIntegrityError", "check_safetensors",
-    "code_version",
-    "current_version", "list_versions", "load_model", "promote", "read_manifest", "save_version", "store_root",
-    "trained_state_dict", "verify_version", "version_dir",
+    "code_version", "current_version", "list_versions", "load_model", "promote", "read_manifest", "save_version",
+    "store_root", "trained_state_dict", "verify_version", "version_dir",
 ]
 
 DEFAULT_STORE = Path(__file__).resolve().parent / "store"

@@ -22,7 +22,6 @@ import numpy as np
 __all__ = ["AdultDecision", "TermList", "decide_adult"]
 
 
-
 def _is_cjk(term: str) -> bool:
     return any(ord(ch) >= 0x2E80 for ch in term)
 
