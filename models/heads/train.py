@@ -99,7 +99,9 @@ def clean_label_mask(x: np.ndarray, y: np.ndarray, n_classes: int, folds: int = 
     skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for tr, te in skf.split(idx, sub_y):
         probs[te] = _softmax_regression_probs(x[idx[tr]], sub_y[tr], x[idx[te]], len(sub_classes), seed=seed)
-    issues = find_label_issues(sub_y, probs, filter_by="prune_by_noise_rate")
+    # n_jobs=1: cleanlab's default forks a multiprocessing pool, and a fork of a process that runs Spark or
+    # Airflow threads can deadlock on a lock held by another thread (it hung a CI run at pool shutdown).
+    issues = find_label_issues(sub_y, probs, filter_by="prune_by_noise_rate", n_jobs=1)
     keep[idx[issues]] = False
     log.info("confident learning: %d of %d labels flagged as issues and dropped", int((~keep).sum()), len(y))
     return keep
