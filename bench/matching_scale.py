@@ -24,11 +24,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import PeakRss  # noqa: E402
 
 BRANDS = ["Acme", "Zeta", "Nova", "Orbit", "Kestrel", "Lumen", "Vela", "Quill", "Fjord", "Tundra"]
 KINDS = ["Kettle", "Lamp", "Drill", "Blender", "Router", "Watch", "Backpack", "Monitor", "Speaker", "Jacket"]
@@ -86,42 +87,6 @@ def synthetic(n: int, dim: int, seed: int = 0, chunk: int = 100_000):
                                    pa.array([0] * (e - s), pa.timestamp("us", tz="UTC"))], schema=schema)
 
     return products, pa.RecordBatchReader.from_batches(schema, batches()), group
-
-
-class PeakRss:
-    """Peak resident memory of this process and all its descendants, sampled every ``every`` seconds."""
-
-    def __init__(self, every: float = 0.5):
-        import psutil
-
-        self.proc, self.every, self.peak = psutil.Process(), every, 0
-        self.by_kind: dict[str, int] = {}  # largest single process of each kind
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        import psutil
-
-        while not self._stop.is_set():
-            total = 0
-            for p in [self.proc, *self.proc.children(recursive=True)]:
-                try:
-                    rss = p.memory_info().rss
-                    kind = "driver" if p.pid == self.proc.pid else "jvm" if "java" in p.name() else "workers"
-                except psutil.Error:
-                    continue
-                total += rss
-                self.by_kind[kind] = max(self.by_kind.get(kind, 0), rss)
-            self.peak = max(self.peak, total)
-            self._stop.wait(self.every)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 def one(n: int, dim: int, workdir: Path) -> dict:

@@ -67,6 +67,7 @@ class Encoder:
         size = pp["size"]
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         self.mean, self.std = tuple(pp["mean"]), tuple(pp["std"])
+        self.max_batch = 256   # texts per forward pass in embed_texts
 
     @property
     def version(self) -> str:
@@ -86,11 +87,19 @@ class Encoder:
         return x.cpu().numpy().astype(np.float32, copy=False)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """L2-normalised text embeddings, computed ``max_batch`` texts at a time: one forward pass over a whole
+        taxonomy (30k names) held every layer's activations at once and needed 19 GB."""
         import torch
 
-        ids = self._tokenize(list(texts))
-        with torch.inference_mode(), self._autocast():
-            return self._finish(self.model.encode_text(ids.to(self.device, non_blocking=True)))
+        texts = list(texts)
+        parts = []
+        for start in range(0, len(texts), self.max_batch):
+            ids = self._tokenize(texts[start:start + self.max_batch])
+            with torch.inference_mode(), self._autocast():
+                parts.append(self._finish(self.model.encode_text(ids.to(self.device, non_blocking=True))))
+        if not parts:
+            return np.zeros((0, int(getattr(self.model.visual, "output_dim", 0))), dtype=np.float32)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def preprocess(self, img: Any) -> np.ndarray:
         return to_model_array(img, self.image_size, self.mean, self.std)

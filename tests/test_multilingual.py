@@ -29,3 +29,16 @@ def test_the_shipped_card_states_its_languages():
     card = (parse_model_ref("default").name + "/MODEL_CARD.md")
     text = open(card, encoding="utf-8").read()
     assert "## Languages" in text and "English" in text
+
+
+def test_many_texts_embed_in_bounded_batches_with_the_same_result(encoder, monkeypatch):
+    titles = [f"{c} cotton t-shirt size {n}" for c in ("red", "navy blue", "black") for n in range(5)]
+    whole = encoder.embed_texts(titles)
+    calls = []
+    tokenize = encoder._tokenize
+    monkeypatch.setattr(encoder, "_tokenize", lambda texts: calls.append(len(texts)) or tokenize(texts))
+    monkeypatch.setattr(encoder, "max_batch", 4)
+    chunked = encoder.embed_texts(titles)
+    assert calls == [4, 4, 4, 3]
+    assert np.allclose(whole, chunked, atol=1e-5)
+    assert encoder.embed_texts([]).shape == (0, 384)
