@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from models.heads.adult import TermList, decide_adult
-from models.heads.bundle import HeadBundle, find_heads, load_heads, save_heads
+from models.heads.bundle import HeadBundle, find_heads, load_heads, mentions, save_heads
 from models.heads.train import HeadTrainConfig, clean_label_mask, expected_calibration_error, fit_head, fit_temperature
 from models.heads.zero_shot import ZeroShotLabels, label_prompt, zero_shot_probs
 from models.store import ModelIntegrityError
@@ -90,6 +90,52 @@ def test_head_bundle_round_trip_through_the_store(tmp_path):
                                bundle.attributes["colour"].predict(t, None), rtol=1e-5)
     # A missing image is read as zeros, not as NaN.
     assert np.isfinite(loaded.category.predict(t, np.full_like(i, np.nan))).all()
+
+
+def test_mentions_match_whole_names_longest_first():
+    classes = ("Blue", "Navy Blue", "Red", "Off White")
+    got = mentions(["Navy Blue polo", "red and BLUE scarf", "Redwood mug", "off white tee", "", "Bluetooth speaker"],
+                   classes)
+    assert got.tolist() == [[0, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0], [0, 0, 0, 0]]
+
+
+def _colour_task(n: int, named: float, seed: int):
+    """Embeddings that only weakly know the colour; titles that name it in a share ``named`` of the rows."""
+    rng = np.random.default_rng(seed)
+    colours = ["Red", "Blue", "Green", "Black"]
+    y = rng.integers(0, 4, size=n)
+    x = (np.eye(4)[y] * 0.4 + rng.normal(size=(n, 4))).astype(np.float32)
+    titles = [f"{'Acme ' + colours[c] if rng.random() < named else 'Acme'} cotton shirt" for c in y]
+    return x, y, titles, colours
+
+
+def test_mention_weight_is_fitted_when_titles_name_the_class_and_zero_when_they_do_not():
+    x, y, titles, colours = _colour_task(1200, named=0.8, seed=5)
+    cfg = HeadTrainConfig(epochs=4, hidden=0, lr=5e-2, calibration_fraction=0.3)
+    lexical = fit_head(x, y, colours, cfg, name="colour", inputs="text", texts=titles)
+    plain = fit_head(x, y, colours, cfg, name="colour", inputs="text")
+    xv, yv, tv, _ = _colour_task(600, named=0.8, seed=6)
+    assert lexical.mention_weight > 0 and plain.mention_weight == 0
+    acc_lexical = (lexical.predict(xv, None, tv).argmax(axis=1) == yv).mean()
+    acc_plain = (plain.predict(xv, None, tv).argmax(axis=1) == yv).mean()
+    assert acc_lexical > acc_plain + 0.3
+    # Without texts at inference the head falls back to its embedding part.
+    np.testing.assert_allclose(lexical.predict(xv, None), lexical.with_temperature(lexical.temperature, 0.0)
+                               .predict(xv, None, tv), rtol=1e-5)
+    x, y, titles, colours = _colour_task(1200, named=0.0, seed=7)
+    assert fit_head(x, y, colours, cfg, name="colour", inputs="text", texts=titles).mention_weight == 0
+
+
+def test_mention_weight_survives_the_store(tmp_path):
+    x, y, titles, colours = _colour_task(600, named=0.9, seed=8)
+    head = fit_head(x, y, colours, HeadTrainConfig(epochs=2, hidden=0, calibration_fraction=0.3), name="colour",
+                    inputs="text", texts=titles)
+    save_heads(tmp_path, "heads-test", HeadBundle("enc-v1", None, {"colour": head}), training_data="synthetic",
+               metrics={})
+    loaded = load_heads(find_heads(tmp_path, "enc-v1")).attributes["colour"]
+    assert loaded.mention_weight == head.mention_weight > 0
+    np.testing.assert_allclose(loaded.predict(x[:9], None, titles[:9]), head.predict(x[:9], None, titles[:9]),
+                               rtol=1e-5)
 
 
 def test_tampered_head_bundle_is_refused(tmp_path):

@@ -68,12 +68,17 @@ def _stack(values: list, dim: int) -> np.ndarray:
     return out
 
 
-def heads_frame(text_emb: list, image_emb: list, texts: list[str], plan: HeadsPlan, bundle, terms) -> dict[str, list]:
-    """Apply the plan to one batch; pure. Returns the output columns of :data:`HEADS_SCHEMA`."""
+def heads_frame(text_emb: list, image_emb: list, texts: list[str], plan: HeadsPlan, bundle, terms,
+                titles: list[str] | None = None) -> dict[str, list]:
+    """Apply the plan to one batch; pure. Returns the output columns of :data:`HEADS_SCHEMA`.
+
+    ``texts`` (title and description) feed the adult term list; ``titles`` the heads' mention experts, which
+    were fitted on titles (default: ``texts``)."""
     from models.heads.adult import decide_adult
     from models.heads.zero_shot import zero_shot_probs
 
     n = len(texts)
+    named = texts if titles is None else titles
     dim = next((len(v) for v in text_emb if v is not None), 0)
     t = _stack(text_emb, dim)
     img = _stack(image_emb, dim)
@@ -82,7 +87,7 @@ def heads_frame(text_emb: list, image_emb: list, texts: list[str], plan: HeadsPl
                             "attributes": [[] for _ in range(n)]}
     probs, labels = None, None
     if plan.category_mode == "head":
-        probs, labels = bundle.category.predict(t, img), bundle.category.classes
+        probs, labels = bundle.category.predict(t, img, named), bundle.category.classes
     elif plan.category_mode == "zero-shot":
         probs, labels = zero_shot_probs(t, plan.zero_shot), plan.zero_shot.labels
     if probs is not None:
@@ -94,7 +99,7 @@ def heads_frame(text_emb: list, image_emb: list, texts: list[str], plan: HeadsPl
             out["top_k"][i] = [{"label": labels[j], "score": float(probs[i, j])} for j in top[i]]
     if bundle is not None:
         for name, head in bundle.attributes.items():
-            p = head.predict(t, img)
+            p = head.predict(t, img, named)
             best = p.argmax(axis=1)
             for i in range(n):
                 conf = float(p[i, best[i]])
@@ -130,7 +135,8 @@ def make_heads_udf(plan: HeadsPlan):
             maybe_fail("heads", titles.iloc[0] if len(titles) else None)  # tests only: see jobs.faults
             texts = [" ".join(x for x in (t, d) if isinstance(x, str) and x) for t, d in zip(titles, descriptions,
                                                                                          strict=True)]
-            cols = heads_frame(list(text_emb), list(image_emb), texts, plan, bundle, terms)
+            cols = heads_frame(list(text_emb), list(image_emb), texts, plan, bundle, terms,
+                               titles=[t if isinstance(t, str) else "" for t in titles])
             yield pd.DataFrame(cols, index=titles.index)
 
     return heads

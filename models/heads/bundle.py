@@ -8,8 +8,10 @@ bundle without torch.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,8 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "HEADS_DIR", "HeadBundle", "LinearHead", "find_heads", "head_input", "load_heads", "save_heads", "softmax",
+    "HEADS_DIR", "HeadBundle", "LinearHead", "find_heads", "head_input", "load_heads", "mentions", "save_heads",
+    "softmax",
 ]
 
 log = logging.getLogger(__name__)
@@ -52,9 +55,36 @@ def head_input(text: np.ndarray, image: np.ndarray | None, inputs: str) -> np.nd
     return np.concatenate([text, image], axis=1)
 
 
+@functools.lru_cache(maxsize=64)
+def _mention_pattern(classes: tuple[str, ...]) -> tuple[re.Pattern, dict[str, int]]:
+    # Longest names first, so that "Navy Blue" is one mention and not also "Blue".
+    names = sorted({c.lower() for c in classes if c.strip()}, key=len, reverse=True)
+    index = {}
+    for i, c in enumerate(classes):
+        index.setdefault(c.lower(), i)
+    pattern = r"(?<!\w)(" + "|".join(re.escape(n) for n in names) + r")(?!\w)" if names else r"(?!x)x"
+    return re.compile(pattern, re.IGNORECASE), index
+
+
+def mentions(texts: list[str], classes: tuple[str, ...]) -> np.ndarray:
+    """(N, C) matrix: 1 where the text names the class as a whole word or phrase (case-insensitive)."""
+    pattern, index = _mention_pattern(tuple(classes))
+    out = np.zeros((len(texts), len(classes)), dtype=np.float32)
+    for i, t in enumerate(texts):
+        for m in pattern.findall(t or ""):
+            out[i, index[m.lower()]] = 1.0
+    return out
+
+
 @dataclass(frozen=True)
 class LinearHead:
-    """An MLP head (one or two layers, GELU between) on standardised inputs, with a softmax temperature."""
+    """An MLP head (one or two layers, GELU between) on standardised inputs, with a softmax temperature.
+
+    ``mention_weight`` adds a lexical expert to the embedding one: a class that the product's text names
+    (``"Navy Blue"`` in a title) gets that much added to its logit. A sentence embedding blurs which of 45
+    colour words a title holds; the word itself does not. Fitted on held-out rows with the temperature
+    (0 when the text does not help, as for classes whose names titles never use).
+    """
 
     name: str
     inputs: str
@@ -63,6 +93,7 @@ class LinearHead:
     scale: np.ndarray
     layers: tuple[tuple[np.ndarray, np.ndarray], ...]   # (W (in, out), b (out,)) per layer
     temperature: float = 1.0
+    mention_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.inputs not in INPUTS:
@@ -71,8 +102,9 @@ class LinearHead:
             raise ValueError(f"head {self.name}: last layer has {self.layers[-1][0].shape[1]} outputs "
                              f"for {len(self.classes)} classes")
 
-    def with_temperature(self, t: float) -> LinearHead:
-        return replace(self, temperature=float(t))
+    def with_temperature(self, t: float, mention_weight: float | None = None) -> LinearHead:
+        w = self.mention_weight if mention_weight is None else float(mention_weight)
+        return replace(self, temperature=float(t), mention_weight=w)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         z = (np.asarray(x, dtype=np.float32) - self.mean) / self.scale
@@ -82,11 +114,15 @@ class LinearHead:
                 z = _gelu(z)
         return z
 
-    def probs(self, x: np.ndarray) -> np.ndarray:
-        return softmax(self.logits(x) / self.temperature)
+    def probs(self, x: np.ndarray, texts: list[str] | None = None) -> np.ndarray:
+        z = self.logits(x)
+        if self.mention_weight and texts is not None:
+            z = z + self.mention_weight * mentions(texts, self.classes)
+        return softmax(z / self.temperature)
 
-    def predict(self, text: np.ndarray, image: np.ndarray | None) -> np.ndarray:
-        return self.probs(head_input(text, image, self.inputs))
+    def predict(self, text: np.ndarray, image: np.ndarray | None, texts: list[str] | None = None) -> np.ndarray:
+        """Class probabilities; ``texts`` (title and description) feed the mention expert when the head has one."""
+        return self.probs(head_input(text, image, self.inputs), texts)
 
     # -- serialisation: tensors + a JSON description --
     def tensors(self) -> dict[str, np.ndarray]:
@@ -98,14 +134,14 @@ class LinearHead:
 
     def describe(self) -> dict[str, Any]:
         return {"inputs": self.inputs, "classes": list(self.classes), "temperature": self.temperature,
-                "n_layers": len(self.layers)}
+                "n_layers": len(self.layers), "mention_weight": self.mention_weight}
 
     @classmethod
     def from_parts(cls, name: str, desc: dict[str, Any], tensors: dict[str, np.ndarray]) -> LinearHead:
         layers = tuple((tensors[f"{name}.layer{i}.weight"], tensors[f"{name}.layer{i}.bias"])
                        for i in range(int(desc["n_layers"])))
         return cls(name, desc["inputs"], tuple(desc["classes"]), tensors[f"{name}.mean"], tensors[f"{name}.scale"],
-                   layers, float(desc["temperature"]))
+                   layers, float(desc["temperature"]), float(desc.get("mention_weight", 0.0)))
 
 
 @dataclass(frozen=True)

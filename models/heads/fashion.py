@@ -86,13 +86,15 @@ def _feats(e: dict[str, np.ndarray], part: str, inputs: str) -> np.ndarray:
     return head_input(e[f"{part}_txt"], e[f"{part}_img"], inputs)
 
 
-def _fit(e, ytr, classes, cfg: HeadTrainConfig, name: str, inputs: str) -> LinearHead:
+def _fit(e, ytr, classes, cfg: HeadTrainConfig, name: str, inputs: str, texts: list[str] | None = None
+         ) -> LinearHead:
     d = e["tr_txt"].shape[1]
     if inputs == "image":
         cfg = dataclasses.replace(cfg, fgm_eps=0.0)   # FGM perturbs the text embedding: none here
+        texts = None                                  # an image-only head reads no text
     img_slice = slice(d, 2 * d) if inputs == "text+image" else None
     return fit_head(_feats(e, "tr", inputs), ytr, classes, cfg, name=name, inputs=inputs,
-                    text_slice=slice(0, d) if inputs != "image" else None, image_slice=img_slice)
+                    text_slice=slice(0, d) if inputs != "image" else None, image_slice=img_slice, texts=texts)
 
 
 def evaluate_tasks(e, train_rows: pd.DataFrame, valid_rows: pd.DataFrame, cfg: HeadTrainConfig,
@@ -108,12 +110,14 @@ def evaluate_tasks(e, train_rows: pd.DataFrame, valid_rows: pd.DataFrame, cfg: H
         rows = [["TF-IDF + logistic regression (titles)", base["accuracy"], base["macro_f1"], "n/a"]]
         metrics[task] = {"baseline": base, "classes": len(classes), "valid_items": base["n"]}
         for inputs in INPUTS:
-            head = _fit(e, ytr, classes, cfg, task, inputs)
-            probs = head.predict(e["va_txt"], e["va_img"])
+            head = _fit(e, ytr, classes, cfg, task, inputs, tr_titles)
+            probs = head.predict(e["va_txt"], e["va_img"], va_titles)
             m = accuracy_f1(yva, probs.argmax(axis=1))
             m["ece"] = expected_calibration_error(probs[yva >= 0], yva[yva >= 0])
+            m["mention_weight"] = head.mention_weight
             metrics[task][inputs] = m
-            rows.append([f"head on {inputs} embeddings", m["accuracy"], m["macro_f1"], m["ece"]])
+            what = f"head on {inputs} embeddings" + (" + title mentions" if head.mention_weight else "")
+            rows.append([what, m["accuracy"], m["macro_f1"], m["ece"]])
             if inputs == "text+image":
                 heads[task] = head
         sections.append(f"#### {task} ({column}; {len(classes)} classes, {base['n']} valid products)\n\n"
@@ -125,8 +129,9 @@ def evaluate_tasks(e, train_rows: pd.DataFrame, valid_rows: pd.DataFrame, cfg: H
         metrics["ablation"] = {}
         for label, change in ABLATION.items():
             for inputs in ("text+image",):
-                head = _fit(e, ytr, classes, dataclasses.replace(cfg, **{**_PLAIN, **change}), "category", inputs)
-                m = accuracy_f1(yva, head.predict(e["va_txt"], e["va_img"]).argmax(axis=1))
+                head = _fit(e, ytr, classes, dataclasses.replace(cfg, **{**_PLAIN, **change}), "category", inputs,
+                            tr_titles)
+                m = accuracy_f1(yva, head.predict(e["va_txt"], e["va_img"], va_titles).argmax(axis=1))
                 metrics["ablation"][f"{label} / {inputs}"] = m
                 rows.append([label, inputs, m["accuracy"], m["macro_f1"]])
         sections.append("#### category head: ablation of the ZhichunRoad tricks (valid split)\n\n"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.heads.bundle import LinearHead
+from models.heads.bundle import LinearHead, mentions, softmax
 
 __all__ = ["HeadTrainConfig", "clean_label_mask", "fit_head", "fit_temperature", "expected_calibration_error"]
 
@@ -115,8 +115,11 @@ def _split_calibration(n: int, fraction: float, seed: int) -> tuple[np.ndarray, 
 
 
 def fit_head(x: np.ndarray, y: np.ndarray, classes: list[str], cfg: HeadTrainConfig, *, name: str,
-             inputs: str, text_slice: slice | None = None, image_slice: slice | None = None) -> LinearHead:
-    """Train a head on ``x`` (N, D) with labels ``y`` (indices into ``classes``; -1 = unknown, ignored)."""
+             inputs: str, text_slice: slice | None = None, image_slice: slice | None = None,
+             texts: list[str] | None = None) -> LinearHead:
+    """Train a head on ``x`` (N, D) with labels ``y`` (indices into ``classes``; -1 = unknown, ignored).
+
+    With ``texts`` (one per row of ``x``), the head's mention weight is fitted too (see :class:`LinearHead`)."""
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -190,8 +193,31 @@ def fit_head(x: np.ndarray, y: np.ndarray, classes: list[str], cfg: HeadTrainCon
     head = LinearHead(name=name, inputs=inputs, classes=tuple(classes), mean=mu, scale=sigma,
                       layers=tuple(weights), temperature=1.0)
     if len(cal):
-        head = head.with_temperature(fit_temperature(head.logits(x[cal]), y[cal]))
+        logits = head.logits(x[cal])
+        if texts is None:
+            head = head.with_temperature(fit_temperature(logits, y[cal]))
+        else:
+            cal_texts = [texts[i] for i in np.flatnonzero(known)[cal]]
+            head = _fit_mentions(head, logits, mentions(cal_texts, head.classes), y[cal])
     return head
+
+
+MENTION_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0)
+
+
+def _fit_mentions(head: LinearHead, logits: np.ndarray, named: np.ndarray, y: np.ndarray) -> LinearHead:
+    """The mention weight (from a small grid) and temperature with the lowest held-out negative log-likelihood."""
+    best = None
+    for w in MENTION_WEIGHTS:
+        z = logits + w * named
+        t = fit_temperature(z, y)
+        p = softmax(z / t)
+        nll = float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean())
+        if best is None or nll < best[0] - 1e-4:
+            best = (nll, w, t)
+    log.info("head %s: mention weight %.1f, temperature %.2f (held-out NLL %.4f)", head.name, best[1], best[2],
+             best[0])
+    return head.with_temperature(best[2], mention_weight=best[1])
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:

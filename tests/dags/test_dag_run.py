@@ -46,6 +46,20 @@ def deployment(tmp_path, monkeypatch):
     return lake
 
 
+@pytest.fixture(autouse=True)
+def fail_fast(dagbag):
+    """The shipped tasks retry 3 times with 5 minutes of backoff, doubling: here a failing task must fail its test
+    at once, with its error in the log, instead of sleeping for half an hour (a CI run once timed out so)."""
+    saved = {(d.dag_id, t.task_id): t.retries for d in dagbag.dags.values() for t in d.tasks}
+    for d in dagbag.dags.values():
+        for t in d.tasks:
+            t.retries = 0
+    yield
+    for d in dagbag.dags.values():
+        for t in d.tasks:
+            t.retries = saved[(d.dag_id, t.task_id)]
+
+
 def states(dag_run) -> dict[str, str]:
     return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
 
