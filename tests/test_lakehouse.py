@@ -59,6 +59,22 @@ def test_upsert_rewrites_only_files_that_hold_updated_keys(spark, lake):
     assert table_rows(lake) == [("a", "1"), ("b", "2")]
 
 
+def test_repeated_upserts_keep_the_file_count_bounded(spark, lake):
+    data = [(f"p{i:03d}", "0") for i in range(200)]
+    lake.upsert(ITEMS, rows(spark, data, 4), run_id="r0")
+    assert len(lake.files(ITEMS)) == 4
+    for run in range(1, 5):  # each run changes rows spread over the files, as a nightly incremental run does
+        before = len(lake.files(ITEMS))
+        changed = [(f"p{i:03d}", str(run)) for i in range(0, 200, 20)]
+        result = lake.upsert(ITEMS, rows(spark, changed, 3), run_id=f"r{run}")
+        assert result.removed_files >= 1
+        # The touched files and the new rows are compacted together: replacing rows never adds files.
+        assert len(lake.files(ITEMS)) <= before
+    assert len(lake.files(ITEMS)) == 1
+    got = dict(table_rows(lake))
+    assert len(got) == 200 and got["p020"] == "4" and got["p021"] == "0"
+
+
 def test_repeated_commit_of_a_run_is_skipped(spark, lake):
     first = lake.upsert(ITEMS, rows(spark, [("a", "1")]), run_id="same-run", step=1)
     again = lake.upsert(ITEMS, rows(spark, [("a", "changed")]), run_id="same-run", step=1)
@@ -131,3 +147,13 @@ def test_tables_read_through_spark_delta_format_where_the_jars_exist(spark, lake
 def test_lake_refuses_remote_uris(spark):
     with pytest.raises(LakeError, match="only local or mounted paths"):
         Lake(spark, "s3://bucket/lake")
+
+
+def test_rewrite_file_count_follows_the_bytes():
+    from jobs.lakehouse import rewrite_files
+
+    mib = 1024 * 1024
+    assert rewrite_files(3_000, 8) == 1                 # a few rows: one file
+    assert rewrite_files(10 * mib, 8) == 3              # at least 4 MiB a file
+    assert rewrite_files(40 * mib, 8) == 8              # every core writes
+    assert rewrite_files(4096 * mib, 8) == 64           # at most 64 MiB a file

@@ -89,11 +89,13 @@ def embed_frame(titles: list[str], paths: list[str | None], encoder, cfg: EmbedC
     details = [d[2] for d in decoded]
     ok = [i for i in range(n) if errors[i] is None]
 
+    # Batched by length: a batch is padded to its longest title, so similar lengths waste the least compute.
+    ok = sorted(ok, key=lambda i: (len(titles[i]), i))
     ok_titles = [titles[i] for i in ok]
     text_parts = [encoder.embed_texts(ok_titles[s]) for s in _chunks(len(ok_titles), cfg.batch_size)]
     text_by_row = dict(zip(ok, np.concatenate(text_parts), strict=True)) if text_parts else {}
 
-    with_image = [i for i in ok if decoded[i][0] is not None]
+    with_image = [i for i in range(n) if errors[i] is None and decoded[i][0] is not None]
     image_by_row: dict[int, np.ndarray] = {}
     if with_image:
         pixels = np.stack([decoded[i][0] for i in with_image])
