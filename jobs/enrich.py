@@ -211,13 +211,12 @@ def side_by_side(spark, stage_name: str, calls: dict[str, Callable[[], T]]) -> d
         return {name: f.result() for name, f in futures.items()}
 
 
-def _run_row(spark, summary: RunSummary, cfg: EnrichConfig, started: dt.datetime, finished: dt.datetime | None):
-    from schemas.tables import ENRICHMENT_RUNS
-
-    return spark.createDataFrame([(
-        summary.run_id, summary.status, summary.model_version, cfg.catalog, started, finished,
-        {k: int(v) for k, v in summary.counts.items()}, dict(summary.timings), summary.message,
-    )], ENRICHMENT_RUNS.schema)
+def _run_row(summary: RunSummary, cfg: EnrichConfig, started: dt.datetime, finished: dt.datetime | None) -> dict:
+    """The run's enrichment_runs row (written by :meth:`jobs.lakehouse.Lake.upsert_rows`, without Spark)."""
+    return {"run_id": summary.run_id, "status": summary.status, "model_version": summary.model_version,
+            "catalog": cfg.catalog, "started_at": started, "finished_at": finished,
+            "counts": [(k, int(v)) for k, v in summary.counts.items()],
+            "timings": [(k, float(v)) for k, v in summary.timings.items()], "message": summary.message}
 
 
 def run(spark, cfg: EnrichConfig) -> RunSummary:
@@ -252,7 +251,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
         return done
     summary = RunSummary(cfg.run_id, "running", version, description, str(lake.root))
     stage = _Stages(spark)
-    lake.upsert(ENRICHMENT_RUNS, _run_row(spark, summary, cfg, started, None), cfg.run_id, step=1)
+    lake.upsert_rows(ENRICHMENT_RUNS, [_run_row(summary, cfg, started, None)], cfg.run_id, step=1)
     checkpoint("run_started")
 
     policy = ImagePolicy(image_root=cfg.resolved_image_root(), allowed_roots=cfg.allowed_image_roots)
@@ -380,7 +379,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
                        f"quarantine v{qua.version if qua.version is not None else '-'}; {heads_note}; "
                        f"matching: {Path(scorer).name if scorer else 'none'}; {index_note}")
     finished = dt.datetime.now(dt.timezone.utc)
-    lake.upsert(ENRICHMENT_RUNS, _run_row(spark, summary, cfg, started, finished), cfg.run_id, step=2)
+    lake.upsert_rows(ENRICHMENT_RUNS, [_run_row(summary, cfg, started, finished)], cfg.run_id, step=2)
     checkpoint("run_recorded")
     _write_report(lake.root, summary)
     from jobs.report import write_run_report
@@ -423,7 +422,7 @@ def record_failure(spark, cfg: EnrichConfig, error: BaseException) -> None:
     try:
         now = dt.datetime.now(dt.timezone.utc)
         summary = RunSummary(cfg.run_id, "failed", "", "", cfg.lake, message=f"{type(error).__name__}: {error}"[:2000])
-        Lake(spark, cfg.lake).upsert(ENRICHMENT_RUNS, _run_row(spark, summary, cfg, now, now),
+        Lake(spark, cfg.lake).upsert_rows(ENRICHMENT_RUNS, [_run_row(summary, cfg, now, now)],
                                      f"{cfg.run_id}/failed/{uuid.uuid4().hex[:8]}", step=1)
     except Exception:  # the original error matters more than this one
         log.exception("could not record the failure of run %s", cfg.run_id)

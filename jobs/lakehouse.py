@@ -159,6 +159,56 @@ class Lake:
         """
         return self._write(spec, df, run_id, step, upsert=True, replaced=replaced, delete=delete)
 
+    def upsert_rows(self, spec: TableSpec, rows: list[dict], run_id: str, step: int = 1) -> CommitResult:
+        """:meth:`upsert` for a handful of rows (a run's record), written by pyarrow on the driver.
+
+        The same copy-on-write commit, without Spark: a one-row upsert through Spark ran five jobs (find the
+        files, read, anti-join, write) and took about 2 s; this reads only the key column of each live file.
+        """
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+        from deltalake import DeltaTable
+
+        schema = self._arrow_schema(spec)
+        new = pa.Table.from_pylist([{c: r.get(c) for c in spec.column_names} for r in rows], schema=schema)
+        keys = list(spec.match_keys)
+        if len(keys) != 1:
+            raise LakeError(f"upsert_rows supports one key column; {spec.name} has {keys}")
+        key = keys[0]
+        dt = self.ensure(spec)
+        app_id = app_id_for(spec.name, run_id)
+        done = dt.transaction_version(app_id)
+        if done is not None and done >= step:
+            log.info("%s: commit %d of run %s is already in the log; skipped", spec.name, step, run_id)
+            return CommitResult(spec.name, dt.version(), 0, 0, skipped=True)
+        wanted = pa.array(set(new.column(key).to_pylist()), type=schema.field(key).type)
+        removed: dict[str, int] = {}
+        kept = [new]
+        for rel, size in self.files(spec).items():
+            path = self._abs(spec, rel)
+            if pc.any(pc.is_in(pq.read_table(path, columns=[key]).column(key), value_set=wanted)).as_py():
+                removed[rel] = size
+                old = pq.read_table(path, schema=schema)
+                kept.append(old.filter(pc.invert(pc.is_in(old.column(key), value_set=wanted))))
+        folder = f"run-{_SAFE.sub('_', run_id)[:80]}-{step}-{uuid.uuid4().hex[:8]}"
+        target = self.path(spec) / folder
+        target.mkdir(parents=True)
+        try:
+            pq.write_table(pa.concat_tables(kept), target / f"part-00000-{uuid.uuid4()}.snappy.parquet",
+                           compression="snappy")
+            point = spec.name if step == 1 else f"{spec.name}/{step}"
+            checkpoint(f"written:{point}")
+            adds = self._add_actions(spec, folder)
+            self._commit(spec, dt, adds, removed, app_id, step)
+            checkpoint(f"committed:{point}")
+        except Exception:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        version = DeltaTable(str(self.path(spec))).version()
+        log.info("%s: committed version %d (+%d files, -%d files)", spec.name, version, len(adds), len(removed))
+        return CommitResult(spec.name, version, len(adds), len(removed))
+
     def _write(self, spec: TableSpec, df, run_id: str, step: int, upsert: bool, replaced=None, delete=None
                ) -> CommitResult:
         from deltalake import DeltaTable

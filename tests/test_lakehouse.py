@@ -157,3 +157,22 @@ def test_rewrite_file_count_follows_the_bytes():
     assert rewrite_files(10 * mib, 8) == 3              # at least 4 MiB a file
     assert rewrite_files(40 * mib, 8) == 8              # every core writes
     assert rewrite_files(4096 * mib, 8) == 64           # at most 64 MiB a file
+
+
+def test_upsert_rows_without_spark_matches_what_spark_reads(spark, lake):
+    from schemas.tables import ENRICHMENT_RUNS
+
+    t0 = dt.datetime(2026, 11, 21, 3, 0, tzinfo=dt.timezone.utc)
+    row = {"run_id": "r1", "status": "running", "model_version": "m", "catalog": "c", "started_at": t0,
+           "finished_at": None, "counts": [], "timings": [], "message": ""}
+    lake.upsert_rows(ENRICHMENT_RUNS, [row, {**row, "run_id": "r0", "status": "succeeded"}], "r1", step=1)
+    done = {**row, "status": "succeeded", "finished_at": t0 + dt.timedelta(minutes=5),
+            "counts": [("read", 345), ("enriched", 332)], "timings": [("embed", 12.5)]}
+    result = lake.upsert_rows(ENRICHMENT_RUNS, [done], "r1", step=2)
+    assert result.removed_files == 1 and result.added_files == 1
+    assert lake.upsert_rows(ENRICHMENT_RUNS, [done], "r1", step=2).skipped       # a repeat changes nothing
+    got = {r["run_id"]: r for r in lake.read(ENRICHMENT_RUNS).collect()}
+    assert sorted(got) == ["r0", "r1"]
+    assert got["r1"]["status"] == "succeeded" and got["r0"]["status"] == "succeeded"
+    assert got["r1"]["counts"] == {"read": 345, "enriched": 332} and got["r1"]["timings"] == {"embed": 12.5}
+    assert got["r1"]["finished_at"].replace(tzinfo=None) == dt.datetime(2026, 11, 21, 3, 5)
