@@ -294,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"### Heads on the embeddings of `{encoder.version}`\n\nFashion data ({split.snapshot}); train "
               f"{len(split.train)}, valid {len(split.valid)} products (split by a hash of product_id, the encoder's "
               f"own split). Heads: MLP (512 hidden) on standardised embeddings, trained with "
-              f"{_describe(cfg)}; temperature-scaled on a 10% calibration slice of train (ECE on valid).")
+              f"{_describe(cfg)}; temperature-scaled on a 10% calibration slice of train (ECE on valid), where the "
+              f"weight of the title-mention expert is fitted too (a logit bonus for a class whose name the title "
+              f"holds; '+ title mentions' where it is above zero).")
     report = header + "\n\n" + "\n\n".join(sections) + "\n"
     sys.stdout.write(report)
     if args.report:
