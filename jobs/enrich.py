@@ -38,7 +38,7 @@ log = logging.getLogger("catalog_enrich.enrich")
 
 DEFAULT_CATALOG = DEFAULT_SAMPLE_DIR / "catalog.parquet"
 ROWS_PER_PARTITION = 20_000
-MIN_ROWS_PER_TASK = 256
+MIN_ROWS_PER_TASK = 64
 T = TypeVar("T")
 
 

@@ -120,7 +120,7 @@ def test_mention_weight_is_fitted_when_titles_name_the_class_and_zero_when_they_
     acc_plain = (plain.predict(xv, None, tv).argmax(axis=1) == yv).mean()
     assert acc_lexical > acc_plain + 0.3
     # Without texts at inference the head falls back to its embedding part.
-    np.testing.assert_allclose(lexical.predict(xv, None), lexical.with_temperature(lexical.temperature, 0.0)
+    np.testing.assert_allclose(lexical.predict(xv, None), lexical.with_temperature(lexical.temperature, 0.0, 0.0)
                                .predict(xv, None, tv), rtol=1e-5)
     x, y, titles, colours = _colour_task(1200, named=0.0, seed=7)
     assert fit_head(x, y, colours, cfg, name="colour", inputs="text", texts=titles).mention_weight == 0
@@ -195,3 +195,47 @@ def test_zero_shot_picks_the_nearest_label():
     probs = zero_shot_probs(np.array([[0.1, 0.9, 0.0], [2.0, 0.0, 0.1]]), labels)
     assert probs.argmax(axis=1).tolist() == [1, 0]
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
+
+
+def _brand_task(n: int, seed: int):
+    """Labels that follow a brand word (not a class name) in the title; embeddings that barely know them."""
+    rng = np.random.default_rng(seed)
+    usage = ["Casual", "Sports", "Ethnic"]
+    brands = [["Urbanic", "Levis"], ["Adidas", "Puma"], ["Fabindia", "Biba"]]
+    y = rng.integers(0, 3, size=n)
+    x = (np.eye(3)[y] * 0.3 + rng.normal(size=(n, 3))).astype(np.float32)
+    titles = [f"{brands[c][rng.integers(0, 2)]} {rng.choice(['Men', 'Women'])} cotton top" for c in y]
+    return x, y, titles, usage
+
+
+def test_lexical_expert_computes_what_scikit_learn_computes():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    from models.heads.lexical import LexicalExpert
+
+    _, y, titles, _ = _brand_task(300, seed=1)
+    _, _, other, _ = _brand_task(50, seed=2)
+    ours = LexicalExpert.fit(titles, y, 3)
+    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, max_features=5000)
+    clf = LogisticRegression(C=10.0, max_iter=1000, random_state=0).fit(vec.fit_transform(titles), y)
+    x = vec.transform(other + ["", "no known words here"])
+    np.testing.assert_allclose(ours.features(other + ["", "no known words here"]).toarray(), x.toarray(), atol=1e-6)
+    np.testing.assert_allclose(ours.logits(other + ["", "no known words here"]), clf.decision_function(x),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_lexical_weight_is_fitted_where_title_words_carry_the_label_and_survives_the_store(tmp_path):
+    x, y, titles, usage = _brand_task(1500, seed=3)
+    cfg = HeadTrainConfig(epochs=4, hidden=0, lr=5e-2, calibration_fraction=0.3)
+    head = fit_head(x, y, usage, cfg, name="usage", inputs="text", texts=titles)
+    plain = fit_head(x, y, usage, cfg, name="usage", inputs="text")
+    xv, yv, tv, _ = _brand_task(500, seed=4)
+    assert head.lexical is not None and head.lexical_weight > 0 and head.mention_weight == 0
+    assert (head.predict(xv, None, tv).argmax(axis=1) == yv).mean() > (plain.predict(xv, None).argmax(axis=1)
+                                                                       == yv).mean() + 0.3
+    save_heads(tmp_path, "heads-test", HeadBundle("enc-v1", None, {"usage": head}), training_data="synthetic",
+               metrics={})
+    loaded = load_heads(find_heads(tmp_path, "enc-v1")).attributes["usage"]
+    assert loaded.lexical_weight == head.lexical_weight and loaded.lexical.vocab == head.lexical.vocab
+    np.testing.assert_allclose(loaded.predict(xv[:9], None, tv[:9]), head.predict(xv[:9], None, tv[:9]), rtol=1e-5)

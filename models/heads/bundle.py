@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from models.heads.lexical import LexicalExpert
+
 __all__ = [
     "HEADS_DIR", "HeadBundle", "LinearHead", "find_heads", "head_input", "load_heads", "mentions", "save_heads",
     "softmax",
@@ -82,8 +84,9 @@ class LinearHead:
 
     ``mention_weight`` adds a lexical expert to the embedding one: a class that the product's text names
     (``"Navy Blue"`` in a title) gets that much added to its logit. A sentence embedding blurs which of 45
-    colour words a title holds; the word itself does not. Fitted on held-out rows with the temperature
-    (0 when the text does not help, as for classes whose names titles never use).
+    colour words a title holds; the word itself does not. ``lexical_weight`` adds the log-probabilities of a
+    TF-IDF expert on the title words (:class:`models.heads.lexical.LexicalExpert`). Both weights are fitted on
+    held-out rows with the temperature (0 when the text does not help).
     """
 
     name: str
@@ -94,6 +97,8 @@ class LinearHead:
     layers: tuple[tuple[np.ndarray, np.ndarray], ...]   # (W (in, out), b (out,)) per layer
     temperature: float = 1.0
     mention_weight: float = 0.0
+    lexical: LexicalExpert | None = None   # TF-IDF expert on the title words (models.heads.lexical)
+    lexical_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.inputs not in INPUTS:
@@ -102,9 +107,12 @@ class LinearHead:
             raise ValueError(f"head {self.name}: last layer has {self.layers[-1][0].shape[1]} outputs "
                              f"for {len(self.classes)} classes")
 
-    def with_temperature(self, t: float, mention_weight: float | None = None) -> LinearHead:
+    def with_temperature(self, t: float, mention_weight: float | None = None,
+                         lexical_weight: float | None = None) -> LinearHead:
         w = self.mention_weight if mention_weight is None else float(mention_weight)
-        return replace(self, temperature=float(t), mention_weight=w)
+        lw = self.lexical_weight if lexical_weight is None else float(lexical_weight)
+        return replace(self, temperature=float(t), mention_weight=w, lexical_weight=lw,
+                       lexical=self.lexical if lw else None)
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         z = (np.asarray(x, dtype=np.float32) - self.mean) / self.scale
@@ -118,6 +126,8 @@ class LinearHead:
         z = self.logits(x)
         if self.mention_weight and texts is not None:
             z = z + self.mention_weight * mentions(texts, self.classes)
+        if self.lexical_weight and self.lexical is not None and texts is not None:
+            z = z + self.lexical_weight * self.lexical.log_probs(texts)
         return softmax(z / self.temperature)
 
     def predict(self, text: np.ndarray, image: np.ndarray | None, texts: list[str] | None = None) -> np.ndarray:
@@ -130,18 +140,25 @@ class LinearHead:
         for i, (w, b) in enumerate(self.layers):
             out[f"{self.name}.layer{i}.weight"] = np.ascontiguousarray(w, dtype=np.float32)
             out[f"{self.name}.layer{i}.bias"] = np.ascontiguousarray(b, dtype=np.float32)
+        if self.lexical is not None:
+            out.update(self.lexical.tensors(f"{self.name}.lexical"))
         return out
 
     def describe(self) -> dict[str, Any]:
         return {"inputs": self.inputs, "classes": list(self.classes), "temperature": self.temperature,
-                "n_layers": len(self.layers), "mention_weight": self.mention_weight}
+                "n_layers": len(self.layers), "mention_weight": self.mention_weight,
+                "lexical_weight": self.lexical_weight,
+                "lexical": None if self.lexical is None else self.lexical.describe()}
 
     @classmethod
     def from_parts(cls, name: str, desc: dict[str, Any], tensors: dict[str, np.ndarray]) -> LinearHead:
         layers = tuple((tensors[f"{name}.layer{i}.weight"], tensors[f"{name}.layer{i}.bias"])
                        for i in range(int(desc["n_layers"])))
         return cls(name, desc["inputs"], tuple(desc["classes"]), tensors[f"{name}.mean"], tensors[f"{name}.scale"],
-                   layers, float(desc["temperature"]), float(desc.get("mention_weight", 0.0)))
+                   layers, float(desc["temperature"]), float(desc.get("mention_weight", 0.0)),
+                   None if not desc.get("lexical") else LexicalExpert.from_parts(f"{name}.lexical", desc["lexical"],
+                                                                                 tensors),
+                   float(desc.get("lexical_weight", 0.0)))
 
 
 @dataclass(frozen=True)

@@ -114,9 +114,10 @@ def evaluate_tasks(e, train_rows: pd.DataFrame, valid_rows: pd.DataFrame, cfg: H
             probs = head.predict(e["va_txt"], e["va_img"], va_titles)
             m = accuracy_f1(yva, probs.argmax(axis=1))
             m["ece"] = expected_calibration_error(probs[yva >= 0], yva[yva >= 0])
-            m["mention_weight"] = head.mention_weight
+            m["mention_weight"], m["lexical_weight"] = head.mention_weight, head.lexical_weight
             metrics[task][inputs] = m
-            what = f"head on {inputs} embeddings" + (" + title mentions" if head.mention_weight else "")
+            what = (f"head on {inputs} embeddings" + (" + title mentions" if head.mention_weight else "")
+                    + (" + title words" if head.lexical_weight else ""))
             rows.append([what, m["accuracy"], m["macro_f1"], m["ece"]])
             if inputs == "text+image":
                 heads[task] = head
@@ -295,8 +296,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(split.train)}, valid {len(split.valid)} products (split by a hash of product_id, the encoder's "
               f"own split). Heads: MLP (512 hidden) on standardised embeddings, trained with "
               f"{_describe(cfg)}; temperature-scaled on a 10% calibration slice of train (ECE on valid), where the "
-              f"weight of the title-mention expert is fitted too (a logit bonus for a class whose name the title "
-              f"holds; '+ title mentions' where it is above zero).")
+              f"weights of two text experts are fitted too: '+ title mentions', a logit bonus for a class whose name "
+              f"the title holds, and '+ title words', the log-probabilities of TF-IDF + logistic regression on the "
+              f"title words (5000 terms, trained on the head's own training rows); each is named where its "
+              f"weight is above zero.")
     report = header + "\n\n" + "\n\n".join(sections) + "\n"
     sys.stdout.write(report)
     if args.report:

@@ -15,6 +15,7 @@ softmax an honest confidence.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ class HeadTrainConfig:
     clean_folds: int = 3
     calibration_fraction: float = 0.1
     image_dropout: float = 0.0     # fraction of rows whose image part is zeroed (heads must cope without a photo)
+    lexical_features: int = 5000   # TF-IDF terms of the lexical expert (fitted when texts are given); 0 = none
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -197,27 +199,40 @@ def fit_head(x: np.ndarray, y: np.ndarray, classes: list[str], cfg: HeadTrainCon
         if texts is None:
             head = head.with_temperature(fit_temperature(logits, y[cal]))
         else:
-            cal_texts = [texts[i] for i in np.flatnonzero(known)[cal]]
-            head = _fit_mentions(head, logits, mentions(cal_texts, head.classes), y[cal])
+            rows = np.flatnonzero(known)
+            cal_texts = [texts[i] for i in rows[cal]]
+            lexical = None
+            if cfg.lexical_features > 0:
+                from models.heads.lexical import LexicalExpert
+
+                lexical = LexicalExpert.fit([texts[i] for i in rows[tr]], y[tr], n_classes,
+                                            max_features=cfg.lexical_features, seed=cfg.seed)
+            head = _fit_text_experts(dataclasses.replace(head, lexical=lexical), logits,
+                                     mentions(cal_texts, head.classes),
+                                     None if lexical is None else lexical.log_probs(cal_texts), y[cal])
     return head
 
 
 MENTION_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0)
+LEXICAL_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
 
 
-def _fit_mentions(head: LinearHead, logits: np.ndarray, named: np.ndarray, y: np.ndarray) -> LinearHead:
-    """The mention weight (from a small grid) and temperature with the lowest held-out negative log-likelihood."""
+def _fit_text_experts(head: LinearHead, logits: np.ndarray, named: np.ndarray, lexical: np.ndarray | None,
+                      y: np.ndarray) -> LinearHead:
+    """The weights of the mention and lexical experts (from small grids) and the temperature with the lowest
+    held-out negative log-likelihood."""
     best = None
     for w in MENTION_WEIGHTS:
-        z = logits + w * named
-        t = fit_temperature(z, y)
-        p = softmax(z / t)
-        nll = float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean())
-        if best is None or nll < best[0] - 1e-4:
-            best = (nll, w, t)
-    log.info("head %s: mention weight %.1f, temperature %.2f (held-out NLL %.4f)", head.name, best[1], best[2],
-             best[0])
-    return head.with_temperature(best[2], mention_weight=best[1])
+        for lw in (LEXICAL_WEIGHTS if lexical is not None else (0.0,)):
+            z = logits + w * named + (lw * lexical if lw else 0.0)
+            t = fit_temperature(z, y)
+            p = softmax(z / t)
+            nll = float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean())
+            if best is None or nll < best[0] - 1e-4:
+                best = (nll, w, lw, t)
+    log.info("head %s: mention weight %.1f, lexical weight %.2f, temperature %.2f (held-out NLL %.4f)", head.name,
+             best[1], best[2], best[3], best[0])
+    return head.with_temperature(best[3], mention_weight=best[1], lexical_weight=best[2])
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:

@@ -1,0 +1,110 @@
+"""A lexical expert for the heads: TF-IDF over the words of the title and a linear layer, applied in numpy.
+
+A sentence embedding keeps what a title means and blurs which exact words it holds: the brand, a collection
+name, a colour word. Some labels follow those words (a product's usage follows its brand line), which is why
+TF-IDF + logistic regression is a strong baseline on titles. A head combines this expert with its embedding
+MLP (see :class:`models.heads.bundle.LinearHead`), with a weight fitted on held-out rows, so the expert counts
+only as far as it helps.
+
+Training uses scikit-learn; inference re-implements the vectoriser's transform (lower-cased word 1-2 grams,
+sublinear term frequency, smoothed idf, l2 norm) so a Spark worker needs only numpy and scipy.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["LexicalExpert"]
+
+_TOKEN = re.compile(r"(?u)\b\w\w+\b")   # scikit-learn's default token pattern
+_ABSENT = -30.0                          # bias of a class the expert never saw in training
+
+
+def _terms(text: str) -> list[str]:
+    words = _TOKEN.findall(text.lower())
+    return words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]
+
+
+@dataclass(frozen=True)
+class LexicalExpert:
+    vocab: tuple[str, ...]
+    idf: np.ndarray        # (V,)
+    weight: np.ndarray     # (V, C)
+    bias: np.ndarray       # (C,)
+
+    @classmethod
+    def fit(cls, texts: Sequence[str], y: np.ndarray, n_classes: int, max_features: int = 5000, c: float = 10.0,
+            seed: int = 0) -> LexicalExpert:
+        """TF-IDF (word 1-2 grams, at most ``max_features`` terms) + logistic regression."""
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+
+        vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, max_features=max_features)
+        x = vec.fit_transform(list(texts))
+        clf = LogisticRegression(C=c, max_iter=1000, random_state=seed).fit(x, y)
+        vocab = sorted(vec.vocabulary_, key=vec.vocabulary_.get)
+        weight = np.zeros((len(vocab), n_classes), dtype=np.float32)
+        bias = np.full(n_classes, _ABSENT, dtype=np.float32)
+        seen = clf.classes_.astype(int)
+        if len(seen) == 2:   # scikit-learn keeps one weight vector for two classes: logit of the second
+            weight[:, seen[1]] = clf.coef_[0]
+            bias[seen[0]], bias[seen[1]] = 0.0, clf.intercept_[0]
+        else:
+            weight[:, seen] = clf.coef_.T
+            bias[seen] = clf.intercept_
+        return cls(tuple(vocab), vec.idf_.astype(np.float32), weight, bias)
+
+    def features(self, texts: Sequence[str]):
+        """The l2-normalised TF-IDF matrix (sparse, N x V), as the fitted vectoriser computes it."""
+        from scipy.sparse import csr_matrix
+
+        index = self._index()
+        rows, cols, vals = [], [], []
+        for i, text in enumerate(texts):
+            counts: dict[int, int] = {}
+            for term in _terms(text or ""):
+                j = index.get(term)
+                if j is not None:
+                    counts[j] = counts.get(j, 0) + 1
+            if not counts:
+                continue
+            js = np.fromiter(counts, dtype=np.int64, count=len(counts))
+            v = (1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64, count=len(counts)))) * self.idf[js]
+            v /= np.linalg.norm(v)
+            rows.extend([i] * len(js))
+            cols.extend(js.tolist())
+            vals.extend(v.tolist())
+        return csr_matrix((vals, (rows, cols)), shape=(len(texts), len(self.vocab)), dtype=np.float32)
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        return np.asarray(self.features(texts) @ self.weight) + self.bias
+
+    def log_probs(self, texts: Sequence[str]) -> np.ndarray:
+        z = self.logits(texts)
+        z = z - z.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+    def _index(self) -> dict[str, int]:
+        cached = self.__dict__.get("_index_cache")
+        if cached is None:
+            cached = {t: i for i, t in enumerate(self.vocab)}
+            object.__setattr__(self, "_index_cache", cached)
+        return cached
+
+    # -- serialisation (inside a head's tensors and description) --
+    def tensors(self, prefix: str) -> dict[str, np.ndarray]:
+        return {f"{prefix}.idf": self.idf.astype(np.float32), f"{prefix}.weight": self.weight.astype(np.float32),
+                f"{prefix}.bias": self.bias.astype(np.float32)}
+
+    def describe(self) -> dict[str, Any]:
+        return {"vocab": list(self.vocab)}
+
+    @classmethod
+    def from_parts(cls, prefix: str, desc: dict[str, Any], tensors: dict[str, np.ndarray]) -> LexicalExpert:
+        return cls(tuple(desc["vocab"]), tensors[f"{prefix}.idf"], tensors[f"{prefix}.weight"],
+                   tensors[f"{prefix}.bias"])
