@@ -23,6 +23,7 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -168,7 +169,6 @@ class Lake:
         import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
-        from deltalake import DeltaTable
 
         schema = self._arrow_schema(spec)
         new = pa.Table.from_pylist([{c: r.get(c) for c in spec.column_names} for r in rows], schema=schema)
@@ -176,12 +176,9 @@ class Lake:
         if len(keys) != 1:
             raise LakeError(f"upsert_rows supports one key column; {spec.name} has {keys}")
         key = keys[0]
-        dt = self.ensure(spec)
-        app_id = app_id_for(spec.name, run_id)
-        done = dt.transaction_version(app_id)
-        if done is not None and done >= step:
-            log.info("%s: commit %d of run %s is already in the log; skipped", spec.name, step, run_id)
-            return CommitResult(spec.name, dt.version(), 0, 0, skipped=True)
+        dt, app_id, done = self._open_for(spec, run_id, step)
+        if done is not None:
+            return done
         wanted = pa.array(set(new.column(key).to_pylist()), type=schema.field(key).type)
         removed: dict[str, int] = {}
         kept = [new]
@@ -191,38 +188,23 @@ class Lake:
                 removed[rel] = size
                 old = pq.read_table(path, schema=schema)
                 kept.append(old.filter(pc.invert(pc.is_in(old.column(key), value_set=wanted))))
-        folder = f"run-{_SAFE.sub('_', run_id)[:80]}-{step}-{uuid.uuid4().hex[:8]}"
-        target = self.path(spec) / folder
-        target.mkdir(parents=True)
-        try:
+
+        def write(target: Path) -> None:
+            target.mkdir(parents=True)
             pq.write_table(pa.concat_tables(kept), target / f"part-00000-{uuid.uuid4()}.snappy.parquet",
                            compression="snappy")
-            point = spec.name if step == 1 else f"{spec.name}/{step}"
-            checkpoint(f"written:{point}")
-            adds = self._add_actions(spec, folder)
-            self._commit(spec, dt, adds, removed, app_id, step)
-            checkpoint(f"committed:{point}")
-        except Exception:
-            shutil.rmtree(target, ignore_errors=True)
-            raise
-        version = DeltaTable(str(self.path(spec))).version()
-        log.info("%s: committed version %d (+%d files, -%d files)", spec.name, version, len(adds), len(removed))
-        return CommitResult(spec.name, version, len(adds), len(removed))
+
+        return self._write_and_commit(spec, dt, write, removed, run_id, app_id, step)
 
     def _write(self, spec: TableSpec, df, run_id: str, step: int, upsert: bool, replaced=None, delete=None
                ) -> CommitResult:
-        from deltalake import DeltaTable
-
         missing = [c for c in spec.column_names if c not in df.columns]
         if missing:
             raise LakeError(f"rows for {spec.name} lack the columns {missing}")
         df = df.select(*spec.column_names)
-        dt = self.ensure(spec)
-        app_id = app_id_for(spec.name, run_id)
-        done = dt.transaction_version(app_id)
-        if done is not None and done >= step:
-            log.info("%s: commit %d of run %s is already in the log; skipped", spec.name, step, run_id)
-            return CommitResult(spec.name, dt.version(), 0, 0, skipped=True)
+        dt, app_id, done = self._open_for(spec, run_id, step)
+        if done is not None:
+            return done
 
         removed: dict[str, int] = {}
         if upsert:
@@ -242,10 +224,28 @@ class Lake:
                 # would gain files on every run (8, 16, 24, ...) and never compact.
                 df = df.coalesce(rewrite_files(sum(removed.values()), self.spark.sparkContext.defaultParallelism))
 
+        return self._write_and_commit(spec, dt, lambda target: df.write.mode("errorifexists").parquet(str(target)),
+                                      removed, run_id, app_id, step)
+
+    def _open_for(self, spec: TableSpec, run_id: str, step: int):
+        """``(table, app id, skipped result)``: the result is set when the log already holds this commit."""
+        dt = self.ensure(spec)
+        app_id = app_id_for(spec.name, run_id)
+        done = dt.transaction_version(app_id)
+        if done is not None and done >= step:
+            log.info("%s: commit %d of run %s is already in the log; skipped", spec.name, step, run_id)
+            return dt, app_id, CommitResult(spec.name, dt.version(), 0, 0, skipped=True)
+        return dt, app_id, None
+
+    def _write_and_commit(self, spec: TableSpec, dt, write: Callable[[Path], None], removed: dict[str, int],
+                          run_id: str, app_id: str, step: int) -> CommitResult:
+        """``write`` data files into a fresh folder of the table, then commit them with the ``removed`` files."""
+        from deltalake import DeltaTable
+
         folder = f"run-{_SAFE.sub('_', run_id)[:80]}-{step}-{uuid.uuid4().hex[:8]}"
         target = self.path(spec) / folder
         try:
-            df.write.mode("errorifexists").parquet(str(target))
+            write(target)
             point = spec.name if step == 1 else f"{spec.name}/{step}"
             checkpoint(f"written:{point}")   # data files on disk, not yet in the log
             adds = self._add_actions(spec, folder)

@@ -12,6 +12,7 @@ sublinear term frequency, smoothed idf, l2 norm) so a Spark worker needs only nu
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,7 +64,7 @@ class LexicalExpert:
         """The l2-normalised TF-IDF matrix (sparse, N x V), as the fitted vectoriser computes it."""
         from scipy.sparse import csr_matrix
 
-        index = self._index()
+        index = self._index
         rows, cols, vals = [], [], []
         for i, text in enumerate(texts):
             counts: dict[int, int] = {}
@@ -89,12 +90,9 @@ class LexicalExpert:
         z = z - z.max(axis=1, keepdims=True)
         return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
+    @functools.cached_property
     def _index(self) -> dict[str, int]:
-        cached = self.__dict__.get("_index_cache")
-        if cached is None:
-            cached = {t: i for i, t in enumerate(self.vocab)}
-            object.__setattr__(self, "_index_cache", cached)
-        return cached
+        return {t: i for i, t in enumerate(self.vocab)}
 
     # -- serialisation (inside a head's tensors and description) --
     def tensors(self, prefix: str) -> dict[str, np.ndarray]:
