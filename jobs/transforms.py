@@ -12,6 +12,7 @@ from pyspark.sql.types import StringType
 
 from schemas import reasons
 from schemas.tables import CATALOG, CATALOG_REQUIRED
+from udfs.images import STAT_FIELDS
 
 __all__ = ["CatalogError", "changed_products", "quarantine_rows", "read_catalog", "validate"]
 
@@ -101,13 +102,16 @@ def _blank(col):
     return col.isNull() | col.rlike(r"^[\p{Z}\p{C}]*\z")
 
 
-def validate(catalog, inspect_udf):
+def validate(catalog, inspect_udf, known=None):
     """Add ``reason_code``/``detail`` (first failing rule wins), image checks, ``content_hash``, ``row_id``.
 
     Rules, in order: missing id; duplicate id (the row with the latest ``updated_at`` wins, ties broken by
     content so the choice is deterministic); a value that did not conform (``_problem_code`` from
     :func:`read_catalog`, when present); empty title; title too long; price not a finite non-negative number;
     image URI not allowed, unreadable or not an image.
+
+    ``known``: the image stat cache (:meth:`jobs.image_stats.ImageStats.read`), so an unchanged image file
+    keeps its hash unread. What the check saw of each image is kept in the ``_image_stat`` struct column.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -142,16 +146,23 @@ def validate(catalog, inspect_udf):
     for cond, code, text in reversed(rules):
         reason, detail = F.when(cond, code).otherwise(reason), F.when(cond, text).otherwise(detail)
     df = df.withColumn("_pre", reason).withColumn("_pre_detail", detail)
-    image = inspect_udf(F.col("image_uri"))
+    if known is not None:
+        # As JSON: a pandas UDF would get the nanosecond times of a column with nulls as float64, inexact.
+        known = known.select("image_uri", F.to_json(F.struct(*STAT_FIELDS)).alias("_known"))
+        df = df.join(known.dropDuplicates(["image_uri"]), "image_uri", "left")
+    else:
+        df = df.withColumn("_known", F.lit(None).cast("string"))
+    image = inspect_udf(F.col("image_uri"), F.col("_known"))
     df = df.withColumn("_img", F.when(F.col("_pre").isNull(), image))
     df = (df.withColumn("reason_code", F.coalesce("_pre", "_img.image_reason"))
           .withColumn("detail", F.when(F.col("_pre").isNotNull(), F.col("_pre_detail"))
                       .otherwise(F.col("_img.image_detail")))
           .withColumn("image_path", F.col("_img.image_path"))
-          .withColumn("image_sha256", F.col("_img.image_sha256")))
+          .withColumn("image_sha256", F.col("_img.image_sha256"))
+          .withColumn("_image_stat", F.struct(*(F.col(f"_img.{f}").alias(f) for f in (*STAT_FIELDS, "image_read")))))
     content = F.to_json(F.struct(*[F.col(c) for c in CONTENT_COLUMNS]), _KEEP_NULLS)
     df = df.withColumn("content_hash", F.sha2(content, 256))
-    return df.drop("_rank", "_copy", "_img", "_pre", "_pre_detail", "_problem_code", "_problem_detail")
+    return df.drop("_rank", "_copy", "_img", "_known", "_pre", "_pre_detail", "_problem_code", "_problem_detail")
 
 
 def quarantine_rows(rejected, run_id: str, now):

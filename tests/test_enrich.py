@@ -163,3 +163,36 @@ def test_default_model_end_to_end(default_sample_run):
     assert attrs["method"].str.startswith("closed:").any()        # the closed colour/usage/gender heads too
     cats = table(lake, "product_categories").to_pandas()
     assert set(cats["product_id"]) == set(emb["product_id"]) and cats["confidence"].between(0, 1).all()
+
+
+def test_unchanged_images_are_not_read_again_and_a_replaced_photo_is(spark, sample, tmp_path, capsys):
+    """The image stat cache: a rerun hashes no image; a photo replaced at the same URI is read, and its
+    product re-embedded; --rehash-images reads them all."""
+    import time
+
+    lake = tmp_path / "lake"
+    time.sleep(2.1)  # files hashed within RACY_NS of their last change are read again next time, by design
+    assert run_job(spark, sample, lake, "r1") == 0
+    first = capsys.readouterr().out
+    n_images = int(first.split("images")[1].split("checked")[0])
+    assert f"{n_images} checked: {n_images} read and hashed" in first and n_images > 100
+
+    assert run_job(spark, sample, lake, "r2") == 0
+    assert f"{n_images} checked: 0 read and hashed" in capsys.readouterr().out
+
+    catalog = pq.read_table(sample / "catalog.parquet").to_pandas()
+    emb = table(lake, "product_embeddings").to_pandas()
+    row = catalog[catalog["product_id"].isin(emb["product_id"]) & catalog["image_uri"].notna()].iloc[0]
+    other = catalog[catalog["image_uri"].notna() & (catalog["image_uri"] != row["image_uri"])].iloc[0]
+    photo = sample / row["image_uri"]
+    shutil.copyfile(sample / other["image_uri"], photo)  # a re-shot photo at the same URI
+    assert run_job(spark, sample, lake, "r3") == 0
+    out = capsys.readouterr().out
+    assert f"{n_images} checked: 1 read and hashed" in out
+    rewritten = table(lake, "product_embeddings").to_pandas().set_index("product_id")
+    assert rewritten.loc[row["product_id"], "run_id"] == "r3"
+    same_photo = set(catalog.loc[catalog["image_uri"] == row["image_uri"], "product_id"]) & set(emb["product_id"])
+    assert set(rewritten.index[rewritten["run_id"] == "r3"]) == same_photo
+
+    assert run_job(spark, sample, lake, "r4", "--rehash-images") == 0
+    assert f"{n_images} checked: {n_images} read and hashed" in capsys.readouterr().out

@@ -10,7 +10,8 @@ from PIL import Image
 
 from models.images import ImageDecodeError, decode_image, to_model_array
 from schemas import reasons
-from udfs.images import ImagePolicy, inspect_image, resolve_image_uri
+from udfs import images as image_checks
+from udfs.images import RACY_NS, ImagePolicy, ImageStat, inspect_image, inspect_image_stat, resolve_image_uri
 
 
 @pytest.fixture()
@@ -71,6 +72,46 @@ def test_inspect_reports_each_problem(root):
     # 40x30 = 1200 pixels is over this policy's cap of 1000: refused before decoding.
     assert "exceeds the cap" in inspect_image("ok.jpg", policy)[3]
     assert inspect_image(None, policy) == (None, None, None, None)
+
+
+def _aged(seen: ImageStat) -> ImageStat:
+    """``seen`` as if hashed well after the file's last change (a fresh file is racy: re-read next time)."""
+    import dataclasses
+
+    return dataclasses.replace(seen, image_checked_ns=seen.image_ctime_ns + RACY_NS + 1)
+
+
+def test_stat_cache_keeps_the_hash_of_an_unchanged_file_without_reading_it(root, monkeypatch):
+    policy = ImagePolicy(image_root=str(root))
+    seen, reason, _, read = inspect_image_stat("ok.jpg", policy)
+    assert reason is None and read and seen.image_sha256 == inspect_image("ok.jpg", policy)[1]
+    assert (seen.image_width, seen.image_height, seen.image_size) == (40, 30, (root / "ok.jpg").stat().st_size)
+    known = ImageStat.from_json(__import__("json").dumps(_aged(seen).__dict__))  # as the cache hands it over
+    assert known == _aged(seen)
+
+    def no_reading(*a, **k):
+        raise AssertionError("an unchanged file was read")
+
+    with monkeypatch.context() as m:
+        m.setattr(image_checks, "_read_with_stat", no_reading)
+        again, reason, _, read = inspect_image_stat("ok.jpg", policy, known)
+        assert not read and reason is None and again == known
+        # The policy still decides: a URI that is no longer allowed is refused, cache or not.
+        elsewhere = ImagePolicy(image_root=str(root.parent / "other"))
+        assert inspect_image_stat(str(root / "ok.jpg"), elsewhere, known)[1] == reasons.IMAGE_URI_NOT_ALLOWED
+        # ... and so do its caps, on the remembered size and dimensions.
+        assert "exceeds the cap" in inspect_image_stat("ok.jpg", ImagePolicy(image_root=str(root), max_pixels=1000),
+                                                       known)[2]
+    # Hashed right after its last change: read again (the file system's clock may not show a second change).
+    assert inspect_image_stat("ok.jpg", policy, seen)[3]
+    # A re-shot photo at the same URI: read again, with its new hash.
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 10, 30)).save(buf, format="JPEG")
+    (root / "ok.jpg").write_bytes(buf.getvalue())
+    new, reason, _, read = inspect_image_stat("ok.jpg", policy, known)
+    assert read and reason is None and new.image_sha256 != known.image_sha256
+    assert ImageStat.from_json("not json") is None and ImageStat.from_json(None) is None
+    assert ImageStat.from_json('{"image_sha256": "x", "image_size": 1.5}') is None
 
 
 def test_decode_refuses_bombs_and_truncation():

@@ -3,14 +3,22 @@
 An image URI is fetched only when its scheme is allowed (a plain path or ``file://``) and, after every
 ``..`` and symbolic link is resolved, it lies under one of the allowed roots. Nothing is ever fetched over
 the network.
+
+The check hashes the image's bytes (a re-shot photo at the same URI is new content). An incremental run
+need not read every image again: given what an earlier run saw of the file (its :class:`ImageStat`: size,
+modification and change times, inode, and the hash), a file whose ``stat`` is unchanged keeps its hash
+without being read, as git's index does. A file that changed less than ``RACY_NS`` before it was hashed is
+read again next time (it may have changed again within the file system's time resolution).
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import stat
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,9 +29,18 @@ import pandas as pd  # at module level: the UDF type hints are resolved in this 
 from jobs.faults import checkpoint, maybe_fail
 from schemas import reasons
 
-__all__ = ["ImagePolicy", "Resolved", "inspect_image", "make_inspect_udf", "read_image_bytes", "resolve_image_uri"]
+__all__ = ["ImagePolicy", "ImageStat", "Resolved", "inspect_image", "inspect_image_stat", "make_inspect_udf",
+           "read_image_bytes", "resolve_image_uri"]
 
-INSPECT_SCHEMA = "image_path string, image_sha256 string, image_reason string, image_detail string"
+# What an earlier run saw of an image file: the columns of the stat cache (jobs.image_stats).
+STAT_TYPES = {"image_path": "string", "image_size": "bigint", "image_mtime_ns": "bigint", "image_ctime_ns": "bigint",
+              "image_ino": "bigint", "image_width": "int", "image_height": "int", "image_sha256": "string",
+              "image_checked_ns": "bigint"}
+STAT_FIELDS = tuple(STAT_TYPES)
+STAT_SCHEMA = ", ".join(f"{f} {t}" for f, t in STAT_TYPES.items())
+INSPECT_SCHEMA = f"{STAT_SCHEMA}, image_reason string, image_detail string, image_read boolean"
+_PANDAS_TYPE = {"bigint": "Int64", "int": "Int32"}
+RACY_NS = 2_000_000_000   # a file changed this close before its hash was taken is hashed again
 
 
 @dataclass(frozen=True)
@@ -75,41 +92,104 @@ def resolve_image_uri(uri: str, policy: ImagePolicy) -> Resolved:
     return Resolved(None, reasons.IMAGE_URI_NOT_ALLOWED, "resolves outside the allowed image roots")
 
 
+@dataclass(frozen=True)
+class ImageStat:
+    """An image file as an earlier check saw it (the fields of :data:`STAT_SCHEMA`)."""
+
+    image_path: str | None = None
+    image_size: int | None = None
+    image_mtime_ns: int | None = None
+    image_ctime_ns: int | None = None
+    image_ino: int | None = None
+    image_width: int | None = None
+    image_height: int | None = None
+    image_sha256: str | None = None
+    image_checked_ns: int | None = None
+
+    @classmethod
+    def from_json(cls, text: str | None) -> ImageStat | None:
+        """The stat of a cache row as JSON (None for none, or for a row that is not one)."""
+        if not isinstance(text, str):
+            return None
+        try:
+            values = json.loads(text)
+            stat_ = cls(**{f: values.get(f) for f in STAT_FIELDS})
+        except (ValueError, TypeError):
+            return None
+        ints = [getattr(stat_, f) for f, t in STAT_TYPES.items() if t != "string"]
+        if stat_.image_sha256 is None or not all(isinstance(v, int) for v in ints):
+            return None
+        return stat_
+
+    def same_file(self, path: str, st: os.stat_result) -> bool:
+        """True when ``st`` of ``path`` shows the file this hash was taken of, unchanged since."""
+        return (self.image_sha256 is not None and self.image_checked_ns is not None and path == self.image_path
+                and stat.S_ISREG(st.st_mode) and st.st_size == self.image_size
+                and st.st_mtime_ns == self.image_mtime_ns and st.st_ctime_ns == self.image_ctime_ns
+                and st.st_ino == self.image_ino and st.st_ctime_ns < self.image_checked_ns - RACY_NS)
+
+
 def read_image_bytes(path: str, max_bytes: int) -> bytes:
     """Read at most ``max_bytes``; raise ``OSError`` for missing files and ``ValueError`` for oversized ones.
 
     Only regular files are read: a named pipe or a device under the image root would block the task forever
     (or stream without end), so the file is opened without blocking and checked before the first read.
     """
+    return _read_with_stat(path, max_bytes)[0]
+
+
+def _read_with_stat(path: str, max_bytes: int) -> tuple[bytes, os.stat_result | None]:
+    """The bytes, and the file's stat when it did not change while it was read (else None)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     with open(fd, "rb") as f:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise OSError(errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL,
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode):
+            raise OSError(errno.EISDIR if stat.S_ISDIR(before.st_mode) else errno.EINVAL,
                           "not a regular file (a folder, pipe, socket or device)")
         data = f.read(max_bytes + 1)
+        after = os.fstat(fd)
     if len(data) > max_bytes:
         raise ValueError(f"file larger than {max_bytes} bytes")
-    return data
+    unchanged = (before.st_size, before.st_mtime_ns, before.st_ctime_ns) == (after.st_size, after.st_mtime_ns,
+                                                                             after.st_ctime_ns)
+    return data, (after if unchanged and after.st_size == len(data) else None)
 
 
 def inspect_image(uri: str | None, policy: ImagePolicy) -> tuple[str | None, str | None, str | None, str | None]:
     """``(path, sha256, reason, detail)`` for one URI: a cheap check (header only, no pixel decode)."""
+    seen, reason, detail, _ = inspect_image_stat(uri, policy)
+    return seen.image_path, seen.image_sha256, reason, detail
+
+
+def inspect_image_stat(uri: str | None, policy: ImagePolicy, known: ImageStat | None = None
+                       ) -> tuple[ImageStat, str | None, str | None, bool]:
+    """``(what was seen, reason, detail, read)`` for one URI. The URI is resolved and checked against the
+    policy every time; when ``known`` describes the same, unchanged file its hash is kept without reading
+    the file (``read`` False). The caps of the policy apply to the remembered size and dimensions too."""
     from PIL import Image
 
+    none = ImageStat()
     if uri is None or not uri.strip():
-        return None, None, None, None
+        return none, None, None, False
     res = resolve_image_uri(uri.strip(), policy)
     if res.path is None:
-        return None, None, res.reason, res.detail
+        return none, res.reason, res.detail, False
+    if known is not None:
+        try:
+            st = os.stat(res.path)
+        except OSError:
+            st = None
+        if st is not None and known.same_file(res.path, st):
+            return _capped(known, policy, read=False)
+    checked = time.time_ns()
     try:
-        data = read_image_bytes(res.path, policy.max_bytes)
+        data, st = _read_with_stat(res.path, policy.max_bytes)
     except ValueError as e:
-        return None, None, reasons.IMAGE_UNDECODABLE, str(e)
+        return none, reasons.IMAGE_UNDECODABLE, str(e), True
     except OSError as e:
-        return None, None, reasons.IMAGE_UNREADABLE, f"{type(e).__name__}: {e.strerror or e}"
+        return none, reasons.IMAGE_UNREADABLE, f"{type(e).__name__}: {e.strerror or e}", True
     if not data:
-        return None, None, reasons.IMAGE_UNDECODABLE, "empty file"
+        return none, reasons.IMAGE_UNDECODABLE, "empty file", True
     try:
         import io
 
@@ -121,23 +201,44 @@ def inspect_image(uri: str | None, policy: ImagePolicy) -> tuple[str | None, str
         from PIL import UnidentifiedImageError
 
         what = "not a recognised image format" if isinstance(e, UnidentifiedImageError) else f"{type(e).__name__}: {e}"
-        return None, None, reasons.IMAGE_UNDECODABLE, what
+        return none, reasons.IMAGE_UNDECODABLE, what, True
+    digest = hashlib.sha256(data).hexdigest()
+    if st is None:  # the file changed while it was read: the hash stands for this run, the stat is not kept
+        seen = ImageStat(image_path=res.path, image_width=w, image_height=h, image_sha256=digest)
+    else:
+        seen = ImageStat(res.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, w, h, digest, checked)
+    return _capped(seen, policy, read=True)
+
+
+def _capped(seen: ImageStat, policy: ImagePolicy, read: bool) -> tuple[ImageStat, str | None, str | None, bool]:
+    if seen.image_size is not None and seen.image_size > policy.max_bytes:
+        return ImageStat(), reasons.IMAGE_UNDECODABLE, f"file larger than {policy.max_bytes} bytes", read
+    w, h = seen.image_width or 0, seen.image_height or 0
     if w * h > policy.max_pixels:
-        return None, None, reasons.IMAGE_UNDECODABLE, f"{w}x{h} pixels exceeds the cap of {policy.max_pixels}"
-    return res.path, hashlib.sha256(data).hexdigest(), None, None
+        return ImageStat(), reasons.IMAGE_UNDECODABLE, f"{w}x{h} pixels exceeds the cap of {policy.max_pixels}", read
+    return seen, None, None, read
 
 
 def make_inspect_udf(policy: ImagePolicy):
-    """An iterator pandas UDF: ``image_uri`` -> struct(image_path, image_sha256, image_reason, image_detail)."""
+    """An iterator pandas UDF: ``(image_uri, known)`` -> struct(:data:`INSPECT_SCHEMA`), where ``known`` is the
+    JSON of a :data:`STAT_SCHEMA` struct from an earlier run (null when there is none)."""
     from pyspark.sql.functions import pandas_udf
 
+    cols = [*STAT_FIELDS, "image_reason", "image_detail", "image_read"]
+
     @pandas_udf(INSPECT_SCHEMA)
-    def inspect_images(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        cols = ["image_path", "image_sha256", "image_reason", "image_detail"]
-        for uris in batches:
+    def inspect_images(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+        for uris, known in batches:
             checkpoint("inspect_batch")
             maybe_fail("inspect", uris.iloc[0] if len(uris) else None)  # tests only: see jobs.faults
-            out = [inspect_image(u if isinstance(u, str) else None, policy) for u in uris]
-            yield pd.DataFrame(out, columns=cols, index=uris.index)
+            out = []
+            for uri, k in zip(uris, known, strict=True):
+                seen, reason, detail, read = inspect_image_stat(uri if isinstance(uri, str) else None, policy,
+                                                                ImageStat.from_json(k))
+                out.append((*(getattr(seen, f) for f in STAT_FIELDS), reason, detail, read))
+            # Column by column: a frame built from the rows would turn int columns with a null into float64,
+            # which cannot hold a time in nanoseconds exactly.
+            yield pd.DataFrame({c: pd.array([r[i] for r in out], dtype=_PANDAS_TYPE.get(STAT_TYPES.get(c), object))
+                                for i, c in enumerate(cols)}, index=uris.index)
 
     return inspect_images
