@@ -158,7 +158,8 @@ def spark_run(spark, catalog: Path, lake: Path, run_id: str, model: str, device:
         raise RuntimeError(f"run {run_id} did not account for every row: {summary.counts}")
     return {"products": summary.counts["read"], "enriched": summary.counts["enriched"],
             "seconds": round(seconds, 2), "products_per_s": round(summary.counts["read"] / seconds, 1),
-            "stages": {k: round(v, 1) for k, v in summary.timings.items()}}
+            "stages": {k: round(v, 1) for k, v in summary.timings.items()},
+            "images_read": summary.images.get("read"), "images": summary.images.get("checked")}
 
 
 # -- the upsert -------------------------------------------------------------------------------------------

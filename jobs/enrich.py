@@ -289,7 +289,8 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
     with stage("select changed"):
         # Rows this run id wrote count as not done: a repeat of a crashed run redoes its products (their
         # commits that reached the log are skipped) instead of calling them unchanged and skipping later tables.
-        todo = changed_products(valid, lake.read(PRODUCT_EMBEDDINGS), version, this_run=cfg.run_id)
+        todo = changed_products(valid, lake.read(PRODUCT_EMBEDDINGS), version, this_run=cfg.run_id
+                                ).persist(StorageLevel.MEMORY_AND_DISK)   # the embed stage reads it again
         n_todo = todo.count()
         log.info("%d products new or changed, %d unchanged", n_todo, n_read - n_rejected - n_todo)
         stage.count(n_read - n_rejected, "products")
@@ -311,6 +312,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
                     .persist(StorageLevel.MEMORY_AND_DISK))
         t = time.perf_counter()
         n_failed = embedded.where(F.col("_e.error").isNotNull()).count()
+        todo.unpersist()
         rate = n_todo / max(time.perf_counter() - t, 1e-9)
         log.info("embedded %d products (%.1f products/s), %d failed image decoding", n_todo - n_failed, rate, n_failed)
         stage.count(n_todo, "products")
@@ -327,8 +329,9 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
                   .withColumn("_h", make_heads_udf(plan)(F.col("_e.text_embedding"), F.col("_e.image_embedding"),
                                                          F.col("title"), F.col("description")))
                   .persist(StorageLevel.MEMORY_AND_DISK))
-        n_scored = scored.count()
-        n_adult = scored.where(F.col("_h.is_adult")).count()
+        tally_h = scored.agg(F.count(F.lit(1)).alias("scored"),
+                             F.count(F.when(F.col("_h.is_adult"), 1)).alias("adult")).first()
+        n_scored, n_adult = tally_h["scored"], tally_h["adult"]
         log.info("heads applied to %d products: %d flagged adult", n_scored, n_adult)
         stage.count(n_scored, "products")
         head_frames = heads_tables(scored, plan, version, cfg.run_id, now)

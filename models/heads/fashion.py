@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     for rows in (tr_rows, va_rows):
         rows["gender"] = [gender_of(t) for t in rows["title"].astype(str)]
     cfg = HeadTrainConfig(epochs=args.epochs, ema_decay=0.99, fgm_eps=0.5, rdrop_alpha=1.0, clean_labels=True,
-                          image_dropout=0.1)
+                          clean_weight=0.3, lexical_all_rows=True, image_dropout=0.1)
     heads, metrics, md = evaluate_tasks(e, tr_rows, va_rows, cfg, ablation=not args.no_ablation)
     zs, zs_md = zero_shot_section(encoder, e, va_rows, list(heads["category"].classes))
     metrics["zero_shot"] = zs
@@ -292,13 +292,14 @@ def main(argv: list[str] | None = None) -> int:
         adult, threshold, metrics["adult"], adult_md = adult_section(encoder, e, tr_rows, va_rows,
                                                                       Path(args.taxonomy), terms)
         sections.append(adult_md)
+    lex_rows = "all training rows, flagged ones included" if cfg.lexical_all_rows else "the head's own training rows"
     header = (f"### Heads on the embeddings of `{encoder.version}`\n\nFashion data ({split.snapshot}); train "
               f"{len(split.train)}, valid {len(split.valid)} products (split by a hash of product_id, the encoder's "
               f"own split). Heads: MLP (512 hidden) on standardised embeddings, trained with "
               f"{_describe(cfg)}; temperature-scaled on a 10% calibration slice of train (ECE on valid), where the "
               f"weights of two text experts are fitted too: '+ title mentions', a logit bonus for a class whose name "
               f"the title holds, and '+ title words', the log-probabilities of TF-IDF + logistic regression on the "
-              f"title words (5000 terms, trained on the head's own training rows); each is named where its "
+              f"title words ({cfg.lexical_features} terms, trained on {lex_rows}); each is named where its "
               f"weight is above zero.")
     report = header + "\n\n" + "\n\n".join(sections) + "\n"
     sys.stdout.write(report)
@@ -314,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _describe(cfg: HeadTrainConfig) -> str:
-    tricks = [n for n, on in (("confident learning (cleanlab, rows flagged as label issues dropped)", cfg.clean_labels),
+    flagged = f"down-weighted to {cfg.clean_weight}" if cfg.clean_weight > 0 else "dropped"
+    cleaning = f"confident learning (cleanlab, rows flagged as label issues {flagged})"
+    tricks = [n for n, on in ((cleaning, cfg.clean_labels),
                               (f"EMA {cfg.ema_decay}", cfg.ema_decay > 0), (f"FGM eps {cfg.fgm_eps}", cfg.fgm_eps > 0),
                               (f"R-Drop alpha {cfg.rdrop_alpha}", cfg.rdrop_alpha > 0)) if on]
     return ", ".join(tricks) + f", {cfg.epochs} epochs, {int(cfg.image_dropout * 100)}% of photos dropped"

@@ -42,9 +42,11 @@ class HeadTrainConfig:
     rdrop_alpha: float = 0.0       # e.g. 1.0; 0 = off
     clean_labels: bool = False     # confident learning (cleanlab) before training
     clean_folds: int = 3
+    clean_weight: float = 0.0      # loss weight of a row flagged as a label issue (0: the row is dropped)
     calibration_fraction: float = 0.1
     image_dropout: float = 0.0     # fraction of rows whose image part is zeroed (heads must cope without a photo)
     lexical_features: int = 5000   # TF-IDF terms of the lexical expert (fitted when texts are given); 0 = none
+    lexical_all_rows: bool = False  # the lexical expert learns from flagged rows too (it is not cleaned)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -132,8 +134,9 @@ def fit_head(x: np.ndarray, y: np.ndarray, classes: list[str], cfg: HeadTrainCon
     keep = np.ones(len(y), dtype=bool)
     if cfg.clean_labels:
         keep = clean_label_mask(x, y, n_classes, cfg.clean_folds, cfg.seed)
-    tr, cal = _split_calibration(len(y), cfg.calibration_fraction, cfg.seed)
-    tr = tr[keep[tr]]
+    tr_all, cal = _split_calibration(len(y), cfg.calibration_fraction, cfg.seed)
+    tr = tr_all if cfg.clean_weight > 0 else tr_all[keep[tr_all]]
+    row_weight = torch.from_numpy(np.where(keep[tr], 1.0, cfg.clean_weight).astype(np.float32))
     mu = x[tr].mean(axis=0)
     sigma = x[tr].std(axis=0) + 1e-6
 
@@ -157,17 +160,22 @@ def fit_head(x: np.ndarray, y: np.ndarray, classes: list[str], cfg: HeadTrainCon
     for _epoch in range(cfg.epochs):
         net.train()
         for b in torch.randperm(len(tr), generator=gen).split(cfg.batch_size):
-            xb, yb = xt[b].clone(), yt[b]
+            xb, yb, wb = xt[b].clone(), yt[b], row_weight[b]
+
+            def ce(z, yb=yb, wb=wb):
+                per_row = F.cross_entropy(z, yb, label_smoothing=cfg.label_smoothing, reduction="none")
+                return (per_row * wb).sum() / wb.sum()
+
             if cfg.image_dropout > 0 and image_slice is not None:
                 drop = torch.rand(len(b), generator=gen) < cfg.image_dropout
                 xb[drop, image_slice] = img_zero[image_slice]
             if cfg.fgm_eps > 0:
                 xb.requires_grad_(True)
             logits = net(xb)
-            loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+            loss = ce(logits)
             if cfg.rdrop_alpha > 0:
                 logits2 = net(xb)
-                loss = 0.5 * (loss + F.cross_entropy(logits2, yb, label_smoothing=cfg.label_smoothing))
+                loss = 0.5 * (loss + ce(logits2))
                 lp, lq = F.log_softmax(logits, -1), F.log_softmax(logits2, -1)
                 kl = 0.5 * (F.kl_div(lp, lq, log_target=True, reduction="batchmean")
                             + F.kl_div(lq, lp, log_target=True, reduction="batchmean"))
@@ -180,7 +188,7 @@ def fit_head(x: np.ndarray, y: np.ndarray, classes: list[str], cfg: HeadTrainCon
                 r = torch.zeros_like(xb)
                 gt = g[:, text_cols]
                 r[:, text_cols] = cfg.fgm_eps * gt / gt.norm(dim=1, keepdim=True).clamp_min(1e-12)
-                adv = F.cross_entropy(net(xb.detach() + r), yb, label_smoothing=cfg.label_smoothing)
+                adv = ce(net(xb.detach() + r))
                 adv.backward()
             opt.step()
             sched.step()
@@ -205,7 +213,8 @@ def fit_head(x: np.ndarray, y: np.ndarray, classes: list[str], cfg: HeadTrainCon
             if cfg.lexical_features > 0:
                 from models.heads.lexical import LexicalExpert
 
-                lexical = LexicalExpert.fit([texts[i] for i in rows[tr]], y[tr], n_classes,
+                lex_rows = tr_all if cfg.lexical_all_rows else tr
+                lexical = LexicalExpert.fit([texts[i] for i in rows[lex_rows]], y[lex_rows], n_classes,
                                             max_features=cfg.lexical_features, seed=cfg.seed)
             head = _fit_text_experts(dataclasses.replace(head, lexical=lexical), logits,
                                      mentions(cal_texts, head.classes),
