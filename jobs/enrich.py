@@ -40,7 +40,7 @@ DEFAULT_CATALOG = DEFAULT_SAMPLE_DIR / "catalog.parquet"
 ROWS_PER_PARTITION = 20_000
 MIN_ROWS_PER_TASK = 64
 # An update of at most this many products is committed from the driver (pyarrow), without the Spark jobs of a
-# distributed rewrite: an incremental run's commits went from 9.5 s to ... at 20k products (bench/enrich_e2e.py).
+# distributed rewrite: the commits of a 1% run over 20k products went from 9.5 s to 3.8 s (bench/enrich_e2e.py).
 DRIVER_COMMIT_PRODUCTS = 50_000
 T = TypeVar("T")
 

@@ -160,8 +160,8 @@ class Lake:
         ``delete``: a DataFrame of further match keys whose rows are removed in the same commit (pairs that
         are no longer matches).
         ``on_driver``: the caller knows the update is small (an incremental run): it is collected as Arrow and
-        committed by :meth:`upsert_arrow`, which skips the Spark jobs of a distributed rewrite (about 1.5 s a
-        table even for a few rows). Ignored when ``delete`` is given or the table holds more than
+        committed by :meth:`upsert_arrow`, which skips the Spark jobs of a distributed rewrite (five jobs a
+        table, however few the rows). Ignored when ``delete`` is given or the table holds more than
         ``DRIVER_REWRITE_BYTES``, where rewriting its touched files is work for the cluster.
         """
         if on_driver and delete is None and sum(self.files(spec).values()) <= DRIVER_REWRITE_BYTES:
