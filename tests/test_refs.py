@@ -18,6 +18,21 @@ def test_default_is_the_shipped_store_model():
     assert not ref.random_image_tower and "untrained" not in ref.description
 
 
+def test_shipped_model_beats_its_untrained_baseline_on_every_recorded_metric():
+    """The release gate of issue 3: the champion's manifest (measured when it was trained, on the fashion valid
+    split) shows contrastive pre-training above the untrained architecture on retrieval and on each probe."""
+    from models.store import DEFAULT_STORE, read_manifest, verify_version
+
+    vdir = DEFAULT_STORE / (DEFAULT_STORE / "current").read_text().strip()
+    verify_version(vdir)
+    metrics = read_manifest(vdir)["metrics"]
+    cand, base = metrics["valid"], metrics["baseline_valid"]
+    names = ["i2t_recall@1", "i2t_recall@10", "t2i_recall@1", "t2i_recall@10",
+             "probe_image_acc", "probe_text_acc", "probe_fused_acc"]
+    assert {n: cand[n] for n in names if cand[n] <= base[n]} == {}
+    assert cand["probe_valid_items"] == base["probe_valid_items"] > 3000   # the same, whole valid split
+
+
 def test_default_falls_back_to_the_builtin_model_without_a_current_version(tmp_path, monkeypatch):
     from models import store
 

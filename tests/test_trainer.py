@@ -43,6 +43,34 @@ def test_unlocked_text_with_masked_lm_trains_the_text_tower(tmp_path):
     assert not torch.equal(word, model.text.transformer.get_input_embeddings().weight)
 
 
+def test_unlocking_the_top_text_layer_trains_it_alone_and_the_store_keeps_it(tmp_path):
+    from models.store import trained_state_dict
+
+    cfg = tiny_model_cfg(tmp_path)
+    model = build_clip(cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    n_layers = len(model.text.transformer.encoder.layer)
+    top = f"text.transformer.encoder.layer.{n_layers - 1}."
+    tc = TrainConfig(epochs=1, schedule=BatchSchedule(8), chunk_size=4, warmup_steps=1, lock_text=False,
+                     unlocked_text_layers=1, category_weight=0.5, text_lr=1e-2)
+    Trainer(model, load_tokenizer(cfg["text_cfg"]), tc).fit(_data())
+    after = model.state_dict()
+    moved = {k for k in before if k.startswith("text.transformer.") and not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith(top) for k in moved)
+    stored = trained_state_dict(model)
+    assert {k for k in stored if k.startswith("text.transformer.")} == {k for k in after if k.startswith(top)}
+
+
+def test_unlocking_more_layers_than_the_tower_has_is_refused(tmp_path):
+    import pytest
+
+    cfg = tiny_model_cfg(tmp_path)
+    model = build_clip(cfg)
+    tc = TrainConfig(lock_text=False, unlocked_text_layers=len(model.text.transformer.encoder.layer) + 1)
+    with pytest.raises(ValueError, match="unlocked_text_layers must be in"):
+        Trainer(model, load_tokenizer(cfg["text_cfg"]), tc)
+
+
 def test_split_is_stable_and_about_ten_percent():
     ids = [f"P{i:05d}" for i in range(5000)]
     valid = sum(split_of(i) == "valid" for i in ids)

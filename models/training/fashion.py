@@ -81,7 +81,7 @@ def load_fashion(root: str | Path, size: int = 64, cache_dir: str | Path | None 
 REPRODUCE = ("python -m models.training.fashion --data /work/shared/data/fashion "
              "--epochs {epochs} --batch {batch} --double-at {double_at} --max-steps {max_steps} --seed {seed} "
              "--category-weight {category_weight} --lr {lr} --text-lr {text_lr} --warmup-steps {warmup} "
-             "--text-proj {text_proj}{init}")
+             "--text-proj {text_proj}{unlock}{init}")
 
 
 def _labels_note(cfg: TrainConfig) -> str:
@@ -90,6 +90,13 @@ def _labels_note(cfg: TrainConfig) -> str:
     return (f"ZhichunRoad multitask pre-training: a shared linear articleType classifier on the image and the text "
             f"embeddings (cross-entropy, weight {cfg.category_weight}) trained beside the contrastive loss, on the "
             f"train split's labels only; the classifier itself is dropped, the embeddings keep what it taught.")
+
+
+def _text_side(cfg: TrainConfig) -> str:
+    if cfg.lock_text:
+        return "MiniLM locked (its pooled features computed once), only the text projection trains on the text side"
+    return (f"MiniLM's top {cfg.unlocked_text_layers} transformer layer(s) fine-tuned with the text projection "
+            f"(the layers below stay frozen)")
 
 
 PROJ_TEXT = {"mlp": "a trained 2-layer MLP projection",
@@ -102,11 +109,11 @@ def _card(cfg: TrainConfig, args: argparse.Namespace, split: FashionSplit, resul
     return model_card(
         title="catalog-tiny-minilm, contrastively pre-trained on the fashion catalog",
         summary=(f"The shipped default model: the `catalog-tiny-minilm` architecture (a 1.6M-parameter ViT at 64 px "
-                 f"trained from scratch, and the frozen MiniLM text tower with {PROJ_TEXT[args.text_proj]}), "
+                 f"trained from scratch, and the {'frozen' if cfg.lock_text else 'partly fine-tuned'} MiniLM text "
+                 f"tower with {PROJ_TEXT[args.text_proj]}), "
                  "aligned e-CLIP style on product titles and photos."),
         training=(f"Symmetric InfoNCE with a learned, clamped temperature; identical titles masked out of the "
-                  f"negatives (the fashion data has no duplicate-cluster ids); MiniLM locked (its pooled features "
-                  f"computed once), only the text projection trains on the text side; batch-size schedule "
+                  f"negatives (the fashion data has no duplicate-cluster ids); {_text_side(cfg)}; batch-size schedule "
                   f"({sched}); AdamW lr {cfg.lr} (text projection {cfg.text_lr}), cosine decay, "
                   f"{cfg.warmup_steps} warm-up steps; random horizontal flips. {result.steps} steps, "
                   f"{result.samples} samples in {result.seconds / 60:.1f} min on 2 CPU cores "
@@ -129,6 +136,8 @@ def _card(cfg: TrainConfig, args: argparse.Namespace, split: FashionSplit, resul
                                    max_steps=args.max_steps, seed=args.seed,
                                    category_weight=args.category_weight, lr=args.lr, text_lr=args.text_lr,
                                    warmup=args.warmup_steps, text_proj=args.text_proj,
+                                   unlock=(f" --unlock-text-layers {args.unlock_text_layers}"
+                                           if args.unlock_text_layers else ""),
                                    init=f" --init-from {args.init_from}" if args.init_from else ""),
         limitations=("Tiny images (60x80 photos at 64 px) and a tiny image tower: good for coarse type and colour, "
                      "not for fine detail. Fashion titles are templated (\"Brand Gender Colour Type\"), so text "
@@ -158,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--text-proj", default="mlp", choices=("mlp", "linear"),
                    help="text projection on the locked MiniLM: a 2-layer MLP, or a linear map that starts as the "
                         "identity (the untrained baseline's text space)")
+    p.add_argument("--unlock-text-layers", type=int, default=0,
+                   help="fine-tune MiniLM's top N transformer layers (at the text learning rate); 0 = MiniLM locked")
     p.add_argument("--checkpoint", default=None, help="raw weights written right after training / reused")
     p.add_argument("--no-promote", action="store_true")
     args = p.parse_args(argv)
@@ -176,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     double_at = tuple(int(x) for x in args.double_at.split(",") if x.strip())
     cfg = TrainConfig(epochs=args.epochs, max_steps=args.max_steps, schedule=BatchSchedule(args.batch, double_at),
                       chunk_size=512, seed=args.seed, category_weight=args.category_weight, lr=args.lr,
-                      text_lr=args.text_lr, warmup_steps=args.warmup_steps)
+                      text_lr=args.text_lr, warmup_steps=args.warmup_steps,
+                      lock_text=args.unlock_text_layers <= 0, unlocked_text_layers=max(args.unlock_text_layers, 0))
     model_cfg = candidate_config(text_proj=args.text_proj)
     if args.checkpoint and Path(args.checkpoint).is_file():
         model = build_clip(model_cfg, seed=args.seed)

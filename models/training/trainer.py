@@ -66,6 +66,21 @@ def text_features(text_tower: nn.Module, ids: torch.Tensor, batch: int = 512) ->
         return torch.cat([_pooled(text_tower, c) for c in ids.split(batch)]).clone()
 
 
+def unlock_top_layers(text_tower: nn.Module, n: int) -> None:
+    """Freeze the HF text tower except its top ``n`` transformer layers (open_clip's ``lock`` needs a layer
+    attribute name that its BERT entry lacks). The embeddings, lower layers and pooler stay as shipped."""
+    layers = getattr(getattr(text_tower.transformer, "encoder", None), "layer", None)
+    if layers is None:
+        raise ValueError(f"cannot unlock layers of {type(text_tower.transformer).__name__}: no encoder.layer list")
+    if not 0 < n <= len(layers):
+        raise ValueError(f"unlocked_text_layers must be in 1..{len(layers)}, got {n}")
+    for p in text_tower.transformer.parameters():
+        p.requires_grad = False
+    for layer in layers[len(layers) - n:]:
+        for p in layer.parameters():
+            p.requires_grad = True
+
+
 class Trainer:
     """Trains ``model`` (an open_clip ``CustomTextCLIP`` with an HF text tower) on :class:`TrainData`."""
 
@@ -78,7 +93,7 @@ class Trainer:
         if cfg.lock_text:
             text.lock(0, freeze_layer_norm=True)
         elif cfg.unlocked_text_layers:
-            text.lock(cfg.unlocked_text_layers, freeze_layer_norm=False)
+            unlock_top_layers(text, cfg.unlocked_text_layers)
         self.category_head: nn.Module | None = None
         self.mlm_head: MlmHead | None = None
 
