@@ -154,7 +154,7 @@ def train_heads(root: Path, version: str, encoder: Any, train: TrainData, valid:
     va_img, va_txt = embed_data(encoder, valid)
     d = tr_txt.shape[1]
     hcfg = HeadTrainConfig(ema_decay=0.99, fgm_eps=0.5, rdrop_alpha=1.0, clean_labels=len(train) >= 1000,
-                           clean_weight=0.3, lexical_all_rows=True, image_dropout=0.1)
+                           clean_weight=0.3, lexical_all_rows=True, image_dropout=0.1, prior_adjustment=True)
     head = fit_head(np.concatenate([tr_txt, tr_img], axis=1), train.labels, classes, hcfg, name="category",
                     inputs="text+image", text_slice=slice(0, d), image_slice=slice(d, 2 * d))
     m = accuracy_f1(valid.labels, head.predict(va_txt, va_img).argmax(axis=1))
