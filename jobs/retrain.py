@@ -2,6 +2,7 @@
 
     spark-submit jobs/retrain.py --catalog PATH --lake DIR [--image-root DIR] [--model-store DIR]
                                  [--epochs N] [--steps N] [--batch N] [--double-at E,E] [--run-id ID]
+                                 [--from-champion] [--category-weight W] [--unlock-text-layers N]
 
 Spark reads the catalog snapshot (Parquet or Delta) and the duplicate clusters (``<lake>/product_clusters``
 when present); only the training columns are collected to the driver, which trains on them. The candidate and
@@ -48,6 +49,9 @@ class RetrainConfig:
     seed: int = 0
     matching_data: str | None = None   # labelled pairs (shared/data/matching): retrain the pair scorer too
     scorer_store: str | None = None    # pair scorer store (default: the shipped models/store/scorers)
+    from_champion: bool = False        # continue from the champion's architecture and weights (the shipped recipe)
+    category_weight: float = 0.0       # ZhichunRoad multitask: seller-category loss beside the contrastive one
+    unlock_text_layers: int = 0        # fine-tune the text tower's top N layers (0: locked, projection only)
 
 
 def parse_args(argv: list[str] | None) -> RetrainConfig:
@@ -72,13 +76,25 @@ def parse_args(argv: list[str] | None) -> RetrainConfig:
     p.add_argument("--matching-data", default=None, help="labelled product pairs: also retrain the pair scorer "
                                                          "on them with the champion's embeddings")
     p.add_argument("--scorer-store", default=None, help="pair scorer store (default: models/store/scorers)")
+    p.add_argument("--from-champion", action="store_true",
+                   help="continue from the champion's architecture and weights instead of a fresh image tower "
+                        "(how the shipped model was trained; ignored when the store has no champion)")
+    p.add_argument("--category-weight", type=float, default=0.0,
+                   help="weight of a seller-category loss beside the contrastive loss (0 = contrastive only)")
+    p.add_argument("--unlock-text-layers", type=int, default=0,
+                   help="fine-tune the text tower's top N transformer layers (0 = locked, projection only)")
     a = p.parse_args(argv)
     if not 1 <= a.valid_percent <= 50:
         p.error("--valid-percent must be between 1 and 50")
+    if a.category_weight < 0 or a.unlock_text_layers < 0:
+        p.error("--category-weight and --unlock-text-layers must be >= 0")
+    if a.from_champion and a.arch_config:
+        p.error("--from-champion takes the champion's architecture: leave out --arch-config")
     double_at = tuple(int(x) for x in a.double_at.split(",") if x.strip())
     return RetrainConfig(a.catalog, a.lake, a.image_root, a.model_store, a.run_id or f"retrain-{uuid.uuid4().hex[:12]}",
                          a.epochs, a.steps, a.batch, double_at, a.valid_percent, a.gallery_size, a.probe_train,
-                         a.min_improvement, a.arch_config, a.seed, a.matching_data, a.scorer_store)
+                         a.min_improvement, a.arch_config, a.seed, a.matching_data, a.scorer_store,
+                         a.from_champion, a.category_weight, a.unlock_text_layers)
 
 
 def read_catalog(spark: Any, path: str) -> tuple[Any, str]:

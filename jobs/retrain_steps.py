@@ -58,6 +58,23 @@ def _arch(cfg: Any) -> dict[str, Any]:
     return candidate_config()
 
 
+def _start(cfg: Any, root: Path) -> tuple[dict[str, Any], dict[str, Any] | None, str]:
+    """(architecture, weights to continue from or None, how the candidate starts) for the training step."""
+    if cfg.from_champion:
+        v = current_version(root)
+        if v:
+            from safetensors.torch import load_file
+
+            from models.store import CONFIG_FILE, WEIGHTS_FILE, verify_version
+
+            vdir = root / v
+            verify_version(vdir)   # a tampered champion fails the run here, before any training
+            model_cfg = json.loads((vdir / CONFIG_FILE).read_text())["model_cfg"]
+            return model_cfg, load_file(str(vdir / WEIGHTS_FILE)), f"continued from `store:{v}`"
+        log.info("--from-champion: the store has no champion; the candidate starts from a fresh image tower")
+    return _arch(cfg), None, "fresh image tower"
+
+
 def _champion(root: Path) -> tuple[str, str]:
     """(reference, version label) of the model to beat."""
     v = current_version(root)
@@ -69,13 +86,15 @@ def train_and_compare(cfg: Any, pdf: Any, paths: list[Path], snapshot: str, row:
 
     root = store_root(cfg.model_store)
     row["model_store"] = str(root)
-    model_cfg = _arch(cfg)
+    model_cfg, init_state, start = _start(cfg, root)
     size = int(model_cfg["vision_cfg"]["image_size"])
     train, valid, classes = build_data(pdf, paths, size, cfg.valid_percent)
     row["train_items"], row["valid_items"] = len(train), len(valid)
     tcfg = TrainConfig(epochs=cfg.epochs, max_steps=cfg.steps, schedule=BatchSchedule(max(cfg.batch, 2), cfg.double_at),
-                       seed=cfg.seed, warmup_steps=min(100, max((cfg.steps or 100) // 10, 1)))
-    model, result = train_candidate(model_cfg, train, tcfg, seed=cfg.seed)
+                       seed=cfg.seed, warmup_steps=min(100, max((cfg.steps or 100) // 10, 1)),
+                       category_weight=cfg.category_weight, lock_text=cfg.unlock_text_layers <= 0,
+                       unlocked_text_layers=cfg.unlock_text_layers)
+    model, result = train_candidate(model_cfg, train, tcfg, seed=cfg.seed, init_state=init_state)
     row["train_seconds"], row["samples_per_s"] = result.seconds, result.samples_per_s
     ecfg = EvalConfig(gallery_size=cfg.gallery_size, probe_train=cfg.probe_train)
     cand = evaluate(in_memory_encoder(model, model_cfg), train, valid, ecfg)
@@ -97,7 +116,7 @@ def train_and_compare(cfg: Any, pdf: Any, paths: list[Path], snapshot: str, row:
     card = model_card(
         title="catalog encoder retrained on the catalog",
         summary=f"Candidate of retrain run `{cfg.run_id}`, compared with `{champ_label}`.",
-        training=(f"{result.steps} steps, {result.samples} samples, {result.seconds:.0f} s "
+        training=(f"{start}; {result.steps} steps, {result.samples} samples, {result.seconds:.0f} s "
                   f"({result.samples_per_s:.0f} samples/s); config: {tcfg}."),
         data=f"{snapshot}; {len(train)} train / {len(valid)} held-out products (hash of product_id).",
         evaluation=(f"Held-out split; selection metric {metric.name}: candidate {c_score:.4f}, champion "

@@ -197,9 +197,12 @@ def promote(root: Path, version: str) -> None:
 
 
 def trained_state_dict(model: Any) -> dict[str, Any]:
-    """The tensors worth storing: everything except the frozen text transformer (its trainable layers included)."""
+    """The tensors worth storing: everything except the frozen text transformer (its trainable layers included,
+    and any of its tensors that were loaded from a stored version, ``model.stored_text_keys``: a candidate that
+    continues from a fine-tuned champion keeps the champion's layers, frozen or not)."""
     trainable_text = {f"text.{n}" for n, p in model.text.named_parameters()
                       if p.requires_grad and n.startswith("transformer.")}
+    trainable_text |= set(getattr(model, "stored_text_keys", ()))
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
             if not k.startswith(FROZEN_PREFIX) or k in trainable_text}
 

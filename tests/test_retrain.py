@@ -108,3 +108,58 @@ def test_promotion_refused_when_candidate_is_worse(spark, catalog, tmp_path):
     assert row["champion_version"] == f"store:{shipped}"
     assert row["candidate_score"] < row["champion_score"]
     assert store.current_version(st) == shipped
+
+
+def test_retrain_from_the_champion_keeps_its_architecture_and_fine_tunes_the_unlocked_layer(spark, catalog,
+                                                                                              tmp_path):
+    """The shipped recipe in the periodic job: continue from the champion's weights, with the top text layer
+    unlocked and the seller-category loss beside the contrastive one."""
+    from safetensors.torch import load_file
+
+    from jobs.retrain import main
+
+    shipped = store.current_version(store.DEFAULT_STORE)
+    if shipped is None:
+        pytest.skip("no shipped model in models/store yet")
+    st, lake = tmp_path / "store", tmp_path / "lake"
+    st.mkdir()
+    shutil.copytree(store.DEFAULT_STORE / shipped, st / shipped)
+    store.promote(st, shipped)
+    assert main(_args(catalog, lake, st, "--from-champion", "--unlock-text-layers", "1", "--category-weight", "1.0",
+                      "--steps", "2", "--batch", "8", "--run-id", "cont", "--min-improvement", "-1")) == 0
+    row = _runs(lake).iloc[0]
+    assert row["status"] == "promoted" and row["champion_version"] == f"store:{shipped}"
+    version = store.current_version(st)
+    assert version != shipped
+    manifest = store.verify_version(st / version)
+    assert manifest["train_config"]["category_weight"] == 1.0 and manifest["train_config"]["unlocked_text_layers"] == 1
+    cand_cfg = json.loads((st / version / store.CONFIG_FILE).read_text())["model_cfg"]
+    champ_cfg = json.loads((st / shipped / store.CONFIG_FILE).read_text())["model_cfg"]
+    assert cand_cfg == champ_cfg                       # the champion's architecture, not the default candidate's
+    assert "continued from" in (st / version / "MODEL_CARD.md").read_text()
+    cand, champ = load_file(str(st / version / store.WEIGHTS_FILE)), load_file(str(st / shipped / store.WEIGHTS_FILE))
+    top = [k for k in cand if k.startswith("text.transformer.encoder.layer.5.")]
+    assert top and any(not (cand[k] == champ[k]).all() for k in top)          # the unlocked layer trained
+    # Layer 4 stayed frozen at the champion's fine-tuned weights, and is stored so that loading gives them back.
+    lower = [k for k in champ if k.startswith("text.transformer.encoder.layer.4.")]
+    assert lower and all(k in cand and (cand[k] == champ[k]).all() for k in lower)
+    # Loading the candidate gives the model it was evaluated as: the champion's layer 4, not the package's.
+    from models.encoders import load_encoder
+
+    served = dict(load_encoder(str(st / version), "cpu").model.state_dict())
+    assert all(torch_equal(served[k], champ[k]) for k in lower)
+    package = dict(load_encoder("builtin:catalog-tiny-minilm", "cpu").model.state_dict())
+    assert any(not torch_equal(package[k], champ[k]) for k in lower)   # which is not what the package holds
+
+
+def test_retrain_refuses_from_champion_with_an_architecture(tmp_path):
+    from jobs.retrain import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--catalog", "c", "--lake", "l", "--from-champion", "--arch-config", "a.json"])
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a.detach().cpu(), b.detach().cpu()))

@@ -61,6 +61,8 @@ def train_candidate(model_cfg: dict[str, Any], data: TrainData, cfg: TrainConfig
         init_state = {k: v for k, v in init_state.items()
                       if not k.startswith("text.proj.") or (k in own and own[k].shape == v.shape)}
         missing, unexpected = model.load_state_dict(init_state, strict=False)
+        # Text-tower tensors that came from the stored version differ from the package's: store them again.
+        model.stored_text_keys = frozenset(k for k in init_state if k.startswith("text.transformer."))
         if unexpected or any(not k.startswith(("text.transformer.", "text.proj.")) for k in missing):
             raise ValueError(f"init weights do not fit the candidate: unexpected {unexpected[:5]}, "
                              f"missing {[k for k in missing if not k.startswith('text.transformer.')][:5]}")
