@@ -28,6 +28,19 @@ def tiny_arch(tmp_path):
     return path
 
 
+@pytest.fixture()
+def shipped_store(tmp_path):
+    """(version, store, lake): a store whose champion is a copy of the shipped model, and an empty lake."""
+    shipped = store.current_version(store.DEFAULT_STORE)
+    if shipped is None:
+        pytest.skip("no shipped model in models/store yet")
+    st, lake = tmp_path / "store", tmp_path / "lake"
+    st.mkdir()
+    shutil.copytree(store.DEFAULT_STORE / shipped, st / shipped)
+    store.promote(st, shipped)
+    return shipped, st, lake
+
+
 def _args(catalog, lake, st, *extra):
     return ["--catalog", str(catalog / "catalog.parquet"), "--image-root", str(catalog), "--lake", str(lake),
             "--model-store", str(st), "--valid-percent", "30", "--probe-train", "100", "--batch", "16", *extra]
@@ -92,16 +105,10 @@ def test_tampered_candidate_is_refused_and_champion_stays(spark, catalog, tiny_a
     assert "model.safetensors: sha256 does not match" in row["message"]
 
 
-def test_promotion_refused_when_candidate_is_worse(spark, catalog, tmp_path):
+def test_promotion_refused_when_candidate_is_worse(spark, catalog, shipped_store):
     from jobs.retrain import main
 
-    shipped = store.current_version(store.DEFAULT_STORE)
-    if shipped is None:
-        pytest.skip("no shipped model in models/store yet")
-    st, lake = tmp_path / "store", tmp_path / "lake"
-    st.mkdir()
-    shutil.copytree(store.DEFAULT_STORE / shipped, st / shipped)
-    store.promote(st, shipped)
+    shipped, st, lake = shipped_store
     assert main(_args(catalog, lake, st, "--steps", "0", "--run-id", "worse")) == 0
     row = _runs(lake).iloc[0]
     assert row["status"] == "kept_champion" and not row["promoted"]
@@ -111,20 +118,14 @@ def test_promotion_refused_when_candidate_is_worse(spark, catalog, tmp_path):
 
 
 def test_retrain_from_the_champion_keeps_its_architecture_and_fine_tunes_the_unlocked_layer(spark, catalog,
-                                                                                              tmp_path):
+                                                                                              shipped_store):
     """The shipped recipe in the periodic job: continue from the champion's weights, with the top text layer
     unlocked and the seller-category loss beside the contrastive one."""
     from safetensors.torch import load_file
 
     from jobs.retrain import main
 
-    shipped = store.current_version(store.DEFAULT_STORE)
-    if shipped is None:
-        pytest.skip("no shipped model in models/store yet")
-    st, lake = tmp_path / "store", tmp_path / "lake"
-    st.mkdir()
-    shutil.copytree(store.DEFAULT_STORE / shipped, st / shipped)
-    store.promote(st, shipped)
+    shipped, st, lake = shipped_store
     assert main(_args(catalog, lake, st, "--from-champion", "--unlock-text-layers", "1", "--category-weight", "1.0",
                       "--steps", "2", "--batch", "8", "--run-id", "cont", "--min-improvement", "-1")) == 0
     row = _runs(lake).iloc[0]
