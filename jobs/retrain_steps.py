@@ -17,7 +17,13 @@ from models.training.card import model_card
 from models.training.config import BatchSchedule, TrainConfig
 from models.training.data import TrainData, decode_all, encode_labels, group_ids, split_of
 from models.training.evaluate import EvalConfig, SelectionMetric, evaluate
-from models.training.pipeline import candidate_config, in_memory_encoder, save_candidate, train_candidate
+from models.training.pipeline import (
+    candidate_config,
+    in_memory_encoder,
+    save_candidate,
+    stored_state,
+    train_candidate,
+)
 
 __all__ = ["build_data", "retrain_pair_scorer", "train_and_compare"]
 
@@ -63,14 +69,8 @@ def _start(cfg: Any, root: Path) -> tuple[dict[str, Any], dict[str, Any] | None,
     if cfg.from_champion:
         v = current_version(root)
         if v:
-            from safetensors.torch import load_file
-
-            from models.store import CONFIG_FILE, WEIGHTS_FILE, verify_version
-
-            vdir = root / v
-            verify_version(vdir)   # a tampered champion fails the run here, before any training
-            model_cfg = json.loads((vdir / CONFIG_FILE).read_text())["model_cfg"]
-            return model_cfg, load_file(str(vdir / WEIGHTS_FILE)), f"continued from `store:{v}`"
+            # Verified: a tampered champion fails the run here, before any training.
+            return (*stored_state(root / v), f"continued from `store:{v}`")
         log.info("--from-champion: the store has no champion; the candidate starts from a fresh image tower")
     return _arch(cfg), None, "fresh image tower"
 

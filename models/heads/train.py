@@ -211,11 +211,11 @@ def fit_head(x: np.ndarray, y: np.ndarray, classes: list[str], cfg: HeadTrainCon
                       layers=tuple(weights), temperature=1.0)
     if len(cal):
         logits = head.logits(x[cal])
+        rows = np.flatnonzero(known)
+        cal_texts = None if texts is None else [texts[i] for i in rows[cal]]
         if texts is None:
             head = head.with_temperature(fit_temperature(logits, y[cal]))
         else:
-            rows = np.flatnonzero(known)
-            cal_texts = [texts[i] for i in rows[cal]]
             lexical = None
             if cfg.lexical_features > 0:
                 from models.heads.lexical import LexicalExpert
@@ -227,8 +227,6 @@ def fit_head(x: np.ndarray, y: np.ndarray, classes: list[str], cfg: HeadTrainCon
                                      mentions(cal_texts, head.classes),
                                      None if lexical is None else lexical.log_probs(cal_texts), y[cal])
         if cfg.prior_adjustment:
-            rows = np.flatnonzero(known)
-            cal_texts = None if texts is None else [texts[i] for i in rows[cal]]
             prior = np.bincount(y[tr_all], minlength=n_classes) + 1.0
             head = fit_prior_adjustment(head, head.combined_logits(x[cal], cal_texts), y[cal], prior / prior.sum())
     return head

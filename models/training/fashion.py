@@ -32,6 +32,7 @@ from models.training.pipeline import (
     in_memory_encoder,
     same_embeddings,
     save_candidate,
+    stored_state,
     train_candidate,
 )
 from models.training.trainer import TrainResult
@@ -199,12 +200,11 @@ def main(argv: list[str] | None = None) -> int:
         cache = Path(args.cache_dir or Path.home() / ".cache" / "catalog-enrich") / f"minilm-{titles_digest}.npy"
         init = None
         if args.init_from:
-            from models.store import verify_version, version_dir
+            from models.store import version_dir
 
             given = Path(args.init_from)
             vdir = given if given.is_dir() else version_dir(store_root(None), args.init_from)
-            verify_version(vdir)
-            init = load_file(str(vdir / "model.safetensors"))
+            _, init = stored_state(vdir)
         model, result = train_candidate(model_cfg, split.train, cfg, seed=args.seed, feature_cache=cache,
                                         init_state=init)
         if args.checkpoint:

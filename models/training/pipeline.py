@@ -16,7 +16,8 @@ from models.training.config import TrainConfig
 from models.training.data import TrainData
 from models.training.trainer import Trainer, TrainResult
 
-__all__ = ["candidate_config", "in_memory_encoder", "load_tokenizer", "save_candidate", "train_candidate"]
+__all__ = ["candidate_config", "in_memory_encoder", "load_tokenizer", "save_candidate", "stored_state",
+           "train_candidate"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,17 @@ def load_tokenizer(text_cfg: dict[str, Any]) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(resolve_text_cfg(text_cfg)["hf_tokenizer_name"])
+
+
+def stored_state(vdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(architecture, trained weights) of a store version, verified first (checksums, no pickles): what a
+    candidate continues from."""
+    from safetensors.torch import load_file
+
+    from models.store import CONFIG_FILE, WEIGHTS_FILE, verify_version
+
+    verify_version(vdir)
+    return json.loads((vdir / CONFIG_FILE).read_text())["model_cfg"], load_file(str(vdir / WEIGHTS_FILE))
 
 
 def train_candidate(model_cfg: dict[str, Any], data: TrainData, cfg: TrainConfig, seed: int = 0,
