@@ -241,6 +241,21 @@ def test_lexical_weight_is_fitted_where_title_words_carry_the_label_and_survives
     np.testing.assert_allclose(loaded.predict(xv[:9], None, tv[:9]), head.predict(xv[:9], None, tv[:9]), rtol=1e-5)
 
 
+
+def test_lexical_expert_is_refitted_on_the_calibration_rows_once_its_weight_is_chosen():
+    from models.heads.train import _split_calibration
+
+    x, y, titles, usage = _brand_task(1000, seed=5)
+    cfg = HeadTrainConfig(epochs=2, hidden=0, lr=5e-2, calibration_fraction=0.2)
+    _, cal = _split_calibration(len(y), cfg.calibration_fraction, cfg.seed)
+    # A brand only the calibration rows carry: the expert that chose the weight never saw it, the served one must.
+    for i in cal[y[cal] == 2][:4]:
+        titles[i] = f"Kalakari {titles[i]}"
+    head = fit_head(x, y, usage, cfg, name="usage", inputs="text", texts=titles)
+    assert head.lexical is not None and head.lexical_weight > 0
+    assert "kalakari" in head.lexical.vocab
+    assert head.predict(x[:1] * 0, None, ["Kalakari kurta"]).argmax() == 2
+
 def _prior_biased_scores(n: int, seed: int, offset: float = 3.0):
     """Scores of a model that knows the classes but under-scores the two rare ones by ``offset`` (as a model
     trained on a skewed prior does): read as they are, it never dares to name a rare class."""
