@@ -245,7 +245,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
         QUARANTINE,
         TABLES,
     )
-    from udfs.embed import EmbedConfig, make_embed_udf
+    from udfs.embed import EmbedConfig
     from udfs.images import ImagePolicy, make_inspect_udf
 
     started, t_start = dt.datetime.now(dt.timezone.utc), time.perf_counter()
@@ -299,6 +299,13 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
     now = dt.datetime.now(dt.timezone.utc)
     task_cpus = int(spark.conf.get("spark.task.cpus", "1"))   # torch threads per model UDF task
     with stage("embed"):
+        # One pass of the models: the heads run in the encoder's UDF, on the embeddings it just made.
+        from jobs.heads import heads_tables, plan_heads
+        from udfs.heads import make_embed_heads_udf
+
+        counts = {r["category"]: int(r["count"]) for r in
+                  valid.where(F.col("category").isNotNull()).groupBy("category").count().collect()}
+        plan, heads_note = plan_heads(cfg.heads, version, counts, lambda: _driver_encoder(cfg).embed_texts)
         parallelism = spark.sparkContext.defaultParallelism
         embed_cfg = EmbedConfig(
             model_ref=cfg.model, batch_size=cfg.batch_size, device=cfg.device, decode_threads=cfg.decode_threads,
@@ -308,33 +315,26 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
         # float32 matrix products give a row last-bit different results in different company. Fixed batches
         # make a repeated (crashed, retried) run write exactly the numbers an uninterrupted one would.
         embedded = (todo.repartition(parts, "product_id").sortWithinPartitions("product_id")
-                    .withColumn("_e", make_embed_udf(embed_cfg)(F.col("title"), F.col("image_path")))
+                    .withColumn("_e", make_embed_heads_udf(embed_cfg, plan)(F.col("title"), F.col("image_path"),
+                                                                            F.col("description")))
                     .persist(StorageLevel.MEMORY_AND_DISK))
         t = time.perf_counter()
-        n_failed = embedded.where(F.col("_e.error").isNotNull()).count()
+        tally_e = embedded.agg(F.count(F.when(F.col("_e.error").isNotNull(), 1)).alias("failed"),
+                               F.count(F.when(F.col("_e.is_adult"), 1)).alias("adult")).first()
+        n_failed, n_adult = tally_e["failed"], tally_e["adult"]
         todo.unpersist()
         rate = n_todo / max(time.perf_counter() - t, 1e-9)
-        log.info("embedded %d products (%.1f products/s), %d failed image decoding", n_todo - n_failed, rate, n_failed)
+        log.info("embedded %d products (%.1f products/s), %d failed image decoding; heads applied: %d flagged "
+                 "adult", n_todo - n_failed, rate, n_failed, n_adult)
         stage.count(n_todo, "products")
     checkpoint("embedded")
 
     with stage("heads"):
-        from jobs.heads import heads_tables, plan_heads
-        from udfs.heads import make_heads_udf
-
-        counts = {r["category"]: int(r["count"]) for r in
-                  valid.where(F.col("category").isNotNull()).groupBy("category").count().collect()}
-        plan, heads_note = plan_heads(cfg.heads, version, counts, lambda: _driver_encoder(cfg).embed_texts)
-        scored = (embedded.where(F.col("_e.error").isNull())
-                  .withColumn("_h", make_heads_udf(plan)(F.col("_e.text_embedding"), F.col("_e.image_embedding"),
-                                                         F.col("title"), F.col("description")))
-                  .persist(StorageLevel.MEMORY_AND_DISK))
-        tally_h = scored.agg(F.count(F.lit(1)).alias("scored"),
-                             F.count(F.when(F.col("_h.is_adult"), 1)).alias("adult")).first()
-        n_scored, n_adult = tally_h["scored"], tally_h["adult"]
-        log.info("heads applied to %d products: %d flagged adult", n_scored, n_adult)
-        stage.count(n_scored, "products")
+        # What the heads said (in the embed pass) as the rows of their three tables.
+        scored = embedded.where(F.col("_e.error").isNull()).withColumn("_h", F.col("_e"))
+        n_scored = n_todo - n_failed
         head_frames = heads_tables(scored, plan, version, cfg.run_id, now)
+        stage.count(n_scored, "products")
     checkpoint("heads_scored")
 
     with stage("attributes"):
@@ -375,7 +375,6 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
         stage.count(n_todo + n_rejected, "rows")
     if opened is not None:
         opened.unpersist()
-    scored.unpersist()
     checkpoint("tables_committed")
 
     matched = {"matches_written": 0, "clusters": 0}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["DEFAULTS", "SparkSetupError", "build_session", "check_java"]
+__all__ = ["DEFAULTS", "FEW_CORES_DEFAULTS", "LOCAL_DEFAULTS", "SparkSetupError", "build_session", "check_java"]
 
 
 class SparkSetupError(RuntimeError):
@@ -37,6 +37,16 @@ LOCAL_DEFAULTS: dict[str, str] = {
     "spark.default.parallelism": "8",
     "spark.ui.showConsoleProgress": "false",
     "spark.driver.memory": "3g",
+}
+
+# Only for local mode on a few cores, where the JVM shares them with the Python workers' torch threads: the JIT's
+# optimising compiler (C2) and a parallel garbage collector cost the JVM 45 s of CPU in a 100 s run of 20k
+# products on 2 cores; the quick compiler alone (C1) and a serial collector, 24 s, and the run went from 108 to
+# 94 s (bench/enrich_e2e.py). The JVM moves rows here; the models do the heavy work in Python. A spark-submit
+# driver JVM is started before this code runs: pass them there as --driver-java-options.
+FEW_CORES = 4
+FEW_CORES_DEFAULTS: dict[str, str] = {
+    "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
 }
 
 
@@ -72,6 +82,8 @@ def build_session(app_name: str = "catalog-enrich", conf: dict[str, str] | None 
     local = not submitted or existing.get("spark.master", "local").startswith("local")
     if local:
         wanted.update(LOCAL_DEFAULTS)
+        if (os.cpu_count() or 1) <= FEW_CORES:
+            wanted.update(FEW_CORES_DEFAULTS)
     wanted.update(conf or {})
     builder = SparkSession.builder.appName(app_name)
     if not submitted:

@@ -1,4 +1,4 @@
-"""The embedding UDF inside a real SparkSession, with the fake encoder that logs loads and batches."""
+"""The model UDF (embed, then heads) inside a real SparkSession, with the fake encoder that logs loads and batches."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from models.testing import load_fake_encoder, read_log
-from udfs.embed import EmbedConfig, embed_frame, make_embed_udf
+from udfs.embed import EmbedConfig, embed_frame
+from udfs.heads import HeadsPlan, make_embed_heads_udf
 
 pytestmark = pytest.mark.spark
 
@@ -28,8 +29,10 @@ def run_udf(spark, log_dir, n_rows, partitions, batch_size):
 
     cfg = EmbedConfig(model_ref=f"fake:{log_dir}", batch_size=batch_size, loader=FAKE)
     df = spark.range(n_rows).select(F.concat(F.lit("title "), F.col("id").cast("string")).alias("title"),
-                                    F.lit(None).cast("string").alias("image_path")).repartition(partitions)
-    return df.select("title", make_embed_udf(cfg)("title", "image_path").alias("e")).collect()
+                                    F.lit(None).cast("string").alias("image_path"),
+                                    F.lit(None).cast("string").alias("description")).repartition(partitions)
+    udf = make_embed_heads_udf(cfg, HeadsPlan(None, "none"))
+    return df.select("title", udf("title", "image_path", "description").alias("e")).collect()
 
 
 def text_batches(log_dir) -> list[int]:
@@ -44,6 +47,7 @@ def test_model_batches_are_cut_from_arrow_batches(spark, tmp_path, arrow_batch):
     assert sum(sizes) == 400 and max(sizes) == 16
     assert sorted(set(sizes)) == [2, 16]  # 50 = 16 + 16 + 16 + 2 within each Arrow batch
     assert all(r.e.error is None and len(r.e.embedding) == 8 for r in rows)
+    assert all(r.e.is_adult is False and r.e.category is None for r in rows)  # the heads ran, with no category
 
 
 def test_model_batch_larger_than_arrow_batch(spark, tmp_path, arrow_batch):
@@ -83,4 +87,35 @@ def test_embed_frame_marks_undecodable_images_and_keeps_the_rest(tmp_path):
 
 def test_batch_size_must_be_positive():
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
-        make_embed_udf(EmbedConfig(batch_size=0))
+        make_embed_heads_udf(EmbedConfig(batch_size=0), HeadsPlan(None, "none"))
+
+
+def test_embed_heads_frame_applies_the_heads_to_the_rows_that_embedded(tmp_path):
+    from PIL import Image
+
+    from models.heads.adult import TermList
+    from models.heads.zero_shot import ZeroShotLabels
+    from udfs.heads import embed_heads_frame, heads_frame
+
+    good = tmp_path / "good.png"
+    Image.new("RGB", (16, 16), (0, 0, 255)).save(good)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff not really")
+    enc, terms = load_fake_encoder("fake:"), TermList.load()
+    plan = HeadsPlan(None, "zero-shot", ZeroShotLabels.build(["Shoes", "Bags", "Watches"], enc.embed_texts, "test"),
+                     top_k=2)
+    titles = ["Red running shoes", "Leather bag", "Steel watch", "Gift box"]
+    descriptions = [None, "brown", "", "an erotic novelty"]
+    out = embed_heads_frame(titles, [str(good), str(bad), None, None], descriptions, enc, EmbedConfig(batch_size=2),
+                            plan, None, terms)
+    assert out["error"] == [None, "image_undecodable", None, None]
+    assert all(out[k][1] is None for k in ("category", "top_k", "attributes", "is_adult", "adult_reasons"))
+    ok = [0, 2, 3]
+    alone = heads_frame([out["text_embedding"][i] for i in ok], [out["image_embedding"][i] for i in ok],
+                        ["Red running shoes", "Steel watch", "Gift box an erotic novelty"], plan, None, terms,
+                        titles=[titles[i] for i in ok])
+    for name, values in alone.items():
+        assert [out[name][i] for i in ok] == values, name
+    # The description reaches the term list: the gift box is flagged by it, not by its title.
+    assert out["is_adult"] == [False, None, False, True]
+    assert [len(out["top_k"][i]) for i in ok] == [2, 2, 2]

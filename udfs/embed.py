@@ -1,4 +1,7 @@
-"""The embedding UDF: titles and images in, L2-normalised text, image and fused embeddings out.
+"""Embedding a batch of products: titles and images in, L2-normalised text, image and fused embeddings out.
+
+The enrich job calls :func:`embed_frame` from its model UDF (:func:`udfs.heads.make_embed_heads_udf`), which
+applies the heads to the embeddings in the same pass.
 
 The model is loaded once per Python worker (:mod:`udfs.model_cache`); Arrow batches (sized by
 ``spark.sql.execution.arrow.maxRecordsPerBatch``) are split into model batches of ``batch_size`` rows, so
@@ -17,13 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd  # at module level: the UDF type hints are resolved in this module's namespace
 
-from jobs.faults import checkpoint, maybe_fail
 from schemas import reasons
 from udfs.model_cache import cached, import_object
 
-__all__ = ["EMBED_SCHEMA", "EmbedConfig", "embed_frame", "make_embed_udf"]
+__all__ = ["EMBED_SCHEMA", "EmbedConfig", "cached_encoder", "embed_frame"]
 
 EMBED_SCHEMA = ("embedding array<float>, text_embedding array<float>, image_embedding array<float>, "
                 "error string, error_detail string")
@@ -42,7 +43,8 @@ class EmbedConfig:
     loader: str = DEFAULT_LOADER       # "module:function"(model_ref, device) -> encoder
 
 
-def _encoder(cfg: EmbedConfig):
+def cached_encoder(cfg: EmbedConfig):
+    """The encoder of ``cfg``, loaded once per worker process."""
     def load():
         if cfg.torch_threads:
             import torch
@@ -113,24 +115,3 @@ def embed_frame(titles: list[str], paths: list[str | None], encoder, cfg: EmbedC
     out["error"] = errors
     out["error_detail"] = details
     return out
-
-
-def make_embed_udf(cfg: EmbedConfig):
-    """An iterator pandas UDF ``(title, image_path) -> struct<EMBED_SCHEMA>``."""
-    from pyspark.sql.functions import pandas_udf
-
-    if cfg.batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {cfg.batch_size}")
-
-    @pandas_udf(EMBED_SCHEMA)
-    def embed(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
-        encoder = _encoder(cfg)  # once per worker process, not per batch or task
-        for titles, paths in batches:
-            checkpoint("embed_batch")                 # tests only: see jobs.faults
-            maybe_fail("embed", titles.iloc[0] if len(titles) else None)
-            cols = embed_frame(
-                [t if isinstance(t, str) else "" for t in titles],
-                [p if isinstance(p, str) else None for p in paths], encoder, cfg)
-            yield pd.DataFrame(cols, index=titles.index)
-
-    return embed

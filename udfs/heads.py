@@ -1,6 +1,8 @@
-"""The heads UDF: embeddings (and the text, for the term list) in; category, closed attributes and adult flag out.
+"""The heads: embeddings (and the text, for the term list) in; category, closed attributes and adult flag out.
 
-Everything here is numpy: a head bundle is a few small matrices, loaded (and checksum-verified) once per worker.
+The enrich job runs them in the same pandas UDF as the encoder (:func:`make_embed_heads_udf`), one pass of the
+models per product. Everything here is numpy: a head bundle is a few small matrices, loaded (and
+checksum-verified) once per worker.
 Without a bundle for the encoder, or when the bundle's labels do not fit the catalog, categories come from
 zero-shot classification against category names embedded on the driver (:class:`HeadsPlan.zero_shot`).
 """
@@ -17,15 +19,19 @@ import pandas as pd  # at module level: the UDF type hints are resolved in this 
 from jobs.faults import maybe_fail
 from models.heads.adult import TermList
 from models.heads.zero_shot import ZeroShotLabels
+from udfs.embed import EMBED_SCHEMA
 from udfs.model_cache import cached
 
-__all__ = ["HEADS_SCHEMA", "HeadsPlan", "heads_frame", "make_heads_udf"]
+__all__ = ["EMBED_HEADS_SCHEMA", "HEADS_SCHEMA", "HeadsPlan", "embed_heads_frame", "heads_frame",
+           "make_embed_heads_udf"]
 
 HEADS_SCHEMA = (
     "category string, confidence double, top_k array<struct<label: string, score: double>>, "
     "attributes array<struct<attribute: string, value: string, confidence: double, source: string>>, "
     "is_adult boolean, adult_score double, adult_reasons array<string>"
 )
+HEADS_FIELDS = ("category", "confidence", "top_k", "attributes", "is_adult", "adult_score", "adult_reasons")
+EMBED_HEADS_SCHEMA = f"{EMBED_SCHEMA}, {HEADS_SCHEMA}"
 
 
 @dataclass(frozen=True)
@@ -124,19 +130,52 @@ def heads_frame(text_emb: list, image_emb: list, texts: list[str], plan: HeadsPl
     return out
 
 
-def make_heads_udf(plan: HeadsPlan):
-    """An iterator pandas UDF ``(text_embedding, image_embedding, title, description) -> struct<HEADS_SCHEMA>``."""
+def embed_heads_frame(titles: list[str], paths: list[str | None], descriptions: list[str | None], encoder,
+                      embed_cfg, plan: HeadsPlan, bundle, terms) -> dict[str, list]:
+    """Embed one batch (:func:`udfs.embed.embed_frame`), then apply the heads to the rows that embedded; pure
+    apart from reading image files. Returns the columns of :data:`EMBED_HEADS_SCHEMA` (heads null on a row
+    whose image failed)."""
+    from udfs.embed import embed_frame
+
+    n = len(titles)
+    cols = embed_frame(titles, paths, encoder, embed_cfg)
+    ok = [i for i in range(n) if cols["error"][i] is None]
+    heads: dict[str, list] = {name: [] for name in HEADS_FIELDS}
+    if ok:
+        maybe_fail("heads", titles[ok[0]])  # tests only: see jobs.faults
+        texts = [" ".join(x for x in (titles[i], descriptions[i]) if x) for i in ok]
+        heads = heads_frame([cols["text_embedding"][i] for i in ok], [cols["image_embedding"][i] for i in ok],
+                            texts, plan, bundle, terms, titles=[titles[i] for i in ok])
+    for name, values in heads.items():
+        column: list = [None] * n
+        for j, i in enumerate(ok):
+            column[i] = values[j]
+        cols[name] = column
+    return cols
+
+
+def make_embed_heads_udf(embed_cfg, plan: HeadsPlan):
+    """An iterator pandas UDF ``(title, image_path, description) -> struct<EMBED_HEADS_SCHEMA>``: one pass of
+    the models over each product, so the embeddings go from the encoder to the heads inside the Python worker
+    (a separate heads pass cost a second trip of every embedding through the JVM, about a second at 20k)."""
     from pyspark.sql.functions import pandas_udf
 
-    @pandas_udf(HEADS_SCHEMA)
-    def heads(batches: Iterator[tuple[pd.Series, pd.Series, pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+    from jobs.faults import checkpoint
+    from udfs.embed import cached_encoder
+
+    if embed_cfg.batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {embed_cfg.batch_size}")
+
+    @pandas_udf(EMBED_HEADS_SCHEMA)
+    def embed_heads(batches: Iterator[tuple[pd.Series, pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+        encoder = cached_encoder(embed_cfg)         # once per worker process, not per batch or task
         bundle, terms = _resources(plan)
-        for text_emb, image_emb, titles, descriptions in batches:
-            maybe_fail("heads", titles.iloc[0] if len(titles) else None)  # tests only: see jobs.faults
-            texts = [" ".join(x for x in (t, d) if isinstance(x, str) and x) for t, d in zip(titles, descriptions,
-                                                                                         strict=True)]
-            cols = heads_frame(list(text_emb), list(image_emb), texts, plan, bundle, terms,
-                               titles=[t if isinstance(t, str) else "" for t in titles])
+        for titles, paths, descriptions in batches:
+            checkpoint("embed_batch")           # tests only: see jobs.faults
+            maybe_fail("embed", titles.iloc[0] if len(titles) else None)
+            cols = embed_heads_frame(
+                [t if isinstance(t, str) else "" for t in titles], [p if isinstance(p, str) else None for p in paths],
+                [d if isinstance(d, str) else None for d in descriptions], encoder, embed_cfg, plan, bundle, terms)
             yield pd.DataFrame(cols, index=titles.index)
 
-    return heads
+    return embed_heads
