@@ -272,21 +272,31 @@ def main(argv: list[str] | None = None) -> int:
         "incremental_fraction": round(incr["seconds"] / full_s, 3),
         "upsert_seconds": up["seconds"] if up else None,
         "peak_gib": {k: max(m.get(k, 0) for m in mems) for k in ("all", "driver", "jvm", "workers")},
-        "stages_full": fulls[len(fulls) // 2]["stages"], "stages_incremental": incr["stages"],
+        "stages_full": fulls[0]["stages"], "stages_incremental": incr["stages"],
+        # The first Spark run starts cold (JIT, Python workers, model loads), as a nightly spark-submit does;
+        # the repeats reuse the warm JVM and workers. With --repeats, the cold pair is reported beside the medians.
+        "first_pair": {"spark_vs_plain": round(plains[0]["seconds"] / fulls[0]["seconds"], 3),
+                       "incremental_fraction": round(incr["seconds"] / fulls[0]["seconds"], 3)},
     }
     print("\n| figure | measured | target |\n|---|---|---|")
     print(f"| plain PyTorch loop, products/s | {figures['plain_products_per_s']} | |")
     print(f"| Spark job end to end, products/s | {figures['spark_products_per_s']} | |")
     print(f"| Spark / plain | {figures['spark_vs_plain']:.2f} | >= {TARGETS['spark_vs_plain']} |")
     print(f"| incremental run ({a.changed:.0%} changed) / full run | {figures['incremental_fraction']:.3f} "
-          f"({incr['seconds']} s / {full_s} s) | < {TARGETS['incremental_fraction']} |")
+          f"({incr['seconds']} s / {full_s:.2f} s) | < {TARGETS['incremental_fraction']} |")
+    if a.repeats > 1:
+        first = figures["first_pair"]
+        print(f"| first (cold) pair: Spark / plain | {first['spark_vs_plain']:.2f} "
+              f"({plains[0]['seconds']} s / {fulls[0]['seconds']} s) | >= {TARGETS['spark_vs_plain']} |")
+        print(f"| incremental run / first (cold) full run | {first['incremental_fraction']:.3f} | "
+              f"< {TARGETS['incremental_fraction']} |")
     if up:
         print(f"| upsert {up['upsert_rows']:,} rows into {up['base_rows']:,}, s | {up['seconds']} | "
               f"< {TARGETS['upsert_seconds']:.0f} |")
     pk = figures["peak_gib"]
     print(f"| peak RSS GiB: all / driver / JVM / largest Python worker | {pk['all']} / {pk['driver']} / "
           f"{pk['jvm']} / {pk['workers']} | |")
-    print(f"\nstages of the full run (s): {figures['stages_full']}")
+    print(f"\nstages of the first full run (s): {figures['stages_full']}")
     print(f"stages of the incremental run (s): {figures['stages_incremental']}")
     if a.json:
         Path(a.json).write_text(json.dumps(figures, indent=2))
