@@ -14,7 +14,7 @@ import numpy as np
 
 from models.store import ModelIntegrityError, current_version, promote, store_root
 from models.training.card import model_card
-from models.training.config import BatchSchedule, TrainConfig
+from models.training.config import BatchSchedule, TrainConfig, text_tower
 from models.training.data import TrainData, decode_all, encode_labels, group_ids, split_of
 from models.training.evaluate import EvalConfig, SelectionMetric, evaluate
 from models.training.pipeline import (
@@ -92,8 +92,7 @@ def train_and_compare(cfg: Any, pdf: Any, paths: list[Path], snapshot: str, row:
     row["train_items"], row["valid_items"] = len(train), len(valid)
     tcfg = TrainConfig(epochs=cfg.epochs, max_steps=cfg.steps, schedule=BatchSchedule(max(cfg.batch, 2), cfg.double_at),
                        seed=cfg.seed, warmup_steps=min(100, max((cfg.steps or 100) // 10, 1)),
-                       category_weight=cfg.category_weight, lock_text=cfg.unlock_text_layers <= 0,
-                       unlocked_text_layers=cfg.unlock_text_layers)
+                       category_weight=cfg.category_weight, **text_tower(cfg.unlock_text_layers))
     model, result = train_candidate(model_cfg, train, tcfg, seed=cfg.seed, init_state=init_state)
     row["train_seconds"], row["samples_per_s"] = result.seconds, result.samples_per_s
     ecfg = EvalConfig(gallery_size=cfg.gallery_size, probe_train=cfg.probe_train)

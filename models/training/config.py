@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["BatchSchedule", "TrainConfig"]
+__all__ = ["BatchSchedule", "TrainConfig", "text_tower"]
 
 
 @dataclass(frozen=True)
@@ -63,3 +63,9 @@ class TrainConfig:
                              "text tower trains nothing")
         if self.category_weight < 0 or self.mlm_weight < 0:
             raise ValueError("TrainConfig loss weights must be >= 0")
+
+
+def text_tower(unlock_layers: int) -> dict[str, object]:
+    """The :class:`TrainConfig` text-tower fields for ``--unlock-text-layers N`` (the fashion script and the
+    retrain job): N > 0 fine-tunes MiniLM's top N layers, 0 keeps it frozen (only the projection trains)."""
+    return {"lock_text": unlock_layers <= 0, "unlocked_text_layers": max(unlock_layers, 0)}

@@ -24,7 +24,7 @@ import pandas as pd
 from models.digest import sha256_file
 from models.store import trained_state_dict
 from models.training.card import model_card
-from models.training.config import BatchSchedule, TrainConfig
+from models.training.config import BatchSchedule, TrainConfig, text_tower
 from models.training.data import TrainData, decode_all, encode_labels, group_ids, split_of
 from models.training.evaluate import EvalConfig, SelectionMetric, evaluate
 from models.training.pipeline import (
@@ -188,8 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     double_at = tuple(int(x) for x in args.double_at.split(",") if x.strip())
     cfg = TrainConfig(epochs=args.epochs, max_steps=args.max_steps, schedule=BatchSchedule(args.batch, double_at),
                       chunk_size=512, seed=args.seed, category_weight=args.category_weight, lr=args.lr,
-                      text_lr=args.text_lr, warmup_steps=args.warmup_steps,
-                      lock_text=args.unlock_text_layers <= 0, unlocked_text_layers=max(args.unlock_text_layers, 0))
+                      text_lr=args.text_lr, warmup_steps=args.warmup_steps, **text_tower(args.unlock_text_layers))
     model_cfg = candidate_config(text_proj=args.text_proj)
     if args.checkpoint and Path(args.checkpoint).is_file():
         model = build_clip(model_cfg, seed=args.seed)
