@@ -142,7 +142,6 @@ def embed_heads_frame(titles: list[str], paths: list[str | None], descriptions: 
     ok = [i for i in range(n) if cols["error"][i] is None]
     heads: dict[str, list] = {name: [] for name in HEADS_FIELDS}
     if ok:
-        maybe_fail("heads", titles[ok[0]])  # tests only: see jobs.faults
         texts = [" ".join(x for x in (titles[i], descriptions[i]) if x) for i in ok]
         heads = heads_frame([cols["text_embedding"][i] for i in ok], [cols["image_embedding"][i] for i in ok],
                             texts, plan, bundle, terms, titles=[titles[i] for i in ok])
@@ -172,7 +171,7 @@ def make_embed_heads_udf(embed_cfg, plan: HeadsPlan):
         bundle, terms = _resources(plan)
         for titles, paths, descriptions in batches:
             checkpoint("embed_batch")           # tests only: see jobs.faults
-            maybe_fail("embed", titles.iloc[0] if len(titles) else None)
+            maybe_fail(("embed", "heads"), titles.iloc[0] if len(titles) else None)
             cols = embed_heads_frame(
                 [t if isinstance(t, str) else "" for t in titles], [p if isinstance(p, str) else None for p in paths],
                 [d if isinstance(d, str) else None for d in descriptions], encoder, embed_cfg, plan, bundle, terms)
