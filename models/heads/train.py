@@ -210,14 +210,14 @@ def fit_head(x: np.ndarray, y: np.ndarray, classes: list[str], cfg: HeadTrainCon
     head = LinearHead(name=name, inputs=inputs, classes=tuple(classes), mean=mu, scale=sigma,
                       layers=tuple(weights), temperature=1.0)
     if len(cal):
-        logits = head.logits(x[cal])
-        rows = np.flatnonzero(known)
-        cal_texts = None if texts is None else [texts[i] for i in rows[cal]]
+        cal_logits = head.logits(x[cal])   # with the text experts once they are fitted (the prior adjustment's input)
         if texts is None:
-            head = head.with_temperature(fit_temperature(logits, y[cal]))
+            head = head.with_temperature(fit_temperature(cal_logits, y[cal]))
         else:
             from models.heads.lexical import LexicalExpert
 
+            rows = np.flatnonzero(known)
+            cal_texts = [texts[i] for i in rows[cal]]
             lex_rows = tr_all if cfg.lexical_all_rows else tr
 
             def fit_lexical(idx: np.ndarray) -> LexicalExpert:
@@ -225,16 +225,16 @@ def fit_head(x: np.ndarray, y: np.ndarray, classes: list[str], cfg: HeadTrainCon
                                          max_features=cfg.lexical_features, seed=cfg.seed)
 
             lexical = fit_lexical(lex_rows) if cfg.lexical_features > 0 else None
-            head = _fit_text_experts(dataclasses.replace(head, lexical=lexical), logits,
-                                     mentions(cal_texts, head.classes),
-                                     None if lexical is None else lexical.log_probs(cal_texts), y[cal])
+            head, cal_logits = _fit_text_experts(dataclasses.replace(head, lexical=lexical), cal_logits,
+                                                 mentions(cal_texts, head.classes),
+                                                 None if lexical is None else lexical.log_probs(cal_texts), y[cal])
+            if head.lexical is not None:   # (kept only with a weight above zero)
+                # Its weight chosen, the lexical expert learns from the calibration rows too: it then sees every
+                # training title, as the TF-IDF baseline does (the rare classes have a handful each).
+                head = dataclasses.replace(head, lexical=fit_lexical(np.sort(np.concatenate([lex_rows, cal]))))
         if cfg.prior_adjustment:
             prior = np.bincount(y[tr_all], minlength=n_classes) + 1.0
-            head = fit_prior_adjustment(head, head.combined_logits(x[cal], cal_texts), y[cal], prior / prior.sum())
-        if head.lexical is not None:   # (kept only with a weight above zero)
-            # Its weight chosen, the lexical expert learns from the calibration rows too: it then sees every
-            # training title, as the TF-IDF baseline does (the rare classes have a handful each).
-            head = dataclasses.replace(head, lexical=fit_lexical(np.sort(np.concatenate([lex_rows, cal]))))
+            head = fit_prior_adjustment(head, cal_logits, y[cal], prior / prior.sum())
     return head
 
 
@@ -267,9 +267,9 @@ LEXICAL_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)  # 2.0 was the 
 
 
 def _fit_text_experts(head: LinearHead, logits: np.ndarray, named: np.ndarray, lexical: np.ndarray | None,
-                      y: np.ndarray) -> LinearHead:
+                      y: np.ndarray) -> tuple[LinearHead, np.ndarray]:
     """The weights of the mention and lexical experts (from small grids) and the temperature with the lowest
-    held-out negative log-likelihood."""
+    held-out negative log-likelihood; with the held-out logits those weights give (before the temperature)."""
     best = None
     for w in MENTION_WEIGHTS:
         for lw in (LEXICAL_WEIGHTS if lexical is not None else (0.0,)):
@@ -278,10 +278,10 @@ def _fit_text_experts(head: LinearHead, logits: np.ndarray, named: np.ndarray, l
             p = softmax(z / t)
             nll = float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean())
             if best is None or nll < best[0] - 1e-4:
-                best = (nll, w, lw, t)
+                best = (nll, w, lw, t, z)
     log.info("head %s: mention weight %.1f, lexical weight %.2f, temperature %.2f (held-out NLL %.4f)", head.name,
              best[1], best[2], best[3], best[0])
-    return head.with_temperature(best[3], mention_weight=best[1], lexical_weight=best[2])
+    return head.with_temperature(best[3], mention_weight=best[1], lexical_weight=best[2]), best[4]
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
