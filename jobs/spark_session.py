@@ -42,9 +42,10 @@ def _cores() -> int:
 # Only for local mode: a shuffle of one partition a core (a pandas UDF task costs about 0.1 s however few its
 # rows: with 8 partitions on 2 cores the image check of an incremental run took 2.4 s, with 2 it took 1.9 s)
 # and no UI port to fight over.
+_PARTITIONS = str(max(2, _cores()))
 LOCAL_DEFAULTS: dict[str, str] = {
-    "spark.sql.shuffle.partitions": str(max(2, _cores())),
-    "spark.default.parallelism": str(max(2, _cores())),
+    "spark.sql.shuffle.partitions": _PARTITIONS,
+    "spark.default.parallelism": _PARTITIONS,
     "spark.ui.showConsoleProgress": "false",
     "spark.driver.memory": "3g",
 }

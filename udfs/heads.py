@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd  # at module level: the UDF type hints are resolved in this module's namespace
 
-from jobs.faults import maybe_fail
+from jobs.faults import checkpoint, maybe_fail
 from models.heads.adult import TermList
 from models.heads.zero_shot import ZeroShotLabels
-from udfs.embed import EMBED_SCHEMA
+from udfs.embed import EMBED_SCHEMA, cached_encoder, embed_frame
 from udfs.model_cache import cached
 
 __all__ = ["EMBED_HEADS_SCHEMA", "HEADS_SCHEMA", "HeadsPlan", "embed_heads_frame", "heads_frame",
@@ -135,8 +135,6 @@ def embed_heads_frame(titles: list[str], paths: list[str | None], descriptions: 
     """Embed one batch (:func:`udfs.embed.embed_frame`), then apply the heads to the rows that embedded; pure
     apart from reading image files. Returns the columns of :data:`EMBED_HEADS_SCHEMA` (heads null on a row
     whose image failed)."""
-    from udfs.embed import embed_frame
-
     n = len(titles)
     cols = embed_frame(titles, paths, encoder, embed_cfg)
     ok = [i for i in range(n) if cols["error"][i] is None]
@@ -158,9 +156,6 @@ def make_embed_heads_udf(embed_cfg, plan: HeadsPlan):
     the models over each product, so the embeddings go from the encoder to the heads inside the Python worker
     (a separate heads pass cost a second trip of every embedding through the JVM, about a second at 20k)."""
     from pyspark.sql.functions import pandas_udf
-
-    from jobs.faults import checkpoint
-    from udfs.embed import cached_encoder
 
     if embed_cfg.batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {embed_cfg.batch_size}")
