@@ -13,18 +13,43 @@ import warnings
 import numpy as np
 from PIL import Image
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageDecodeError", "center_square", "decode_image", "to_model_array"]
+__all__ = ["DEFAULT_MAX_ASPECT_RATIO", "DEFAULT_MAX_PIXELS", "ImageAspectError", "ImageDecodeError",
+           "aspect_problem", "center_square", "decode_image", "to_model_array"]
 
 # Product photos are rarely above 4k x 4k; anything larger is refused before decoding.
 DEFAULT_MAX_PIXELS = 40_000_000
+# The model sees the centre square of a photo after its short side is scaled to the input size, so a photo's
+# long side becomes ratio x the input size: a 1 x 150,000 PNG of 373 bytes became 64 x 9.6M pixels (4 GB in
+# one Python worker). Beyond 20:1 the centre square is under 5% of the picture: no product photo, only harm.
+DEFAULT_MAX_ASPECT_RATIO = 20.0
 
 
 class ImageDecodeError(ValueError):
     """The bytes are not a decodable image (or one too large to decode safely)."""
 
 
-def decode_image(data: bytes, target_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+class ImageAspectError(ImageDecodeError):
+    """The image is far longer than it is wide (or the reverse): its resize would be out of all proportion."""
+
+
+def aspect_problem(width: int, height: int, max_aspect: float = DEFAULT_MAX_ASPECT_RATIO) -> str | None:
+    """Why an image of ``width`` x ``height`` is refused for its shape, or None when it is not."""
+    short, long = min(width, height), max(width, height)
+    if short < 1:
+        return f"image of {width}x{height} pixels has no area"
+    if long > max_aspect * short:
+        return (f"image of {width}x{height} pixels: the long side is {long / short:.0f} times the short one "
+                f"(at most {max_aspect:g})")
+    return None
+
+
+def decode_image(data: bytes, target_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 max_aspect: float = DEFAULT_MAX_ASPECT_RATIO) -> Image.Image:
     """Decode ``data`` into an RGB image.
+
+    The size in the header is checked before any pixel is decoded: at most ``max_pixels``, and a long side at
+    most ``max_aspect`` times the short one (:class:`ImageAspectError`), which bounds what a resize to the
+    model's input makes of it. Any error of the decoder, ``MemoryError`` included, is an :class:`ImageDecodeError`.
 
     When ``target_size`` is given, JPEGs are decoded at a reduced scale (``Image.draft``: the DCT does the
     downscaling, several times faster than a full decode and a resize) as long as both sides stay at least
@@ -39,23 +64,36 @@ def decode_image(data: bytes, target_size: int | None = None, max_pixels: int = 
             w, h = img.size
             if w * h > max_pixels:
                 raise ImageDecodeError(f"image of {w}x{h} pixels exceeds the cap of {max_pixels}")
+            shape = aspect_problem(w, h, max_aspect)
+            if shape:
+                raise ImageAspectError(shape)
             if target_size and img.format == "JPEG":
                 img.draft("RGB", (target_size, target_size))
             img.load()
+            if img.mode != "RGB":
+                img = img.convert("RGB")
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageDecodeError(f"decompression bomb: {e}") from None
+    except MemoryError:
+        raise ImageDecodeError("out of memory while decoding") from None
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ... on bad input
         raise ImageDecodeError(f"{type(e).__name__}: {e}") from None
-    if img.mode != "RGB":
-        img = img.convert("RGB")
     return img
 
 
 def center_square(img: Image.Image, size: int) -> Image.Image:
-    """Resize the shorter side to ``size`` and centre-crop to ``size`` x ``size`` (open_clip's default geometry)."""
+    """Resize the shorter side to ``size`` and centre-crop to ``size`` x ``size`` (open_clip's default geometry).
+
+    An image more elongated than :data:`DEFAULT_MAX_ASPECT_RATIO` (one not from :func:`decode_image`) has its
+    centre square cut out first and only that resized: the memory used stays that of ``size`` x ``size``.
+    """
     w, h = img.size
+    if aspect_problem(w, h):
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        return img.resize((size, size), Image.BICUBIC, box=(left, top, left + side, top + side))
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
     if (nw, nh) != (w, h):

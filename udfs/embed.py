@@ -15,6 +15,7 @@ the job sends it to quarantine.
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ class EmbedConfig:
     decode_threads: int = 2
     max_bytes: int = 32 * 1024 * 1024
     max_pixels: int = 40_000_000
+    max_aspect_ratio: float = 20.0     # long side / short side (models.images.DEFAULT_MAX_ASPECT_RATIO)
     torch_threads: int | None = None   # None: leave torch's default
     loader: str = DEFAULT_LOADER       # "module:function"(model_ref, device) -> encoder
 
@@ -61,7 +63,9 @@ def _pool(threads: int) -> ThreadPoolExecutor:
 
 
 def _decode(path: str, encoder, cfg: EmbedConfig) -> tuple[np.ndarray | None, str | None, str | None]:
-    from models.images import ImageDecodeError, decode_image
+    """``(pixels, reason, detail)`` of one image file. Whatever goes wrong with one image (an error of the
+    decoder, a resize out of memory) quarantines that image only: the batch and the run go on."""
+    from models.images import ImageAspectError, ImageDecodeError, decode_image
     from udfs.images import read_image_bytes
 
     try:
@@ -71,10 +75,17 @@ def _decode(path: str, encoder, cfg: EmbedConfig) -> tuple[np.ndarray | None, st
     except ValueError as e:
         return None, reasons.IMAGE_UNDECODABLE, str(e)
     try:
-        img = decode_image(data, target_size=encoder.image_size, max_pixels=cfg.max_pixels)
+        img = decode_image(data, target_size=encoder.image_size, max_pixels=cfg.max_pixels,
+                           max_aspect=cfg.max_aspect_ratio)
         return encoder.preprocess(img), None, None
+    except ImageAspectError as e:
+        return None, reasons.IMAGE_ASPECT_RATIO, str(e)
     except ImageDecodeError as e:
         return None, reasons.IMAGE_UNDECODABLE, str(e)
+    except MemoryError:
+        return None, reasons.IMAGE_UNDECODABLE, "out of memory while preparing the image for the model"
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as e:  # PIL's errors on bad pixel data
+        return None, reasons.IMAGE_UNDECODABLE, f"{type(e).__name__}: {e}"
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:

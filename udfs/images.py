@@ -52,6 +52,7 @@ class ImagePolicy:
     allowed_schemes: tuple[str, ...] = ("", "file")
     max_bytes: int = 32 * 1024 * 1024             # a product photo larger than this is refused unread
     max_pixels: int = 40_000_000
+    max_aspect_ratio: float = 20.0                # long side / short side (models.images.DEFAULT_MAX_ASPECT_RATIO)
 
     def roots(self) -> list[str]:
         roots = [self.image_root] if self.image_root else []
@@ -213,9 +214,14 @@ def inspect_image_stat(uri: str | None, policy: ImagePolicy, known: ImageStat | 
 def _capped(seen: ImageStat, policy: ImagePolicy, read: bool) -> tuple[ImageStat, str | None, str | None, bool]:
     if seen.image_size is not None and seen.image_size > policy.max_bytes:
         return ImageStat(), reasons.IMAGE_UNDECODABLE, f"file larger than {policy.max_bytes} bytes", read
+    from models.images import aspect_problem
+
     w, h = seen.image_width or 0, seen.image_height or 0
     if w * h > policy.max_pixels:
         return ImageStat(), reasons.IMAGE_UNDECODABLE, f"{w}x{h} pixels exceeds the cap of {policy.max_pixels}", read
+    shape = aspect_problem(w, h, policy.max_aspect_ratio)
+    if shape:
+        return ImageStat(), reasons.IMAGE_ASPECT_RATIO, shape, read
     return seen, None, None, read
 
 
