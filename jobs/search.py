@@ -20,9 +20,12 @@ import numpy as np
 
 from jobs.index import IndexError_, ProductIndex, choose_model_version, load_index, update_index
 
-__all__ = ["SearchError", "embed_query", "main", "model_ref_for", "open_index", "similar", "text_search"]
+__all__ = ["SearchError", "embed_query", "main", "model_ref_for", "open_index", "read_query_image", "similar",
+           "text_search"]
 
 DEFAULT_LOADER = "models.encoders:load_encoder"
+# The query image is read like a catalog image by the job (udfs.images.ImagePolicy): at most this many bytes.
+MAX_QUERY_IMAGE_BYTES = 32 * 1024 * 1024
 
 
 class SearchError(ValueError):
@@ -65,6 +68,19 @@ def similar(idx: ProductIndex, product_id: str, k: int) -> list[tuple[str, float
     return [h for h in hits if h[0] != product_id][:k]
 
 
+def read_query_image(path: str, max_bytes: int = MAX_QUERY_IMAGE_BYTES) -> bytes:
+    """The bytes of the query image, read as the job reads a catalog image: a regular file only (a named pipe
+    would block, ``/dev/zero`` stream without end), opened without blocking, at most ``max_bytes``."""
+    from udfs.images import read_image_bytes
+
+    try:
+        return read_image_bytes(path, max_bytes)
+    except OSError as e:
+        raise SearchError(f"--image {path}: {e.strerror or e}") from None
+    except ValueError as e:  # over the byte cap
+        raise SearchError(f"--image {path}: {e}") from None
+
+
 def model_ref_for(model_version: str) -> str | None:
     """The model reference that loads ``model_version``, when the version string names one."""
     if model_version.split(":", 1)[0] in ("store", "hf-hub", "open_clip"):
@@ -74,9 +90,14 @@ def model_ref_for(model_version: str) -> str | None:
     return None
 
 
-def embed_query(model_version: str, text: str | None, image: str | None, model: str | None = None,
-                loader: str = DEFAULT_LOADER) -> np.ndarray:
-    """The query vector: text, image, or both fused like a product's embedding."""
+def embed_query(model_version: str, text: str | None, image: str | bytes | None, model: str | None = None,
+                loader: str = DEFAULT_LOADER, image_label: str = "the query image") -> np.ndarray:
+    """The query vector: text, image, or both fused like a product's embedding.
+
+    ``image`` is a file path (read with :func:`read_query_image`) or the bytes of one (``image_label`` names
+    them in errors); it is decoded under the
+    job's limits (pixels, aspect ratio), so a hostile image is a :class:`SearchError`, never a hang or a crash.
+    """
     from models.encoders import fuse
     from udfs.model_cache import import_object
 
@@ -99,11 +120,15 @@ def embed_query(model_version: str, text: str | None, image: str | None, model: 
     if image:
         from models.images import ImageDecodeError, decode_image
 
+        data, name = ((image, image_label) if isinstance(image, bytes)
+                      else (read_query_image(image), f"--image {image}"))
         try:
-            pixels = enc.preprocess(decode_image(Path(image).read_bytes(), enc.image_size))
-            img = enc.embed_pixels(pixels[None])[0]
-        except (OSError, ImageDecodeError) as e:
-            raise SearchError(f"--image {image}: {e}") from e
+            pixels = enc.preprocess(decode_image(data, enc.image_size))
+        except ImageDecodeError as e:
+            raise SearchError(f"{name}: {e}") from None
+        except MemoryError:
+            raise SearchError(f"{name}: out of memory while preparing the image") from None
+        img = enc.embed_pixels(pixels[None])[0]
     return fuse(t, img) if t is not None else fuse(img, None)
 
 
@@ -163,6 +188,8 @@ def main(argv: list[str] | None = None, command: str = "similar") -> int:
     if command == "search" and not (args.text or args.image):
         p.error("give a query text, --image PATH, or both")
     try:
+        # The image first: a bad one is refused in a line before the index or a model is opened.
+        image = read_query_image(args.image) if command == "search" and args.image else None
         if command == "index":
             stats = update_index(args.lake, args.model_version, full=args.full)
             print(f"index of {stats.model_version}: {stats.count} products at product_embeddings "
@@ -174,7 +201,8 @@ def main(argv: list[str] | None = None, command: str = "similar") -> int:
         if command == "similar":
             hits = similar(idx, args.product_id, args.k)
         else:
-            q = embed_query(idx.meta["model_version"], args.text, args.image, args.model, args.encoder_loader)
+            q = embed_query(idx.meta["model_version"], args.text, image, args.model, args.encoder_loader,
+                            image_label=f"--image {args.image}")
             t = time.perf_counter()
             hits = text_search(idx, q, args.k)
         took = time.perf_counter() - t
