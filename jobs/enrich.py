@@ -401,10 +401,14 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
     summary.images = {"checked": tally["images"], "read": tally["images_read"]}
     summary.timings = dict(stage.timings, total=round(time.perf_counter() - t_start, 3))
     summary.status = "succeeded"
+    empty = _empty_note(n_read, n_rejected)
+    if empty:
+        log.warning("run %s: %s", cfg.run_id, empty)
+        summary.status = "empty"
     summary.tables = {s.name: str(lake.path(s)) for s in (PRODUCT_EMBEDDINGS, *(TABLES[n] for n in head_frames),
                                                           *((PRODUCT_MATCHES, PRODUCT_CLUSTERS) if scorer else ()),
                                                           QUARANTINE, ENRICHMENT_RUNS)}
-    summary.message = (f"embeddings v{emb.version if emb.version is not None else '-'}, "
+    summary.message = (f"{empty + '; ' if empty else ''}embeddings v{emb.version if emb.version is not None else '-'}, "
                        f"quarantine v{qua.version if qua.version is not None else '-'}; {heads_note}; "
                        f"matching: {Path(scorer).name if scorer else 'none'}; {index_note}")
     finished = dt.datetime.now(dt.timezone.utc)
@@ -415,6 +419,15 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
 
     write_run_report(lake.root, summary.run_id, image_root=cfg.resolved_image_root())
     return summary
+
+
+def _empty_note(n_read: int, n_rejected: int) -> str | None:
+    """What to say of a run that had no valid row to enrich (None when it had one)."""
+    if n_read == 0:
+        return "catalog has no rows: nothing was enriched"
+    if n_read == n_rejected:
+        return f"catalog has no valid rows: all {n_read} were quarantined, nothing was enriched"
+    return None
 
 
 def _finished_run(lake, cfg: EnrichConfig, description: str) -> RunSummary | None:
@@ -464,6 +477,8 @@ def print_summary(s: RunSummary, out=None) -> None:
     print(f"  model               {s.model_description}", file=out)
     print(f"  read                {c['read']} rows = enriched {c['enriched']} + unchanged {c['unchanged']} "
           f"+ quarantined {c['quarantined']}", file=out)
+    if s.status == "empty":
+        print(f"  empty catalog       {s.message.split(';', 1)[0]}", file=out)
     if s.images:
         print(f"  images              {s.images['checked']} checked: {s.images['read']} read and hashed, "
               f"{s.images['checked'] - s.images['read']} unchanged since an earlier run", file=out)
@@ -517,6 +532,10 @@ def _locked_main(cfg: EnrichConfig) -> int:
         print(f"error: run {cfg.run_id} failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     print_summary(summary)
+    if summary.status == "empty":  # most likely a broken export upstream: fail the nightly task, loudly
+        print(f"error: run {cfg.run_id}: {summary.message.split(';', 1)[0]} (recorded as status 'empty')",
+              file=sys.stderr)
+        return 2
     return 0 if summary.accounted() else 1
 
 

@@ -23,6 +23,16 @@ CONTENT_COLUMNS = ("title", "description", "brand", "category", "price", "curren
 
 # A title is a line of text; a longer one is junk (or an attack on the tokenizer and the Arrow batches).
 MAX_TITLE_CHARS = 4096
+# Caps of the other text columns, in characters. A row over one is quarantined (text_too_long, the column in
+# the detail) rather than truncated: a cut description would be enriched as if it were the product's, and
+# nobody would learn that the feed is broken. The caps are far above real values (a long product description
+# is a few thousand characters) and far below what hurts: one 5 MB description cost 0.5 GB in the model stage.
+MAX_TEXT_CHARS = {"product_id": 512, "description": 20_000, "brand": 256, "category": 1_024, "currency": 16,
+                  "language": 35, "image_uri": 4_096}
+# Characters that show nothing, besides separators (\p{Z}) and control/format characters (\p{C}): combining
+# marks with no base (\p{M}, which holds the variation selectors), the Hangul fillers (U+115F, U+1160, U+3164,
+# U+FFA0, letters by category), the blank Braille pattern U+2800 and the musical null notehead U+1D159.
+_INVISIBLE = r"\p{Z}\p{C}\p{M}\x{115F}\x{1160}\x{3164}\x{FFA0}\x{2800}\x{1D159}"
 
 # JSON of a row keeps its null fields: the raw record shows every column, and hashes see explicit nulls.
 _KEEP_NULLS = {"ignoreNullFields": "false"}
@@ -102,13 +112,34 @@ def _blank(col):
     return col.isNull() | col.rlike(r"^[\p{Z}\p{C}]*\z")
 
 
+def _invisible(col):
+    """Null, or nothing a reader could see: :func:`_blank`, and also only :data:`_INVISIBLE` characters (a
+    Java regex over Unicode classes: Spark-native, no Python UDF)."""
+
+    return col.isNull() | col.rlike(f"^[{_INVISIBLE}]*\\z")
+
+
+def _text_too_long():
+    """``(condition, detail)``: the first text column (in contract order) over its cap in :data:`MAX_TEXT_CHARS`."""
+    from pyspark.sql import functions as F
+
+    cond, detail = F.lit(False), F.lit(None).cast("string")
+    for name, cap in reversed(MAX_TEXT_CHARS.items()):
+        over = F.coalesce(F.length(name) > cap, F.lit(False))
+        cond = over | cond
+        detail = F.when(over, F.format_string(f"{name} of %d characters (at most {cap:,})", F.length(name))
+                        ).otherwise(detail)
+    return cond, detail
+
+
 def validate(catalog, inspect_udf, known=None):
     """Add ``reason_code``/``detail`` (first failing rule wins), image checks, ``content_hash``, ``row_id``.
 
     Rules, in order: missing id; duplicate id (the row with the latest ``updated_at`` wins, ties broken by
     content so the choice is deterministic); a value that did not conform (``_problem_code`` from
-    :func:`read_catalog`, when present); empty title; title too long; price not a finite non-negative number;
-    image URI not allowed, unreadable or not an image.
+    :func:`read_catalog`, when present); empty title (nothing visible in it); title too long; another text
+    column over its cap (:data:`MAX_TEXT_CHARS`); price not a finite non-negative number; image URI not
+    allowed, unreadable, not an image or out of proportion.
 
     ``known``: the image stat cache (:meth:`jobs.image_stats.ImageStats.read`), so an unchanged image file
     keeps its hash unread. What the check saw of each image is kept in the ``_image_stat`` struct column.
@@ -122,7 +153,7 @@ def validate(catalog, inspect_udf, known=None):
         df = df.withColumn("_problem_code", F.lit(None).cast("string")).withColumn("_problem_detail",
                                                                                     F.lit(None).cast("string"))
     pid_blank = _blank(F.col("product_id"))
-    title_blank = _blank(F.col("title"))
+    title_blank = _invisible(F.col("title"))
     price = F.col("price")
     bad_price = price.isNotNull() & (F.isnan(price) | (price < 0) | (price == float("inf")))
 
@@ -135,13 +166,15 @@ def validate(catalog, inspect_udf, known=None):
     df = df.withColumn("row_id", F.sha2(F.concat_ws("#", "raw_record", F.col("_copy").cast("string")), 256))
 
     too_long = F.length("title") > MAX_TITLE_CHARS
+    text_too_long, text_detail = _text_too_long()
     rules = [
         (pid_blank, F.lit(reasons.MISSING_ID), F.lit("product_id is null or blank")),
         (F.col("_rank") > 1, F.lit(reasons.DUPLICATE_ID), F.lit("a later row of the snapshot has this product_id")),
         (F.col("_problem_code").isNotNull(), F.col("_problem_code"), F.col("_problem_detail")),
-        (title_blank, F.lit(reasons.EMPTY_TITLE), F.lit("title is null or blank")),
+        (title_blank, F.lit(reasons.EMPTY_TITLE), F.lit("title is null, blank or made only of invisible characters")),
         (too_long, F.lit(reasons.TITLE_TOO_LONG),
          F.format_string(f"title of %d characters (at most {MAX_TITLE_CHARS})", F.length("title"))),
+        (text_too_long, F.lit(reasons.TEXT_TOO_LONG), text_detail),
         (bad_price, F.lit(reasons.INVALID_PRICE), F.format_string("price %s is not a finite number >= 0", price)),
     ]
     reason, detail = F.lit(None).cast("string"), F.lit(None).cast("string")
