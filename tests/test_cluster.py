@@ -19,8 +19,8 @@ from tests.standalone import SPARK_SUBMIT, Cluster, bare_python, clean_env, kill
 
 pytestmark = [pytest.mark.spark, pytest.mark.cluster, pytest.mark.slow]
 
-# 200 products: two embed tasks of about 100 each, one per executor, so the killed worker takes a running task.
-GOOD = 200
+# 130 products: two embed tasks of about 65 each, one per executor, so the killed worker takes a running task.
+GOOD = 130
 # The heartbeat every half second: the test kills the worker on the first one of the embed stage.
 EMBED_RUNNING = re.compile(r"stage embed: running for .*Spark tasks \d+/\d+ done, [1-9]\d* running")
 
