@@ -162,6 +162,11 @@ class _Stages:
         if self._progress is not None:
             self._progress.count(n, unit)
 
+    def watch(self, counter, total: int, unit: str = "products") -> None:
+        """Rows done so far (a Spark accumulator) out of ``total``, for the open stage's heartbeat."""
+        if self._progress is not None:
+            self._progress.watch(counter, total, unit)
+
     @contextlib.contextmanager
     def __call__(self, name: str):
         from jobs.progress import StageProgress, heartbeat
@@ -171,7 +176,7 @@ class _Stages:
         log.info("stage %s ...", name)
         self._progress = progress = StageProgress(name)
         try:
-            with heartbeat(self.spark, name):
+            with heartbeat(self.spark, name, progress=progress):
                 yield
         finally:
             self.timings[name] = round(time.perf_counter() - t, 3)
@@ -311,11 +316,13 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
             model_ref=cfg.model, batch_size=cfg.batch_size, device=cfg.device, decode_threads=cfg.decode_threads,
             torch_threads=task_cpus, loader=cfg.encoder_loader)
         parts = embed_partitions(n_todo, parallelism)
+        done = spark.sparkContext.accumulator(0)   # products the model UDF finished, for the heartbeat
+        stage.watch(done, n_todo, "products")
         # Sorted within partitions: the order rows arrive from a shuffle varies from run to run, and batched
         # float32 matrix products give a row last-bit different results in different company. Fixed batches
         # make a repeated (crashed, retried) run write exactly the numbers an uninterrupted one would.
         embedded = (todo.repartition(parts, "product_id").sortWithinPartitions("product_id")
-                    .withColumn("_e", make_embed_heads_udf(embed_cfg, plan)(F.col("title"), F.col("image_path"),
+                    .withColumn("_e", make_embed_heads_udf(embed_cfg, plan, done)(F.col("title"), F.col("image_path"),
                                                                             F.col("description")))
                     .persist(StorageLevel.MEMORY_AND_DISK))
         t = time.perf_counter()

@@ -151,10 +151,11 @@ def embed_heads_frame(titles: list[str], paths: list[str | None], descriptions: 
     return cols
 
 
-def make_embed_heads_udf(embed_cfg, plan: HeadsPlan):
+def make_embed_heads_udf(embed_cfg, plan: HeadsPlan, progress=None):
     """An iterator pandas UDF ``(title, image_path, description) -> struct<EMBED_HEADS_SCHEMA>``: one pass of
     the models over each product, so the embeddings go from the encoder to the heads inside the Python worker
-    (a separate heads pass cost a second trip of every embedding through the JVM, about a second at 20k)."""
+    (a separate heads pass cost a second trip of every embedding through the JVM, about a second at 20k).
+    ``progress``, a Spark accumulator, gets each batch's rows once they are done (:mod:`jobs.progress`)."""
     from pyspark.sql.functions import pandas_udf
 
     if embed_cfg.batch_size < 1:
@@ -170,6 +171,8 @@ def make_embed_heads_udf(embed_cfg, plan: HeadsPlan):
             cols = embed_heads_frame(
                 [t if isinstance(t, str) else "" for t in titles], [p if isinstance(p, str) else None for p in paths],
                 [d if isinstance(d, str) else None for d in descriptions], encoder, embed_cfg, plan, bundle, terms)
+            if progress is not None:
+                progress.add(len(titles))
             yield pd.DataFrame(cols, index=titles.index)
 
     return embed_heads
