@@ -229,7 +229,7 @@ class Lake:
             first = schema.field(keys[0]).type
             changed = [t.column(keys[0]).cast(first).combine_chunks() for t in (new, replaced) if t is not None]
             candidates = self._candidates(spec, dt, pa.concat_arrays(changed))
-            log.info("%s: %d of %d files may hold a changed key", spec.name, len(candidates), len(live))
+            log.debug("%s: %d of %d files may hold a changed key", spec.name, len(candidates), len(live))
             for rel in candidates:
                 size = live[rel]
                 held = pq.read_table(self._abs(spec, rel), columns=keys)
@@ -258,10 +258,12 @@ class Lake:
 
         removed: dict[str, int] = {}
         if upsert:
-            # The updates are read twice (to find the files they touch, then to write): compute them once.
+            # The updates are read twice (to find the files they touch, then to write): compute them once,
+            # unless the caller already cached them (Spark warns "Asked to cache already cached data").
             from pyspark import StorageLevel
 
-            df = df.persist(StorageLevel.MEMORY_AND_DISK)
+            if df.storageLevel == StorageLevel.NONE:
+                df = df.persist(StorageLevel.MEMORY_AND_DISK)
             keys = (df if replaced is None else replaced).select(*spec.match_keys)
             if delete is not None:
                 keys = keys.unionByName(delete.select(*spec.match_keys))

@@ -77,7 +77,7 @@ def test_driver_upsert_reads_only_the_files_that_can_hold_a_changed_key(spark, l
     target = next(rel for rel, ids in held.items() if "p060" in ids)
     _spoil(lake, held, keep="p060")
     update = pa.table({"product_id": ["p060", "p061"], "value": ["new", "new"]})
-    with caplog.at_level(logging.INFO, logger="jobs.lakehouse"):
+    with caplog.at_level(logging.DEBUG, logger="jobs.lakehouse"):
         result = lake.upsert_arrow(ITEMS, update, run_id="r2")
     assert "items: 1 of 4 files may hold a changed key" in caplog.text
     assert result.removed_files == 1 and result.added_files == 1
