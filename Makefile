@@ -27,8 +27,10 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest
 
+# ruff, then mypy over the library packages (configured in pyproject.toml); CI runs this before the tests.
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/python -m mypy
 
 # The cluster artifact the DAGs ship: dist/catalog_enrich.zip (--py-files) and dist/catalog_enrich_main.py.
 dist: setup

@@ -11,6 +11,10 @@ holds is skipped, so re-running a run that crashed after committing changes noth
 
 Readers see exactly the files in the log: :meth:`Lake.read` lists them from the log (never by globbing
 the folder), so files of an unfinished or failed write are invisible.
+
+Each committed file carries Delta column statistics (min, max, null count of the key and scalar columns, from
+its Parquet footer: :mod:`jobs.delta_stats`), so readers skip files, and a driver-side upsert reads only the
+files whose key range can hold a changed key.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from jobs import delta_stats
 from jobs.faults import checkpoint
 from schemas.tables import TableSpec
 
@@ -108,7 +113,20 @@ class Lake:
         return DeltaTable.create(
             str(path), schema=Schema.from_arrow(self._arrow_schema(spec)), mode="ignore",
             partition_by=list(spec.partition_by) or None, name=spec.name, description=spec.doc,
+            configuration={delta_stats.STATS_COLUMNS_PROPERTY: ",".join(delta_stats.stats_columns(spec))},
         )
+
+    def _ensure_stats_columns(self, spec: TableSpec, dt):
+        """Name the statistics columns on a table created before files carried statistics (one metadata
+        commit, once): ``deltalake`` readers must know which columns the files' statistics cover."""
+        from deltalake import DeltaTable
+
+        wanted = ",".join(delta_stats.stats_columns(spec))
+        if dt.metadata().configuration.get(delta_stats.STATS_COLUMNS_PROPERTY) == wanted:
+            return dt
+        dt.alter.set_table_properties({delta_stats.STATS_COLUMNS_PROPERTY: wanted}, raise_if_not_exists=False)
+        log.info("%s: statistics columns set to %s", spec.name, wanted)
+        return DeltaTable(str(self.path(spec)))
 
     def exists(self, spec: TableSpec) -> bool:
         from deltalake import DeltaTable
@@ -184,8 +202,9 @@ class Lake:
         commit, with the touched files rewritten by pyarrow instead of Spark jobs.
 
         A one-row upsert through Spark ran five jobs (find the files, read, anti-join, write) and took about
-        2 s; this reads the key columns of each live file, then rewrites only the files that hold a key,
-        one at a time (memory: one data file). ``replaced``: a table of match keys whose old rows go too.
+        2 s; this reads the key columns of each live file whose statistics allow a changed key (the files'
+        min/max of the first match key), then rewrites only the files that hold a key, one at a time
+        (memory: one data file). ``replaced``: a table of match keys whose old rows go too.
         """
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -206,7 +225,13 @@ class Lake:
 
         removed: dict[str, int] = {}
         if len(wanted):
-            for rel, size in self.files(spec).items():
+            live = self.files(spec)
+            first = schema.field(keys[0]).type
+            changed = [t.column(keys[0]).cast(first).combine_chunks() for t in (new, replaced) if t is not None]
+            candidates = self._candidates(spec, dt, pa.concat_arrays(changed))
+            log.debug("%s: %d of %d files may hold a changed key", spec.name, len(candidates), len(live))
+            for rel in candidates:
+                size = live[rel]
                 held = pq.read_table(self._abs(spec, rel), columns=keys)
                 if not _not_in(_key_values(held, keys), wanted).to_numpy(zero_copy_only=False).all():
                     removed[rel] = size
@@ -233,10 +258,12 @@ class Lake:
 
         removed: dict[str, int] = {}
         if upsert:
-            # The updates are read twice (to find the files they touch, then to write): compute them once.
+            # The updates are read twice (to find the files they touch, then to write): compute them once,
+            # unless the caller already cached them (Spark warns "Asked to cache already cached data").
             from pyspark import StorageLevel
 
-            df = df.persist(StorageLevel.MEMORY_AND_DISK)
+            if df.storageLevel == StorageLevel.NONE:
+                df = df.persist(StorageLevel.MEMORY_AND_DISK)
             keys = (df if replaced is None else replaced).select(*spec.match_keys)
             if delete is not None:
                 keys = keys.unionByName(delete.select(*spec.match_keys))
@@ -260,7 +287,7 @@ class Lake:
         if done is not None and done >= step:
             log.info("%s: commit %d of run %s is already in the log; skipped", spec.name, step, run_id)
             return dt, app_id, CommitResult(spec.name, dt.version(), 0, 0, skipped=True)
-        return dt, app_id, None
+        return self._ensure_stats_columns(spec, dt), app_id, None
 
     def _write_and_commit(self, spec: TableSpec, dt, write: Callable[[Path], None], removed: dict[str, int],
                           run_id: str, app_id: str, step: int) -> CommitResult:
@@ -286,6 +313,21 @@ class Lake:
         version = DeltaTable(str(self.path(spec))).version()
         log.info("%s: committed version %d (+%d files, -%d files)", spec.name, version, len(adds), len(removed))
         return CommitResult(spec.name, version, len(adds), len(removed))
+
+    def _candidates(self, spec: TableSpec, dt, values) -> list[str]:
+        """Live files whose statistics allow one of ``values`` in the first match key (every live file when a
+        value is null; each file without statistics)."""
+        key = spec.match_keys[0]
+        actions = dt.get_add_actions(flatten=True)
+        names = set(actions.schema.names)
+        if "path" not in names:
+            return []
+        paths = [str(p) for p in actions.column("path").to_pylist()]
+        if values.null_count or f"min.{key}" not in names:
+            return paths
+        lows, highs = actions.column(f"min.{key}").to_pylist(), actions.column(f"max.{key}").to_pylist()
+        bounds = {p: (lo, hi) for p, lo, hi in zip(paths, lows, highs, strict=True)}
+        return delta_stats.candidate_files(bounds, values.unique().to_pylist())
 
     def _abs(self, spec: TableSpec, rel: str) -> str:
         return str(self.path(spec) / unquote(rel))
@@ -316,11 +358,12 @@ class Lake:
 
         adds = []
         base = self.path(spec) / folder
+        columns = delta_stats.stats_columns(spec)
         for f in sorted(base.iterdir()):
             if f.name.startswith((".", "_")) or not f.name.endswith(".parquet"):
                 f.unlink()  # checksum files and markers of the local Hadoop file system
                 continue
-            meta = pq.read_metadata(f)  # the footer only: row count for the file statistics
+            meta = pq.read_metadata(f)  # the footer only: row count and column statistics
             if meta.num_rows == 0:
                 f.unlink()
                 continue
@@ -328,7 +371,7 @@ class Lake:
             adds.append(AddAction(
                 path=f"{folder}/{f.name}", size=st.st_size, partition_values={},
                 modification_time=int(st.st_mtime * 1000), data_change=True,
-                stats=json.dumps({"numRecords": meta.num_rows}),
+                stats=json.dumps(delta_stats.file_stats(f, meta, columns)),
             ))
         return adds
 
@@ -382,11 +425,12 @@ class _RollingWriter:
             return
         if self.writer is not None and self.bytes + table.nbytes > TARGET_FILE_BYTES:
             self.close()
-        if self.writer is None:
+        writer = self.writer
+        if writer is None:
             name = f"part-{self.files:05d}-{uuid.uuid4()}.snappy.parquet"
-            self.writer = pq.ParquetWriter(self.folder / name, self.schema, compression="snappy")
+            writer = self.writer = pq.ParquetWriter(self.folder / name, self.schema, compression="snappy")
             self.files += 1
-        self.writer.write_table(table)
+        writer.write_table(table)
         self.bytes += table.nbytes
 
     def close(self) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["DEFAULTS", "FEW_CORES_DEFAULTS", "LOCAL_DEFAULTS", "SparkSetupError", "build_session", "check_java"]
+__all__ = ["DEFAULTS", "FEW_CORES_DEFAULTS", "LOCAL_DEFAULTS", "SparkSetupError", "build_session", "check_java",
+           "quiet_library_loggers"]
 
 
 class SparkSetupError(RuntimeError):
@@ -104,5 +105,22 @@ def build_session(app_name: str = "catalog-enrich", conf: dict[str, str] | None 
             builder = builder.config(key, value)
     session = builder.getOrCreate()
     # Spark's INFO chatter buries the job's own progress lines; CATALOG_ENRICH_SPARK_LOG=INFO brings it back.
-    session.sparkContext.setLogLevel(os.environ.get("CATALOG_ENRICH_SPARK_LOG", "WARN"))
+    level = os.environ.get("CATALOG_ENRICH_SPARK_LOG", "WARN")
+    session.sparkContext.setLogLevel(level)
+    quiet_library_loggers(level)
     return session
+
+
+# Python-side libraries that log routine events at INFO, which the job's INFO console would show: py4j's
+# "Closing down clientserver connection" whenever a callback connection closes, faiss's loader trying each CPU
+# build in turn.
+QUIET_LOGGERS = ("py4j", "faiss.loader")
+
+
+def quiet_library_loggers(spark_level: str = "WARN") -> None:
+    """Raise the chatty libraries' Python loggers to WARNING, unless Spark's own log is asked for at INFO."""
+    import logging
+
+    verbose = spark_level.upper() in ("ALL", "TRACE", "DEBUG", "INFO")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)

@@ -75,4 +75,20 @@ def test_split_is_stable_and_about_ten_percent():
     ids = [f"P{i:05d}" for i in range(5000)]
     valid = sum(split_of(i) == "valid" for i in ids)
     assert 400 < valid < 600
-    assert split_of("P00001") == split_of("P00001")
+    assert all(split_of(i, valid_percent=0) == "train" and split_of(i, valid_percent=100) == "valid" for i in ids)
+
+
+def test_split_is_the_same_in_another_interpreter():
+    """The split must not depend on the process (Python's salted ``hash()`` would give each run its own)."""
+    import os
+    import subprocess
+    import sys
+
+    ids = [f"P{i:05d}" for i in range(300)]
+    code = ("import sys; from models.training.data import split_of; "
+            "print(''.join('v' if split_of(l.strip()) == 'valid' else 't' for l in sys.stdin))")
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run([sys.executable, "-c", code], input="\n".join(ids), capture_output=True, text=True,
+                         env=env, check=True).stdout.strip()
+    assert out == "".join("v" if split_of(i) == "valid" else "t" for i in ids)
+    assert 10 < out.count("v") < 60
