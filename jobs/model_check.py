@@ -46,15 +46,14 @@ def _one_line(error: Exception) -> str:
     return " ".join(str(error).split())
 
 
-def _encoder(cfg: EnrichConfig) -> tuple[str, Path | None]:
-    """(encoder version, store version folder or None) of the run's encoder; the folder verified."""
+def _encoder(cfg: EnrichConfig) -> tuple[str | None, Path | None]:
+    """(encoder version, store version folder or None) of the run's encoder; the folder verified. A test or
+    custom loader answers for its own model (its version is known once it loads: None here)."""
     from models.refs import parse_model_ref
     from models.store import check_safetensors, verify_version
 
-    if cfg.encoder_loader != type(cfg).encoder_loader:   # a test or custom loader: it answers for its own model
-        from jobs.enrich import describe_model
-
-        return describe_model(cfg)[0], None
+    if cfg.encoder_loader != type(cfg).encoder_loader:
+        return None, None
     ref = parse_model_ref(cfg.model)
     if ref.kind == "store":
         verify_version(Path(ref.name))
@@ -65,15 +64,16 @@ def _encoder(cfg: EnrichConfig) -> tuple[str, Path | None]:
     return ref.version, None
 
 
-def _heads(ref: str, encoder_version: str) -> Path | None:
+def _heads(ref: str, encoder_version: str | None) -> Path | None:
+    """The head bundle folder the run will use (as :func:`jobs.heads.plan_heads` finds it), verified."""
     from models.heads.bundle import find_heads
-    from models.store import DEFAULT_STORE, verify_version
+    from models.store import DEFAULT_STORE, ModelIntegrityError, verify_version
 
-    if ref == "none":
+    if ref == "none" or (ref == "auto" and encoder_version is None):
         return None
     vdir = find_heads(DEFAULT_STORE, encoder_version) if ref == "auto" else Path(ref).expanduser().resolve()
-    if vdir is not None:
-        verify_version(vdir)
+    if vdir is not None and verify_version(vdir).get("kind") != "heads":
+        raise ModelIntegrityError(f"{vdir} is not a head bundle (its manifest's kind is not 'heads')")
     return vdir
 
 
