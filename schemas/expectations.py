@@ -107,8 +107,8 @@ def _probability(column: str) -> Expect:
 def _finite_probability(column: str) -> tuple[dict[str, str], tuple[Expect, ...]]:
     """The derived column and expectations of a score that must be a probability: present, finite, in [0, 1].
 
-    Great Expectations skips missing values, and NaN counts as missing in its range check; a NaN the model made
-    also reaches the table as NULL (pandas to Arrow). So presence and finiteness are one check of their own.
+    Great Expectations' range check skips missing values, and a NaN the model made reaches the table as NULL
+    (pandas to Arrow): presence and finiteness are a check of their own (a stored NaN or infinity fails it too).
     """
     name = f"_{column}_finite"
     sql = f"coalesce(NOT (isnan({column}) OR abs({column}) = double('Infinity')), false)"
