@@ -515,12 +515,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _locked_main(cfg: EnrichConfig) -> int:
     from jobs.lakehouse import LakeError
+    from jobs.model_check import ModelCheckError, verify_run_models
     from jobs.spark_session import SparkSetupError, build_session
     from jobs.transforms import CatalogError
     from models.refs import ModelRefError
+    from models.store import ModelIntegrityError
 
     publish_driver_pid()
     checkpoint("start")
+    try:
+        verify_run_models(cfg)   # before Spark: a damaged or tampered model costs a second and one line
+    except ModelCheckError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         spark = build_session("catalog-enrich")
     except SparkSetupError as e:
@@ -529,7 +536,7 @@ def _locked_main(cfg: EnrichConfig) -> int:
     log.info("run %s: catalog %s -> lake %s", cfg.run_id, cfg.catalog, cfg.lake)
     try:
         summary = run(spark, cfg)
-    except (CatalogError, ModelRefError, LakeError) as e:
+    except (CatalogError, ModelRefError, ModelIntegrityError, LakeError) as e:
         record_failure(spark, cfg, e)
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -5,21 +5,25 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 __all__ = ["sha256_file", "sha256_files"]
 
 _CHUNK = 1 << 20
 
 
-def _feed(h, path: Path) -> None:
+def _feed(h, path: Path, also: Iterable[Any] = ()) -> None:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             h.update(chunk)
+            for other in also:
+                other.update(chunk)
 
 
-def sha256_file(path: str | Path) -> str:
+def sha256_file(path: str | Path, also: Iterable[Any] = ()) -> str:
+    """The file's sha256; ``also``: more hash objects fed the same bytes (one read for several digests)."""
     h = hashlib.sha256()
-    _feed(h, Path(path))
+    _feed(h, Path(path), tuple(also))
     return h.hexdigest()
 
 

@@ -11,7 +11,8 @@ Layout of a store root (a directory, or a ``file://`` URI)::
     <root>/<version>/manifest.json       sha256 of every other file, training-data snapshot, metrics, code version
 
 A version id is ``<name>-<UTC time>-<digest>`` where the digest covers the config and the weights: output rows
-record it, so it changes whenever the weights do. Loading verifies every checksum and refuses pickled weights.
+record it, so it changes whenever the weights do. Loading verifies every checksum and the name's digest (files
+replaced together with a rewritten manifest still fail it), and refuses pickled weights.
 Only :func:`load_model` and :func:`save_version` import torch (lazily): the driver resolves versions cheaply.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import tempfile
 from collections.abc import Mapping
@@ -31,7 +33,8 @@ from urllib.parse import unquote, urlparse
 from models.digest import sha256_file
 
 __all__ = [
-    "CONFIG_FILE", "DEFAULT_STORE", "MANIFEST_FILE", "WEIGHTS_FILE", "ModelIntegrityError", "check_safetensors",
+    "CONFIG_FILE", "DEFAULT_STORE", "MANIFEST_FILE", "VERSION_NAME", "WEIGHTS_FILE", "ModelIntegrityError",
+    "check_safetensors", "check_version_name",
     "code_version", "current_version", "list_versions", "load_model", "promote", "read_manifest", "save_version",
     "store_root", "trained_state_dict", "verify_version", "version_dir",
 ]
@@ -45,6 +48,8 @@ CARD_FILE = "MODEL_CARD.md"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 # Parameters that stay in the MiniLM package unless fine-tuned (then the trained ones are saved too).
 FROZEN_PREFIX = "text.transformer."
+# A version folder's name: what save_version writes (a scorer store adds -<n> to a name taken twice in a second).
+VERSION_NAME = re.compile(r"^(?P<name>.+)-(?P<time>\d{8}T\d{6})-(?P<digest>[0-9a-f]{10})(?:-\d+)?$")
 
 
 class ModelIntegrityError(ValueError):
@@ -96,9 +101,11 @@ def read_manifest(vdir: Path) -> dict[str, Any]:
 
 
 def verify_version(vdir: Path) -> dict[str, Any]:
-    """Check every file of a version against its manifest; return the manifest.
+    """Check every file of a version against its manifest, and the version name's digest against the config and
+    weights; return the manifest.
 
-    Pickled weights are refused before anything else: unpickling runs arbitrary code.
+    Pickled weights are refused before anything else: unpickling runs arbitrary code. The name's digest is what
+    a rewritten manifest cannot fix: files replaced together with their checksums still fail it.
     """
     if not vdir.is_dir():
         raise ModelIntegrityError(f"model version directory {vdir} does not exist")
@@ -110,11 +117,14 @@ def verify_version(vdir: Path) -> dict[str, Any]:
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if name not in files:
             raise ModelIntegrityError(f"{vdir / MANIFEST_FILE} lists no checksum for {name}")
+    named = hashlib.sha256()   # what save_version's name digest covers: the config text, then the weights
+    if (vdir / CONFIG_FILE).is_file():
+        named.update((vdir / CONFIG_FILE).read_bytes().removesuffix(b"\n"))
     for name, expected in files.items():
         path = vdir / name
         if not path.is_file():
             raise ModelIntegrityError(f"{path}: listed in the manifest but missing")
-        if sha256_file(path) != expected:
+        if sha256_file(path, also=(named,) if name == WEIGHTS_FILE else ()) != expected:
             raise ModelIntegrityError(f"{path}: sha256 does not match the manifest (file changed or corrupted)")
     extra = sorted(p.name for p in vdir.iterdir() if p.name not in files and p.name != MANIFEST_FILE)
     if extra:
@@ -122,7 +132,24 @@ def verify_version(vdir: Path) -> dict[str, Any]:
     for name in files:
         if name.endswith(".safetensors"):
             check_safetensors(vdir / name)
+    check_version_name(vdir, manifest, named.hexdigest())
     return manifest
+
+
+def check_version_name(vdir: Path, manifest: Mapping[str, Any], digest: str) -> None:
+    """Refuse a version folder whose name is not ``<name>-<UTC time>-<digest>`` (``-<n>`` may follow), whose
+    manifest names another version, or whose files hash to another digest than its name's (``digest``: the
+    sha256 hex of what the store's writer hashed for the name)."""
+    m = VERSION_NAME.match(vdir.name)
+    if m is None:
+        raise ModelIntegrityError(f"{vdir}: not a store version name (<name>-<UTC time>-<digest>): a version "
+                                  f"keeps the folder name it was saved under; refused")
+    if manifest.get("version", vdir.name) != vdir.name:
+        raise ModelIntegrityError(f"{vdir}: its manifest names version {manifest.get('version')!r}; refused")
+    if not digest.startswith(m["digest"]):
+        raise ModelIntegrityError(f"{vdir}: the digest in its name ({m['digest']}) does not match its files "
+                                  f"({digest[:len(m['digest'])]}): weights replaced and the manifest rewritten "
+                                  f"to match; refused")
 
 
 _MAX_HEADER = 100 * 1024 * 1024   # the safetensors library's own limit on the JSON header

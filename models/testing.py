@@ -15,7 +15,7 @@ import numpy as np
 from models.images import to_model_array
 from models.refs import ModelRef
 
-__all__ = ["FakeEncoder", "load_fake_encoder", "read_log"]
+__all__ = ["FakeEncoder", "NanEncoder", "load_fake_encoder", "load_nan_encoder", "read_log"]
 
 DIM = 8
 
@@ -59,6 +59,25 @@ class FakeEncoder:
 def load_fake_encoder(model_ref: str, device: str | None = None) -> FakeEncoder:
     log_dir = model_ref.split(":", 1)[1] if model_ref.startswith("fake:") else None
     return FakeEncoder(log_dir or None)
+
+
+class NanEncoder(FakeEncoder):
+    """A broken model: every embedding it makes is NaN (as weights replaced by NaNs would give)."""
+
+    def __init__(self, log_dir: str | None):
+        super().__init__(log_dir)
+        self.ref = ModelRef("fake", "fake-nan", version="fake-nan-1")
+
+    def embed_texts(self, texts):
+        return np.full_like(super().embed_texts(texts), np.nan)
+
+    def embed_pixels(self, pixels):
+        return np.full_like(super().embed_pixels(pixels), np.nan)
+
+
+def load_nan_encoder(model_ref: str, device: str | None = None) -> NanEncoder:
+    log_dir = model_ref.split(":", 1)[1] if model_ref.startswith("fake:") else None
+    return NanEncoder(log_dir or None)
 
 
 def read_log(log_dir: str, kind: str) -> dict[int, list[str]]:

@@ -104,6 +104,20 @@ def _probability(column: str) -> Expect:
     return _between(column, 0.0, 1.0, f"{column} is a probability")
 
 
+def _finite_probability(column: str) -> tuple[dict[str, str], tuple[Expect, ...]]:
+    """The derived column and expectations of a score that must be a probability: present, finite, in [0, 1].
+
+    Great Expectations' range check skips missing values, and a NaN the model made reaches the table as NULL
+    (pandas to Arrow): presence and finiteness are a check of their own (a stored NaN or infinity fails it too).
+    """
+    name = f"_{column}_finite"
+    sql = f"coalesce(NOT (isnan({column}) OR abs({column}) = double('Infinity')), false)"
+    return {name: sql}, (_probability(column), _true(name, f"{column} is present and finite (not NaN or infinite)"))
+
+
+_TOP_K_PROBABILITIES = "forall(top_k, x -> x.score IS NOT NULL AND NOT isnan(x.score) AND x.score BETWEEN 0 AND 1)"
+
+
 # A usable image reference: a plain path or a file:// URI without control characters. Other schemes are
 # never fetched (the enrich job's image policy), so a catalog full of them is broken, not merely noisy.
 _URI_WELL_FORMED = (
@@ -145,8 +159,9 @@ def _size(col: str) -> str:
     return f"CASE WHEN {col} IS NULL THEN NULL ELSE size({col}) END"
 
 
-_FINITE = ("NOT exists(concat(embedding, text_embedding, coalesce(image_embedding, array())), "
-           "x -> isnan(x) OR abs(x) = double('Infinity'))")
+# Each vector on its own: concat() of a NULL is NULL, and a NULL verdict is not checked (GX skips nulls).
+_FINITE = ("NOT exists(concat(coalesce(embedding, array()), coalesce(text_embedding, array()), "
+           "coalesce(image_embedding, array())), x -> isnan(x) OR abs(x) = double('Infinity'))")
 
 _EMBEDDINGS = TableChecks(
     "product_embeddings",
@@ -205,24 +220,31 @@ _QUARANTINE = TableChecks(
 )
 
 # Tables of the downstream tasks; each is skipped with a note until its table exists in the lake.
-_CATEGORIES = TableChecks("product_categories", expectations=(
-    _probability("confidence"),
-    Expect("ExpectColumnValuesToBeInSet", {"column": "category", "value_set": Param("category_labels")},
-           "the top-1 category is in the label set"),
-))
-_ATTRIBUTES = TableChecks("product_attributes", expectations=(
-    _probability("confidence"),
+_CONFIDENCE, _CONFIDENCE_CHECKS = _finite_probability("confidence")
+_SCORE, _SCORE_CHECKS = _finite_probability("score")
+_CATEGORIES = TableChecks(
+    "product_categories",
+    derived={**_CONFIDENCE, "_top_k_probabilities": _TOP_K_PROBABILITIES},
+    expectations=(
+        *_CONFIDENCE_CHECKS,
+        _true("_top_k_probabilities", "every top_k score is a probability: present, finite, in [0, 1]"),
+        Expect("ExpectColumnValuesToBeInSet", {"column": "category", "value_set": Param("category_labels")},
+               "the top-1 category is in the label set"),
+    ),
+)
+_ATTRIBUTES = TableChecks("product_attributes", derived=_CONFIDENCE, expectations=(
+    *_CONFIDENCE_CHECKS,
     Expect("ExpectColumnValuesToBeInSet",
            {"column": "source", "value_set": ["title", "description", "image", "title+image"]},
            "the value was read from the title, description or image (or title and image together)"),
 ))
-_ADULT = TableChecks("product_adult_flags", expectations=(
-    _probability("score"), _not_null("is_adult", "every product has a decision"),
+_ADULT = TableChecks("product_adult_flags", derived=_SCORE, expectations=(
+    *_SCORE_CHECKS, _not_null("is_adult", "every product has a decision"),
 ))
 _MATCHES = TableChecks(
     "product_matches",
-    derived={"_ordered": "product_id_a < product_id_b"},
-    expectations=(_probability("score"), _true("_ordered", "each pair is stored once, smaller id first")),
+    derived={**_SCORE, "_ordered": "product_id_a < product_id_b"},
+    expectations=(*_SCORE_CHECKS, _true("_ordered", "each pair is stored once, smaller id first")),
 )
 _CLUSTERS = TableChecks("product_clusters", expectations=(
     _not_null("cluster_id", "every matched product has a cluster"),

@@ -297,3 +297,18 @@ def test_retrain_scorer_promotes_only_a_better_scorer(tmp_path):
     assert not second["promoted"] and second["champion"] == first["version"]
     assert second["valid_f1"] == pytest.approx(second["champion_valid_f1"])
     assert load_scorer(tmp_path / "store").version == first["version"]
+
+
+def test_scorer_rewritten_with_its_manifest_fails_the_name_digest(tmp_path):
+    from models.digest import sha256_file
+
+    s = train_pair_scorer(_toy_pairs(600, 4), _toy_pairs(300, 5), ScorerTrainConfig(n_trees=5, folds=2))
+    version = save_scorer(tmp_path, s, training_data="toy")
+    vdir = tmp_path / version
+    path = vdir / "scorer.json"
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), threshold=0.0001)) + "\n")   # loads fine
+    manifest = json.loads((vdir / "manifest.json").read_text())
+    manifest["files"]["scorer.json"] = sha256_file(path)
+    (vdir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelIntegrityError, match=r"the digest in its name \([0-9a-f]{10}\) does not match"):
+        load_scorer(vdir)

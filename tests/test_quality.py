@@ -142,3 +142,55 @@ def test_input_gate_passes_the_sample_and_stops_a_broken_snapshot(spark, lake, t
     assert failed_whys(bad, "catalog") == {
         "the row count is within the band around the last published run's count", "product_id is present",
         "title is non-empty after trimming", "image_uri is a plain path or a file:// URI (absent is fine)"}
+
+
+def test_nan_and_infinite_scores_fail_the_gate(spark, lake):
+    """Stored NaN, infinite and missing scores: the range check alone let NaN and NULL through."""
+    import pyarrow as pa
+
+    nan, inf = math.nan, math.inf
+    write_deltalake(str(lake / "product_categories"), pa.table({
+        "product_id": ["p0", "p1", "p2"], "category": ["Shoes", "Bags", "Hats"],
+        "confidence": pa.array([nan, None, 0.8], pa.float64()),
+        "top_k": pa.array([[{"label": "Shoes", "score": 0.9}], [{"label": "Bags", "score": None}],
+                           [{"label": "Hats", "score": inf}]],
+                          pa.list_(pa.struct([("label", pa.string()), ("score", pa.float64())])))}))
+    write_deltalake(str(lake / "product_attributes"), pa.table({
+        "product_id": ["p0", "p1"], "attribute": ["colour", "colour"], "value": ["red", "blue"],
+        "confidence": pa.array([-inf, 0.7], pa.float64()), "source": ["title", "title"]}))
+    write_deltalake(str(lake / "product_adult_flags"), pa.table({
+        "product_id": ["p0", "p1"], "is_adult": [False, True], "score": pa.array([nan, 1.0], pa.float64())}))
+    write_deltalake(str(lake / "product_matches"), pa.table({
+        "product_id_a": ["p0"], "product_id_b": ["p1"], "score": pa.array([nan], pa.float64())}))
+    verdict = run_output_gate(spark, GateConfig("output", str(lake), "r1-scores"))
+    assert not verdict.success
+    assert {"confidence is present and finite (not NaN or infinite)",
+            "every top_k score is a probability: present, finite, in [0, 1]"} \
+        <= failed_whys(verdict, "product_categories")
+    assert "confidence is present and finite (not NaN or infinite)" in failed_whys(verdict, "product_attributes")
+    assert "score is present and finite (not NaN or infinite)" in failed_whys(verdict, "product_adult_flags")
+    assert "score is present and finite (not NaN or infinite)" in failed_whys(verdict, "product_matches")
+
+
+def test_a_run_with_a_nan_encoder_fails_the_output_gate_and_is_not_published(spark, tmp_path, capsys):
+    """The enrich job end to end with a model that emits NaN (as tampered weights did): its embeddings, category
+    confidences and top_k scores fail the gate, the gate exits 3 with a clear line, publishing is refused."""
+    from jobs import enrich, quality
+    from tests.reliability import make_slice
+
+    catalog = make_slice(tmp_path / "catalog", good=60)
+    lake = tmp_path / "nan-lake"
+    assert enrich.main(["--catalog", str(catalog), "--image-root", str(SAMPLE), "--lake", str(lake),
+                        "--run-id", "n1", "--encoder-loader", "models.testing:load_nan_encoder", "--model", "fake:",
+                        "--attributes", "none", "--matching", "none"]) == 0
+    capsys.readouterr()
+    assert quality.main(["output", "--lake", str(lake), "--run-id", "n1"]) == quality.EXIT_FAILED
+    assert "output gate of run n1: FAILED" in capsys.readouterr().out
+    verdict = pub.read_verdict(lake, "n1")   # what the gate wrote
+    whys = {name: {f["why"] for c in t.get("checks", []) for f in c["failed"]} for name, t in verdict["tables"].items()}
+    assert "no NaN or infinite value in any embedding" in whys["product_embeddings"]
+    assert {"confidence is present and finite (not NaN or infinite)",
+            "every top_k score is a probability: present, finite, in [0, 1]"} <= whys["product_categories"]
+    assert pub.main(["publish", "--lake", str(lake), "--run-id", "n1"]) == 3
+    assert "blocked: run n1 failed its output gate" in capsys.readouterr().err
+    assert pub.read_pointer(lake) is None

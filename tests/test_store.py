@@ -135,3 +135,47 @@ def test_the_shipped_stores_pass_the_container_check():
     for vdir in [store.DEFAULT_STORE / v for v in store.list_versions(store.DEFAULT_STORE)] + \
             [store.DEFAULT_STORE / "heads" / v for v in store.list_versions(store.DEFAULT_STORE / "heads")]:
         store.check_safetensors(vdir / "model.safetensors")
+
+
+def _valid_weights_of(model) -> bytes:
+    from safetensors.torch import save as save_bytes
+
+    return save_bytes(store.trained_state_dict(model), metadata={"format": "pt"})
+
+
+def test_weights_and_manifest_rewritten_together_fail_the_name_digest(saved, tmp_path):
+    """A folder keeps its genuine name while its weights (valid safetensors, other values) and manifest are
+    rewritten to agree: every checksum matches, only the digest in the name can tell."""
+    root, version, model = saved
+    cfg = json.loads((root / version / "open_clip_config.json").read_text())["model_cfg"]
+    _forge(root / version, "model.safetensors", _valid_weights_of(build_clip(cfg, seed=7)))
+    digest = version.rsplit("-", 1)[1]
+    with pytest.raises(store.ModelIntegrityError, match=rf"the digest in its name \({digest}\) does not match"):
+        store.verify_version(root / version)
+    with pytest.raises(store.ModelIntegrityError, match="digest in its name"):
+        load_encoder(parse_model_ref(f"store:{version}", model_store_root=root), "cpu")
+
+
+def test_a_version_under_another_name_is_refused(saved, tmp_path):
+    import shutil
+
+    root, version, _ = saved
+    renamed = tmp_path / "elsewhere" / "tiny-model"
+    shutil.copytree(root / version, renamed)
+    with pytest.raises(store.ModelIntegrityError, match="not a store version name"):
+        store.verify_version(renamed)
+    # A name of the right shape with another digest, and a manifest naming another version.
+    other = renamed.with_name(version[:-10] + "0123456789")
+    renamed.rename(other)
+    with pytest.raises(store.ModelIntegrityError, match="its manifest names version"):
+        store.verify_version(other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps(dict(manifest, version=other.name)))
+    with pytest.raises(store.ModelIntegrityError, match=r"digest in its name \(0123456789\) does not match"):
+        store.verify_version(other)
+
+
+def test_the_shipped_versions_pass_the_name_digest():
+    for root in (store.DEFAULT_STORE, store.DEFAULT_STORE / "heads", store.DEFAULT_STORE / "attributes"):
+        for v in store.list_versions(root):
+            assert store.verify_version(root / v)["version"] == v

@@ -6,7 +6,8 @@ Layout (the same conventions as the encoder store, :mod:`models.store`)::
     <root>/<version>/scorer.json        the scorer (:class:`models.matching.scorer.PairScorer`, JSON)
     <root>/<version>/manifest.json      sha256 of scorer.json, training data, metrics, code version
 
-Loading verifies the checksum and refuses anything but the listed JSON (never a pickle).
+Loading verifies the checksum and the digest in the version name, and refuses anything but the listed JSON (never
+a pickle).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 from models.digest import sha256_file
 from models.matching.features import FEATURES
 from models.matching.scorer import PairScorer
-from models.store import ModelIntegrityError, code_version, current_version, version_dir
+from models.store import ModelIntegrityError, check_version_name, code_version, current_version, version_dir
 
 __all__ = ["DEFAULT_SCORER_STORE", "SCORER_FILE", "load_scorer", "promote_scorer", "resolve_scorer", "save_scorer"]
 
@@ -108,5 +109,6 @@ def load_scorer(ref: str | os.PathLike | None = None) -> PairScorer:
     path = vdir / SCORER_FILE
     if not path.is_file() or sha256_file(path) != files[SCORER_FILE]:
         raise ModelIntegrityError(f"{path}: missing, or its sha256 does not match the manifest")
+    check_version_name(vdir, manifest, hashlib.sha256(path.read_bytes()).hexdigest())   # the name's digest too
     return PairScorer.from_json(path.read_text(), version=manifest.get("version", vdir.name),
                                 expected_features=FEATURES)
