@@ -429,6 +429,9 @@ def build_report(lake: str | Path, run_id: str | None = None, image_root: str | 
     for sid, heading in SECTIONS.items():
         try:
             body = _BUILDERS[sid](db, info, ctx)
+        except DamagedLakeError as e:  # the line says it all: no traceback
+            log.warning("report section %s: %s", sid, e)
+            body = _empty(f"This section could not be built: {e}")
         except Exception as e:  # one broken section must not cost the operator the whole page
             log.exception("report section %s failed", sid)
             body = _empty(f"This section could not be built: {type(e).__name__}: {e}")
