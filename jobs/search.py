@@ -74,7 +74,8 @@ def quarantine_note(lake: str | Path, product_id: str) -> str:
     if not len(rows):
         return "no product with that id was enriched or quarantined: check the id"
     last = rows.sort_values("quarantined_at").iloc[-1]
-    return (f"it was quarantined by run {last['run_id']}: {last['reason_code']} ({last['detail']})"
+    detail = " ".join(str(last["detail"]).split())[:200]   # one line, whatever the row held
+    return (f"it was quarantined by run {last['run_id']}: {last['reason_code']} ({detail})"
             + (f", {len(rows)} quarantined rows in all" if len(rows) > 1 else ""))
 
 
