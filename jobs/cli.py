@@ -15,6 +15,9 @@
                                              bring the similarity index up to the embeddings table
     catalog-enrich report [--lake DIR] [--run-id ID]
                                              (re)write a run's HTML report, lake/_reports/<run_id>.html
+
+query, similar, search, index and report exit with 2 for a request they refuse or cannot answer, and with 4
+for a damaged lake (one line naming the table, or the index, and the repair).
 """
 
 from __future__ import annotations

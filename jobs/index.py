@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from jobs.damage import DamagedLakeError, reading
+
 __all__ = ["IndexError_", "IndexStats", "ProductIndex", "choose_model_version", "index_dir", "load_index",
            "model_versions", "refresh_index", "update_index"]
 
@@ -105,7 +107,8 @@ def _table(lake: str | Path, version: int | None = None):
     if not DeltaTable.is_deltatable(str(path)):
         raise IndexError_(f"no {EMBEDDINGS} table in {lake}: run the enrich job first (catalog-enrich enrich "
                           f"--lake {lake}) or pass --lake")
-    return DeltaTable(str(path), version=version)
+    with reading(path, EMBEDDINGS, version):
+        return DeltaTable(str(path), version=version)
 
 
 def model_versions(lake: str | Path) -> dict[str, int]:
@@ -113,7 +116,9 @@ def model_versions(lake: str | Path) -> dict[str, int]:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    col = _table(lake).to_pyarrow_dataset().to_table(columns=["model_version"]).column("model_version")
+    dt = _table(lake)
+    with reading(Path(lake) / EMBEDDINGS, EMBEDDINGS):
+        col = dt.to_pyarrow_dataset().to_table(columns=["model_version"]).column("model_version")
     return {r["values"]: r["counts"] for r in pc.value_counts(col.cast(pa.string())).to_pylist()}
 
 
@@ -140,14 +145,22 @@ def load_index(lake: str | Path, model_version: str) -> ProductIndex | None:
         gen = root / (root / "CURRENT").read_text().strip()
     except FileNotFoundError:
         return None
-    meta = json.loads((gen / "meta.json").read_text())
-    if meta.get("model_version") != model_version:  # two versions that map to one folder name
-        return None
-    index = faiss.read_index(str(gen / "index.faiss"))
-    ids = pd.read_parquet(gen / "ids.parquet")
+    damaged = f"the similarity index of {model_version} ({gen})"
+    rebuild = f"rebuild it with catalog-enrich index --lake {lake} --full"
+    try:
+        meta = json.loads((gen / "meta.json").read_text())
+        if meta.get("model_version") != model_version:  # two versions that map to one folder name
+            return None
+        index = faiss.read_index(str(gen / "index.faiss"))
+        ids = pd.read_parquet(gen / "ids.parquet")
+        meta["table_version"], meta["next_id"] = int(meta["table_version"]), int(meta["next_id"])
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:
+        # A deleted or truncated file: faiss raises RuntimeError, pyarrow ArrowInvalid (a ValueError), json a
+        # ValueError; a meta.json that is JSON but not ours a KeyError, TypeError or AttributeError.
+        problem = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise DamagedLakeError(damaged, f"it cannot be read ({type(e).__name__}: {problem})", rebuild) from e
     if index.ntotal != len(ids):
-        raise IndexError_(f"index {gen} is inconsistent ({index.ntotal} vectors, {len(ids)} ids): rebuild it "
-                          f"with catalog-enrich index --lake {lake} --full")
+        raise DamagedLakeError(damaged, f"it is inconsistent ({index.ntotal} vectors, {len(ids)} ids)", rebuild)
     return ProductIndex(index, ids, meta)
 
 
@@ -232,8 +245,9 @@ def update_index(lake: str | Path, model_version: str | None = None, full: bool 
     if current is not None and current.table_version == version:
         return IndexStats(mv, version, current.index.ntotal, "up-to-date", path=str(index_dir(lake, mv)))
 
-    rows = dt.to_pyarrow_dataset().to_table(columns=["product_id", "content_hash"],
-                                            filter=ds.field("model_version") == mv).to_pandas()
+    with reading(Path(lake) / EMBEDDINGS, EMBEDDINGS):
+        rows = dt.to_pyarrow_dataset().to_table(columns=["product_id", "content_hash"],
+                                                filter=ds.field("model_version") == mv).to_pandas()
     if current is None:
         old = pd.DataFrame({"faiss_id": pd.Series(dtype="int64"), "product_id": pd.Series(dtype="object"),
                             "content_hash": pd.Series(dtype="object")})
@@ -246,7 +260,8 @@ def update_index(lake: str | Path, model_version: str | None = None, full: bool 
     new = merged[merged["_merge"] == "left_only"]
     todo = pd.concat([changed, new])["product_id"].tolist()
 
-    got = _read_embeddings(dt, since, mv, todo) if todo else None
+    with reading(Path(lake) / EMBEDDINGS, EMBEDDINGS):
+        got = _read_embeddings(dt, since, mv, todo) if todo else None
     vecs = _vectors(got, index.d if index is not None else None) if got is not None else None
     if index is None:
         if vecs is None or len(vecs) == 0:

@@ -23,13 +23,21 @@ DETAIL_COLUMNS = ("product_id", "title", "category", "image_uri")
 
 
 def latest_catalog(lake: str | Path) -> str | None:
-    """The catalog path of the most recent succeeded run in ``enrichment_runs`` (None without one)."""
+    """The catalog path of the most recent succeeded run in ``enrichment_runs`` (None without one, or with a
+    warning when that table is damaged)."""
     from deltalake import DeltaTable
+
+    from jobs.damage import DamagedLakeError, reading
 
     path = Path(lake) / "enrichment_runs"
     if not DeltaTable.is_deltatable(str(path)):
         return None
-    runs = DeltaTable(str(path)).to_pandas(columns=["status", "catalog", "finished_at"])
+    try:
+        with reading(path, "enrichment_runs"):
+            runs = DeltaTable(str(path)).to_pandas(columns=["status", "catalog", "finished_at"])
+    except DamagedLakeError as e:  # titles are a courtesy: results are shown with ids only
+        log.warning("%s (product titles are left out)", e)
+        return None
     runs = runs[runs["status"] == "succeeded"].sort_values("finished_at")
     return str(runs["catalog"].iloc[-1]) if len(runs) else None
 

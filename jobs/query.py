@@ -3,17 +3,36 @@
     catalog-enrich query "SELECT category, count(*) AS n FROM product_categories GROUP BY 1 ORDER BY n DESC"
 
 The tables are read through the ``deltalake`` package (the files of the current Delta version only, as Arrow
-datasets, so DuckDB pushes filters and projections down); nothing can be written through this connection.
+datasets, so DuckDB pushes filters and projections down). Once they are registered the connection is locked:
+DuckDB's file system access is off (no ``COPY ... TO``, ``read_csv``, ``ATTACH``, ``INSTALL``), the settings
+cannot be changed, and :func:`query` runs one ``SELECT`` (or ``EXPLAIN``) statement only. A damaged table is
+left out with a warning, so queries on the other tables still run; a query that names it fails with one line
+saying how to repair it (:mod:`jobs.damage`).
 Inside Spark jobs, :func:`register_spark_views` gives the same names as temporary views.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import re
 import sys
 from pathlib import Path
 
-__all__ = ["connect", "main", "query", "register_spark_views"]
+from jobs.damage import DamagedLakeError, diagnose
+
+__all__ = ["QueryRefused", "connect", "damage_of", "main", "query", "register_spark_views"]
+
+log = logging.getLogger("catalog_enrich.query")
+
+# DuckDB names the registered table whose Arrow stream failed, and the table a query names but the
+# connection lacks (a damaged table is not registered).
+_STREAM_FAILED = re.compile(r"stream registered as '(\w+)' failed")
+_NO_TABLE = re.compile(r"Table with name (\w+) does not exist")
+
+
+class QueryRefused(ValueError):
+    """A query that is not one read-only statement over the lake's tables."""
 
 
 def _tables(lake: Path) -> dict[str, Path]:
@@ -23,10 +42,9 @@ def _tables(lake: Path) -> dict[str, Path]:
     return {p.name: p for p in sorted(lake.iterdir()) if (p / "_delta_log").is_dir() and p.name.isidentifier()}
 
 
-def connect(lake: str | Path, latest: bool = False):
-    """A DuckDB connection with one view per Delta table of ``lake``: the published version of each table
-    when the lake is published through the quality gates (:mod:`jobs.publish`), else (or with ``latest``) the
-    newest version."""
+def _open(lake: str | Path, latest: bool):
+    """A locked DuckDB connection with the readable tables registered, the damaged ones by name, and the
+    path and version of each table."""
     import duckdb
     from deltalake import DeltaTable
 
@@ -34,16 +52,83 @@ def connect(lake: str | Path, latest: bool = False):
 
     pointer = None if latest else read_pointer(lake)
     con = duckdb.connect(":memory:")
+    damaged: dict[str, DamagedLakeError] = {}
+    sources: dict[str, tuple[Path, int | None]] = {}
     for name, path in _tables(Path(lake)).items():
         version = (pointer or {}).get("tables", {}).get(name)
+        sources[name] = (path, version)
+        try:
+            dataset = DeltaTable(str(path), version=version).to_pyarrow_dataset()
+        except Exception:  # deltalake raises its own errors for a bad log: see what the damage is
+            damage = diagnose(path, name, version)
+            if damage is None:
+                raise
+            log.warning("%s (left out of this query's tables)", damage)
+            damaged[name] = damage
+            continue
         # Table names come from folder names that are valid identifiers, never from the query text.
-        con.register(name, DeltaTable(str(path), version=version).to_pyarrow_dataset())
-    return con
+        con.register(name, dataset)
+    # Lock the connection now that the tables are in: no file system access (COPY TO, read_csv, ATTACH,
+    # INSTALL/LOAD), no Python variables as tables, and no setting can be changed back.
+    con.execute("SET python_enable_replacements = false")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return con, damaged, sources
+
+
+def connect(lake: str | Path, latest: bool = False):
+    """A read-only DuckDB connection with one view per readable Delta table of ``lake``: the published version
+    of each table when the lake is published through the quality gates (:mod:`jobs.publish`), else (or with
+    ``latest``) the newest version. A damaged table is left out with a logged warning."""
+    return _open(lake, latest)[0]
+
+
+def _single_select(sql: str) -> None:
+    import duckdb
+
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as e:
+        raise QueryRefused(str(e).strip().splitlines()[0]) from e
+    if len(statements) != 1:
+        raise QueryRefused(f"give exactly one SQL statement (got {len(statements)})")
+    kind = statements[0].type
+    if kind not in (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN):
+        raise QueryRefused(f"only SELECT queries are allowed (got a statement of type {kind.name}): the "
+                           "query command reads the lake's tables and writes nothing")
+
+
+def damage_of(error: Exception, damaged: dict[str, DamagedLakeError],
+              sources: dict[str, tuple[Path, int | None]]) -> DamagedLakeError | None:
+    """The damaged table behind a DuckDB error of a connection from :func:`_open`, or None: a table the query
+    names that was left out as damaged, or a registered table whose files failed to read."""
+    missing = _NO_TABLE.search(str(error))
+    if missing and missing.group(1) in damaged:
+        return damaged[missing.group(1)]
+    failed = _STREAM_FAILED.search(str(error))
+    if failed and failed.group(1) in sources:
+        path, version = sources[failed.group(1)]
+        return diagnose(path, failed.group(1), version)
+    return None
 
 
 def query(lake: str | Path, sql: str, latest: bool = False):
-    """The result of ``sql`` over the lake's tables as a pandas DataFrame."""
-    return connect(lake, latest).execute(sql).fetch_df()
+    """The result of ``sql``, one read-only statement over the lake's tables, as a pandas DataFrame.
+    :class:`QueryRefused` for anything else; :class:`DamagedLakeError` when the query reads a damaged table."""
+    import duckdb
+
+    _single_select(sql)
+    con, damaged, sources = _open(lake, latest)
+    try:
+        return con.execute(sql).fetch_df()
+    except duckdb.PermissionException as e:
+        raise QueryRefused("the query reads or writes files outside the lake's tables, which is not allowed "
+                           f"({str(e).strip().splitlines()[0]})") from e
+    except duckdb.Error as e:
+        damage = damage_of(e, damaged, sources)
+        if damage is not None:
+            raise damage from e
+        raise
 
 
 def register_spark_views(spark, lake) -> list[str]:
@@ -72,9 +157,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         df = query(args.lake, args.sql, args.latest)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, QueryRefused) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except DamagedLakeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 4
     except duckdb.Error as e:
         tables = ", ".join(_tables(Path(args.lake)))
         print(f"error: {str(e).splitlines()[0]}\n(tables in {args.lake}: {tables})", file=sys.stderr)

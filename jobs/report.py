@@ -27,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from jobs.damage import DamagedLakeError, reading
+
 __all__ = ["SECTIONS", "build_report", "main", "write_run_report"]
 
 log = logging.getLogger("catalog_enrich.report")
@@ -124,15 +126,26 @@ class _Lake:
     def __init__(self, lake: Path):
         from deltalake import DeltaTable
 
-        from jobs.query import _tables, connect
+        from jobs.query import _open, _tables
 
         self.root = lake
-        self.con = connect(lake, latest=True)
+        # A damaged table is left out; the sections that read it say so, with the repair (jobs.damage).
+        self.con, self.damaged, self.sources = _open(lake, latest=True)
         self.paths = _tables(lake)
-        self.versions = {n: DeltaTable(str(p)).version() for n, p in self.paths.items()}
+        self.versions = {n: DeltaTable(str(p)).version() for n, p in self.paths.items() if n not in self.damaged}
 
     def rows(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
-        cur = self.con.execute(sql, params or [])
+        import duckdb
+
+        from jobs.query import damage_of
+
+        try:
+            cur = self.con.execute(sql, params or [])
+        except duckdb.Error as e:
+            damage = damage_of(e, self.damaged, self.sources)
+            if damage is not None:
+                raise damage from e
+            raise
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
@@ -158,7 +171,8 @@ def _run_info(lake: Path, run_id: str) -> dict[str, Any]:
     from jobs.runlog import run_rows
 
     path = lake / "_reports" / f"{run_id}.json"
-    row = (run_rows(lake, "enrichment_runs", [run_id]) or [{}])[0]
+    with reading(lake / "enrichment_runs", "enrichment_runs"):
+        row = (run_rows(lake, "enrichment_runs", [run_id]) or [{}])[0]
     info = json.loads(path.read_text()) if path.exists() else {}
     if not info and not row:
         raise ValueError(f"no run {run_id!r} in {lake}: neither {path.name} nor an enrichment_runs row")
@@ -415,6 +429,9 @@ def build_report(lake: str | Path, run_id: str | None = None, image_root: str | 
     for sid, heading in SECTIONS.items():
         try:
             body = _BUILDERS[sid](db, info, ctx)
+        except DamagedLakeError as e:  # the line says it all: no traceback
+            log.warning("report section %s: %s", sid, e)
+            body = _empty(f"This section could not be built: {e}")
         except Exception as e:  # one broken section must not cost the operator the whole page
             log.exception("report section %s failed", sid)
             body = _empty(f"This section could not be built: {type(e).__name__}: {e}")
@@ -463,6 +480,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except DamagedLakeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 4
     print(path)
     return 0
 

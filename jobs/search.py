@@ -18,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from jobs.damage import DamagedLakeError
 from jobs.index import IndexError_, ProductIndex, choose_model_version, load_index, update_index
 
-__all__ = ["SearchError", "embed_query", "main", "model_ref_for", "open_index", "read_query_image", "similar",
+__all__ = ["SearchError", "embed_query", "main", "model_ref_for", "open_index", "quarantine_note",
+           "read_query_image", "similar",
            "text_search"]
 
 DEFAULT_LOADER = "models.encoders:load_encoder"
@@ -57,13 +59,37 @@ def open_index(lake: str | Path, model_version: str | None = None, out=None) -> 
     return load_index(lake, mv)
 
 
-def similar(idx: ProductIndex, product_id: str, k: int) -> list[tuple[str, float]]:
-    """The ``k`` products nearest to ``product_id``, itself left out."""
+def quarantine_note(lake: str | Path, product_id: str) -> str:
+    """Why ``product_id`` has no embedding, as the quarantine table says (a filter on the id, no SQL)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from deltalake import DeltaTable
+
+    path = Path(lake) / "quarantine"
+    try:
+        if not DeltaTable.is_deltatable(str(path)):
+            return "no product with that id was enriched, and the lake has no quarantine table"
+        rows = DeltaTable(str(path)).to_pyarrow_dataset().to_table(
+            columns=["product_id", "run_id", "reason_code", "detail", "quarantined_at"])
+        rows = rows.filter(pc.equal(rows.column("product_id").cast(pa.string()), product_id)).to_pandas()
+    except Exception as e:  # the note is a courtesy: a quarantine table that cannot be read must not hide the answer
+        return f"the quarantine table could not be read to say why ({type(e).__name__})"
+    if not len(rows):
+        return "no product with that id was enriched or quarantined: check the id"
+    last = rows.sort_values("quarantined_at").iloc[-1]
+    detail = " ".join(str(last["detail"]).split())[:200]   # one line, whatever the row held
+    return (f"it was quarantined by run {last['run_id']}: {last['reason_code']} ({detail})"
+            + (f", {len(rows)} quarantined rows in all" if len(rows) > 1 else ""))
+
+
+def similar(idx: ProductIndex, product_id: str, k: int, lake: str | Path | None = None) -> list[tuple[str, float]]:
+    """The ``k`` products nearest to ``product_id``, itself left out; with ``lake``, a product that is not
+    in the index is looked up in the quarantine table for the error message."""
     vec = idx.vector(product_id)
     if vec is None:
+        why = quarantine_note(lake, product_id) if lake is not None else "it is unknown, or was quarantined"
         raise SearchError(f"product {product_id!r} is not in the index of {idx.meta['model_version']} "
-                          f"({idx.index.ntotal} products): it is unknown, or was quarantined (catalog-enrich query "
-                          f"\"SELECT reason_code, detail FROM quarantine WHERE product_id = '{product_id}'\")")
+                          f"({idx.index.ntotal} products): {why}")
     hits = idx.search(vec, k + 1)[0]
     return [h for h in hits if h[0] != product_id][:k]
 
@@ -199,7 +225,7 @@ def main(argv: list[str] | None = None, command: str = "similar") -> int:
         idx = open_index(args.lake, args.model_version)
         t = time.perf_counter()
         if command == "similar":
-            hits = similar(idx, args.product_id, args.k)
+            hits = similar(idx, args.product_id, args.k, args.lake)
         else:
             q = embed_query(idx.meta["model_version"], args.text, image, args.model, args.encoder_loader,
                             image_label=f"--image {args.image}")
@@ -209,6 +235,9 @@ def main(argv: list[str] | None = None, command: str = "similar") -> int:
     except (IndexError_, SearchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except DamagedLakeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 4
     if command == "similar" and args.format == "table":
         from jobs.lookup import latest_catalog, product_details
 
