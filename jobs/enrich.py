@@ -5,6 +5,12 @@
 With no arguments it enriches the sample catalog shipped in ``jobs/sample_catalog`` into ``./lake``.
 Every input row is accounted for: enriched, unchanged since the last run (same content hash and model
 version), or quarantined with a reason. Re-running a run id changes nothing.
+
+A product is unchanged only when its ``product_embeddings`` row (same content hash and model version) was
+written by a run that ``enrichment_runs`` records as ``succeeded``: such a run committed every per-product
+table before it recorded its success, so the product has its rows in all of them (also where it has no
+attribute row at all). A run that stopped without recording an end (killed, machine lost) is marked
+``abandoned`` by the next run, which redoes the products it wrote.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ if __package__ in (None, ""):  # run as a script (spark-submit jobs/enrich.py): 
 from jobs.faults import checkpoint, publish_driver_pid  # noqa: E402
 from jobs.heads import HeadsConfig  # noqa: E402
 from jobs.make_sample_catalog import DEFAULT_SAMPLE_DIR  # noqa: E402
+from jobs.runlog import InvalidRunId, check_run_id  # noqa: E402
 
 __all__ = ["EnrichConfig", "RunSummary", "main", "parse_args", "run"]
 
@@ -253,6 +260,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
     from udfs.embed import EmbedConfig
     from udfs.images import ImagePolicy, make_inspect_udf
 
+    check_run_id(cfg.run_id)   # it names report files: nothing is written under an unsafe one
     started, t_start = dt.datetime.now(dt.timezone.utc), time.perf_counter()
     version, description = describe_model(cfg)
     extractor = resolve_extractor(cfg.attributes)   # a bad reference fails here, before any work
@@ -263,6 +271,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
         log.info("run %s already succeeded; nothing to do", cfg.run_id)
         _write_report(lake.root, done)
         return done
+    abandoned = _abandon_interrupted(lake, cfg)
     summary = RunSummary(cfg.run_id, "running", version, description, str(lake.root))
     stage = _Stages(spark)
     lake.upsert_rows(ENRICHMENT_RUNS, [_run_row(summary, cfg, started, None)], cfg.run_id, step=1)
@@ -292,9 +301,10 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
     checkpoint("validated")
 
     with stage("select changed"):
-        # Rows this run id wrote count as not done: a repeat of a crashed run redoes its products (their
-        # commits that reached the log are skipped) instead of calling them unchanged and skipping later tables.
-        todo = changed_products(valid, lake.read(PRODUCT_EMBEDDINGS), version, this_run=cfg.run_id
+        # Only rows of succeeded runs count as done (see the module doc): a repeat of a crashed run, or the
+        # next run after an abandoned one, redoes their products instead of calling them unchanged and
+        # leaving the tables committed after product_embeddings without them.
+        todo = changed_products(valid, _completed_embeddings(lake), version, this_run=cfg.run_id
                                 ).persist(StorageLevel.MEMORY_AND_DISK)   # the embed stage reads it again
         n_todo = todo.count()
         log.info("%d products new or changed, %d unchanged", n_todo, n_read - n_rejected - n_todo)
@@ -417,7 +427,8 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
                                                           QUARANTINE, ENRICHMENT_RUNS)}
     summary.message = (f"{empty + '; ' if empty else ''}embeddings v{emb.version if emb.version is not None else '-'}, "
                        f"quarantine v{qua.version if qua.version is not None else '-'}; {heads_note}; "
-                       f"matching: {Path(scorer).name if scorer else 'none'}; {index_note}")
+                       f"matching: {Path(scorer).name if scorer else 'none'}; {index_note}"
+                       + (f"; completed abandoned run {', '.join(abandoned)}" if abandoned else ""))
     finished = dt.datetime.now(dt.timezone.utc)
     lake.upsert_rows(ENRICHMENT_RUNS, [_run_row(summary, cfg, started, finished)], cfg.run_id, step=2)
     checkpoint("run_recorded")
@@ -435,6 +446,53 @@ def _empty_note(n_read: int, n_rejected: int) -> str | None:
     if n_read == n_rejected:
         return f"catalog has no valid rows: all {n_read} were quarantined, nothing was enriched"
     return None
+
+
+def _completed_embeddings(lake):
+    """The ``product_embeddings`` rows written by runs that ``enrichment_runs`` records as succeeded."""
+    from pyspark.sql import functions as F
+
+    from schemas.tables import ENRICHMENT_RUNS, PRODUCT_EMBEDDINGS
+
+    succeeded = lake.read(ENRICHMENT_RUNS).where(F.col("status") == "succeeded").select("run_id")
+    return lake.read(PRODUCT_EMBEDDINGS).join(F.broadcast(succeeded), "run_id", "left_semi")
+
+
+def _abandon_interrupted(lake, cfg: EnrichConfig) -> list[str]:
+    """Mark every other run that ``enrichment_runs`` still records as running ``abandoned`` (with the time and
+    a message), and return their ids. Only while the lake's lock is free or held by this process: then none
+    of them is live (``main`` holds the lock; a caller of :func:`run` without it takes it here for a moment)."""
+    from jobs.lock import LakeBusyError, LakeLock
+    from jobs.runlog import runs_with_status
+    from schemas.tables import ENRICHMENT_RUNS
+
+    lock = LakeLock(lake.root, cfg.run_id)
+    holder = lock.holder()
+    ours = holder.get("run_id") == cfg.run_id and holder.get("pid") == os.getpid()
+    if not ours:
+        try:
+            lock.acquire()
+        except LakeBusyError as e:
+            log.warning("not looking for abandoned runs: %s", e)
+            return []
+    try:
+        stale = [r for r in runs_with_status(lake.root, ENRICHMENT_RUNS.name, ["running"])
+                 if r["run_id"] != cfg.run_id]
+        if not stale:
+            return []
+        now = dt.datetime.now(dt.timezone.utc)
+        rows = [dict(r, status="abandoned", finished_at=now,
+                     counts=list((r["counts"] or {}).items()), timings=list((r["timings"] or {}).items()),
+                     message=f"abandoned: still running when run {cfg.run_id} started with the lake lock free "
+                             f"(the process was killed or its machine lost); run {cfg.run_id} redoes its products")
+                for r in stale]
+        lake.upsert_rows(ENRICHMENT_RUNS, rows, f"{cfg.run_id}/abandon/{uuid.uuid4().hex[:8]}", step=1)
+        ids = sorted(r["run_id"] for r in stale)
+        log.warning("marked interrupted run(s) %s abandoned; this run completes their work", ", ".join(ids))
+        return ids
+    finally:
+        if not ours:
+            lock.release()
 
 
 def _finished_run(lake, cfg: EnrichConfig, description: str) -> RunSummary | None:
@@ -500,6 +558,11 @@ def main(argv: list[str] | None = None) -> int:
     from jobs.lock import LakeBusyError, LakeLock
 
     cfg = parse_args(argv)
+    try:
+        check_run_id(cfg.run_id)   # before the lock file or anything else is written
+    except InvalidRunId as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     # One run per lake at a time, taken before Spark starts: a refused run costs nothing and writes nothing.
     lock = LakeLock(cfg.lake, cfg.run_id)
     try:

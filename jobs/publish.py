@@ -54,9 +54,10 @@ class GateBlocked(PublishError):
 
 
 def report_dir(lake: str | Path, run_id: str) -> Path:
-    if not run_id or "/" in run_id or run_id.startswith("."):
-        raise ValueError(f"invalid run id {run_id!r}")
-    return Path(lake) / "_reports" / run_id
+    """``<lake>/_reports/<run_id>``; :class:`jobs.runlog.InvalidRunId` (a ``ValueError``) for an unsafe run id."""
+    from jobs.runlog import check_run_id
+
+    return Path(lake) / "_reports" / check_run_id(run_id)
 
 
 def _now() -> str:
@@ -244,6 +245,14 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.action != "status" and not a.run_id:
         p.error(f"{a.action} needs --run-id")
+    if a.run_id is not None:
+        from jobs.runlog import InvalidRunId, check_run_id
+
+        try:
+            check_run_id(a.run_id)
+        except InvalidRunId as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     try:
         if a.action == "status":
             out = read_pointer(a.lake) or {"published": None, "note": "nothing published yet"}

@@ -447,7 +447,9 @@ def build_report(lake: str | Path, run_id: str | None = None, image_root: str | 
 
 
 def write_report(lake: str | Path, run_id: str | None = None, image_root: str | None = None) -> Path:
-    run_id, page = build_report(lake, run_id, image_root)
+    from jobs.runlog import check_run_id
+
+    run_id, page = build_report(lake, None if run_id is None else check_run_id(run_id), image_root)
     path = Path(lake) / "_reports" / f"{run_id}.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".html.tmp")

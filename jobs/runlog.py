@@ -7,10 +7,20 @@ a few milliseconds without a JVM.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RETRY_SEPARATOR", "latest_attempt", "retrain_outcome", "run_counts", "run_rows"]
+__all__ = ["RETRY_SEPARATOR", "RUN_ID_PATTERN", "InvalidRunId", "check_run_id", "latest_attempt",
+           "retrain_outcome", "run_counts", "run_rows", "runs_with_status"]
+
+# A run id names files (``<lake>/_reports/<run_id>.json``, ``<lake>/_reports/<run_id>/``) and transaction ids:
+# letters, digits, ``.``, ``_`` and ``-``, starting with a letter or digit, at most 128 characters, no ``..``.
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+class InvalidRunId(ValueError):
+    """A run id outside :data:`RUN_ID_PATTERN` (it would name a path outside the lake, or no file at all)."""
 
 # Retrain attempts after the first get their own run id, ``<base>.try<N>``: a model_runs row is appended
 # once per run id, so a retried attempt must not share the id of the attempt that failed.
@@ -24,6 +34,19 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def check_run_id(run_id: object) -> str:
+    """``run_id`` when it is a safe run id, else :class:`InvalidRunId` with a one-line reason.
+
+    The one check every entry point applies (the enrich job, the gates and publish via
+    :func:`jobs.publish.report_dir`, the report command) before it writes anything."""
+    if not isinstance(run_id, str):
+        raise InvalidRunId(f"invalid run id {run_id!r}: expected a string")
+    if RUN_ID_PATTERN.fullmatch(run_id) is None or ".." in run_id:
+        raise InvalidRunId(f"invalid run id {run_id[:200]!r}: use 1-128 letters, digits, '.', '_' or '-', "
+                           "starting with a letter or digit, without '..'")
+    return run_id
+
+
 def run_rows(lake: str | Path, table: str, run_ids: list[str]) -> list[dict[str, Any]]:
     """The rows of ``<lake>/<table>`` whose run_id is one of ``run_ids`` (empty if the table does not exist)."""
     from deltalake import DeltaTable
@@ -32,6 +55,17 @@ def run_rows(lake: str | Path, table: str, run_ids: list[str]) -> list[dict[str,
     if not run_ids or not DeltaTable.is_deltatable(str(path)):
         return []
     rows = DeltaTable(str(path)).to_pyarrow_table(filters=[("run_id", "in", list(run_ids))]).to_pylist()
+    return [{k: _plain(v) for k, v in row.items()} for row in rows]
+
+
+def runs_with_status(lake: str | Path, table: str, statuses: list[str]) -> list[dict[str, Any]]:
+    """The rows of ``<lake>/<table>`` whose status is one of ``statuses`` (empty if the table does not exist)."""
+    from deltalake import DeltaTable
+
+    path = Path(lake) / table
+    if not statuses or not DeltaTable.is_deltatable(str(path)):
+        return []
+    rows = DeltaTable(str(path)).to_pyarrow_table(filters=[("status", "in", list(statuses))]).to_pylist()
     return [{k: _plain(v) for k, v in row.items()} for row in rows]
 
 

@@ -169,17 +169,20 @@ ENRICHMENT_RUNS = TableSpec(
     "enrichment_runs",
     (
         Column("run_id", StringType(), "run id (key)", nullable=False),
-        Column("status", StringType(), "running | succeeded | failed"),
+        Column("status", StringType(), "running | succeeded | failed | abandoned (stopped without recording an "
+                                       "end, e.g. killed: the next run marked it so and redid its products)"),
         Column("model_version", StringType(), "model used by the run"),
         Column("catalog", StringType(), "catalog path read"),
         Column("started_at", TimestampType(), "start time"),
-        Column("finished_at", TimestampType(), "end time; null while running"),
+        Column("finished_at", TimestampType(), "end time; null while running; for an abandoned run, when the "
+                                               "next run found it interrupted"),
         Column("counts", _COUNTS, "read, valid, enriched, unchanged, quarantined"),
         Column("timings", _TIMINGS, "seconds per stage"),
         Column("message", StringType(), "summary or error message"),
     ),
     keys=("run_id",),
-    doc="One row per enrich run: status, counts and timings.",
+    doc="One row per enrich run: status, counts and timings. A product counts as unchanged only when its "
+        "product_embeddings row was written by a succeeded run.",
 )
 
 _METRICS = MapType(StringType(), DoubleType(), valueContainsNull=False)

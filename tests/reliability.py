@@ -35,10 +35,10 @@ KILL_POINTS = (
     "start", "written:enrichment_runs", "committed:enrichment_runs", "run_started", "inspect_batch", "validated",
     "selected", "embed_batch", "embedded", "heads_scored", "written:product_embeddings",
     "committed:product_embeddings", "written:quarantine", "committed:quarantine", "written:product_categories",
-    "committed:product_categories", "written:product_attributes", "written:product_adult_flags",
-    "committed:product_adult_flags", "tables_committed", "written:product_matches", "written:product_clusters",
-    "committed:product_clusters", "matched", "written:enrichment_runs/2", "committed:enrichment_runs/2",
-    "run_recorded",
+    "committed:product_categories", "written:product_attributes", "committed:product_attributes",
+    "written:product_adult_flags", "committed:product_adult_flags", "tables_committed", "written:product_matches",
+    "committed:product_matches", "written:product_clusters", "committed:product_clusters", "matched",
+    "written:enrichment_runs/2", "committed:enrichment_runs/2", "run_recorded",
 )
 
 
@@ -98,9 +98,11 @@ def with_matching() -> bool:
 
 
 
-def enrich_args(catalog: Path, lake: Path, run_id: str = RUN_ID) -> list[str]:
+def enrich_args(catalog: Path, lake: Path, run_id: str | None = RUN_ID) -> list[str]:
+    """The job's arguments; ``run_id=None`` leaves ``--run-id`` out, as the nightly path does (a new id)."""
     return ["enrich", "--catalog", str(catalog), "--image-root", str(SAMPLE), "--lake", str(lake),
-            "--run-id", run_id, *FAKE, *([] if with_matching() else ["--matching", "none"])]
+            *(["--run-id", run_id] if run_id is not None else []), *FAKE,
+            *([] if with_matching() else ["--matching", "none"])]
 
 
 def start_job(args: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -155,16 +157,62 @@ def tables(lake: Path) -> list[str]:
     return sorted(p.name for p in lake.iterdir() if (p / "_delta_log").is_dir()) if lake.is_dir() else []
 
 
-def lake_state(lake: Path) -> dict[str, list]:
-    """Every table's rows as the ``deltalake`` reader sees them, without wall-clock columns, sorted."""
+def lake_state(lake: Path, drop: frozenset[str] = frozenset()) -> dict[str, list]:
+    """Every table's rows as the ``deltalake`` reader sees them, without wall-clock columns (and ``drop``),
+    sorted."""
     from deltalake import DeltaTable
 
-    state = {}
+    state, gone = {}, VOLATILE | drop
     for name in tables(lake):
         rows = DeltaTable(str(lake / name)).to_pyarrow_table().to_pylist()
-        state[name] = sorted((tuple(sorted((k, _freeze(_steady(k, v))) for k, v in r.items() if k not in VOLATILE))
+        state[name] = sorted((tuple(sorted((k, _freeze(_steady(k, v))) for k, v in r.items() if k not in gone))
                               for r in rows), key=repr)
     return state
+
+
+def run_records(lake: Path) -> dict[str, dict]:
+    """``enrichment_runs`` by run id."""
+    from deltalake import DeltaTable
+
+    rows = DeltaTable(str(lake / "enrichment_runs")).to_pyarrow_table().to_pylist()
+    return {r["run_id"]: dict(r, counts=dict(r["counts"] or [])) for r in rows}
+
+
+def output_state(lake: Path, run_id: str) -> dict[str, list]:
+    """What a run left for readers, comparable across run ids: every per-product table without its run_id
+    (and wall-clock) columns, and the quarantine rows of ``run_id`` alone (the quarantine logs every run's
+    rejections, an abandoned run's included). ``enrichment_runs`` is left out: see :func:`check_resumed_runs`."""
+    from deltalake import DeltaTable
+
+    state = lake_state(lake, drop=frozenset({"run_id"}))
+    del state["enrichment_runs"]
+    rows = DeltaTable(str(lake / "quarantine")).to_pyarrow_table(filters=[("run_id", "=", run_id)]).to_pylist()
+    state["quarantine"] = sorted((tuple(sorted((k, _freeze(v)) for k, v in r.items() if k not in VOLATILE | {"run_id"}))
+                                  for r in rows), key=repr)
+    return state
+
+
+def check_resumed_runs(lake: Path, reference: Path, interrupted: set[str], finished: str) -> None:
+    """After runs were killed (``interrupted``, those that got as far as recording themselves) and a later run
+    ``finished``: no run is left ``running``; each interrupted one is ``abandoned`` with an end time and a
+    message naming the run that found it, or ``succeeded`` when it was killed after recording its success; the
+    finished run accounts for the rows as the uninterrupted reference run did, its products enriched or, when
+    an interrupted run succeeded, unchanged."""
+    runs = run_records(lake)
+    assert not [r for r in runs.values() if r["status"] == "running"], runs
+    assert runs.keys() == interrupted | {finished}, (sorted(runs), interrupted, finished)
+    done_before = {i for i in interrupted if runs[i]["status"] == "succeeded"}
+    for rid in interrupted - done_before:
+        r = runs[rid]
+        assert r["status"] == "abandoned" and r["finished_at"] is not None, r
+        marker = re.match(r"abandoned: still running when run (\S+) started with the lake lock free", r["message"])
+        assert marker and marker[1] in runs.keys() - {rid}, r   # named by the run that found it (a later one)
+    ref = next(iter(run_records(reference).values()))["counts"]
+    got = runs[finished]["counts"]
+    assert runs[finished]["status"] == "succeeded"
+    assert {k: got[k] for k in ("read", "valid", "quarantined")} == {k: ref[k] for k in ("read", "valid",
+                                                                                        "quarantined")}
+    assert (got["enriched"], got["unchanged"]) == ((0, ref["enriched"]) if done_before else (ref["enriched"], 0))
 
 
 # What a run's index refresh did ("(full: +30, ~0, -0)") depends on whether a crashed earlier try of the run

@@ -23,9 +23,12 @@ from tests import reliability as rel
 pytestmark = pytest.mark.spark
 
 LIGHT_KILL_POINTS = ("committed:product_embeddings",)   # the point that lost rows before repeats redid products
+# The nightly path (each run a new id), in the default run: one lake killed at each of these in turn, then
+# finished by a fourth run (four job runs, about 100 s on an idle machine). The first lost every later table's
+# rows before runs checked what earlier runs completed; the second leaves some of a product's tables behind;
+# the third every table but not the run's record. The full run tries every point, each on its own lake.
+NEW_ID_CHAIN = ("committed:product_embeddings", "committed:product_categories", "tables_committed")
 TASK_FAULTS = "inspect,embed,heads,match:0.5"
-INJECTED: list[str] = []
-CHAINED: list[str] = []
 
 
 def _kill_points() -> tuple[str, ...]:
@@ -116,6 +119,66 @@ def test_killed_run_repeated_ends_like_an_uninterrupted_one(point, reference, ca
         assert state[name] == rows, f"{name} differs from the uninterrupted run after a kill at {point}"
 
 
+def _new_id_kill_points() -> tuple[str, ...]:
+    chosen = os.environ.get("CATALOG_ENRICH_KILL_POINTS")
+    if chosen:
+        return tuple(p for p in chosen.split(",") if p)
+    return rel.KILL_POINTS if rel.full_mode() else ()
+
+
+def _killed(catalog: Path, lake: Path, point: str, faults: Path) -> set[str]:
+    """Run the job without --run-id, killed at ``point``; the ids it recorded in enrichment_runs (none when
+    killed before its first record)."""
+    before = set(rel.run_records(lake)) if (lake / "enrichment_runs").is_dir() else set()
+    faults.mkdir()
+    killed = rel.run_job(rel.enrich_args(catalog, lake, run_id=None), rel.job_env({
+        "CATALOG_ENRICH_KILL_AT": point, "CATALOG_ENRICH_FAULT_LOG": str(faults)}))
+    assert killed.returncode == -9, f"kill point {point} was not reached (exit {killed.returncode})"
+    assert [p.read_text().split()[0] for p in faults.glob("kills-*")] == [point]
+    rel.check_readable(lake)
+    return (set(rel.run_records(lake)) if (lake / "enrichment_runs").is_dir() else set()) - before
+
+
+def _finish_with_a_new_id(catalog: Path, lake: Path, reference, interrupted: set[str]) -> None:
+    """The next nightly run (a new id) exits 0 and leaves every table as the uninterrupted run did."""
+    again = rel.run_job(rel.enrich_args(catalog, lake, run_id=None), rel.job_env())
+    assert again.returncode == 0, again.stderr[-4000:]
+    finished = again.stdout.split()[2]   # "catalog-enrich run <id> succeeded in ..."
+    assert finished not in interrupted
+    rel.check_readable(lake)
+    rel.check_accounted(lake, catalog, finished)
+    rel.check_resumed_runs(lake, reference["lake"], interrupted, finished)
+    want = rel.output_state(reference["lake"], rel.RUN_ID)
+    got = rel.output_state(lake, finished)
+    assert got.keys() == want.keys()
+    for name, rows in want.items():
+        assert got[name] == rows, f"{name} differs from the uninterrupted run's after {sorted(interrupted)}"
+
+
+@pytest.mark.parametrize("point", _new_id_kill_points())
+def test_killed_run_completed_by_the_next_run_with_a_new_id(point, reference, catalog, tmp_path):
+    """Killed at ``point``, then the next run with a new run id (the nightly path): every table ends as the
+    uninterrupted run's, and the killed run is marked abandoned (or succeeded, killed after recording so)."""
+    lake = tmp_path / "lake"
+    interrupted = _killed(catalog, lake, point, tmp_path / "faults")
+    _finish_with_a_new_id(catalog, lake, reference, interrupted)
+
+
+@pytest.mark.skipif(bool(_new_id_kill_points()), reason="the full run tries every point with a new id one by one")
+def test_runs_killed_in_turn_completed_by_a_run_with_a_new_id(reference, catalog, tmp_path):
+    """Nightly runs (each a new id) killed at :data:`NEW_ID_CHAIN` in turn, each on what the one before left
+    (and marking it abandoned); the next run completes the work of all three."""
+    lake = tmp_path / "lake"
+    interrupted: set[str] = set()
+    for i, point in enumerate(NEW_ID_CHAIN):
+        ids = _killed(catalog, lake, point, tmp_path / f"faults-{i}")
+        assert len(ids) == 1   # each recorded itself as running before it died
+        interrupted |= ids
+        runs = rel.run_records(lake)
+        assert [r for r in runs.values() if r["status"] == "running"] == [runs[next(iter(ids))]]
+    _finish_with_a_new_id(catalog, lake, reference, interrupted)
+
+
 def _committed_already(lake: Path, point: str) -> bool:
     """True for a table commit point (``written:T``, ``committed:T/2``) whose commit the lake's log holds already.
 
@@ -159,12 +222,11 @@ def test_one_lake_killed_at_every_point_in_turn(reference, catalog, tmp_path):
     rel.check_readable(lake)
     rel.check_accounted(lake, catalog)
     assert rel.lake_state(lake) == reference["state"]
-    CHAINED.extend(points)
+    print(f"kill points tried in a chain: {len(points)}", flush=True)
 
 
 def _injected(faults: Path) -> list[str]:
     lines = [line for p in faults.glob("faults-*") for line in p.read_text().splitlines()]
-    INJECTED.extend(lines)
     return lines
 
 
@@ -181,15 +243,24 @@ def test_task_failures_are_retried_and_change_nothing(reference, catalog, tmp_pa
     assert result.returncode == 0, result.stderr[-4000:]
     injected = _injected(faults)
     assert {line.split()[0] for line in injected} == {"inspect", "embed", "heads", "match"}
+    print(f"task faults injected: {len(injected)}", flush=True)
     rel.check_readable(lake)
     rel.check_accounted(lake, catalog)
     assert rel.lake_state(lake) == reference["state"]
 
 
-def test_report_counts():
-    """Not a check: prints what this run injected (the figures of the long run)."""
-    from collections import Counter
+def test_kill_points_cover_every_checkpoint_of_the_job():
+    """:data:`tests.reliability.KILL_POINTS` (every point the full run kills at) names each checkpoint in the
+    job's code and both commit points of every table a run commits, so a new checkpoint or table cannot go
+    untested."""
+    import re
 
-    by_udf = Counter(line.split()[0] for line in INJECTED)
-    print(f"kill points tried: {len(_kill_points())} one by one, {len(CHAINED)} in a chain; "
-          f"task faults injected: {len(INJECTED)} {dict(by_udf)}")
+    from schemas.tables import MODEL_RUNS, TABLES
+
+    named = {m for src in ("jobs", "udfs") for path in (rel.REPO / src).glob("*.py")
+             for m in re.findall(r'\bcheckpoint\("([a-z_]+)"\)', path.read_text())}
+    assert {"start", "run_started", "tables_committed", "run_recorded", "embed_batch"} <= named  # the scan works
+    commits = {f"{kind}:{t}" for t in [*(n for n in TABLES if n != MODEL_RUNS.name), "enrichment_runs/2"]
+               for kind in ("written", "committed")}
+    assert sorted((named | commits) - set(rel.KILL_POINTS)) == []
+    assert len(set(rel.KILL_POINTS)) == len(rel.KILL_POINTS)

@@ -378,8 +378,22 @@ def test_hostile_catalog_through_the_job(spark, image_tree, tmp_path_factory):
         rel.check_accounted(lake, catalog, "fuzz")
 
     check()
+    print(f"fuzz cases tried so far in this process: {TRIED}")
 
 
-def test_report_fuzz_counts():
-    """Not a check: prints how many cases the fuzz tests above tried (the long run's figures)."""
-    print(f"fuzz cases tried: {TRIED}")
+# The reason codes the default run's hostile catalog (seed 2, 80 rows) must plant: one Spark run checks each.
+PLANTED = (reasons.MISSING_ID, reasons.DUPLICATE_ID, reasons.EMPTY_TITLE, reasons.INVALID_TEXT,
+           reasons.TITLE_TOO_LONG, reasons.INVALID_PRICE, reasons.INVALID_VALUE, reasons.IMAGE_URI_NOT_ALLOWED,
+           reasons.IMAGE_UNREADABLE, reasons.IMAGE_UNDECODABLE)
+
+
+def test_default_hostile_catalog_plants_every_reason_code(image_tree):
+    """The catalog ``test_hostile_catalog_through_the_job`` runs by default holds a row for each reason code
+    (by the oracle, whose image verdicts come from the validator itself) and good rows, so a change of
+    :func:`hostile_rows` cannot quietly leave a reason out of the default run."""
+    root, _ = image_tree
+    want = expected_reasons(hostile_rows(2, 80), root)
+    predicted = set(want.values()) - {None}
+    assert predicted <= set(reasons.REASONS), predicted - set(reasons.REASONS)
+    assert set(PLANTED) <= predicted, set(PLANTED) - predicted
+    assert sum(r is None for r in want.values()) >= 20   # and enough good rows to enrich

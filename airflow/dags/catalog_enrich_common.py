@@ -80,7 +80,7 @@ def run_id_for(prefix: str, context: dict[str, Any]) -> str:
     end = context.get("data_interval_end")
     if end is not None:
         return f"{prefix}-{end.strftime('%Y%m%dT%H%M%SZ')}"
-    return f"{prefix}-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", context["dag_run"].run_id)[:100]
+    return f"{prefix}-" + re.sub(r"[^A-Za-z0-9_.-]+|\.\.+", "_", context["dag_run"].run_id)[:100]
 
 
 def _current_model(store: str) -> str:
