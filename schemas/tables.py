@@ -169,8 +169,9 @@ ENRICHMENT_RUNS = TableSpec(
     "enrichment_runs",
     (
         Column("run_id", StringType(), "run id (key)", nullable=False),
-        Column("status", StringType(), "running | succeeded | failed | abandoned (stopped without recording an "
-                                       "end, e.g. killed: the next run marked it so and redid its products)"),
+        Column("status", StringType(), "running | succeeded | failed | empty (the catalog had no valid row) | "
+                                       "abandoned (stopped without recording an end, e.g. killed: the next "
+                                       "run marked it so and redid its products)"),
         Column("model_version", StringType(), "model used by the run"),
         Column("catalog", StringType(), "catalog path read"),
         Column("started_at", TimestampType(), "start time"),
