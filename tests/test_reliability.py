@@ -134,7 +134,8 @@ def _killed(catalog: Path, lake: Path, point: str, faults: Path) -> set[str]:
     killed = rel.run_job(rel.enrich_args(catalog, lake, run_id=None), rel.job_env({
         "CATALOG_ENRICH_KILL_AT": point, "CATALOG_ENRICH_FAULT_LOG": str(faults)}))
     assert killed.returncode == -9, f"kill point {point} was not reached (exit {killed.returncode})"
-    assert [p.read_text().split()[0] for p in faults.glob("kills-*")] == [point]
+    # A point inside a Spark task (inspect_batch, embed_batch) may be reached by both tasks at once.
+    assert {p.read_text().split()[0] for p in faults.glob("kills-*")} == {point}
     rel.check_readable(lake)
     return (set(rel.run_records(lake)) if (lake / "enrichment_runs").is_dir() else set()) - before
 
