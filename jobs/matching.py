@@ -174,16 +174,21 @@ def _write_clusters(spark, lake, universe, run_id: str, now, cfg: MatchConfig, s
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    from jobs.graph import guarded_components
+    from jobs.graph import coherent_edges, guarded_components, split_components
     from schemas.tables import PRODUCT_CLUSTERS, PRODUCT_MATCHES
 
     ids = universe.select("product_id", "matched_hash")
+    cc = cfg.clusters
     edges = (lake.read(PRODUCT_MATCHES).select(F.col("product_id_a").alias("src"),
                                                F.col("product_id_b").alias("dst"), "score")
              .join(ids.select(F.col("product_id").alias("src")), "src", "left_semi")
              .join(ids.select(F.col("product_id").alias("dst")), "dst", "left_semi"))
-    comp, report = guarded_components(edges, cfg.clusters.max_size, cfg.clusters.strict_thresholds,
-                                      cfg.max_rounds, cfg.checkpoint_every)
+    # Only coherent matches link products (mutual best within a margin); read by the components, the guard
+    # and the split: persisted once.
+    edges = coherent_edges(edges, cc.min_score, cc.margin).persist(StorageLevel.MEMORY_AND_DISK)
+    comp, report = guarded_components(edges, cc.max_size, cc.strict_thresholds, cfg.max_rounds, cfg.checkpoint_every)
+    if cc.linkage is not None:
+        comp = split_components(comp, edges, cc.linkage)
     stats.update({f"cc_{k}" if k == "rounds" else k: v for k, v in report.items()})
     rows = (ids.join(comp.withColumnRenamed("node", "product_id"), "product_id", "left")
             .select("product_id", F.coalesce("component", "product_id").alias("cluster_id"), "guard", "matched_hash")
@@ -205,6 +210,7 @@ def _write_clusters(spark, lake, universe, run_id: str, now, cfg: MatchConfig, s
                  largest_cluster=int(sizes["m"] or 1))
     changed.unpersist()
     rows.unpersist()
+    edges.unpersist()
     return result
 
 
