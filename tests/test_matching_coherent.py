@@ -25,7 +25,7 @@ def test_mutual_best_within_a_margin_keeps_the_duplicates_and_drops_the_neighbou
     assert set(cluster(["A1", "A2", "W1", "W2"], a, b, s, plain).cluster_id.values()) == {"A1"}
     got = cluster(["A1", "A2", "W1", "W2"], a, b, s, ClusterConfig(margin=0.03, linkage=None))
     assert got.cluster_id == {"A1": "A1", "W1": "A1", "A2": "A2", "W2": "A2"}
-    # The shipped defaults (min score 0.5, margin 0.3, average linkage 0.3) do not chain them either.
+    # The shipped defaults (margin 0.3, average linkage 0.3) do not chain them either.
     assert cluster(["A1", "A2", "W1", "W2"], a, b, s).cluster_id == got.cluster_id
 
 
@@ -113,3 +113,64 @@ def test_tfidf_baseline_pairs_reworded_listings():
     both = [r[p] for p in ("dev", "heldout")]
     assert sum(x["true_pairs"] for x in both) == 4
     assert sum(x["predicted_pairs"] for x in both) >= 3 and max(x["largest_cluster"] for x in both) == 2
+
+
+@pytest.mark.spark
+def test_the_job_clusters_stored_matches_without_chaining(spark, lake):
+    """The match stage's clustering step over a real ``product_matches`` Delta table: with the shipped settings
+    W1/A1 and A2/W2 stay apart (plain components chain all four), the ids are the smallest members."""
+    import datetime as dt
+
+    from deltalake import DeltaTable
+
+    from jobs.matching import MatchConfig, _write_clusters
+    from schemas.tables import PRODUCT_CLUSTERS, PRODUCT_MATCHES
+
+    now = dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc)
+    a, b, s = NEIGHBOURS
+    rows = [(min(x, y), max(x, y), sc, None, None, None, None, None, None, None, "ann", "v", "sc", "m1", now)
+            for x, y, sc in zip(a, b, s, strict=True)]
+    lake.ensure(PRODUCT_MATCHES)
+    lake.ensure(PRODUCT_CLUSTERS)
+    lake.upsert(PRODUCT_MATCHES, spark.createDataFrame(rows, PRODUCT_MATCHES.schema), "m1")
+    ids = ["A1", "A2", "W1", "W2", "Z9"]
+    universe = spark.createDataFrame([(p, f"v:{p}") for p in ids], "product_id string, matched_hash string")
+
+    def clusters(cfg: MatchConfig, run_id: str) -> dict[str, tuple[str, int]]:
+        stats: dict = {}
+        _write_clusters(spark, lake, universe, run_id, now, cfg, stats)
+        t = DeltaTable(str(lake.path(PRODUCT_CLUSTERS))).to_pandas()
+        return {r.product_id: (r.cluster_id, r.cluster_size) for r in t.itertuples()}
+
+    got = clusters(MatchConfig(), "c1")
+    assert got == {"A1": ("A1", 2), "W1": ("A1", 2), "A2": ("A2", 2), "W2": ("A2", 2), "Z9": ("Z9", 1)}
+    plain = MatchConfig(clusters=ClusterConfig(min_score=0.0, margin=None, linkage=None))
+    assert {c for c, _ in clusters(plain, "c2").values()} == {"A1", "Z9"}
+
+
+def test_catalogs_are_built_without_the_shop_or_the_truth(tmp_path):
+    from models.matching.catalog_eval import load_catalog
+
+    wa = tmp_path / "catalog_dedup" / "walmart_amazon"
+    wa.mkdir(parents=True)
+    pd.DataFrame({"record_id": ["Walmart:0", "Amazon:7"], "source": ["Walmart", "Amazon"],
+                  "source_local_id": ["0", "7"], "title": ["Draper remote", "Draper IR remote"],
+                  "modelno": ["121066", ""], "price": ["58.45", ""], "shipweight": ["", ""],
+                  "brand": ["Draper", ""], "dimensions": ["", ""], "gt_entity_id": ["g1", "g1"]}
+                 ).to_parquet(wa / "records.parquet")
+    cs = load_catalog(tmp_path, "walmart_amazon")
+    assert list(cs.catalog.columns) == ["product_id", "title", "brand", "price"]
+    assert cs.catalog["product_id"].tolist() == ["Walmart:0", "Amazon:7"]
+    assert cs.catalog["brand"].tolist() == ["Draper", None]
+    assert cs.catalog["price"].iloc[0] == 58.45 and np.isnan(cs.catalog["price"].iloc[1])
+    assert cs.truth == {"Walmart:0": "g1", "Amazon:7": "g1"}
+    (tmp_path / "wdc_products").mkdir()
+    pd.DataFrame({"offer_id": [11, 12], "cluster_id": [5, 5], "brand": [None, "Seagate"],
+                  "title": ["HDD 4TB ST4000NE001", "Seagate IronWolf 4TB"], "description": [None, None],
+                  "price": ["$154.10", None], "priceCurrency": ["USD", None], "first_seen_in": ["a", "b"]}
+                 ).to_parquet(tmp_path / "wdc_products" / "offers_train_valid.parquet")
+    wdc = load_catalog(tmp_path, "wdc_products")
+    assert wdc.catalog["product_id"].tolist() == ["wdc:11", "wdc:12"] and wdc.catalog["price"].iloc[0] == 154.10
+    assert wdc.truth == {"wdc:11": "5", "wdc:12": "5"}
+    with pytest.raises(ValueError, match="unknown whole-catalog dataset"):
+        load_catalog(tmp_path, "abt_buy")
