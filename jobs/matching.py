@@ -13,8 +13,10 @@ model version) with the valid catalog rows and
    its threshold;
 4. **writes** ``product_matches``: the queries' new pairs, replacing (deleting) their old pairs in the same
    commit;
-5. **clusters** the whole match graph (large-star/small-star in :mod:`jobs.graph`, with the giant-component
-   guard) and upserts the ``product_clusters`` rows that changed. A cluster's id is its smallest product id.
+5. **clusters** the whole match graph: only coherent matches link products (mutual best within a margin),
+   their components (large-star/small-star in :mod:`jobs.graph`, with the giant-component guard) are split by
+   average linkage (:mod:`models.matching.cluster` states the rules), and the ``product_clusters`` rows that
+   changed are upserted. A cluster's id is its smallest product id.
 
 An unchanged catalog therefore queries nothing and commits nothing.
 """
