@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-__all__ = ["ComponentsResult", "GraphError", "connected_components", "guarded_components"]
+__all__ = ["ComponentsResult", "GraphError", "coherent_edges", "connected_components", "guarded_components",
+           "split_components"]
 
 log = logging.getLogger(__name__)
 
@@ -150,3 +151,37 @@ def guarded_components(edges, max_size: int, strict_thresholds: tuple[float, ...
     report["guarded_products"] = comp.where(F.col("guard").isNotNull()).count()
     report["dissolved_products"] = n_dissolved
     return comp, report
+
+
+def coherent_edges(edges, min_score: float = 0.0, margin: float | None = None):
+    """The scored edges (``src``, ``dst``, ``score``) that link products (:func:`models.matching.cluster.
+    coherent_edges`): ``score >= min_score`` and, with a ``margin``, within ``margin`` of both ends' best
+    linking score. Two aggregations and two joins: linear in the edges."""
+    from pyspark.sql import functions as F
+
+    e = edges.select("src", "dst", F.col("score").cast("double")).where(F.col("score") >= F.lit(float(min_score)))
+    if margin is None:
+        return e
+    ends = e.select(F.col("src").alias("n"), "score").unionByName(e.select(F.col("dst").alias("n"), "score"))
+    best = ends.groupBy("n").agg(F.max("score").alias("best"))
+    m = F.lit(float(margin))
+    return (e.join(best.toDF("src", "best_src"), "src").join(best.toDF("dst", "best_dst"), "dst")
+            .where((F.col("score") >= F.col("best_src") - m) & (F.col("score") >= F.col("best_dst") - m))
+            .select("src", "dst", "score"))
+
+
+def split_components(comp, edges, threshold: float):
+    """Each component of ``comp`` (``node, component, guard``) split by average linkage on its own edges
+    (``src, dst, score``) at ``threshold`` (:func:`models.matching.cluster.average_linkage`, one
+    ``applyInPandas`` group per component: the guard bounds their size). Same columns back."""
+    from pyspark.sql import functions as F
+
+    from udfs.matching import LINKAGE_SCHEMA, make_linkage_fn
+
+    c = comp.select("node", "component")
+    inner = (edges.join(c.toDF("src", "c_src"), "src").join(c.toDF("dst", "c_dst"), "dst")
+             .where(F.col("c_src") == F.col("c_dst"))
+             .select(F.col("c_src").alias("component"), "src", "dst", "score"))
+    parts = inner.groupBy("component").applyInPandas(make_linkage_fn(threshold), LINKAGE_SCHEMA)
+    return (comp.join(parts, "node", "left")
+            .select("node", F.coalesce("part", "component").alias("component"), "guard"))

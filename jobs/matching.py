@@ -13,8 +13,10 @@ model version) with the valid catalog rows and
    its threshold;
 4. **writes** ``product_matches``: the queries' new pairs, replacing (deleting) their old pairs in the same
    commit;
-5. **clusters** the whole match graph (large-star/small-star in :mod:`jobs.graph`, with the giant-component
-   guard) and upserts the ``product_clusters`` rows that changed. A cluster's id is its smallest product id.
+5. **clusters** the whole match graph: only coherent matches link products (mutual best within a margin),
+   their components (large-star/small-star in :mod:`jobs.graph`, with the giant-component guard) are split by
+   average linkage (:mod:`models.matching.cluster` states the rules), and the ``product_clusters`` rows that
+   changed are upserted. A cluster's id is its smallest product id.
 
 An unchanged catalog therefore queries nothing and commits nothing.
 """
@@ -174,16 +176,21 @@ def _write_clusters(spark, lake, universe, run_id: str, now, cfg: MatchConfig, s
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    from jobs.graph import guarded_components
+    from jobs.graph import coherent_edges, guarded_components, split_components
     from schemas.tables import PRODUCT_CLUSTERS, PRODUCT_MATCHES
 
     ids = universe.select("product_id", "matched_hash")
+    cc = cfg.clusters
     edges = (lake.read(PRODUCT_MATCHES).select(F.col("product_id_a").alias("src"),
                                                F.col("product_id_b").alias("dst"), "score")
              .join(ids.select(F.col("product_id").alias("src")), "src", "left_semi")
              .join(ids.select(F.col("product_id").alias("dst")), "dst", "left_semi"))
-    comp, report = guarded_components(edges, cfg.clusters.max_size, cfg.clusters.strict_thresholds,
-                                      cfg.max_rounds, cfg.checkpoint_every)
+    # Only coherent matches link products (mutual best within a margin); read by the components, the guard
+    # and the split: persisted once.
+    edges = coherent_edges(edges, cc.min_score, cc.margin).persist(StorageLevel.MEMORY_AND_DISK)
+    comp, report = guarded_components(edges, cc.max_size, cc.strict_thresholds, cfg.max_rounds, cfg.checkpoint_every)
+    if cc.linkage is not None:
+        comp = split_components(comp, edges, cc.linkage)
     stats.update({f"cc_{k}" if k == "rounds" else k: v for k, v in report.items()})
     rows = (ids.join(comp.withColumnRenamed("node", "product_id"), "product_id", "left")
             .select("product_id", F.coalesce("component", "product_id").alias("cluster_id"), "guard", "matched_hash")
@@ -205,6 +212,7 @@ def _write_clusters(spark, lake, universe, run_id: str, now, cfg: MatchConfig, s
                  largest_cluster=int(sizes["m"] or 1))
     changed.unpersist()
     rows.unpersist()
+    edges.unpersist()
     return result
 
 

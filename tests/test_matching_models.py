@@ -186,11 +186,13 @@ def test_clusters_use_the_smallest_id_and_guard_giant_components():
     pair = [("n09", "n10")]
     a = [e[0] for e in chain + pair]
     b = [e[1] for e in chain + pair]
-    got = cluster(nodes, a, b, scores + [0.6], ClusterConfig(max_size=5, strict_thresholds=(0.9,)))
+    # Every match links (no margin, no split): the components and the guard alone.
+    plain = {"min_score": 0.0, "margin": None, "linkage": None}
+    got = cluster(nodes, a, b, scores + [0.6], ClusterConfig(max_size=5, strict_thresholds=(0.9,), **plain))
     assert got.cluster_id["n10"] == "n09" and got.guard["n10"] is None and got.cluster_id["n11"] == "n11"
     assert [got.cluster_id[n] for n in nodes[:8]] == ["n00"] * 3 + ["n03"] * 3 + ["n06"] * 2
     assert all(got.guard[n] == "strict:0.9" for n in nodes[:8])
-    strict = cluster(nodes, a, b, scores + [0.6], ClusterConfig(max_size=2, strict_thresholds=(0.9,)))
+    strict = cluster(nodes, a, b, scores + [0.6], ClusterConfig(max_size=2, strict_thresholds=(0.9,), **plain))
     assert strict.guard["n00"] == "dissolved" and strict.cluster_id["n01"] == "n01"
     assert strict.cluster_id["n07"] == "n06" and strict.guard["n07"] == "strict:0.9"
     assert connected_components(["x"], [("c", "b"), ("b", "a")]) == {"x": "x", "a": "a", "b": "a", "c": "a"}

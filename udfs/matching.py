@@ -6,7 +6,8 @@
   against the products indexed in it, with text and image cosines of every hit;
 * :func:`make_codes_udf` (scalar pandas UDF): normalised model numbers of a title;
 * :func:`make_score_fn` (``mapInPandas``): pair features and the calibrated score. The scorer travels as
-  JSON in the closure (verified by the driver) and is parsed once per Python worker.
+  JSON in the closure (verified by the driver) and is parsed once per Python worker;
+* :func:`make_linkage_fn` (``groupBy(component).applyInPandas``): one component's average-linkage split.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import pandas as pd  # at module level: the UDF type hints are resolved in this 
 from jobs.faults import maybe_fail
 from udfs.model_cache import cached
 
-__all__ = ["CELL_SCHEMA", "HIT_SCHEMA", "SCORE_SCHEMA", "MaxParam", "make_cells_fn", "make_codes_udf", "make_score_fn",
-           "make_search_fn"]
+__all__ = ["CELL_SCHEMA", "HIT_SCHEMA", "LINKAGE_SCHEMA", "SCORE_SCHEMA", "MaxParam", "make_cells_fn", "make_codes_udf",
+           "make_linkage_fn", "make_score_fn", "make_search_fn"]
 
 CELL_SCHEMA = ("cell int, product_id string, is_index boolean, is_query boolean, embedding array<float>, "
                "text_embedding array<float>, image_embedding array<float>")
@@ -28,6 +29,8 @@ HIT_SCHEMA = "a string, b string, fused_cosine float, text_cosine float, image_c
 SCORE_SCHEMA = ("product_id_a string, product_id_b string, score double, fused_cosine float, text_cosine float, "
                 "image_cosine float, token_jaccard float, model_number_match boolean, brand_match boolean, "
                 "price_ratio double, blocking string")
+
+LINKAGE_SCHEMA = "node string, part string"
 
 
 class MaxParam:
@@ -184,3 +187,16 @@ def make_score_fn(scorer_version: str, scorer_json: str, keep_all: bool = False
             })
 
     return score
+
+
+def make_linkage_fn(threshold: float) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """One component's edges (``src, dst, score``) -> :data:`LINKAGE_SCHEMA` rows: each member and the smallest
+    id of its part after :func:`models.matching.cluster.average_linkage`."""
+    from models.matching.cluster import average_linkage
+
+    def split(pdf: pd.DataFrame) -> pd.DataFrame:
+        src, dst = pdf["src"].tolist(), pdf["dst"].tolist()
+        label = average_linkage(sorted(set(src) | set(dst)), src, dst, pdf["score"].tolist(), threshold)
+        return pd.DataFrame({"node": list(label), "part": list(label.values())})
+
+    return split

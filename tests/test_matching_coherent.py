@@ -1,0 +1,176 @@
+"""Clustering that does not chain (mutual best match within a margin, average-linkage split) in memory and in
+Spark, and the whole-catalog scoring of models.matching.catalog_eval."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.matching.catalog_eval import CatalogSet, part_of, score_clusters, tfidf_mutual_nn
+from models.matching.cluster import ClusterConfig, average_linkage, cluster, coherent_edges
+
+# W1's true duplicate is A1; A2 is a near-identical neighbour (one model digit apart) whose own duplicate is W2.
+NEIGHBOURS = (["A1", "A2", "A2", "A1"], ["W1", "W1", "W2", "A2"], [0.90, 0.85, 0.95, 0.60])
+
+
+def test_mutual_best_within_a_margin_keeps_the_duplicates_and_drops_the_neighbour():
+    a, b, s = NEIGHBOURS
+    assert coherent_edges(a, b, s).tolist() == [True, True, True, True]
+    assert coherent_edges(a, b, s, min_score=0.7).tolist() == [True, True, True, False]
+    # W1-A2 (0.85) is 0.10 below A2's best (0.95): out with a margin of 0.03, in with 0.12 (W1's best is 0.90).
+    assert coherent_edges(a, b, s, margin=0.03).tolist() == [True, False, True, False]
+    assert coherent_edges(a, b, s, margin=0.12).tolist() == [True, True, True, False]
+    plain = ClusterConfig(min_score=0.0, margin=None, linkage=None)      # every match links: the old rule
+    assert set(cluster(["A1", "A2", "W1", "W2"], a, b, s, plain).cluster_id.values()) == {"A1"}
+    got = cluster(["A1", "A2", "W1", "W2"], a, b, s, ClusterConfig(margin=0.03, linkage=None))
+    assert got.cluster_id == {"A1": "A1", "W1": "A1", "A2": "A2", "W2": "A2"}
+    # The shipped defaults (margin 0.3, average linkage 0.3) do not chain them either.
+    assert cluster(["A1", "A2", "W1", "W2"], a, b, s).cluster_id == got.cluster_id
+
+
+def test_average_linkage_splits_a_chain_and_keeps_a_clique():
+    # a-b-c-d: a chain whose ends never match; mean cross score {a,b}-{c} = (0 + 0.9) / 2 < 0.6.
+    chain = average_linkage(["a", "b", "c", "d"], ["a", "b", "c"], ["b", "c", "d"], [0.9, 0.8, 0.9], 0.6)
+    assert chain == {"a": "a", "b": "a", "c": "c", "d": "c"}
+    clique = average_linkage(["x", "y", "z"], ["x", "x", "y"], ["y", "z", "z"], [0.9, 0.7, 0.8], 0.6)
+    assert clique == {"x": "x", "y": "x", "z": "x"}
+    assert average_linkage(["x", "y"], ["x"], ["y"], [0.5], 0.6) == {"x": "x", "y": "y"}
+    cfg = ClusterConfig(linkage=0.6)
+    assert cluster(["a", "b", "c", "d", "e"], ["a", "b", "c"], ["b", "c", "d"], [0.9, 0.8, 0.9], cfg).cluster_id == {
+        "a": "a", "b": "a", "c": "c", "d": "c", "e": "e"}
+
+
+def test_cluster_config_refuses_bad_settings():
+    with pytest.raises(ValueError, match="margin"):
+        ClusterConfig(margin=-0.1)
+    with pytest.raises(ValueError, match="linkage"):
+        ClusterConfig(linkage=0.0)
+    with pytest.raises(ValueError, match="min_score"):
+        ClusterConfig(min_score=1.5)
+
+
+def _random_graph(seed: int, n: int = 60, m: int = 150):
+    rng = np.random.default_rng(seed)
+    nodes = [f"p{i:03d}" for i in range(n)]
+    pairs = {tuple(sorted(rng.choice(n, 2, replace=False))) for _ in range(m)}
+    a = [nodes[i] for i, _ in pairs]
+    b = [nodes[j] for _, j in pairs]
+    return nodes, a, b, np.round(rng.uniform(0.3, 1.0, len(a)), 2)   # rounded: ties, as calibrated scores have
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("seed", [0, 1])
+def test_spark_clustering_equals_the_in_memory_rules(spark, seed):
+
+    from jobs.graph import coherent_edges as spark_coherent
+    from jobs.graph import guarded_components, split_components
+
+    nodes, a, b, s = _random_graph(seed)
+    cfg = ClusterConfig(max_size=8, strict_thresholds=(0.9,), min_score=0.4, margin=0.15, linkage=0.5)
+    want = cluster(nodes, a, b, s, cfg)
+    edges = spark.createDataFrame(pd.DataFrame({"src": a, "dst": b, "score": s}))
+    kept = spark_coherent(edges, cfg.min_score, cfg.margin)
+    assert sorted(kept.select("src", "dst").toPandas().itertuples(index=False, name=None)) == sorted(
+        (x, y) for x, y, k in zip(a, b, coherent_edges(a, b, s, cfg.min_score, cfg.margin), strict=True) if k)
+    comp, _ = guarded_components(kept, cfg.max_size, cfg.strict_thresholds)
+    got = split_components(comp, kept, cfg.linkage).toPandas()
+    got_ids = dict(zip(got["node"], got["component"], strict=True))
+    assert got_ids == {n: c for n, c in want.cluster_id.items() if n in got_ids}
+    assert all(want.cluster_id[n] == n for n in set(nodes) - set(got_ids))   # nodes without links: singletons
+    assert len(set(got_ids.values())) > 1
+
+
+def test_whole_catalog_scores_count_pairs_across_parts_against_both():
+    truth = {f"x{i}": f"g{i // 2}" for i in range(40)}          # 20 true pairs
+    parts = {g: part_of(g) for g in set(truth.values())}
+    assert set(parts.values()) == {"dev", "heldout"} and part_of("g3") == part_of("g3")
+    dev = sorted(g for g, p in parts.items() if p == "dev")
+    held = sorted(g for g, p in parts.items() if p == "heldout")
+    members = {g: sorted(k for k, v in truth.items() if v == g) for g in parts}
+    pred = {m: g for g in dev for m in members[g]}              # every dev pair found
+    d0, h0 = members[dev[0]][0], members[held[0]][0]
+    pred.update({d0: "mixed", h0: "mixed"})                     # one dev item joined with a held-out one
+    r_dev = score_clusters(pred, truth, "dev")
+    assert r_dev["true_pairs"] == len(dev) and r_dev["predicted_pairs"] == len(dev)   # dev[0] lost, the mix added
+    assert r_dev["precision"] == pytest.approx((len(dev) - 1) / len(dev))
+    assert r_dev["recall"] == pytest.approx((len(dev) - 1) / len(dev))
+    assert r_dev["cluster_precision"] == pytest.approx((len(dev) - 1) / len(dev)) and r_dev["largest_cluster"] == 2
+    r_held = score_clusters(pred, truth, "heldout")
+    assert r_held["predicted_pairs"] == 1 and r_held["precision"] == 0.0 and r_held["recall"] == 0.0
+    assert score_clusters({}, truth)["predicted_pairs"] == 0
+
+
+def test_tfidf_baseline_pairs_reworded_listings():
+    titles = ["sony bravia kdl-40 tv", "Sony KDL40 Bravia television", "canon eos 5d camera body",
+              "Canon EOS-5D body camera", "apple ipod nano 8gb", "ipod nano 8 gb apple", "lonely stapler",
+              "kitchen kettle steel", "steel kettle kitchen 2l", "usb cable", "hdmi cable 2m", "mouse pad"]
+    ids = [f"r{i:02d}" for i in range(len(titles))]
+    groups = ["s", "s", "c", "c", "i", "i", "x", "k", "k", "u", "h", "m"]
+    cs = CatalogSet("toy", pd.DataFrame({"product_id": ids, "title": titles, "brand": None}),
+                    dict(zip(ids, groups, strict=True)))
+    r = tfidf_mutual_nn(cs)
+    both = [r[p] for p in ("dev", "heldout")]
+    assert sum(x["true_pairs"] for x in both) == 4
+    assert sum(x["predicted_pairs"] for x in both) >= 3 and max(x["largest_cluster"] for x in both) == 2
+
+
+@pytest.mark.spark
+def test_the_job_clusters_stored_matches_without_chaining(spark, lake):
+    """The match stage's clustering step over a real ``product_matches`` Delta table: with the shipped settings
+    W1/A1 and A2/W2 stay apart (plain components chain all four), the ids are the smallest members."""
+    import datetime as dt
+
+    from deltalake import DeltaTable
+
+    from jobs.matching import MatchConfig, _write_clusters
+    from schemas.tables import PRODUCT_CLUSTERS, PRODUCT_MATCHES
+
+    now = dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc)
+    a, b, s = NEIGHBOURS
+    rows = [(min(x, y), max(x, y), sc, None, None, None, None, None, None, None, "ann", "v", "sc", "m1", now)
+            for x, y, sc in zip(a, b, s, strict=True)]
+    lake.ensure(PRODUCT_MATCHES)
+    lake.ensure(PRODUCT_CLUSTERS)
+    lake.upsert(PRODUCT_MATCHES, spark.createDataFrame(rows, PRODUCT_MATCHES.schema), "m1")
+    ids = ["A1", "A2", "W1", "W2", "Z9"]
+    universe = spark.createDataFrame([(p, f"v:{p}") for p in ids], "product_id string, matched_hash string")
+
+    def clusters(cfg: MatchConfig, run_id: str) -> dict[str, tuple[str, int]]:
+        stats: dict = {}
+        _write_clusters(spark, lake, universe, run_id, now, cfg, stats)
+        t = DeltaTable(str(lake.path(PRODUCT_CLUSTERS))).to_pandas()
+        return {r.product_id: (r.cluster_id, r.cluster_size) for r in t.itertuples()}
+
+    got = clusters(MatchConfig(), "c1")
+    assert got == {"A1": ("A1", 2), "W1": ("A1", 2), "A2": ("A2", 2), "W2": ("A2", 2), "Z9": ("Z9", 1)}
+    plain = MatchConfig(clusters=ClusterConfig(min_score=0.0, margin=None, linkage=None))
+    assert {c for c, _ in clusters(plain, "c2").values()} == {"A1", "Z9"}
+
+
+def test_catalogs_are_built_without_the_shop_or_the_truth(tmp_path):
+    from models.matching.catalog_eval import load_catalog
+
+    wa = tmp_path / "catalog_dedup" / "walmart_amazon"
+    wa.mkdir(parents=True)
+    pd.DataFrame({"record_id": ["Walmart:0", "Amazon:7"], "source": ["Walmart", "Amazon"],
+                  "source_local_id": ["0", "7"], "title": ["Draper remote", "Draper IR remote"],
+                  "modelno": ["121066", ""], "price": ["58.45", ""], "shipweight": ["", ""],
+                  "brand": ["Draper", ""], "dimensions": ["", ""], "gt_entity_id": ["g1", "g1"]}
+                 ).to_parquet(wa / "records.parquet")
+    cs = load_catalog(tmp_path, "walmart_amazon")
+    assert list(cs.catalog.columns) == ["product_id", "title", "brand", "price"]
+    assert cs.catalog["product_id"].tolist() == ["Walmart:0", "Amazon:7"]
+    assert cs.catalog["brand"].tolist() == ["Draper", None]
+    assert cs.catalog["price"].iloc[0] == 58.45 and np.isnan(cs.catalog["price"].iloc[1])
+    assert cs.truth == {"Walmart:0": "g1", "Amazon:7": "g1"}
+    (tmp_path / "wdc_products").mkdir()
+    pd.DataFrame({"offer_id": [11, 12], "cluster_id": [5, 5], "brand": [None, "Seagate"],
+                  "title": ["HDD 4TB ST4000NE001", "Seagate IronWolf 4TB"], "description": [None, None],
+                  "price": ["$154.10", None], "priceCurrency": ["USD", None], "first_seen_in": ["a", "b"]}
+                 ).to_parquet(tmp_path / "wdc_products" / "offers_train_valid.parquet")
+    wdc = load_catalog(tmp_path, "wdc_products")
+    assert wdc.catalog["product_id"].tolist() == ["wdc:11", "wdc:12"] and wdc.catalog["price"].iloc[0] == 154.10
+    assert wdc.truth == {"wdc:11": "5", "wdc:12": "5"}
+    with pytest.raises(ValueError, match="unknown whole-catalog dataset"):
+        load_catalog(tmp_path, "abt_buy")
