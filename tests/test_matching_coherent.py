@@ -1,5 +1,5 @@
 """Clustering that does not chain (mutual best match within a margin, average-linkage split) in memory and in
-Spark, and the whole-catalog scoring of models.matching.catalog_eval."""
+Spark, and the whole-catalog scoring of jobs.catalog_eval."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.matching.catalog_eval import CatalogSet, part_of, score_clusters, tfidf_mutual_nn
+from jobs.catalog_eval import CatalogSet, part_of, score_clusters, tfidf_mutual_nn
 from models.matching.cluster import ClusterConfig, average_linkage, cluster, coherent_edges
 
 # W1's true duplicate is A1; A2 is a near-identical neighbour (one model digit apart) whose own duplicate is W2.
@@ -149,7 +149,7 @@ def test_the_job_clusters_stored_matches_without_chaining(spark, lake):
 
 
 def test_catalogs_are_built_without_the_shop_or_the_truth(tmp_path):
-    from models.matching.catalog_eval import load_catalog
+    from jobs.catalog_eval import load_catalog
 
     wa = tmp_path / "catalog_dedup" / "walmart_amazon"
     wa.mkdir(parents=True)

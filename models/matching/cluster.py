@@ -35,7 +35,7 @@ class ClusterConfig:
     max_size: int = 50
     strict_thresholds: tuple[float, ...] = (0.9, 0.97, 0.99)
     # The settings below were chosen for the mean pairwise F1 over the dev parts of two whole catalogs
-    # (walmart_amazon, WDC Products offers) with the shipped scorer: models.matching.catalog_eval, EVALUATION.md.
+    # (walmart_amazon, WDC Products offers) with the shipped scorer: jobs.catalog_eval, EVALUATION.md.
     # That F1 is flat in min_score up to 0.5 (0.305-0.309), so every stored match may link.
     min_score: float = 0.0              # matches scoring less link nothing (0: every stored match)
     margin: float | None = 0.3          # mutual best match within this margin (None: every match links)

@@ -1,6 +1,6 @@
 """Whole-catalog duplicate detection, scored end to end through the enrich job.
 
-    python -m models.matching.catalog_eval --data /work/shared/data/matching --work DIR [--out FILE.md]
+    python -m jobs.catalog_eval --data /work/shared/data/matching --work DIR [--out FILE.md]
         [--datasets walmart_amazon,wdc_products] [--reuse-embeddings]
 
 For each dataset a catalog is built the way ``catalog_dedup/README.md`` says (``product_id`` = record id,
@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from jobs import enrich
 from models.matching.text import parse_price
 
 __all__ = ["DATASETS", "PARTS", "CatalogSet", "evaluate", "load_catalog", "main", "part_of", "recluster", "run_job",
@@ -175,14 +176,12 @@ def _read_table(lake: Path, name: str) -> pd.DataFrame:
 def run_job(cs: CatalogSet, work: Path, reuse_embeddings: bool = False, job_args: tuple[str, ...] = ()
             ) -> dict[str, Any]:
     """Write the catalog under ``work``, run the enrich job on it and return its clusters, matches and time."""
-    from jobs import enrich
-
     work.mkdir(parents=True, exist_ok=True)
     path, lake = work / "catalog.parquet", work / "lake"
     cs.catalog.to_parquet(path, index=False)
     if reuse_embeddings and (lake / "product_embeddings").is_dir():
-        for t in ("product_matches", "product_clusters"):
-            shutil.rmtree(lake / t, ignore_errors=True)
+        for table in ("product_matches", "product_clusters"):
+            shutil.rmtree(lake / table, ignore_errors=True)
     elif lake.exists():
         shutil.rmtree(lake)
     t = time.perf_counter()
@@ -258,7 +257,7 @@ def to_markdown(result: Mapping[str, Any], command: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ap = argparse.ArgumentParser(prog="python -m models.matching.catalog_eval", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m jobs.catalog_eval", description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True, help="the matching data folder (shared/data/matching)")
     ap.add_argument("--work", required=True, help="folder for the catalogs and lakes (kept for --reuse-embeddings)")
     ap.add_argument("--datasets", default=",".join(DATASETS), help=f"comma-separated, of {sorted(DATASETS)}")
@@ -272,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--datasets: unknown {unknown}; expected some of {sorted(DATASETS)}")
     work = Path(a.work)
     result = evaluate(a.data, work, names, a.reuse_embeddings)
-    cmd = "python -m models.matching.catalog_eval " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = "python -m jobs.catalog_eval " + " ".join(argv if argv is not None else sys.argv[1:])
     text = to_markdown(result, cmd)
     (work / "catalog_eval.json").write_text(pd.Series(result).to_json(indent=1))
     if a.out:
