@@ -4,7 +4,7 @@
     catalog-enrich retrain [retrain options] run the retrain job (same options as jobs/retrain.py)
     catalog-enrich quality input|output ...  run a quality gate (see jobs/quality.py)
     catalog-enrich publish status|publish|discard|finalize|rollback ...
-                                             the published state of the lake (see jobs/publish.py)
+                                             the published state of the lake (see jobs/lake/publish.py)
     catalog-enrich tables                    print every output table's columns and keys
     catalog-enrich query "SQL" [--lake DIR]  SQL over the Delta tables (DuckDB; no Spark needed)
     catalog-enrich similar PRODUCT_ID [--k 10] [--lake DIR] [--format table|json]
@@ -27,9 +27,9 @@ import sys
 __all__ = ["main", "describe_tables"]
 
 # Subcommands that are a job's main(argv); imported only when chosen (they pull Spark, torch, GE).
-_JOBS = {"enrich": "jobs.enrich", "retrain": "jobs.retrain", "quality": "jobs.quality", "publish": "jobs.publish",
-         "query": "jobs.query", "report": "jobs.report"}
-# Subcommands of jobs.search's main(argv, command).
+_JOBS = {"enrich": "jobs.enrich", "retrain": "jobs.retrain", "quality": "jobs.quality", "publish": "jobs.lake.publish",
+         "query": "jobs.read.query", "report": "jobs.read.report"}
+# Subcommands of jobs.read.search's main(argv, command).
 _SEARCH = ("similar", "search", "index")
 
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return importlib.import_module(_JOBS[command]).main(rest)
     if command in _SEARCH:
-        from jobs import search
+        from jobs.read import search
 
         return search.main(rest, command)
     if command == "tables":

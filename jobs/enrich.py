@@ -34,10 +34,10 @@ if __package__ in (None, ""):  # run as a script (spark-submit jobs/enrich.py): 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from jobs.faults import checkpoint, publish_driver_pid  # noqa: E402
-from jobs.heads import HeadsConfig  # noqa: E402
+from jobs.lake.runlog import InvalidRunId, check_run_id  # noqa: E402
 from jobs.make_sample_catalog import DEFAULT_SAMPLE_DIR  # noqa: E402
-from jobs.runlog import InvalidRunId, check_run_id  # noqa: E402
+from jobs.stages.heads import HeadsConfig  # noqa: E402
+from models.core.faults import checkpoint, publish_driver_pid  # noqa: E402
 
 __all__ = ["EnrichConfig", "RunSummary", "main", "parse_args", "run"]
 
@@ -176,7 +176,7 @@ class _Stages:
 
     @contextlib.contextmanager
     def __call__(self, name: str):
-        from jobs.progress import StageProgress, heartbeat
+        from jobs.runtime.progress import StageProgress, heartbeat
 
         t = time.perf_counter()
         self.spark.sparkContext.setJobDescription(f"catalog-enrich: {name}")
@@ -232,7 +232,7 @@ def side_by_side(spark, stage_name: str, calls: dict[str, Callable[[], T]]) -> d
 
 
 def _run_row(summary: RunSummary, cfg: EnrichConfig, started: dt.datetime, finished: dt.datetime | None) -> dict:
-    """The run's enrichment_runs row (written by :meth:`jobs.lakehouse.Lake.upsert_rows`, without Spark)."""
+    """The run's enrichment_runs row (written by :meth:`jobs.lake.lakehouse.Lake.upsert_rows`, without Spark)."""
     return {"run_id": summary.run_id, "status": summary.status, "model_version": summary.model_version,
             "catalog": cfg.catalog, "started_at": started, "finished_at": finished,
             "counts": [(k, int(v)) for k, v in summary.counts.items()],
@@ -244,11 +244,11 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from jobs.heads import open_attributes, resolve_extractor
-    from jobs.image_stats import ImageStats
-    from jobs.lakehouse import Lake
-    from jobs.matching import MatchConfig, match_and_cluster, resolve_matching
-    from jobs.transforms import changed_products, quarantine_rows, read_catalog, validate
+    from jobs.lake.image_stats import ImageStats
+    from jobs.lake.lakehouse import Lake
+    from jobs.stages.heads import open_attributes, resolve_extractor
+    from jobs.stages.matching import MatchConfig, match_and_cluster, resolve_matching
+    from jobs.stages.validate import changed_products, quarantine_rows, read_catalog, validate
     from schemas.tables import (
         ENRICHMENT_RUNS,
         PRODUCT_CLUSTERS,
@@ -315,7 +315,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
     task_cpus = int(spark.conf.get("spark.task.cpus", "1"))   # torch threads per model UDF task
     with stage("embed"):
         # One pass of the models: the heads run in the encoder's UDF, on the embeddings it just made.
-        from jobs.heads import heads_tables, plan_heads
+        from jobs.stages.heads import heads_tables, plan_heads
         from udfs.heads import make_embed_heads_udf
 
         counts = {r["category"]: int(r["count"]) for r in
@@ -404,7 +404,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
     validated.unpersist()
 
     with stage("index"):
-        from jobs.index import refresh_index
+        from jobs.read.index import refresh_index
 
         index_note = refresh_index(lake.root, version, stage.count)
 
@@ -433,7 +433,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
     lake.upsert_rows(ENRICHMENT_RUNS, [_run_row(summary, cfg, started, finished)], cfg.run_id, step=2)
     checkpoint("run_recorded")
     _write_report(lake.root, summary)
-    from jobs.report import write_run_report
+    from jobs.read.report import write_run_report
 
     write_run_report(lake.root, summary.run_id, image_root=cfg.resolved_image_root())
     return summary
@@ -462,8 +462,8 @@ def _abandon_interrupted(lake, cfg: EnrichConfig) -> list[str]:
     """Mark every other run that ``enrichment_runs`` still records as running ``abandoned`` (with the time and
     a message), and return their ids. Only while the lake's lock is free or held by this process: then none
     of them is live (``main`` holds the lock; a caller of :func:`run` without it takes it here for a moment)."""
-    from jobs.lock import LakeBusyError, LakeLock
-    from jobs.runlog import runs_with_status
+    from jobs.lake.lock import LakeBusyError, LakeLock
+    from jobs.lake.runlog import runs_with_status
     from schemas.tables import ENRICHMENT_RUNS
 
     lock = LakeLock(lake.root, cfg.run_id)
@@ -497,7 +497,7 @@ def _abandon_interrupted(lake, cfg: EnrichConfig) -> list[str]:
 
 def _finished_run(lake, cfg: EnrichConfig, description: str) -> RunSummary | None:
     """The summary of this run id when enrichment_runs records it as succeeded, else None."""
-    from jobs.runlog import run_rows
+    from jobs.lake.runlog import run_rows
     from schemas.tables import ENRICHMENT_RUNS
 
     if not lake.exists(ENRICHMENT_RUNS):
@@ -523,7 +523,7 @@ def _write_report(root: Path, summary: RunSummary) -> Path:
 
 def record_failure(spark, cfg: EnrichConfig, error: BaseException) -> None:
     """Best effort: mark the run failed in enrichment_runs (under its own transaction id)."""
-    from jobs.lakehouse import Lake
+    from jobs.lake.lakehouse import Lake
     from schemas.tables import ENRICHMENT_RUNS
 
     try:
@@ -555,7 +555,7 @@ def print_summary(s: RunSummary, out=None) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("CATALOG_ENRICH_LOG", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from jobs.lock import LakeBusyError, LakeLock
+    from jobs.lake.lock import LakeBusyError, LakeLock
 
     cfg = parse_args(argv)
     try:
@@ -577,10 +577,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _locked_main(cfg: EnrichConfig) -> int:
-    from jobs.lakehouse import LakeError
-    from jobs.model_check import ModelCheckError, verify_run_models
-    from jobs.spark_session import SparkSetupError, build_session
-    from jobs.transforms import CatalogError
+    from jobs.lake.lakehouse import LakeError
+    from jobs.runtime.spark_session import SparkSetupError, build_session
+    from jobs.stages.model_check import ModelCheckError, verify_run_models
+    from jobs.stages.validate import CatalogError
     from models.refs import ModelRefError
     from models.store import ModelIntegrityError
 

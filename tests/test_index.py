@@ -11,7 +11,7 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from jobs import cli
-from jobs.index import IndexError_, load_index, update_index
+from jobs.read.index import IndexError_, load_index, update_index
 
 DIM = 16
 SCHEMA = pa.schema([("product_id", pa.string()), ("model_version", pa.string()),
@@ -144,7 +144,7 @@ def test_search_needs_the_model_of_the_table(tmp_path, capsys):
 
 
 def test_the_job_stage_retires_indexes_of_versions_the_table_left(tmp_path):
-    from jobs.index import refresh_index
+    from jobs.read.index import refresh_index
 
     lake = tmp_path / "lake"
     _write(lake, _rows(["a", "b"], model="old"))

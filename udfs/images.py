@@ -26,13 +26,14 @@ from urllib.parse import unquote, urlparse
 
 import pandas as pd  # at module level: the UDF type hints are resolved in this module's namespace
 
-from jobs.faults import checkpoint, maybe_fail
+from models.core.faults import checkpoint
 from schemas import reasons
+from udfs.task_faults import maybe_fail
 
 __all__ = ["ImagePolicy", "ImageStat", "Resolved", "inspect_image", "inspect_image_stat", "make_inspect_udf",
            "read_image_bytes", "resolve_image_uri"]
 
-# What an earlier run saw of an image file: the columns of the stat cache (jobs.image_stats).
+# What an earlier run saw of an image file: the columns of the stat cache (jobs.lake.image_stats).
 STAT_TYPES = {"image_path": "string", "image_size": "bigint", "image_mtime_ns": "bigint", "image_ctime_ns": "bigint",
               "image_ino": "bigint", "image_width": "int", "image_height": "int", "image_sha256": "string",
               "image_checked_ns": "bigint"}
@@ -236,7 +237,7 @@ def make_inspect_udf(policy: ImagePolicy):
     def inspect_images(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
         for uris, known in batches:
             checkpoint("inspect_batch")
-            maybe_fail("inspect", uris.iloc[0] if len(uris) else None)  # tests only: see jobs.faults
+            maybe_fail("inspect", uris.iloc[0] if len(uris) else None)  # tests only: see models.core.faults
             out = []
             for uri, k in zip(uris, known, strict=True):
                 seen, reason, detail, read = inspect_image_stat(uri if isinstance(uri, str) else None, policy,

@@ -8,7 +8,7 @@ scheduler retries it later (exit status 3).
 Why ``flock``: the kernel releases the lock when its holder dies, however it dies (SIGKILL, OOM killer, a
 crashed machine's NFS lease running out), so there is no stale lock to detect or break by hand. The file
 itself stays; it holds the holder's run id, pid, host and start time for the refusal message. Each Delta
-commit is atomic on its own as well (``max_commit_retries=0`` in :mod:`jobs.lakehouse`): even a writer that
+commit is atomic on its own as well (``max_commit_retries=0`` in :mod:`jobs.lake.lakehouse`): even a writer that
 ignores the lock cannot leave a half-written table, only a failed commit.
 """
 

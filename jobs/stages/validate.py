@@ -141,7 +141,7 @@ def validate(catalog, inspect_udf, known=None):
     column over its cap (:data:`MAX_TEXT_CHARS`); price not a finite non-negative number; image URI not
     allowed, unreadable, not an image or out of proportion.
 
-    ``known``: the image stat cache (:meth:`jobs.image_stats.ImageStats.read`), so an unchanged image file
+    ``known``: the image stat cache (:meth:`jobs.lake.image_stats.ImageStats.read`), so an unchanged image file
     keeps its hash unread. What the check saw of each image is kept in the ``_image_stat`` struct column.
     """
     from pyspark.sql import Window

@@ -13,7 +13,7 @@ Readers see exactly the files in the log: :meth:`Lake.read` lists them from the 
 the folder), so files of an unfinished or failed write are invisible.
 
 Each committed file carries Delta column statistics (min, max, null count of the key and scalar columns, from
-its Parquet footer: :mod:`jobs.delta_stats`), so readers skip files, and a driver-side upsert reads only the
+its Parquet footer: :mod:`jobs.lake.delta_stats`), so readers skip files, and a driver-side upsert reads only the
 files whose key range can hold a changed key.
 """
 
@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from jobs import delta_stats
-from jobs.faults import checkpoint
+from jobs.lake import delta_stats
+from models.core.faults import checkpoint
 from schemas.tables import TableSpec
 
 __all__ = ["CommitResult", "Lake", "LakeError", "app_id_for"]

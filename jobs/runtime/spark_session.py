@@ -64,7 +64,7 @@ FEW_CORES_DEFAULTS: dict[str, str] = {
 
 def check_java() -> None:
     """Fail with one sentence, not a Py4J stack trace, when Spark cannot start here."""
-    from jobs.preflight import java_problem, python_problem
+    from jobs.runtime.preflight import java_problem, python_problem
 
     problem = python_problem() or java_problem()
     if problem:

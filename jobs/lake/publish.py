@@ -54,8 +54,8 @@ class GateBlocked(PublishError):
 
 
 def report_dir(lake: str | Path, run_id: str) -> Path:
-    """``<lake>/_reports/<run_id>``; :class:`jobs.runlog.InvalidRunId` (a ``ValueError``) for an unsafe run id."""
-    from jobs.runlog import check_run_id
+    """``<lake>/_reports/<run_id>``; :class:`jobs.lake.runlog.InvalidRunId` (a ``ValueError``) for an unsafe run id."""
+    from jobs.lake.runlog import check_run_id
 
     return Path(lake) / "_reports" / check_run_id(run_id)
 
@@ -165,7 +165,7 @@ def discard(lake: str | Path, run_id: str) -> dict[str, Any]:
     """Restore every table the run's output gate audited to its published version (see the module doc)."""
     from deltalake import CommitProperties, DeltaTable
 
-    from jobs.lakehouse import app_id_for
+    from jobs.lake.lakehouse import app_id_for
 
     lake = Path(lake)
     rdir = report_dir(lake, run_id)
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.action != "status" and not a.run_id:
         p.error(f"{a.action} needs --run-id")
     if a.run_id is not None:
-        from jobs.runlog import InvalidRunId, check_run_id
+        from jobs.lake.runlog import InvalidRunId, check_run_id
 
         try:
             check_run_id(a.run_id)

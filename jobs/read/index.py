@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from jobs.damage import DamagedLakeError, reading
+from jobs.lake.damage import DamagedLakeError, reading
 
 __all__ = ["IndexError_", "IndexStats", "ProductIndex", "choose_model_version", "index_dir", "load_index",
            "model_versions", "refresh_index", "update_index"]

@@ -13,7 +13,7 @@ model version) with the valid catalog rows and
    its threshold;
 4. **writes** ``product_matches``: the queries' new pairs, replacing (deleting) their old pairs in the same
    commit;
-5. **clusters** the whole match graph (large-star/small-star in :mod:`jobs.graph`, with the giant-component
+5. **clusters** the whole match graph (large-star/small-star in :mod:`jobs.stages.graph`, with the giant-component
    guard) and upserts the ``product_clusters`` rows that changed. A cluster's id is its smallest product id.
 
 An unchanged catalog therefore queries nothing and commits nothing.
@@ -174,7 +174,7 @@ def _write_clusters(spark, lake, universe, run_id: str, now, cfg: MatchConfig, s
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    from jobs.graph import guarded_components
+    from jobs.stages.graph import guarded_components
     from schemas.tables import PRODUCT_CLUSTERS, PRODUCT_MATCHES
 
     ids = universe.select("product_id", "matched_hash")

@@ -38,7 +38,7 @@ def check_run_id(run_id: object) -> str:
     """``run_id`` when it is a safe run id, else :class:`InvalidRunId` with a one-line reason.
 
     The one check every entry point applies (the enrich job, the gates and publish via
-    :func:`jobs.publish.report_dir`, the report command) before it writes anything."""
+    :func:`jobs.lake.publish.report_dir`, the report command) before it writes anything."""
     if not isinstance(run_id, str):
         raise InvalidRunId(f"invalid run id {run_id!r}: expected a string")
     if RUN_ID_PATTERN.fullmatch(run_id) is None or ".." in run_id:

@@ -23,7 +23,7 @@ import os
 import signal
 from collections import Counter
 
-__all__ = ["InjectedFault", "KILL_ENV", "TASK_FAULTS_ENV", "checkpoint", "maybe_fail", "publish_driver_pid"]
+__all__ = ["InjectedFault", "KILL_ENV", "TASK_FAULTS_ENV", "checkpoint", "publish_driver_pid"]
 
 KILL_ENV = "CATALOG_ENRICH_KILL_AT"
 TASK_FAULTS_ENV = "CATALOG_ENRICH_TASK_FAULTS"
@@ -72,36 +72,3 @@ def checkpoint(name: str) -> None:
 
 def _fraction(key: str) -> float:
     return int.from_bytes(hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()[:8], "big") / 2.0**64
-
-
-def maybe_fail(udf: str | tuple[str, ...], key: object = None) -> None:
-    """Raise :class:`InjectedFault` on the first attempt of a task for a ``fraction`` of the UDF's batches.
-
-    A batch is picked by a hash of (UDF, partition, batch number within the task), not by its rows, whose
-    order after a shuffle varies: the same batches fail in every run. ``key`` only goes into the message.
-    ``udf`` may name several UDFs that one pandas UDF runs (the enrich job's embed and heads): each is drawn
-    for the batch on its own, so each fails on its own fraction of the batches, and one fault is raised.
-    """
-    spec = os.environ.get(TASK_FAULTS_ENV)
-    if not spec:
-        return
-    names, _, fraction = spec.rpartition(":")
-    wanted = [u for u in ((udf,) if isinstance(udf, str) else udf) if u in names.split(",")]
-    if not wanted:
-        return
-    from pyspark import TaskContext
-
-    ctx = TaskContext.get()
-    if ctx is None:
-        return
-    fired = []
-    for name in wanted:
-        batch = (name, ctx.stageId(), ctx.partitionId(), ctx.attemptNumber())
-        _hits[repr(batch)] += 1
-        n = _hits[repr(batch)]
-        if ctx.attemptNumber() == 0 and _fraction(f"{name}:{ctx.partitionId()}:{n}") < float(fraction):
-            _log("faults", f"{name} partition {ctx.partitionId()} batch {n} first row {key!r}")
-            fired.append(f"{name} batch {n}")
-    if fired:
-        raise InjectedFault(f"injected fault in {', '.join(fired)} (first attempt of partition "
-                            f"{ctx.partitionId()})")

@@ -53,7 +53,7 @@ class ImageStats:
         return df.select("image_uri", *STAT_FIELDS)
 
     def write(self, validated) -> Path:
-        """Replace the cache with the stats of ``validated`` (rows of :func:`jobs.transforms.validate`)."""
+        """Replace the cache with the stats of ``validated`` (rows of :func:`jobs.stages.validate.validate`)."""
         from pyspark.sql import functions as F
 
         rows = (validated.where(F.col("_image_stat.image_checked_ns").isNotNull())

@@ -27,7 +27,7 @@ def latest_catalog(lake: str | Path) -> str | None:
     warning when that table is damaged)."""
     from deltalake import DeltaTable
 
-    from jobs.damage import DamagedLakeError, reading
+    from jobs.lake.damage import DamagedLakeError, reading
 
     path = Path(lake) / "enrichment_runs"
     if not DeltaTable.is_deltatable(str(path)):
