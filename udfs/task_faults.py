@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from models.core.faults import TASK_FAULTS_ENV, InjectedFault, _fraction, _hits, _log
+from models.core.faults import TASK_FAULTS_ENV, InjectedFault, count_hit, draw, log_injection
 
 __all__ = ["maybe_fail"]
 
@@ -32,10 +32,9 @@ def maybe_fail(udf: str | tuple[str, ...], key: object = None) -> None:
     fired = []
     for name in wanted:
         batch = (name, ctx.stageId(), ctx.partitionId(), ctx.attemptNumber())
-        _hits[repr(batch)] += 1
-        n = _hits[repr(batch)]
-        if ctx.attemptNumber() == 0 and _fraction(f"{name}:{ctx.partitionId()}:{n}") < float(fraction):
-            _log("faults", f"{name} partition {ctx.partitionId()} batch {n} first row {key!r}")
+        n = count_hit(repr(batch))
+        if ctx.attemptNumber() == 0 and draw(f"{name}:{ctx.partitionId()}:{n}") < float(fraction):
+            log_injection("faults", f"{name} partition {ctx.partitionId()} batch {n} first row {key!r}")
             fired.append(f"{name} batch {n}")
     if fired:
         raise InjectedFault(f"injected fault in {', '.join(fired)} (first attempt of partition "

@@ -23,7 +23,8 @@ import os
 import signal
 from collections import Counter
 
-__all__ = ["InjectedFault", "KILL_ENV", "TASK_FAULTS_ENV", "checkpoint", "publish_driver_pid"]
+__all__ = ["InjectedFault", "KILL_ENV", "TASK_FAULTS_ENV", "checkpoint", "count_hit", "draw", "log_injection",
+           "publish_driver_pid"]
 
 KILL_ENV = "CATALOG_ENRICH_KILL_AT"
 TASK_FAULTS_ENV = "CATALOG_ENRICH_TASK_FAULTS"
@@ -37,7 +38,15 @@ class InjectedFault(RuntimeError):
     """A failure injected on purpose (never raised unless CATALOG_ENRICH_TASK_FAULTS is set)."""
 
 
-def _log(kind: str, line: str) -> None:
+def count_hit(key: str) -> int:
+    """How many times this process has reached ``key`` (a checkpoint, a UDF batch), this time included."""
+    _hits[key] += 1
+    return _hits[key]
+
+
+def log_injection(kind: str, line: str) -> None:
+    """Append ``line`` to this process's ``kind`` log under CATALOG_ENRICH_FAULT_LOG (when set): the tests read
+    back which kills and faults fired."""
     folder = os.environ.get(LOG_ENV)
     if folder:
         with open(os.path.join(folder, f"{kind}-{os.getpid()}.log"), "a") as f:
@@ -60,15 +69,16 @@ def checkpoint(name: str) -> None:
         want, nth = target, "1"
     if want != name:
         return
-    _hits[name] += 1
-    if _hits[name] != int(nth):
+    n = count_hit(name)
+    if n != int(nth):
         return
-    _log("kills", f"{name} {_hits[name]}")
+    log_injection("kills", f"{name} {n}")
     victim = int(os.environ.get(DRIVER_PID_ENV) or os.getpid())
     os.kill(victim, signal.SIGKILL)
     if victim != os.getpid():  # a worker: do not let this task finish while the driver dies
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _fraction(key: str) -> float:
+def draw(key: str) -> float:
+    """A number in [0, 1) fixed by ``key``: the same batches are picked in every run."""
     return int.from_bytes(hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()[:8], "big") / 2.0**64
