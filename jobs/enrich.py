@@ -41,7 +41,7 @@ from models.core.faults import checkpoint, publish_driver_pid  # noqa: E402
 
 __all__ = ["EnrichConfig", "RunSummary", "main", "parse_args", "run"]
 
-log = logging.getLogger("catalog_enrich.enrich")
+log = logging.getLogger("jobs.enrich")   # the module name, also when spark-submit runs the file as __main__
 
 DEFAULT_CATALOG = DEFAULT_SAMPLE_DIR / "catalog.parquet"
 ROWS_PER_PARTITION = 20_000

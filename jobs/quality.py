@@ -34,7 +34,7 @@ from schemas.expectations import INPUT_CHECKS, OUTPUT_CHECKS, Expect, GateThresh
 
 __all__ = ["GateConfig", "Verdict", "key_expectations", "main", "parse_args", "run_input_gate", "run_output_gate"]
 
-log = logging.getLogger("catalog_enrich.quality")
+log = logging.getLogger("jobs.quality")   # the module name, also under python -m
 
 EXIT_FAILED = 3
 

@@ -49,7 +49,7 @@ def runs(spark, tmp_path_factory):
     df = df[keep]
     pq.write_table(catalog.from_pandas(df, schema=catalog.schema, preserve_index=False), sample / "catalog.parquet")
     lake = base / "lake"
-    logger, records = logging.getLogger("catalog_enrich"), _Records()
+    logger, records = logging.getLogger("jobs"), _Records()
     old_level = logger.level
     logger.setLevel(logging.INFO)
     logger.addHandler(records)
@@ -214,7 +214,7 @@ def test_heartbeat_reports_spark_tasks_while_a_stage_runs(spark, caplog):
         time.sleep(1.5)
         return rows
 
-    with caplog.at_level(logging.INFO, logger="catalog_enrich.progress"), heartbeat(spark, "demo", interval=0.5):
+    with caplog.at_level(logging.INFO, logger="jobs.runtime.progress"), heartbeat(spark, "demo", interval=0.5):
         spark.sparkContext.parallelize(range(4), 2).mapPartitions(slow).count()
     beats = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stage demo: running for")]
     assert any("Spark tasks" in b and "/2 done" in b for b in beats), beats

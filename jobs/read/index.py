@@ -37,7 +37,7 @@ from jobs.lake.damage import DamagedLakeError, reading
 __all__ = ["IndexError_", "IndexStats", "ProductIndex", "choose_model_version", "index_dir", "load_index",
            "model_versions", "refresh_index", "update_index"]
 
-log = logging.getLogger("catalog_enrich.index")
+log = logging.getLogger(__name__)
 
 EMBEDDINGS = "product_embeddings"
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")

@@ -17,7 +17,7 @@ import pandas as pd
 
 __all__ = ["DETAIL_COLUMNS", "latest_catalog", "product_details", "thumbnail_data_uri"]
 
-log = logging.getLogger("catalog_enrich.lookup")
+log = logging.getLogger(__name__)
 
 DETAIL_COLUMNS = ("product_id", "title", "category", "image_uri")
 

@@ -23,7 +23,7 @@ from jobs.lake.damage import DamagedLakeError, diagnose
 
 __all__ = ["QueryRefused", "connect", "damage_of", "main", "query", "register_spark_views"]
 
-log = logging.getLogger("catalog_enrich.query")
+log = logging.getLogger(__name__)
 
 # DuckDB names the registered table whose Arrow stream failed, and the table a query names but the
 # connection lacks (a damaged table is not registered).

@@ -31,7 +31,7 @@ from jobs.lake.damage import DamagedLakeError, reading
 
 __all__ = ["SECTIONS", "build_report", "main", "write_run_report"]
 
-log = logging.getLogger("catalog_enrich.report")
+log = logging.getLogger(__name__)
 
 # Section id -> heading. The ids are part of the page's interface (links, tests): keep them stable.
 SECTIONS: dict[str, str] = {

@@ -33,7 +33,7 @@ from models.matching.cluster import ClusterConfig
 
 __all__ = ["MatchConfig", "match_and_cluster"]
 
-log = logging.getLogger("catalog_enrich.matching")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

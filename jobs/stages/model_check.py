@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ModelCheckError", "verify_run_models"]
 
-log = logging.getLogger("catalog_enrich.model_check")
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
