@@ -29,8 +29,8 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
+from models.core.io import atomic_write, local_path
 from models.digest import sha256_file
 
 __all__ = [
@@ -61,12 +61,7 @@ def store_root(uri: str | os.PathLike[str] | None = None) -> Path:
     if uri is None or str(uri) == "":
         return DEFAULT_STORE
     s = str(uri)
-    if s.startswith("file://"):
-        parsed = urlparse(s)
-        return Path(unquote(parsed.path))
-    if "://" in s:
-        raise ValueError(f"model store {s!r}: only local directories and file:// URIs are supported")
-    return Path(s).expanduser()
+    return Path(local_path(s, "model store")).expanduser()
 
 
 def version_dir(root: Path, version: str) -> Path:
@@ -203,24 +198,12 @@ def code_version() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old or the new pointer, never half a file
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def promote(root: Path, version: str) -> None:
     """Make ``version`` the champion, after verifying it (a corrupted version never becomes ``current``)."""
     verify_version(version_dir(root, version))
-    _atomic_write(root / CURRENT_FILE, version + "\n")
+    atomic_write(root / CURRENT_FILE, version + "\n")
 
 
 def trained_state_dict(model: Any) -> dict[str, Any]:

@@ -22,11 +22,12 @@ import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 import pandas as pd  # at module level: the UDF type hints are resolved in this module's namespace
 
 from models.core.faults import checkpoint
+from models.core.io import local_path
 from schemas import reasons
 from udfs.task_faults import maybe_fail
 
@@ -78,7 +79,7 @@ def resolve_image_uri(uri: str, policy: ImagePolicy) -> Resolved:
     if scheme == "file":
         if parsed.netloc not in ("", "localhost"):
             return Resolved(None, reasons.IMAGE_URI_NOT_ALLOWED, f"file URI on host {parsed.netloc!r}")
-        path = unquote(parsed.path)
+        path = local_path(uri, "image URI")
     else:
         path = uri
     if "\x00" in path:

@@ -30,10 +30,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote
 
 from jobs.lake import delta_stats
 from models.core.faults import checkpoint
+from models.core.io import local_path
 from schemas.tables import TableSpec
 
 __all__ = ["CommitResult", "Lake", "LakeError", "app_id_for"]
@@ -76,10 +77,10 @@ def app_id_for(table: str, run_id: str) -> str:
 
 
 def _local_path(uri: str) -> str:
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        return unquote(parsed.path) if parsed.scheme else uri
-    raise LakeError(f"only local or mounted paths are supported for now, not {uri!r}")
+    try:
+        return local_path(uri, "lake")
+    except ValueError:
+        raise LakeError(f"only local or mounted paths are supported for now, not {uri!r}") from None
 
 
 class Lake:

@@ -20,7 +20,8 @@ import json
 import os
 import socket
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+
+from models.core.io import local_path
 
 __all__ = ["LakeBusyError", "LakeLock"]
 
@@ -33,10 +34,7 @@ class LakeLock:
     """``with LakeLock(lake, run_id):`` holds the lake's enrich lock, or raises :class:`LakeBusyError` at once."""
 
     def __init__(self, lake: str | os.PathLike[str], run_id: str, name: str = "enrich"):
-        lake = str(lake)
-        if lake.startswith("file://"):
-            lake = unquote(urlparse(lake).path)
-        self.path = Path(lake).expanduser().resolve() / "_locks" / f"{name}.lock"
+        self.path = Path(local_path(lake, "lake")).expanduser().resolve() / "_locks" / f"{name}.lock"
         self.run_id = run_id
         self._fd: int | None = None
 

@@ -25,11 +25,11 @@ import argparse
 import datetime as dt
 import json
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from models.core.io import atomic_write
 
 __all__ = [
     "GateBlocked", "POINTER", "PublishError", "discard", "finalize", "main", "open_published", "published_version",
@@ -72,18 +72,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True))
 
 
 def read_pointer(lake: str | Path) -> dict[str, Any] | None:

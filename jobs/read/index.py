@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import time
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from jobs.lake.damage import DamagedLakeError, reading
+from models.core.io import atomic_write
 
 __all__ = ["IndexError_", "IndexStats", "ProductIndex", "choose_model_version", "index_dir", "load_index",
            "model_versions", "refresh_index", "update_index"]
@@ -219,9 +219,7 @@ def _write(lake: str | Path, index, ids, meta: dict[str, Any]) -> Path:
     faiss.write_index(index, str(gen / "index.faiss"))
     ids.to_parquet(gen / "ids.parquet", index=False)
     (gen / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-    tmp = root / f".CURRENT-{uuid.uuid4().hex[:6]}"
-    tmp.write_text(gen.name + "\n")
-    os.replace(tmp, root / "CURRENT")   # atomic: readers see the old generation or the new one
+    atomic_write(root / "CURRENT", gen.name + "\n")   # readers see the old generation or the new one
     # Keep the previous generation for searches that opened it a moment ago; drop older ones.
     gens = sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("v")),
                   key=lambda p: p.stat().st_mtime)
