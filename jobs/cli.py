@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import sys
 
+from models.core.errors import EXIT_OK, EXIT_UNUSABLE
+
 __all__ = ["main", "describe_tables"]
 
 # Subcommands that are a job's main(argv); imported only when chosen (they pull Spark, torch, GE).
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(__doc__)
-        return 0 if args else 2
+        return EXIT_OK if args else EXIT_UNUSABLE
     command, rest = args[0], args[1:]
     if command in _JOBS:
         import importlib
@@ -62,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         return search.main(rest, command)
     if command == "tables":
         print(describe_tables())
-        return 0
+        return EXIT_OK
     print(f"error: unknown command {command!r}\n{__doc__}", file=sys.stderr)
-    return 2
+    return EXIT_UNUSABLE
 
 
 if __name__ == "__main__":

@@ -34,9 +34,11 @@ if __package__ in (None, ""):  # run as a script (spark-submit jobs/enrich.py): 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from jobs.lake.runlog import InvalidRunId, check_run_id  # noqa: E402
+from jobs.lake.runlog import check_run_id  # noqa: E402
 from jobs.make_sample_catalog import DEFAULT_SAMPLE_DIR  # noqa: E402
+from jobs.runtime.exits import fail  # noqa: E402
 from jobs.stages.heads import HeadsConfig  # noqa: E402
+from models.core.errors import EXIT_FAILED, EXIT_OK, EXIT_UNUSABLE, CatalogEnrichError, exit_code  # noqa: E402
 from models.core.faults import checkpoint, publish_driver_pid  # noqa: E402
 
 __all__ = ["EnrichConfig", "RunSummary", "main", "parse_args", "run"]
@@ -555,21 +557,16 @@ def print_summary(s: RunSummary, out=None) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("CATALOG_ENRICH_LOG", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from jobs.lake.lock import LakeBusyError, LakeLock
+    from jobs.lake.lock import LakeLock
 
     cfg = parse_args(argv)
     try:
         check_run_id(cfg.run_id)   # before the lock file or anything else is written
-    except InvalidRunId as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    # One run per lake at a time, taken before Spark starts: a refused run costs nothing and writes nothing.
-    lock = LakeLock(cfg.lake, cfg.run_id)
-    try:
+        # One run per lake at a time, taken before Spark starts: a refused run costs nothing and writes nothing.
+        lock = LakeLock(cfg.lake, cfg.run_id)
         lock.acquire()
-    except LakeBusyError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
+    except CatalogEnrichError as e:   # a bad run id (2), a lake that is not local (2), another run's lock (3)
+        return fail(e)
     try:
         return _locked_main(cfg)
     finally:
@@ -577,43 +574,33 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _locked_main(cfg: EnrichConfig) -> int:
-    from jobs.lake.lakehouse import LakeError
-    from jobs.runtime.spark_session import SparkSetupError, build_session
-    from jobs.stages.model_check import ModelCheckError, verify_run_models
-    from jobs.stages.validate import CatalogError
-    from models.refs import ModelRefError
-    from models.store import ModelIntegrityError
+    from jobs.runtime.spark_session import build_session
+    from jobs.stages.model_check import verify_run_models
 
     publish_driver_pid()
     checkpoint("start")
     try:
         verify_run_models(cfg)   # before Spark: a damaged or tampered model costs a second and one line
-    except ModelCheckError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
         spark = build_session("catalog-enrich")
-    except SparkSetupError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except CatalogEnrichError as e:
+        return fail(e)
     log.info("run %s: catalog %s -> lake %s", cfg.run_id, cfg.catalog, cfg.lake)
     try:
         summary = run(spark, cfg)
-    except (CatalogError, ModelRefError, ModelIntegrityError, LakeError) as e:
-        record_failure(spark, cfg, e)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except Exception as e:
-        log.exception("run %s failed", cfg.run_id)
+        if exit_code(e) == EXIT_FAILED:   # not an error the project raises for its input: say where it broke
+            log.exception("run %s failed", cfg.run_id)
         record_failure(spark, cfg, e)
-        print(f"error: run {cfg.run_id} failed: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+        if exit_code(e) == EXIT_FAILED:
+            print(f"error: run {cfg.run_id} failed: {type(e).__name__}: {e}", file=sys.stderr)
+            return EXIT_FAILED
+        return fail(e)
     print_summary(summary)
     if summary.status == "empty":  # most likely a broken export upstream: fail the nightly task, loudly
         print(f"error: run {cfg.run_id}: {summary.message.split(';', 1)[0]} (recorded as status 'empty')",
               file=sys.stderr)
-        return 2
-    return 0 if summary.accounted() else 1
+        return EXIT_UNUSABLE
+    return EXIT_OK if summary.accounted() else EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -30,13 +30,14 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from models.core.errors import EXIT_BLOCKED, CatalogEnrichError
 from schemas.expectations import INPUT_CHECKS, OUTPUT_CHECKS, Expect, GateThresholds, TableChecks  # noqa: E402
 
 __all__ = ["GateConfig", "Verdict", "key_expectations", "main", "parse_args", "run_input_gate", "run_output_gate"]
 
 log = logging.getLogger("jobs.quality")   # the module name, also under python -m
 
-EXIT_FAILED = 3
+EXIT_FAILED = EXIT_BLOCKED   # a failed verdict blocks publication (models.core.errors)
 
 
 @dataclass(frozen=True)
@@ -250,16 +251,15 @@ def parse_args(argv: list[str] | None = None) -> GateConfig:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from jobs.runtime.spark_session import SparkSetupError, build_session
-    from jobs.stages.validate import CatalogError
+    from jobs.runtime.exits import fail
+    from jobs.runtime.spark_session import build_session
 
     cfg = parse_args(argv)
     try:
         spark = build_session(f"catalog-enrich-quality-{cfg.suite}")
         verdict = (run_input_gate if cfg.suite == "input" else run_output_gate)(spark, cfg)
-    except (SparkSetupError, CatalogError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except CatalogEnrichError as e:
+        return fail(e)
     for name, t in verdict.tables.items():
         failed = [f["why"] or f["expectation"] for c in t.get("checks", []) for f in c["failed"]]
         print(f"  {name:<22}{t['status']:<8}{'; '.join(failed) or t.get('note', '')}")

@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from models.core.errors import CatalogEnrichError
 from models.core.io import atomic_write, local_path
 from models.digest import sha256_file
 
@@ -52,7 +53,7 @@ FROZEN_PREFIX = "text.transformer."
 VERSION_NAME = re.compile(r"^(?P<name>.+)-(?P<time>\d{8}T\d{6})-(?P<digest>[0-9a-f]{10})(?:-\d+)?$")
 
 
-class ModelIntegrityError(ValueError):
+class ModelIntegrityError(CatalogEnrichError, ValueError):
     """A stored model that must not be loaded: checksum mismatch, missing or unexpected file, pickled weights."""
 
 

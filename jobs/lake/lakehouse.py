@@ -33,6 +33,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from jobs.lake import delta_stats
+from models.core.errors import CatalogEnrichError
 from models.core.faults import checkpoint
 from models.core.io import local_path
 from schemas.tables import TableSpec
@@ -55,7 +56,7 @@ def rewrite_files(rewritten_bytes: int, parallelism: int) -> int:
                math.ceil(rewritten_bytes / TARGET_FILE_BYTES))
 
 
-class LakeError(RuntimeError):
+class LakeError(CatalogEnrichError, RuntimeError):
     """A table cannot be read or written as asked."""
 
 

@@ -21,12 +21,13 @@ import os
 import socket
 from pathlib import Path
 
+from models.core.errors import BlockedError
 from models.core.io import local_path
 
 __all__ = ["LakeBusyError", "LakeLock"]
 
 
-class LakeBusyError(RuntimeError):
+class LakeBusyError(BlockedError, RuntimeError):
     """Another run holds the lake's lock."""
 
 

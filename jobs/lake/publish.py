@@ -25,10 +25,10 @@ import argparse
 import datetime as dt
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
+from models.core.errors import BlockedError, CatalogEnrichError
 from models.core.io import atomic_write
 
 __all__ = [
@@ -45,11 +45,11 @@ _DISCARD_KEY = "catalog_enrich.discarded_run"
 _ROLLBACK_KEY = "catalog_enrich.rollback_to_run"
 
 
-class PublishError(RuntimeError):
+class PublishError(CatalogEnrichError, RuntimeError):
     """The pointer cannot be moved as asked."""
 
 
-class GateBlocked(PublishError):
+class GateBlocked(PublishError, BlockedError):
     """The run's output suite failed: it was not published (and its writes were discarded)."""
 
 
@@ -234,26 +234,21 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.action != "status" and not a.run_id:
         p.error(f"{a.action} needs --run-id")
-    if a.run_id is not None:
-        from jobs.lake.runlog import InvalidRunId, check_run_id
+    from jobs.lake.runlog import check_run_id
+    from jobs.runtime.exits import fail
 
-        try:
-            check_run_id(a.run_id)
-        except InvalidRunId as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
     try:
+        if a.run_id is not None:
+            check_run_id(a.run_id)
         if a.action == "status":
             out = read_pointer(a.lake) or {"published": None, "note": "nothing published yet"}
         else:
             out = {"publish": publish, "discard": discard, "finalize": finalize, "rollback": rollback}[a.action](
                 a.lake, a.run_id)
     except GateBlocked as e:
-        print(f"blocked: {e}", file=sys.stderr)
-        return 3
-    except PublishError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e, "blocked")
+    except CatalogEnrichError as e:
+        return fail(e)
     print(json.dumps(out, indent=2, sort_keys=True))
     return 0
 

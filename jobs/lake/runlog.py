@@ -11,6 +11,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from models.core.errors import CatalogEnrichError
+
 __all__ = ["RETRY_SEPARATOR", "RUN_ID_PATTERN", "InvalidRunId", "check_run_id", "latest_attempt",
            "retrain_outcome", "run_counts", "run_rows", "runs_with_status"]
 
@@ -19,7 +21,7 @@ __all__ = ["RETRY_SEPARATOR", "RUN_ID_PATTERN", "InvalidRunId", "check_run_id", 
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-class InvalidRunId(ValueError):
+class InvalidRunId(CatalogEnrichError, ValueError):
     """A run id outside :data:`RUN_ID_PATTERN` (it would name a path outside the lake, or no file at all)."""
 
 # Retrain attempts after the first get their own run id, ``<base>.try<N>``: a model_runs row is appended

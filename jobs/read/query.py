@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 
 from jobs.lake.damage import DamagedLakeError, diagnose
+from jobs.runtime.exits import fail
+from models.core.errors import EXIT_UNUSABLE, CatalogEnrichError
 
 __all__ = ["QueryRefused", "connect", "damage_of", "main", "query", "register_spark_views"]
 
@@ -31,7 +33,7 @@ _STREAM_FAILED = re.compile(r"stream registered as '(\w+)' failed")
 _NO_TABLE = re.compile(r"Table with name (\w+) does not exist")
 
 
-class QueryRefused(ValueError):
+class QueryRefused(CatalogEnrichError, ValueError):
     """A query that is not one read-only statement over the lake's tables."""
 
 
@@ -157,16 +159,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         df = query(args.lake, args.sql, args.latest)
-    except (FileNotFoundError, QueryRefused) as e:
+    except CatalogEnrichError as e:   # a refused query (2), a damaged table (4)
+        return fail(e)
+    except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    except DamagedLakeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 4
+        return EXIT_UNUSABLE
     except duckdb.Error as e:
         tables = ", ".join(_tables(Path(args.lake)))
         print(f"error: {str(e).splitlines()[0]}\n(tables in {args.lake}: {tables})", file=sys.stderr)
-        return 2
+        return EXIT_UNUSABLE
     if args.format == "csv":
         df.to_csv(sys.stdout, index=False)
     elif args.format == "json":

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from jobs.lake.damage import DamagedLakeError, reading
+from jobs.runtime.exits import fail
+from models.core.errors import EXIT_UNUSABLE, CatalogEnrichError
 
 __all__ = ["SECTIONS", "build_report", "main", "write_run_report"]
 
@@ -479,12 +481,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         path = write_report(args.lake, args.run_id, args.image_root)
+    except CatalogEnrichError as e:   # no such run (2), a damaged lake (4)
+        return fail(e)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    except DamagedLakeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 4
+        return EXIT_UNUSABLE
     print(path)
     return 0
 

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.lake.damage import DamagedLakeError
-from jobs.read.index import IndexError_, ProductIndex, choose_model_version, load_index, update_index
+from jobs.read.index import ProductIndex, choose_model_version, load_index, update_index
+from jobs.runtime.exits import fail
+from models.core.errors import CatalogEnrichError
 
 __all__ = ["SearchError", "embed_query", "main", "model_ref_for", "open_index", "quarantine_note",
            "read_query_image", "similar",
@@ -30,7 +31,7 @@ DEFAULT_LOADER = "models.encoders:load_encoder"
 MAX_QUERY_IMAGE_BYTES = 32 * 1024 * 1024
 
 
-class SearchError(ValueError):
+class SearchError(CatalogEnrichError, ValueError):
     """A search that cannot be answered as asked (unknown product, model mismatch, unreadable image)."""
 
 
@@ -232,12 +233,8 @@ def main(argv: list[str] | None = None, command: str = "similar") -> int:
             t = time.perf_counter()
             hits = text_search(idx, q, args.k)
         took = time.perf_counter() - t
-    except (IndexError_, SearchError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except DamagedLakeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 4
+    except CatalogEnrichError as e:   # a query that cannot be answered (2), a damaged lake (4)
+        return fail(e)
     if command == "similar" and args.format == "table":
         from jobs.read.lookup import latest_catalog, product_details
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 import sys
 
+from models.core.errors import CatalogEnrichError
+
 __all__ = ["DEFAULTS", "FEW_CORES_DEFAULTS", "LOCAL_DEFAULTS", "SparkSetupError", "build_session", "check_java",
            "quiet_library_loggers"]
 
 
-class SparkSetupError(RuntimeError):
+class SparkSetupError(CatalogEnrichError, RuntimeError):
     """Spark cannot start here (no Java, wrong Python)."""
 
 

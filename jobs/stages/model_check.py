@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
+from models.core.errors import CatalogEnrichError
+
 if TYPE_CHECKING:
     from jobs.stages.heads import HeadsConfig
 
@@ -24,7 +26,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class ModelCheckError(ValueError):
+class ModelCheckError(CatalogEnrichError, ValueError):
     """A model the run would use is missing, damaged or tampered with; the message is one line for the user."""
 
 

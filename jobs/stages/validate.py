@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pyspark.sql.types import StringType
 
+from models.core.errors import CatalogEnrichError
 from schemas import reasons
 from schemas.tables import CATALOG, CATALOG_REQUIRED
 from udfs.images import STAT_FIELDS
@@ -38,7 +39,7 @@ _INVISIBLE = r"\p{Z}\p{C}\p{M}\x{115F}\x{1160}\x{3164}\x{FFA0}\x{2800}\x{1D159}"
 _KEEP_NULLS = {"ignoreNullFields": "false"}
 
 
-class CatalogError(ValueError):
+class CatalogError(CatalogEnrichError, ValueError):
     """The catalog as a whole is unusable (missing, or without the required columns)."""
 
 

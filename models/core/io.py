@@ -7,7 +7,13 @@ import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-__all__ = ["atomic_write", "local_path"]
+from models.core.errors import CatalogEnrichError
+
+__all__ = ["UnsupportedURI", "atomic_write", "local_path"]
+
+
+class UnsupportedURI(CatalogEnrichError, ValueError):
+    """A location that is not on the local file system (an object store, a web address)."""
 
 
 def _umask() -> int:
@@ -45,7 +51,8 @@ def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> None:
 def local_path(uri: str | os.PathLike[str], what: str = "path") -> str:
     """The local file system path ``uri`` names: a ``file://`` URI decoded, a plain path as it is.
 
-    Raises ``ValueError`` naming ``what`` and the URI for any other scheme (object stores are not supported).
+    Raises :class:`UnsupportedURI` (a ``ValueError``) naming ``what`` and the URI for any other scheme (object
+    stores are not supported).
     """
     s = str(uri)
     parsed = urlparse(s)
@@ -53,4 +60,4 @@ def local_path(uri: str | os.PathLike[str], what: str = "path") -> str:
         return unquote(parsed.path)
     if parsed.scheme == "" or (len(parsed.scheme) == 1 and "://" not in s):   # C:\... is a drive, not a scheme
         return s
-    raise ValueError(f"{what} {s!r}: only local directories and file:// URIs are supported")
+    raise UnsupportedURI(f"{what} {s!r}: only local directories and file:// URIs are supported")
