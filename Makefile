@@ -13,7 +13,7 @@ export PYSPARK_DRIVER_PYTHON := $(BIN)/python
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
-	@$(PY) jobs/preflight.py
+	@$(PY) jobs/runtime/preflight.py
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,airflow]'

@@ -20,7 +20,7 @@ What it measures, in one process and one run (so the figures are side by side on
 4. **Incremental rerun**: 1% of the products get a new title, the job runs again on the same lake; its time
    as a fraction of the full run's.
 5. **Upsert**: ``--upsert-rows`` rows (90% replace existing products, 10% new) upserted into a
-   ``--upsert-base``-row ``product_categories`` table through ``jobs.lakehouse.Lake.upsert`` (the same
+   ``--upsert-base``-row ``product_categories`` table through ``jobs.lake.lakehouse.Lake.upsert`` (the same
    copy-on-write commit the job uses); the table is built first and its build time is not counted.
 
 Peak resident memory is sampled over the Spark phases for the driver (Python), the JVM (driver and, in local
@@ -99,7 +99,7 @@ def plain_loop(catalog: Path, out: Path, model: str, device: str | None, batch_s
     import pyarrow.parquet as pq
     import torch
 
-    from jobs.heads import HeadsConfig, plan_heads
+    from jobs.stages.heads import HeadsConfig, plan_heads
     from models.encoders import load_encoder
     from models.heads.bundle import load_heads
     from udfs.embed import EmbedConfig, embed_frame
@@ -168,7 +168,7 @@ def upsert_bench(spark, lake_dir: Path, base: int, rows: int) -> dict:
     from deltalake import DeltaTable
     from pyspark.sql import functions as F
 
-    from jobs.lakehouse import Lake
+    from jobs.lake.lakehouse import Lake
     from schemas.tables import PRODUCT_CATEGORIES
 
     lake = Lake(spark, lake_dir)
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.basicConfig(level=os.environ.get("CATALOG_ENRICH_LOG", "WARNING"))
-    from jobs.spark_session import build_session
+    from jobs.runtime.spark_session import build_session
 
     with tempfile.TemporaryDirectory(dir=a.workdir) as tmp:
         work = Path(tmp)

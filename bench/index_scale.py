@@ -20,8 +20,8 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.index import load_index, update_index  # noqa: E402
-from jobs.search import similar  # noqa: E402
+from jobs.read.index import load_index, update_index  # noqa: E402
+from jobs.read.search import similar  # noqa: E402
 
 
 def _table(ids: list[str], dim: int, seed: int) -> pa.Table:

@@ -8,7 +8,7 @@ duplicate groups (about 40% of the products have 1-3 other listings of the same 
 number, reworded titles, embeddings near the group's centre; the others are singletons) and in families of
 similar products (same brand and kind, embedding cosine about 0.6: the near neighbours that are not
 duplicates), written as a real
-``product_embeddings`` Delta table; then one full run of :func:`jobs.matching.match_and_cluster` with the
+``product_embeddings`` Delta table; then one full run of :func:`jobs.stages.matching.match_and_cluster` with the
 shipped pair scorer on ``local[*]``. Reported per size: seconds for blocking, scoring and clustering, peak
 resident memory of the whole process tree (driver, JVM, Python workers), candidates, matches, and the
 recall/precision of the planted duplicate pairs. The exponent is the least-squares slope of log(total seconds)
@@ -94,9 +94,9 @@ def one(n: int, dim: int, workdir: Path) -> dict:
     import pyarrow.parquet as pq
     from deltalake import DeltaTable, write_deltalake
 
-    from jobs.lakehouse import Lake
-    from jobs.matching import match_and_cluster
-    from jobs.spark_session import build_session
+    from jobs.lake.lakehouse import Lake
+    from jobs.runtime.spark_session import build_session
+    from jobs.stages.matching import match_and_cluster
     from schemas.tables import PRODUCT_EMBEDDINGS
 
     t = time.perf_counter()

@@ -4,7 +4,7 @@
     catalog-enrich retrain [retrain options] run the retrain job (same options as jobs/retrain.py)
     catalog-enrich quality input|output ...  run a quality gate (see jobs/quality.py)
     catalog-enrich publish status|publish|discard|finalize|rollback ...
-                                             the published state of the lake (see jobs/publish.py)
+                                             the published state of the lake (see jobs/lake/publish.py)
     catalog-enrich tables                    print every output table's columns and keys
     catalog-enrich query "SQL" [--lake DIR]  SQL over the Delta tables (DuckDB; no Spark needed)
     catalog-enrich similar PRODUCT_ID [--k 10] [--lake DIR] [--format table|json]
@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import sys
 
+from models.core.errors import EXIT_OK, EXIT_UNUSABLE
+
 __all__ = ["main", "describe_tables"]
 
 # Subcommands that are a job's main(argv); imported only when chosen (they pull Spark, torch, GE).
-_JOBS = {"enrich": "jobs.enrich", "retrain": "jobs.retrain", "quality": "jobs.quality", "publish": "jobs.publish",
-         "query": "jobs.query", "report": "jobs.report"}
-# Subcommands of jobs.search's main(argv, command).
+_JOBS = {"enrich": "jobs.enrich", "retrain": "jobs.retrain", "quality": "jobs.quality", "publish": "jobs.lake.publish",
+         "query": "jobs.read.query", "report": "jobs.read.report"}
+# Subcommands of jobs.read.search's main(argv, command).
 _SEARCH = ("similar", "search", "index")
 
 
@@ -50,21 +52,21 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(__doc__)
-        return 0 if args else 2
+        return EXIT_OK if args else EXIT_UNUSABLE
     command, rest = args[0], args[1:]
     if command in _JOBS:
         import importlib
 
         return importlib.import_module(_JOBS[command]).main(rest)
     if command in _SEARCH:
-        from jobs import search
+        from jobs.read import search
 
         return search.main(rest, command)
     if command == "tables":
         print(describe_tables())
-        return 0
+        return EXIT_OK
     print(f"error: unknown command {command!r}\n{__doc__}", file=sys.stderr)
-    return 2
+    return EXIT_UNUSABLE
 
 
 if __name__ == "__main__":

@@ -28,20 +28,22 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 if __package__ in (None, ""):  # run as a script (spark-submit jobs/enrich.py): make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from jobs.faults import checkpoint, publish_driver_pid  # noqa: E402
-from jobs.heads import HeadsConfig  # noqa: E402
+from jobs.lake.runlog import check_run_id  # noqa: E402
 from jobs.make_sample_catalog import DEFAULT_SAMPLE_DIR  # noqa: E402
-from jobs.runlog import InvalidRunId, check_run_id  # noqa: E402
+from jobs.runtime.exits import fail  # noqa: E402
+from jobs.stages.heads import HeadsConfig  # noqa: E402
+from models.core.errors import EXIT_FAILED, EXIT_OK, EXIT_UNUSABLE, CatalogEnrichError, exit_code  # noqa: E402
+from models.core.faults import checkpoint, publish_driver_pid  # noqa: E402
 
-__all__ = ["EnrichConfig", "RunSummary", "main", "parse_args", "run"]
+__all__ = ["EnrichConfig", "RunContext", "RunSummary", "main", "parse_args", "run"]
 
-log = logging.getLogger("catalog_enrich.enrich")
+log = logging.getLogger("jobs.enrich")   # the module name, also when spark-submit runs the file as __main__
 
 DEFAULT_CATALOG = DEFAULT_SAMPLE_DIR / "catalog.parquet"
 ROWS_PER_PARTITION = 20_000
@@ -176,7 +178,7 @@ class _Stages:
 
     @contextlib.contextmanager
     def __call__(self, name: str):
-        from jobs.progress import StageProgress, heartbeat
+        from jobs.runtime.progress import StageProgress, heartbeat
 
         t = time.perf_counter()
         self.spark.sparkContext.setJobDescription(f"catalog-enrich: {name}")
@@ -232,33 +234,55 @@ def side_by_side(spark, stage_name: str, calls: dict[str, Callable[[], T]]) -> d
 
 
 def _run_row(summary: RunSummary, cfg: EnrichConfig, started: dt.datetime, finished: dt.datetime | None) -> dict:
-    """The run's enrichment_runs row (written by :meth:`jobs.lakehouse.Lake.upsert_rows`, without Spark)."""
+    """The run's enrichment_runs row (written by :meth:`jobs.lake.lakehouse.Lake.upsert_rows`, without Spark)."""
     return {"run_id": summary.run_id, "status": summary.status, "model_version": summary.model_version,
             "catalog": cfg.catalog, "started_at": started, "finished_at": finished,
             "counts": [(k, int(v)) for k, v in summary.counts.items()],
             "timings": [(k, float(v)) for k, v in summary.timings.items()], "message": summary.message}
 
 
-def run(spark, cfg: EnrichConfig) -> RunSummary:
-    """Enrich ``cfg.catalog`` into ``cfg.lake``; returns the run summary (also written to enrichment_runs)."""
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F
+@dataclass(frozen=True)
+class RunContext:
+    """What every stage of a run reads: the session, the configuration, the lake, the stage timer, the model
+    version, and the torch threads a model task may use."""
 
-    from jobs.heads import open_attributes, resolve_extractor
-    from jobs.image_stats import ImageStats
-    from jobs.lakehouse import Lake
-    from jobs.matching import MatchConfig, match_and_cluster, resolve_matching
-    from jobs.transforms import changed_products, quarantine_rows, read_catalog, validate
-    from schemas.tables import (
-        ENRICHMENT_RUNS,
-        PRODUCT_CLUSTERS,
-        PRODUCT_EMBEDDINGS,
-        PRODUCT_MATCHES,
-        QUARANTINE,
-        TABLES,
-    )
-    from udfs.embed import EmbedConfig
-    from udfs.images import ImagePolicy, make_inspect_udf
+    spark: Any
+    cfg: EnrichConfig
+    lake: Any          # jobs.lake.lakehouse.Lake (imported with Spark, inside the run)
+    stage: _Stages
+    version: str
+    task_cpus: int
+
+
+@dataclass(frozen=True)
+class _Validated:
+    validated: Any     # every row with its reason_code (persisted until the run ends)
+    valid: Any
+    rejected: Any
+    n_read: int
+    n_rejected: int
+    images: int        # rows with an image hash
+    images_read: int   # of them, images read and hashed by this run
+
+
+@dataclass(frozen=True)
+class _Embedded:
+    embedded: Any      # the changed products with the model UDF's struct ``_e`` (persisted until matching ends)
+    plan: Any          # the heads' plan (jobs.stages.heads.plan_heads)
+    heads_note: str
+    n_failed: int
+    n_adult: int
+
+
+def run(spark, cfg: EnrichConfig) -> RunSummary:
+    """Enrich ``cfg.catalog`` into ``cfg.lake``; returns the run summary (also written to enrichment_runs).
+
+    The stages, in order, each with a kill point after it (tests/reliability.py names them): validate, select
+    changed, embed (the heads run in the encoder's pass), heads, attributes, commit, match, index, record."""
+    from jobs.lake.lakehouse import Lake
+    from jobs.stages.heads import resolve_extractor
+    from jobs.stages.matching import resolve_matching
+    from schemas.tables import ENRICHMENT_RUNS
 
     check_run_id(cfg.run_id)   # it names report files: nothing is written under an unsafe one
     started, t_start = dt.datetime.now(dt.timezone.utc), time.perf_counter()
@@ -273,15 +297,61 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
         return done
     abandoned = _abandon_interrupted(lake, cfg)
     summary = RunSummary(cfg.run_id, "running", version, description, str(lake.root))
-    stage = _Stages(spark)
+    ctx = RunContext(spark, cfg, lake, _Stages(spark), version, int(spark.conf.get("spark.task.cpus", "1")))
     lake.upsert_rows(ENRICHMENT_RUNS, [_run_row(summary, cfg, started, None)], cfg.run_id, step=1)
     checkpoint("run_started")
 
+    v = _validate(ctx)
+    checkpoint("validated")
+    todo, n_todo = _select_changed(ctx, v)
+    checkpoint("selected")
+    now = dt.datetime.now(dt.timezone.utc)
+    e = _embed(ctx, v, todo, n_todo)
+    checkpoint("embedded")
+    scored, head_frames = _score_heads(ctx, e, n_todo, now)
+    checkpoint("heads_scored")
+    opened = _extract_attributes(ctx, extractor, scored, n_todo - e.n_failed, head_frames, now)
+    heads_note = e.heads_note + f"; open attributes: {extractor[1] if extractor else 'none'}"
+    emb, qua = _commit_tables(ctx, v, e, scored, head_frames, n_todo, now)
+    if opened is not None:
+        opened.unpersist()
+    checkpoint("tables_committed")
+    matched = _match(ctx, scorer, v.valid)
+    e.embedded.unpersist()
+    checkpoint("matched")
+    v.validated.unpersist()
+    index_note = _refresh_index(ctx)
+
+    _finish_summary(summary, ctx, v, e, n_todo, matched, list(head_frames), scorer, t_start)
+    summary.message = (f"{summary.message}embeddings v{emb.version if emb.version is not None else '-'}, "
+                       f"quarantine v{qua.version if qua.version is not None else '-'}; {heads_note}; "
+                       f"matching: {Path(scorer).name if scorer else 'none'}; {index_note}"
+                       + (f"; completed abandoned run {', '.join(abandoned)}" if abandoned else ""))
+    finished = dt.datetime.now(dt.timezone.utc)
+    lake.upsert_rows(ENRICHMENT_RUNS, [_run_row(summary, cfg, started, finished)], cfg.run_id, step=2)
+    checkpoint("run_recorded")
+    _write_report(lake.root, summary)
+    from jobs.read.report import write_run_report
+
+    write_run_report(lake.root, summary.run_id, image_root=cfg.resolved_image_root())
+    return summary
+
+
+def _validate(ctx: RunContext) -> _Validated:
+    """Read the catalog, check every row and its image (hashing only images changed since the stat cache)."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from jobs.lake.image_stats import ImageStats
+    from jobs.stages.validate import read_catalog, validate
+    from udfs.images import ImagePolicy, make_inspect_udf
+
+    cfg, stage = ctx.cfg, ctx.stage
     policy = ImagePolicy(image_root=cfg.resolved_image_root(), allowed_roots=cfg.allowed_image_roots)
     with stage("validate"):
-        catalog = read_catalog(spark, cfg.catalog, flag_problems=True)
-        image_stats = ImageStats(lake.root)
-        known = None if cfg.rehash_images else image_stats.read(spark)
+        catalog = read_catalog(ctx.spark, cfg.catalog, flag_problems=True)
+        image_stats = ImageStats(ctx.lake.root)
+        known = None if cfg.rehash_images else image_stats.read(ctx.spark)
         validated = validate(catalog, make_inspect_udf(policy), known=known).persist(StorageLevel.MEMORY_AND_DISK)
         tally = validated.agg(F.count(F.lit(1)).alias("read"),
                               F.count("reason_code").alias("rejected"),
@@ -298,33 +368,45 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
         if tally["images_read"]:
             image_stats.write(validated)
         stage.count(n_read, "rows")
-    checkpoint("validated")
+    return _Validated(validated, valid, rejected, n_read, n_rejected, tally["images"], tally["images_read"])
 
-    with stage("select changed"):
+
+def _select_changed(ctx: RunContext, v: _Validated):
+    """The valid products new or changed since the last succeeded run (persisted: the embed stage reads them)."""
+    from pyspark import StorageLevel
+
+    from jobs.stages.validate import changed_products
+
+    with ctx.stage("select changed"):
         # Only rows of succeeded runs count as done (see the module doc): a repeat of a crashed run, or the
         # next run after an abandoned one, redoes their products instead of calling them unchanged and
         # leaving the tables committed after product_embeddings without them.
-        todo = changed_products(valid, _completed_embeddings(lake), version, this_run=cfg.run_id
+        todo = changed_products(v.valid, _completed_embeddings(ctx.lake), ctx.version, this_run=ctx.cfg.run_id
                                 ).persist(StorageLevel.MEMORY_AND_DISK)   # the embed stage reads it again
         n_todo = todo.count()
-        log.info("%d products new or changed, %d unchanged", n_todo, n_read - n_rejected - n_todo)
-        stage.count(n_read - n_rejected, "products")
-    checkpoint("selected")
+        log.info("%d products new or changed, %d unchanged", n_todo, v.n_read - v.n_rejected - n_todo)
+        ctx.stage.count(v.n_read - v.n_rejected, "products")
+    return todo, n_todo
 
-    now = dt.datetime.now(dt.timezone.utc)
-    task_cpus = int(spark.conf.get("spark.task.cpus", "1"))   # torch threads per model UDF task
+
+def _embed(ctx: RunContext, v: _Validated, todo, n_todo: int) -> _Embedded:
+    """One pass of the models: the heads run in the encoder's UDF, on the embeddings it just made."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from jobs.stages.heads import plan_heads
+    from udfs.embed import EmbedConfig
+    from udfs.heads import make_embed_heads_udf
+
+    cfg, spark, stage = ctx.cfg, ctx.spark, ctx.stage
     with stage("embed"):
-        # One pass of the models: the heads run in the encoder's UDF, on the embeddings it just made.
-        from jobs.heads import heads_tables, plan_heads
-        from udfs.heads import make_embed_heads_udf
-
         counts = {r["category"]: int(r["count"]) for r in
-                  valid.where(F.col("category").isNotNull()).groupBy("category").count().collect()}
-        plan, heads_note = plan_heads(cfg.heads, version, counts, lambda: _driver_encoder(cfg).embed_texts)
+                  v.valid.where(F.col("category").isNotNull()).groupBy("category").count().collect()}
+        plan, heads_note = plan_heads(cfg.heads, ctx.version, counts, lambda: _driver_encoder(cfg).embed_texts)
         parallelism = spark.sparkContext.defaultParallelism
         embed_cfg = EmbedConfig(
             model_ref=cfg.model, batch_size=cfg.batch_size, device=cfg.device, decode_threads=cfg.decode_threads,
-            torch_threads=task_cpus, loader=cfg.encoder_loader)
+            torch_threads=ctx.task_cpus, loader=cfg.encoder_loader)
         parts = embed_partitions(n_todo, parallelism)
         done = spark.sparkContext.accumulator(0)   # products the model UDF finished, for the heartbeat
         stage.watch(done, n_todo, "products")
@@ -344,99 +426,132 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
         log.info("embedded %d products (%.1f products/s), %d failed image decoding; heads applied: %d flagged "
                  "adult", n_todo - n_failed, rate, n_failed, n_adult)
         stage.count(n_todo, "products")
-    checkpoint("embedded")
+    return _Embedded(embedded, plan, heads_note, n_failed, n_adult)
 
-    with stage("heads"):
-        # What the heads said (in the embed pass) as the rows of their three tables.
-        scored = embedded.where(F.col("_e.error").isNull()).withColumn("_h", F.col("_e"))
-        n_scored = n_todo - n_failed
-        head_frames = heads_tables(scored, plan, version, cfg.run_id, now)
-        stage.count(n_scored, "products")
-    checkpoint("heads_scored")
 
-    with stage("attributes"):
+def _score_heads(ctx: RunContext, e: _Embedded, n_todo: int, now: dt.datetime):
+    """What the heads said (in the embed pass) as the rows of their three tables: (scored products, frames)."""
+    from pyspark.sql import functions as F
+
+    from jobs.stages.heads import heads_tables
+
+    with ctx.stage("heads"):
+        scored = e.embedded.where(F.col("_e.error").isNull()).withColumn("_h", F.col("_e"))
+        head_frames = heads_tables(scored, e.plan, ctx.version, ctx.cfg.run_id, now)
+        ctx.stage.count(n_todo - e.n_failed, "products")
+    return scored, head_frames
+
+
+def _extract_attributes(ctx: RunContext, extractor, scored, n_scored: int, head_frames: dict, now: dt.datetime):
+    """The open attribute extractor's values, added to ``head_frames["product_attributes"]``; the persisted
+    frame (None without an extractor), to unpersist once committed."""
+    from pyspark import StorageLevel
+
+    from jobs.stages.heads import open_attributes
+
+    cfg = ctx.cfg
+    with ctx.stage("attributes"):
         opened = None
         if extractor is not None:
             # Beside the closed heads' rows; the table's key keeps one row per (product, attribute, value).
             t = time.perf_counter()
-            opened = open_attributes(scored, extractor, cfg.batch_size, cfg.device, task_cpus, cfg.run_id, now
+            opened = open_attributes(scored, extractor, cfg.batch_size, cfg.device, ctx.task_cpus, cfg.run_id, now
                                      ).persist(StorageLevel.MEMORY_AND_DISK)
             n_values = opened.count()
             log.info("open attributes: %d values from %d products (%.1f products/s)", n_values, n_scored,
                      n_scored / max(time.perf_counter() - t, 1e-9))
             head_frames["product_attributes"] = head_frames["product_attributes"].unionByName(opened)
-            stage.count(n_scored, "products")
-        heads_note += f"; open attributes: {extractor[1] if extractor else 'none'}"
+            ctx.stage.count(n_scored, "products")
+    return opened
 
-    with stage("commit"):
+
+def _commit_tables(ctx: RunContext, v: _Validated, e: _Embedded, scored, head_frames: dict, n_todo: int,
+                   now: dt.datetime):
+    """Commit the embeddings, the quarantine and the heads' tables side by side; the (embeddings, quarantine)
+    commit results."""
+    from pyspark.sql import functions as F
+
+    from jobs.stages.validate import quarantine_rows
+    from schemas.tables import PRODUCT_EMBEDDINGS, QUARANTINE, TABLES
+
+    cfg, lake, embedded = ctx.cfg, ctx.lake, e.embedded
+    with ctx.stage("commit"):
         ok = embedded.where(F.col("_e.error").isNull()).select(
-            "product_id", F.lit(version).alias("model_version"), "_e.embedding", "_e.text_embedding",
+            "product_id", F.lit(ctx.version).alias("model_version"), "_e.embedding", "_e.text_embedding",
             "_e.image_embedding", "content_hash", F.lit(cfg.run_id).alias("run_id"),
             F.lit(now).cast("timestamp").alias("updated_at"))
         failed = (embedded.where(F.col("_e.error").isNotNull())
                   .withColumn("reason_code", F.col("_e.error")).withColumn("detail", F.col("_e.error_detail")))
-        bad = quarantine_rows(rejected, cfg.run_id, now).unionByName(quarantine_rows(failed, cfg.run_id, now))
+        bad = quarantine_rows(v.rejected, cfg.run_id, now).unionByName(quarantine_rows(failed, cfg.run_id, now))
         # Every scored product's old rows go, also where it now has none (no attribute above the threshold).
         scored_ids = scored.select("product_id")
         small = n_todo <= DRIVER_COMMIT_PRODUCTS
         commits = {PRODUCT_EMBEDDINGS.name: lambda: lake.upsert(PRODUCT_EMBEDDINGS, ok, cfg.run_id, step=1,
                                                                 on_driver=small),
                    QUARANTINE.name: lambda: lake.upsert(QUARANTINE, bad, cfg.run_id, step=1,
-                                                        on_driver=n_rejected + n_failed <= DRIVER_COMMIT_PRODUCTS)}
+                                                        on_driver=v.n_rejected + e.n_failed <= DRIVER_COMMIT_PRODUCTS)}
         for name, frame in head_frames.items():
             commits[name] = (lambda name=name, frame=frame:
                              lake.upsert(TABLES[name], frame, cfg.run_id, step=1, replaced=scored_ids,
                                          on_driver=small))
-        results = side_by_side(spark, "commit", commits)
-        emb, qua = results[PRODUCT_EMBEDDINGS.name], results[QUARANTINE.name]
-        stage.count(n_todo + n_rejected, "rows")
-    if opened is not None:
-        opened.unpersist()
-    checkpoint("tables_committed")
+        results = side_by_side(ctx.spark, "commit", commits)
+        ctx.stage.count(n_todo + v.n_rejected, "rows")
+    return results[PRODUCT_EMBEDDINGS.name], results[QUARANTINE.name]
 
-    matched = {"matches_written": 0, "clusters": 0}
-    if scorer is not None:
-        with stage("match"):
-            matched = match_and_cluster(spark, lake, valid, cfg.run_id, version, MatchConfig(scorer=scorer))
-            stage.count(matched["queries"], "products")
-    embedded.unpersist()
-    checkpoint("matched")
-    validated.unpersist()
 
-    with stage("index"):
-        from jobs.index import refresh_index
+def _match(ctx: RunContext, scorer, valid) -> dict:
+    """Duplicate matching and clusters (skipped without a pair scorer)."""
+    from jobs.stages.matching import MatchConfig, match_and_cluster
 
-        index_note = refresh_index(lake.root, version, stage.count)
+    if scorer is None:
+        return {"matches_written": 0, "clusters": 0}
+    with ctx.stage("match"):
+        matched = match_and_cluster(ctx.spark, ctx.lake, valid, ctx.cfg.run_id, ctx.version, MatchConfig(scorer=scorer))
+        ctx.stage.count(matched["queries"], "products")
+    return matched
 
+
+def _refresh_index(ctx: RunContext) -> str:
+    """Bring the similarity index up to the embeddings table; what it did, for the run message."""
+    from jobs.read.index import refresh_index
+
+    with ctx.stage("index"):
+        return refresh_index(ctx.lake.root, ctx.version, ctx.stage.count)
+
+
+def _finish_summary(summary: RunSummary, ctx: RunContext, v: _Validated, e: _Embedded, n_todo: int,
+                    matched: dict, head_tables: list[str], scorer, t_start: float) -> None:
+    """The run's counts, timings, status and tables into ``summary``; its message starts with the empty-catalog
+    note, if any (the caller appends the commits' details)."""
+    from schemas.tables import (
+        ENRICHMENT_RUNS,
+        PRODUCT_CLUSTERS,
+        PRODUCT_EMBEDDINGS,
+        PRODUCT_MATCHES,
+        QUARANTINE,
+        TABLES,
+    )
+
+    n_read, n_rejected = v.n_read, v.n_rejected
     summary.counts = {
-        "read": n_read, "valid": n_read - n_rejected, "enriched": n_todo - n_failed,
-        "unchanged": n_read - n_rejected - n_todo, "quarantined": n_rejected + n_failed, "adult_flagged": n_adult,
+        "read": n_read, "valid": n_read - n_rejected, "enriched": n_todo - e.n_failed,
+        "unchanged": n_read - n_rejected - n_todo, "quarantined": n_rejected + e.n_failed, "adult_flagged": e.n_adult,
         "matches_written": matched["matches_written"], "duplicate_clusters": matched["clusters"],
     }
     # Not in the run record: a repeat of a crashed run finds the images hashed already, yet must leave the
     # tables exactly as an uninterrupted run would.
-    summary.images = {"checked": tally["images"], "read": tally["images_read"]}
-    summary.timings = dict(stage.timings, total=round(time.perf_counter() - t_start, 3))
+    summary.images = {"checked": v.images, "read": v.images_read}
+    summary.timings = dict(ctx.stage.timings, total=round(time.perf_counter() - t_start, 3))
     summary.status = "succeeded"
     empty = _empty_note(n_read, n_rejected)
     if empty:
-        log.warning("run %s: %s", cfg.run_id, empty)
+        log.warning("run %s: %s", ctx.cfg.run_id, empty)
         summary.status = "empty"
-    summary.tables = {s.name: str(lake.path(s)) for s in (PRODUCT_EMBEDDINGS, *(TABLES[n] for n in head_frames),
+    lake = ctx.lake
+    summary.tables = {s.name: str(lake.path(s)) for s in (PRODUCT_EMBEDDINGS, *(TABLES[n] for n in head_tables),
                                                           *((PRODUCT_MATCHES, PRODUCT_CLUSTERS) if scorer else ()),
                                                           QUARANTINE, ENRICHMENT_RUNS)}
-    summary.message = (f"{empty + '; ' if empty else ''}embeddings v{emb.version if emb.version is not None else '-'}, "
-                       f"quarantine v{qua.version if qua.version is not None else '-'}; {heads_note}; "
-                       f"matching: {Path(scorer).name if scorer else 'none'}; {index_note}"
-                       + (f"; completed abandoned run {', '.join(abandoned)}" if abandoned else ""))
-    finished = dt.datetime.now(dt.timezone.utc)
-    lake.upsert_rows(ENRICHMENT_RUNS, [_run_row(summary, cfg, started, finished)], cfg.run_id, step=2)
-    checkpoint("run_recorded")
-    _write_report(lake.root, summary)
-    from jobs.report import write_run_report
-
-    write_run_report(lake.root, summary.run_id, image_root=cfg.resolved_image_root())
-    return summary
+    summary.message = f"{empty}; " if empty else ""
 
 
 def _empty_note(n_read: int, n_rejected: int) -> str | None:
@@ -462,8 +577,8 @@ def _abandon_interrupted(lake, cfg: EnrichConfig) -> list[str]:
     """Mark every other run that ``enrichment_runs`` still records as running ``abandoned`` (with the time and
     a message), and return their ids. Only while the lake's lock is free or held by this process: then none
     of them is live (``main`` holds the lock; a caller of :func:`run` without it takes it here for a moment)."""
-    from jobs.lock import LakeBusyError, LakeLock
-    from jobs.runlog import runs_with_status
+    from jobs.lake.lock import LakeBusyError, LakeLock
+    from jobs.lake.runlog import runs_with_status
     from schemas.tables import ENRICHMENT_RUNS
 
     lock = LakeLock(lake.root, cfg.run_id)
@@ -497,7 +612,7 @@ def _abandon_interrupted(lake, cfg: EnrichConfig) -> list[str]:
 
 def _finished_run(lake, cfg: EnrichConfig, description: str) -> RunSummary | None:
     """The summary of this run id when enrichment_runs records it as succeeded, else None."""
-    from jobs.runlog import run_rows
+    from jobs.lake.runlog import run_rows
     from schemas.tables import ENRICHMENT_RUNS
 
     if not lake.exists(ENRICHMENT_RUNS):
@@ -523,7 +638,7 @@ def _write_report(root: Path, summary: RunSummary) -> Path:
 
 def record_failure(spark, cfg: EnrichConfig, error: BaseException) -> None:
     """Best effort: mark the run failed in enrichment_runs (under its own transaction id)."""
-    from jobs.lakehouse import Lake
+    from jobs.lake.lakehouse import Lake
     from schemas.tables import ENRICHMENT_RUNS
 
     try:
@@ -555,21 +670,16 @@ def print_summary(s: RunSummary, out=None) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("CATALOG_ENRICH_LOG", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from jobs.lock import LakeBusyError, LakeLock
+    from jobs.lake.lock import LakeLock
 
     cfg = parse_args(argv)
     try:
         check_run_id(cfg.run_id)   # before the lock file or anything else is written
-    except InvalidRunId as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    # One run per lake at a time, taken before Spark starts: a refused run costs nothing and writes nothing.
-    lock = LakeLock(cfg.lake, cfg.run_id)
-    try:
+        # One run per lake at a time, taken before Spark starts: a refused run costs nothing and writes nothing.
+        lock = LakeLock(cfg.lake, cfg.run_id)
         lock.acquire()
-    except LakeBusyError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
+    except CatalogEnrichError as e:   # a bad run id (2), a lake that is not local (2), another run's lock (3)
+        return fail(e)
     try:
         return _locked_main(cfg)
     finally:
@@ -577,43 +687,33 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _locked_main(cfg: EnrichConfig) -> int:
-    from jobs.lakehouse import LakeError
-    from jobs.model_check import ModelCheckError, verify_run_models
-    from jobs.spark_session import SparkSetupError, build_session
-    from jobs.transforms import CatalogError
-    from models.refs import ModelRefError
-    from models.store import ModelIntegrityError
+    from jobs.runtime.spark_session import build_session
+    from jobs.stages.model_check import verify_run_models
 
     publish_driver_pid()
     checkpoint("start")
     try:
         verify_run_models(cfg)   # before Spark: a damaged or tampered model costs a second and one line
-    except ModelCheckError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
         spark = build_session("catalog-enrich")
-    except SparkSetupError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except CatalogEnrichError as e:
+        return fail(e)
     log.info("run %s: catalog %s -> lake %s", cfg.run_id, cfg.catalog, cfg.lake)
     try:
         summary = run(spark, cfg)
-    except (CatalogError, ModelRefError, ModelIntegrityError, LakeError) as e:
-        record_failure(spark, cfg, e)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except Exception as e:
-        log.exception("run %s failed", cfg.run_id)
+        if exit_code(e) == EXIT_FAILED:   # not an error the project raises for its input: say where it broke
+            log.exception("run %s failed", cfg.run_id)
         record_failure(spark, cfg, e)
-        print(f"error: run {cfg.run_id} failed: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+        if exit_code(e) == EXIT_FAILED:
+            print(f"error: run {cfg.run_id} failed: {type(e).__name__}: {e}", file=sys.stderr)
+            return EXIT_FAILED
+        return fail(e)
     print_summary(summary)
     if summary.status == "empty":  # most likely a broken export upstream: fail the nightly task, loudly
         print(f"error: run {cfg.run_id}: {summary.message.split(';', 1)[0]} (recorded as status 'empty')",
               file=sys.stderr)
-        return 2
-    return 0 if summary.accounted() else 1
+        return EXIT_UNUSABLE
+    return EXIT_OK if summary.accounted() else EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ if __package__ in (None, ""):
 
 __all__ = ["SECTIONS", "encoder_section", "main"]
 
-log = logging.getLogger("catalog_enrich.evaluate")
+log = logging.getLogger("jobs.evaluate")   # the module name, also under python -m
 
 
 def encoder_section(data: Path, model: str) -> str:

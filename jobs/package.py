@@ -28,7 +28,7 @@ from pathlib import Path
 
 __all__ = ["ARCHIVE", "LAUNCHER", "PACKAGES", "build_env", "build_zip", "main", "zip_members"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("jobs.package")   # the module name, also under python -m
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("jobs", "udfs", "models", "schemas")

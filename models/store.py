@@ -13,7 +13,8 @@ Layout of a store root (a directory, or a ``file://`` URI)::
 A version id is ``<name>-<UTC time>-<digest>`` where the digest covers the config and the weights: output rows
 record it, so it changes whenever the weights do. Loading verifies every checksum and the name's digest (files
 replaced together with a rewritten manifest still fail it), and refuses pickled weights.
-Only :func:`load_model` and :func:`save_version` import torch (lazily): the driver resolves versions cheaply.
+Only :func:`save_version` imports torch (lazily): the driver resolves versions cheaply. Loading a version
+is :func:`models.arch.load_model`.
 """
 
 from __future__ import annotations
@@ -28,15 +29,15 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
+from models.core.errors import CatalogEnrichError
+from models.core.io import atomic_write, local_path
 from models.digest import sha256_file
 
 __all__ = [
     "CONFIG_FILE", "DEFAULT_STORE", "MANIFEST_FILE", "VERSION_NAME", "WEIGHTS_FILE", "ModelIntegrityError",
-    "check_safetensors", "check_version_name",
-    "code_version", "current_version", "list_versions", "load_model", "promote", "read_manifest", "save_version",
-    "store_root", "trained_state_dict", "verify_version", "version_dir",
+    "check_safetensors", "check_version_name", "code_version", "current_version", "list_versions", "promote",
+    "read_manifest", "save_version", "store_root", "trained_state_dict", "verify_version", "version_dir",
 ]
 
 DEFAULT_STORE = Path(__file__).resolve().parent / "store"
@@ -52,7 +53,7 @@ FROZEN_PREFIX = "text.transformer."
 VERSION_NAME = re.compile(r"^(?P<name>.+)-(?P<time>\d{8}T\d{6})-(?P<digest>[0-9a-f]{10})(?:-\d+)?$")
 
 
-class ModelIntegrityError(ValueError):
+class ModelIntegrityError(CatalogEnrichError, ValueError):
     """A stored model that must not be loaded: checksum mismatch, missing or unexpected file, pickled weights."""
 
 
@@ -61,12 +62,7 @@ def store_root(uri: str | os.PathLike[str] | None = None) -> Path:
     if uri is None or str(uri) == "":
         return DEFAULT_STORE
     s = str(uri)
-    if s.startswith("file://"):
-        parsed = urlparse(s)
-        return Path(unquote(parsed.path))
-    if "://" in s:
-        raise ValueError(f"model store {s!r}: only local directories and file:// URIs are supported")
-    return Path(s).expanduser()
+    return Path(local_path(s, "model store")).expanduser()
 
 
 def version_dir(root: Path, version: str) -> Path:
@@ -203,24 +199,12 @@ def code_version() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old or the new pointer, never half a file
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def promote(root: Path, version: str) -> None:
     """Make ``version`` the champion, after verifying it (a corrupted version never becomes ``current``)."""
     verify_version(version_dir(root, version))
-    _atomic_write(root / CURRENT_FILE, version + "\n")
+    atomic_write(root / CURRENT_FILE, version + "\n")
 
 
 def trained_state_dict(model: Any) -> dict[str, Any]:
@@ -266,27 +250,3 @@ def save_version(root: Path, name: str, model_cfg: dict[str, Any], preprocess_cf
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, version_dir(root, version))  # the version appears complete or not at all
     return version
-
-
-def load_model(vdir: Path, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
-    """Verify and build the model of a version; returns ``(model, text_cfg)``.
-
-    The architecture comes from the config; the stored tensors are loaded strictly: every stored key must
-    exist in the model, and every model key must be stored except the frozen text transformer's.
-    """
-    from safetensors.torch import load_file
-
-    from models.arch import build_clip
-
-    verify_version(vdir)
-    cfg = json.loads((vdir / CONFIG_FILE).read_text())
-    model = build_clip(cfg["model_cfg"], cfg.get("preprocess_cfg"), device="cpu")
-    state = load_file(str(vdir / WEIGHTS_FILE))
-    expected = model.state_dict()
-    unexpected = sorted(set(state) - set(expected))
-    missing = sorted(k for k in set(expected) - set(state) if not k.startswith(FROZEN_PREFIX))
-    if unexpected or missing:
-        raise ModelIntegrityError(f"{vdir / WEIGHTS_FILE} does not fit its config: unexpected {unexpected[:5]}, "
-                                  f"missing {missing[:5]}")
-    model.load_state_dict(state, strict=False)
-    return model.to(device), cfg["model_cfg"]["text_cfg"]

@@ -26,7 +26,8 @@ REASONS: dict[str, str] = {
     EMPTY_TITLE: "title is null, or nothing but whitespace, control or invisible characters (format characters, "
                  "combining marks alone, fillers such as U+3164 and U+2800)",
     TITLE_TOO_LONG: "title longer than 4,096 characters",
-    TEXT_TOO_LONG: "another text column over its cap (detail names the column; caps in jobs.transforms.MAX_TEXT_CHARS)",
+    TEXT_TOO_LONG: "another text column over its cap (detail names the column; caps in "
+                   "jobs.stages.validate.MAX_TEXT_CHARS)",
     INVALID_PRICE: "price is not a number, or is NaN, infinite or negative",
     INVALID_VALUE: "a value cannot be read as its column's type (updated_at not a timestamp)",
     IMAGE_URI_NOT_ALLOWED: "image_uri has a scheme other than file, or resolves outside the allowed image roots",

@@ -1,6 +1,6 @@
 """Every table the system reads or writes: Spark schema, key columns and partitioning, in one place.
 
-Table creation (:mod:`jobs.lakehouse`), validation and the tests all read these definitions. The column
+Table creation (:mod:`jobs.lake.lakehouse`), validation and the tests all read these definitions. The column
 comments are the table documentation.
 """
 

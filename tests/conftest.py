@@ -18,7 +18,7 @@ os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
-    from jobs.spark_session import build_session
+    from jobs.runtime.spark_session import build_session
 
     warehouse = tmp_path_factory.mktemp("warehouse")
     session = build_session("catalog-enrich-tests", conf={
@@ -37,7 +37,7 @@ def spark(tmp_path_factory):
 
 @pytest.fixture()
 def lake(spark, tmp_path):
-    from jobs.lakehouse import Lake
+    from jobs.lake.lakehouse import Lake
 
     return Lake(spark, tmp_path / "lake")
 

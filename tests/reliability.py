@@ -27,7 +27,7 @@ RUN_ID = "rel-1"
 # Columns that hold wall-clock times: equal content, different instants.
 VOLATILE = {"updated_at", "quarantined_at", "started_at", "finished_at", "timings"}
 
-# Every place the enrich job may be killed, in the order a run reaches them (jobs.faults.checkpoint names;
+# Every place the enrich job may be killed, in the order a run reaches them (models.core.faults.checkpoint names;
 # ``/2`` is a table's second commit in the run). Points inside a Spark task (inspect_batch, embed_batch) kill
 # the driver from a Python worker. Each one must be reached on the test slice: a kill that does not happen fails
 # the test.
@@ -264,7 +264,7 @@ def check_accounted(lake: Path, catalog: Path, run_id: str = RUN_ID) -> dict[str
     """The run succeeded and every catalog row is in exactly one place: enriched, unchanged or quarantined."""
     from deltalake import DeltaTable
 
-    from jobs.runlog import run_rows
+    from jobs.lake.runlog import run_rows
 
     rows = run_rows(lake, "enrichment_runs", [run_id])
     assert len(rows) == 1 and rows[0]["status"] == "succeeded", rows

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from jobs import cli, preflight
+from jobs import cli
+from jobs.runtime import preflight
 from schemas.tables import TABLES
 
 

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from jobs.package import ARCHIVE, LAUNCHER, build_zip
-from jobs.preflight import java_problem
+from jobs.runtime.preflight import java_problem
 from tests.reliability import FAKE, SAMPLE, job_env, lake_state, make_slice, run_job
 from tests.standalone import SPARK_SUBMIT, Cluster, bare_python, clean_env, kill_group
 

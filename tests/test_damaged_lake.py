@@ -16,7 +16,7 @@ import pytest
 from deltalake import DeltaTable
 
 from jobs import cli, enrich
-from jobs.query import connect
+from jobs.read.query import connect
 from tests.conftest import REPO, SAMPLE
 
 pytestmark = pytest.mark.spark

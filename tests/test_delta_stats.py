@@ -13,8 +13,8 @@ import pytest
 from deltalake import DeltaTable
 from pyspark.sql.types import StringType
 
-from jobs import delta_stats
-from jobs.lakehouse import Lake
+from jobs.lake import delta_stats
+from jobs.lake.lakehouse import Lake
 from schemas.tables import Column, TableSpec
 
 ITEMS = TableSpec(
@@ -44,7 +44,7 @@ def _spoil(lake: Lake, held: dict[str, set[str]], keep: str) -> None:
 
 @pytest.mark.spark
 def test_point_query_on_product_id_skips_files_in_deltalake_and_duckdb(spark, lake):
-    from jobs.query import connect
+    from jobs.read.query import connect
 
     held = _ranged_table(spark, lake)
     table = DeltaTable(str(lake.path(ITEMS)))
@@ -53,7 +53,7 @@ def test_point_query_on_product_id_skips_files_in_deltalake_and_duckdb(spark, la
     fragments = list(table.to_pyarrow_dataset().get_fragments(filter=pds.field("product_id") == "p123"))
     assert [f.path for f in fragments] == [rel for rel, ids in held.items() if "p123" in ids]
 
-    _spoil(lake, held, keep="p123")  # DuckDB (jobs.query) must not open the three other files
+    _spoil(lake, held, keep="p123")  # DuckDB (jobs.read.query) must not open the three other files
     con = connect(lake.root, latest=True)
     assert con.execute("SELECT value FROM items WHERE product_id = ?", ["p123"]).fetchall() == [("v123",)]
     with pytest.raises(Exception, match="(?i)parquet"):  # the files are read when they may hold the key
@@ -77,7 +77,7 @@ def test_driver_upsert_reads_only_the_files_that_can_hold_a_changed_key(spark, l
     target = next(rel for rel, ids in held.items() if "p060" in ids)
     _spoil(lake, held, keep="p060")
     update = pa.table({"product_id": ["p060", "p061"], "value": ["new", "new"]})
-    with caplog.at_level(logging.DEBUG, logger="jobs.lakehouse"):
+    with caplog.at_level(logging.DEBUG, logger="jobs.lake.lakehouse"):
         result = lake.upsert_arrow(ITEMS, update, run_id="r2")
     assert "items: 1 of 4 files may hold a changed key" in caplog.text
     assert result.removed_files == 1 and result.added_files == 1

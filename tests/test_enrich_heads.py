@@ -14,7 +14,7 @@ import pytest
 from deltalake import DeltaTable
 
 from jobs import enrich
-from jobs.heads import leaf
+from jobs.stages.heads import leaf
 from models.heads.bundle import HeadBundle, save_heads
 from models.heads.train import HeadTrainConfig, fit_head
 from models.testing import FakeEncoder

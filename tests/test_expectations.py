@@ -8,7 +8,7 @@ import re
 import great_expectations as gx
 import pytest
 
-from jobs.gx_suites import resolve
+from jobs.lake.gx_suites import resolve
 from jobs.quality import key_expectations
 from schemas.expectations import (
     CHECKED_OUTPUT_TABLES,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jobs.graph import connected_components, guarded_components
+from jobs.stages.graph import connected_components, guarded_components
 from models.matching.cluster import ClusterConfig, cluster
 
 pytestmark = pytest.mark.spark

@@ -11,7 +11,7 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from jobs import cli
-from jobs.index import IndexError_, load_index, update_index
+from jobs.read.index import ProductIndexError, load_index, update_index
 
 DIM = 16
 SCHEMA = pa.schema([("product_id", pa.string()), ("model_version", pa.string()),
@@ -97,7 +97,7 @@ def test_model_versions_are_indexed_apart(tmp_path):
     small = update_index(lake, "small:v/2")
     assert small.count == 2 and (lake / "_index" / "small_v_2").is_dir()
     assert set(load_index(lake, "small:v/2").ids["product_id"]) == {"d", "e"}
-    with pytest.raises(IndexError_, match=r"no embeddings of model version 'nope'.*big \(3 products\)"):
+    with pytest.raises(ProductIndexError, match=r"no embeddings of model version 'nope'.*big \(3 products\)"):
         update_index(lake, "nope")
 
 
@@ -144,7 +144,7 @@ def test_search_needs_the_model_of_the_table(tmp_path, capsys):
 
 
 def test_the_job_stage_retires_indexes_of_versions_the_table_left(tmp_path):
-    from jobs.index import refresh_index
+    from jobs.read.index import refresh_index
 
     lake = tmp_path / "lake"
     _write(lake, _rows(["a", "b"], model="old"))

@@ -14,7 +14,7 @@ from deltalake import DeltaTable
 from PIL import Image
 
 from jobs import enrich
-from jobs.transforms import MAX_TEXT_CHARS
+from jobs.stages.validate import MAX_TEXT_CHARS
 
 pytestmark = pytest.mark.spark
 

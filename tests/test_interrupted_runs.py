@@ -14,7 +14,7 @@ import pytest
 from deltalake import DeltaTable
 
 from jobs import enrich
-from jobs.lock import LakeLock
+from jobs.lake.lock import LakeLock
 from tests.conftest import SAMPLE
 from tests.reliability import make_slice
 
@@ -49,7 +49,7 @@ def _runs(lake):
 def _interrupt(spark, lake, run_id, versions):
     """Leave ``run_id`` as a kill after its product_embeddings commit would: tables after it at ``versions``
     (their state before the run), its record ``running`` without an end (as the run wrote it at its start)."""
-    from jobs.lakehouse import Lake
+    from jobs.lake.lakehouse import Lake
     from schemas.tables import ENRICHMENT_RUNS
 
     for name in AFTER_EMBEDDINGS:

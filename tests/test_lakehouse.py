@@ -8,7 +8,7 @@ import pytest
 from deltalake import DeltaTable
 from pyspark.sql.types import StringType
 
-from jobs.lakehouse import Lake, LakeError
+from jobs.lake.lakehouse import Lake, LakeError
 from schemas.tables import PRODUCT_EMBEDDINGS, Column, TableSpec
 
 pytestmark = pytest.mark.spark
@@ -150,7 +150,7 @@ def test_lake_refuses_remote_uris(spark):
 
 
 def test_rewrite_file_count_follows_the_bytes():
-    from jobs.lakehouse import rewrite_files
+    from jobs.lake.lakehouse import rewrite_files
 
     mib = 1024 * 1024
     assert rewrite_files(3_000, 8) == 1                 # a few rows: one file

@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from jobs.lock import LakeBusyError, LakeLock
+from jobs.lake.lock import LakeBusyError, LakeLock
 from tests.conftest import REPO
 
-HOLD = "import sys, time; from jobs.lock import LakeLock; LakeLock(sys.argv[1], 'holder').acquire(); " \
+HOLD = "import sys, time; from jobs.lake.lock import LakeLock; LakeLock(sys.argv[1], 'holder').acquire(); " \
        "print('held', flush=True); time.sleep(600)"
 
 

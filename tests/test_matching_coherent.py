@@ -63,8 +63,8 @@ def _random_graph(seed: int, n: int = 60, m: int = 150):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_spark_clustering_equals_the_in_memory_rules(spark, seed):
 
-    from jobs.graph import coherent_edges as spark_coherent
-    from jobs.graph import guarded_components, split_components
+    from jobs.stages.graph import coherent_edges as spark_coherent
+    from jobs.stages.graph import guarded_components, split_components
 
     nodes, a, b, s = _random_graph(seed)
     cfg = ClusterConfig(max_size=8, strict_thresholds=(0.9,), min_score=0.4, margin=0.15, linkage=0.5)
@@ -123,7 +123,7 @@ def test_the_job_clusters_stored_matches_without_chaining(spark, lake):
 
     from deltalake import DeltaTable
 
-    from jobs.matching import MatchConfig, _write_clusters
+    from jobs.stages.matching import MatchConfig, _write_clusters
     from schemas.tables import PRODUCT_CLUSTERS, PRODUCT_MATCHES
 
     now = dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc)

@@ -13,7 +13,7 @@ import pytest
 from deltalake import DeltaTable
 
 from jobs import enrich
-from jobs.matching import MatchConfig, match_and_cluster
+from jobs.stages.matching import MatchConfig, match_and_cluster
 from models.matching.cluster import ClusterConfig
 from schemas.tables import PRODUCT_CLUSTERS, PRODUCT_EMBEDDINGS, PRODUCT_MATCHES
 from tests.conftest import SAMPLE

@@ -117,7 +117,7 @@ def test_a_damaged_head_extractor_or_scorer_fails_before_any_work(tmp_path, caps
 
 
 def test_the_driver_check_covers_every_shipped_model_and_is_cheap():
-    from jobs.model_check import verify_run_models
+    from jobs.stages.model_check import verify_run_models
 
     t = time.perf_counter()
     checked = verify_run_models(enrich.parse_args([]))

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 
-from jobs import publish as pub
-from jobs.lakehouse import app_id_for
+from jobs.lake import publish as pub
+from jobs.lake.lakehouse import app_id_for
 
 
 def commit(lake, table, run_id, ids):

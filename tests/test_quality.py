@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from jobs import publish as pub
-from jobs.lakehouse import Lake
+from jobs.lake import publish as pub
+from jobs.lake.lakehouse import Lake
 from jobs.quality import GateConfig, run_input_gate, run_output_gate
 from schemas.tables import ENRICHMENT_RUNS, PRODUCT_EMBEDDINGS, QUARANTINE
 from tests.conftest import SAMPLE

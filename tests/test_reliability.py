@@ -1,5 +1,5 @@
 """Crashes, task retries and concurrent runs, done for real: the enrich job as a subprocess on a real lake,
-killed with SIGKILL at named points (jobs.faults), failing UDF batches on their first attempt under
+killed with SIGKILL at named points (models.core.faults), failing UDF batches on their first attempt under
 ``local[2,4]``, and a second run started while the first holds the lake.
 
 Each repeat of a killed run runs under ``local[2,4]`` with task faults injected, so the default run (one kill
@@ -80,7 +80,7 @@ def test_concurrent_run_is_refused(reference, catalog):
     assert second.returncode == 3, second.stderr[-2000:]
     assert f"is locked by run {rel.RUN_ID}" in second.stderr and "run rel-2 was not started" in second.stderr
     assert second.seconds < 60  # refused before Spark starts
-    from jobs.runlog import run_rows
+    from jobs.lake.runlog import run_rows
 
     assert run_rows(reference["lake"], "enrichment_runs", ["rel-2"]) == []
     assert all(row[0] != ("run_id", "rel-2") for rows in reference["state"].values() for row in rows)
@@ -188,7 +188,7 @@ def _committed_already(lake: Path, point: str) -> bool:
     reached from this lake any more."""
     from deltalake import DeltaTable
 
-    from jobs.lakehouse import app_id_for
+    from jobs.lake.lakehouse import app_id_for
 
     kind, _, rest = point.partition(":")
     table, _, step = rest.partition("/")

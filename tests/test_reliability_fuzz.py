@@ -294,7 +294,7 @@ def _invisible(s: str | None) -> bool:
 
 def expected_reasons(rows, root: Path) -> dict[str, str | None]:
     """The oracle: each row's reason (None: enriched), from the input contract, written independently of
-    jobs.transforms (the image checks reuse the fuzzed pure-Python validators)."""
+    jobs.stages.validate (the image checks reuse the fuzzed pure-Python validators)."""
     from models.testing import FakeEncoder
     from udfs.embed import EmbedConfig, _decode
 

@@ -11,7 +11,7 @@ import pytest
 from deltalake import write_deltalake
 
 from jobs import cli
-from jobs.report import SECTIONS, build_report
+from jobs.read.report import SECTIONS, build_report
 
 
 def _section(page: str, sid: str) -> str:

@@ -78,8 +78,8 @@ def test_retrain_trains_saves_promotes_and_records(spark, catalog, tiny_arch, tm
 
 
 def test_tampered_candidate_is_refused_and_champion_stays(spark, catalog, tiny_arch, tmp_path, monkeypatch):
-    from jobs import retrain_steps
     from jobs.retrain import main
+    from jobs.stages import retrain_steps
 
     lake, st = tmp_path / "lake", tmp_path / "store"
     assert main(_args(catalog, lake, st, "--arch-config", str(tiny_arch), "--steps", "1", "--run-id", "r1",

@@ -1,11 +1,11 @@
-"""Run ids checked at the boundary: one rule (``jobs.runlog.check_run_id``) for every entry point, a one-line
+"""Run ids checked at the boundary: one rule (``jobs.lake.runlog.check_run_id``) for every entry point, a one-line
 error and exit status 2, before anything is written."""
 
 from __future__ import annotations
 
 import pytest
 
-from jobs.runlog import InvalidRunId, check_run_id
+from jobs.lake.runlog import InvalidRunId, check_run_id
 
 FAKE = ["--encoder-loader", "models.testing:load_fake_encoder", "--model", "fake:", "--attributes", "none",
         "--matching", "none"]
@@ -43,7 +43,7 @@ def test_enrich_refuses_an_unsafe_run_id_before_writing_anything(run_id, tmp_pat
 
 
 def test_publish_refuses_an_unsafe_run_id(tmp_path, capsys):
-    from jobs import publish
+    from jobs.lake import publish
 
     code = publish.main(["publish", "--lake", str(tmp_path / "lake"), "--run-id", "../evil"])
     err = capsys.readouterr().err
@@ -53,7 +53,7 @@ def test_publish_refuses_an_unsafe_run_id(tmp_path, capsys):
 
 
 def test_report_refuses_an_unsafe_run_id(tmp_path, capsys):
-    from jobs import report
+    from jobs.read import report
 
     outside = tmp_path / "outside.json"   # what the run id points at, outside the lake
     outside.write_text('{"run_id": "x", "status": "succeeded"}')

@@ -13,7 +13,8 @@ import signal
 import pytest
 from PIL import Image
 
-from jobs import cli, search
+from jobs import cli
+from jobs.read import search
 from models.testing import load_fake_encoder
 
 FAKE_LOADER = "models.testing:load_fake_encoder"

@@ -18,8 +18,8 @@ import pytest
 from deltalake import DeltaTable
 
 from jobs import cli, enrich
-from jobs.index import load_index
-from jobs.report import SECTIONS
+from jobs.read.index import load_index
+from jobs.read.report import SECTIONS
 from tests.browser import chromium
 from tests.conftest import SAMPLE
 
@@ -49,7 +49,7 @@ def runs(spark, tmp_path_factory):
     df = df[keep]
     pq.write_table(catalog.from_pandas(df, schema=catalog.schema, preserve_index=False), sample / "catalog.parquet")
     lake = base / "lake"
-    logger, records = logging.getLogger("catalog_enrich"), _Records()
+    logger, records = logging.getLogger("jobs"), _Records()
     old_level = logger.level
     logger.setLevel(logging.INFO)
     logger.addHandler(records)
@@ -208,13 +208,13 @@ def test_report_command_rewrites_the_run_report(runs, capsys):
 def test_heartbeat_reports_spark_tasks_while_a_stage_runs(spark, caplog):
     import time
 
-    from jobs.progress import StageProgress, heartbeat
+    from jobs.runtime.progress import StageProgress, heartbeat
 
     def slow(rows):
         time.sleep(1.5)
         return rows
 
-    with caplog.at_level(logging.INFO, logger="catalog_enrich.progress"), heartbeat(spark, "demo", interval=0.5):
+    with caplog.at_level(logging.INFO, logger="jobs.runtime.progress"), heartbeat(spark, "demo", interval=0.5):
         spark.sparkContext.parallelize(range(4), 2).mapPartitions(slow).count()
     beats = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stage demo: running for")]
     assert any("Spark tasks" in b and "/2 done" in b for b in beats), beats
@@ -232,8 +232,8 @@ def test_similar_finds_the_same_kind_first_with_the_shipped_model(default_sample
     9%)."""
     import pandas as pd
 
-    from jobs.index import choose_model_version
-    from jobs.search import similar
+    from jobs.read.index import choose_model_version
+    from jobs.read.search import similar
 
     lake = default_sample_run / "lake"
     catalog = pd.read_parquet(default_sample_run / "catalog" / "catalog.parquet")

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd  # at module level: the UDF type hints are resolved in this module's namespace
 
-from jobs.faults import checkpoint, maybe_fail
+from models.core.faults import checkpoint
 from models.heads.adult import TermList
 from models.heads.zero_shot import ZeroShotLabels
 from udfs.embed import EMBED_SCHEMA, cached_encoder, embed_frame
 from udfs.model_cache import cached
+from udfs.task_faults import maybe_fail
 
 __all__ = ["EMBED_HEADS_SCHEMA", "HEADS_SCHEMA", "HeadsPlan", "embed_heads_frame", "heads_frame",
            "make_embed_heads_udf"]
@@ -36,7 +37,7 @@ EMBED_HEADS_SCHEMA = f"{EMBED_SCHEMA}, {HEADS_SCHEMA}"
 
 @dataclass(frozen=True)
 class HeadsPlan:
-    """What the heads stage does in this run; decided on the driver (:func:`jobs.heads.plan_heads`)."""
+    """What the heads stage does in this run; decided on the driver (:func:`jobs.stages.heads.plan_heads`)."""
 
     bundle_dir: str | None                 # verified head bundle, or None
     category_mode: str                     # "head" | "zero-shot" | "none"
@@ -155,7 +156,7 @@ def make_embed_heads_udf(embed_cfg, plan: HeadsPlan, progress=None):
     """An iterator pandas UDF ``(title, image_path, description) -> struct<EMBED_HEADS_SCHEMA>``: one pass of
     the models over each product, so the embeddings go from the encoder to the heads inside the Python worker
     (a separate heads pass cost a second trip of every embedding through the JVM, about a second at 20k).
-    ``progress``, a Spark accumulator, gets each batch's rows once they are done (:mod:`jobs.progress`)."""
+    ``progress``, a Spark accumulator, gets each batch's rows once they are done (:mod:`jobs.runtime.progress`)."""
     from pyspark.sql.functions import pandas_udf
 
     if embed_cfg.batch_size < 1:
@@ -166,7 +167,7 @@ def make_embed_heads_udf(embed_cfg, plan: HeadsPlan, progress=None):
         encoder = cached_encoder(embed_cfg)         # once per worker process, not per batch or task
         bundle, terms = _resources(plan)
         for titles, paths, descriptions in batches:
-            checkpoint("embed_batch")           # tests only: see jobs.faults
+            checkpoint("embed_batch")           # tests only: see models.core.faults
             maybe_fail(("embed", "heads"), titles.iloc[0] if len(titles) else None)
             cols = embed_heads_frame(
                 [t if isinstance(t, str) else "" for t in titles], [p if isinstance(p, str) else None for p in paths],

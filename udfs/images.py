@@ -22,17 +22,19 @@ import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 import pandas as pd  # at module level: the UDF type hints are resolved in this module's namespace
 
-from jobs.faults import checkpoint, maybe_fail
+from models.core.faults import checkpoint
+from models.core.io import local_path
 from schemas import reasons
+from udfs.task_faults import maybe_fail
 
 __all__ = ["ImagePolicy", "ImageStat", "Resolved", "inspect_image", "inspect_image_stat", "make_inspect_udf",
            "read_image_bytes", "resolve_image_uri"]
 
-# What an earlier run saw of an image file: the columns of the stat cache (jobs.image_stats).
+# What an earlier run saw of an image file: the columns of the stat cache (jobs.lake.image_stats).
 STAT_TYPES = {"image_path": "string", "image_size": "bigint", "image_mtime_ns": "bigint", "image_ctime_ns": "bigint",
               "image_ino": "bigint", "image_width": "int", "image_height": "int", "image_sha256": "string",
               "image_checked_ns": "bigint"}
@@ -77,7 +79,7 @@ def resolve_image_uri(uri: str, policy: ImagePolicy) -> Resolved:
     if scheme == "file":
         if parsed.netloc not in ("", "localhost"):
             return Resolved(None, reasons.IMAGE_URI_NOT_ALLOWED, f"file URI on host {parsed.netloc!r}")
-        path = unquote(parsed.path)
+        path = local_path(uri, "image URI")
     else:
         path = uri
     if "\x00" in path:
@@ -236,7 +238,7 @@ def make_inspect_udf(policy: ImagePolicy):
     def inspect_images(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
         for uris, known in batches:
             checkpoint("inspect_batch")
-            maybe_fail("inspect", uris.iloc[0] if len(uris) else None)  # tests only: see jobs.faults
+            maybe_fail("inspect", uris.iloc[0] if len(uris) else None)  # tests only: see models.core.faults
             out = []
             for uri, k in zip(uris, known, strict=True):
                 seen, reason, detail, read = inspect_image_stat(uri if isinstance(uri, str) else None, policy,

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pandas as pd  # at module level: the UDF type hints are resolved in this module's namespace
 
-from jobs.faults import maybe_fail
 from udfs.model_cache import cached
+from udfs.task_faults import maybe_fail
 
 __all__ = ["CELL_SCHEMA", "HIT_SCHEMA", "LINKAGE_SCHEMA", "SCORE_SCHEMA", "MaxParam", "make_cells_fn", "make_codes_udf",
            "make_linkage_fn", "make_score_fn", "make_search_fn"]
@@ -102,7 +102,7 @@ def make_search_fn(neighbours: int, min_cosine: float, largest=None, searched=No
     from models.matching.blocking import block_search
 
     def search(pdf: pd.DataFrame) -> pd.DataFrame:
-        maybe_fail("match", pdf["product_id"].min() if len(pdf) else None)  # tests only: see jobs.faults
+        maybe_fail("match", pdf["product_id"].min() if len(pdf) else None)  # tests only: see models.core.faults
         # A fixed row order (a shuffle delivers them in any): cosines from batched float32 products then repeat
         # to the last bit when a run is repeated.
         pdf = pdf.sort_values(["product_id", "is_index", "is_query"], kind="stable")

@@ -129,7 +129,7 @@ def job_args(command: str, s: dict[str, Any], try_number: int = 1) -> list[str]:
     if command == "quality-output":
         return ["quality", "output", "--lake", lake, "--run-id", run_id, "--exit-zero", *s["gate_args"]]
     if command == "retrain":
-        from jobs.runlog import latest_attempt  # each attempt records its own model_runs row
+        from jobs.lake.runlog import latest_attempt  # each attempt records its own model_runs row
 
         store = ["--model-store", s["model_store"]] if s.get("model_store") else []
         return ["retrain", "--catalog", s["catalog"], "--lake", lake, "--run-id", latest_attempt(run_id, try_number),

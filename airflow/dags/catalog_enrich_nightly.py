@@ -36,7 +36,7 @@ def input_ok(**context):
     """Fail (without retries: the verdict will not change) when the input gate failed."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from jobs.publish import read_verdict
+    from jobs.lake.publish import read_verdict
 
     s = context["ti"].xcom_pull(task_ids="settings")
     verdict = read_verdict(s["lake"], s["run_id"], "input")
@@ -52,7 +52,7 @@ def publish(**context):
     """Publish the audited versions, or discard the run and fail when the output gate failed."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from jobs.publish import GateBlocked, finalize
+    from jobs.lake.publish import GateBlocked, finalize
 
     s = context["ti"].xcom_pull(task_ids="settings")
     try:

@@ -33,7 +33,7 @@ def settings(**context):
 
 @task.branch(task_id="train_or_skip", retries=0)
 def train_or_skip(**context):
-    from jobs.runlog import retrain_outcome
+    from jobs.lake.runlog import retrain_outcome
 
     s = context["ti"].xcom_pull(task_ids="settings")
     done = retrain_outcome(s["lake"], s["run_id"])
@@ -44,7 +44,7 @@ def train_or_skip(**context):
 def promoted(**context):
     from airflow.sdk.exceptions import AirflowFailException
 
-    from jobs.runlog import retrain_outcome
+    from jobs.lake.runlog import retrain_outcome
 
     s = context["ti"].xcom_pull(task_ids="settings")
     row = retrain_outcome(s["lake"], s["run_id"])

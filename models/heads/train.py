@@ -125,44 +125,57 @@ def _split_calibration(n: int, fraction: float, seed: int) -> tuple[np.ndarray, 
     return np.sort(perm[k:]), np.sort(perm[:k])
 
 
-def fit_head(x: np.ndarray, y: np.ndarray, classes: list[str], cfg: HeadTrainConfig, *, name: str,
-             inputs: str, text_slice: slice | None = None, image_slice: slice | None = None,
-             texts: list[str] | None = None) -> LinearHead:
-    """Train a head on ``x`` (N, D) with labels ``y`` (indices into ``classes``; -1 = unknown, ignored).
+@dataclass(frozen=True)
+class _Rows:
+    """Which rows (indices into the known-label rows) train the head and which calibrate it."""
 
-    With ``texts`` (one per row of ``x``), the head's mention weight is fitted too (see :class:`LinearHead`)."""
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
+    train_all: np.ndarray    # every training row, also those confident learning flagged
+    train: np.ndarray        # the rows the net trains on
+    calibration: np.ndarray
+    weight: np.ndarray       # per row of ``train``: 1, or ``clean_weight`` for a flagged row
 
-    known = y >= 0
-    x, y = x[known].astype(np.float32), y[known].astype(np.int64)
-    n_classes = len(classes)
+
+def _select_rows(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: HeadTrainConfig) -> _Rows:
+    """The calibration split, and the rows confident learning keeps (or down-weights)."""
     keep = np.ones(len(y), dtype=bool)
     if cfg.clean_labels:
         keep = clean_label_mask(x, y, n_classes, cfg.clean_folds, cfg.seed)
     tr_all, cal = _split_calibration(len(y), cfg.calibration_fraction, cfg.seed)
     tr = tr_all if cfg.clean_weight > 0 else tr_all[keep[tr_all]]
-    row_weight = torch.from_numpy(np.where(keep[tr], 1.0, cfg.clean_weight).astype(np.float32))
-    mu = x[tr].mean(axis=0)
-    sigma = x[tr].std(axis=0) + 1e-6
+    return _Rows(tr_all, tr, cal, np.where(keep[tr], 1.0, cfg.clean_weight).astype(np.float32))
+
+
+def _build_net(dim: int, n_classes: int, cfg: HeadTrainConfig):
+    """The head's net (linear, or one hidden layer) from the seed, and its EMA copy (None without EMA)."""
+    import torch
+    from torch import nn
 
     torch.manual_seed(cfg.seed)
-    dim = x.shape[1]
     layers: list[nn.Module] = [nn.Dropout(cfg.dropout)]
     if cfg.hidden:
         layers += [nn.Linear(dim, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, n_classes)]
     else:
         layers += [nn.Linear(dim, n_classes)]
     net = nn.Sequential(*layers)
-    ema = copy.deepcopy(net) if cfg.ema_decay > 0 else None
+    return net, (copy.deepcopy(net) if cfg.ema_decay > 0 else None)
+
+
+def _train_loop(net, ema, xs: np.ndarray, y: np.ndarray, rows: _Rows, mu: np.ndarray, sigma: np.ndarray,
+                cfg: HeadTrainConfig, text_slice: slice | None, image_slice: slice | None) -> None:
+    """Train ``net`` on the standardised rows ``xs[rows.train]``: AdamW, one-cycle schedule, label smoothing,
+    and the switched tricks (image dropout, R-Drop, FGM, EMA into ``ema``)."""
+    import torch
+    import torch.nn.functional as F
+
+    tr = rows.train
+    row_weight = torch.from_numpy(rows.weight)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    xt = torch.from_numpy((x[tr] - mu) / sigma)
+    xt = torch.from_numpy((xs[tr] - mu) / sigma)
     yt = torch.from_numpy(y[tr])
     steps = cfg.epochs * max(1, -(-len(tr) // cfg.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(cfg.seed)
-    text_cols = text_slice if text_slice is not None else slice(0, dim)
+    text_cols = text_slice if text_slice is not None else slice(0, xs.shape[1])
     img_zero = torch.from_numpy(-mu / sigma)  # the standardised value of a zero (missing) image embedding
     for _epoch in range(cfg.epochs):
         net.train()
@@ -203,38 +216,63 @@ def fit_head(x: np.ndarray, y: np.ndarray, classes: list[str], cfg: HeadTrainCon
                 with torch.no_grad():
                     for pe, p in zip(ema.parameters(), net.parameters(), strict=True):
                         pe.mul_(cfg.ema_decay).add_(p.detach(), alpha=1 - cfg.ema_decay)
+
+
+def _calibrate(head: LinearHead, x: np.ndarray, y: np.ndarray, rows: _Rows, known_rows: np.ndarray,
+               texts: list[str] | None, cfg: HeadTrainConfig) -> LinearHead:
+    """On the calibration rows: the temperature, or the text experts (mentions, lexical) with their weights;
+    then the prior adjustment when asked for. ``known_rows``: the index in ``texts`` of each row of ``x``."""
+    cal, tr_all, n_classes = rows.calibration, rows.train_all, len(head.classes)
+    cal_logits = head.logits(x[cal])   # with the text experts once they are fitted (the prior adjustment's input)
+    if texts is None:
+        head = head.with_temperature(fit_temperature(cal_logits, y[cal]))
+    else:
+        from models.heads.lexical import LexicalExpert
+
+        cal_texts = [texts[i] for i in known_rows[cal]]
+        lex_rows = tr_all if cfg.lexical_all_rows else rows.train
+
+        def fit_lexical(idx: np.ndarray) -> LexicalExpert:
+            return LexicalExpert.fit([texts[i] for i in known_rows[idx]], y[idx], n_classes,
+                                     max_features=cfg.lexical_features, seed=cfg.seed)
+
+        lexical = fit_lexical(lex_rows) if cfg.lexical_features > 0 else None
+        head, cal_logits = _fit_text_experts(dataclasses.replace(head, lexical=lexical), cal_logits,
+                                             mentions(cal_texts, head.classes),
+                                             None if lexical is None else lexical.log_probs(cal_texts), y[cal])
+        if head.lexical is not None:   # (kept only with a weight above zero)
+            # Its weight chosen, the lexical expert learns from the calibration rows too: it then sees every
+            # training title, as the TF-IDF baseline does (the rare classes have a handful each).
+            head = dataclasses.replace(head, lexical=fit_lexical(np.sort(np.concatenate([lex_rows, cal]))))
+    if cfg.prior_adjustment:
+        prior = np.bincount(y[tr_all], minlength=n_classes) + 1.0
+        head = fit_prior_adjustment(head, cal_logits, y[cal], prior / prior.sum())
+    return head
+
+
+def fit_head(x: np.ndarray, y: np.ndarray, classes: list[str], cfg: HeadTrainConfig, *, name: str,
+             inputs: str, text_slice: slice | None = None, image_slice: slice | None = None,
+             texts: list[str] | None = None) -> LinearHead:
+    """Train a head on ``x`` (N, D) with labels ``y`` (indices into ``classes``; -1 = unknown, ignored).
+
+    With ``texts`` (one per row of ``x``), the head's mention weight is fitted too (see :class:`LinearHead`)."""
+    from torch import nn
+
+    known = y >= 0
+    x, y = x[known].astype(np.float32), y[known].astype(np.int64)
+    rows = _select_rows(x, y, len(classes), cfg)
+    mu = x[rows.train].mean(axis=0)
+    sigma = x[rows.train].std(axis=0) + 1e-6
+    net, ema = _build_net(x.shape[1], len(classes), cfg)
+    _train_loop(net, ema, x, y, rows, mu, sigma, cfg, text_slice, image_slice)
     final = ema if ema is not None else net
     final.eval()
     linears = [m for m in final if isinstance(m, nn.Linear)]
     weights = [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()) for m in linears]
     head = LinearHead(name=name, inputs=inputs, classes=tuple(classes), mean=mu, scale=sigma,
                       layers=tuple(weights), temperature=1.0)
-    if len(cal):
-        cal_logits = head.logits(x[cal])   # with the text experts once they are fitted (the prior adjustment's input)
-        if texts is None:
-            head = head.with_temperature(fit_temperature(cal_logits, y[cal]))
-        else:
-            from models.heads.lexical import LexicalExpert
-
-            rows = np.flatnonzero(known)
-            cal_texts = [texts[i] for i in rows[cal]]
-            lex_rows = tr_all if cfg.lexical_all_rows else tr
-
-            def fit_lexical(idx: np.ndarray) -> LexicalExpert:
-                return LexicalExpert.fit([texts[i] for i in rows[idx]], y[idx], n_classes,
-                                         max_features=cfg.lexical_features, seed=cfg.seed)
-
-            lexical = fit_lexical(lex_rows) if cfg.lexical_features > 0 else None
-            head, cal_logits = _fit_text_experts(dataclasses.replace(head, lexical=lexical), cal_logits,
-                                                 mentions(cal_texts, head.classes),
-                                                 None if lexical is None else lexical.log_probs(cal_texts), y[cal])
-            if head.lexical is not None:   # (kept only with a weight above zero)
-                # Its weight chosen, the lexical expert learns from the calibration rows too: it then sees every
-                # training title, as the TF-IDF baseline does (the rare classes have a handful each).
-                head = dataclasses.replace(head, lexical=fit_lexical(np.sort(np.concatenate([lex_rows, cal]))))
-        if cfg.prior_adjustment:
-            prior = np.bincount(y[tr_all], minlength=n_classes) + 1.0
-            head = fit_prior_adjustment(head, cal_logits, y[cal], prior / prior.sum())
+    if len(rows.calibration):
+        head = _calibrate(head, x, y, rows, np.flatnonzero(known), texts, cfg)
     return head
 
 

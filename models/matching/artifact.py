@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from models.core.io import atomic_write
 from models.digest import sha256_file
 from models.matching.features import FEATURES
 from models.matching.scorer import PairScorer
@@ -32,16 +33,6 @@ SCORER_FILE = "scorer.json"
 MANIFEST_FILE = "manifest.json"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_scorer(root: Path, scorer: PairScorer, *, name: str = "pair-scorer", training_data: str = "",
@@ -68,7 +59,7 @@ def save_scorer(root: Path, scorer: PairScorer, *, name: str = "pair-scorer", tr
 def promote_scorer(root: Path, version: str) -> None:
     """Make ``version`` the one the enrich job loads (after verifying it)."""
     load_scorer(version_dir(root, version))
-    _atomic_write(root / "current", version + "\n")
+    atomic_write(root / "current", version + "\n")
 
 
 def resolve_scorer(ref: str | os.PathLike | None = None) -> Path:

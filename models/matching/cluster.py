@@ -1,6 +1,6 @@
 """Duplicate clusters from matched pairs, in memory: connected components with a guard against giant ones.
 
-The Spark job computes the same clusters at catalog scale (:mod:`jobs.graph`); this version serves the
+The Spark job computes the same clusters at catalog scale (:mod:`jobs.stages.graph`); this version serves the
 evaluation and small inputs. Rules, shared by both:
 
 * only **coherent** matches link products: pairs scoring at least ``min_score`` that are, for both products,

@@ -146,7 +146,7 @@ def _card(cfg: TrainConfig, args: argparse.Namespace, split: FashionSplit, resul
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="the fashion folder (products.parquet + images/)")
     p.add_argument("--store", default=None, help="model store root (default: the store shipped in models/store)")
@@ -172,18 +172,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="fine-tune MiniLM's top N transformer layers (at the text learning rate); 0 = MiniLM locked")
     p.add_argument("--checkpoint", default=None, help="raw weights written right after training / reused")
     p.add_argument("--no-promote", action="store_true")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    split = load_fashion(args.data, cache_dir=args.cache_dir)
-    log.info("train %d valid %d classes %d", len(split.train), len(split.valid), len(split.classes))
-    if args.prepare_only:
-        return 0
-    import torch
+    return p
+
+
+def _train(args: argparse.Namespace, split):
+    """(model, model config, train config, result): trained now, or reloaded from ``--checkpoint``."""
     from safetensors.torch import load_file, save_file
 
     from models.arch import build_clip
-    from models.encoders import load_encoder
-    from models.store import promote, store_root
+    from models.store import store_root
 
     double_at = tuple(int(x) for x in args.double_at.split(",") if x.strip())
     cfg = TrainConfig(epochs=args.epochs, max_steps=args.max_steps, schedule=BatchSchedule(args.batch, double_at),
@@ -194,22 +191,38 @@ def main(argv: list[str] | None = None) -> int:
         model = build_clip(model_cfg, seed=args.seed)
         model.load_state_dict(load_file(args.checkpoint), strict=False)
         result = TrainResult(**json.loads(Path(args.checkpoint + ".json").read_text()))
-    else:
-        titles_digest = hashlib.sha256("\n".join(split.train.titles).encode()).hexdigest()[:12]
-        cache = Path(args.cache_dir or Path.home() / ".cache" / "catalog-enrich") / f"minilm-{titles_digest}.npy"
-        init = None
-        if args.init_from:
-            from models.store import version_dir
+        return model, model_cfg, cfg, result
+    titles_digest = hashlib.sha256("\n".join(split.train.titles).encode()).hexdigest()[:12]
+    cache = Path(args.cache_dir or Path.home() / ".cache" / "catalog-enrich") / f"minilm-{titles_digest}.npy"
+    init = None
+    if args.init_from:
+        from models.store import version_dir
 
-            given = Path(args.init_from)
-            vdir = given if given.is_dir() else version_dir(store_root(None), args.init_from)
-            _, init = stored_state(vdir)
-        model, result = train_candidate(model_cfg, split.train, cfg, seed=args.seed, feature_cache=cache,
-                                        init_state=init)
-        if args.checkpoint:
-            save_file(trained_state_dict(model), args.checkpoint)
-            Path(args.checkpoint + ".json").write_text(json.dumps(
-                {"steps": result.steps, "samples": result.samples, "seconds": result.seconds}))
+        given = Path(args.init_from)
+        vdir = given if given.is_dir() else version_dir(store_root(None), args.init_from)
+        _, init = stored_state(vdir)
+    model, result = train_candidate(model_cfg, split.train, cfg, seed=args.seed, feature_cache=cache,
+                                    init_state=init)
+    if args.checkpoint:
+        save_file(trained_state_dict(model), args.checkpoint)
+        Path(args.checkpoint + ".json").write_text(json.dumps(
+            {"steps": result.steps, "samples": result.samples, "seconds": result.seconds}))
+    return model, model_cfg, cfg, result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    split = load_fashion(args.data, cache_dir=args.cache_dir)
+    log.info("train %d valid %d classes %d", len(split.train), len(split.valid), len(split.classes))
+    if args.prepare_only:
+        return 0
+    import torch
+
+    from models.encoders import load_encoder
+    from models.store import promote, store_root
+
+    model, model_cfg, cfg, result = _train(args, split)
     log.info("trained %d steps in %.0f s (%.1f samples/s)", result.steps, result.seconds, result.samples_per_s)
     ecfg = EvalConfig()
     torch.set_grad_enabled(False)

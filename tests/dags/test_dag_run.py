@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from jobs import publish as pub
+from jobs.lake import publish as pub
 from jobs.package import ARCHIVE, LAUNCHER, build_zip
 from tests.conftest import SAMPLE
 
@@ -65,7 +65,7 @@ def states(dag_run) -> dict[str, str]:
 
 
 def test_nightly_dag_publishes_a_good_run_and_blocks_a_bad_one(spark, airflow_db, dagbag, deployment):
-    from jobs.lakehouse import Lake
+    from jobs.lake.lakehouse import Lake
     from schemas.tables import ENRICHMENT_RUNS, PRODUCT_EMBEDDINGS
 
     lake, dag = deployment, dagbag.dags["catalog_enrich_nightly"]

@@ -13,7 +13,7 @@ Readers see exactly the files in the log: :meth:`Lake.read` lists them from the 
 the folder), so files of an unfinished or failed write are invisible.
 
 Each committed file carries Delta column statistics (min, max, null count of the key and scalar columns, from
-its Parquet footer: :mod:`jobs.delta_stats`), so readers skip files, and a driver-side upsert reads only the
+its Parquet footer: :mod:`jobs.lake.delta_stats`), so readers skip files, and a driver-side upsert reads only the
 files whose key range can hold a changed key.
 """
 
@@ -30,10 +30,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote
 
-from jobs import delta_stats
-from jobs.faults import checkpoint
+from jobs.lake import delta_stats
+from models.core.errors import CatalogEnrichError
+from models.core.faults import checkpoint
+from models.core.io import local_path
 from schemas.tables import TableSpec
 
 __all__ = ["CommitResult", "Lake", "LakeError", "app_id_for"]
@@ -54,7 +56,7 @@ def rewrite_files(rewritten_bytes: int, parallelism: int) -> int:
                math.ceil(rewritten_bytes / TARGET_FILE_BYTES))
 
 
-class LakeError(RuntimeError):
+class LakeError(CatalogEnrichError, RuntimeError):
     """A table cannot be read or written as asked."""
 
 
@@ -76,10 +78,10 @@ def app_id_for(table: str, run_id: str) -> str:
 
 
 def _local_path(uri: str) -> str:
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        return unquote(parsed.path) if parsed.scheme else uri
-    raise LakeError(f"only local or mounted paths are supported for now, not {uri!r}")
+    try:
+        return local_path(uri, "lake")
+    except ValueError:
+        raise LakeError(f"only local or mounted paths are supported for now, not {uri!r}") from None
 
 
 class Lake:

@@ -25,11 +25,11 @@ import argparse
 import datetime as dt
 import json
 import logging
-import os
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from models.core.errors import BlockedError, CatalogEnrichError
+from models.core.io import atomic_write
 
 __all__ = [
     "GateBlocked", "POINTER", "PublishError", "discard", "finalize", "main", "open_published", "published_version",
@@ -45,17 +45,17 @@ _DISCARD_KEY = "catalog_enrich.discarded_run"
 _ROLLBACK_KEY = "catalog_enrich.rollback_to_run"
 
 
-class PublishError(RuntimeError):
+class PublishError(CatalogEnrichError, RuntimeError):
     """The pointer cannot be moved as asked."""
 
 
-class GateBlocked(PublishError):
+class GateBlocked(PublishError, BlockedError):
     """The run's output suite failed: it was not published (and its writes were discarded)."""
 
 
 def report_dir(lake: str | Path, run_id: str) -> Path:
-    """``<lake>/_reports/<run_id>``; :class:`jobs.runlog.InvalidRunId` (a ``ValueError``) for an unsafe run id."""
-    from jobs.runlog import check_run_id
+    """``<lake>/_reports/<run_id>``; :class:`jobs.lake.runlog.InvalidRunId` (a ``ValueError``) for an unsafe run id."""
+    from jobs.lake.runlog import check_run_id
 
     return Path(lake) / "_reports" / check_run_id(run_id)
 
@@ -72,18 +72,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True))
 
 
 def read_pointer(lake: str | Path) -> dict[str, Any] | None:
@@ -165,7 +154,7 @@ def discard(lake: str | Path, run_id: str) -> dict[str, Any]:
     """Restore every table the run's output gate audited to its published version (see the module doc)."""
     from deltalake import CommitProperties, DeltaTable
 
-    from jobs.lakehouse import app_id_for
+    from jobs.lake.lakehouse import app_id_for
 
     lake = Path(lake)
     rdir = report_dir(lake, run_id)
@@ -245,26 +234,21 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.action != "status" and not a.run_id:
         p.error(f"{a.action} needs --run-id")
-    if a.run_id is not None:
-        from jobs.runlog import InvalidRunId, check_run_id
+    from jobs.lake.runlog import check_run_id
+    from jobs.runtime.exits import fail
 
-        try:
-            check_run_id(a.run_id)
-        except InvalidRunId as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
     try:
+        if a.run_id is not None:
+            check_run_id(a.run_id)
         if a.action == "status":
             out = read_pointer(a.lake) or {"published": None, "note": "nothing published yet"}
         else:
             out = {"publish": publish, "discard": discard, "finalize": finalize, "rollback": rollback}[a.action](
                 a.lake, a.run_id)
     except GateBlocked as e:
-        print(f"blocked: {e}", file=sys.stderr)
-        return 3
-    except PublishError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e, "blocked")
+    except CatalogEnrichError as e:
+        return fail(e)
     print(json.dumps(out, indent=2, sort_keys=True))
     return 0
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 __all__ = ["DETAIL_COLUMNS", "latest_catalog", "product_details", "thumbnail_data_uri"]
 
-log = logging.getLogger("catalog_enrich.lookup")
+log = logging.getLogger(__name__)
 
 DETAIL_COLUMNS = ("product_id", "title", "category", "image_uri")
 
@@ -27,7 +27,7 @@ def latest_catalog(lake: str | Path) -> str | None:
     warning when that table is damaged)."""
     from deltalake import DeltaTable
 
-    from jobs.damage import DamagedLakeError, reading
+    from jobs.lake.damage import DamagedLakeError, reading
 
     path = Path(lake) / "enrichment_runs"
     if not DeltaTable.is_deltatable(str(path)):

@@ -24,7 +24,7 @@ from udfs.heads import HeadsPlan
 
 __all__ = ["HeadsConfig", "heads_tables", "leaf", "plan_heads"]
 
-log = logging.getLogger("catalog_enrich.heads")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pyspark.sql.types import StringType
 
+from models.core.errors import CatalogEnrichError
 from schemas import reasons
 from schemas.tables import CATALOG, CATALOG_REQUIRED
 from udfs.images import STAT_FIELDS
@@ -38,7 +39,7 @@ _INVISIBLE = r"\p{Z}\p{C}\p{M}\x{115F}\x{1160}\x{3164}\x{FFA0}\x{2800}\x{1D159}"
 _KEEP_NULLS = {"ignoreNullFields": "false"}
 
 
-class CatalogError(ValueError):
+class CatalogError(CatalogEnrichError, ValueError):
     """The catalog as a whole is unusable (missing, or without the required columns)."""
 
 
@@ -141,7 +142,7 @@ def validate(catalog, inspect_udf, known=None):
     column over its cap (:data:`MAX_TEXT_CHARS`); price not a finite non-negative number; image URI not
     allowed, unreadable, not an image or out of proportion.
 
-    ``known``: the image stat cache (:meth:`jobs.image_stats.ImageStats.read`), so an unchanged image file
+    ``known``: the image stat cache (:meth:`jobs.lake.image_stats.ImageStats.read`), so an unchanged image file
     keeps its hash unread. What the check saw of each image is kept in the ``_image_stat`` struct column.
     """
     from pyspark.sql import Window

@@ -14,7 +14,7 @@ model version) with the valid catalog rows and
 4. **writes** ``product_matches``: the queries' new pairs, replacing (deleting) their old pairs in the same
    commit;
 5. **clusters** the whole match graph: only coherent matches link products (mutual best within a margin),
-   their components (large-star/small-star in :mod:`jobs.graph`, with the giant-component guard) are split by
+   their components (large-star/small-star in :mod:`jobs.stages.graph`, with the giant-component guard) are split by
    average linkage (:mod:`models.matching.cluster` states the rules), and the ``product_clusters`` rows that
    changed are upserted. A cluster's id is its smallest product id.
 
@@ -35,7 +35,7 @@ from models.matching.cluster import ClusterConfig
 
 __all__ = ["MatchConfig", "match_and_cluster"]
 
-log = logging.getLogger("catalog_enrich.matching")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,7 @@ def _write_clusters(spark, lake, universe, run_id: str, now, cfg: MatchConfig, s
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    from jobs.graph import coherent_edges, guarded_components, split_components
+    from jobs.stages.graph import coherent_edges, guarded_components, split_components
     from schemas.tables import PRODUCT_CLUSTERS, PRODUCT_MATCHES
 
     ids = universe.select("product_id", "matched_hash")

@@ -27,11 +27,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from jobs.damage import DamagedLakeError, reading
+from jobs.lake.damage import DamagedLakeError, reading
+from jobs.runtime.exits import fail
+from models.core.errors import EXIT_UNUSABLE, CatalogEnrichError
 
 __all__ = ["SECTIONS", "build_report", "main", "write_run_report"]
 
-log = logging.getLogger("catalog_enrich.report")
+log = logging.getLogger(__name__)
 
 # Section id -> heading. The ids are part of the page's interface (links, tests): keep them stable.
 SECTIONS: dict[str, str] = {
@@ -126,10 +128,10 @@ class _Lake:
     def __init__(self, lake: Path):
         from deltalake import DeltaTable
 
-        from jobs.query import _open, _tables
+        from jobs.read.query import _open, _tables
 
         self.root = lake
-        # A damaged table is left out; the sections that read it say so, with the repair (jobs.damage).
+        # A damaged table is left out; the sections that read it say so, with the repair (jobs.lake.damage).
         self.con, self.damaged, self.sources = _open(lake, latest=True)
         self.paths = _tables(lake)
         self.versions = {n: DeltaTable(str(p)).version() for n, p in self.paths.items() if n not in self.damaged}
@@ -137,7 +139,7 @@ class _Lake:
     def rows(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
         import duckdb
 
-        from jobs.query import damage_of
+        from jobs.read.query import damage_of
 
         try:
             cur = self.con.execute(sql, params or [])
@@ -168,7 +170,7 @@ class _Lake:
 
 def _run_info(lake: Path, run_id: str) -> dict[str, Any]:
     """The run summary JSON the job wrote, else its enrichment_runs row."""
-    from jobs.runlog import run_rows
+    from jobs.lake.runlog import run_rows
 
     path = lake / "_reports" / f"{run_id}.json"
     with reading(lake / "enrichment_runs", "enrichment_runs"):
@@ -187,7 +189,7 @@ def _run_info(lake: Path, run_id: str) -> dict[str, Any]:
 def _previous_run(lake: Path, run_id: str, started_at) -> dict[str, Any] | None:
     from deltalake import DeltaTable
 
-    from jobs.runlog import _plain
+    from jobs.lake.runlog import _plain
 
     path = lake / "enrichment_runs"
     if started_at is None or not DeltaTable.is_deltatable(str(path)):
@@ -290,7 +292,7 @@ def _sec_clusters(db: _Lake, info, ctx) -> str:
 
 
 def _product_cards(ids: list[str], details: dict[str, dict], image_root: str | None, images: bool) -> str:
-    from jobs.lookup import thumbnail_data_uri
+    from jobs.read.lookup import thumbnail_data_uri
 
     cards = []
     for pid in ids:
@@ -306,7 +308,7 @@ def _product_cards(ids: list[str], details: dict[str, dict], image_root: str | N
 def _sec_duplicates(db: _Lake, info, ctx) -> str:
     if why := db.missing("product_clusters"):
         return _empty(why)
-    from jobs.lookup import product_details
+    from jobs.read.lookup import product_details
 
     clusters = db.rows("SELECT cluster_id, any_value(cluster_size) AS size, list(product_id ORDER BY product_id) "
                        "AS members FROM product_clusters WHERE cluster_size >= 2 GROUP BY 1 "
@@ -326,7 +328,7 @@ def _sec_duplicates(db: _Lake, info, ctx) -> str:
 def _sec_adult(db: _Lake, info, ctx) -> str:
     if why := db.missing("product_adult_flags"):
         return _empty(why)
-    from jobs.lookup import product_details
+    from jobs.read.lookup import product_details
 
     n = db.rows("SELECT count(*) AS products, count(*) FILTER (WHERE is_adult) AS flagged FROM product_adult_flags")[0]
     kinds = db.rows("SELECT split_part(r, ':', 1) AS signal, count(*) AS products FROM "
@@ -447,7 +449,7 @@ def build_report(lake: str | Path, run_id: str | None = None, image_root: str | 
 
 
 def write_report(lake: str | Path, run_id: str | None = None, image_root: str | None = None) -> Path:
-    from jobs.runlog import check_run_id
+    from jobs.lake.runlog import check_run_id
 
     run_id, page = build_report(lake, None if run_id is None else check_run_id(run_id), image_root)
     path = Path(lake) / "_reports" / f"{run_id}.html"
@@ -479,12 +481,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         path = write_report(args.lake, args.run_id, args.image_root)
+    except CatalogEnrichError as e:   # no such run (2), a damaged lake (4)
+        return fail(e)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    except DamagedLakeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 4
+        return EXIT_UNUSABLE
     print(path)
     return 0
 

@@ -11,6 +11,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from models.core.errors import CatalogEnrichError
+
 __all__ = ["RETRY_SEPARATOR", "RUN_ID_PATTERN", "InvalidRunId", "check_run_id", "latest_attempt",
            "retrain_outcome", "run_counts", "run_rows", "runs_with_status"]
 
@@ -19,7 +21,7 @@ __all__ = ["RETRY_SEPARATOR", "RUN_ID_PATTERN", "InvalidRunId", "check_run_id", 
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-class InvalidRunId(ValueError):
+class InvalidRunId(CatalogEnrichError, ValueError):
     """A run id outside :data:`RUN_ID_PATTERN` (it would name a path outside the lake, or no file at all)."""
 
 # Retrain attempts after the first get their own run id, ``<base>.try<N>``: a model_runs row is appended
@@ -38,7 +40,7 @@ def check_run_id(run_id: object) -> str:
     """``run_id`` when it is a safe run id, else :class:`InvalidRunId` with a one-line reason.
 
     The one check every entry point applies (the enrich job, the gates and publish via
-    :func:`jobs.publish.report_dir`, the report command) before it writes anything."""
+    :func:`jobs.lake.publish.report_dir`, the report command) before it writes anything."""
     if not isinstance(run_id, str):
         raise InvalidRunId(f"invalid run id {run_id!r}: expected a string")
     if RUN_ID_PATTERN.fullmatch(run_id) is None or ".." in run_id:

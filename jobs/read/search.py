@@ -1,4 +1,4 @@
-"""Similarity search over the lake's product embeddings (the faiss index of :mod:`jobs.index`); no Spark.
+"""Similarity search over the lake's product embeddings (the faiss index of :mod:`jobs.read.index`); no Spark.
 
     catalog-enrich similar PRODUCT_ID [--k 10] [--lake DIR]       products nearest to a product
     catalog-enrich search "red running shoes" [--image PATH]      products nearest to a text and/or an image
@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.damage import DamagedLakeError
-from jobs.index import IndexError_, ProductIndex, choose_model_version, load_index, update_index
+from jobs.read.index import ProductIndex, choose_model_version, load_index, update_index
+from jobs.runtime.exits import fail
+from models.core.errors import CatalogEnrichError
 
 __all__ = ["SearchError", "embed_query", "main", "model_ref_for", "open_index", "quarantine_note",
            "read_query_image", "similar",
@@ -30,13 +31,13 @@ DEFAULT_LOADER = "models.encoders:load_encoder"
 MAX_QUERY_IMAGE_BYTES = 32 * 1024 * 1024
 
 
-class SearchError(ValueError):
+class SearchError(CatalogEnrichError, ValueError):
     """A search that cannot be answered as asked (unknown product, model mismatch, unreadable image)."""
 
 
 def open_index(lake: str | Path, model_version: str | None = None, out=None) -> ProductIndex:
     """The index of ``model_version`` (default: the table's main version), updated when the table is newer."""
-    from jobs.index import _table
+    from jobs.read.index import _table
 
     out = out or sys.stderr
     mv = choose_model_version(lake, model_version)
@@ -165,7 +166,7 @@ def text_search(idx: ProductIndex, query: np.ndarray, k: int) -> list[tuple[str,
 def _results(lake: str, hits: list[tuple[str, float]]):
     import pandas as pd
 
-    from jobs.lookup import latest_catalog, product_details
+    from jobs.read.lookup import latest_catalog, product_details
 
     df = pd.DataFrame({"rank": range(1, len(hits) + 1), "product_id": [h[0] for h in hits],
                        "score": [round(h[1], 4) for h in hits]})
@@ -232,14 +233,10 @@ def main(argv: list[str] | None = None, command: str = "similar") -> int:
             t = time.perf_counter()
             hits = text_search(idx, q, args.k)
         took = time.perf_counter() - t
-    except (IndexError_, SearchError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except DamagedLakeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 4
+    except CatalogEnrichError as e:   # a query that cannot be answered (2), a damaged lake (4)
+        return fail(e)
     if command == "similar" and args.format == "table":
-        from jobs.lookup import latest_catalog, product_details
+        from jobs.read.lookup import latest_catalog, product_details
 
         d = product_details(latest_catalog(args.lake), [args.product_id]).to_dict("records")
         cat = d[0]["category"] if d and isinstance(d[0]["category"], str) else "no category"

@@ -21,7 +21,7 @@ import time
 
 __all__ = ["StageProgress", "heartbeat"]
 
-log = logging.getLogger("catalog_enrich.progress")
+log = logging.getLogger(__name__)
 
 
 class StageProgress:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import time
@@ -32,19 +31,24 @@ from typing import Any
 
 import numpy as np
 
-from jobs.damage import DamagedLakeError, reading
+from jobs.lake.damage import DamagedLakeError, reading
+from models.core.errors import CatalogEnrichError
+from models.core.io import atomic_write
 
-__all__ = ["IndexError_", "IndexStats", "ProductIndex", "choose_model_version", "index_dir", "load_index",
-           "model_versions", "refresh_index", "update_index"]
+__all__ = ["IndexError_", "IndexStats", "ProductIndex", "ProductIndexError", "choose_model_version", "index_dir",
+           "load_index", "model_versions", "refresh_index", "update_index"]
 
-log = logging.getLogger("catalog_enrich.index")
+log = logging.getLogger(__name__)
 
 EMBEDDINGS = "product_embeddings"
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
-class IndexError_(RuntimeError):  # noqa: N801 - the builtin IndexError means something else
+class ProductIndexError(CatalogEnrichError, RuntimeError):
     """The index cannot be built or used as asked (no table, empty table, unknown model version)."""
+
+
+IndexError_ = ProductIndexError   # the old name, kept for one release for callers that import it
 
 
 @dataclass
@@ -105,7 +109,7 @@ def _table(lake: str | Path, version: int | None = None):
 
     path = Path(lake) / EMBEDDINGS
     if not DeltaTable.is_deltatable(str(path)):
-        raise IndexError_(f"no {EMBEDDINGS} table in {lake}: run the enrich job first (catalog-enrich enrich "
+        raise ProductIndexError(f"no {EMBEDDINGS} table in {lake}: run the enrich job first (catalog-enrich enrich "
                           f"--lake {lake}) or pass --lake")
     with reading(path, EMBEDDINGS, version):
         return DeltaTable(str(path), version=version)
@@ -126,11 +130,11 @@ def choose_model_version(lake: str | Path, requested: str | None = None) -> str:
     """``requested`` if the table holds it, else the model version most products were embedded with."""
     counts = model_versions(lake)
     if not counts:
-        raise IndexError_(f"{EMBEDDINGS} in {lake} is empty: no product was enriched yet")
+        raise ProductIndexError(f"{EMBEDDINGS} in {lake} is empty: no product was enriched yet")
     if requested is None:
         return max(counts, key=lambda v: (counts[v], v))
     if requested not in counts:
-        raise IndexError_(f"no embeddings of model version {requested!r} in {lake}; the table holds "
+        raise ProductIndexError(f"no embeddings of model version {requested!r} in {lake}; the table holds "
                           + ", ".join(f"{v} ({n} products)" for v, n in sorted(counts.items())))
     return requested
 
@@ -174,7 +178,7 @@ def _vectors(table, dim: int | None) -> np.ndarray:
         return np.zeros((0, dim or 0), np.float32)
     d = int(lengths[0])
     if (lengths != d).any() or (dim is not None and d != dim):
-        raise IndexError_(f"{EMBEDDINGS} holds embeddings of several dimensions for one model version")
+        raise ProductIndexError(f"{EMBEDDINGS} holds embeddings of several dimensions for one model version")
     return np.ascontiguousarray(pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, d))
 
 
@@ -219,9 +223,7 @@ def _write(lake: str | Path, index, ids, meta: dict[str, Any]) -> Path:
     faiss.write_index(index, str(gen / "index.faiss"))
     ids.to_parquet(gen / "ids.parquet", index=False)
     (gen / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-    tmp = root / f".CURRENT-{uuid.uuid4().hex[:6]}"
-    tmp.write_text(gen.name + "\n")
-    os.replace(tmp, root / "CURRENT")   # atomic: readers see the old generation or the new one
+    atomic_write(root / "CURRENT", gen.name + "\n")   # readers see the old generation or the new one
     # Keep the previous generation for searches that opened it a moment ago; drop older ones.
     gens = sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("v")),
                   key=lambda p: p.stat().st_mtime)
@@ -265,7 +267,7 @@ def update_index(lake: str | Path, model_version: str | None = None, full: bool 
     vecs = _vectors(got, index.d if index is not None else None) if got is not None else None
     if index is None:
         if vecs is None or len(vecs) == 0:
-            raise IndexError_(f"{EMBEDDINGS} in {lake} has no rows of model version {mv}")
+            raise ProductIndexError(f"{EMBEDDINGS} in {lake} has no rows of model version {mv}")
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(vecs.shape[1]))
     drop = np.concatenate([gone["faiss_id"].to_numpy(np.int64), changed["faiss_id"].to_numpy(np.int64)])
     if len(drop):
@@ -285,7 +287,8 @@ def update_index(lake: str | Path, model_version: str | None = None, full: bool 
     stats = IndexStats(mv, version, int(index.ntotal), "full" if current is None else "incremental",
                        added=len(new), replaced=len(changed), removed=len(gone))
     if index.ntotal != len(ids):
-        raise IndexError_(f"index update went wrong: {index.ntotal} vectors for {len(ids)} ids; rebuild with --full")
+        raise ProductIndexError(f"index update went wrong: {index.ntotal} vectors for {len(ids)} ids; "
+                                "rebuild with --full")
     stats.seconds = round(time.perf_counter() - t0, 3)
     meta = dict(asdict(stats), next_id=next_id, dim=int(index.d), metric="inner_product",
                 index_type="IndexIDMap2(IndexFlatIP)", built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -301,7 +304,7 @@ def refresh_index(lake: str | Path, model_version: str, count=None) -> str:
     and noted, never a reason to fail a run whose tables are committed."""
     try:
         stats = update_index(lake, model_version)
-    except IndexError_ as e:   # nothing to index (every row quarantined): not an error of the index
+    except ProductIndexError as e:   # nothing to index (every row quarantined): not an error of the index
         log.warning("index not updated: %s", e)
         return f"index: not updated ({e})"[:500]
     except Exception as e:

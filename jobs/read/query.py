@@ -7,7 +7,7 @@ datasets, so DuckDB pushes filters and projections down). Once they are register
 DuckDB's file system access is off (no ``COPY ... TO``, ``read_csv``, ``ATTACH``, ``INSTALL``), the settings
 cannot be changed, and :func:`query` runs one ``SELECT`` (or ``EXPLAIN``) statement only. A damaged table is
 left out with a warning, so queries on the other tables still run; a query that names it fails with one line
-saying how to repair it (:mod:`jobs.damage`).
+saying how to repair it (:mod:`jobs.lake.damage`).
 Inside Spark jobs, :func:`register_spark_views` gives the same names as temporary views.
 """
 
@@ -19,11 +19,13 @@ import re
 import sys
 from pathlib import Path
 
-from jobs.damage import DamagedLakeError, diagnose
+from jobs.lake.damage import DamagedLakeError, diagnose
+from jobs.runtime.exits import fail
+from models.core.errors import EXIT_UNUSABLE, CatalogEnrichError
 
 __all__ = ["QueryRefused", "connect", "damage_of", "main", "query", "register_spark_views"]
 
-log = logging.getLogger("catalog_enrich.query")
+log = logging.getLogger(__name__)
 
 # DuckDB names the registered table whose Arrow stream failed, and the table a query names but the
 # connection lacks (a damaged table is not registered).
@@ -31,7 +33,7 @@ _STREAM_FAILED = re.compile(r"stream registered as '(\w+)' failed")
 _NO_TABLE = re.compile(r"Table with name (\w+) does not exist")
 
 
-class QueryRefused(ValueError):
+class QueryRefused(CatalogEnrichError, ValueError):
     """A query that is not one read-only statement over the lake's tables."""
 
 
@@ -48,7 +50,7 @@ def _open(lake: str | Path, latest: bool):
     import duckdb
     from deltalake import DeltaTable
 
-    from jobs.publish import read_pointer
+    from jobs.lake.publish import read_pointer
 
     pointer = None if latest else read_pointer(lake)
     con = duckdb.connect(":memory:")
@@ -78,7 +80,7 @@ def _open(lake: str | Path, latest: bool):
 
 def connect(lake: str | Path, latest: bool = False):
     """A read-only DuckDB connection with one view per readable Delta table of ``lake``: the published version
-    of each table when the lake is published through the quality gates (:mod:`jobs.publish`), else (or with
+    of each table when the lake is published through the quality gates (:mod:`jobs.lake.publish`), else (or with
     ``latest``) the newest version. A damaged table is left out with a logged warning."""
     return _open(lake, latest)[0]
 
@@ -132,7 +134,7 @@ def query(lake: str | Path, sql: str, latest: bool = False):
 
 
 def register_spark_views(spark, lake) -> list[str]:
-    """Every output table of ``lake`` (a :class:`jobs.lakehouse.Lake`) as a Spark temporary view."""
+    """Every output table of ``lake`` (a :class:`jobs.lake.lakehouse.Lake`) as a Spark temporary view."""
     from schemas.tables import TABLES
 
     names = []
@@ -157,16 +159,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         df = query(args.lake, args.sql, args.latest)
-    except (FileNotFoundError, QueryRefused) as e:
+    except CatalogEnrichError as e:   # a refused query (2), a damaged table (4)
+        return fail(e)
+    except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    except DamagedLakeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 4
+        return EXIT_UNUSABLE
     except duckdb.Error as e:
         tables = ", ".join(_tables(Path(args.lake)))
         print(f"error: {str(e).splitlines()[0]}\n(tables in {args.lake}: {tables})", file=sys.stderr)
-        return 2
+        return EXIT_UNUSABLE
     if args.format == "csv":
         df.to_csv(sys.stdout, index=False)
     elif args.format == "json":

@@ -15,13 +15,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from models.core.errors import JobFailure
+
 __all__ = ["ComponentsResult", "GraphError", "coherent_edges", "connected_components", "guarded_components",
            "split_components"]
 
 log = logging.getLogger(__name__)
 
 
-class GraphError(RuntimeError):
+class GraphError(JobFailure, RuntimeError):
     """The components did not converge within the allowed rounds."""
 
 

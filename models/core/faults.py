@@ -23,7 +23,8 @@ import os
 import signal
 from collections import Counter
 
-__all__ = ["InjectedFault", "KILL_ENV", "TASK_FAULTS_ENV", "checkpoint", "maybe_fail", "publish_driver_pid"]
+__all__ = ["InjectedFault", "KILL_ENV", "TASK_FAULTS_ENV", "checkpoint", "count_hit", "draw", "log_injection",
+           "publish_driver_pid"]
 
 KILL_ENV = "CATALOG_ENRICH_KILL_AT"
 TASK_FAULTS_ENV = "CATALOG_ENRICH_TASK_FAULTS"
@@ -37,7 +38,15 @@ class InjectedFault(RuntimeError):
     """A failure injected on purpose (never raised unless CATALOG_ENRICH_TASK_FAULTS is set)."""
 
 
-def _log(kind: str, line: str) -> None:
+def count_hit(key: str) -> int:
+    """How many times this process has reached ``key`` (a checkpoint, a UDF batch), this time included."""
+    _hits[key] += 1
+    return _hits[key]
+
+
+def log_injection(kind: str, line: str) -> None:
+    """Append ``line`` to this process's ``kind`` log under CATALOG_ENRICH_FAULT_LOG (when set): the tests read
+    back which kills and faults fired."""
     folder = os.environ.get(LOG_ENV)
     if folder:
         with open(os.path.join(folder, f"{kind}-{os.getpid()}.log"), "a") as f:
@@ -60,48 +69,16 @@ def checkpoint(name: str) -> None:
         want, nth = target, "1"
     if want != name:
         return
-    _hits[name] += 1
-    if _hits[name] != int(nth):
+    n = count_hit(name)
+    if n != int(nth):
         return
-    _log("kills", f"{name} {_hits[name]}")
+    log_injection("kills", f"{name} {n}")
     victim = int(os.environ.get(DRIVER_PID_ENV) or os.getpid())
     os.kill(victim, signal.SIGKILL)
     if victim != os.getpid():  # a worker: do not let this task finish while the driver dies
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _fraction(key: str) -> float:
+def draw(key: str) -> float:
+    """A number in [0, 1) fixed by ``key``: the same batches are picked in every run."""
     return int.from_bytes(hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()[:8], "big") / 2.0**64
-
-
-def maybe_fail(udf: str | tuple[str, ...], key: object = None) -> None:
-    """Raise :class:`InjectedFault` on the first attempt of a task for a ``fraction`` of the UDF's batches.
-
-    A batch is picked by a hash of (UDF, partition, batch number within the task), not by its rows, whose
-    order after a shuffle varies: the same batches fail in every run. ``key`` only goes into the message.
-    ``udf`` may name several UDFs that one pandas UDF runs (the enrich job's embed and heads): each is drawn
-    for the batch on its own, so each fails on its own fraction of the batches, and one fault is raised.
-    """
-    spec = os.environ.get(TASK_FAULTS_ENV)
-    if not spec:
-        return
-    names, _, fraction = spec.rpartition(":")
-    wanted = [u for u in ((udf,) if isinstance(udf, str) else udf) if u in names.split(",")]
-    if not wanted:
-        return
-    from pyspark import TaskContext
-
-    ctx = TaskContext.get()
-    if ctx is None:
-        return
-    fired = []
-    for name in wanted:
-        batch = (name, ctx.stageId(), ctx.partitionId(), ctx.attemptNumber())
-        _hits[repr(batch)] += 1
-        n = _hits[repr(batch)]
-        if ctx.attemptNumber() == 0 and _fraction(f"{name}:{ctx.partitionId()}:{n}") < float(fraction):
-            _log("faults", f"{name} partition {ctx.partitionId()} batch {n} first row {key!r}")
-            fired.append(f"{name} batch {n}")
-    if fired:
-        raise InjectedFault(f"injected fault in {', '.join(fired)} (first attempt of partition "
-                            f"{ctx.partitionId()})")

@@ -14,13 +14,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from models.core.errors import DamagedError
+
 __all__ = ["DamagedLakeError", "check_version", "diagnose", "last_good_version", "reading"]
 
 _LOG_ENTRY = re.compile(r"^(\d{20})\.json$")
 _LOOK_BACK = 20   # versions tried when looking for the last good one
 
 
-class DamagedLakeError(RuntimeError):
+class DamagedLakeError(DamagedError, RuntimeError):
     """A table (or the similarity index) of the lake cannot be read; ``repair`` says what to do."""
 
     def __init__(self, what: str, problem: str, repair: str):

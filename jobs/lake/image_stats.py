@@ -16,6 +16,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+from models.core.io import atomic_write
 from udfs.images import STAT_FIELDS
 
 __all__ = ["ImageStats"]
@@ -53,7 +54,7 @@ class ImageStats:
         return df.select("image_uri", *STAT_FIELDS)
 
     def write(self, validated) -> Path:
-        """Replace the cache with the stats of ``validated`` (rows of :func:`jobs.transforms.validate`)."""
+        """Replace the cache with the stats of ``validated`` (rows of :func:`jobs.stages.validate.validate`)."""
         from pyspark.sql import functions as F
 
         rows = (validated.where(F.col("_image_stat.image_checked_ns").isNotNull())
@@ -63,9 +64,7 @@ class ImageStats:
         old = self.current()
         gen = self.root / f"gen-{uuid.uuid4().hex[:12]}"
         rows.coalesce(max(1, validated.rdd.getNumPartitions() // 8)).write.parquet(str(gen))
-        tmp = self.root / f".CURRENT-{uuid.uuid4().hex[:8]}"
-        tmp.write_text(gen.name + "\n")
-        os.replace(tmp, self.root / "CURRENT")   # readers see the old generation or the new one, whole
+        atomic_write(self.root / "CURRENT", gen.name + "\n")   # readers see the old generation or the new one
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return gen

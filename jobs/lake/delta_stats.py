@@ -4,7 +4,7 @@ Each ``add`` action carries ``{"numRecords", "minValues", "maxValues", "nullCoun
 statistics columns: its key columns and its scalar string, integer, date and timestamp columns. They come from
 the Parquet footers' row-group statistics (which Spark and pyarrow write), so committing a file reads its
 footer only. Readers use them to skip files: ``deltalake`` (``file_uris(file_pruning_predicate=...)`` and the
-fragments of ``to_pyarrow_dataset()``, which DuckDB scans in :mod:`jobs.query`), and :meth:`Lake.upsert_arrow`
+fragments of ``to_pyarrow_dataset()``, which DuckDB scans in :mod:`jobs.read.query`), and :meth:`Lake.upsert_arrow`
 to read only the files whose key range can hold a changed key.
 
 The columns are named in the table property ``delta.dataSkippingStatsColumns``. That matters beyond

@@ -8,7 +8,7 @@ scheduler retries it later (exit status 3).
 Why ``flock``: the kernel releases the lock when its holder dies, however it dies (SIGKILL, OOM killer, a
 crashed machine's NFS lease running out), so there is no stale lock to detect or break by hand. The file
 itself stays; it holds the holder's run id, pid, host and start time for the refusal message. Each Delta
-commit is atomic on its own as well (``max_commit_retries=0`` in :mod:`jobs.lakehouse`): even a writer that
+commit is atomic on its own as well (``max_commit_retries=0`` in :mod:`jobs.lake.lakehouse`): even a writer that
 ignores the lock cannot leave a half-written table, only a failed commit.
 """
 
@@ -20,12 +20,14 @@ import json
 import os
 import socket
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+
+from models.core.errors import BlockedError
+from models.core.io import local_path
 
 __all__ = ["LakeBusyError", "LakeLock"]
 
 
-class LakeBusyError(RuntimeError):
+class LakeBusyError(BlockedError, RuntimeError):
     """Another run holds the lake's lock."""
 
 
@@ -33,10 +35,7 @@ class LakeLock:
     """``with LakeLock(lake, run_id):`` holds the lake's enrich lock, or raises :class:`LakeBusyError` at once."""
 
     def __init__(self, lake: str | os.PathLike[str], run_id: str, name: str = "enrich"):
-        lake = str(lake)
-        if lake.startswith("file://"):
-            lake = unquote(urlparse(lake).path)
-        self.path = Path(lake).expanduser().resolve() / "_locks" / f"{name}.lock"
+        self.path = Path(local_path(lake, "lake")).expanduser().resolve() / "_locks" / f"{name}.lock"
         self.run_id = run_id
         self._fd: int | None = None
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 import sys
 
+from models.core.errors import CatalogEnrichError
+
 __all__ = ["DEFAULTS", "FEW_CORES_DEFAULTS", "LOCAL_DEFAULTS", "SparkSetupError", "build_session", "check_java",
            "quiet_library_loggers"]
 
 
-class SparkSetupError(RuntimeError):
+class SparkSetupError(CatalogEnrichError, RuntimeError):
     """Spark cannot start here (no Java, wrong Python)."""
 
 
@@ -64,7 +66,7 @@ FEW_CORES_DEFAULTS: dict[str, str] = {
 
 def check_java() -> None:
     """Fail with one sentence, not a Py4J stack trace, when Spark cannot start here."""
-    from jobs.preflight import java_problem, python_problem
+    from jobs.runtime.preflight import java_problem, python_problem
 
     problem = python_problem() or java_problem()
     if problem:

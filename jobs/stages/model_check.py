@@ -13,19 +13,37 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+from models.core.errors import CatalogEnrichError
 
 if TYPE_CHECKING:
-    from jobs.enrich import EnrichConfig
+    from jobs.stages.heads import HeadsConfig
 
 __all__ = ["ModelCheckError", "verify_run_models"]
 
-log = logging.getLogger("catalog_enrich.model_check")
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class ModelCheckError(ValueError):
+class ModelCheckError(CatalogEnrichError, ValueError):
     """A model the run would use is missing, damaged or tampered with; the message is one line for the user."""
+
+
+class RunModels(Protocol):
+    """What the check reads of a run's configuration (a :class:`jobs.enrich.EnrichConfig`): the entry point
+    imports this module, so the module names the fields it needs instead of importing the entry point."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def encoder_loader(self) -> str: ...
+    @property
+    def heads(self) -> HeadsConfig: ...
+    @property
+    def attributes(self) -> str: ...
+    @property
+    def matching(self) -> str: ...
 
 
 def _guard(role: str, flag: str, step: Callable[[], T]) -> T:
@@ -46,7 +64,7 @@ def _one_line(error: Exception) -> str:
     return " ".join(str(error).split())
 
 
-def _encoder(cfg: EnrichConfig) -> tuple[str | None, Path | None]:
+def _encoder(cfg: RunModels) -> tuple[str | None, Path | None]:
     """(encoder version, store version folder or None) of the run's encoder; the folder verified. A test or
     custom loader answers for its own model (its version is known once it loads: None here)."""
     from models.refs import parse_model_ref
@@ -65,20 +83,25 @@ def _encoder(cfg: EnrichConfig) -> tuple[str | None, Path | None]:
 
 
 def _heads(ref: str, encoder_version: str | None) -> Path | None:
-    """The head bundle folder the run will use (as :func:`jobs.heads.plan_heads` finds it), verified."""
+    """The head bundle folder the run will use (as :func:`jobs.stages.heads.plan_heads` finds it), verified."""
     from models.heads.bundle import find_heads
     from models.store import DEFAULT_STORE, ModelIntegrityError, verify_version
 
-    if ref == "none" or (ref == "auto" and encoder_version is None):
+    if ref == "none":
         return None
-    vdir = find_heads(DEFAULT_STORE, encoder_version) if ref == "auto" else Path(ref).expanduser().resolve()
+    if ref == "auto":
+        if encoder_version is None:
+            return None
+        vdir = find_heads(DEFAULT_STORE, encoder_version)
+    else:
+        vdir = Path(ref).expanduser().resolve()
     if vdir is not None and verify_version(vdir).get("kind") != "heads":
         raise ModelIntegrityError(f"{vdir} is not a head bundle (its manifest's kind is not 'heads')")
     return vdir
 
 
 def _extractor(ref: str) -> Path | None:
-    from jobs.heads import resolve_extractor
+    from jobs.stages.heads import resolve_extractor
     from models.attributes.extractor import resolve_version
     from models.store import verify_version
 
@@ -90,12 +113,12 @@ def _extractor(ref: str) -> Path | None:
     return vdir
 
 
-def verify_run_models(cfg: EnrichConfig) -> dict[str, str]:
+def verify_run_models(cfg: RunModels) -> dict[str, str]:
     """Verify every model artifact ``cfg`` names; ``{role: folder}`` of those checked (logged with the time taken).
 
     Raises :class:`ModelCheckError` on the first one that fails.
     """
-    from jobs.matching import resolve_matching
+    from jobs.stages.matching import resolve_matching
 
     t = time.perf_counter()
     version, encoder_dir = _guard("encoder", "--model", lambda: _encoder(cfg))

@@ -1,0 +1,1 @@
+"""The job's runtime: the SparkSession, the machine's preflight checks, stage progress."""

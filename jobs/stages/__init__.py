@@ -1,0 +1,1 @@
+"""The stages the entry points drive: validation, heads, matching, connected components, retraining."""
