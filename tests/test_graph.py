@@ -85,7 +85,8 @@ def test_guard_matches_the_in_memory_clusters(spark):
     for i in range(39):  # a chain of 40 with strong and weak links, plus small groups
         edges.append((_name(i), _name(i + 1), rng.choice([0.95, 0.98, 0.995, 0.6])))
     edges += [(_name(100), _name(101), 0.7), (_name(102), _name(101), 0.8)]
-    cfg = ClusterConfig(max_size=4, strict_thresholds=(0.9, 0.97))
+    # guarded_components is the guard alone: compare it with the in-memory rules without the coherence steps
+    cfg = ClusterConfig(max_size=4, strict_thresholds=(0.9, 0.97), min_score=0.0, margin=None, linkage=None)
     df = spark.createDataFrame(edges, "src string, dst string, score double")
     comp, report = guarded_components(df, cfg.max_size, cfg.strict_thresholds)
     got = {r["node"]: (r["component"], r["guard"]) for r in comp.collect()}

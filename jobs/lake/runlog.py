@@ -49,26 +49,25 @@ def check_run_id(run_id: object) -> str:
     return run_id
 
 
-def run_rows(lake: str | Path, table: str, run_ids: list[str]) -> list[dict[str, Any]]:
-    """The rows of ``<lake>/<table>`` whose run_id is one of ``run_ids`` (empty if the table does not exist)."""
+def _rows_where(lake: str | Path, table: str, column: str, values: list[str]) -> list[dict[str, Any]]:
+    """The rows of ``<lake>/<table>`` whose ``column`` is one of ``values`` (empty if the table does not exist)."""
     from deltalake import DeltaTable
 
     path = Path(lake) / table
-    if not run_ids or not DeltaTable.is_deltatable(str(path)):
+    if not values or not DeltaTable.is_deltatable(str(path)):
         return []
-    rows = DeltaTable(str(path)).to_pyarrow_table(filters=[("run_id", "in", list(run_ids))]).to_pylist()
+    rows = DeltaTable(str(path)).to_pyarrow_table(filters=[(column, "in", list(values))]).to_pylist()
     return [{k: _plain(v) for k, v in row.items()} for row in rows]
+
+
+def run_rows(lake: str | Path, table: str, run_ids: list[str]) -> list[dict[str, Any]]:
+    """The rows of ``<lake>/<table>`` whose run_id is one of ``run_ids`` (empty if the table does not exist)."""
+    return _rows_where(lake, table, "run_id", run_ids)
 
 
 def runs_with_status(lake: str | Path, table: str, statuses: list[str]) -> list[dict[str, Any]]:
     """The rows of ``<lake>/<table>`` whose status is one of ``statuses`` (empty if the table does not exist)."""
-    from deltalake import DeltaTable
-
-    path = Path(lake) / table
-    if not statuses or not DeltaTable.is_deltatable(str(path)):
-        return []
-    rows = DeltaTable(str(path)).to_pyarrow_table(filters=[("status", "in", list(statuses))]).to_pylist()
-    return [{k: _plain(v) for k, v in row.items()} for row in rows]
+    return _rows_where(lake, table, "status", statuses)
 
 
 def run_counts(lake: str | Path, run_id: str) -> dict[str, int] | None:
