@@ -95,11 +95,13 @@ QUARANTINE = TableSpec(
     "quarantine",
     (
         Column("run_id", StringType(), "run that rejected the row", nullable=False),
-        Column("row_id", StringType(), "sha256 of the raw record: the row's identity within a run", nullable=False),
+        Column("row_id", StringType(), "sha256 of the whole input row: its identity within a run", nullable=False),
         Column("product_id", StringType(), "product id as given (may be null or empty)"),
         Column("reason_code", StringType(), "why the row was rejected (schemas.reasons)"),
         Column("detail", StringType(), "human-readable detail"),
-        Column("raw_record", StringType(), "the input row as JSON"),
+        Column("raw_record", StringType(), "the input row as JSON; a text value over its cap (jobs.stages.validate) "
+                                          "kept as its first 1,000 characters (fewer under a smaller cap) and "
+                                          "'[... N characters cut]'"),
         Column("quarantined_at", TimestampType(), "when the row was rejected"),
     ),
     keys=("run_id", "row_id"),

@@ -7,6 +7,8 @@ and an empty catalog is reported as such.
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -14,7 +16,7 @@ from deltalake import DeltaTable
 from PIL import Image
 
 from jobs import enrich
-from jobs.stages.validate import MAX_TEXT_CHARS
+from jobs.stages.validate import MAX_TEXT_CHARS, RAW_PREFIX_CHARS
 
 pytestmark = pytest.mark.spark
 
@@ -113,3 +115,29 @@ def test_a_catalog_with_every_row_quarantined_is_reported_as_empty(spark, tmp_pa
     assert runs.loc["all-bad", "status"] == "empty"
     # The rows are still accounted for: both are in quarantine.
     assert sorted(rows_of(lake, "quarantine")["reason_code"]) == ["empty_title", "empty_title"]
+
+
+def test_the_raw_record_keeps_a_bounded_prefix_of_an_over_cap_value(spark, tmp_path):
+    huge = 300_000                                   # far over the description cap: a feed gone wrong
+    within = "w" * MAX_TEXT_CHARS["description"]     # at the cap: kept whole
+    brand_over = MAX_TEXT_CHARS["brand"] + 5         # just over a cap smaller than the prefix
+    rows = [{"product_id": "huge", "title": "Too much", "description": "y" * huge, "brand": "b" * brand_over},
+            {"product_id": "bad-price", "title": "Mug", "description": within, "brand": "Acme", "price": -1.0},
+            {"product_id": "good", "title": "Blue scarf"}]
+    catalog = write_catalog(tmp_path / "cut", rows)
+    lake = tmp_path / "lake"
+    assert run_job(catalog, lake, "cut") == 0
+    q = rows_of(lake, "quarantine").set_index("product_id")
+    assert q.loc["huge", "reason_code"] == "text_too_long"
+    raw = q.loc["huge", "raw_record"]
+    assert len(raw) < 2 * RAW_PREFIX_CHARS + 500
+    record = json.loads(raw)
+    assert record["description"] == "y" * RAW_PREFIX_CHARS + f"[... {huge - RAW_PREFIX_CHARS} characters cut]"
+    cap = MAX_TEXT_CHARS["brand"]
+    assert record["brand"] == "b" * cap + f"[... {brand_over - cap} characters cut]"
+    assert (record["product_id"], record["title"], record["price"]) == ("huge", "Too much", None)
+    # A row within the caps keeps its raw record whole.
+    assert q.loc["bad-price", "reason_code"] == "invalid_price"
+    assert json.loads(q.loc["bad-price", "raw_record"]) == {
+        "product_id": "bad-price", "title": "Mug", "description": within, "image_uri": None, "brand": "Acme",
+        "category": None, "price": -1.0, "currency": None, "language": None, "updated_at": None}

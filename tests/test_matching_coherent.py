@@ -137,8 +137,7 @@ def test_the_job_clusters_stored_matches_without_chaining(spark, lake):
     universe = spark.createDataFrame([(p, f"v:{p}") for p in ids], "product_id string, matched_hash string")
 
     def clusters(cfg: MatchConfig, run_id: str) -> dict[str, tuple[str, int]]:
-        stats: dict = {}
-        _write_clusters(spark, lake, universe, run_id, now, cfg, stats)
+        _write_clusters(spark, lake, universe, run_id, now, cfg)
         t = DeltaTable(str(lake.path(PRODUCT_CLUSTERS))).to_pandas()
         return {r.product_id: (r.cluster_id, r.cluster_size) for r in t.itertuples()}
 

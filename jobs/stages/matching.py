@@ -27,13 +27,13 @@ import datetime as dt
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from models.matching.blocking import BlockingConfig, n_cells
 from models.matching.cluster import ClusterConfig
 
-__all__ = ["MatchConfig", "match_and_cluster"]
+__all__ = ["MatchConfig", "MatchStats", "match_and_cluster"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,86 @@ class MatchConfig:
     rows_per_partition: int = 20_000
     max_rounds: int = 100                # connected-components rounds before giving up
     checkpoint_every: int = 2            # rounds between lineage cuts
+
+
+@dataclass(frozen=True)
+class CellCounters:
+    """What blocking counted: its cells, the seconds the centroids took, and the search's two accumulators
+    (the largest cell searched, the cells searched). Read :attr:`largest_cell` and :attr:`searched_cells` only
+    after an action over the candidates ran the search; task retries may inflate them."""
+
+    cells: int
+    centroid_seconds: float
+    largest: Any      # pyspark Accumulator[int] with udfs.matching.MaxParam
+    searched: Any     # pyspark Accumulator[int]
+
+    @property
+    def largest_cell(self) -> int:
+        return int(self.largest.value)
+
+    @property
+    def searched_cells(self) -> int:
+        return int(self.searched.value)
+
+
+@dataclass(frozen=True)
+class PairStats:
+    """The pair stage's numbers; the blocking and timing fields are None when no query was searched."""
+
+    candidates: int = 0
+    matches_written: int = 0
+    matches_removed: int = 0
+    cells: int | None = None
+    centroid_seconds: float | None = None
+    largest_cell: int | None = None
+    searched_cells: int | None = None
+    blocking_seconds: float | None = None
+    scoring_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class ClusterStats:
+    """The cluster stage's numbers; the guard's counts are None when the clusters were left as they were."""
+
+    cc_rounds: int
+    cluster_rows_written: int
+    clusters: int
+    clustered_products: int
+    largest_cluster: int
+    oversized_components: int | None = None
+    guarded_products: int | None = None
+    dissolved_products: int | None = None
+
+
+# The run summary's keys, in the order it has always listed them.
+_SUMMARY_KEYS = ("mode", "products", "queries", "scorer_version", "threshold", "prepare_seconds", "cells",
+                 "centroid_seconds", "candidates", "largest_cell", "searched_cells", "blocking_seconds",
+                 "matches_written", "scoring_seconds", "matches_removed", "cc_rounds", "oversized_components",
+                 "guarded_products", "dissolved_products", "cluster_rows_written", "clusters", "clustered_products",
+                 "largest_cluster", "clustering_seconds", "seconds")
+
+
+@dataclass(frozen=True)
+class MatchStats:
+    """What :func:`match_and_cluster` did: counts and timings of the run, its pair stage and its cluster stage."""
+
+    mode: str                  # full or incremental
+    products: int
+    queries: int
+    scorer_version: str
+    threshold: float
+    prepare_seconds: float
+    pairs: PairStats
+    clustering: ClusterStats
+    clustering_seconds: float
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """The flat dict of the run summary; a stage's fields that are None (not measured) are left out."""
+        flat = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("pairs", "clustering")}
+        for part in (self.pairs, self.clustering):
+            flat.update((f.name, getattr(part, f.name)) for f in fields(part))
+        return {k: flat[k] for k in _SUMMARY_KEYS if flat[k] is not None}
 
 
 def _universe(lake, products, model_version: str):
@@ -108,8 +188,9 @@ def _dot(a: str, b: str):
                        lambda acc, v: acc + v)
 
 
-def _candidates(spark, flagged, n: int, full: bool, cfg: BlockingConfig, stats: dict[str, Any]):
-    """Candidate pairs ``a < b`` with their cosines and how they were found."""
+def _candidates(spark, flagged, n: int, full: bool, cfg: BlockingConfig):
+    """(candidate pairs ``a < b`` with their cosines and how they were found, the persisted pairs they are
+    selected from (the caller unpersists them), the blocking's :class:`CellCounters`)."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -117,7 +198,7 @@ def _candidates(spark, flagged, n: int, full: bool, cfg: BlockingConfig, stats: 
 
     t = time.perf_counter()
     cents = _centroids(flagged, n, cfg)
-    stats["cells"], stats["centroid_seconds"] = len(cents), round(time.perf_counter() - t, 3)
+    centroid_seconds = round(time.perf_counter() - t, 3)
     cols = ("product_id", "in_query", "embedding", "text_embedding", "image_embedding")
     cells = flagged.select(*cols).mapInPandas(make_cells_fn(cents, cfg.probes), CELL_SCHEMA)
     if not full:  # only the cells some query probes are searched (found from the queries alone: few rows)
@@ -128,7 +209,7 @@ def _candidates(spark, flagged, n: int, full: bool, cfg: BlockingConfig, stats: 
     # search spills them to disk instead of keeping them in the executors' memory.
     largest = spark.sparkContext.accumulator(0, MaxParam())
     searched = spark.sparkContext.accumulator(0)
-    stats["_cell_accumulators"] = (largest, searched)
+    counters = CellCounters(len(cents), centroid_seconds, largest, searched)
     hits = (cells.groupBy("cell").applyInPandas(make_search_fn(cfg.neighbours, cfg.min_cosine, largest, searched),
                                                 HIT_SCHEMA)
             .groupBy("a", "b").agg(F.max("fused_cosine").alias("fused_cosine"),
@@ -157,7 +238,7 @@ def _candidates(spark, flagged, n: int, full: bool, cfg: BlockingConfig, stats: 
              .when(F.col("ann").isNotNull(), "ann").otherwise("model_number"))
     cols = ["a", "b", "fused_cosine", "text_cosine", "image_cosine"]
     return found.select(*cols, label.alias("blocking")).unionByName(
-        lex_only.select(*cols, label.alias("blocking"))), both
+        lex_only.select(*cols, label.alias("blocking"))), both, counters
 
 
 def _score(cand, flagged, scorer, parts: int):
@@ -171,7 +252,8 @@ def _score(cand, flagged, scorer, parts: int):
     return joined.mapInPandas(make_score_fn(scorer.version, scorer.to_json()), SCORE_SCHEMA)
 
 
-def _write_clusters(spark, lake, universe, run_id: str, now, cfg: MatchConfig, stats: dict[str, Any]):
+def _write_clusters(spark, lake, universe, run_id: str, now, cfg: MatchConfig) -> ClusterStats:
+    """Cluster the match graph of ``universe`` and upsert the ``product_clusters`` rows that changed."""
     from pyspark import StorageLevel
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -191,7 +273,6 @@ def _write_clusters(spark, lake, universe, run_id: str, now, cfg: MatchConfig, s
     comp, report = guarded_components(edges, cc.max_size, cc.strict_thresholds, cfg.max_rounds, cfg.checkpoint_every)
     if cc.linkage is not None:
         comp = split_components(comp, edges, cc.linkage)
-    stats.update({f"cc_{k}" if k == "rounds" else k: v for k, v in report.items()})
     rows = (ids.join(comp.withColumnRenamed("node", "product_id"), "product_id", "left")
             .select("product_id", F.coalesce("component", "product_id").alias("cluster_id"), "guard", "matched_hash")
             .withColumn("cluster_size", F.count("*").over(Window.partitionBy("cluster_id"))))
@@ -204,16 +285,17 @@ def _write_clusters(spark, lake, universe, run_id: str, now, cfg: MatchConfig, s
     changed = (rows.join(old, cond, "left_anti")
                .withColumn("run_id", F.lit(run_id)).withColumn("updated_at", F.lit(now).cast("timestamp"))
                .persist(StorageLevel.MEMORY_AND_DISK))
-    stats["cluster_rows_written"] = changed.count()
-    result = lake.upsert(PRODUCT_CLUSTERS, changed, run_id, step=1)
+    n_written = changed.count()
+    lake.upsert(PRODUCT_CLUSTERS, changed, run_id, step=1)
     sizes = rows.where("cluster_size > 1").agg(F.countDistinct("cluster_id").alias("n"), F.count("*").alias("p"),
                                                F.max("cluster_size").alias("m")).first()
-    stats.update(clusters=int(sizes["n"]), clustered_products=int(sizes["p"] or 0),
-                 largest_cluster=int(sizes["m"] or 1))
     changed.unpersist()
     rows.unpersist()
     edges.unpersist()
-    return result
+    return ClusterStats(cc_rounds=report["rounds"], cluster_rows_written=n_written, clusters=int(sizes["n"]),
+                        clustered_products=int(sizes["p"] or 0), largest_cluster=int(sizes["m"] or 1),
+                        oversized_components=report["oversized_components"],
+                        guarded_products=report["guarded_products"], dissolved_products=report["dissolved_products"])
 
 
 def resolve_matching(ref: str) -> str | None:
@@ -244,19 +326,77 @@ def resolve_matching(ref: str) -> str | None:
     return str(vdir)
 
 
+def _match_pairs(spark, lake, flagged, n: int, full: bool, scorer, run_id: str, model_version: str, now,
+                 cfg: MatchConfig) -> PairStats:
+    """Block, score and write ``product_matches`` for the queries of ``flagged``."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from schemas.tables import PRODUCT_MATCHES
+
+    t0 = time.perf_counter()
+    cand, pairs, counters = _candidates(spark, flagged, n, full, cfg.blocking)
+    cand = cand.persist(StorageLevel.MEMORY_AND_DISK)
+    n_cand = cand.count()   # runs the search: the cell counters hold their values from here on
+    pairs.unpersist()
+    blocking_seconds = round(time.perf_counter() - t0, 3)
+    parts = max(spark.sparkContext.defaultParallelism, math.ceil(n_cand / cfg.rows_per_partition))
+    t1 = time.perf_counter()
+    new = (_score(cand, flagged, scorer, parts)
+           .withColumn("model_version", F.lit(model_version)).withColumn("scorer_version", F.lit(scorer.version))
+           .withColumn("run_id", F.lit(run_id)).withColumn("updated_at", F.lit(now).cast("timestamp"))
+           .persist(StorageLevel.MEMORY_AND_DISK))
+    n_written = new.count()
+    scoring_seconds = round(time.perf_counter() - t1, 3)
+    q = flagged.where("in_query").select("product_id")
+    old = lake.read(PRODUCT_MATCHES).select("product_id_a", "product_id_b")
+    touched = (old.join(q.withColumnRenamed("product_id", "product_id_a"), "product_id_a", "left_semi")
+               .unionByName(old.join(q.withColumnRenamed("product_id", "product_id_b"), "product_id_b",
+                                     "left_semi")).distinct())
+    gone = touched.join(new.select("product_id_a", "product_id_b"), ["product_id_a", "product_id_b"],
+                        "left_anti").persist(StorageLevel.MEMORY_AND_DISK)
+    n_removed = gone.count()
+    lake.upsert(PRODUCT_MATCHES, new, run_id, step=1, delete=gone)
+    new.unpersist()
+    gone.unpersist()
+    cand.unpersist()
+    return PairStats(candidates=n_cand, matches_written=n_written, matches_removed=n_removed, cells=counters.cells,
+                     centroid_seconds=counters.centroid_seconds, largest_cell=counters.largest_cell,
+                     searched_cells=counters.searched_cells, blocking_seconds=blocking_seconds,
+                     scoring_seconds=scoring_seconds)
+
+
+def _recluster(spark, lake, flagged, n: int, n_q: int, run_id: str, now, cfg: MatchConfig) -> ClusterStats:
+    """Recluster the catalog, or, on a quiet night, count the clusters the last run left."""
+    from pyspark.sql import functions as F
+
+    from schemas.tables import PRODUCT_CLUSTERS
+
+    clusters = lake.read(PRODUCT_CLUSTERS)
+    if n_q == 0 and clusters.count() == n:
+        # Nothing new or changed, and every clustered product is still in the catalog: the matches and the
+        # components are what the last run left (a quiet night costs a count, not a connected-components run).
+        sizes = clusters.where("cluster_size > 1").agg(
+            F.countDistinct("cluster_id").alias("n"), F.count("*").alias("p"), F.max("cluster_size").alias("m")).first()
+        log.info("matching: nothing new to match; clusters unchanged")
+        return ClusterStats(cc_rounds=0, cluster_rows_written=0, clusters=int(sizes["n"]),
+                            clustered_products=int(sizes["p"] or 0), largest_cluster=int(sizes["m"] or 1))
+    return _write_clusters(spark, lake, flagged, run_id, now, cfg)
+
+
 def match_and_cluster(spark, lake, products, run_id: str, model_version: str, cfg: MatchConfig | None = None,
                       changed_ids=None) -> dict[str, Any]:
     """Match the new and changed products of ``products`` (valid catalog rows: ``product_id, title, brand,
     price, currency``) against the catalog, then recluster; writes ``product_matches`` and
     ``product_clusters`` under ``lake``. ``changed_ids`` (a DataFrame with ``product_id``) adds queries.
-    Returns counts and timings for the run summary."""
+    Returns counts and timings for the run summary (:meth:`MatchStats.as_dict`)."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     from models.matching.artifact import load_scorer
     from schemas.tables import PRODUCT_CLUSTERS, PRODUCT_MATCHES
 
-    t0 = t_start = time.perf_counter()
+    t_start = time.perf_counter()
     cfg = cfg or MatchConfig()
     scorer = load_scorer(cfg.scorer)
     if scorer.meta.get("encoder_version") not in (None, model_version):
@@ -270,55 +410,18 @@ def match_and_cluster(spark, lake, products, run_id: str, model_version: str, cf
     flagged = flagged.persist(StorageLevel.MEMORY_AND_DISK)
     counts = flagged.agg(F.count("*").alias("n"), F.sum(F.col("in_query").cast("long")).alias("q")).first()
     n, n_q = int(counts["n"]), int(counts["q"] or 0)
-    stats: dict[str, Any] = {"mode": "full" if full else "incremental", "products": n, "queries": n_q,
-                             "scorer_version": scorer.version, "threshold": scorer.threshold}
-    log.info("matching: %d products, %d queries (%s)", n, n_q, stats["mode"])
-    stats["prepare_seconds"] = round(time.perf_counter() - t0, 3)
-    if n_q and n >= 2:
-        t0 = time.perf_counter()
-        cand, pairs = _candidates(spark, flagged, n, full, cfg.blocking, stats)
-        cand = cand.persist(StorageLevel.MEMORY_AND_DISK)
-        stats["candidates"] = cand.count()
-        pairs.unpersist()
-        largest, searched = stats.pop("_cell_accumulators")
-        stats["largest_cell"], stats["searched_cells"] = largest.value, searched.value  # retries may inflate
-        stats["blocking_seconds"] = round(time.perf_counter() - t0, 3)
-        parts = max(spark.sparkContext.defaultParallelism, math.ceil(stats["candidates"] / cfg.rows_per_partition))
-        t1 = time.perf_counter()
-        new = (_score(cand, flagged, scorer, parts)
-               .withColumn("model_version", F.lit(model_version)).withColumn("scorer_version", F.lit(scorer.version))
-               .withColumn("run_id", F.lit(run_id)).withColumn("updated_at", F.lit(now).cast("timestamp"))
-               .persist(StorageLevel.MEMORY_AND_DISK))
-        stats["matches_written"] = new.count()
-        stats["scoring_seconds"] = round(time.perf_counter() - t1, 3)
-        q = flagged.where("in_query").select("product_id")
-        old = lake.read(PRODUCT_MATCHES).select("product_id_a", "product_id_b")
-        touched = (old.join(q.withColumnRenamed("product_id", "product_id_a"), "product_id_a", "left_semi")
-                   .unionByName(old.join(q.withColumnRenamed("product_id", "product_id_b"), "product_id_b",
-                                         "left_semi")).distinct())
-        gone = touched.join(new.select("product_id_a", "product_id_b"), ["product_id_a", "product_id_b"],
-                            "left_anti").persist(StorageLevel.MEMORY_AND_DISK)
-        stats["matches_removed"] = gone.count()
-        lake.upsert(PRODUCT_MATCHES, new, run_id, step=1, delete=gone)
-        new.unpersist()
-        gone.unpersist()
-        cand.unpersist()
-    else:
-        stats.update(candidates=0, matches_written=0, matches_removed=0)
+    mode = "full" if full else "incremental"
+    log.info("matching: %d products, %d queries (%s)", n, n_q, mode)
+    prepare_seconds = round(time.perf_counter() - t_start, 3)
+    pairs = (_match_pairs(spark, lake, flagged, n, full, scorer, run_id, model_version, now, cfg)
+             if n_q and n >= 2 else PairStats())
     t2 = time.perf_counter()
-    clusters = lake.read(PRODUCT_CLUSTERS)
-    if n_q == 0 and clusters.count() == n:
-        # Nothing new or changed, and every clustered product is still in the catalog: the matches and the
-        # components are what the last run left (a quiet night costs a count, not a connected-components run).
-        sizes = clusters.where("cluster_size > 1").agg(
-            F.countDistinct("cluster_id").alias("n"), F.count("*").alias("p"), F.max("cluster_size").alias("m")).first()
-        stats.update(cc_rounds=0, cluster_rows_written=0, clusters=int(sizes["n"]),
-                     clustered_products=int(sizes["p"] or 0), largest_cluster=int(sizes["m"] or 1))
-        log.info("matching: nothing new to match; clusters unchanged")
-    else:
-        _write_clusters(spark, lake, flagged, run_id, now, cfg, stats)
-    stats["clustering_seconds"] = round(time.perf_counter() - t2, 3)
+    clustering = _recluster(spark, lake, flagged, n, n_q, run_id, now, cfg)
+    clustering_seconds = round(time.perf_counter() - t2, 3)
     flagged.unpersist()
-    stats["seconds"] = round(time.perf_counter() - t_start, 3)
-    log.info("matching done: %s", stats)
-    return stats
+    stats = MatchStats(mode=mode, products=n, queries=n_q, scorer_version=scorer.version, threshold=scorer.threshold,
+                       prepare_seconds=prepare_seconds, pairs=pairs, clustering=clustering,
+                       clustering_seconds=clustering_seconds, seconds=round(time.perf_counter() - t_start, 3))
+    summary = stats.as_dict()
+    log.info("matching done: %s", summary)
+    return summary

@@ -30,6 +30,10 @@ MAX_TITLE_CHARS = 4096
 # is a few thousand characters) and far below what hurts: one 5 MB description cost 0.5 GB in the model stage.
 MAX_TEXT_CHARS = {"product_id": 512, "description": 20_000, "brand": 256, "category": 1_024, "currency": 16,
                   "language": 35, "image_uri": 4_096}
+# The quarantine's raw record keeps a text value over its cap (the title's included) only as its first
+# characters (this many, or the cap when that is smaller) and the marker "[... N characters cut]": the record
+# stays valid JSON, says what it lost, and a 5 MB description costs a kilobyte in the quarantine table.
+RAW_PREFIX_CHARS = 1_000
 # Characters that show nothing, besides separators (\p{Z}) and control/format characters (\p{C}): combining
 # marks with no base (\p{M}, which holds the variation selectors), the Hangul fillers (U+115F, U+1160, U+3164,
 # U+FFA0, letters by category), the blank Braille pattern U+2800 and the musical null notehead U+1D159.
@@ -133,6 +137,23 @@ def _text_too_long():
     return cond, detail
 
 
+def _raw_record():
+    """The input row as JSON (nulls kept), each text value over its cap cut as :data:`RAW_PREFIX_CHARS` says."""
+    from pyspark.sql import functions as F
+
+    caps = {"title": MAX_TITLE_CHARS, **MAX_TEXT_CHARS}
+    cols = []
+    for f in CATALOG.fields:
+        col = F.col(f.name)
+        if f.name in caps:
+            keep = min(caps[f.name], RAW_PREFIX_CHARS)
+            cut = F.concat(F.substring(col, 1, keep),
+                           F.format_string("[... %d characters cut]", F.length(col) - keep))
+            col = F.when(F.length(col) > caps[f.name], cut).otherwise(col).alias(f.name)
+        cols.append(col)
+    return F.to_json(F.struct(*cols), _KEEP_NULLS)
+
+
 def validate(catalog, inspect_udf, known=None):
     """Add ``reason_code``/``detail`` (first failing rule wins), image checks, ``content_hash``, ``row_id``.
 
@@ -148,8 +169,9 @@ def validate(catalog, inspect_udf, known=None):
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    raw = F.to_json(F.struct(*[F.col(f.name) for f in CATALOG.fields]), _KEEP_NULLS)
-    df = catalog.withColumn("raw_record", raw)
+    # The row's identity (duplicate ties, row_id) is the whole row; only the stored raw_record is cut.
+    whole = F.to_json(F.struct(*[F.col(f.name) for f in CATALOG.fields]), _KEEP_NULLS)
+    df = catalog.withColumn("_whole", whole).withColumn("raw_record", _raw_record())
     if "_problem_code" not in df.columns:
         df = df.withColumn("_problem_code", F.lit(None).cast("string")).withColumn("_problem_detail",
                                                                                     F.lit(None).cast("string"))
@@ -158,13 +180,13 @@ def validate(catalog, inspect_udf, known=None):
     price = F.col("price")
     bad_price = price.isNotNull() & (F.isnan(price) | (price < 0) | (price == float("inf")))
 
-    by_id = Window.partitionBy("product_id").orderBy(F.col("updated_at").desc_nulls_last(), F.col("raw_record"))
+    by_id = Window.partitionBy("product_id").orderBy(F.col("updated_at").desc_nulls_last(), F.col("_whole"))
     df = df.withColumn("_rank", F.when(pid_blank, F.lit(1)).otherwise(F.row_number().over(by_id)))
     # Identical raw rows still need distinct row ids. (They share a product_id, which the raw record holds:
     # partitioned by it as well, both windows run on one shuffle instead of two.)
-    same_row = Window.partitionBy("product_id", "raw_record").orderBy("raw_record")
+    same_row = Window.partitionBy("product_id", "_whole").orderBy("_whole")
     df = df.withColumn("_copy", F.row_number().over(same_row))
-    df = df.withColumn("row_id", F.sha2(F.concat_ws("#", "raw_record", F.col("_copy").cast("string")), 256))
+    df = df.withColumn("row_id", F.sha2(F.concat_ws("#", "_whole", F.col("_copy").cast("string")), 256))
 
     too_long = F.length("title") > MAX_TITLE_CHARS
     text_too_long, text_detail = _text_too_long()
@@ -198,7 +220,8 @@ def validate(catalog, inspect_udf, known=None):
           .withColumn("_image_stat", F.struct(*(F.col(f"_img.{f}").alias(f) for f in (*STAT_FIELDS, "image_read")))))
     content = F.to_json(F.struct(*[F.col(c) for c in CONTENT_COLUMNS]), _KEEP_NULLS)
     df = df.withColumn("content_hash", F.sha2(content, 256))
-    return df.drop("_rank", "_copy", "_img", "_known", "_pre", "_pre_detail", "_problem_code", "_problem_detail")
+    return df.drop("_rank", "_copy", "_img", "_known", "_pre", "_pre_detail", "_problem_code", "_problem_detail",
+                   "_whole")
 
 
 def quarantine_rows(rejected, run_id: str, now):
