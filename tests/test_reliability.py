@@ -95,8 +95,20 @@ def test_concurrent_run_is_refused(reference, catalog):
         assert c["enriched"] == 0 and c["unchanged"] == 30
 
 
+def _skip_unreachable(point: str, reference) -> None:
+    """Skip a table's commit point when the uninterrupted run commits no row to that table on this slice (the
+    fake encoder extracts no attribute and finds no match): the job commits nothing there, so no kill can land."""
+    from deltalake import DeltaTable
+
+    kind, _, table = point.partition(":")
+    path = reference["lake"] / table.split("/")[0]
+    if kind == "committed" and DeltaTable(str(path)).to_pyarrow_dataset().count_rows() == 0:
+        pytest.skip(f"{point}: the uninterrupted run commits no row to {path.name} on this slice")
+
+
 @pytest.mark.parametrize("point", _kill_points())
 def test_killed_run_repeated_ends_like_an_uninterrupted_one(point, reference, catalog, tmp_path):
+    _skip_unreachable(point, reference)
     lake = tmp_path / "lake"
     faults = tmp_path / "faults"
     faults.mkdir()
@@ -160,6 +172,7 @@ def _finish_with_a_new_id(catalog: Path, lake: Path, reference, interrupted: set
 def test_killed_run_completed_by_the_next_run_with_a_new_id(point, reference, catalog, tmp_path):
     """Killed at ``point``, then the next run with a new run id (the nightly path): every table ends as the
     uninterrupted run's, and the killed run is marked abandoned (or succeeded, killed after recording so)."""
+    _skip_unreachable(point, reference)
     lake = tmp_path / "lake"
     interrupted = _killed(catalog, lake, point, tmp_path / "faults")
     _finish_with_a_new_id(catalog, lake, reference, interrupted)
