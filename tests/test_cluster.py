@@ -19,10 +19,13 @@ from tests.standalone import SPARK_SUBMIT, Cluster, bare_python, clean_env, kill
 
 pytestmark = [pytest.mark.spark, pytest.mark.cluster, pytest.mark.slow]
 
-# 130 products: two embed tasks of about 65 each, one per executor, so the killed worker takes a running task.
+# 130 products: two embed tasks of about 65 each, one per executor.
 GOOD = 130
-# The heartbeat every half second: the test kills the worker on the first one of the embed stage.
-EMBED_RUNNING = re.compile(r"stage embed: running for .*Spark tasks \d+/\d+ done, [1-9]\d* running")
+# The first attempt of each embed task holds its first batch this long (models.core.faults), logging its pid
+# first: the test kills the worker whose Python worker holds a task, so the kill lands on a running task however
+# fast the machine (on a fast one the whole stage took under a second, between two heartbeats).
+HOLD_SECONDS = 6
+HOLD_LINE = re.compile(r"^embed partition \d+ pid (\d+)$", re.M)
 
 
 def _args(catalog, lake) -> list[str]:
@@ -48,10 +51,12 @@ def test_bare_python_cannot_import_the_project(tmp_path, java):
     assert out.returncode == 0, out.stderr[-2000:]
 
 
-def _submit(cluster: Cluster, python, dist, catalog, lake, tmp) -> subprocess.Popen:
+def _submit(cluster: Cluster, python, dist, catalog, lake, tmp, faults) -> subprocess.Popen:
     env = clean_env(python, {"CATALOG_ENRICH_LOG": "INFO", "CATALOG_ENRICH_PROGRESS_SECONDS": "0.5",
                              "CATALOG_ENRICH_SPARK_LOG": "WARN"})
     cmd = [str(SPARK_SUBMIT), "--master", cluster.url, "--py-files", str(dist / ARCHIVE),
+           "--conf", f"spark.executorEnv.CATALOG_ENRICH_TASK_HOLD=embed:{HOLD_SECONDS}",
+           "--conf", f"spark.executorEnv.CATALOG_ENRICH_FAULT_LOG={faults}",
            "--conf", "spark.sql.shuffle.partitions=2", "--conf", "spark.default.parallelism=2",
            "--conf", "spark.ui.enabled=false", "--conf", "spark.executor.memory=1g", "--driver-memory", "1g",
            "--conf", f"spark.local.dir={tmp}", str(dist / LAUNCHER), *_args(catalog, lake)]
@@ -59,17 +64,45 @@ def _submit(cluster: Cluster, python, dist, catalog, lake, tmp) -> subprocess.Po
                             start_new_session=True)
 
 
-def _watch(proc: subprocess.Popen, on_line) -> list[str]:
+def _watch(proc: subprocess.Popen) -> tuple[list[str], threading.Thread]:
     lines: list[str] = []
 
     def read():
         for line in proc.stdout:
             lines.append(line)
-            on_line(line)
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     return lines, reader
+
+
+def _ancestors(pid: int) -> list[int]:
+    """``pid``, its parent, ... up to init, from /proc (the Python worker's daemon, the executor JVM, its worker
+    JVM or the launcher script that started it)."""
+    chain = []
+    while pid > 1 and len(chain) < 32:
+        chain.append(pid)
+        try:
+            stat = open(f"/proc/{pid}/stat").read()
+        except OSError:
+            break
+        pid = int(stat.rpartition(")")[2].split()[1])
+    return chain
+
+
+def _kill_holding_worker(cluster: Cluster, faults, proc: subprocess.Popen, t0: float) -> list[tuple[str, float]]:
+    """Wait for an embed task to log its hold, then SIGKILL the worker whose process group holds that Python
+    worker; returns [(worker, seconds since submit)], empty if the job ended first."""
+    groups = {p.pid: name for name, p in cluster.procs.items()}
+    while proc.poll() is None and time.perf_counter() - t0 < 240:
+        text = "".join(f.read_text() for f in sorted(faults.glob("holds-*.log")))
+        for pid in HOLD_LINE.findall(text):
+            name = next((groups[p] for p in _ancestors(int(pid)) if p in groups), None)
+            if name is not None:
+                cluster.kill(name)
+                return [(name, time.perf_counter() - t0)]
+        time.sleep(0.1)
+    return []
 
 
 def test_job_survives_a_lost_worker_and_equals_a_local_run(tmp_path, java):
@@ -86,18 +119,15 @@ def test_job_survives_a_lost_worker_and_equals_a_local_run(tmp_path, java):
     work.mkdir()
     cluster = Cluster(tmp_path / "cluster", clean_env(python))
     proc = None
-    killed: list[float] = []
+    killed: list[tuple[str, float]] = []
+    faults = tmp_path / "faults"
+    faults.mkdir()
     try:
         cluster.wait_for_workers(2)
         t0 = time.perf_counter()
-        proc = _submit(cluster, python, dist, catalog, tmp_path / "cluster-lake", work)
-
-        def on_line(line: str) -> None:
-            if not killed and EMBED_RUNNING.search(line):
-                cluster.kill("worker-1")
-                killed.append(time.perf_counter() - t0)
-
-        lines, reader = _watch(proc, on_line)
+        proc = _submit(cluster, python, dist, catalog, tmp_path / "cluster-lake", work, faults)
+        lines, reader = _watch(proc)
+        killed = _kill_holding_worker(cluster, faults, proc, t0)
         rc = proc.wait(timeout=240)
         print(f"cluster run {time.perf_counter() - t0:.1f} s, worker killed at {killed}")
         reader.join(timeout=10)
@@ -106,7 +136,7 @@ def test_job_survives_a_lost_worker_and_equals_a_local_run(tmp_path, java):
         if proc is not None:
             kill_group(proc)
         cluster.stop()
-    assert killed, f"the embed stage was never seen running:\n{log[-4000:]}"
+    assert killed, f"no embed task was seen running on a worker:\n{log[-4000:]}"
     assert rc == 0, log[-6000:]
     done = log.index("stage embed done")
     assert log.index("stage embed: running") < done   # the worker died while the stage ran

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import time
 
-from models.core.faults import TASK_FAULTS_ENV, InjectedFault, count_hit, draw, log_injection
+from models.core.faults import TASK_FAULTS_ENV, TASK_HOLD_ENV, InjectedFault, count_hit, draw, log_injection
 
 __all__ = ["maybe_fail"]
 
@@ -17,6 +18,8 @@ def maybe_fail(udf: str | tuple[str, ...], key: object = None) -> None:
     ``udf`` may name several UDFs that one pandas UDF runs (the enrich job's embed and heads): each is drawn
     for the batch on its own, so each fails on its own fraction of the batches, and one fault is raised.
     """
+    if os.environ.get(TASK_HOLD_ENV):
+        _maybe_hold(udf)
     spec = os.environ.get(TASK_FAULTS_ENV)
     if not spec:
         return
@@ -39,3 +42,20 @@ def maybe_fail(udf: str | tuple[str, ...], key: object = None) -> None:
     if fired:
         raise InjectedFault(f"injected fault in {', '.join(fired)} (first attempt of partition "
                             f"{ctx.partitionId()})")
+
+
+def _maybe_hold(udf: str | tuple[str, ...]) -> None:
+    """Sleep in the first batch of a task's first attempt when CATALOG_ENRICH_TASK_HOLD names the UDF."""
+    names, _, seconds = os.environ[TASK_HOLD_ENV].rpartition(":")
+    wanted = [u for u in ((udf,) if isinstance(udf, str) else udf) if u in names.split(",")]
+    if not wanted:
+        return
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    if ctx is None or ctx.attemptNumber() != 0:
+        return
+    if count_hit(repr(("hold", ctx.stageId(), ctx.partitionId()))) != 1:
+        return
+    log_injection("holds", f"{wanted[0]} partition {ctx.partitionId()} pid {os.getpid()}")
+    time.sleep(float(seconds))

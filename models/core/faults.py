@@ -12,6 +12,10 @@ Both are switched off unless an environment variable names them, and then cost o
     a ``fraction`` of the named UDFs' batches raise :class:`InjectedFault` on their task's first attempt
     (``TaskContext.attemptNumber() == 0``); a retry of the task succeeds. Run Spark with task retries
     (``local[N,F]``) to see the job survive them.
+``CATALOG_ENRICH_TASK_HOLD=udf[,udf...]:seconds``
+    the first batch of each task's first attempt of the named UDFs sleeps ``seconds`` after logging
+    ``NAME partition P pid PID`` (under ``holds``): the cluster test waits for that line and kills the worker that
+    runs the task, so the kill lands while a task is running, however fast the machine.
 ``CATALOG_ENRICH_FAULT_LOG=DIR``
     every kill and fault appends a line to a file in ``DIR``, so the tests can count what was injected.
 """
@@ -23,11 +27,12 @@ import os
 import signal
 from collections import Counter
 
-__all__ = ["InjectedFault", "KILL_ENV", "TASK_FAULTS_ENV", "checkpoint", "count_hit", "draw", "log_injection",
+__all__ = ["InjectedFault", "KILL_ENV", "TASK_FAULTS_ENV", "TASK_HOLD_ENV", "checkpoint", "count_hit", "draw", "log_injection",
            "publish_driver_pid"]
 
 KILL_ENV = "CATALOG_ENRICH_KILL_AT"
 TASK_FAULTS_ENV = "CATALOG_ENRICH_TASK_FAULTS"
+TASK_HOLD_ENV = "CATALOG_ENRICH_TASK_HOLD"
 LOG_ENV = "CATALOG_ENRICH_FAULT_LOG"
 DRIVER_PID_ENV = "CATALOG_ENRICH_DRIVER_PID"
 
