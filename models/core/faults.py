@@ -27,8 +27,8 @@ import os
 import signal
 from collections import Counter
 
-__all__ = ["InjectedFault", "KILL_ENV", "TASK_FAULTS_ENV", "TASK_HOLD_ENV", "checkpoint", "count_hit", "draw", "log_injection",
-           "publish_driver_pid"]
+__all__ = ["InjectedFault", "KILL_ENV", "TASK_FAULTS_ENV", "TASK_HOLD_ENV", "checkpoint", "count_hit", "draw",
+           "log_injection", "publish_driver_pid"]
 
 KILL_ENV = "CATALOG_ENRICH_KILL_AT"
 TASK_FAULTS_ENV = "CATALOG_ENRICH_TASK_FAULTS"
