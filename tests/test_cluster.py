@@ -79,7 +79,7 @@ def _watch(proc: subprocess.Popen) -> tuple[list[str], threading.Thread]:
 def _ancestors(pid: int) -> list[int]:
     """``pid``, its parent, ... up to init, from /proc (the Python worker's daemon, the executor JVM, its worker
     JVM or the launcher script that started it)."""
-    chain = []
+    chain: list[int] = []
     while pid > 1 and len(chain) < 32:
         chain.append(pid)
         try:
