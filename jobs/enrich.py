@@ -69,6 +69,7 @@ class EnrichConfig:
     heads: HeadsConfig = field(default_factory=HeadsConfig)
     attributes: str = "auto"               # open attribute extractor: auto, none, or a reference
     matching: str = "auto"                 # pair scorer for duplicate matching: auto, none, or a reference
+    pair_model: str = "auto"               # cross-encoder over the scorer's likely pairs: auto, none, or a reference
     rehash_images: bool = False            # read and hash every image, ignoring the lake's image stat cache
 
     def resolved_image_root(self) -> str:
@@ -127,6 +128,9 @@ def parse_args(argv: list[str] | None = None) -> EnrichConfig:
     p.add_argument("--matching", default="auto",
                    help="duplicate matching's pair scorer: auto (the store's current one, skipped when the store "
                         "has none), none, a scorer version folder or a scorer store")
+    p.add_argument("--pair-model", default="auto",
+                   help="cross-encoder that reads both listings of each likely pair: auto (the store's current "
+                        "one; features alone when the store has none), none, store:VERSION or a version folder")
     p.add_argument("--rehash-images", action="store_true",
                    help="read and hash every image again, ignoring the stat cache that lets an unchanged image "
                         "file (same size, times and inode) keep its hash unread")
@@ -142,7 +146,7 @@ def parse_args(argv: list[str] | None = None) -> EnrichConfig:
         decode_threads=a.decode_threads, encoder_loader=a.encoder_loader,
         heads=HeadsConfig(heads=a.heads, categories=a.categories, taxonomy=a.taxonomy,
                           taxonomy_language=a.taxonomy_language, adult_terms=a.adult_terms, top_k=a.top_k),
-        attributes=a.attributes, matching=a.matching, rehash_images=a.rehash_images)
+        attributes=a.attributes, matching=a.matching, pair_model=a.pair_model, rehash_images=a.rehash_images)
 
 
 def describe_model(cfg: EnrichConfig) -> tuple[str, str]:
@@ -281,7 +285,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
     changed, embed (the heads run in the encoder's pass), heads, attributes, commit, match, index, record."""
     from jobs.lake.lakehouse import Lake
     from jobs.stages.heads import resolve_extractor
-    from jobs.stages.matching import resolve_matching
+    from jobs.stages.matching import resolve_matching, resolve_pair_model
     from schemas.tables import ENRICHMENT_RUNS
 
     check_run_id(cfg.run_id)   # it names report files: nothing is written under an unsafe one
@@ -289,6 +293,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
     version, description = describe_model(cfg)
     extractor = resolve_extractor(cfg.attributes)   # a bad reference fails here, before any work
     scorer = resolve_matching(cfg.matching)
+    cross = resolve_pair_model(cfg.pair_model) if scorer is not None else None
     lake = Lake(spark, cfg.lake)
     done = _finished_run(lake, cfg, description)
     if done is not None:  # a repeat of a run that succeeded (it crashed after its last commit, or a retry)
@@ -316,7 +321,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
     if opened is not None:
         opened.unpersist()
     checkpoint("tables_committed")
-    matched = _match(ctx, scorer, v.valid)
+    matched = _match(ctx, scorer, cross, v.valid)
     e.embedded.unpersist()
     checkpoint("matched")
     v.validated.unpersist()
@@ -325,7 +330,8 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
     _finish_summary(summary, ctx, v, e, n_todo, matched, list(head_frames), scorer, t_start)
     summary.message = (f"{summary.message}embeddings v{emb.version if emb.version is not None else '-'}, "
                        f"quarantine v{qua.version if qua.version is not None else '-'}; {heads_note}; "
-                       f"matching: {Path(scorer).name if scorer else 'none'}; {index_note}"
+                       f"matching: {Path(scorer).name if scorer else 'none'}"
+                       + (f" + {Path(cross).name}" if cross else "") + f"; {index_note}"
                        + (f"; completed abandoned run {', '.join(abandoned)}" if abandoned else ""))
     finished = dt.datetime.now(dt.timezone.utc)
     lake.upsert_rows(ENRICHMENT_RUNS, [_run_row(summary, cfg, started, finished)], cfg.run_id, step=2)
@@ -499,14 +505,15 @@ def _commit_tables(ctx: RunContext, v: _Validated, e: _Embedded, scored, head_fr
     return results[PRODUCT_EMBEDDINGS.name], results[QUARANTINE.name]
 
 
-def _match(ctx: RunContext, scorer, valid) -> dict:
+def _match(ctx: RunContext, scorer, cross, valid) -> dict:
     """Duplicate matching and clusters (skipped without a pair scorer)."""
     from jobs.stages.matching import MatchConfig, match_and_cluster
 
     if scorer is None:
         return {"matches_written": 0, "clusters": 0}
     with ctx.stage("match"):
-        matched = match_and_cluster(ctx.spark, ctx.lake, valid, ctx.cfg.run_id, ctx.version, MatchConfig(scorer=scorer))
+        cfg = MatchConfig(scorer=scorer, cross=cross, torch_threads=ctx.task_cpus)
+        matched = match_and_cluster(ctx.spark, ctx.lake, valid, ctx.cfg.run_id, ctx.version, cfg)
         ctx.stage.count(matched["queries"], "products")
     return matched
 

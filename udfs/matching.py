@@ -4,6 +4,7 @@
   a query;
 * :func:`make_search_fn` (``groupBy(cell).applyInPandas``): exact top-k search of the cell's queries
   against the products indexed in it, with text and image cosines of every hit;
+* :func:`make_lexical_fn` (``mapInPandas``): lexical title vectors for the second blocking pass;
 * :func:`make_codes_udf` (scalar pandas UDF): normalised model numbers of a title;
 * :func:`make_score_fn` (``mapInPandas``): pair features and the calibrated score. The scorer travels as
   JSON in the closure (verified by the driver) and is parsed once per Python worker;
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd  # at module level: the UDF type hints are resolved in this module's namespace
@@ -20,8 +22,8 @@ import pandas as pd  # at module level: the UDF type hints are resolved in this 
 from udfs.model_cache import cached
 from udfs.task_faults import maybe_fail
 
-__all__ = ["CELL_SCHEMA", "HIT_SCHEMA", "LINKAGE_SCHEMA", "SCORE_SCHEMA", "MaxParam", "make_cells_fn", "make_codes_udf",
-           "make_linkage_fn", "make_score_fn", "make_search_fn"]
+__all__ = ["CELL_SCHEMA", "HIT_SCHEMA", "LINKAGE_SCHEMA", "SCORE_SCHEMA", "VECTOR_SCHEMA", "CrossSpec", "MaxParam",
+           "make_cells_fn", "make_codes_udf", "make_lexical_fn", "make_linkage_fn", "make_score_fn", "make_search_fn"]
 
 CELL_SCHEMA = ("cell int, product_id string, is_index boolean, is_query boolean, embedding array<float>, "
                "text_embedding array<float>, image_embedding array<float>")
@@ -31,6 +33,8 @@ SCORE_SCHEMA = ("product_id_a string, product_id_b string, score double, fused_c
                 "price_ratio double, blocking string")
 
 LINKAGE_SCHEMA = "node string, part string"
+VECTOR_SCHEMA = ("product_id string, in_query boolean, embedding array<float>, text_embedding array<float>, "
+                 "image_embedding array<float>")
 
 
 class MaxParam:
@@ -127,6 +131,21 @@ def make_search_fn(neighbours: int, min_cosine: float, largest=None, searched=No
     return search
 
 
+def make_lexical_fn(space) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """Rows ``product_id, in_query, title`` -> :data:`VECTOR_SCHEMA` rows whose ``embedding`` is the title's
+    lexical vector (:class:`models.matching.lexical.LexicalSpace`, travelling in the closure)."""
+
+    def vectors(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for pdf in batches:
+            if pdf.empty:
+                continue
+            y = space.embed(pdf["title"].tolist())
+            yield pd.DataFrame({"product_id": pdf["product_id"], "in_query": pdf["in_query"],
+                                "embedding": list(y), "text_embedding": None, "image_embedding": None})
+
+    return vectors
+
+
 def make_codes_udf():
     """Scalar pandas UDF: title -> sorted normalised model numbers."""
     from pyspark.sql.functions import pandas_udf
@@ -140,6 +159,39 @@ def make_codes_udf():
     return codes
 
 
+@dataclass(frozen=True)
+class CrossSpec:
+    """How the score step runs the cross-encoder (:mod:`models.matching.cross`): its verified version folder,
+    the feature score a pair needs to be read by it, torch threads per Python worker and pairs per forward pass."""
+
+    path: str
+    prefilter: float = 0.02
+    threads: int | None = None
+    batch_size: int = 64
+
+
+def _cross(spec: CrossSpec):
+    def load():
+        from models.matching.cross import load_cross
+
+        if spec.threads:
+            import torch
+
+            torch.set_num_threads(spec.threads)
+        model = load_cross(spec.path)
+        model.batch_size = spec.batch_size
+        return model
+
+    return cached(("pair-cross", spec), load)
+
+
+def _serialised(pdf: pd.DataFrame, side: str) -> list[str]:
+    from models.matching.cross import serialize
+
+    return [serialize({"title": t, "brand": b, "price": p})
+            for t, b, p in pdf[[f"title_{side}", f"brand_{side}", f"price_{side}"]].itertuples(index=False)]
+
+
 def _scorer(version: str, text: str):
     from models.matching.features import FEATURES
     from models.matching.scorer import PairScorer
@@ -147,10 +199,14 @@ def _scorer(version: str, text: str):
     return cached(("pair-scorer", version), lambda: PairScorer.from_json(text, version, expected_features=FEATURES))
 
 
-def make_score_fn(scorer_version: str, scorer_json: str, keep_all: bool = False
+def make_score_fn(scorer_version: str, scorer_json: str, keep_all: bool = False, cross: CrossSpec | None = None
                   ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
     """Candidate rows (``a, b``, cosines, ``blocking`` and ``title/brand/price/currency`` of both sides as
-    ``<field>_a``/``<field>_b``) -> :data:`SCORE_SCHEMA` rows of the matches (every pair with ``keep_all``)."""
+    ``<field>_a``/``<field>_b``) -> :data:`SCORE_SCHEMA` rows of the matches (every pair with ``keep_all``).
+
+    With ``cross``, the feature scorer is a first pass: a pair whose feature score reaches ``cross.prefilter``
+    is read by the cross-encoder, whose probability becomes its score and whose threshold decides the match; a
+    pair below the prefilter keeps its feature score (below any threshold worth using) and is not read."""
     from models.matching.features import pair_features, prepare
 
     def prepared(pdf: pd.DataFrame, side: str) -> list:
@@ -165,13 +221,23 @@ def make_score_fn(scorer_version: str, scorer_json: str, keep_all: bool = False
 
     def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         scorer = _scorer(scorer_version, scorer_json)
+        model = _cross(cross) if cross is not None else None
         for pdf in batches:
             if pdf.empty:
                 continue
             f = pair_features(prepared(pdf, "a"), prepared(pdf, "b"), pdf["text_cosine"].to_numpy(np.float64),
                               pdf["image_cosine"].to_numpy(np.float64), pdf["fused_cosine"].to_numpy(np.float64))
             s = scorer.score(f)
-            keep = np.ones(len(s), bool) if keep_all else scorer.is_match(s)
+            if model is None:
+                matched = scorer.is_match(s)
+            else:
+                read = np.flatnonzero(s >= cross.prefilter)
+                if len(read):
+                    sub = pdf.iloc[read]
+                    s[read] = model.score(_serialised(sub, "a"), _serialised(sub, "b"))
+                matched = np.zeros(len(s), bool)
+                matched[read] = model.is_match(s[read])
+            keep = np.ones(len(s), bool) if keep_all else matched
             if not keep.any():
                 continue
             f, pdf = f[keep], pdf[keep]

@@ -7,8 +7,10 @@ model version) with the valid catalog rows and
    (``product_clusters.matched_hash``), or every product when the scorer changed or ``full`` is set;
 2. **blocks**: spherical k-means centroids from a sample split the catalog into cells of about
    ``block_size`` products; every product is indexed in its nearest cell, every query searches its
-   ``probes`` nearest cells exactly (``groupBy(cell).applyInPandas``), and products sharing a specific model
-   number are paired too. Work grows as ``queries * probes * block_size``: linear, not quadratic;
+   ``probes`` nearest cells exactly (``groupBy(cell).applyInPandas``). A second pass does the same with
+   lexical title vectors (hashed character-3-gram TF-IDF, :mod:`models.matching.lexical`) in their own cells,
+   and products sharing a specific model number are paired too. Work grows as
+   ``queries * probes * block_size``: linear, not quadratic;
 3. **scores** every candidate with the calibrated pair scorer (``mapInPandas``) and keeps those at or above
    its threshold;
 4. **writes** ``product_matches``: the queries' new pairs, replacing (deleting) their old pairs in the same
@@ -43,6 +45,9 @@ class MatchConfig:
     blocking: BlockingConfig = field(default_factory=BlockingConfig)
     clusters: ClusterConfig = field(default_factory=ClusterConfig)
     scorer: str | None = None            # scorer reference (models.matching.artifact.resolve_scorer); None: shipped
+    cross: str | None = None             # cross-encoder version folder (resolve_pair_model); None: features only
+    cross_prefilter: float = 0.02        # feature score a candidate needs to be read by the cross-encoder
+    torch_threads: int | None = None     # torch threads per Python worker for the cross-encoder
     full: bool = False                   # match every product, not only new and changed ones
     rows_per_partition: int = 20_000
     max_rounds: int = 100                # connected-components rounds before giving up
@@ -188,30 +193,57 @@ def _dot(a: str, b: str):
                        lambda acc, v: acc + v)
 
 
+def _cell_hits(spark, vectors, n: int, full: bool, cfg: BlockingConfig, neighbours: int, min_cosine: float,
+               counters: dict[str, Any]):
+    """Search ``vectors`` (``product_id, in_query, embedding, text_embedding, image_embedding``) in k-means
+    cells of their ``embedding``: hits ``a < b`` with their cosines (lazy; ``counters`` gets the cells, the
+    centroid seconds and the search's accumulators)."""
+    from pyspark.sql import functions as F
+
+    from udfs.matching import CELL_SCHEMA, HIT_SCHEMA, make_cells_fn, make_search_fn
+
+    t = time.perf_counter()
+    cents = _centroids(vectors, n, cfg)
+    counters["cells"] += len(cents)
+    counters["centroid_seconds"] += time.perf_counter() - t
+    cells = vectors.mapInPandas(make_cells_fn(cents, cfg.probes), CELL_SCHEMA)
+    if not full:  # only the cells some query probes are searched (found from the queries alone: few rows)
+        probed = (vectors.where("in_query").mapInPandas(make_cells_fn(cents, cfg.probes), CELL_SCHEMA)
+                  .select("cell").distinct())
+        cells = cells.join(F.broadcast(probed), "cell", "left_semi")
+    # Not persisted: the cells hold every vector once more (and twice for queries); the shuffle of the
+    # search spills them to disk instead of keeping them in the executors' memory.
+    return cells.groupBy("cell").applyInPandas(
+        make_search_fn(neighbours, min_cosine, counters["largest"], counters["searched"]), HIT_SCHEMA)
+
+
+def _lexical_vectors(flagged, n: int, cfg: BlockingConfig):
+    """``flagged``'s titles as lexical vectors (:mod:`models.matching.lexical`), IDF fitted on a sample of them,
+    in the column layout :func:`_cell_hits` searches."""
+    from models.matching.lexical import LexicalSpace
+    from udfs.matching import VECTOR_SCHEMA, make_lexical_fn
+
+    titles = flagged.select("product_id", "title")
+    if n > cfg.lexical_sample:
+        titles = titles.sample(fraction=min(1.0, 1.2 * cfg.lexical_sample / n), seed=cfg.seed)
+    sample = titles.toPandas().sort_values("product_id")["title"].tolist()   # a fixed order, as for centroids
+    space = LexicalSpace.fit(sample, seed=cfg.seed)
+    return flagged.select("product_id", "in_query", "title").mapInPandas(make_lexical_fn(space), VECTOR_SCHEMA)
+
+
 def _candidates(spark, flagged, n: int, full: bool, cfg: BlockingConfig):
     """(candidate pairs ``a < b`` with their cosines and how they were found, the persisted pairs they are
     selected from (the caller unpersists them), the blocking's :class:`CellCounters`)."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from udfs.matching import CELL_SCHEMA, HIT_SCHEMA, MaxParam, make_cells_fn, make_codes_udf, make_search_fn
+    from udfs.matching import MaxParam, make_codes_udf
 
-    t = time.perf_counter()
-    cents = _centroids(flagged, n, cfg)
-    centroid_seconds = round(time.perf_counter() - t, 3)
+    counters: dict[str, Any] = {"cells": 0, "centroid_seconds": 0.0,
+                                "largest": spark.sparkContext.accumulator(0, MaxParam()),
+                                "searched": spark.sparkContext.accumulator(0)}
     cols = ("product_id", "in_query", "embedding", "text_embedding", "image_embedding")
-    cells = flagged.select(*cols).mapInPandas(make_cells_fn(cents, cfg.probes), CELL_SCHEMA)
-    if not full:  # only the cells some query probes are searched (found from the queries alone: few rows)
-        probed = (flagged.where("in_query").select(*cols).mapInPandas(make_cells_fn(cents, cfg.probes), CELL_SCHEMA)
-                  .select("cell").distinct())
-        cells = cells.join(F.broadcast(probed), "cell", "left_semi")
-    # Not persisted: the cells hold every embedding once more (and twice for queries); the shuffle of the
-    # search spills them to disk instead of keeping them in the executors' memory.
-    largest = spark.sparkContext.accumulator(0, MaxParam())
-    searched = spark.sparkContext.accumulator(0)
-    counters = CellCounters(len(cents), centroid_seconds, largest, searched)
-    hits = (cells.groupBy("cell").applyInPandas(make_search_fn(cfg.neighbours, cfg.min_cosine, largest, searched),
-                                                HIT_SCHEMA)
+    hits = (_cell_hits(spark, flagged.select(*cols), n, full, cfg, cfg.neighbours, cfg.min_cosine, counters)
             .groupBy("a", "b").agg(F.max("fused_cosine").alias("fused_cosine"),
                                    F.first("text_cosine").alias("text_cosine"),
                                    F.first("image_cosine").alias("image_cosine"))
@@ -224,32 +256,43 @@ def _candidates(spark, flagged, n: int, full: bool, cfg: BlockingConfig):
            .where((F.col("x.product_id") < F.col("y.product_id")) & (F.col("x.in_query") | F.col("y.in_query")))
            .select(F.col("x.product_id").alias("a"), F.col("y.product_id").alias("b")).distinct()
            .withColumn("lex", F.lit(True)))
+    both = hits.join(lex, ["a", "b"], "full_outer")
+    if cfg.lexical_neighbours > 0:
+        words = (_cell_hits(spark, _lexical_vectors(flagged, n, cfg), n, full, cfg, cfg.lexical_neighbours,
+                            cfg.lexical_min_cosine, counters)
+                 .select("a", "b").distinct().withColumn("words", F.lit(True)))
+        both = both.join(words, ["a", "b"], "full_outer")
+    else:
+        both = both.withColumn("words", F.lit(None).cast("boolean"))
     # Both branches below read these pairs: persist them (scalars only), or the search would run twice.
-    both = hits.join(lex, ["a", "b"], "full_outer").persist(StorageLevel.MEMORY_AND_DISK)
+    both = both.persist(StorageLevel.MEMORY_AND_DISK)
     found = both.where(F.col("ann").isNotNull())
-    # Model-number-only pairs have no cosines yet: compute them from the embeddings.
+    # Pairs found by model number or lexical vectors alone have no cosines yet: compute them from the embeddings.
     emb = flagged.select("product_id", "embedding", "text_embedding", "image_embedding")
-    lex_only = (both.where(F.col("ann").isNull()).select("a", "b", "lex")
+    lex_only = (both.where(F.col("ann").isNull()).select("a", "b", "lex", "words")
                 .join(emb.toDF("a", "ea", "ta", "ia"), "a").join(emb.toDF("b", "eb", "tb", "ib"), "b")
                 .select("a", "b", _dot("ea", "eb").alias("fused_cosine"), _dot("ta", "tb").alias("text_cosine"),
                         F.when(F.col("ia").isNotNull() & F.col("ib").isNotNull(), _dot("ia", "ib"))
-                        .alias("image_cosine"), F.lit(None).cast("boolean").alias("ann"), "lex"))
-    label = (F.when(F.col("ann").isNotNull() & F.col("lex").isNotNull(), "ann+model_number")
-             .when(F.col("ann").isNotNull(), "ann").otherwise("model_number"))
+                        .alias("image_cosine"), F.lit(None).cast("boolean").alias("ann"), "lex", "words"))
+    label = F.concat_ws("+", F.when(F.col("ann").isNotNull(), "ann"), F.when(F.col("words").isNotNull(), "lexical"),
+                        F.when(F.col("lex").isNotNull(), "model_number"))
     cols = ["a", "b", "fused_cosine", "text_cosine", "image_cosine"]
+    cell_counters = CellCounters(counters["cells"], round(counters["centroid_seconds"], 3), counters["largest"],
+                                 counters["searched"])
     return found.select(*cols, label.alias("blocking")).unionByName(
-        lex_only.select(*cols, label.alias("blocking"))), both, counters
+        lex_only.select(*cols, label.alias("blocking"))), both, cell_counters
 
 
-def _score(cand, flagged, scorer, parts: int):
+def _score(cand, flagged, scorer, parts: int, cfg: MatchConfig):
     from pyspark.sql import functions as F
 
-    from udfs.matching import SCORE_SCHEMA, make_score_fn
+    from udfs.matching import SCORE_SCHEMA, CrossSpec, make_score_fn
 
     attrs = flagged.select("product_id", "title", "brand", F.col("price").cast("double").alias("price"), "currency")
     side = {s: attrs.toDF(s, f"title_{s}", f"brand_{s}", f"price_{s}", f"currency_{s}") for s in ("a", "b")}
     joined = cand.join(side["a"], "a").join(side["b"], "b").repartition(parts)
-    return joined.mapInPandas(make_score_fn(scorer.version, scorer.to_json()), SCORE_SCHEMA)
+    cross = CrossSpec(cfg.cross, cfg.cross_prefilter, cfg.torch_threads) if cfg.cross else None
+    return joined.mapInPandas(make_score_fn(scorer.version, scorer.to_json(), cross=cross), SCORE_SCHEMA)
 
 
 def _write_clusters(spark, lake, universe, run_id: str, now, cfg: MatchConfig) -> ClusterStats:
@@ -326,8 +369,32 @@ def resolve_matching(ref: str) -> str | None:
     return str(vdir)
 
 
-def _match_pairs(spark, lake, flagged, n: int, full: bool, scorer, run_id: str, model_version: str, now,
-                 cfg: MatchConfig) -> PairStats:
+def resolve_pair_model(ref: str) -> str | None:
+    """The cross-encoder's version folder for the enrich job's ``--pair-model``, or None to score with the
+    features alone. ``auto`` takes the shipped store's current version and falls back (with a log line) when
+    there is none; any other reference must resolve and verify, so a bad one fails the run before any work."""
+    from models.matching.cross import resolve_cross
+    from models.refs import ModelRefError
+    from models.store import ModelIntegrityError, verify_version
+
+    if ref == "none":
+        return None
+    try:
+        vdir = resolve_cross(None if ref == "auto" else ref)
+    except (ModelIntegrityError, OSError) as e:
+        if ref == "auto":
+            log.info("no pair cross-encoder (%s): pairs are scored on their features alone", e)
+            return None
+        raise ModelRefError(f"--pair-model {ref}: {e}") from None
+    try:
+        verify_version(vdir)   # a tampered shipped model fails the run too
+    except ModelIntegrityError as e:
+        raise ModelRefError(f"--pair-model {ref}: {e}") from None
+    return str(vdir)
+
+
+def _match_pairs(spark, lake, flagged, n: int, full: bool, scorer, version: str, run_id: str, model_version: str,
+                 now, cfg: MatchConfig) -> PairStats:
     """Block, score and write ``product_matches`` for the queries of ``flagged``."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
@@ -342,8 +409,8 @@ def _match_pairs(spark, lake, flagged, n: int, full: bool, scorer, run_id: str, 
     blocking_seconds = round(time.perf_counter() - t0, 3)
     parts = max(spark.sparkContext.defaultParallelism, math.ceil(n_cand / cfg.rows_per_partition))
     t1 = time.perf_counter()
-    new = (_score(cand, flagged, scorer, parts)
-           .withColumn("model_version", F.lit(model_version)).withColumn("scorer_version", F.lit(scorer.version))
+    new = (_score(cand, flagged, scorer, parts, cfg)
+           .withColumn("model_version", F.lit(model_version)).withColumn("scorer_version", F.lit(version))
            .withColumn("run_id", F.lit(run_id)).withColumn("updated_at", F.lit(now).cast("timestamp"))
            .persist(StorageLevel.MEMORY_AND_DISK))
     n_written = new.count()
@@ -406,20 +473,26 @@ def match_and_cluster(spark, lake, products, run_id: str, model_version: str, cf
     lake.ensure(PRODUCT_MATCHES)
     lake.ensure(PRODUCT_CLUSTERS)
     universe = _universe(lake, products, model_version)
-    flagged, full = _queries(lake, universe, scorer.version, cfg, changed_ids)
+    version, threshold = scorer.version, scorer.threshold
+    if cfg.cross:
+        from models.matching.cross import cross_info
+
+        cross_version, threshold = cross_info(cfg.cross)
+        version = f"{scorer.version}+{cross_version}"
+    flagged, full = _queries(lake, universe, version, cfg, changed_ids)
     flagged = flagged.persist(StorageLevel.MEMORY_AND_DISK)
     counts = flagged.agg(F.count("*").alias("n"), F.sum(F.col("in_query").cast("long")).alias("q")).first()
     n, n_q = int(counts["n"]), int(counts["q"] or 0)
     mode = "full" if full else "incremental"
     log.info("matching: %d products, %d queries (%s)", n, n_q, mode)
     prepare_seconds = round(time.perf_counter() - t_start, 3)
-    pairs = (_match_pairs(spark, lake, flagged, n, full, scorer, run_id, model_version, now, cfg)
+    pairs = (_match_pairs(spark, lake, flagged, n, full, scorer, version, run_id, model_version, now, cfg)
              if n_q and n >= 2 else PairStats())
     t2 = time.perf_counter()
     clustering = _recluster(spark, lake, flagged, n, n_q, run_id, now, cfg)
     clustering_seconds = round(time.perf_counter() - t2, 3)
     flagged.unpersist()
-    stats = MatchStats(mode=mode, products=n, queries=n_q, scorer_version=scorer.version, threshold=scorer.threshold,
+    stats = MatchStats(mode=mode, products=n, queries=n_q, scorer_version=version, threshold=threshold,
                        prepare_seconds=prepare_seconds, pairs=pairs, clustering=clustering,
                        clustering_seconds=clustering_seconds, seconds=round(time.perf_counter() - t_start, 3))
     summary = stats.as_dict()

@@ -44,6 +44,8 @@ class RunModels(Protocol):
     def attributes(self) -> str: ...
     @property
     def matching(self) -> str: ...
+    @property
+    def pair_model(self) -> str: ...
 
 
 def _guard(role: str, flag: str, step: Callable[[], T]) -> T:
@@ -118,7 +120,7 @@ def verify_run_models(cfg: RunModels) -> dict[str, str]:
 
     Raises :class:`ModelCheckError` on the first one that fails.
     """
-    from jobs.stages.matching import resolve_matching
+    from jobs.stages.matching import resolve_matching, resolve_pair_model
 
     t = time.perf_counter()
     version, encoder_dir = _guard("encoder", "--model", lambda: _encoder(cfg))
@@ -126,6 +128,9 @@ def verify_run_models(cfg: RunModels) -> dict[str, str]:
              "head bundle": _guard("head bundle", "--heads", lambda: _heads(cfg.heads.heads, version)),
              "attribute extractor": _guard("attribute extractor", "--attributes", lambda: _extractor(cfg.attributes)),
              "pair scorer": _guard("pair scorer", "--matching", lambda: resolve_matching(cfg.matching))}
+    if found["pair scorer"] is not None:
+        found["pair cross-encoder"] = _guard("pair cross-encoder", "--pair-model",
+                                             lambda: resolve_pair_model(cfg.pair_model))
     checked = {role: str(vdir) for role, vdir in found.items() if vdir is not None}
     log.info("models verified on the driver in %.2f s: %s", time.perf_counter() - t,
              ", ".join(f"{k} {Path(v).name}" for k, v in checked.items()) or "none with a manifest")

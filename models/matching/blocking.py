@@ -34,6 +34,10 @@ class BlockingConfig:
     kmeans_iters: int = 12
     max_key_group: int = 50       # model-number keys shared by more products are skipped
     seed: int = 0
+    # A second search over lexical title vectors (models.matching.lexical) in their own k-means cells:
+    lexical_neighbours: int = 5   # nearest products kept per query and cell (0: no lexical pass)
+    lexical_min_cosine: float = 0.3
+    lexical_sample: int = 20_000  # titles the IDF weights are fitted on
 
     def __post_init__(self):
         if self.block_size < 2 or self.probes < 1 or self.neighbours < 1:

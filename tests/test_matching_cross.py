@@ -1,0 +1,155 @@
+"""The cross-encoder pair scorer and the lexical blocking pass: serialisation, the store round trip and its
+refusals, lexical vectors, and both inside the real Spark match stage (synthetic embeddings, real Delta tables)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from models.matching.cross import cross_info, load_cross, serialize
+from models.matching.lexical import LexicalSpace
+from models.store import WEIGHTS_FILE, ModelIntegrityError
+
+
+def test_serialize_keeps_codes_and_numbers_and_leaves_out_what_is_missing():
+    assert serialize({"title": "Sony  KDL-40EX500\n40\" LCD", "brand": "Sony", "price": "$1,299.00"}) == \
+        'title: Sony KDL-40EX500 40" LCD ; brand: Sony ; price: 1299.00'
+    assert serialize({"title": "kettle", "brand": None, "price": float("nan")}) == "title: kettle"
+    assert serialize({"title": None}) == "title: "
+
+
+def _save_random(root, threshold: float, seed: int = 0) -> str:
+    """A cross-encoder with a randomly initialised head (no training): the plumbing, not the quality."""
+    import torch
+
+    from models.attributes.tagger import load_tower
+    from models.matching.cross import CrossEncoder, split_cross
+    from models.matching.cross_train import CrossTrainConfig, save_cross
+    from models.refs import text_tower_path
+
+    torch.manual_seed(seed)
+    tok, bert = load_tower(text_tower_path())
+    bottom, top = split_cross(bert, 4)
+    model = CrossEncoder(tok, bottom, top, max_length=64, calibration=(1.5, -0.5), threshold=threshold)
+    metrics = {"calibration": {"a": 1.5, "b": -0.5, "pairs": 0, "matches": 0, "f1": 0.0, "threshold": threshold}}
+    facts = {"train_pairs": 0, "train_matches": 0, "train_seconds": 0.0, "trained_parameters": 1}
+    return save_cross(model, root, CrossTrainConfig(bottom_layers=4, max_length=64, epochs=0),
+                      {"metrics": metrics, "facts": facts}, training_data="none (test)")
+
+
+@pytest.fixture(scope="module")
+def random_cross(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cross-store")
+    return root / _save_random(root, threshold=0.0)
+
+
+def test_store_round_trip_scores_in_batches_like_one_by_one(random_cross):
+    model = load_cross(str(random_cross))
+    a = ["title: acme kettle ac-1000 ; price: 20.00", "title: zeta lamp", "title: nova drill nv-20 ; brand: nova"]
+    b = ["title: acme steel kettle ac1000", "title: zeta desk lamp ze-3", "title: orbit router"]
+    batch = model.score(a, b)
+    assert batch.shape == (3,) and ((batch > 0) & (batch < 1)).all()
+    one = np.array([model.score([x], [y])[0] for x, y in zip(a, b, strict=True)])
+    np.testing.assert_allclose(batch, one, atol=1e-5)   # padding to the batch's length changes nothing
+    version, threshold = cross_info(str(random_cross))
+    assert version == model.version and version.startswith("store:pair-cross-minilm-") and threshold == 0.0
+
+
+def test_a_tampered_or_foreign_cross_encoder_is_refused(random_cross, tmp_path):
+    import shutil
+
+    bad = tmp_path / random_cross.name
+    shutil.copytree(random_cross, bad)
+    data = bytearray((bad / WEIGHTS_FILE).read_bytes())
+    data[-3] ^= 1
+    (bad / WEIGHTS_FILE).write_bytes(bytes(data))
+    with pytest.raises(ModelIntegrityError):
+        load_cross(str(bad))
+    with pytest.raises(ModelIntegrityError, match="cannot resolve"):
+        load_cross(str(tmp_path / "nothing-here"))
+
+
+def test_lexical_vectors_follow_tfidf_cosines():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from models.matching.text import tokens
+
+    titles = ["Acme steel kettle AC-1000 1.7 l", "ACME kettle ac1000 steel", "Zeta desk lamp ZE-33 LED",
+              "zeta LED desk lamp ze33", "Nova cordless drill NV-20", "Orbit wifi router OR-7 dual band", ""]
+    space = LexicalSpace.fit(titles * 20, dims=512)
+    y = space.embed(titles)
+    assert y.shape == (7, 512) and np.allclose(np.linalg.norm(y[:6], axis=1), 1.0) and not y[6].any()
+    np.testing.assert_array_equal(y, space.embed(titles))   # the projection is drawn from the seed
+    sims = y[:6] @ y[:6].T
+    exact = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 3), sublinear_tf=True).fit_transform(
+        [" ".join(tokens(t)) for t in titles[:6]])
+    exact = (exact @ exact.T).toarray()
+    off = ~np.eye(6, dtype=bool)
+    assert np.abs(sims[off] - exact[off]).mean() < 0.1
+    assert sims[0, 1] > max(sims[0, 2:]) and sims[2, 3] > max(sims[2, [0, 1, 4, 5]])
+
+
+@pytest.mark.spark
+def test_lexical_pass_finds_listings_the_embeddings_put_apart(spark, lake):
+    import pandas as pd
+    from pyspark.sql import functions as F
+
+    from jobs.stages.matching import _candidates, _universe
+    from models.matching.blocking import BlockingConfig
+    from tests.test_matching_job import VERSION, products, synthetic, write_embeddings
+
+    df = synthetic(n_groups=8)
+    # Two listings of one product without a model number, whose embeddings point in opposite directions.
+    v = np.zeros(16, np.float32)
+    v[0] = 1.0
+    extra = [{"product_id": "X1", "title": "Handmade walnut serving board large oiled", "brand": "Woodly",
+              "price": 30.0, "currency": "EUR", "vec": v.tolist(), "group": 100},
+             {"product_id": "X2", "title": "handmade walnut serving board, large, oiled", "brand": "Woodly",
+              "price": 31.0, "currency": "EUR", "vec": (-v).tolist(), "group": 100}]
+    df = pd.concat([df, pd.DataFrame(extra)], ignore_index=True)
+    write_embeddings(spark, lake, df, "e1")
+    flagged = _universe(lake, products(spark, df), VERSION).withColumn("in_query", F.lit(True))
+
+    def candidates(cfg: BlockingConfig) -> pd.DataFrame:
+        cand, both, counters = _candidates(spark, flagged, len(df), True, cfg)
+        out = cand.toPandas().set_index(["a", "b"])
+        both.unpersist()
+        return out, counters
+
+    off, _ = candidates(BlockingConfig(lexical_neighbours=0))
+    assert ("X1", "X2") not in off.index
+    on, counters = candidates(BlockingConfig())
+    assert on.loc[("X1", "X2"), "blocking"] == "lexical"
+    assert on.loc[("X1", "X2"), "text_cosine"] == pytest.approx(-1.0)   # cosines computed for the pair
+    assert counters.cells == 2   # one embedding cell and one lexical cell for 20 products
+    # Every pair the embeddings or model numbers found is still there, with the same cosines.
+    kept = off.index.intersection(on.index)
+    assert len(kept) == len(off)
+    np.testing.assert_allclose(on.loc[kept, "fused_cosine"], off.loc[kept, "fused_cosine"], atol=1e-6)
+
+
+@pytest.mark.spark
+def test_match_stage_scores_with_the_cross_encoder(spark, lake, random_cross):
+    from deltalake import DeltaTable
+
+    from jobs.stages.matching import MatchConfig, match_and_cluster
+    from schemas.tables import PRODUCT_MATCHES
+    from tests.test_matching_job import VERSION, products, synthetic, write_embeddings
+
+    df = synthetic(n_groups=8)
+    write_embeddings(spark, lake, df, "e1")
+    stats = match_and_cluster(spark, lake, products(spark, df), "m1", VERSION,
+                              MatchConfig(cross=str(random_cross), cross_prefilter=0.5, torch_threads=1))
+    model = load_cross(str(random_cross))
+    assert stats["scorer_version"].endswith("+" + model.version) and stats["threshold"] == 0.0
+    m = DeltaTable(str(lake.path(PRODUCT_MATCHES))).to_pandas()
+    assert len(m) > 0 and set(m["scorer_version"]) == {stats["scorer_version"]}
+    rows = df.set_index("product_id")
+    a = [serialize(rows.loc[p].to_dict()) for p in m["product_id_a"]]
+    b = [serialize(rows.loc[p].to_dict()) for p in m["product_id_b"]]
+    # Each stored score is the cross-encoder's probability of the pair, not the feature scorer's.
+    np.testing.assert_allclose(m["score"].to_numpy(), model.score(a, b), atol=1e-4)
+    manifest = json.loads((random_cross / "manifest.json").read_text())
+    assert manifest["train_config"]["bottom_layers"] == 4
