@@ -132,12 +132,9 @@ def code_pairs(ids: Sequence[str], titles: Iterable[str], max_group: int,
     return out
 
 
-def candidate_pairs(ids: Sequence[str], emb: np.ndarray, titles: Sequence[str], cfg: BlockingConfig | None = None
-                    ) -> pd.DataFrame:
-    """All candidate pairs of an in-memory catalog (the Spark job's algorithm on one machine):
-    ``a < b``, ``cosine`` (NaN for lexical-only pairs) and ``blocking`` (ann, model_number, ann+model_number)."""
-    cfg = cfg or BlockingConfig()
-    ids = np.asarray([str(i) for i in ids])
+def _cell_pass(ids: np.ndarray, emb: np.ndarray, cfg: BlockingConfig, neighbours: int, min_cosine: float
+               ) -> dict[tuple[str, str], float]:
+    """Best cosine of each pair the k-means cells of ``emb`` find (the Spark job's search on one machine)."""
     emb = _unit(emb)
     rng = np.random.default_rng(cfg.seed)
     k = n_cells(len(ids), cfg)
@@ -149,15 +146,39 @@ def candidate_pairs(ids: Sequence[str], emb: np.ndarray, titles: Sequence[str], 
     for cell in range(len(cents)):
         idx = np.flatnonzero(home == cell)
         qry = np.flatnonzero((probe == cell).any(axis=1))
-        qi, ji, cos = block_search(ids[qry], emb[qry], ids[idx], emb[idx], cfg.neighbours, cfg.min_cosine)
+        qi, ji, cos = block_search(ids[qry], emb[qry], ids[idx], emb[idx], neighbours, min_cosine)
         for a, b, c in zip(ids[qry][qi], ids[idx][ji], cos, strict=True):
             key = (a, b) if a < b else (b, a)
             best[key] = max(best.get(key, -2.0), float(c))
-    lexical = code_pairs(ids, titles, cfg.max_key_group)
-    keys = sorted(set(best) | lexical)
+    return best
+
+
+def candidate_pairs(ids: Sequence[str], emb: np.ndarray, titles: Sequence[str], cfg: BlockingConfig | None = None
+                    ) -> pd.DataFrame:
+    """All candidate pairs of an in-memory catalog (the Spark job's algorithm on one machine):
+    ``a < b``, ``cosine`` (the embedding cosine; NaN for pairs the embedding cells did not find) and ``blocking``
+    (``ann``, ``lexical``, ``model_number``, or several joined by ``+``)."""
+    from models.matching.lexical import LexicalSpace
+
+    cfg = cfg or BlockingConfig()
+    ids = np.asarray([str(i) for i in ids])
+    titles = list(titles)
+    best = _cell_pass(ids, emb, cfg, cfg.neighbours, cfg.min_cosine)
+    words: set[tuple[str, str]] = set()
+    if cfg.lexical_neighbours > 0 and len(ids) > 1:
+        rng = np.random.default_rng(cfg.seed)
+        sample = rng.choice(len(ids), size=min(len(ids), cfg.lexical_sample), replace=False)
+        space = LexicalSpace.fit([titles[i] for i in np.sort(sample)], seed=cfg.seed)
+        words = set(_cell_pass(ids, space.embed(titles), cfg, cfg.lexical_neighbours, cfg.lexical_min_cosine))
+    codes = code_pairs(ids, titles, cfg.max_key_group)
+    keys = sorted(set(best) | words | codes)
+
+    def how(p: tuple[str, str]) -> str:
+        return "+".join(n for n, found in (("ann", p in best), ("lexical", p in words), ("model_number", p in codes))
+                        if found)
+
     return pd.DataFrame({
         "a": [p[0] for p in keys], "b": [p[1] for p in keys],
         "cosine": np.asarray([best.get(p, np.nan) for p in keys], np.float32),
-        "blocking": ["ann+model_number" if p in best and p in lexical else "ann" if p in best else "model_number"
-                     for p in keys],
+        "blocking": [how(p) for p in keys],
     })
