@@ -170,6 +170,58 @@ def _logits(top: Any, hidden: Sequence[Any], batch: int = 128) -> np.ndarray:
     return out
 
 
+def _train_top(top: Any, hidden: Sequence[Any], labels: np.ndarray, work: Path, cfg: CrossTrainConfig
+               ) -> tuple[list[float], float]:
+    """Train the top on the cached states for ``cfg.epochs``, checkpointing after each epoch (a rerun resumes);
+    returns the mean loss of each epoch and the seconds this call trained."""
+    import torch
+
+    head = [p for n, p in top.named_parameters() if n.startswith("head.")]
+    body = [p for n, p in top.named_parameters() if not n.startswith("head.")]
+    opt = torch.optim.AdamW([{"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr}],
+                            weight_decay=0.01)
+    steps_per_epoch = -(-len(hidden) // cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    warm = max(1, int(cfg.warmup * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
+    ckpt = work / "checkpoint.pt"
+    start, losses = 0, list[float]()
+    if ckpt.is_file():
+        state = torch.load(ckpt, weights_only=True)
+        top.load_state_dict(state["top"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start, losses = int(state["epoch"]), list(state["losses"])
+        log.info("resumed from %s after epoch %d", ckpt, start)
+    lengths = [h.shape[0] for h in hidden]
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    t_train = time.perf_counter()
+    for epoch in range(start, cfg.epochs):
+        rng = random.Random(cfg.seed * 1000 + epoch)
+        top.train()
+        run, n = 0.0, 0
+        for step, idx in enumerate(_batches(lengths, cfg.batch_size, rng)):
+            h, m = _collate(hidden, idx)
+            loss = loss_fn(top(h, m), torch.as_tensor(labels[idx]))
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(top.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            run, n = run + loss.item(), n + 1
+            if step % 100 == 0:
+                log.info("epoch %d step %d/%d loss %.4f (%.0f s)", epoch + 1, step, steps_per_epoch, run / n,
+                         time.perf_counter() - t_train)
+        losses.append(run / max(n, 1))
+        torch.save({"top": top.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "epoch": epoch + 1, "losses": losses}, work / "checkpoint.tmp")
+        (work / "checkpoint.tmp").replace(ckpt)
+        log.info("epoch %d done: loss %.4f, checkpoint %s", epoch + 1, losses[-1], ckpt)
+
+    return losses, time.perf_counter() - t_train
+
+
 def train(data: str | Path, work: Path, cfg: CrossTrainConfig) -> tuple[CrossEncoder, dict[str, Any]]:
     import torch
 
@@ -196,49 +248,7 @@ def train(data: str | Path, work: Path, cfg: CrossTrainConfig) -> tuple[CrossEnc
     cache_s = time.perf_counter() - t0
     log.info("cached the bottom of %d pair orders in %.0f s", len(hidden), cache_s)
 
-    head = [p for n, p in top.named_parameters() if n.startswith("head.")]
-    body = [p for n, p in top.named_parameters() if not n.startswith("head.")]
-    opt = torch.optim.AdamW([{"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr}],
-                            weight_decay=0.01)
-    steps_per_epoch = -(-len(hidden) // cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    warm = max(1, int(cfg.warmup * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
-    ckpt = work / "checkpoint.pt"
-    start, losses = 0, []
-    if ckpt.is_file():
-        state = torch.load(ckpt, weights_only=True)
-        top.load_state_dict(state["top"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        start, losses = int(state["epoch"]), list(state["losses"])
-        log.info("resumed from %s after epoch %d", ckpt, start)
-    lengths = [h.shape[0] for h in hidden]
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    t_train = time.perf_counter()
-    for epoch in range(start, cfg.epochs):
-        rng = random.Random(cfg.seed * 1000 + epoch)
-        top.train()
-        run, n = 0.0, 0
-        for step, idx in enumerate(_batches(lengths, cfg.batch_size, rng)):
-            h, m = _collate(hidden, idx)
-            loss = loss_fn(top(h, m), torch.as_tensor(labels[idx]))
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(top.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            run, n = run + float(loss), n + 1
-            if step % 100 == 0:
-                log.info("epoch %d step %d/%d loss %.4f (%.0f s)", epoch + 1, step, steps_per_epoch, run / n,
-                         time.perf_counter() - t_train)
-        losses.append(run / max(n, 1))
-        torch.save({"top": top.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "epoch": epoch + 1, "losses": losses}, work / "checkpoint.tmp")
-        (work / "checkpoint.tmp").replace(ckpt)
-        log.info("epoch %d done: loss %.4f, checkpoint %s", epoch + 1, losses[-1], ckpt)
-    train_s = time.perf_counter() - t_train
+    losses, train_s = _train_top(top, hidden, labels, work, cfg)
 
     cal_logits = _logits(top, _cache(bottom, tokenizer, cal["a"], cal["b"], cfg.max_length))
     calibration = _fit_platt(cal_logits, cal["label"].to_numpy())
@@ -259,6 +269,9 @@ def train(data: str | Path, work: Path, cfg: CrossTrainConfig) -> tuple[CrossEnc
 def _fit_platt(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     from sklearn.linear_model import LogisticRegression
 
+    if len(np.unique(labels)) < 2:
+        log.warning("the calibration slice holds one class only (%d pairs): logits are taken as they are", len(labels))
+        return 1.0, 0.0
     lr = LogisticRegression(C=1e4).fit(np.asarray(logits, np.float64)[:, None], labels.astype(int))
     return float(lr.coef_[0, 0]), float(lr.intercept_[0])
 
