@@ -65,7 +65,10 @@ def _walmart_amazon(data: Path) -> CatalogSet:
 
 
 def _wdc_products(data: Path) -> CatalogSet:
+    """The 1,000 offers of the WDC Products valid split (500 products, two offers each); the 1,500 train offers
+    of the same products are what the scorers may train on, so they are left out."""
     o = pd.read_parquet(data / "wdc_products" / "offers_train_valid.parquet")
+    o = o[o["first_seen_in"].astype(str).str.contains("_valid_")]
     ids = "wdc:" + o["offer_id"].astype(str)
     cat = pd.DataFrame({"product_id": ids, "title": o["title"], "brand": o["brand"],
                         "price": o["price"].map(parse_price), "currency": o["priceCurrency"]})
@@ -221,13 +224,13 @@ def sweep(sets: Mapping[str, tuple[CatalogSet, pd.DataFrame]], grid: Iterable[di
     return pd.DataFrame(rows).sort_values("mean_dev_f1", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def evaluate(data: str | Path, work: Path, names: Iterable[str], reuse_embeddings: bool = False
-             ) -> dict[str, Any]:
-    """The enrich job and the baseline on each whole catalog, scored on both parts."""
+def evaluate(data: str | Path, work: Path, names: Iterable[str], reuse_embeddings: bool = False,
+             job_args: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The enrich job (with ``job_args``) and the baseline on each whole catalog, scored on both parts."""
     out: dict[str, Any] = {}
     for name in names:
         cs = load_catalog(data, name)
-        job = run_job(cs, work / name, reuse_embeddings)
+        job = run_job(cs, work / name, reuse_embeddings, job_args)
         job["matches"].to_parquet(work / name / "matches.parquet", index=False)   # for offline sweeps
         out[name] = {"records": len(cs.catalog), "seconds": job["seconds"],
                      "job": {p: score_clusters(job["clusters"], cs.truth, p) for p in PARTS},
@@ -264,13 +267,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="markdown file to write (default: log only)")
     ap.add_argument("--reuse-embeddings", action="store_true",
                     help="keep the work lakes' embeddings; re-match and re-cluster only")
+    ap.add_argument("--pair-model", default=None, help="the enrich job's --pair-model (default: its own default)")
     a = ap.parse_args(argv)
     names = [n.strip() for n in a.datasets.split(",") if n.strip()]
     unknown = sorted(set(names) - set(DATASETS))
     if unknown:
         ap.error(f"--datasets: unknown {unknown}; expected some of {sorted(DATASETS)}")
     work = Path(a.work)
-    result = evaluate(a.data, work, names, a.reuse_embeddings)
+    job_args = ("--pair-model", a.pair_model) if a.pair_model else ()
+    result = evaluate(a.data, work, names, a.reuse_embeddings, job_args)
     cmd = "python -m jobs.catalog_eval " + " ".join(argv if argv is not None else sys.argv[1:])
     text = to_markdown(result, cmd)
     (work / "catalog_eval.json").write_text(pd.Series(result).to_json(indent=1))

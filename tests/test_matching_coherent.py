@@ -164,11 +164,15 @@ def test_catalogs_are_built_without_the_shop_or_the_truth(tmp_path):
     assert cs.catalog["price"].iloc[0] == 58.45 and np.isnan(cs.catalog["price"].iloc[1])
     assert cs.truth == {"Walmart:0": "g1", "Amazon:7": "g1"}
     (tmp_path / "wdc_products").mkdir()
-    pd.DataFrame({"offer_id": [11, 12], "cluster_id": [5, 5], "brand": [None, "Seagate"],
-                  "title": ["HDD 4TB ST4000NE001", "Seagate IronWolf 4TB"], "description": [None, None],
-                  "price": ["$154.10", None], "priceCurrency": ["USD", None], "first_seen_in": ["a", "b"]}
+    pd.DataFrame({"offer_id": [11, 12, 13], "cluster_id": [5, 5, 5], "brand": [None, "Seagate", "Seagate"],
+                  "title": ["HDD 4TB ST4000NE001", "Seagate IronWolf 4TB", "IronWolf 4TB NAS"],
+                  "description": [None, None, None], "price": ["$154.10", None, None],
+                  "priceCurrency": ["USD", None, None],
+                  "first_seen_in": ["wdcproducts80cc20rnd000un_valid_small", "wdcproducts80cc20rnd000un_valid_small",
+                                    "wdcproducts80cc20rnd000un_train_small"]}
                  ).to_parquet(tmp_path / "wdc_products" / "offers_train_valid.parquet")
     wdc = load_catalog(tmp_path, "wdc_products")
+    # Only the valid split's offers: the train offers of the same products are what the scorers learn from.
     assert wdc.catalog["product_id"].tolist() == ["wdc:11", "wdc:12"] and wdc.catalog["price"].iloc[0] == 154.10
     assert wdc.truth == {"wdc:11": "5", "wdc:12": "5"}
     with pytest.raises(ValueError, match="unknown whole-catalog dataset"):
