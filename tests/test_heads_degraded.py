@@ -81,6 +81,7 @@ def test_degraded_copies_sit_on_their_source_side_of_the_calibration_split():
     assert out.train_all.tolist() == [0, 1, 3, 4, 6, 7]
     assert out.calibration.tolist() == [2, 5]          # the copy of calibration row 2 calibrates
     assert out.weight.tolist() == pytest.approx([1.0, 0.3, 0.3, 1.0])
+    assert out.n_real == 4                              # rows from 4 on are copies
 
 
 def test_lexical_gate_silences_an_empty_title_and_shrinks_a_bare_brand():

@@ -1,13 +1,21 @@
 """Train, evaluate and store the shipped head bundle: fashion categories and attributes, adult recognition.
 
     python -m models.heads.fashion --fashion /work/shared/data/fashion --taxonomy /work/shared/data/taxonomy \\
-        [--model default] [--store DIR] [--report FILE.md] [--no-ablation]
+        [--model default] [--store DIR] [--report FILE.md] [--no-ablation] [--no-save]
+        [--tasks category,colour,usage,gender] [--compare shipped|none|BUNDLE_DIR] [--no-degraded]
 
 Heads read the embeddings of one encoder version (default: the store's champion). Tasks on the fashion data
 (train split for training, the encoder's own valid split for every figure): category = articleType (leaf type),
 colour = baseColour, usage, gender (parsed from the templated titles: Men/Women/Boys/Girls/Unisex). Each head
 is measured from text, image and both, next to TF-IDF + logistic regression on the titles. Adult recognition is
 trained on the taxonomy's category names (mature = positive, six languages) and fashion titles (negative).
+
+The text+image heads train beside degraded copies of the train titles (models.heads.degrade: cut to the brand,
+half the words dropped, empty, shuffled), so that a title which names nothing does not overrule the photo; each
+head is then measured on valid titles degraded the same ways (another seed), beside the bundle it would replace
+(``--compare``: the store's newest for the encoder by default). ``--tasks`` trains a subset; the saved bundle then
+keeps the replaced bundle's other heads (and its adult head unless ``--taxonomy`` is given). The bundle is saved
+into the store (``--no-save``: not), where the enrich job picks the newest bundle trained for its encoder.
 """
 
 from __future__ import annotations
@@ -292,7 +300,7 @@ def adult_section(encoder: Any, e, train_rows: pd.DataFrame, valid_rows: pd.Data
     return head, threshold, metrics, md
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--fashion", required=True, help="the fashion folder (products.parquet + images/)")
     p.add_argument("--taxonomy", default=None, help="the taxonomy folder (adult head); skipped when absent")
@@ -312,6 +320,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads: small heads train fastest on one thread (no sync between cores)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
@@ -349,13 +362,28 @@ def main(argv: list[str] | None = None) -> int:
         heads[task] = old.heads()[task]
         sections.append(f"#### {task}: head kept from {old.version} (not retrained)")
     terms = TermList.load()
-    adult, threshold = None, 0.5
+    adult, threshold = (None, 0.5) if old is None else (old.adult, old.adult_threshold)   # kept unless retrained
     if args.taxonomy and Path(args.taxonomy).is_dir():
         adult, threshold, metrics["adult"], adult_md = adult_section(encoder, e, tr_rows, va_rows,
                                                                       Path(args.taxonomy), terms)
         sections.append(adult_md)
+    header = _header(encoder.version, split, cfg, deg)
+    report = header + "\n\n" + "\n\n".join(sections) + "\n"
+    sys.stdout.write(report)
+    if args.report:
+        Path(args.report).write_text(report)
+    if not args.no_save:
+        bundle = HeadBundle(encoder.version, heads["category"], {k: heads[k] for k in ("colour", "usage", "gender")},
+                            adult, threshold)
+        version = save_heads(store_root(args.store), "heads-fashion", bundle, training_data=split.snapshot,
+                             metrics=metrics, card="# Head bundle {version}\n\n" + report)
+        log.info("saved head bundle %s", version)
+    return 0
+
+
+def _header(encoder_version: str, split: Any, cfg: HeadTrainConfig, deg: DegradedTitles | None) -> str:
     lex_rows = "all training rows, flagged ones included" if cfg.lexical_all_rows else "the head's own training rows"
-    header = (f"### Heads on the embeddings of `{encoder.version}`\n\nFashion data ({split.snapshot}); train "
+    header = (f"### Heads on the embeddings of `{encoder_version}`\n\nFashion data ({split.snapshot}); train "
               f"{len(split.train)}, valid {len(split.valid)} products (split by a hash of product_id, the encoder's "
               f"own split). Heads: MLP (512 hidden) on standardised embeddings, trained with "
               f"{_describe(cfg)}; temperature-scaled on a 10% calibration slice of train (ECE on valid), where the "
@@ -373,17 +401,7 @@ def main(argv: list[str] | None = None) -> int:
                  "slice, where the lexical expert's gate is chosen too (its weight grows with the title's known "
                  "words up to a count chosen from "
                  f"{', '.join(f'{g:g}' for g in cfg.lexical_gates)}; 0 = no gate)."))
-    report = header + "\n\n" + "\n\n".join(sections) + "\n"
-    sys.stdout.write(report)
-    if args.report:
-        Path(args.report).write_text(report)
-    if not args.no_save:
-        bundle = HeadBundle(encoder.version, heads["category"], {k: heads[k] for k in ("colour", "usage", "gender")},
-                            adult, threshold)
-        version = save_heads(store_root(args.store), "heads-fashion", bundle, training_data=split.snapshot,
-                             metrics=metrics, card="# Head bundle {version}\n\n" + report)
-        log.info("saved head bundle %s", version)
-    return 0
+    return header
 
 
 def _replaced_bundle(compare: str, store: Path, encoder_version: str) -> HeadBundle | None:

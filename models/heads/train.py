@@ -151,6 +151,7 @@ class _Rows:
     train: np.ndarray        # the rows the net trains on
     calibration: np.ndarray
     weight: np.ndarray       # per row of ``train``: 1, or ``clean_weight`` for a flagged row
+    n_real: int | None = None  # rows from this index on are degraded copies (None: none)
 
 
 def _select_rows(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: HeadTrainConfig) -> _Rows:
@@ -266,7 +267,13 @@ def _calibrate(head: LinearHead, x: np.ndarray, y: np.ndarray, rows: _Rows, know
             head = dataclasses.replace(head, lexical=fit_lexical(np.sort(np.concatenate([lex_rows, cal]))))
     if cfg.prior_adjustment:
         prior = np.bincount(y[tr_all], minlength=n_classes) + 1.0
-        head = fit_prior_adjustment(head, cal_logits, y[cal], prior / prior.sum())
+        # tau is chosen on the real rows: a degraded copy repeats its product's label, and the rare classes'
+        # macro-F1 on a pooled slice is noisier; the temperature is then refitted on every calibration row.
+        real = cal < rows.n_real if rows.n_real is not None else np.ones(len(cal), dtype=bool)
+        head = fit_prior_adjustment(head, cal_logits[real], y[cal][real], prior / prior.sum())
+        if not real.all():
+            bias = head.class_bias if head.class_bias is not None else 0.0
+            head = head.with_class_bias(head.class_bias, fit_temperature(cal_logits + bias, y[cal]))
     return head
 
 
@@ -283,7 +290,7 @@ def _with_degraded(rows: _Rows, source: np.ndarray, n: int) -> _Rows:
     weight[rows.train] = rows.weight
     train = extend(rows.train)
     return _Rows(extend(rows.train_all), train, extend(rows.calibration),
-                 np.concatenate([rows.weight, weight[source[train[len(rows.train):] - n]]]))
+                 np.concatenate([rows.weight, weight[source[train[len(rows.train):] - n]]]), n_real=n)
 
 
 def fit_head(x: np.ndarray, y: np.ndarray, classes: list[str], cfg: HeadTrainConfig, *, name: str,
