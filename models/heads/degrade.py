@@ -97,7 +97,7 @@ def degrade_mixed(titles: Sequence[str], seed: int, brands: Sequence[str] = (),
     which = rng.integers(len(kinds), size=len(titles))
     out = [""] * len(titles)
     for k, kind in enumerate(kinds):
-        idx = np.flatnonzero(which == k)
+        idx = np.flatnonzero(which == k).tolist()
         for i, t in zip(idx, degrade([titles[i] for i in idx], kind, seed + 1 + k, brands), strict=True):
             out[i] = t
     return out, which

@@ -318,7 +318,7 @@ def fit_head(x: np.ndarray, y: np.ndarray, classes: list[str], cfg: HeadTrainCon
         rows = _with_degraded(rows, source, len(y))
         x = np.concatenate([x, degraded.x[keep].astype(np.float32)])
         y = np.concatenate([y, y[source]])
-        if texts is not None:
+        if texts is not None and degraded.texts is not None:
             texts = texts + [t for t, k in zip(degraded.texts, keep, strict=True) if k]
     mu = x[rows.train].mean(axis=0)
     sigma = x[rows.train].std(axis=0) + 1e-6
