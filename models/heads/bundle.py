@@ -91,6 +91,10 @@ class LinearHead:
     ``class_bias`` is a logit adjustment against the class prior (Menon et al. 2021, ``-tau * log prior``): a
     head trained on 27,000 casual products and 20 party ones rarely says "Party" even where the title makes it
     likely. ``tau`` is fitted on held-out rows too (0, no bias, when the rare classes do not gain from it).
+
+    ``lexical_min_words`` gates the lexical expert by its evidence: its log-probabilities count in proportion to
+    the title's words its vocabulary knows, fully from that many on (0: no gate). A title cut to its brand then
+    cannot overrule the photo with one word; an empty title adds nothing.
     """
 
     name: str
@@ -104,6 +108,7 @@ class LinearHead:
     lexical: LexicalExpert | None = None   # TF-IDF expert on the title words (models.heads.lexical)
     lexical_weight: float = 0.0
     class_bias: np.ndarray | None = None   # (C,) added to the logits: the class-prior adjustment (or None)
+    lexical_min_words: float = 0.0         # the lexical expert's full weight from this many known title words on
 
     def __post_init__(self) -> None:
         if self.inputs not in INPUTS:
@@ -113,11 +118,12 @@ class LinearHead:
                              f"for {len(self.classes)} classes")
 
     def with_temperature(self, t: float, mention_weight: float | None = None,
-                         lexical_weight: float | None = None) -> LinearHead:
+                         lexical_weight: float | None = None, lexical_min_words: float | None = None) -> LinearHead:
         w = self.mention_weight if mention_weight is None else float(mention_weight)
         lw = self.lexical_weight if lexical_weight is None else float(lexical_weight)
+        gate = self.lexical_min_words if lexical_min_words is None else float(lexical_min_words)
         return replace(self, temperature=float(t), mention_weight=w, lexical_weight=lw,
-                       lexical=self.lexical if lw else None)
+                       lexical=self.lexical if lw else None, lexical_min_words=gate if lw else 0.0)
 
     def with_class_bias(self, bias: np.ndarray | None, t: float) -> LinearHead:
         """The head with a logit adjustment (None: none) and the temperature refitted for it."""
@@ -143,7 +149,8 @@ class LinearHead:
         if self.mention_weight and texts is not None:
             z = z + self.mention_weight * mentions(texts, self.classes)
         if self.lexical_weight and self.lexical is not None and texts is not None:
-            z = z + self.lexical_weight * self.lexical.log_probs(texts)
+            z = z + self.lexical_weight * self.lexical.gate(texts, self.lexical_min_words) * \
+                self.lexical.log_probs(texts)
         if self.class_bias is not None:
             z = z + self.class_bias
         return z
@@ -172,7 +179,7 @@ class LinearHead:
                 "n_layers": len(self.layers), "mention_weight": self.mention_weight,
                 "lexical_weight": self.lexical_weight,
                 "lexical": None if self.lexical is None else self.lexical.describe(),
-                "class_bias": self.class_bias is not None}
+                "class_bias": self.class_bias is not None, "lexical_min_words": self.lexical_min_words}
 
     @classmethod
     def from_parts(cls, name: str, desc: dict[str, Any], tensors: dict[str, np.ndarray]) -> LinearHead:
@@ -183,7 +190,8 @@ class LinearHead:
                    None if not desc.get("lexical") else LexicalExpert.from_parts(f"{name}.lexical", desc["lexical"],
                                                                                  tensors),
                    float(desc.get("lexical_weight", 0.0)),
-                   tensors[f"{name}.class_bias"] if desc.get("class_bias") else None)
+                   tensors[f"{name}.class_bias"] if desc.get("class_bias") else None,
+                   float(desc.get("lexical_min_words", 0.0)))
 
 
 @dataclass(frozen=True)

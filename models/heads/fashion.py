@@ -1,13 +1,21 @@
 """Train, evaluate and store the shipped head bundle: fashion categories and attributes, adult recognition.
 
     python -m models.heads.fashion --fashion /work/shared/data/fashion --taxonomy /work/shared/data/taxonomy \\
-        [--model default] [--store DIR] [--report FILE.md] [--no-ablation]
+        [--model default] [--store DIR] [--report FILE.md] [--no-ablation] [--no-save]
+        [--tasks category,colour,usage,gender] [--compare shipped|none|BUNDLE_DIR] [--no-degraded]
 
 Heads read the embeddings of one encoder version (default: the store's champion). Tasks on the fashion data
 (train split for training, the encoder's own valid split for every figure): category = articleType (leaf type),
 colour = baseColour, usage, gender (parsed from the templated titles: Men/Women/Boys/Girls/Unisex). Each head
 is measured from text, image and both, next to TF-IDF + logistic regression on the titles. Adult recognition is
 trained on the taxonomy's category names (mature = positive, six languages) and fashion titles (negative).
+
+The text+image heads train beside degraded copies of the train titles (models.heads.degrade: cut to the brand,
+half the words dropped, empty, shuffled), so that a title which names nothing does not overrule the photo; each
+head is then measured on valid titles degraded the same ways (another seed), beside the bundle it would replace
+(``--compare``: the store's newest for the encoder by default). ``--tasks`` trains a subset; the saved bundle then
+keeps the replaced bundle's other heads (and its adult head unless ``--taxonomy`` is given). The bundle is saved
+into the store (``--no-save``: not), where the enrich job picks the newest bundle trained for its encoder.
 """
 
 from __future__ import annotations
@@ -27,7 +35,8 @@ import pandas as pd
 from models.heads.adult import TermList, decide_adult
 from models.heads.bundle import HeadBundle, LinearHead, head_input, save_heads
 from models.heads.metrics import accuracy_f1, md_table, tfidf_baseline
-from models.heads.train import HeadTrainConfig, expected_calibration_error, fit_head
+from models.heads.robustness import DegradedTitles, degraded_titles, robustness_table, tfidf_char_baseline
+from models.heads.train import DegradedRows, HeadTrainConfig, expected_calibration_error, fit_head
 from models.heads.zero_shot import ZeroShotLabels, zero_shot_probs
 
 __all__ = ["INTIMATE_TYPES", "LANGUAGES", "gender_of", "main"]
@@ -86,36 +95,69 @@ def _feats(e: dict[str, np.ndarray], part: str, inputs: str) -> np.ndarray:
     return head_input(e[f"{part}_txt"], e[f"{part}_img"], inputs)
 
 
-def _fit(e, ytr, classes, cfg: HeadTrainConfig, name: str, inputs: str, texts: list[str] | None = None
-         ) -> LinearHead:
+def _fit(e, ytr, classes, cfg: HeadTrainConfig, name: str, inputs: str, texts: list[str] | None = None,
+         deg: DegradedTitles | None = None) -> LinearHead:
     d = e["tr_txt"].shape[1]
     if inputs == "image":
         cfg = dataclasses.replace(cfg, fgm_eps=0.0)   # FGM perturbs the text embedding: none here
         texts = None                                  # an image-only head reads no text
     img_slice = slice(d, 2 * d) if inputs == "text+image" else None
+    extra = None
+    if deg is not None and inputs == "text+image":    # the fused head learns to read the photo on a poor title
+        extra = DegradedRows(head_input(deg.train_txt, e["tr_img"], inputs), np.arange(len(deg.train)),
+                             None if texts is None else deg.train)
     return fit_head(_feats(e, "tr", inputs), ytr, classes, cfg, name=name, inputs=inputs,
-                    text_slice=slice(0, d) if inputs != "image" else None, image_slice=img_slice, texts=texts)
+                    text_slice=slice(0, d) if inputs != "image" else None, image_slice=img_slice, texts=texts,
+                    degraded=extra)
+
+
+def _robustness(e, task: str, heads: dict[str, LinearHead], old: HeadBundle | None, deg: DegradedTitles,
+                tr_titles: list[str], ytr: np.ndarray, yva: np.ndarray) -> tuple[dict, str]:
+    """The task's heads (and the replaced bundle's) in every title condition of ``deg`` (valid split)."""
+    def head_predictor(head: LinearHead):
+        return lambda c: head.predict(deg.valid_txt[c], e["va_img"], deg.valid[c]).argmax(axis=1)
+
+    predictors = {}
+    old_head = None if old is None else old.heads().get(task)
+    if old_head is not None:
+        pos = {c: i for i, c in enumerate(heads["text+image"].classes)}   # the old head's classes, mapped
+        remap = np.array([pos.get(c, -1) for c in old_head.classes])
+        predictors[f"replaced bundle {old.version or '(unsaved)'}"] = \
+            lambda c: remap[old_head.predict(deg.valid_txt[c], e["va_img"], deg.valid[c]).argmax(axis=1)]
+    predictors["new head: text+image, trained beside degraded titles"] = head_predictor(heads["text+image"])
+    predictors["head on text only"] = head_predictor(heads["text"])
+    predictors["head on image only"] = head_predictor(heads["image"])
+    base = tfidf_char_baseline(tr_titles, ytr)
+    predictors["TF-IDF word + char n-grams + logistic regression"] = lambda c: base(deg.valid[c])
+    metrics, table = robustness_table(yva, predictors)
+    return metrics, f"#### {task}: titles degraded (valid split; photo unchanged)\n\n{table}"
 
 
 def evaluate_tasks(e, train_rows: pd.DataFrame, valid_rows: pd.DataFrame, cfg: HeadTrainConfig,
-                   ablation: bool) -> tuple[dict[str, LinearHead], dict[str, Any], str]:
-    """Per task: baseline and heads from text/image/both; the ablation of the tricks on the category head."""
+                   ablation: bool, deg: DegradedTitles | None = None, old: HeadBundle | None = None,
+                   tasks: tuple[str, ...] = tuple(TASKS)) -> tuple[dict[str, LinearHead], dict[str, Any], str]:
+    """Per task: baseline and heads from text/image/both; the ablation of the tricks on the category head. With
+    ``deg``, the fused heads train beside degraded titles, and every head is measured on degraded valid titles
+    too (beside the heads of ``old``, the bundle they would replace)."""
     heads: dict[str, LinearHead] = {}
     metrics: dict[str, Any] = {}
     sections = []
     tr_titles, va_titles = train_rows["title"].astype(str).tolist(), valid_rows["title"].astype(str).tolist()
-    for task, column in TASKS.items():
+    for task in tasks:
+        column = TASKS[task]
         ytr, yva, classes = _labels(train_rows[column], valid_rows[column])
         base = accuracy_f1(yva, tfidf_baseline(tr_titles, ytr, va_titles))
         rows = [["TF-IDF + logistic regression (titles)", base["accuracy"], base["macro_f1"], "n/a"]]
         metrics[task] = {"baseline": base, "classes": len(classes), "valid_items": base["n"]}
+        trained = {}
         for inputs in INPUTS:
-            head = _fit(e, ytr, classes, cfg, task, inputs, tr_titles)
+            head = trained[inputs] = _fit(e, ytr, classes, cfg, task, inputs, tr_titles, deg)
             probs = head.predict(e["va_txt"], e["va_img"], va_titles)
             m = accuracy_f1(yva, probs.argmax(axis=1))
             m["ece"] = expected_calibration_error(probs[yva >= 0], yva[yva >= 0])
             m["mention_weight"], m["lexical_weight"] = head.mention_weight, head.lexical_weight
-            m["prior_adjusted"] = head.class_bias is not None
+            m["lexical_min_words"] = head.lexical_min_words
+            m["prior_adjustment"] = head.class_bias is not None
             metrics[task][inputs] = m
             what = (f"head on {inputs} embeddings" + (" + title mentions" if head.mention_weight else "")
                     + (" + title words" if head.lexical_weight else "")
@@ -125,6 +167,9 @@ def evaluate_tasks(e, train_rows: pd.DataFrame, valid_rows: pd.DataFrame, cfg: H
                 heads[task] = head
         sections.append(f"#### {task} ({column}; {len(classes)} classes, {base['n']} valid products)\n\n"
                         + md_table(["model", "accuracy", "macro-F1", "ECE"], rows))
+        if deg is not None:
+            metrics[task]["degraded"], md = _robustness(e, task, trained, old, deg, tr_titles, ytr, yva)
+            sections.append(md)
         log.info("%s: %s", task, {k: v for k, v in metrics[task].items() if isinstance(v, dict)})
     if ablation:
         ytr, yva, classes = _labels(train_rows["articleType"], valid_rows["articleType"])
@@ -133,7 +178,7 @@ def evaluate_tasks(e, train_rows: pd.DataFrame, valid_rows: pd.DataFrame, cfg: H
         for label, change in ABLATION.items():
             for inputs in ("text+image",):
                 head = _fit(e, ytr, classes, dataclasses.replace(cfg, **{**_PLAIN, **change}), "category", inputs,
-                            tr_titles)
+                            tr_titles, deg)
                 m = accuracy_f1(yva, head.predict(e["va_txt"], e["va_img"], va_titles).argmax(axis=1))
                 metrics["ablation"][f"{label} / {inputs}"] = m
                 rows.append([label, inputs, m["accuracy"], m["macro_f1"]])
@@ -142,6 +187,7 @@ def evaluate_tasks(e, train_rows: pd.DataFrame, valid_rows: pd.DataFrame, cfg: H
     return heads, metrics, "\n\n".join(sections)
 
 
+LEXICAL_GATES = (0.0, 2.0, 3.0, 4.0)   # lexical expert gates tried (known title words for its full weight)
 _PLAIN = {"clean_labels": False, "ema_decay": 0.0, "fgm_eps": 0.0, "rdrop_alpha": 0.0}
 
 
@@ -254,7 +300,7 @@ def adult_section(encoder: Any, e, train_rows: pd.DataFrame, valid_rows: pd.Data
     return head, threshold, metrics, md
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--fashion", required=True, help="the fashion folder (products.parquet + images/)")
     p.add_argument("--taxonomy", default=None, help="the taxonomy folder (adult head); skipped when absent")
@@ -264,9 +310,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", default=None, help="also write the markdown section here")
     p.add_argument("--no-ablation", action="store_true")
     p.add_argument("--no-save", action="store_true")
+    p.add_argument("--no-degraded", action="store_true",
+                   help="train on the real titles only (no degraded copies) and skip the degraded-title tables")
+    p.add_argument("--tasks", default=",".join(TASKS),
+                   help="comma-separated tasks to train (the saved bundle keeps the replaced bundle's other heads)")
+    p.add_argument("--compare", default="shipped",
+                   help="head bundle folder measured beside the new heads on degraded titles, and whose heads fill "
+                        "the tasks not trained: 'shipped' (the store's newest for the encoder) or 'none'")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads: small heads train fastest on one thread (no sync between cores)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
@@ -283,29 +341,33 @@ def main(argv: list[str] | None = None) -> int:
     for rows in (tr_rows, va_rows):
         rows["gender"] = [gender_of(t) for t in rows["title"].astype(str)]
     cfg = HeadTrainConfig(epochs=args.epochs, ema_decay=0.99, fgm_eps=0.5, rdrop_alpha=1.0, clean_labels=True,
-                          clean_weight=0.3, lexical_all_rows=True, image_dropout=0.1, prior_adjustment=True)
-    heads, metrics, md = evaluate_tasks(e, tr_rows, va_rows, cfg, ablation=not args.no_ablation)
-    zs, zs_md = zero_shot_section(encoder, e, va_rows, list(heads["category"].classes))
-    metrics["zero_shot"] = zs
-    sections = [md, zs_md]
+                          clean_weight=0.3, lexical_all_rows=True, image_dropout=0.1, prior_adjustment=True,
+                          lexical_gates=(0.0,) if args.no_degraded else LEXICAL_GATES)
+    tasks = tuple(t for t in args.tasks.split(",") if t)
+    if not tasks or set(tasks) - set(TASKS):
+        p.error(f"--tasks: choose among {','.join(TASKS)}, got {args.tasks!r}")
+    old = _replaced_bundle(args.compare, store_root(args.store), encoder.version)
+    deg = None if args.no_degraded else degraded_titles(encoder, tr_rows["title"].astype(str).tolist(),
+                                                         va_rows["title"].astype(str).tolist(), Path(args.cache_dir),
+                                                         e["va_txt"])
+    heads, metrics, md = evaluate_tasks(e, tr_rows, va_rows, cfg, ablation=not args.no_ablation, deg=deg, old=old,
+                                        tasks=tasks)
+    sections = [md]
+    if "category" in heads:
+        metrics["zero_shot"], zs_md = zero_shot_section(encoder, e, va_rows, list(heads["category"].classes))
+        sections.append(zs_md)
+    for task in [t for t in TASKS if t not in heads]:
+        if old is None or task not in old.heads():
+            p.error(f"--tasks leaves out {task} and no replaced bundle (--compare) holds its head")
+        heads[task] = old.heads()[task]
+        sections.append(f"#### {task}: head kept from {old.version} (not retrained)")
     terms = TermList.load()
-    adult, threshold = None, 0.5
+    adult, threshold = (None, 0.5) if old is None else (old.adult, old.adult_threshold)   # kept unless retrained
     if args.taxonomy and Path(args.taxonomy).is_dir():
         adult, threshold, metrics["adult"], adult_md = adult_section(encoder, e, tr_rows, va_rows,
                                                                       Path(args.taxonomy), terms)
         sections.append(adult_md)
-    lex_rows = "all training rows, flagged ones included" if cfg.lexical_all_rows else "the head's own training rows"
-    header = (f"### Heads on the embeddings of `{encoder.version}`\n\nFashion data ({split.snapshot}); train "
-              f"{len(split.train)}, valid {len(split.valid)} products (split by a hash of product_id, the encoder's "
-              f"own split). Heads: MLP (512 hidden) on standardised embeddings, trained with "
-              f"{_describe(cfg)}; temperature-scaled on a 10% calibration slice of train (ECE on valid), where the "
-              f"weights of two text experts are fitted too: '+ title mentions', a logit bonus for a class whose name "
-              f"the title holds, and '+ title words', the log-probabilities of TF-IDF + logistic regression on the "
-              f"title words ({cfg.lexical_features} terms, trained on {lex_rows}); each is named where its "
-              f"weight is above zero."
-              + (" '+ prior adjustment': a logit bias of -tau * log(class prior) for the rare classes, tau "
-                 "chosen from 0-1 by accuracy + macro-F1 on the same calibration slice (named where tau > 0)."
-                 if cfg.prior_adjustment else ""))
+    header = _header(encoder.version, split, cfg, deg)
     report = header + "\n\n" + "\n\n".join(sections) + "\n"
     sys.stdout.write(report)
     if args.report:
@@ -317,6 +379,45 @@ def main(argv: list[str] | None = None) -> int:
                              metrics=metrics, card="# Head bundle {version}\n\n" + report)
         log.info("saved head bundle %s", version)
     return 0
+
+
+def _header(encoder_version: str, split: Any, cfg: HeadTrainConfig, deg: DegradedTitles | None) -> str:
+    lex_rows = "all training rows, flagged ones included" if cfg.lexical_all_rows else "the head's own training rows"
+    header = (f"### Heads on the embeddings of `{encoder_version}`\n\nFashion data ({split.snapshot}); train "
+              f"{len(split.train)}, valid {len(split.valid)} products (split by a hash of product_id, the encoder's "
+              f"own split). Heads: MLP (512 hidden) on standardised embeddings, trained with "
+              f"{_describe(cfg)}; temperature-scaled on a 10% calibration slice of train (ECE on valid), where the "
+              f"weights of two text experts are fitted too: '+ title mentions', a logit bonus for a class whose name "
+              f"the title holds, and '+ title words', the log-probabilities of TF-IDF + logistic regression on the "
+              f"title words ({cfg.lexical_features} terms, trained on {lex_rows}); each is named where its "
+              f"weight is above zero."
+              + (" '+ prior adjustment': a logit bias of -tau * log(class prior) for the rare classes, tau "
+                 "chosen from 0-1 by accuracy + macro-F1 on the same calibration slice (named where tau > 0)."
+                 if cfg.prior_adjustment else "")
+              + ("" if deg is None else
+                 " The text+image heads train beside one degraded copy of each train title (same photo and label; "
+                 "the kind drawn at random: cut to the brand, half the words dropped, empty, words shuffled; their "
+                 "text embeddings from the encoder's text tower), calibrated on real and degraded rows of the same "
+                 "slice, where the lexical expert's gate is chosen too (its weight grows with the title's known "
+                 "words up to a count chosen from "
+                 f"{', '.join(f'{g:g}' for g in cfg.lexical_gates)}; 0 = no gate)."))
+    return header
+
+
+def _replaced_bundle(compare: str, store: Path, encoder_version: str) -> HeadBundle | None:
+    """The bundle the new heads are measured against (``--compare``): 'none', 'shipped' or a bundle folder."""
+    from models.heads.bundle import find_heads, load_heads
+
+    if compare == "none":
+        return None
+    vdir = find_heads(store, encoder_version) if compare == "shipped" else Path(compare)
+    if vdir is None:
+        log.info("no head bundle for %s in %s to compare with", encoder_version, store)
+        return None
+    bundle = load_heads(vdir)
+    if bundle.encoder_version != encoder_version:
+        raise ValueError(f"--compare {vdir}: trained for {bundle.encoder_version}, not {encoder_version}")
+    return bundle
 
 
 def _describe(cfg: HeadTrainConfig) -> str:

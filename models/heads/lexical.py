@@ -82,6 +82,20 @@ class LexicalExpert:
             vals.extend(v.tolist())
         return csr_matrix((vals, (rows, cols)), shape=(len(texts), len(self.vocab)), dtype=np.float32)
 
+    def known_words(self, texts: Sequence[str]) -> np.ndarray:
+        """(N,) how many distinct words of each text the vocabulary holds (the evidence the expert reads)."""
+        index = self._index
+        return np.array([len({w for w in _TOKEN.findall((t or "").lower()) if w in index}) for t in texts],
+                        dtype=np.float32)
+
+    def gate(self, texts: Sequence[str], min_words: float) -> np.ndarray:
+        """(N, 1) weight of the expert per text: ``known words / min_words``, at most 1 (1 when ``min_words`` is
+        0): a title of one known word (a bare brand) counts for a fraction of a full one, an empty title for
+        nothing."""
+        if min_words <= 0:
+            return np.ones((len(texts), 1), dtype=np.float32)
+        return np.minimum(1.0, self.known_words(texts) / float(min_words))[:, None]
+
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         return np.asarray(self.features(texts) @ self.weight) + self.bias
 

@@ -26,8 +26,8 @@ import numpy as np
 
 from models.heads.bundle import LinearHead, mentions, softmax
 
-__all__ = ["HeadTrainConfig", "clean_label_mask", "expected_calibration_error", "fit_head", "fit_prior_adjustment",
-           "fit_temperature"]
+__all__ = ["DegradedRows", "HeadTrainConfig", "clean_label_mask", "expected_calibration_error", "fit_head",
+           "fit_prior_adjustment", "fit_temperature"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ class HeadTrainConfig:
     lexical_features: int = 20000
     lexical_all_rows: bool = False  # the lexical expert learns from flagged rows too (it is not cleaned)
     prior_adjustment: bool = False  # fit a logit adjustment against the class prior on the calibration rows
+    # Gates of the lexical expert tried on the calibration rows (see LinearHead.lexical_min_words; 0 = no gate)
+    lexical_gates: tuple[float, ...] = (0.0,)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -63,6 +65,22 @@ class HeadTrainConfig:
             raise ValueError("HeadTrainConfig.rdrop_alpha > 0 needs dropout > 0: two passes would be identical")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("HeadTrainConfig.epochs and batch_size must be >= 1")
+
+
+@dataclass(frozen=True)
+class DegradedRows:
+    """Extra training rows for :func:`fit_head`: degraded copies of some of its rows (a title cut to the brand,
+    words dropped, no title) with their own features ``x``; ``source[i]`` is the row copy i was made from, whose
+    label, calibration side and loss weight it shares; ``texts`` its degraded title (for the text experts)."""
+
+    x: np.ndarray
+    source: np.ndarray
+    texts: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.x) != len(self.source) or (self.texts is not None and len(self.texts) != len(self.x)):
+            raise ValueError(f"DegradedRows: {len(self.x)} rows, {len(self.source)} sources, "
+                             f"{'no' if self.texts is None else len(self.texts)} texts: expected one each")
 
 
 def _softmax_regression_probs(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, n_classes: int,
@@ -133,6 +151,7 @@ class _Rows:
     train: np.ndarray        # the rows the net trains on
     calibration: np.ndarray
     weight: np.ndarray       # per row of ``train``: 1, or ``clean_weight`` for a flagged row
+    n_real: int | None = None  # rows from this index on are degraded copies (None: none)
 
 
 def _select_rows(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: HeadTrainConfig) -> _Rows:
@@ -239,28 +258,68 @@ def _calibrate(head: LinearHead, x: np.ndarray, y: np.ndarray, rows: _Rows, know
         lexical = fit_lexical(lex_rows) if cfg.lexical_features > 0 else None
         head, cal_logits = _fit_text_experts(dataclasses.replace(head, lexical=lexical), cal_logits,
                                              mentions(cal_texts, head.classes),
-                                             None if lexical is None else lexical.log_probs(cal_texts), y[cal])
+                                             None if lexical is None else lexical.log_probs(cal_texts), y[cal],
+                                             None if lexical is None else lexical.known_words(cal_texts),
+                                             cfg.lexical_gates)
         if head.lexical is not None:   # (kept only with a weight above zero)
             # Its weight chosen, the lexical expert learns from the calibration rows too: it then sees every
             # training title, as the TF-IDF baseline does (the rare classes have a handful each).
             head = dataclasses.replace(head, lexical=fit_lexical(np.sort(np.concatenate([lex_rows, cal]))))
     if cfg.prior_adjustment:
         prior = np.bincount(y[tr_all], minlength=n_classes) + 1.0
-        head = fit_prior_adjustment(head, cal_logits, y[cal], prior / prior.sum())
+        # tau is chosen on the real rows: a degraded copy repeats its product's label, and the rare classes'
+        # macro-F1 on a pooled slice is noisier; the temperature is then refitted on every calibration row.
+        real = cal < rows.n_real if rows.n_real is not None else np.ones(len(cal), dtype=bool)
+        head = fit_prior_adjustment(head, cal_logits[real], y[cal][real], prior / prior.sum())
+        if not real.all():
+            bias = head.class_bias if head.class_bias is not None else 0.0
+            head = head.with_class_bias(head.class_bias, fit_temperature(cal_logits + bias, y[cal]))
     return head
+
+
+def _with_degraded(rows: _Rows, source: np.ndarray, n: int) -> _Rows:
+    """``rows`` over ``n`` rows, extended by their degraded copies (row ``n + i`` copies row ``source[i]``): a
+    copy sits on its source's side of the calibration split (the photo is the same: a copy of a calibration
+    product in training would leak it) and shares its loss weight."""
+    def extend(idx: np.ndarray) -> np.ndarray:
+        member = np.zeros(n, dtype=bool)
+        member[idx] = True
+        return np.concatenate([idx, n + np.flatnonzero(member[source])])
+
+    weight = np.zeros(n, dtype=np.float32)
+    weight[rows.train] = rows.weight
+    train = extend(rows.train)
+    return _Rows(extend(rows.train_all), train, extend(rows.calibration),
+                 np.concatenate([rows.weight, weight[source[train[len(rows.train):] - n]]]), n_real=n)
 
 
 def fit_head(x: np.ndarray, y: np.ndarray, classes: list[str], cfg: HeadTrainConfig, *, name: str,
              inputs: str, text_slice: slice | None = None, image_slice: slice | None = None,
-             texts: list[str] | None = None) -> LinearHead:
+             texts: list[str] | None = None, degraded: DegradedRows | None = None) -> LinearHead:
     """Train a head on ``x`` (N, D) with labels ``y`` (indices into ``classes``; -1 = unknown, ignored).
 
-    With ``texts`` (one per row of ``x``), the head's mention weight is fitted too (see :class:`LinearHead`)."""
+    With ``texts`` (one per row of ``x``), the head's mention weight is fitted too (see :class:`LinearHead`).
+    With ``degraded``, the head trains and is calibrated on those copies too (same labels); label cleaning
+    judges the real rows only."""
     from torch import nn
 
     known = y >= 0
     x, y = x[known].astype(np.float32), y[known].astype(np.int64)
+    texts = None if texts is None else [texts[i] for i in np.flatnonzero(known)]
     rows = _select_rows(x, y, len(classes), cfg)
+    if degraded is not None:
+        if degraded.x.shape[1:] != x.shape[1:]:
+            raise ValueError(f"DegradedRows.x has shape {degraded.x.shape}, the rows {x.shape}")
+        if (texts is None) != (degraded.texts is None):
+            raise ValueError("fit_head: texts and DegradedRows.texts must be given together")
+        pos = np.cumsum(known) - 1
+        keep = known[degraded.source]
+        source = pos[degraded.source[keep]]
+        rows = _with_degraded(rows, source, len(y))
+        x = np.concatenate([x, degraded.x[keep].astype(np.float32)])
+        y = np.concatenate([y, y[source]])
+        if texts is not None and degraded.texts is not None:
+            texts = texts + [t for t, k in zip(degraded.texts, keep, strict=True) if k]
     mu = x[rows.train].mean(axis=0)
     sigma = x[rows.train].std(axis=0) + 1e-6
     net, ema = _build_net(x.shape[1], len(classes), cfg)
@@ -272,7 +331,7 @@ def fit_head(x: np.ndarray, y: np.ndarray, classes: list[str], cfg: HeadTrainCon
     head = LinearHead(name=name, inputs=inputs, classes=tuple(classes), mean=mu, scale=sigma,
                       layers=tuple(weights), temperature=1.0)
     if len(rows.calibration):
-        head = _calibrate(head, x, y, rows, np.flatnonzero(known), texts, cfg)
+        head = _calibrate(head, x, y, rows, np.arange(len(y)), texts, cfg)
     return head
 
 
@@ -305,21 +364,29 @@ LEXICAL_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)  # 2.0 was the 
 
 
 def _fit_text_experts(head: LinearHead, logits: np.ndarray, named: np.ndarray, lexical: np.ndarray | None,
-                      y: np.ndarray) -> tuple[LinearHead, np.ndarray]:
-    """The weights of the mention and lexical experts (from small grids) and the temperature with the lowest
-    held-out negative log-likelihood; with the held-out logits those weights give (before the temperature)."""
+                      y: np.ndarray, known_words: np.ndarray | None = None, gates: tuple[float, ...] = (0.0,)
+                      ) -> tuple[LinearHead, np.ndarray]:
+    """The weights of the mention and lexical experts and the lexical expert's gate (from small grids; see
+    :class:`LinearHead`) and the temperature with the lowest held-out negative log-likelihood; with the held-out
+    logits those weights give (before the temperature). ``known_words``: per row, the title's words known to the
+    lexical expert (needed for a gate above 0)."""
     best = None
-    for w in MENTION_WEIGHTS:
-        for lw in (LEXICAL_WEIGHTS if lexical is not None else (0.0,)):
-            z = logits + w * named + (lw * lexical if lw else 0.0)
-            t = fit_temperature(z, y)
-            p = softmax(z / t)
-            nll = float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean())
-            if best is None or nll < best[0] - 1e-4:
-                best = (nll, w, lw, t, z)
-    log.info("head %s: mention weight %.1f, lexical weight %.2f, temperature %.2f (held-out NLL %.4f)", head.name,
-             best[1], best[2], best[3], best[0])
-    return head.with_temperature(best[3], mention_weight=best[1], lexical_weight=best[2]), best[4]
+    for gate in (gates if lexical is not None and known_words is not None else (0.0,)):
+        g = np.minimum(1.0, known_words / gate)[:, None] if gate > 0 else 1.0
+        for w in MENTION_WEIGHTS:
+            for lw in (LEXICAL_WEIGHTS if lexical is not None else (0.0,)):
+                if lw == 0 and gate > 0:
+                    continue
+                z = logits + w * named + (lw * g * lexical if lw else 0.0)
+                t = fit_temperature(z, y)
+                p = softmax(z / t)
+                nll = float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean())
+                if best is None or nll < best[0] - 1e-4:
+                    best = (nll, w, lw, t, z, gate)
+    log.info("head %s: mention weight %.1f, lexical weight %.2f (gate %.1f words), temperature %.2f "
+             "(held-out NLL %.4f)", head.name, best[1], best[2], best[5], best[3], best[0])
+    return head.with_temperature(best[3], mention_weight=best[1], lexical_weight=best[2],
+                                 lexical_min_words=best[5]), best[4]
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:

@@ -1,0 +1,151 @@
+"""Heads that do not trust a title which names nothing: degraded title copies, the lexical expert's gate."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from models.heads.bundle import HeadBundle, LinearHead, find_heads, load_heads, save_heads
+from models.heads.degrade import KINDS, brand_of, degrade, degrade_mixed, known_brands
+from models.heads.lexical import LexicalExpert
+from models.heads.train import DegradedRows, HeadTrainConfig, _Rows, _with_degraded, fit_head
+
+CLASSES = ["Shirt", "Shoe", "Watch"]
+BRANDS = ["Nike", "Puma", "Peter England", "Red Tape", "Fossil", "Lee"]
+TITLES = ["Nike Men Blue Shirt", "Peter England Men Grey Shirt", "Peter England Formal Shirt",
+          "Red Tape Women Brown Shoe", "Puma Unisex Cap", "Fossil Watch", "", "Lee"]
+
+
+def _text_tower(texts: list[str], d: int = 16) -> np.ndarray:
+    """A tiny bag-of-words text tower: the mean of a fixed random vector per word (zeros for no words)."""
+    out = np.zeros((len(texts), d), dtype=np.float32)
+    for i, t in enumerate(texts):
+        words = t.lower().split()
+        for w in words:
+            seed = int.from_bytes(hashlib.sha256(w.encode()).digest()[:4], "little")
+            out[i] += np.random.default_rng(seed).normal(size=d).astype(np.float32) / len(words)
+    return out
+
+
+def _catalog(n: int, seed: int):
+    """Titles "Brand Gender Colour Type" whose brand says nothing of the type; a photo that says it less
+    sharply than the title's type word."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, size=n)
+    titles = [f"{BRANDS[rng.integers(len(BRANDS))]} {rng.choice(['Men', 'Women'])} "
+              f"{rng.choice(['Blue', 'Black', 'Grey'])} {CLASSES[c]}" for c in y]
+    img = (np.eye(3, 8)[y] * 2.5 + rng.normal(size=(n, 8))).astype(np.float32)
+    return titles, img, y
+
+
+def test_brand_of_reads_the_words_before_the_gender_word_or_a_known_brand():
+    brands = known_brands(TITLES * 5)
+    assert brands[0] == "peter england" and "nike" in brands and "red tape" in brands
+    got = [brand_of(t, brands) for t in TITLES]
+    assert got == ["Nike", "Peter England", "Peter England", "Red Tape", "Puma", "Fossil", "", "Lee"]
+    assert known_brands(TITLES) == ()                  # a prefix seen in fewer than five titles is no known brand
+    assert brand_of("Tonino Lamborghini Feroce For Men Perfume") == "Tonino Lamborghini Feroce"
+
+
+def test_degraded_titles_follow_their_kind_and_seed():
+    titles = ["Puma Men Grey Solid Round Neck T-Shirt", "Nike Women Black Running Shoe", "Lee"]
+    half = degrade(titles, "half", seed=3)
+    for t, h in zip(titles, half, strict=True):
+        words, kept = t.split(), h.split()
+        assert 1 <= len(kept) <= len(words) and kept == [w for w in words if w in kept]   # in order, a subset
+    shuffled = degrade(titles, "shuffle", seed=3)
+    assert [sorted(s.split()) for s in shuffled] == [sorted(t.split()) for t in titles]
+    assert shuffled != titles
+    assert degrade(titles, "empty", seed=3) == ["", "", ""]
+    assert degrade(titles, "brand", seed=3) == ["Puma", "Nike", "Lee"]
+    assert degrade(titles, "half", seed=3) == half                                    # the seed fixes the draw
+    mixed, kinds = degrade_mixed(titles * 40, seed=1)
+    assert set(kinds) == set(range(len(KINDS))) and len(mixed) == 120
+    assert all(m == "" for m, k in zip(mixed, kinds, strict=True) if KINDS[k] == "empty")
+    with pytest.raises(ValueError, match="degradation kind must be one of"):
+        degrade(titles, "upper", seed=0)
+
+
+def test_half_degradation_differs_between_seeds():
+    titles = ["Puma Men Grey Solid Round Neck T-Shirt"] * 50
+    assert degrade(titles, "half", seed=17) != degrade(titles, "half", seed=2026)
+
+
+def test_degraded_copies_sit_on_their_source_side_of_the_calibration_split():
+    rows = _Rows(train_all=np.array([0, 1, 3]), train=np.array([0, 3]), calibration=np.array([2]),
+                 weight=np.array([1.0, 0.3], dtype=np.float32))
+    out = _with_degraded(rows, source=np.array([3, 2, 0, 1]), n=4)
+    assert out.train.tolist() == [0, 3, 4, 6]          # copies of rows 3 and 0 train
+    assert out.train_all.tolist() == [0, 1, 3, 4, 6, 7]
+    assert out.calibration.tolist() == [2, 5]          # the copy of calibration row 2 calibrates
+    assert out.weight.tolist() == pytest.approx([1.0, 0.3, 0.3, 1.0])
+    assert out.n_real == 4                              # rows from 4 on are copies
+
+
+def test_lexical_gate_silences_an_empty_title_and_shrinks_a_bare_brand():
+    titles, img, y = _catalog(300, seed=0)
+    lex = LexicalExpert.fit(titles, y, 3)
+    np.testing.assert_allclose(lex.known_words(["", "Nike", "Nike Men Blue Shoe", "zzz qqq"]), [0, 1, 4, 0])
+    layer = (np.zeros((8, 3), np.float32), np.zeros(3, np.float32))
+    head = LinearHead("category", "image", tuple(CLASSES), np.zeros(8, np.float32), np.ones(8, np.float32),
+                      (layer,), lexical=lex, lexical_weight=2.0)
+    gated = LinearHead("category", "image", tuple(CLASSES), np.zeros(8, np.float32), np.ones(8, np.float32),
+                       (layer,), lexical=lex, lexical_weight=2.0, lexical_min_words=4.0)
+    x = np.zeros((3, 8), np.float32)
+    texts = ["", "Nike", "Nike Men Blue Shoe"]
+    full, part = head.combined_logits(x, texts), gated.combined_logits(x, texts)
+    np.testing.assert_allclose(part[0], 0.0, atol=1e-6)                        # no known word: no say
+    np.testing.assert_allclose(part[1], full[1] / 4, rtol=1e-5)                # one of four words
+    np.testing.assert_allclose(part[2], full[2], rtol=1e-5)                    # a full title: unchanged
+
+
+def _heads(seed: int = 0):
+    titles, img, y = _catalog(1500, seed)
+    x = np.concatenate([_text_tower(titles), img], axis=1)
+    cfg = HeadTrainConfig(epochs=12, hidden=32, calibration_fraction=0.2, lexical_gates=(0.0, 2.0, 4.0))
+    kw = {"name": "category", "inputs": "text+image", "text_slice": slice(0, 16), "image_slice": slice(16, 24),
+          "texts": titles}
+    old = fit_head(x, y, CLASSES, cfg, **kw)
+    deg, _ = degrade_mixed(titles, seed=17, brands=known_brands(titles))
+    new = fit_head(x, y, CLASSES, cfg, degraded=DegradedRows(np.concatenate([_text_tower(deg), img], axis=1),
+                                                            np.arange(len(y)), deg), **kw)
+    return old, new
+
+
+def test_head_trained_beside_degraded_titles_reads_the_photo_when_the_title_names_nothing(tmp_path):
+    old, new = _heads()
+    titles, img, y = _catalog(600, seed=9)
+    brands = known_brands(titles)
+
+    def acc(head, kind):
+        t = titles if kind == "full" else degrade(titles, kind, seed=2026, brands=brands)
+        return float((head.predict(_text_tower(t), img, t).argmax(axis=1) == y).mean())
+
+    for kind in ("brand", "empty"):   # the photo alone gets about 0.9 of them right
+        assert acc(new, kind) > 0.6 and acc(new, kind) > acc(old, kind) + 0.2, kind
+    assert acc(new, "full") >= acc(old, "full") - 0.01 and acc(new, "full") > 0.97
+    save_heads(tmp_path, "heads-test", HeadBundle("enc-v1", new), training_data="synthetic", metrics={})
+    loaded = load_heads(find_heads(tmp_path, "enc-v1")).category
+    assert loaded.lexical_min_words == new.lexical_min_words
+    t = degrade(titles[:20], "brand", seed=0, brands=brands)
+    np.testing.assert_allclose(loaded.predict(_text_tower(t), img[:20], t), new.predict(_text_tower(t), img[:20], t),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_a_bundle_saved_before_the_gate_loads_without_one():
+    head = LinearHead("colour", "text", ("Red", "Blue"), np.zeros(4, np.float32), np.ones(4, np.float32),
+                      ((np.ones((4, 2), np.float32), np.zeros(2, np.float32)),))
+    desc = {k: v for k, v in head.describe().items() if k != "lexical_min_words"}   # the shipped bundle's form
+    loaded = LinearHead.from_parts("colour", desc, head.tensors())
+    assert loaded.lexical_min_words == 0.0 and loaded.classes == ("Red", "Blue")
+
+
+def test_degraded_rows_must_match_the_rows():
+    x, y = np.zeros((4, 3), np.float32), np.array([0, 1, 0, 1])
+    with pytest.raises(ValueError, match="expected one each"):
+        DegradedRows(x, np.arange(3))
+    with pytest.raises(ValueError, match="DegradedRows.x has shape"):
+        fit_head(x, y, ["a", "b"], HeadTrainConfig(epochs=1), name="t", inputs="text",
+                 degraded=DegradedRows(np.zeros((4, 5), np.float32), np.arange(4)))
