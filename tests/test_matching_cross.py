@@ -153,3 +153,37 @@ def test_match_stage_scores_with_the_cross_encoder(spark, lake, random_cross):
     np.testing.assert_allclose(m["score"].to_numpy(), model.score(a, b), atol=1e-4)
     manifest = json.loads((random_cross / "manifest.json").read_text())
     assert manifest["train_config"]["bottom_layers"] == 4
+
+
+def test_calibration_weighs_the_exact_evidence_beside_the_logit():
+    import pandas as pd
+
+    from models.matching.cross import CrossEncoder
+
+    model = CrossEncoder(None, None, None, max_length=8, calibration=(1.0, 0.0), threshold=0.5,
+                         feature_weights={"model_conflict": -3.0})
+    p = model.probability(np.array([2.0, 2.0]), pd.DataFrame({"model_conflict": [0.0, 1.0]}))
+    np.testing.assert_allclose(p, 1 / (1 + np.exp(-np.array([2.0, -1.0]))))
+    with pytest.raises(ValueError, match="pass them"):
+        model.probability(np.array([1.0]))
+    with pytest.raises(ValueError, match="unknown features"):
+        CrossEncoder(None, None, None, max_length=8, calibration=(1.0, 0.0), threshold=0.5,
+                     feature_weights={"text_cosine": 1.0})
+
+
+def test_shipped_cross_encoder_tells_rewordings_from_near_identical_products():
+    from models.matching.features import pair_features, prepare
+
+    same = [({"title": "Logitech M515 Couch Mouse for PC or Mac", "brand": "Logitech", "price": 39.99},
+             {"title": "Logitech Couch Mouse M515 - PC/Mac, wireless", "price": 41.5}),
+            ({"title": "Kestrel Unisex Black Watch KE-8301", "brand": "Kestrel", "price": 142.45},
+             {"title": "Watch Kestrel Black KE8301 Unisex", "brand": "KESTREL", "price": 140.49})]
+    different = [({"title": "Sony Bravia KDL-40EX500 40-inch LCD HDTV", "brand": "Sony", "price": 899},
+                  {"title": 'Sony KDL-46EX500 46" Bravia LCD HDTV', "brand": "Sony", "price": 1199}),
+                 ({"title": "Canon PG-245 black ink cartridge", "brand": "Canon"},
+                  {"title": "Canon CL-246 colour ink cartridge", "brand": "Canon"})]
+    pairs = same + different
+    model = load_cross()
+    feats = pair_features([prepare(x) for x, _ in pairs], [prepare(y) for _, y in pairs], np.zeros(len(pairs)))
+    p = model.score([serialize(x) for x, _ in pairs], [serialize(y) for _, y in pairs], feats)
+    assert (p[:2] >= model.threshold).all() and (p[2:] < model.threshold).all(), p

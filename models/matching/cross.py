@@ -9,8 +9,10 @@ packaged MiniLM instead of RoBERTa).
 The network is :mod:`models.attributes.tagger`'s split: the packaged tower's embeddings and lower
 ``bottom_layers`` layers, frozen and never stored, then trained copies of its upper layers and a linear head on
 the ``[CLS]`` and mean-pooled states. Only the top is stored (fp16 safetensors, about 11 MB). A logistic map
-``sigmoid(a * logit + b)``, fitted on a calibration slice of train, turns logits into probabilities, and the
-decision threshold comes from that slice too.
+``sigmoid(a * logit + b + sum of w_f * feature_f)``, fitted on a calibration slice of train, turns logits into
+probabilities; the features are the exact-evidence columns of :mod:`models.matching.features` (model numbers
+shared or in conflict, numbers, brand, price, overlaps), which the network reads only as word pieces: two colour
+variants one model-code letter apart read alike to it. The decision threshold comes from that slice too.
 
 A listing is serialised as ``title: ... ; brand: ... ; price: ...`` (the fields a catalog row has; numbers and
 model codes as written, lower-cased by the tokenizer).
@@ -30,8 +32,14 @@ import numpy as np
 from models import store as model_store
 from models.matching.text import parse_price
 
-__all__ = ["DEFAULT_CROSS_STORE", "MODEL_KIND", "CrossEncoder", "cross_info", "cross_version", "load_cross",
-           "resolve_cross", "serialize"]
+# The pair features (models.matching.features.FEATURES) the calibration may weigh beside the logit: exact evidence
+# only, no embedding cosine, so the calibration does not depend on the encoder.
+STACK_FEATURES = ("token_jaccard", "token_overlap", "char3_jaccard", "length_ratio", "model_both", "model_shared",
+                  "model_conflict", "number_both", "number_jaccard", "brand_known", "brand_agree", "price_known",
+                  "price_similarity")
+
+__all__ = ["DEFAULT_CROSS_STORE", "MODEL_KIND", "STACK_FEATURES", "CrossEncoder", "cross_info", "cross_version",
+           "load_cross", "resolve_cross", "serialize"]
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +110,14 @@ class CrossEncoder:
     """A loaded cross-encoder: :meth:`score` maps pairs of serialised listings to calibrated probabilities."""
 
     def __init__(self, tokenizer: Any, bottom: Any, top: Any, *, max_length: int, calibration: tuple[float, float],
-                 threshold: float, version: str = "unsaved", device: str = "cpu", batch_size: int = 64):
+                 threshold: float, version: str = "unsaved", device: str = "cpu", batch_size: int = 64,
+                 feature_weights: Mapping[str, float] | None = None):
         self.tokenizer, self.bottom, self.top = tokenizer, bottom, top
         self.max_length, self.calibration, self.threshold = int(max_length), calibration, float(threshold)
+        unknown = sorted(set(feature_weights or {}) - set(STACK_FEATURES))
+        if unknown:
+            raise ValueError(f"cross-encoder calibration weighs unknown features {unknown}")
+        self.feature_weights = dict(feature_weights or {})
         self.version, self.device, self.batch_size = version, device, int(batch_size)
 
     def encode(self, a: Sequence[str], b: Sequence[str]) -> dict[str, list[list[int]]]:
@@ -130,12 +143,20 @@ class CrossEncoder:
                 out[idx] = self.top(self.bottom(x, t, m), m).float().cpu().numpy()
         return out
 
-    def probability(self, logits: np.ndarray) -> np.ndarray:
+    def probability(self, logits: np.ndarray, features: Any = None) -> np.ndarray:
+        """Calibrated probabilities; ``features`` (a frame with the :data:`STACK_FEATURES` columns, one row per
+        logit) is needed when the calibration weighs features."""
         a, b = self.calibration
-        return 1.0 / (1.0 + np.exp(-(a * np.asarray(logits, np.float64) + b)))
+        z = a * np.asarray(logits, np.float64) + b
+        if self.feature_weights:
+            if features is None:
+                raise ValueError(f"cross-encoder {self.version} weighs pair features: pass them with the logits")
+            for name, w in self.feature_weights.items():
+                z = z + w * np.asarray(features[name], np.float64)
+        return 1.0 / (1.0 + np.exp(-z))
 
-    def score(self, a: Sequence[str], b: Sequence[str]) -> np.ndarray:
-        return self.probability(self.logits(a, b))
+    def score(self, a: Sequence[str], b: Sequence[str], features: Any = None) -> np.ndarray:
+        return self.probability(self.logits(a, b), features)
 
     def is_match(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) >= self.threshold
@@ -221,4 +242,5 @@ def load_cross(ref: str | None = "default", store: str | Path | None = None, dev
     cal = pre["calibration"]
     return CrossEncoder(tokenizer, bottom.to(dev), top.to(dev), max_length=int(pre["max_length"]),
                         calibration=(float(cal["a"]), float(cal["b"])), threshold=float(pre["threshold"]),
+                        feature_weights={k: float(v) for k, v in cal.get("features", {}).items()},
                         version=f"store:{manifest['version']}", device=dev)

@@ -32,7 +32,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.matching.cross import DEFAULT_CROSS_STORE, MODEL_KIND, CrossEncoder, pad, serialize, split_cross
+from models.matching.cross import (
+    DEFAULT_CROSS_STORE,
+    MODEL_KIND,
+    STACK_FEATURES,
+    CrossEncoder,
+    pad,
+    serialize,
+    split_cross,
+)
 from models.matching.data import BENCHMARKS, load_offers, load_pairs
 from models.matching.train import best_threshold, prf
 
@@ -99,8 +107,9 @@ def load_training_pairs(data: str | Path, cfg: CrossTrainConfig) -> tuple[pd.Dat
 
     def frame(parts: list[pd.DataFrame]) -> pd.DataFrame:
         df = pd.concat(parts, ignore_index=True)
-        return pd.DataFrame({"dataset": df["dataset"], "a": _side(df, "left"), "b": _side(df, "right"),
-                             "label": df["label"].astype(int)})
+        raw = df[[f"{s}_{f}" for s in ("left", "right") for f in ("title", "brand", "price", "currency")]]
+        return pd.concat([pd.DataFrame({"dataset": df["dataset"], "a": _side(df, "left"), "b": _side(df, "right"),
+                                        "label": df["label"].astype(int)}), raw], axis=1)
 
     tr, va = frame(train), frame(valid)
     tr = tr.drop_duplicates(["a", "b"]).reset_index(drop=True)
@@ -242,23 +251,33 @@ def train(data: str | Path, work: Path, cfg: CrossTrainConfig) -> tuple[CrossEnc
     tokenizer, bert = load_tower(text_tower_path())
     bottom, top = split_cross(bert, cfg.bottom_layers)
     t0 = time.perf_counter()
-    hidden = _cache(bottom, tokenizer, list(fit["a"]) + list(fit["b"]), list(fit["b"]) + list(fit["a"]),
-                    cfg.max_length)
-    labels = np.concatenate([fit["label"].to_numpy(), fit["label"].to_numpy()]).astype(np.float32)
-    cache_s = time.perf_counter() - t0
-    log.info("cached the bottom of %d pair orders in %.0f s", len(hidden), cache_s)
-
-    losses, train_s = _train_top(top, hidden, labels, work, cfg)
+    done = _finished(work, cfg)
+    if done is not None:   # every epoch is in the checkpoint: recalibrate and evaluate only
+        top.load_state_dict(done["top"])
+        losses, train_s, cache_s = list(done["losses"]), 0.0, 0.0
+        log.info("%s holds all %d epochs: calibration and evaluation only", work / "checkpoint.pt", cfg.epochs)
+    else:
+        hidden = _cache(bottom, tokenizer, list(fit["a"]) + list(fit["b"]), list(fit["b"]) + list(fit["a"]),
+                        cfg.max_length)
+        labels = np.concatenate([fit["label"].to_numpy(), fit["label"].to_numpy()]).astype(np.float32)
+        cache_s = time.perf_counter() - t0
+        log.info("cached the bottom of %d pair orders in %.0f s", len(hidden), cache_s)
+        losses, train_s = _train_top(top, hidden, labels, work, cfg)
+        del hidden
 
     cal_logits = _logits(top, _cache(bottom, tokenizer, cal["a"], cal["b"], cfg.max_length))
-    calibration = _fit_platt(cal_logits, cal["label"].to_numpy())
-    model = CrossEncoder(tokenizer, bottom, top, max_length=cfg.max_length, calibration=calibration, threshold=0.5)
-    cal_p = model.probability(cal_logits)
+    cal_feats = _features(cal)
+    calibration, weights = _fit_calibration(cal_logits, cal_feats, cal["label"].to_numpy())
+    model = CrossEncoder(tokenizer, bottom, top, max_length=cfg.max_length, calibration=calibration, threshold=0.5,
+                         feature_weights=weights)
+    cal_p = model.probability(cal_logits, cal_feats)
     model.threshold, cal_f1 = best_threshold(cal["label"].to_numpy(), cal_p)
-    valid_p = model.probability(_logits(top, _cache(bottom, tokenizer, va["a"], va["b"], cfg.max_length)))
+    valid_p = model.probability(_logits(top, _cache(bottom, tokenizer, va["a"], va["b"], cfg.max_length)),
+                                _features(va))
     metrics = evaluate_valid(va, valid_p, model.threshold)
     metrics["calibration"] = {"pairs": len(cal), "matches": int(cal["label"].sum()), "f1": round(cal_f1, 4),
-                              "threshold": round(model.threshold, 4), "a": calibration[0], "b": calibration[1]}
+                              "threshold": round(model.threshold, 4), "a": calibration[0], "b": calibration[1],
+                              "features": weights}
     facts = {"train_pairs": len(fit), "train_matches": int(fit["label"].sum()),
              "by_dataset": {k: int(v) for k, v in fit["dataset"].value_counts().items()},
              "cache_seconds": round(cache_s, 1), "train_seconds": round(train_s, 1), "losses": losses,
@@ -266,14 +285,40 @@ def train(data: str | Path, work: Path, cfg: CrossTrainConfig) -> tuple[CrossEnc
     return model, {"metrics": metrics, "facts": facts}
 
 
-def _fit_platt(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+def _finished(work: Path, cfg: CrossTrainConfig) -> dict[str, Any] | None:
+    import torch
+
+    ckpt = work / "checkpoint.pt"
+    if not ckpt.is_file():
+        return None
+    state = torch.load(ckpt, weights_only=True)
+    return state if int(state["epoch"]) >= cfg.epochs else None
+
+
+def _features(pairs: pd.DataFrame) -> pd.DataFrame:
+    """The :data:`STACK_FEATURES` of the pairs (no embedding cosine: it is not among them)."""
+    from models.matching.features import pair_features, prepare
+
+    def side(s: str) -> list:
+        cols = [f"{s}_{f}" for f in ("title", "brand", "price", "currency")]
+        return [prepare({"title": t, "brand": b, "price": p, "currency": c})
+                for t, b, p, c in pairs[cols].itertuples(index=False)]
+
+    return pair_features(side("left"), side("right"), np.zeros(len(pairs)))[list(STACK_FEATURES)]
+
+
+def _fit_calibration(logits: np.ndarray, feats: pd.DataFrame, labels: np.ndarray
+                     ) -> tuple[tuple[float, float], dict[str, float]]:
+    """Logistic regression of the label on the logit and the exact-evidence features: ((a, b), weights)."""
     from sklearn.linear_model import LogisticRegression
 
     if len(np.unique(labels)) < 2:
         log.warning("the calibration slice holds one class only (%d pairs): logits are taken as they are", len(labels))
-        return 1.0, 0.0
-    lr = LogisticRegression(C=1e4).fit(np.asarray(logits, np.float64)[:, None], labels.astype(int))
-    return float(lr.coef_[0, 0]), float(lr.intercept_[0])
+        return (1.0, 0.0), {}
+    x = np.column_stack([np.asarray(logits, np.float64), feats.to_numpy(np.float64)])
+    lr = LogisticRegression(C=1.0, max_iter=2000).fit(x, labels.astype(int))
+    weights = {name: round(float(w), 6) for name, w in zip(feats.columns, lr.coef_[0, 1:], strict=True)}
+    return (float(lr.coef_[0, 0]), float(lr.intercept_[0])), weights
 
 
 def evaluate_valid(valid: pd.DataFrame, scores: np.ndarray, threshold: float) -> dict[str, Any]:
@@ -299,7 +344,8 @@ def save_cross(model: CrossEncoder, store: Path, cfg: CrossTrainConfig, result: 
                  "text_tower_sha256": sha256_file(Path(text_tower_path()) / "model.safetensors"),
                  "bottom_layers": cfg.bottom_layers, "weights_dtype": "float16"}
     pre = {"max_length": cfg.max_length, "threshold": model.threshold,
-           "calibration": {"kind": "logistic", "a": model.calibration[0], "b": model.calibration[1]},
+           "calibration": {"kind": "logistic", "a": model.calibration[0], "b": model.calibration[1],
+                           "features": model.feature_weights},
            "input": "[CLS] serialize(left) [SEP] serialize(right) [SEP], longest segment truncated first"}
     state = {k: v.detach().cpu().half().contiguous() for k, v in model.top.state_dict().items()}
     return save_version(store, name, model_cfg, pre, state, training_data=training_data, metrics=result["metrics"],
@@ -324,8 +370,9 @@ Trained on {f['train_pairs']:,} pairs ({f['train_matches']:,} matches), each in 
 Abt-Buy, Amazon-Google, Walmart-Amazon (DeepMatcher, lower-cased) and WDC Products train_medium, plus the WDC train
 offers' {cfg.mined_neighbours} nearest TF-IDF neighbours labelled by cluster. {cfg.epochs} epochs, AdamW
 (lr {cfg.lr}, head {cfg.head_lr}), batch {cfg.batch_size}, {f['train_seconds']:.0f} s on CPU.
-Calibration (logistic, a={c['a']:.3f}, b={c['b']:.3f}) and threshold {c['threshold']} fitted on a held-out
-calibration slice of train ({c['pairs']} pairs, F1 {c['f1']}), never on valid.
+Calibration (logistic on the logit, a={c['a']:.3f}, b={c['b']:.3f}, beside the exact-evidence pair features:
+{', '.join(f'{k} {v:+.2f}' for k, v in c.get('features', {}).items()) or 'none'}) and threshold {c['threshold']}
+fitted on a held-out calibration slice of train ({c['pairs']} pairs, F1 {c['f1']}), never on valid.
 
 ## Valid splits (percent)
 

@@ -61,7 +61,8 @@ def tfidf_baseline(train: pd.DataFrame, valid: pd.DataFrame) -> dict[str, float]
     return {**out, "threshold": base.threshold}
 
 
-def two_stage(features: np.ndarray, pairs: pd.DataFrame, cross: Any, prefilter: float) -> np.ndarray:
+def two_stage(features: np.ndarray, pairs: pd.DataFrame, cross: Any, prefilter: float,
+              feats: pd.DataFrame | None = None) -> np.ndarray:
     """The job's score of labelled pairs: the cross-encoder's probability where the feature score reaches
     ``prefilter``, the feature score elsewhere (:func:`udfs.matching.make_score_fn`)."""
     from models.matching.cross import serialize
@@ -72,7 +73,7 @@ def two_stage(features: np.ndarray, pairs: pd.DataFrame, cross: Any, prefilter: 
         sub = pairs.iloc[read]
         side = {s: [serialize({"title": t, "brand": b, "price": p}) for t, b, p in
                     sub[[f"{s}_title", f"{s}_brand", f"{s}_price"]].itertuples(index=False)] for s in ("left", "right")}
-        out[read] = cross.score(side["left"], side["right"])
+        out[read] = cross.score(side["left"], side["right"], None if feats is None else feats.iloc[read])
     return out
 
 
@@ -81,8 +82,9 @@ def _pair_scores(data: str, scorer: PairScorer, vectors: TitleVectors, cross: An
     rows, pooled_y, pooled_s = {}, [], []
     for b in BENCHMARKS.values():
         train, valid = load_pairs(data, b.name, b.splits[0]), load_pairs(data, b.name, b.splits[1])
-        f = scorer.score(featurize(valid, vectors))
-        s = f if cross is None else two_stage(f, valid, cross, prefilter)
+        feats = featurize(valid, vectors)
+        f = scorer.score(feats)
+        s = f if cross is None else two_stage(f, valid, cross, prefilter, feats)
         y = valid["label"].to_numpy()
         pooled_y.append(y)
         pooled_s.append(s)
@@ -139,8 +141,9 @@ def score_candidates(recs: pd.DataFrame, cand: pd.DataFrame, scorer: PairScorer,
     pairs["dataset"], pairs["label"] = "catalog", 0
     if not len(pairs):
         return np.zeros(0)
-    f = scorer.score(featurize(pairs, vectors))
-    return f if cross is None else two_stage(f, pairs, cross, prefilter)
+    feats = featurize(pairs, vectors)
+    f = scorer.score(feats)
+    return f if cross is None else two_stage(f, pairs, cross, prefilter, feats)
 
 
 def _wdc_clusters(data: str, scorer: PairScorer, vectors: TitleVectors, bcfg: BlockingConfig,
