@@ -187,3 +187,15 @@ def test_shipped_cross_encoder_tells_rewordings_from_near_identical_products():
     feats = pair_features([prepare(x) for x, _ in pairs], [prepare(y) for _, y in pairs], np.zeros(len(pairs)))
     p = model.score([serialize(x) for x, _ in pairs], [serialize(y) for _, y in pairs], feats)
     assert (p[:2] >= model.threshold).all() and (p[2:] < model.threshold).all(), p
+
+
+def test_a_model_number_conflict_needs_the_strict_score():
+    import pandas as pd
+
+    from models.matching.cross import CrossEncoder
+
+    model = CrossEncoder(None, None, None, max_length=8, calibration=(1.0, 0.0), threshold=0.5)
+    scores = np.array([0.6, 0.6, 0.95, 0.4])
+    feats = pd.DataFrame({"model_conflict": [0.0, 1.0, 1.0, 0.0]})
+    assert model.is_match(scores, feats).tolist() == [True, False, True, False]
+    assert model.is_match(scores).tolist() == [True, True, True, False]

@@ -236,7 +236,7 @@ def make_score_fn(scorer_version: str, scorer_json: str, keep_all: bool = False,
                     sub = pdf.iloc[read]
                     s[read] = model.score(_serialised(sub, "a"), _serialised(sub, "b"), f.iloc[read])
                 matched = np.zeros(len(s), bool)
-                matched[read] = model.is_match(s[read])
+                matched[read] = model.is_match(s[read], f.iloc[read])
             keep = np.ones(len(s), bool) if keep_all else matched
             if not keep.any():
                 continue

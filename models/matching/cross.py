@@ -158,8 +158,19 @@ class CrossEncoder:
     def score(self, a: Sequence[str], b: Sequence[str], features: Any = None) -> np.ndarray:
         return self.probability(self.logits(a, b), features)
 
-    def is_match(self, scores: np.ndarray) -> np.ndarray:
-        return np.asarray(scores) >= self.threshold
+    # A pair whose listings both carry model numbers and share none is a match only at this score or above: two
+    # listings one model code apart (TU-2204 / TU-9990) read alike to the network. Chosen with the clustering
+    # settings on the dev parts of the whole catalogs (jobs.catalog_eval; EVALUATION.md).
+    conflict_floor: float = 0.9
+
+    def is_match(self, scores: np.ndarray, features: Any = None) -> np.ndarray:
+        """Scores at or above the threshold; with ``features``, a model-number conflict needs
+        :attr:`conflict_floor`."""
+        ok = np.asarray(scores) >= self.threshold
+        if features is not None:
+            conflict = np.asarray(features["model_conflict"], np.float64) > 0
+            ok &= ~conflict | (np.asarray(scores) >= self.conflict_floor)
+        return ok
 
 
 def pad(ids: Sequence[Sequence[int]], types: Sequence[Sequence[int]], device: str = "cpu") -> tuple[Any, Any, Any]:

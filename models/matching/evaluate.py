@@ -88,7 +88,7 @@ def _pair_scores(data: str, scorer: PairScorer, vectors: TitleVectors, cross: An
         y = valid["label"].to_numpy()
         pooled_y.append(y)
         pooled_s.append(s)
-        match = scorer.is_match(s) if cross is None else (f >= prefilter) & cross.is_match(s)
+        match = scorer.is_match(s) if cross is None else (f >= prefilter) & cross.is_match(s, feats)
         rows[b.name] = {"split": b.splits[1], "pairs": len(valid), "matches": int(y.sum()),
                         "ours": prf(y, match), "best_threshold_f1": best_threshold(y, s)[1],
                         "features_only": prf(y, scorer.is_match(f)),
@@ -126,10 +126,7 @@ def _blocking(data: str, vectors: TitleVectors, cfg: BlockingConfig) -> dict[str
     return out
 
 
-def score_candidates(recs: pd.DataFrame, cand: pd.DataFrame, scorer: PairScorer, vectors: TitleVectors,
-                     cross: Any = None, prefilter: float = 0.02) -> np.ndarray:
-    """Scores of candidate pairs ``cand[a], cand[b]`` over records indexed by ``id`` (the job's two-stage score
-    with ``cross``)."""
+def _candidate_pairs_frame(recs: pd.DataFrame, cand: pd.DataFrame) -> pd.DataFrame:
     r = recs.set_index("id")
     cols: dict[str, Any] = {}
     for side, col in (("left", "a"), ("right", "b")):
@@ -139,6 +136,18 @@ def score_candidates(recs: pd.DataFrame, cand: pd.DataFrame, scorer: PairScorer,
             cols[f"{side}_{f}"] = sub[f].to_numpy()
     pairs = pd.DataFrame(cols)
     pairs["dataset"], pairs["label"] = "catalog", 0
+    return pairs
+
+
+def _features(recs: pd.DataFrame, cand: pd.DataFrame, vectors: TitleVectors) -> pd.DataFrame:
+    return featurize(_candidate_pairs_frame(recs, cand), vectors)
+
+
+def score_candidates(recs: pd.DataFrame, cand: pd.DataFrame, scorer: PairScorer, vectors: TitleVectors,
+                     cross: Any = None, prefilter: float = 0.02) -> np.ndarray:
+    """Scores of candidate pairs ``cand[a], cand[b]`` over records indexed by ``id`` (the job's two-stage score
+    with ``cross``)."""
+    pairs = _candidate_pairs_frame(recs, cand)
     if not len(pairs):
         return np.zeros(0)
     feats = featurize(pairs, vectors)
@@ -153,7 +162,7 @@ def _wdc_clusters(data: str, scorer: PairScorer, vectors: TitleVectors, bcfg: Bl
     truth = dict(zip(offers["id"], offers["cluster"], strict=True))
     cand = candidate_pairs(offers["id"], vectors.matrix(offers["title"]), offers["title"].fillna("").tolist(), bcfg)
     scores = score_candidates(offers, cand, scorer, vectors, cross)
-    keep = scorer.is_match(scores) if cross is None else cross.is_match(scores)
+    keep = scorer.is_match(scores) if cross is None else cross.is_match(scores, _features(offers, cand, vectors))
     ours = cluster(offers["id"], cand["a"][keep].tolist(), cand["b"][keep].tolist(), scores[keep], ccfg)
     base = TfidfBaseline(load_pairs(data, "wdc_products", BENCHMARKS["wdc_products"].splits[0]))
     titles = offers.set_index("id")["title"]
