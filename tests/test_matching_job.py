@@ -127,7 +127,8 @@ def test_giant_components_are_cut_and_reported(spark, lake):
     write_embeddings(spark, lake, df, "e1")
     cfg = MatchConfig(clusters=ClusterConfig(max_size=2, strict_thresholds=(0.999999,)))
     stats = run(spark, lake, df, "m1", cfg)
-    assert stats["cells"] == 1 and stats["largest_cell"] == len(df) and stats["searched_cells"] == 1
+    # One embedding cell and one lexical cell (the two blocking passes), each searched once.
+    assert stats["cells"] == 2 and stats["largest_cell"] == len(df) and stats["searched_cells"] == 2
     n_big = int((df.groupby("group").size() > 2).sum())
     assert n_big > 0 and stats["oversized_components"] == n_big
     clusters = read(lake, PRODUCT_CLUSTERS)

@@ -123,5 +123,6 @@ def test_the_driver_check_covers_every_shipped_model_and_is_cheap():
     checked = verify_run_models(enrich.parse_args([]))
     elapsed = time.perf_counter() - t
     assert {k: Path(v).parent.name for k, v in checked.items()} == {
-        "encoder": "store", "head bundle": "heads", "attribute extractor": "attributes", "pair scorer": "scorers"}
+        "encoder": "store", "head bundle": "heads", "attribute extractor": "attributes", "pair scorer": "scorers",
+        "pair cross-encoder": "cross"}
     assert elapsed < 5   # about 0.2 s here
