@@ -1,7 +1,8 @@
 """The one place a SparkSession is built.
 
-Local runs get ``local[*]`` and settings sized for one machine; under ``spark-submit`` the cluster's
-settings win: a default below is applied only where the submitter left the key unset.
+Local runs get ``local[*,4]`` (every core; a failed task is tried up to 4 times, as a cluster does) and
+settings sized for one machine; under ``spark-submit`` the cluster's settings win: a default below is applied
+only where the submitter left the key unset.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ LOCAL_DEFAULTS: dict[str, str] = {
 # 94 s (bench/enrich_e2e.py). The JVM moves rows here; the models do the heavy work in Python. A spark-submit
 # driver JVM is started before this code runs: pass them there as --driver-java-options.
 FEW_CORES = 4
+# Plain ``local[*]`` never retries a task: one Python worker lost to a transient fault (killed under memory
+# pressure on a busy machine) failed a whole run that a cluster, with its 4 attempts per task, would finish.
+LOCAL_MASTER = "local[*,4]"
 FEW_CORES_DEFAULTS: dict[str, str] = {
     "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
 }
@@ -101,7 +105,7 @@ def build_session(app_name: str = "catalog-enrich", conf: dict[str, str] | None 
     wanted.update(conf or {})
     builder = SparkSession.builder.appName(app_name)
     if not submitted:
-        builder = builder.master(os.environ.get("SPARK_MASTER", "local[*]"))
+        builder = builder.master(os.environ.get("SPARK_MASTER", LOCAL_MASTER))
     for key, value in wanted.items():
         if not existing.contains(key):
             builder = builder.config(key, value)
