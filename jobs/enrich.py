@@ -68,6 +68,7 @@ class EnrichConfig:
     encoder_loader: str = "models.encoders:load_encoder"
     heads: HeadsConfig = field(default_factory=HeadsConfig)
     attributes: str = "auto"               # open attribute extractor: auto, none, or a reference
+    attribute_schema: str | None = None    # a user's per-category attribute schema (JSON) for the extractor
     matching: str = "auto"                 # pair scorer for duplicate matching: auto, none, or a reference
     pair_model: str = "auto"               # cross-encoder over the scorer's likely pairs: auto, none, or a reference
     rehash_images: bool = False            # read and hash every image, ignoring the lake's image stat cache
@@ -125,6 +126,10 @@ def parse_args(argv: list[str] | None = None) -> EnrichConfig:
     p.add_argument("--attributes", default="auto",
                    help="open attribute extractor: auto (the store's current one, skipped when the store has "
                         "none), none, store:VERSION or a version folder")
+    p.add_argument("--attribute-schema", default=None,
+                   help="JSON file {\"categories\": {seller category: {attribute: question text}}} naming the "
+                        "attributes to ask per category (\"*\": any other category); default: the schema the "
+                        "extractor learnt from its train data")
     p.add_argument("--matching", default="auto",
                    help="duplicate matching's pair scorer: auto (the store's current one, skipped when the store "
                         "has none), none, a scorer version folder or a scorer store")
@@ -146,7 +151,8 @@ def parse_args(argv: list[str] | None = None) -> EnrichConfig:
         decode_threads=a.decode_threads, encoder_loader=a.encoder_loader,
         heads=HeadsConfig(heads=a.heads, categories=a.categories, taxonomy=a.taxonomy,
                           taxonomy_language=a.taxonomy_language, adult_terms=a.adult_terms, top_k=a.top_k),
-        attributes=a.attributes, matching=a.matching, pair_model=a.pair_model, rehash_images=a.rehash_images)
+        attributes=a.attributes, attribute_schema=a.attribute_schema, matching=a.matching, pair_model=a.pair_model,
+        rehash_images=a.rehash_images)
 
 
 def describe_model(cfg: EnrichConfig) -> tuple[str, str]:
@@ -292,6 +298,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
     started, t_start = dt.datetime.now(dt.timezone.utc), time.perf_counter()
     version, description = describe_model(cfg)
     extractor = resolve_extractor(cfg.attributes)   # a bad reference fails here, before any work
+    schema_json = _attribute_schema(cfg.attribute_schema)   # and so does a bad schema file
     scorer = resolve_matching(cfg.matching)
     cross = resolve_pair_model(cfg.pair_model) if scorer is not None else None
     lake = Lake(spark, cfg.lake)
@@ -315,7 +322,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
     checkpoint("embedded")
     scored, head_frames = _score_heads(ctx, e, n_todo, now)
     checkpoint("heads_scored")
-    opened = _extract_attributes(ctx, extractor, scored, n_todo - e.n_failed, head_frames, now)
+    opened = _extract_attributes(ctx, extractor, scored, n_todo - e.n_failed, head_frames, now, schema_json)
     heads_note = e.heads_note + f"; open attributes: {extractor[1] if extractor else 'none'}"
     emb, qua = _commit_tables(ctx, v, e, scored, head_frames, n_todo, now)
     if opened is not None:
@@ -448,7 +455,33 @@ def _score_heads(ctx: RunContext, e: _Embedded, n_todo: int, now: dt.datetime):
     return scored, head_frames
 
 
-def _extract_attributes(ctx: RunContext, extractor, scored, n_scored: int, head_frames: dict, now: dt.datetime):
+def _one_row_per_value(rows):
+    """One row per (product, attribute, value), the table's key: where a closed head and the open extractor give
+    the same value (both name it ``colour`` now), the more confident row stays."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    w = Window.partitionBy("product_id", "attribute", "value").orderBy(F.col("confidence").desc_nulls_last(),
+                                                                         F.col("method"))
+    return rows.withColumn("_r", F.row_number().over(w)).where("_r = 1").drop("_r")
+
+
+def _attribute_schema(path: str | None) -> str | None:
+    """A user's attribute schema file, read and checked on the driver; its JSON text goes to the workers."""
+    if not path:
+        return None
+    from models.attributes.qa import AttributeSchema
+    from models.refs import ModelRefError
+
+    try:
+        schema = AttributeSchema.load(path)
+    except ValueError as e:
+        raise ModelRefError(f"--attribute-schema: {e}") from None
+    return json.dumps(schema.to_json(), sort_keys=True)
+
+
+def _extract_attributes(ctx: RunContext, extractor, scored, n_scored: int, head_frames: dict, now: dt.datetime,
+                        schema_json: str | None = None):
     """The open attribute extractor's values, added to ``head_frames["product_attributes"]``; the persisted
     frame (None without an extractor), to unpersist once committed."""
     from pyspark import StorageLevel
@@ -461,12 +494,13 @@ def _extract_attributes(ctx: RunContext, extractor, scored, n_scored: int, head_
         if extractor is not None:
             # Beside the closed heads' rows; the table's key keeps one row per (product, attribute, value).
             t = time.perf_counter()
-            opened = open_attributes(scored, extractor, cfg.batch_size, cfg.device, ctx.task_cpus, cfg.run_id, now
-                                     ).persist(StorageLevel.MEMORY_AND_DISK)
+            opened = open_attributes(scored, extractor, cfg.batch_size, cfg.device, ctx.task_cpus, cfg.run_id, now,
+                                     schema_json).persist(StorageLevel.MEMORY_AND_DISK)
             n_values = opened.count()
             log.info("open attributes: %d values from %d products (%.1f products/s)", n_values, n_scored,
                      n_scored / max(time.perf_counter() - t, 1e-9))
-            head_frames["product_attributes"] = head_frames["product_attributes"].unionByName(opened)
+            head_frames["product_attributes"] = _one_row_per_value(
+                head_frames["product_attributes"].unionByName(opened))
             ctx.stage.count(n_scored, "products")
     return opened
 

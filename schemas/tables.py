@@ -132,8 +132,13 @@ PRODUCT_ATTRIBUTES = TableSpec(
     "product_attributes",
     (
         Column("product_id", StringType(), "catalog product id", nullable=False),
-        Column("attribute", StringType(), "attribute name (colour, usage, gender, Brand, Flavor, ...)", nullable=False),
-        Column("value", StringType(), "attribute value", nullable=False),
+        Column("attribute", StringType(), "attribute name, one vocabulary for every method: lower case, words "
+                                          "joined by _ (colour, gender, usage, brand, pack_quantity, ...)",
+               nullable=False),
+        Column("value", StringType(), "attribute value as the text writes it (closed heads: their label)",
+               nullable=False),
+        Column("normalized_value", StringType(), "the value normalised (units, numbers, casing, names) where its "
+                                                 "attribute has a rule; closed heads' labels as they are; else null"),
         Column("confidence", DoubleType(), "probability of the value, in [0, 1]"),
         Column("source", StringType(), "where the value comes from: title, description, image, title+image"),
         Column("method", StringType(), "closed:<head bundle version> (vocabulary heads) or open:<extractor version>"),

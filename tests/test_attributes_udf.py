@@ -5,48 +5,52 @@ from __future__ import annotations
 import pytest
 
 from models.attributes.extractor import load_extractor
+from models.attributes.vocabulary import canonical_name
 from udfs.attributes import AttributesConfig, make_attributes_udf
 
 pytestmark = pytest.mark.spark
 
 ROWS = [
-    ("p1", "Folgers Classic Roast Ground Coffee, 30.5 Ounce Canister", None),
-    ("p2", "SEAPESCA 3pcs/lot Soft Fishing Lure Bait 80mm 4.5g Worm Shad", None),
-    ("p3", "Canon PG-210 XL Ink Cartridge, Black", "Genuine Canon ink. Color: Black. Page yield 220 pages."),
-    ("p4", "Nike Men's Air Zoom Pegasus Running Shoes, Size 10, Blue", "Breathable mesh upper."),
-    ("p5", "Lipton Green Tea Bags, 100 Count", ""),
-    ("p6", None, "no title at all"),
+    ("p1", "Folgers Classic Roast Ground Coffee, 30.5 Ounce Canister", None, "Coffee"),
+    ("p2", "SEAPESCA 3pcs/lot Soft Fishing Lure Bait 80mm 4.5g Worm Shad", None, "Lure"),
+    ("p3", "Canon PG-210 XL Ink Cartridge, Black", "Genuine Canon ink. Color: Black. Page yield 220 pages.",
+     "Office Products"),
+    ("p4", "Nike Men's Air Zoom Pegasus Running Shoes, Size 10, Blue", "Breathable mesh upper.", "Shoes"),
+    ("p5", "Lipton Green Tea Bags, 100 Count", "", None),
+    ("p6", None, "no title at all", "Tea"),
 ]
 
 
 def test_udf_matches_the_extractor_and_is_independent_of_arrow_batches(spark):
 
-    df = spark.createDataFrame(ROWS, "product_id string, title string, description string").repartition(3)
+    df = spark.createDataFrame(ROWS, "product_id string, title string, description string, category string"
+                               ).repartition(3)
     old = spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch")
     results = []
     try:
         for arrow_batch, model_batch in ((2, 4), (100, 1)):
             spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(arrow_batch))
             udf = make_attributes_udf(AttributesConfig(batch_size=model_batch, device="cpu"))
-            out = df.select("product_id", udf("title", "description").alias("attributes"))
+            out = df.select("product_id", udf("title", "description", "category").alias("attributes"))
             results.append({r.product_id: r.attributes for r in out.collect()})
     finally:
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", old)
 
     assert set(out.schema["attributes"].dataType.elementType.fieldNames()) == \
-        {"attribute", "value", "confidence", "source"}
+        {"attribute", "value", "normalized_value", "confidence", "source"}
     ex = load_extractor("default", device="cpu")
-    want = ex.extract([r[1] for r in ROWS], [r[2] for r in ROWS], one_per_attribute=True)
+    want = ex.extract([r[1] for r in ROWS], [r[2] for r in ROWS], [r[3] for r in ROWS], one_per_attribute=True)
     for got in results:
         assert set(got) == {r[0] for r in ROWS}
-        for (pid, _, _), expected in zip(ROWS, want, strict=True):
+        for (pid, _, _, _), expected in zip(ROWS, want, strict=True):
+            # the table's vocabulary: "Brand" -> "brand", "Color" -> "colour"
             assert [(a.attribute, a.value, a.source) for a in got[pid]] == \
-                [(e.attribute, e.value, e.source) for e in expected]
+                [(canonical_name(e.attribute), e.value, e.source) for e in expected]
             assert [a.confidence for a in got[pid]] == pytest.approx([e.confidence for e in expected], abs=1e-4)
     assert results[0]["p6"] == []
     for rows in results[0].values():  # one row per product and attribute, as product_attributes is keyed
         assert len({a.attribute for a in rows}) == len(rows)
-    assert any(a.attribute == "Brand" and a.value == "Folgers" for a in results[0]["p1"])
+    assert any(a.attribute == "brand" and a.value == "Folgers" for a in results[0]["p1"])
     assert all(a.source in ("title", "description") for rows in results[0].values() for a in rows)
 
 

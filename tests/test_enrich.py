@@ -135,6 +135,7 @@ def test_default_model_end_to_end(default_sample_run):
     import numpy as np
 
     from models.attributes.extractor import resolve_version
+    from models.attributes.vocabulary import canonical_name
     from models.refs import parse_model_ref
 
     lake, catalog = default_sample_run / "lake", default_sample_run / "catalog" / "catalog.parquet"
@@ -161,6 +162,10 @@ def test_default_model_end_to_end(default_sample_run):
         assert row.value.lower() in str(texts.loc[row.product_id, row.source]).lower()
     assert attrs.groupby(["product_id", "attribute", "value"]).size().max() == 1
     assert attrs["method"].str.startswith("closed:").any()        # the closed colour/usage/gender heads too
+    # One vocabulary: every method's rows name attributes alike (no "Color" beside "colour").
+    assert (attrs["attribute"] == attrs["attribute"].map(canonical_name)).all()
+    closed = attrs[attrs["method"].str.startswith("closed:")]
+    assert (closed["normalized_value"] == closed["value"]).all()
     cats = table(lake, "product_categories").to_pandas()
     assert set(cats["product_id"]) == set(emb["product_id"]) and cats["confidence"].between(0, 1).all()
 

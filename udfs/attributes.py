@@ -1,4 +1,9 @@
-"""The open attribute UDF: (title, description) in, the extracted (attribute, value, confidence, source) list out.
+"""The open attribute UDF: (title, description, seller category) in, the extracted values out.
+
+Each value is a struct (attribute, value, normalized_value, confidence, source): the attribute under the one
+vocabulary of :mod:`models.attributes.vocabulary`, the value as the text writes it and, where the extractor
+has a normaliser with a rule for the attribute, normalised. The seller category picks which attributes an
+attribute-conditioned extractor asks (its schema; ``schema_json`` overrides it with a user's).
 
 Same pattern as :mod:`udfs.embed`: the extractor is loaded once per Python worker (:mod:`udfs.model_cache`) and
 the extractor cuts each Arrow batch into model batches of ``batch_size`` rows, so the two sizes are tuned
@@ -17,7 +22,8 @@ from udfs.model_cache import cached, import_object
 
 __all__ = ["ATTRIBUTES_SCHEMA", "AttributesConfig", "extract_frame", "make_attributes_udf"]
 
-ATTRIBUTES_SCHEMA = "array<struct<attribute:string,value:string,confidence:float,source:string>>"
+ATTRIBUTES_SCHEMA = ("array<struct<attribute:string,value:string,normalized_value:string,confidence:float,"
+                     "source:string>>")
 DEFAULT_LOADER = "models.attributes.extractor:load_extractor"
 
 
@@ -32,6 +38,7 @@ class AttributesConfig:
     one_per_attribute: bool = True
     torch_threads: int | None = None   # None: leave torch's default
     loader: str = DEFAULT_LOADER       # "module:function"(model_ref, store, device) -> extractor
+    schema_json: str | None = None     # a user's attribute schema, as JSON text (models.attributes.qa.AttributeSchema)
 
 
 def _extractor(cfg: AttributesConfig):
@@ -40,33 +47,61 @@ def _extractor(cfg: AttributesConfig):
             import torch
 
             torch.set_num_threads(cfg.torch_threads)
-        return import_object(cfg.loader)(cfg.model_ref, cfg.store, cfg.device)
+        extractor = import_object(cfg.loader)(cfg.model_ref, cfg.store, cfg.device)
+        if cfg.schema_json:
+            import json
 
-    return cached(("attribute-extractor", cfg.loader, cfg.model_ref, cfg.store, cfg.device), load)
+            from models.attributes.qa import AttributeSchema
+
+            if not hasattr(extractor, "schema"):
+                raise ValueError(f"extractor {extractor.version} asks no attribute schema (only an "
+                                 "attribute-conditioned extractor does)")
+            extractor.schema = AttributeSchema.from_json(json.loads(cfg.schema_json))
+        return extractor
+
+    return cached(("attribute-extractor", cfg.loader, cfg.model_ref, cfg.store, cfg.device, cfg.schema_json), load)
 
 
-def extract_frame(titles: list[str | None], descriptions: list[str | None], extractor, cfg: AttributesConfig
-                  ) -> list[list[dict]]:
-    """Extract one Arrow batch; one list of struct-like dicts per row."""
-    found = extractor.extract(titles, descriptions, batch_size=cfg.batch_size, min_confidence=cfg.min_confidence,
-                              one_per_attribute=cfg.one_per_attribute)
-    return [[{"attribute": e.attribute, "value": e.value, "confidence": float(e.confidence), "source": e.source}
-             for e in row] for row in found]
+def extract_frame(titles: list[str | None], descriptions: list[str | None], extractor, cfg: AttributesConfig,
+                  categories: list[str | None] | None = None) -> list[list[dict]]:
+    """Extract one Arrow batch; one list of struct-like dicts per row (one per canonical attribute and value)."""
+    from models.attributes.vocabulary import canonical_name
+
+    found = extractor.extract(titles, descriptions, categories, batch_size=cfg.batch_size,
+                              min_confidence=cfg.min_confidence, one_per_attribute=cfg.one_per_attribute)
+    norm = getattr(extractor, "normaliser", None)
+    cats = categories if categories is not None else [None] * len(titles)
+    out = []
+    for row, category in zip(found, cats, strict=True):
+        seen: set[tuple[str, str]] = set()
+        items = []
+        for e in row:   # most confident first: two source names folded into one keep the first
+            name = canonical_name(e.attribute)
+            if not name or (name, e.value) in seen:
+                continue
+            seen.add((name, e.value))
+            items.append({"attribute": name, "value": e.value,
+                          "normalized_value": norm.normalise(e.attribute, e.value, category) if norm else None,
+                          "confidence": float(e.confidence), "source": e.source})
+        out.append(items)
+    return out
 
 
 def make_attributes_udf(cfg: AttributesConfig = AttributesConfig()):  # noqa: B008 - frozen, so a safe default
-    """An iterator pandas UDF ``(title, description) -> array<struct<attribute, value, confidence, source>>``."""
+    """An iterator pandas UDF ``(title, description, category) -> array<struct<attribute, value,
+    normalized_value, confidence, source>>``."""
     from pyspark.sql.functions import pandas_udf
 
     if cfg.batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {cfg.batch_size}")
 
     @pandas_udf(ATTRIBUTES_SCHEMA)
-    def extract_attributes(batches: Iterator[tuple[pd.Series, pd.Series]]) -> Iterator[pd.Series]:
+    def extract_attributes(batches: Iterator[tuple[pd.Series, pd.Series, pd.Series]]) -> Iterator[pd.Series]:
         extractor = _extractor(cfg)  # once per worker process, not per batch or task
-        for titles, descriptions in batches:
+        for titles, descriptions, categories in batches:
             rows = extract_frame([t if isinstance(t, str) else None for t in titles],
-                                 [d if isinstance(d, str) else None for d in descriptions], extractor, cfg)
+                                 [d if isinstance(d, str) else None for d in descriptions], extractor, cfg,
+                                 [c if isinstance(c, str) else None for c in categories])
             yield pd.Series(rows, index=titles.index)
 
     return extract_attributes

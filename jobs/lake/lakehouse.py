@@ -119,10 +119,20 @@ class Lake:
         )
 
     def _ensure_stats_columns(self, spec: TableSpec, dt):
-        """Name the statistics columns on a table created before files carried statistics (one metadata
-        commit, once): ``deltalake`` readers must know which columns the files' statistics cover."""
-        from deltalake import DeltaTable
+        """Add the spec's columns that a table made by an older release lacks (nullable; its old files read them
+        as null), and name the statistics columns on a table created before files carried statistics (one
+        metadata commit each, once): ``deltalake`` readers must know which columns the files' statistics cover."""
+        from deltalake import DeltaTable, Schema
 
+        have = {f.name for f in dt.schema().fields}
+        missing = [f for f in Schema.from_arrow(self._arrow_schema(spec)).fields if f.name not in have]
+        if missing:
+            if any(not f.nullable for f in missing):
+                raise LakeError(f"{spec.name}: cannot add required columns {[f.name for f in missing]} to an "
+                                "existing table")
+            dt.alter.add_columns(missing)
+            log.info("%s: added columns %s", spec.name, ", ".join(f.name for f in missing))
+            dt = DeltaTable(str(self.path(spec)))
         wanted = ",".join(delta_stats.stats_columns(spec))
         if dt.metadata().configuration.get(delta_stats.STATS_COLUMNS_PROPERTY) == wanted:
             return dt

@@ -140,8 +140,8 @@ def heads_tables(scored, plan: HeadsPlan, encoder_version: str, run_id: str, now
                           F.col("category").alias("seller_category"), F.lit(category_method(plan)).alias("method"),
                           *common))
     attributes = (scored.select("product_id", F.explode("_h.attributes").alias("a"))
-                  .select("product_id", "a.attribute", "a.value", "a.confidence", "a.source",
-                          F.lit(f"closed:{bundle_name}").alias("method"), *common))
+                  .select("product_id", "a.attribute", "a.value", F.col("a.value").alias("normalized_value"),
+                          "a.confidence", "a.source", F.lit(f"closed:{bundle_name}").alias("method"), *common))
     adult = scored.select(
         "product_id", F.col("_h.is_adult").alias("is_adult"), F.col("_h.adult_score").alias("score"),
         F.col("_h.adult_reasons").alias("reasons"),
@@ -178,16 +178,21 @@ def resolve_extractor(ref: str) -> tuple[str, str] | None:
 
 
 def open_attributes(scored, extractor: tuple[str, str], batch_size: int, device: str | None, torch_threads: int,
-                    run_id: str, now):
-    """``product_attributes`` rows from the open extractor over each scored product's title and description."""
+                    run_id: str, now, schema_json: str | None = None):
+    """``product_attributes`` rows from the open extractor over each scored product's title, description and
+    seller category (which picks the attributes asked, for an extractor with a per-category schema)."""
     from pyspark.sql import functions as F
 
     from udfs.attributes import AttributesConfig, make_attributes_udf
 
     ref, name = extractor
-    cfg = AttributesConfig(model_ref=ref, batch_size=batch_size, device=device, torch_threads=torch_threads)
-    found = scored.select("product_id", make_attributes_udf(cfg)(F.col("title"), F.col("description")).alias("_a"))
+    cfg = AttributesConfig(model_ref=ref, batch_size=batch_size, device=device, torch_threads=torch_threads,
+                           schema_json=schema_json)
+    category = F.col("category") if "category" in scored.columns else F.lit(None).cast("string")
+    found = scored.select("product_id", make_attributes_udf(cfg)(F.col("title"), F.col("description"),
+                                                                 category).alias("_a"))
     return (found.select("product_id", F.explode("_a").alias("a"))
-            .select("product_id", "a.attribute", "a.value", F.col("a.confidence").cast("double").alias("confidence"),
+            .select("product_id", "a.attribute", "a.value", "a.normalized_value",
+                    F.col("a.confidence").cast("double").alias("confidence"),
                     "a.source", F.lit(f"open:{name}").alias("method"), F.lit(f"store:{name}").alias("model_version"),
                     F.lit(run_id).alias("run_id"), F.lit(now).cast("timestamp").alias("updated_at")))

@@ -157,3 +157,18 @@ def load_all(root: str | Path, fraction: float = VALID_FRACTION, names: tuple[st
                 raise FileNotFoundError(f"attribute data: {path} is missing (expected under --data {root})")
         out[name] = split_products(load_dataset(root, name), name, fraction)
     return out
+
+
+NORMALISED_PREFIX = "wdc_pave_all_attributes_normalized"
+
+
+def normalised_gold(root: str | Path) -> dict[str, dict[str, tuple[str, ...]]]:
+    """WDC PAVE's normalised gold per product id (its large train split): canonical attribute -> values."""
+    values = pd.read_parquet(Path(root) / f"{NORMALISED_PREFIX}_attribute_values.parquet")
+    values = values[values["split"] == DATASETS["wdc_pave"][1]]
+    gold: dict[str, dict[str, list[str]]] = defaultdict(dict)
+    for pid, attr, value, is_na in values[["product_id", "attribute", "value", "is_na"]].itertuples(index=False):
+        slot = gold[str(pid)].setdefault(canonical_attribute(attr), [])
+        if not is_na and isinstance(value, str) and value.strip() and value not in slot:
+            slot.append(value)
+    return {pid: {a: tuple(v) for a, v in g.items()} for pid, g in gold.items()}

