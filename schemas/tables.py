@@ -132,8 +132,8 @@ PRODUCT_ATTRIBUTES = TableSpec(
     "product_attributes",
     (
         Column("product_id", StringType(), "catalog product id", nullable=False),
-        Column("attribute", StringType(), "attribute name, one vocabulary for every method: lower case, words "
-                                          "joined by _ (colour, gender, usage, brand, pack_quantity, ...)",
+        Column("attribute", StringType(), "attribute name, one vocabulary for every method: lower case "
+                                          "(colour, gender, usage, brand, pack quantity, ...)",
                nullable=False),
         Column("value", StringType(), "attribute value as the text writes it (closed heads: their label)",
                nullable=False),

@@ -80,8 +80,8 @@ def test_normaliser_reads_the_rules_of_a_descriptions_file(tmp_path):
 
 
 @pytest.mark.parametrize(("name", "want"), [("Color", "colour"), ("Color(s)", "colour"), ("colour", "colour"),
-                                            ("Brand Name", "brand"), ("Pack Quantity", "pack_quantity"),
-                                            ("Size/Weight", "size_weight"), ("gender", "gender")])
+                                            ("Brand Name", "brand"), ("Pack Quantity", "pack quantity"),
+                                            ("Size/Weight", "size/weight"), (" gender ", "gender")])
 def test_one_vocabulary(name, want):
     assert canonical_name(name) == want
 
