@@ -110,7 +110,8 @@ class Extractor:
         self.max_length = max_length
         self.min_confidence = min_confidence
         self.device = device
-        self.normaliser: Any = None          # the tagger was trained without one
+        self.normaliser: Any = None          # models.attributes.normalise.Normaliser, when the store has one
+        self.schema: Any = None              # models.attributes.qa.AttributeSchema: what each category is asked
 
     def tag_probs(self, rows: Sequence[EncodedRow]) -> list[np.ndarray]:
         """Tag probabilities ``[tokens, attributes, 3]`` per encoded row (one padded forward pass)."""
@@ -130,7 +131,8 @@ class Extractor:
         (``one_per_attribute``: only each attribute's most confident value).
 
         A missing or blank title gives no extractions. Rows are batched by length (less padding) and
-        returned in input order. ``categories`` are not used: the tagger asks every attribute it knows.
+        returned in input order. With a schema and ``categories``, a product keeps only the attributes of its
+        category's schema (a coffee gets no "Processor Type"); without, every attribute the tagger knows.
         """
         if descriptions is None:
             descriptions = [None] * len(titles)
@@ -145,10 +147,17 @@ class Extractor:
         encoded = {i: encode_row(self.tokenizer, texts[i][0], texts[i][1], self.max_length) for i in todo}
         todo.sort(key=lambda i: (len(encoded[i].input_ids), i))
         out: list[list[Extraction]] = [[] for _ in titles]
+        asked: list[Any] = [None] * len(titles)
+        if self.schema is not None and categories is not None:
+            if len(categories) != len(titles):
+                raise ValueError(f"titles and categories differ in length: {len(titles)} != {len(categories)}")
+            asked = [set(self.schema.attributes_for(c)) for c in categories]
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             for i, probs in zip(chunk, self.tag_probs([encoded[i] for i in chunk]), strict=True):
                 found = self._spans_to_values(probs, encoded[i], texts[i], threshold)
+                if asked[i] is not None:
+                    found = [e for e in found if e.attribute in asked[i]]
                 out[i] = _first_per_attribute(found) if one_per_attribute else found
         return out
 
@@ -266,6 +275,19 @@ def load_extractor(ref: str | None = "default", store: str | Path | None = None,
     dev = pick_device(device)
     version = f"store:{manifest['version']}"
     log.info("loaded attribute extractor %s (%d attributes) on %s", version, len(attributes), dev)
-    return Extractor(tokenizer, bottom.to(dev), top.to(dev), attributes, version=version,
-                     max_length=int(pre["max_length"]), min_confidence=float(pre.get("min_confidence", 0.0)),
-                     device=dev)
+    ex = Extractor(tokenizer, bottom.to(dev), top.to(dev), attributes, version=version,
+                   max_length=int(pre["max_length"]), min_confidence=float(pre.get("min_confidence", 0.0)), device=dev)
+    attach_extras(ex, model_cfg)
+    return ex
+
+
+def attach_extras(ex: Any, model_cfg: dict[str, Any]) -> None:
+    """The per-category schema and the normaliser a store version carries, if any."""
+    if model_cfg.get("schema"):
+        from models.attributes.qa import AttributeSchema
+
+        ex.schema = AttributeSchema.from_json(model_cfg["schema"])
+    if model_cfg.get("normaliser"):
+        from models.attributes.normalise import Normaliser
+
+        ex.normaliser = Normaliser.from_json(model_cfg["normaliser"])

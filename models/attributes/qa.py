@@ -307,8 +307,7 @@ def load_qa(vdir: Path, manifest: dict[str, Any], model_cfg: dict[str, Any], pre
     from safetensors.torch import load_file
 
     from models import store as model_store
-    from models.attributes.extractor import _quiet_transformers, check_tower
-    from models.attributes.normalise import Normaliser
+    from models.attributes.extractor import _quiet_transformers, attach_extras, check_tower
     from models.attributes.tagger import TOP_PREFIX, load_tower
     from models.encoders import pick_device
 
@@ -328,8 +327,7 @@ def load_qa(vdir: Path, manifest: dict[str, Any], model_cfg: dict[str, Any], pre
     schema = AttributeSchema.from_json(model_cfg["schema"])
     ex = QAExtractor(tokenizer, bottom.to(dev), top.to(dev), schema, version=version,
                      max_length=int(pre["max_length"]), floor=float(pre["floor"]), device=dev)
-    if model_cfg.get("normaliser"):
-        ex.normaliser = Normaliser.from_json(model_cfg["normaliser"])
+    attach_extras(ex, model_cfg)
     log.info("loaded attribute extractor %s (%d categories, %d attributes) on %s", version,
              len(schema.categories), len(ex.attributes), dev)
     return ex

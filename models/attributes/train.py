@@ -201,6 +201,7 @@ def train_extractor(data: str | Path, cfg: TrainConfig) -> tuple[Extractor, dict
             p.copy_(p.half().float())
     extractor = Extractor(tokenizer, bottom, top, attributes, version="in-memory", max_length=cfg.max_length,
                           min_confidence=cfg.min_confidence)
+    attach_learnt(extractor, data, datasets)
     facts = {
         "attributes": attributes,
         "label_stats": {k: vars(v) for k, v in enc.stats.items()},
@@ -211,6 +212,43 @@ def train_extractor(data: str | Path, cfg: TrainConfig) -> tuple[Extractor, dict
         "trained_parameters": sum(p.numel() for p in top.parameters()),
     }
     return extractor, facts
+
+
+def attach_learnt(extractor: Any, data: str | Path, datasets: Sequence[Dataset]) -> None:
+    """The per-category schema (what each seller category is asked) and the normaliser, from the train data."""
+    from models.attributes.qa import AttributeSchema
+    from models.attributes.qa_train import normaliser_for, wdc_descriptions
+
+    extractor.schema = AttributeSchema.learn([p for ds in datasets for p in ds.train], wdc_descriptions(data))
+    extractor.normaliser = normaliser_for(data, {ds.name: ds for ds in datasets})
+
+
+def attach_to_version(vdir: Path, data: str | Path, store: Path, valid_fraction: float) -> tuple[str, str]:
+    """A new version of a stored tagger with the schema and normaliser learnt from ``data`` (same weights);
+    returns (version, evaluation report)."""
+    import json
+
+    from models.attributes.card import model_card
+    from models.attributes.evaluate import evaluate_all, report_markdown
+    from models.attributes.extractor import load_extractor
+
+    manifest = json.loads((vdir / "manifest.json").read_text())
+    ex = load_extractor(str(vdir), device="cpu")
+    attach_learnt(ex, data, list(load_all(data, valid_fraction).values()))
+    t0 = time.perf_counter()
+    results = evaluate_all(ex, data, valid_fraction)
+    report = report_markdown(results, extractor_version="{version}")
+    cfg = TrainConfig(**manifest["train_config"])
+    facts = {k: manifest[k] for k in ("label_stats", "split", "train_seconds", "losses")}
+    facts.update(attributes=list(ex.attributes), trained_parameters=sum(p.numel() for p in ex.top.parameters()),
+                 cache_seconds=manifest.get("cache_seconds", 0.0), eval_seconds=round(time.perf_counter() - t0, 1),
+                 macro_f1_below_baseline=[n for n, r in results.items()
+                                          if r["model"]["macro_f1"] < r["baseline"]["macro_f1"]])
+    card = model_card(cfg, facts, report, argv=["(weights of", manifest["version"] + ";", "schema and normaliser",
+                                                "attached with --attach)"])
+    metrics = {n: {k: r[k] for k in r if k.startswith(("model", "baseline"))} for n, r in results.items()}
+    version = save_extractor(ex, store, cfg, facts, metrics, card, data_snapshot(data))
+    return version, report.replace("{version}", version)
 
 
 def save_extractor(extractor: Extractor, store: Path, cfg: TrainConfig, facts: dict[str, Any],
@@ -227,6 +265,8 @@ def save_extractor(extractor: Extractor, store: Path, cfg: TrainConfig, facts: d
         "text_tower_sha256": sha256_file(Path(text_tower_path()) / "model.safetensors"),
         "bottom_layers": cfg.bottom_layers,
         "attributes": list(extractor.attributes),
+        "schema": extractor.schema.to_json() if extractor.schema is not None else None,
+        "normaliser": extractor.normaliser.to_json() if extractor.normaliser is not None else None,
         "weights_dtype": "float16",
     }
     preprocess_cfg = {"max_length": cfg.max_length, "min_confidence": cfg.min_confidence,
@@ -247,6 +287,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainCon
     p.add_argument("--promote", action="store_true",
                    help="make the new version the store's current one (only if it beats the baseline everywhere)")
     p.add_argument("--report", help="also write the evaluation section (markdown) to this file")
+    p.add_argument("--attach", metavar="VERSION_DIR",
+                   help="no training: save the weights of this stored tagger again with the category schema and the "
+                        "normaliser learnt from --data")
     d = TrainConfig()
     for f in ("bottom_layers", "epochs", "batch_size", "seed", "max_length", "threads"):
         p.add_argument(f"--{f.replace('_', '-')}", type=int, default=getattr(d, f))
@@ -264,6 +307,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args, cfg = parse_args(argv)
+    if args.attach:
+        version, text = attach_to_version(Path(args.attach), args.data, Path(args.store), cfg.valid_fraction)
+        if args.report:
+            Path(args.report).write_text(text)
+        print(text)  # noqa: T201 - the command's output
+        if args.promote:
+            promote(Path(args.store), version)
+            log.info("promoted %s to current", version)
+        return 0
     extractor, facts = train_extractor(args.data, cfg)
     t0 = time.perf_counter()
     results = evaluate_all(extractor, args.data, cfg.valid_fraction)
