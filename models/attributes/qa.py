@@ -301,17 +301,16 @@ class QAExtractor:
         return out
 
 
-def load_qa(vdir: Path, manifest: dict[str, Any], model_cfg: dict[str, Any], pre: dict[str, Any],
+def load_qa(vdir: Path, manifest: dict[str, Any], model_cfg: dict[str, Any], pre: dict[str, Any], tower: str,
             device: str | None = None) -> QAExtractor:
-    """Build a verified store version of the attribute-conditioned extractor (called by ``load_extractor``)."""
+    """Build a store version of the attribute-conditioned extractor that ``load_extractor`` verified."""
     from safetensors.torch import load_file
 
     from models import store as model_store
-    from models.attributes.extractor import _quiet_transformers, attach_extras, check_tower
+    from models.attributes.extractor import _quiet_transformers, attach_extras
     from models.attributes.tagger import TOP_PREFIX, load_tower
     from models.encoders import pick_device
 
-    tower = check_tower(vdir, model_cfg)
     _quiet_transformers()
     tokenizer, bert = load_tower(tower)
     bottom, top = build_model(bert, int(model_cfg["bottom_layers"]))

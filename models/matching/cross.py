@@ -190,23 +190,10 @@ def pad(ids: Sequence[Sequence[int]], types: Sequence[Sequence[int]], device: st
 
 def resolve_cross(ref: str | None = "default", store: str | Path | None = None) -> Path:
     """The version folder of ``ref``: ``default``/``current``, ``store:VERSION`` or a version folder."""
-    ref = (ref or "default").strip()
+    from models.refs import resolve_substore_ref
+
     root = model_store.store_root(store) if store is not None else DEFAULT_CROSS_STORE
-    if ref in ("default", "current"):
-        version = model_store.current_version(root)
-        if version is None:
-            raise model_store.ModelIntegrityError(f"cross-encoder store {root} has no current version")
-        return model_store.version_dir(root, version)
-    if ref.startswith("store:"):
-        vdir = model_store.version_dir(root, ref.split(":", 1)[1])
-        if not vdir.is_dir():
-            raise model_store.ModelIntegrityError(f"cross-encoder store {root} has no version {ref[6:]!r}")
-        return vdir
-    path = Path(ref).expanduser()
-    if path.is_dir() and (path / model_store.MANIFEST_FILE).is_file():
-        return path
-    raise model_store.ModelIntegrityError(
-        f"cannot resolve cross-encoder reference {ref!r}: expected 'default', 'store:VERSION' or a version folder")
+    return resolve_substore_ref(ref, root, "cross-encoder", model_store.ModelIntegrityError)
 
 
 def cross_version(ref: str | None = "default", store: str | Path | None = None) -> str:
@@ -229,19 +216,11 @@ def load_cross(ref: str | None = "default", store: str | Path | None = None, dev
 
     from models.attributes.extractor import _quiet_transformers
     from models.attributes.tagger import load_tower
-    from models.digest import sha256_file
     from models.encoders import pick_device
-    from models.refs import text_tower_path
+    from models.refs import verified_minilm_version
 
     vdir = resolve_cross(ref, store)
-    manifest = model_store.verify_version(vdir)
-    cfg = json.loads((vdir / model_store.CONFIG_FILE).read_text())
-    model_cfg, pre = cfg["model_cfg"], cfg["preprocess_cfg"]
-    if model_cfg.get("kind") != MODEL_KIND:
-        raise model_store.ModelIntegrityError(f"{vdir} is not a pair cross-encoder (kind {model_cfg.get('kind')!r})")
-    tower = text_tower_path()
-    if sha256_file(Path(tower) / "model.safetensors") != model_cfg["text_tower_sha256"]:
-        raise model_store.ModelIntegrityError(f"{vdir} was trained on another MiniLM than the installed one")
+    manifest, model_cfg, pre, tower = verified_minilm_version(vdir, (MODEL_KIND,), "a pair cross-encoder")
     _quiet_transformers()
     tokenizer, bert = load_tower(tower)
     bottom, top = split_cross(bert, int(model_cfg["bottom_layers"]))
