@@ -86,10 +86,10 @@ def _conversion(attribute: str, value: str) -> str | None:
         factor = _unit_after(value, _WEIGHT_TO_G) or _WEIGHT_TO_G["lb"]
         return _fmt(number * factor / 1000.0, 1)
     if "weight" in name or "size" in name:              # pack sizes: -> whole grams
-        factor = _unit_after(value, _WEIGHT_TO_G)
-        if factor is None:
+        grams = _unit_after(value, _WEIGHT_TO_G)
+        if grams is None:
             return None                                 # "leave it as is" for other units
-        return _fmt(number * factor, 0)
+        return _fmt(number * grams, 0)
     factor = _unit_after(value, _LENGTH_TO_CM) or _LENGTH_TO_CM["in"]   # lengths: inches unless named
     return _fmt(number * factor, 1)
 

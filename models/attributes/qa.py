@@ -256,7 +256,7 @@ class QAExtractor:
 
     def extract(self, titles: Sequence[str | None], descriptions: Sequence[str | None] | None = None,
                 categories: Sequence[str | None] | None = None, *, batch_size: int = 64,
-                floor: float | None = None, **_: Any) -> list[list[Extraction]]:
+                floor: float | None = None, **_ignored: Any) -> list[list[Extraction]]:
         """Per product one value per attribute of its category's schema that the text holds, most confident first.
 
         A missing or blank title gives nothing; a category the schema does not know is asked the generic
@@ -274,20 +274,20 @@ class QAExtractor:
         texts = [(t if isinstance(t, str) and t.strip() else None,
                   d if isinstance(d, str) and d.strip() else None) for t, d in zip(titles, descriptions, strict=True)]
         todo = [i for i, (t, _) in enumerate(texts) if t is not None]
-        rows: dict[int, EncodedRow] = {i: encode_row(self.tokenizer, texts[i][0], texts[i][1], self.max_length)
+        rows: dict[int, EncodedRow] = {i: encode_row(self.tokenizer, texts[i][0] or "", texts[i][1], self.max_length)
                                        for i in todo}
         out: list[list[Extraction]] = [[] for _ in range(n)]
         if not todo:
             return out
         states = bottom_states(self.bottom, [rows[i].input_ids for i in todo],
                                [rows[i].token_type_ids for i in todo])
-        state = dict(zip(todo, states, strict=True))
+        state_of = dict(zip(todo, states, strict=True))
         pairs = [(i, a, q) for i in todo for a, q in self.schema.attributes_for(categories[i]).items()]
         pairs.sort(key=lambda x: (len(rows[x[0]].input_ids), x[0]))
         found: dict[int, list[Extraction]] = defaultdict(list)
         for s in range(0, len(pairs), batch_size):
             chunk = pairs[s:s + batch_size]
-            probs = self.tag_probs([state[i] for i, _, _ in chunk], [q for _, _, q in chunk])
+            probs = self.tag_probs([state_of[i] for i, _, _ in chunk], [q for _, _, q in chunk])
             for (i, a, _), pr in zip(chunk, probs, strict=True):
                 best = decode_best(pr, rows[i].units, threshold)
                 if best is None:
