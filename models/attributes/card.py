@@ -17,6 +17,12 @@ def _label_table(stats: dict[str, dict[str, int]]) -> str:
     return "\n".join(lines)
 
 
+def _ema_line(cfg: Any) -> str:
+    ema = getattr(cfg, "ema", 0.0)
+    return (f"The shipped weights are an exponential moving average of the trained ones (decay {ema:g} per step, "
+            "ZhichunRoad's EMA).\n" if ema else "")
+
+
 def model_card(cfg: Any, facts: dict[str, Any], report: str, argv: list[str] | None = None) -> str:
     split = "; ".join(f"{k}: {v['train']} train / {v['valid']} valid products ({v['duplicates_dropped']} subset "
                       "duplicates dropped)" for k, v in facts["split"].items())
@@ -49,6 +55,7 @@ English only (the text tower is English; the training data is English product te
 {cfg.epochs} epochs, batch {cfg.batch_size}, AdamW (layers lr {cfg.lr_layers:g}, classifier lr {cfg.lr_head:g},
 weight decay {cfg.weight_decay:g}, linear warm-up and decay), B/I loss weight {cfg.span_weight:g}, max length
 {cfg.max_length} tokens, seed {cfg.seed}, {cfg.threads} torch thread(s); the frozen layers' output is cached once.
+{_ema_line(cfg)}
 
 Training took {facts['train_seconds']:.0f} s ({minutes:.1f} min; {facts['cache_seconds']:.0f} s of it caching) on
 the development machine (2 CPU cores shared with other jobs). Loss per epoch: {losses}.

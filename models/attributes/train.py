@@ -50,6 +50,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_fraction: float = 0.06
     span_weight: float = 3.0        # loss weight of B/I tags against the far more frequent O
+    ema: float = 0.0                # > 0: keep an exponential moving average of the weights (ZhichunRoad's EMA)
+                                    # with this decay per step, and ship the average
     max_length: int = 256
     min_confidence: float = 0.5     # default threshold of the shipped extractor (its valid figures use it)
     valid_fraction: float = 0.2
@@ -152,6 +154,7 @@ def train_top(top: Any, hidden: Sequence[Any], tags: Sequence[np.ndarray], cfg: 
         opt, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup))))
     weight = torch.tensor([1.0, cfg.span_weight, cfg.span_weight])
     losses = []
+    average = {k: v.detach().clone() for k, v in top.state_dict().items()} if cfg.ema > 0 else None
     top.train()
     for epoch in range(cfg.epochs):
         t0, total, n = time.perf_counter(), 0.0, 0
@@ -165,10 +168,17 @@ def train_top(top: Any, hidden: Sequence[Any], tags: Sequence[np.ndarray], cfg: 
             torch.nn.utils.clip_grad_norm_(top.parameters(), 1.0)
             opt.step()
             sched.step()
+            if average is not None:
+                with torch.no_grad():
+                    for k, v in top.state_dict().items():
+                        if v.dtype.is_floating_point:
+                            average[k].mul_(cfg.ema).add_(v, alpha=1.0 - cfg.ema)
             total += float(loss.detach()) * len(idx)
             n += len(idx)
         losses.append(total / n)
         log.info("epoch %d/%d loss %.4f (%.0f s)", epoch + 1, cfg.epochs, losses[-1], time.perf_counter() - t0)
+    if average is not None:
+        top.load_state_dict(average)
     top.eval()
     return losses
 
@@ -293,7 +303,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainCon
     d = TrainConfig()
     for f in ("bottom_layers", "epochs", "batch_size", "seed", "max_length", "threads"):
         p.add_argument(f"--{f.replace('_', '-')}", type=int, default=getattr(d, f))
-    for f in ("lr_layers", "lr_head", "span_weight", "min_confidence", "valid_fraction"):
+    for f in ("lr_layers", "lr_head", "span_weight", "min_confidence", "valid_fraction", "ema"):
         p.add_argument(f"--{f.replace('_', '-')}", type=float, default=getattr(d, f))
     a = p.parse_args(argv)
     cfg = TrainConfig(**{f: getattr(a, f) for f in TrainConfig.__dataclass_fields__ if hasattr(a, f)})
