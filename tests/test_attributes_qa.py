@@ -141,20 +141,28 @@ def _catalog(n: int, seed: int) -> list[Product]:
     return out
 
 
-@pytest.mark.slow
-def test_a_tiny_extractor_trains_saves_loads_and_answers_per_attribute(tmp_path):
-    from models.attributes.extractor import load_extractor
+@pytest.fixture(scope="module")
+def tiny_version(tmp_path_factory):
+    """A tiny conditioned extractor trained on synthetic coffee titles and saved in a store: (folder, facts)."""
     from models.attributes.qa_train import QATrainConfig, save_qa, train_on
 
+    tmp = tmp_path_factory.mktemp("tiny-qa")
     train = _catalog(120, seed=1)
     cfg = QATrainConfig(epochs=4, batch_size=16, lr_layers=3e-4, lr_head=3e-3, max_length=32, threads=1)
     norm = Normaliser({"Size": "unit conversion"}, {})
-    extractor, facts = train_on({"tiny": Dataset("tiny", train, [], {})}, cfg, tmp_path / "work", None, norm)
+    extractor, facts = train_on({"tiny": Dataset("tiny", train, [], {})}, cfg, tmp / "work", None, norm)
+    version = save_qa(extractor, tmp / "store", cfg, facts, {}, "tiny test model", "synthetic")
+    return tmp / "store" / version, facts
+
+
+@pytest.mark.slow
+def test_a_tiny_extractor_trains_saves_loads_and_answers_per_attribute(tiny_version):
+    from models.attributes.extractor import load_extractor
+
+    folder, facts = tiny_version
     assert facts["losses"][-1] < facts["losses"][0]
-    store = tmp_path / "store"
-    version = save_qa(extractor, store, cfg, facts, {}, "tiny test model", "synthetic")
-    loaded = load_extractor(str(store / version), device="cpu")
-    assert loaded.version == f"store:{version}" and set(loaded.attributes) == {"Brand", "Roast", "Size"}
+    loaded = load_extractor(str(folder), device="cpu")
+    assert loaded.version == f"store:{folder.name}" and set(loaded.attributes) == {"Brand", "Roast", "Size"}
 
     test = _catalog(30, seed=2)
     found = loaded.extract([p.title for p in test], [None] * len(test), [p.category for p in test])
@@ -175,3 +183,27 @@ def test_a_tiny_extractor_trains_saves_loads_and_answers_per_attribute(tmp_path)
     loaded.schema = AttributeSchema({"Coffee": {"Brand": "Brand"}})
     assert {e.attribute for f in loaded.extract([p.title for p in test[:5]], None, ["Coffee"] * 5) for e in f} \
         <= {"Brand"}
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_the_udf_runs_the_conditioned_extractor_with_the_tables_vocabulary_and_a_user_schema(spark, tiny_version):
+    from udfs.attributes import AttributesConfig, make_attributes_udf
+
+    folder, _ = tiny_version
+    rows = [("a", "Lavazza Dark Roast Ground Coffee, 12 oz", None, "Coffee"),
+            ("b", "Illy Light Roast Ground Coffee", None, "Coffee"),
+            ("c", None, None, "Coffee")]
+    df = spark.createDataFrame(rows, "product_id string, title string, description string, category string")
+    udf = make_attributes_udf(AttributesConfig(model_ref=str(folder), device="cpu", batch_size=4))
+    got = {r.product_id: r.a for r in df.select("product_id", udf("title", "description", "category").alias("a"))
+           .collect()}
+    a = {x.attribute: x for x in got["a"]}
+    assert a["brand"].value == "Lavazza" and a["brand"].normalized_value is None      # no rule for brands here
+    assert a["size"].value == "12 oz" and a["size"].normalized_value == "340"         # ounces -> grams
+    assert "size" not in {x.attribute for x in got["b"]} and got["c"] == []
+    schema = json.dumps({"categories": {"Coffee": {"Roast": "Roast"}}})
+    only = make_attributes_udf(AttributesConfig(model_ref=str(folder), device="cpu", schema_json=schema))
+    asked = {x.attribute for r in df.select(only("title", "description", "category").alias("a")).collect()
+             for x in r.a}
+    assert asked == {"roast"}
