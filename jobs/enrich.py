@@ -69,6 +69,7 @@ class EnrichConfig:
     heads: HeadsConfig = field(default_factory=HeadsConfig)
     attributes: str = "auto"               # open attribute extractor: auto, none, or a reference
     attribute_schema: str | None = None    # a user's per-category attribute schema (JSON) for the extractor
+    precision: str = "auto"                # auto | fp32 | bf16: the models measured to hold it run in bf16
     matching: str = "auto"                 # pair scorer for duplicate matching: auto, none, or a reference
     pair_model: str = "auto"               # cross-encoder over the scorer's likely pairs: auto, none, or a reference
     rehash_images: bool = False            # read and hash every image, ignoring the lake's image stat cache
@@ -130,6 +131,10 @@ def parse_args(argv: list[str] | None = None) -> EnrichConfig:
                    help="JSON file {\"categories\": {seller category: {attribute: question text}}} naming the "
                         "attributes to ask per category (\"*\": any other category); default: the schema the "
                         "extractor learnt from its train data")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="inference precision: auto (bf16 where the CPU has AVX-512 BF16/AMX or the GPU supports it, "
+                        "else fp32), fp32 or bf16; applies to the models measured to hold their outputs in bf16 "
+                        "(today the attribute extractor), the others run fp32")
     p.add_argument("--matching", default="auto",
                    help="duplicate matching's pair scorer: auto (the store's current one, skipped when the store "
                         "has none), none, a scorer version folder or a scorer store")
@@ -152,7 +157,7 @@ def parse_args(argv: list[str] | None = None) -> EnrichConfig:
         heads=HeadsConfig(heads=a.heads, categories=a.categories, taxonomy=a.taxonomy,
                           taxonomy_language=a.taxonomy_language, adult_terms=a.adult_terms, top_k=a.top_k),
         attributes=a.attributes, attribute_schema=a.attribute_schema, matching=a.matching, pair_model=a.pair_model,
-        rehash_images=a.rehash_images)
+        rehash_images=a.rehash_images, precision=a.precision)
 
 
 def describe_model(cfg: EnrichConfig) -> tuple[str, str]:
@@ -495,7 +500,7 @@ def _extract_attributes(ctx: RunContext, extractor, scored, n_scored: int, head_
             # Beside the closed heads' rows; the table's key keeps one row per (product, attribute, value).
             t = time.perf_counter()
             opened = open_attributes(scored, extractor, cfg.batch_size, cfg.device, ctx.task_cpus, cfg.run_id, now,
-                                     schema_json).persist(StorageLevel.MEMORY_AND_DISK)
+                                     schema_json, cfg.precision).persist(StorageLevel.MEMORY_AND_DISK)
             n_values = opened.count()
             log.info("open attributes: %d values from %d products (%.1f products/s)", n_values, n_scored,
                      n_scored / max(time.perf_counter() - t, 1e-9))

@@ -39,6 +39,7 @@ class AttributesConfig:
     torch_threads: int | None = None   # None: leave torch's default
     loader: str = DEFAULT_LOADER       # "module:function"(model_ref, store, device) -> extractor
     schema_json: str | None = None     # a user's attribute schema, as JSON text (models.attributes.qa.AttributeSchema)
+    precision: str = "auto"            # auto, fp32 or bf16 (models.precision): bf16 where the hardware has it
 
 
 def _extractor(cfg: AttributesConfig):
@@ -47,7 +48,9 @@ def _extractor(cfg: AttributesConfig):
             import torch
 
             torch.set_num_threads(cfg.torch_threads)
-        extractor = import_object(cfg.loader)(cfg.model_ref, cfg.store, cfg.device)
+        load_fn = import_object(cfg.loader)
+        extractor = (load_fn(cfg.model_ref, cfg.store, cfg.device, cfg.precision) if cfg.loader == DEFAULT_LOADER
+                     else load_fn(cfg.model_ref, cfg.store, cfg.device))
         if cfg.schema_json:
             import json
 
@@ -59,7 +62,8 @@ def _extractor(cfg: AttributesConfig):
             extractor.schema = AttributeSchema.from_json(json.loads(cfg.schema_json))
         return extractor
 
-    return cached(("attribute-extractor", cfg.loader, cfg.model_ref, cfg.store, cfg.device, cfg.schema_json), load)
+    return cached(("attribute-extractor", cfg.loader, cfg.model_ref, cfg.store, cfg.device, cfg.schema_json,
+                   cfg.precision), load)
 
 
 def extract_frame(titles: list[str | None], descriptions: list[str | None], extractor, cfg: AttributesConfig,

@@ -178,7 +178,7 @@ def resolve_extractor(ref: str) -> tuple[str, str] | None:
 
 
 def open_attributes(scored, extractor: tuple[str, str], batch_size: int, device: str | None, torch_threads: int,
-                    run_id: str, now, schema_json: str | None = None):
+                    run_id: str, now, schema_json: str | None = None, precision: str = "auto"):
     """``product_attributes`` rows from the open extractor over each scored product's title, description and
     seller category (which picks the attributes asked, for an extractor with a per-category schema)."""
     from pyspark.sql import functions as F
@@ -187,7 +187,7 @@ def open_attributes(scored, extractor: tuple[str, str], batch_size: int, device:
 
     ref, name = extractor
     cfg = AttributesConfig(model_ref=ref, batch_size=batch_size, device=device, torch_threads=torch_threads,
-                           schema_json=schema_json)
+                           schema_json=schema_json, precision=precision)
     category = F.col("category") if "category" in scored.columns else F.lit(None).cast("string")
     found = scored.select("product_id", make_attributes_udf(cfg)(F.col("title"), F.col("description"),
                                                                  category).alias("_a"))

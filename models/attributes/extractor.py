@@ -109,6 +109,7 @@ class Extractor:
         self.max_length = max_length
         self.min_confidence = min_confidence
         self.device = device
+        self.precision = "fp32"              # or "bf16" (models.precision): set by load_extractor
         self.normaliser: Any = None          # models.attributes.normalise.Normaliser, when the store has one
         self.schema: Any = None              # models.attributes.qa.AttributeSchema: what each category is asked
 
@@ -116,8 +117,10 @@ class Extractor:
         """Tag probabilities ``[tokens, attributes, 3]`` per encoded row (one padded forward pass)."""
         import torch
 
+        from models.precision import autocast
+
         batch = {k: v.to(self.device) for k, v in pad_batch(rows).items()}
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.precision, self.device):
             hidden = self.bottom(batch["input_ids"], batch["token_type_ids"], batch["mask"])
             probs = self.top(hidden, batch["mask"]).float().softmax(-1).cpu().numpy()
         return [probs[i, :len(r.input_ids)] for i, r in enumerate(rows)]
@@ -213,13 +216,15 @@ def _quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def load_extractor(ref: str | None = "default", store: str | Path | None = None, device: str | None = None
-                   ) -> Any:
-    """Verify and load a stored extractor (``device`` None: CUDA when available)."""
+def load_extractor(ref: str | None = "default", store: str | Path | None = None, device: str | None = None,
+                   precision: str | None = "fp32") -> Any:
+    """Verify and load a stored extractor (``device`` None: CUDA when available; ``precision`` auto, fp32 or
+    bf16, :mod:`models.precision`)."""
     from safetensors.torch import load_file
 
     from models.attributes.tagger import TOP_PREFIX, load_tower, split_tower
     from models.encoders import pick_device
+    from models.precision import resolve_precision
     from models.refs import verified_minilm_version
 
     vdir = resolve_version(ref, store)
@@ -227,7 +232,9 @@ def load_extractor(ref: str | None = "default", store: str | Path | None = None,
     if model_cfg.get("kind") == QA_KIND:
         from models.attributes.qa import load_qa
 
-        return load_qa(vdir, manifest, model_cfg, pre, tower, device)
+        qa = load_qa(vdir, manifest, model_cfg, pre, tower, device)
+        qa.precision = resolve_precision(precision, qa.device)
+        return qa
     _quiet_transformers()
     tokenizer, bert = load_tower(tower)
     attributes = model_cfg["attributes"]
@@ -245,6 +252,7 @@ def load_extractor(ref: str | None = "default", store: str | Path | None = None,
     ex = Extractor(tokenizer, bottom.to(dev), top.to(dev), attributes, version=version,
                    max_length=int(pre["max_length"]), min_confidence=float(pre.get("min_confidence", 0.0)), device=dev)
     attach_extras(ex, model_cfg)
+    ex.precision = resolve_precision(precision, dev)
     return ex
 
 

@@ -228,6 +228,7 @@ class QAExtractor:
         self.floor = floor
         self.device = device
         self.normaliser: Any = None          # models.attributes.normalise.Normaliser, or None
+        self.precision = "fp32"              # or "bf16" (models.precision)
         self._queries: dict[str, Any] = {}
 
     @property
@@ -246,10 +247,12 @@ class QAExtractor:
         """O/B/I probabilities ``[tokens, 3]`` of each (product state, query) pair, one padded pass."""
         import torch
 
+        from models.precision import autocast
+
         self._query_states(query_texts)
         q, qm = stack([self._queries[t] for t in query_texts])
         p, pm = stack(product_states)
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.precision, self.device):
             probs = self.top(q.to(self.device), qm.to(self.device), p.to(self.device), pm.to(self.device))
             probs = probs.float().softmax(-1).cpu().numpy()
         return [probs[i, :product_states[i].shape[0]] for i in range(len(product_states))]
