@@ -169,9 +169,9 @@ def test_default_model_end_to_end(default_sample_run):
     # The seller category picks the attributes kept: each open row's attribute is in its category's schema.
     extractor = load_extractor("default", device="cpu")
     assert extractor.schema is not None and extractor.normaliser is not None
-    category = pq.read_table(catalog, columns=["product_id", "category"]).to_pandas().set_index("product_id")
+    seller = table(lake, "product_categories").to_pandas().set_index("product_id")["seller_category"]
     for row in opened.itertuples():
-        asked = {canonical_name(a) for a in extractor.schema.attributes_for(category.loc[row.product_id, "category"])}
+        asked = {canonical_name(a) for a in extractor.schema.attributes_for(seller[row.product_id])}
         assert row.attribute in asked, (row.product_id, row.attribute)
     cats = table(lake, "product_categories").to_pandas()
     assert set(cats["product_id"]) == set(emb["product_id"]) and cats["confidence"].between(0, 1).all()
