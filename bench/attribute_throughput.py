@@ -1,7 +1,7 @@
 """Inference throughput of attribute extractors side by side: products/s per model batch size (median of runs).
 
     python bench/attribute_throughput.py [--models default,store:attr-minilm-...] [--batches 32,64]
-                                         [--threads N] [--device cpu] [--no-descriptions]
+                                         [--precisions fp32,bf16] [--threads N] [--device cpu] [--no-descriptions]
 
 Input: the titles, descriptions and seller categories of the sample catalog (`jobs/sample_catalog/catalog.parquet`,
 345 rows), so the figure includes tokenisation, the model passes and span decoding. An attribute-conditioned
@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-descriptions", action="store_true", help="titles only")
+    p.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16, auto")
     a = p.parse_args(argv)
 
     import pandas as pd
@@ -46,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     categories = [c if isinstance(c, str) else None for c in catalog.get("category", [None] * len(titles))]
     print(f"{len(titles)} products, {'titles only' if a.no_descriptions else 'titles + descriptions'}, "  # noqa: T201
           f"{torch.get_num_threads()} threads, {a.device}")
-    for ref in a.models.split(","):
-        ex = load_extractor(ref, device=a.device)
+    for ref, precision in ((r, pr) for r in a.models.split(",") for pr in a.precisions.split(",")):
+        ex = load_extractor(ref, device=a.device, precision=precision)
         schema = getattr(ex, "schema", None)
         pairs = (sum(len(schema.attributes_for(c)) for c, t in zip(categories, titles, strict=True) if t)
                  if schema is not None else None)
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                 times.append(time.perf_counter() - t0)
             rate = len(titles) / statistics.median(times)
             extra = f", {pairs / statistics.median(times):7.0f} (product, attribute) pairs/s" if pairs else ""
-            print(f"{ex.version:55s} batch {b:4d}: {rate:8.1f} products/s{extra}")  # noqa: T201
+            print(f"{ex.version:50s} {ex.precision:4s} batch {b:4d}: {rate:8.1f} products/s{extra}")  # noqa: T201
     return 0
 
 
