@@ -254,8 +254,10 @@ def attach_to_version(vdir: Path, data: str | Path, store: Path, valid_fraction:
                  cache_seconds=manifest.get("cache_seconds", 0.0), eval_seconds=round(time.perf_counter() - t0, 1),
                  macro_f1_below_baseline=[n for n, r in results.items()
                                           if r["model"]["macro_f1"] < r["baseline"]["macro_f1"]])
-    card = model_card(cfg, facts, report, argv=["(weights of", manifest["version"] + ";", "schema and normaliser",
-                                                "attached with --attach)"])
+    # The command that trains these weights: the stored config's non-default settings as flags.
+    defaults = asdict(TrainConfig())
+    flags = [f"--{k.replace('_', '-')} {v}" for k, v in asdict(cfg).items() if v != defaults.get(k)]
+    card = model_card(cfg, facts, report, argv=["--data", str(data), "--store", str(store), *flags])
     metrics = {n: {k: r[k] for k in r if k.startswith(("model", "baseline"))} for n, r in results.items()}
     version = save_extractor(ex, store, cfg, facts, metrics, card, data_snapshot(data))
     return version, report.replace("{version}", version)
