@@ -187,7 +187,7 @@ def test_driver_upsert_writes_what_the_spark_upsert_writes(spark, tmp_path):
 
     def attrs(items):
         return spark.createDataFrame(
-            [(p, a, v, 0.9, "text", "m", "v1", run, t0) for p, a, v, run in items], PRODUCT_ATTRIBUTES.schema)
+            [(p, a, v, None, 0.9, "text", "m", "v1", run, t0) for p, a, v, run in items], PRODUCT_ATTRIBUTES.schema)
 
     first = [(f"p{i}", a, f"{a}{i}", "r1") for i in range(30) for a in ("colour", "size")]
     again = [("p3", "colour", "red", "r2"), ("p4", "size", "XL", "r2"), ("p40", "colour", "blue", "r2")]
@@ -206,3 +206,31 @@ def test_driver_upsert_writes_what_the_spark_upsert_writes(spark, tmp_path):
     assert len(results[True]) == 60 - 6 + 3
     assert got[("p3", "colour")] == "red" and ("p3", "size") not in got and ("p5", "colour") not in got
     assert got[("p6", "size")] == "size6" and got[("p40", "colour")] == "blue"
+
+
+def test_a_table_made_before_a_new_column_gets_it_on_the_next_write(spark, tmp_path):
+    """product_attributes written by a release without ``normalized_value``: the next upsert adds the column to
+    the Delta schema (one metadata commit), the old rows read it as null, and the new rows carry it."""
+    import dataclasses
+
+    from deltalake import DeltaTable
+
+    from schemas.tables import PRODUCT_ATTRIBUTES
+
+    t0 = dt.datetime(2026, 11, 21, 3, 0, tzinfo=dt.timezone.utc)
+    old_spec = dataclasses.replace(PRODUCT_ATTRIBUTES, columns=tuple(
+        c for c in PRODUCT_ATTRIBUTES.columns if c.name != "normalized_value"))
+    lake = Lake(spark, tmp_path / "lake")
+    lake.upsert(old_spec, spark.createDataFrame(
+        [("p1", "colour", "red", 0.9, "title", "m", "v1", "r1", t0)], old_spec.schema), "r1")
+    path = str(lake.path(PRODUCT_ATTRIBUTES))
+    assert "normalized_value" not in {f.name for f in DeltaTable(path).schema().fields}
+
+    new = spark.createDataFrame([("p2", "width", '14"', "35.6", 0.8, "title", "m", "v1", "r2", t0)],
+                                PRODUCT_ATTRIBUTES.schema)
+    assert lake.upsert(PRODUCT_ATTRIBUTES, new, "r2").committed
+    assert "normalized_value" in {f.name for f in DeltaTable(path).schema().fields}
+    rows = {r["product_id"]: r["normalized_value"] for r in lake.read(PRODUCT_ATTRIBUTES).collect()}
+    assert rows == {"p1": None, "p2": "35.6"}
+    arrow = DeltaTable(path).to_pyarrow_table()          # another engine reads the evolved table too
+    assert sorted(arrow.column("normalized_value").to_pylist(), key=str) == ["35.6", None]
