@@ -60,8 +60,8 @@ category, a product keeps only its category's attributes (`--attribute-schema FI
 **normaliser**: where WDC PAVE's attribute descriptions give a rule (unit conversion, unit expansion, numeric
 standardisation, delete marks, name expansion, substring extraction, upper case, generalisation), each value is
 also written normalised, first as the train split's normalised gold writes the same value, else by the rule.
-It runs under bf16 autocast where the CPU has AVX-512 BF16 or AMX (`--precision auto`); on the valid splits bf16
-moved F1 by at most 0.13 points.
+It runs under bf16 autocast where the CPU has AVX-512 BF16 or AMX (`--precision auto`); EVALUATION.md gives its
+valid F1 in bf16 beside fp32's.
 
 ## Languages
 English only (the text tower is English; the training data is English product text).
