@@ -1,9 +1,9 @@
 """Numeric precision of model inference: ``fp32``, or ``bf16`` autocast where the hardware has it.
 
 ``--precision auto`` picks bf16 on a CPU with AVX-512 BF16 or AMX instructions and on a CUDA device that supports
-bf16, fp32 elsewhere. A model adopts bf16 only where it was measured to hold its outputs (see BENCHMARKS.md and
-EVALUATION.md): today the attribute extractors (the shipped tagger's valid F1 moved -0.07, +0.06 and +0.23
-points against fp32, at 2.1-2.5x the products/s on one core). The other models run fp32 whatever is asked, until they are measured.
+bf16, fp32 elsewhere. A model adopts bf16 only where it was measured to hold its outputs (see EVALUATION.md):
+today the attribute extractors (the shipped tagger's valid F1 moved -0.07, +0.06 and +0.23 points against fp32,
+at 2.1-2.5x the products/s on one core). The other models run fp32 whatever is asked, until they are measured.
 """
 
 from __future__ import annotations
