@@ -475,7 +475,7 @@ def _attribute_schema(path: str | None) -> str | None:
     """A user's attribute schema file, read and checked on the driver; its JSON text goes to the workers."""
     if not path:
         return None
-    from models.attributes.qa import AttributeSchema
+    from models.attributes.schema import AttributeSchema
     from models.refs import ModelRefError
 
     try:

@@ -10,7 +10,8 @@ import pytest
 
 from models.attributes.data import Dataset, Product
 from models.attributes.normalise import Normaliser, apply_rule, parse_number
-from models.attributes.qa import GENERIC, AttributeSchema, decode_best
+from models.attributes.qa import decode_best
+from models.attributes.schema import GENERIC, AttributeSchema
 from models.attributes.spans import Unit
 from models.attributes.vocabulary import canonical_name
 

@@ -37,8 +37,8 @@ class AttributesConfig:
     # product_attributes holds one row per product and attribute: keep each attribute's most confident value.
     one_per_attribute: bool = True
     torch_threads: int | None = None   # None: leave torch's default
-    loader: str = DEFAULT_LOADER       # "module:function"(model_ref, store, device) -> extractor
-    schema_json: str | None = None     # a user's attribute schema, as JSON text (models.attributes.qa.AttributeSchema)
+    loader: str = DEFAULT_LOADER       # "module:function"(model_ref, store, device, precision) -> extractor
+    schema_json: str | None = None     # a user's attribute schema, as JSON text (models.attributes.schema)
     precision: str = "auto"            # auto, fp32 or bf16 (models.precision): bf16 where the hardware has it
 
 
@@ -48,17 +48,14 @@ def _extractor(cfg: AttributesConfig):
             import torch
 
             torch.set_num_threads(cfg.torch_threads)
-        load_fn = import_object(cfg.loader)
-        extractor = (load_fn(cfg.model_ref, cfg.store, cfg.device, cfg.precision) if cfg.loader == DEFAULT_LOADER
-                     else load_fn(cfg.model_ref, cfg.store, cfg.device))
+        extractor = import_object(cfg.loader)(cfg.model_ref, cfg.store, cfg.device, cfg.precision)
         if cfg.schema_json:
             import json
 
-            from models.attributes.qa import AttributeSchema
+            from models.attributes.schema import AttributeSchema
 
-            if not hasattr(extractor, "schema"):
-                raise ValueError(f"extractor {extractor.version} asks no attribute schema (only an "
-                                 "attribute-conditioned extractor does)")
+            if not hasattr(extractor, "schema"):   # a custom loader's extractor may have none to replace
+                raise ValueError(f"extractor {extractor.version} takes no attribute schema")
             extractor.schema = AttributeSchema.from_json(json.loads(cfg.schema_json))
         return extractor
 

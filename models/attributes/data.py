@@ -25,12 +25,16 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
+if TYPE_CHECKING:
+    from models.attributes.normalise import Normaliser
+
 __all__ = [
     "ALIASES", "DATASETS", "Dataset", "Product", "canonical_attribute", "category_schemas", "data_snapshot",
-    "load_all", "load_dataset", "split_products",
+    "load_all", "load_dataset", "normalised_gold", "normaliser_for", "split_products", "wdc_descriptions",
 ]
 
 log = logging.getLogger(__name__)
@@ -172,3 +176,40 @@ def normalised_gold(root: str | Path) -> dict[str, dict[str, tuple[str, ...]]]:
         if not is_na and isinstance(value, str) and value.strip() and value not in slot:
             slot.append(value)
     return {pid: {a: tuple(v) for a, v in g.items()} for pid, g in gold.items()}
+
+
+def wdc_descriptions(data: str | Path) -> dict[tuple[str, str], str]:
+    """(category, attribute) -> the WDC PAVE attribute description, where the data ships one."""
+    import pandas as pd
+
+    path = Path(data) / "wdc_pave_attribute_descriptions.csv"
+    if not path.is_file():
+        return {}
+    d = pd.read_csv(path, sep=";")
+    out = {}
+    for c, a, text in zip(d["Category"], d["Attribute"], d["Human_Description"], strict=True):
+        if isinstance(text, str) and text.strip():
+            # "The 'Width' attribute refers to ..." -> the part after "refers to"
+            t = text.split("refers to", 1)[-1].strip().rstrip(".")
+            out[(str(c), str(a))] = t[:160]
+    return out
+
+
+def normaliser_for(data: str | Path, datasets: dict[str, Dataset]) -> Normaliser | None:
+    """WDC PAVE's normalisation rules, plus what its train split's normalised gold shows (None without them)."""
+    from models.attributes.normalise import Normaliser
+
+    path = Path(data) / "wdc_pave_attribute_descriptions.csv"
+    if not path.is_file() or "wdc_pave" not in datasets:
+        return None
+    norm = Normaliser.from_descriptions(path)
+    gold = normalised_gold(data)
+
+    def pairs():
+        for p in datasets["wdc_pave"].train:
+            g = gold.get(p.product_id, {})
+            for a, vals in p.gold.items():
+                if len(vals) == 1 and len(g.get(a, ())) == 1:
+                    yield a, vals[0], g[a][0]
+
+    return norm.learn(pairs())

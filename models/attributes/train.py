@@ -97,20 +97,9 @@ def encode_products(datasets: Sequence[Dataset], tokenizer: Any, attributes: Seq
 
 def cache_bottom(bottom: Any, rows: Sequence[EncodedRow], batch_size: int = 64) -> list[Any]:
     """The frozen bottom's output per row (float32 ``[tokens, hidden]``), computed once."""
-    import torch
+    from models.attributes.qa import bottom_states
 
-    from models.attributes.extractor import pad_batch
-
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i].input_ids))
-    out: list[Any] = [None] * len(rows)
-    with torch.inference_mode():
-        for s in range(0, len(order), batch_size):
-            idx = order[s:s + batch_size]
-            b = pad_batch([rows[i] for i in idx])
-            h = bottom(b["input_ids"], b["token_type_ids"], b["mask"])
-            for j, i in enumerate(idx):
-                out[i] = h[j, :len(rows[i].input_ids)].clone()
-    return out
+    return bottom_states(bottom, [r.input_ids for r in rows], [r.token_type_ids for r in rows], batch_size)
 
 
 def _batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -137,21 +126,45 @@ def _collate(idx: list[int], hidden: Sequence[Any], tags: Sequence[np.ndarray]) 
     return h, mask, y
 
 
+def make_optimizer(top: Any, cfg: Any, n_examples: int) -> tuple[Any, Any]:
+    """AdamW (the transformer layers at ``cfg.lr_layers``, the classifier at ``cfg.lr_head``) and a linear warm-up
+    then linear decay over ``cfg.epochs`` epochs of ``n_examples``; ``cfg`` is a tagger or conditioned config."""
+    import torch
+
+    head = [p for n, p in top.named_parameters() if n.startswith("classifier.")]
+    layers = [p for n, p in top.named_parameters() if not n.startswith("classifier.")]
+    opt = torch.optim.AdamW([{"params": layers, "lr": cfg.lr_layers}, {"params": head, "lr": cfg.lr_head}],
+                            weight_decay=cfg.weight_decay)
+    steps = cfg.epochs * math.ceil(n_examples / cfg.batch_size)
+    warmup = max(1, int(cfg.warmup_fraction * steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup))))
+    return opt, sched
+
+
+def tag_step(top: Any, opt: Any, sched: Any, logits: Any, y: Any, weight: Any) -> float:
+    """One optimiser step on the O/B/I cross-entropy of ``logits`` (``[..., 3]``) against ``y`` (IGNORE skipped),
+    gradients clipped to norm 1; the loss."""
+    import torch
+
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 3), y.reshape(-1), weight=weight,
+                                             ignore_index=IGNORE)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(top.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    return float(loss.detach())
+
+
 def train_top(top: Any, hidden: Sequence[Any], tags: Sequence[np.ndarray], cfg: TrainConfig) -> list[float]:
     """Fine-tune the top on cached bottom states; returns the mean loss per epoch."""
     import torch
 
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
-    head = [p for n, p in top.named_parameters() if n.startswith("classifier.")]
-    layers = [p for n, p in top.named_parameters() if not n.startswith("classifier.")]
-    opt = torch.optim.AdamW([{"params": layers, "lr": cfg.lr_layers}, {"params": head, "lr": cfg.lr_head}],
-                            weight_decay=cfg.weight_decay)
+    opt, sched = make_optimizer(top, cfg, len(hidden))
     lengths = [h.shape[0] for h in hidden]
-    steps = cfg.epochs * math.ceil(len(hidden) / cfg.batch_size)
-    warmup = max(1, int(cfg.warmup_fraction * steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup))))
     weight = torch.tensor([1.0, cfg.span_weight, cfg.span_weight])
     losses = []
     average = {k: v.detach().clone() for k, v in top.state_dict().items()} if cfg.ema > 0 else None
@@ -160,20 +173,13 @@ def train_top(top: Any, hidden: Sequence[Any], tags: Sequence[np.ndarray], cfg: 
         t0, total, n = time.perf_counter(), 0.0, 0
         for idx in _batches(lengths, cfg.batch_size, rng):
             h, mask, y = _collate(idx, hidden, tags)
-            logits = top(h, mask)
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 3), y.reshape(-1), weight=weight,
-                                                     ignore_index=IGNORE)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(top.parameters(), 1.0)
-            opt.step()
-            sched.step()
+            loss = tag_step(top, opt, sched, top(h, mask), y, weight)
             if average is not None:
                 with torch.no_grad():
                     for k, v in top.state_dict().items():
                         if v.dtype.is_floating_point:
                             average[k].mul_(cfg.ema).add_(v, alpha=1.0 - cfg.ema)
-            total += float(loss.detach()) * len(idx)
+            total += loss * len(idx)
             n += len(idx)
         losses.append(total / n)
         log.info("epoch %d/%d loss %.4f (%.0f s)", epoch + 1, cfg.epochs, losses[-1], time.perf_counter() - t0)
@@ -187,7 +193,7 @@ def train_extractor(data: str | Path, cfg: TrainConfig) -> tuple[Extractor, dict
     """Train on the train splits; returns the in-memory extractor and facts for the card and manifest."""
     import torch
 
-    from models.attributes.extractor import _quiet_transformers
+    from models.attributes.base import quiet_transformers
     from models.attributes.tagger import load_tower, split_tower
     from models.refs import text_tower_path
 
@@ -196,7 +202,7 @@ def train_extractor(data: str | Path, cfg: TrainConfig) -> tuple[Extractor, dict
     t_start = time.perf_counter()
     datasets = list(load_all(data, cfg.valid_fraction).values())
     attributes = attribute_list(datasets)
-    _quiet_transformers()
+    quiet_transformers()
     tokenizer, bert = load_tower(text_tower_path())
     torch.manual_seed(cfg.seed)
     bottom, top = split_tower(bert, cfg.bottom_layers, len(attributes))
@@ -226,8 +232,8 @@ def train_extractor(data: str | Path, cfg: TrainConfig) -> tuple[Extractor, dict
 
 def attach_learnt(extractor: Any, data: str | Path, datasets: Sequence[Dataset]) -> None:
     """The per-category schema (what each seller category is asked) and the normaliser, from the train data."""
-    from models.attributes.qa import AttributeSchema
-    from models.attributes.qa_train import normaliser_for, wdc_descriptions
+    from models.attributes.data import normaliser_for, wdc_descriptions
+    from models.attributes.schema import AttributeSchema
 
     extractor.schema = AttributeSchema.learn([p for ds in datasets for p in ds.train], wdc_descriptions(data))
     extractor.normaliser = normaliser_for(data, {ds.name: ds for ds in datasets})
@@ -266,7 +272,7 @@ def attach_to_version(vdir: Path, data: str | Path, store: Path, valid_fraction:
 def save_extractor(extractor: Extractor, store: Path, cfg: TrainConfig, facts: dict[str, Any],
                    metrics: dict[str, Any], card: str, training_data: str, name: str = "attr-minilm") -> str:
     """Write a store version (fp16 top weights) and return its id; ``current`` is not touched."""
-    from models.attributes.extractor import minilm_model_cfg
+    from models.attributes.base import minilm_model_cfg
     from models.attributes.tagger import TOP_PREFIX
     from models.store import save_version
 

@@ -214,14 +214,14 @@ def load_cross(ref: str | None = "default", store: str | Path | None = None, dev
     """Verify (checksums, the tower it was trained on) and load a stored cross-encoder."""
     from safetensors.torch import load_file
 
-    from models.attributes.extractor import _quiet_transformers
+    from models.attributes.base import quiet_transformers
     from models.attributes.tagger import load_tower
     from models.encoders import pick_device
     from models.refs import verified_minilm_version
 
     vdir = resolve_cross(ref, store)
     manifest, model_cfg, pre, tower = verified_minilm_version(vdir, (MODEL_KIND,), "a pair cross-encoder")
-    _quiet_transformers()
+    quiet_transformers()
     tokenizer, bert = load_tower(tower)
     bottom, top = split_cross(bert, int(model_cfg["bottom_layers"]))
     state = {k: v.float() for k, v in load_file(str(vdir / model_store.WEIGHTS_FILE)).items()}

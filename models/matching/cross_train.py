@@ -234,7 +234,7 @@ def _train_top(top: Any, hidden: Sequence[Any], labels: np.ndarray, work: Path, 
 def train(data: str | Path, work: Path, cfg: CrossTrainConfig) -> tuple[CrossEncoder, dict[str, Any]]:
     import torch
 
-    from models.attributes.extractor import _quiet_transformers
+    from models.attributes.base import quiet_transformers
     from models.attributes.tagger import load_tower
     from models.refs import text_tower_path
 
@@ -247,7 +247,7 @@ def train(data: str | Path, work: Path, cfg: CrossTrainConfig) -> tuple[CrossEnc
     fit, cal = tr[~tr["calibration"]].reset_index(drop=True), tr[tr["calibration"]].reset_index(drop=True)
     log.info("pairs: %d train (%d matches) + %d calibration, %d valid; by dataset: %s", len(fit),
              int(fit["label"].sum()), len(cal), len(va), fit["dataset"].value_counts().to_dict())
-    _quiet_transformers()
+    quiet_transformers()
     tokenizer, bert = load_tower(text_tower_path())
     bottom, top = split_cross(bert, cfg.bottom_layers)
     t0 = time.perf_counter()
