@@ -78,7 +78,7 @@ class Extractor:
         self.device = device
         self.precision = "fp32"              # or "bf16" (models.precision): set by load_extractor
         self.normaliser: Any = None          # models.attributes.normalise.Normaliser, when the store has one
-        self.schema: Any = None              # models.attributes.qa.AttributeSchema: what each category is asked
+        self.schema: Any = None              # models.attributes.schema.AttributeSchema: what each category is asked
 
     def tag_probs(self, rows: Sequence[EncodedRow]) -> list[np.ndarray]:
         """Tag probabilities ``[tokens, attributes, 3]`` per encoded row (one padded forward pass)."""
