@@ -134,7 +134,7 @@ def parse_args(argv: list[str] | None = None) -> EnrichConfig:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="inference precision: auto (bf16 where the CPU has AVX-512 BF16/AMX or the GPU supports it, "
                         "else fp32), fp32 or bf16; applies to the models measured to hold their outputs in bf16 "
-                        "(today the attribute extractor), the others run fp32")
+                        "(the attribute extractor and the pair cross-encoder), the others run fp32")
     p.add_argument("--matching", default="auto",
                    help="duplicate matching's pair scorer: auto (the store's current one, skipped when the store "
                         "has none), none, a scorer version folder or a scorer store")
@@ -551,7 +551,7 @@ def _match(ctx: RunContext, scorer, cross, valid) -> dict:
     if scorer is None:
         return {"matches_written": 0, "clusters": 0}
     with ctx.stage("match"):
-        cfg = MatchConfig(scorer=scorer, cross=cross, torch_threads=ctx.task_cpus)
+        cfg = MatchConfig(scorer=scorer, cross=cross, torch_threads=ctx.task_cpus, precision=ctx.cfg.precision)
         matched = match_and_cluster(ctx.spark, ctx.lake, valid, ctx.cfg.run_id, ctx.version, cfg)
         ctx.stage.count(matched["queries"], "products")
     return matched

@@ -41,6 +41,21 @@ def test_average_linkage_splits_a_chain_and_keeps_a_clique():
         "a": "a", "b": "a", "c": "c", "d": "c", "e": "e"}
 
 
+def test_group_linkage_pairs_greedily_and_lets_a_group_grow_only_as_a_whole():
+    # y-z is the best pair; x's best match y is taken, so x pairs with its next match w (a one-to-one matching)
+    # instead of joining {y, z} on the strength of x-y alone.
+    a, b, s = ["y", "x", "x"], ["z", "y", "w"], [0.95, 0.9, 0.42]
+    one = average_linkage(["w", "x", "y", "z"], a, b, s, 0.4, 0.8)
+    assert one == {"y": "y", "z": "y", "x": "w", "w": "w"}
+    # With one threshold for all merges x joins {y, z} at (0.9 + 0) / 2 = 0.45 > 0.42 and w is left alone.
+    assert average_linkage(["w", "x", "y", "z"], a, b, s, 0.4) == {"y": "x", "z": "x", "x": "x", "w": "w"}
+    # A group of three listings that all match each other stays one.
+    trio = average_linkage(["p", "q", "r"], ["p", "p", "q"], ["q", "r", "r"], [0.97, 0.9, 0.92], 0.4, 0.8)
+    assert set(trio.values()) == {"p"}
+    cfg = ClusterConfig(margin=None, linkage=0.4, group_linkage=0.8)
+    assert cluster(["w", "x", "y", "z"], a, b, s, cfg).cluster_id == one
+
+
 def test_cluster_config_refuses_bad_settings():
     with pytest.raises(ValueError, match="margin"):
         ClusterConfig(margin=-0.1)
@@ -48,6 +63,10 @@ def test_cluster_config_refuses_bad_settings():
         ClusterConfig(linkage=0.0)
     with pytest.raises(ValueError, match="min_score"):
         ClusterConfig(min_score=1.5)
+    with pytest.raises(ValueError, match="group_linkage"):
+        ClusterConfig(linkage=0.5, group_linkage=0.3)
+    with pytest.raises(ValueError, match="group_linkage"):
+        ClusterConfig(linkage=0.5, group_linkage=1.2)
 
 
 def _random_graph(seed: int, n: int = 60, m: int = 150):
@@ -60,21 +79,22 @@ def _random_graph(seed: int, n: int = 60, m: int = 150):
 
 
 @pytest.mark.spark
-@pytest.mark.parametrize("seed", [0, 1])
-def test_spark_clustering_equals_the_in_memory_rules(spark, seed):
+@pytest.mark.parametrize("seed,group", [(0, None), (1, None), (2, 0.75)])
+def test_spark_clustering_equals_the_in_memory_rules(spark, seed, group):
 
     from jobs.stages.graph import coherent_edges as spark_coherent
     from jobs.stages.graph import guarded_components, split_components
 
     nodes, a, b, s = _random_graph(seed)
-    cfg = ClusterConfig(max_size=8, strict_thresholds=(0.9,), min_score=0.4, margin=0.15, linkage=0.5)
+    cfg = ClusterConfig(max_size=8, strict_thresholds=(0.9,), min_score=0.4, margin=0.15, linkage=0.5,
+                        group_linkage=group)
     want = cluster(nodes, a, b, s, cfg)
     edges = spark.createDataFrame(pd.DataFrame({"src": a, "dst": b, "score": s}))
     kept = spark_coherent(edges, cfg.min_score, cfg.margin)
     assert sorted(kept.select("src", "dst").toPandas().itertuples(index=False, name=None)) == sorted(
         (x, y) for x, y, k in zip(a, b, coherent_edges(a, b, s, cfg.min_score, cfg.margin), strict=True) if k)
     comp, _ = guarded_components(kept, cfg.max_size, cfg.strict_thresholds)
-    got = split_components(comp, kept, cfg.linkage).toPandas()
+    got = split_components(comp, kept, cfg.linkage, cfg.group_linkage).toPandas()
     got_ids = dict(zip(got["node"], got["component"], strict=True))
     assert got_ids == {n: c for n, c in want.cluster_id.items() if n in got_ids}
     assert all(want.cluster_id[n] == n for n in set(nodes) - set(got_ids))   # nodes without links: singletons
@@ -176,4 +196,25 @@ def test_catalogs_are_built_without_the_shop_or_the_truth(tmp_path):
     assert wdc.catalog["product_id"].tolist() == ["wdc:11", "wdc:12"] and wdc.catalog["price"].iloc[0] == 154.10
     assert wdc.truth == {"wdc:11": "5", "wdc:12": "5"}
     with pytest.raises(ValueError, match="unknown whole-catalog dataset"):
-        load_catalog(tmp_path, "abt_buy")
+        load_catalog(tmp_path, "beer")
+
+
+def test_magellan_catalogs_hold_each_record_once_with_the_labelled_matches_as_truth(tmp_path):
+    from jobs.catalog_eval import load_catalog
+
+    (tmp_path / "er_magellan").mkdir()
+    ser = {"s1": "COL name VAL sony kdl-40", "s2": "COL name VAL canon eos 5d", "t1": "COL name VAL sony kdl40 tv",
+           "t2": "COL name VAL canon 5d body", "t3": "COL name VAL nikon d90"}
+    rows = [("train", 1, "s1", "t1"), ("train", 0, "s1", "t2"), ("valid", 1, "s2", "t2"), ("valid", 0, "s2", "t3")]
+    pd.DataFrame({"split": [r[0] for r in rows], "row_in_split": range(4), "label": [r[1] for r in rows],
+                  "left_name": [ser[r[2]][12:] for r in rows], "left_description": "", "left_price": "$10",
+                  "right_name": [ser[r[3]][12:] for r in rows], "right_description": "", "right_price": "",
+                  "left_serialized": [ser[r[2]] for r in rows], "right_serialized": [ser[r[3]] for r in rows]}
+                 ).to_parquet(tmp_path / "er_magellan" / "abt_buy.parquet")
+    cs = load_catalog(tmp_path, "abt_buy")
+    assert len(cs.catalog) == 5 and cs.catalog["product_id"].is_unique
+    assert sorted(cs.catalog["title"]) == sorted(v[12:] for v in ser.values())
+    by_title = dict(zip(cs.catalog["title"], cs.catalog["product_id"], strict=True))
+    t = {k: cs.truth[by_title[v[12:]]] for k, v in ser.items()}
+    assert t["s1"] == t["t1"] and t["s2"] == t["t2"] and len({t["s1"], t["s2"], t["t3"]}) == 3
+    assert cs.catalog["price"].notna().sum() == 2      # the two left records carry "$10"

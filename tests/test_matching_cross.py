@@ -57,6 +57,30 @@ def test_store_round_trip_scores_in_batches_like_one_by_one(random_cross):
     assert version == model.version and version.startswith("store:pair-cross-minilm-") and threshold == 0.0
 
 
+def test_bf16_scores_follow_fp32_and_an_unknown_precision_is_refused(random_cross):
+    from models.matching.cross import CrossEncoder
+
+    a = ["title: acme kettle ac-1000 ; price: 20.00", "title: zeta lamp", "title: nova drill nv-20 ; brand: nova"]
+    b = ["title: acme steel kettle ac1000", "title: zeta desk lamp ze-3", "title: orbit router"]
+    fp32 = load_cross(str(random_cross), precision="fp32")
+    bf16 = load_cross(str(random_cross), precision="bf16")
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+    p32, p16 = fp32.score(a, b), bf16.score(a, b)
+    assert not np.array_equal(p32, p16)                  # bf16 really ran: the numbers move a little
+    np.testing.assert_allclose(p16, p32, atol=0.05)      # and only a little
+    assert load_cross(str(random_cross), precision="auto").precision in ("fp32", "bf16")
+    with pytest.raises(ValueError, match="precision"):
+        CrossEncoder(None, None, None, max_length=8, calibration=(1.0, 0.0), threshold=0.5, precision="int4")
+
+
+def test_the_score_step_loads_the_cross_encoder_in_the_jobs_precision(random_cross):
+    from udfs.matching import CrossSpec, _cross
+
+    for precision in ("fp32", "bf16"):
+        model = _cross(CrossSpec(str(random_cross), threads=1, precision=precision))
+        assert model.precision == precision and model.version == load_cross(str(random_cross)).version
+
+
 def test_a_tampered_or_foreign_cross_encoder_is_refused(random_cross, tmp_path):
     import shutil
 

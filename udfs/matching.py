@@ -162,12 +162,14 @@ def make_codes_udf():
 @dataclass(frozen=True)
 class CrossSpec:
     """How the score step runs the cross-encoder (:mod:`models.matching.cross`): its verified version folder,
-    the feature score a pair needs to be read by it, torch threads per Python worker and pairs per forward pass."""
+    the feature score a pair needs to be read by it, torch threads per Python worker, pairs per forward pass and
+    the precision (auto, fp32, bf16: :mod:`models.precision`)."""
 
     path: str
     prefilter: float = 0.02
     threads: int | None = None
     batch_size: int = 64
+    precision: str = "fp32"
 
 
 def _cross(spec: CrossSpec):
@@ -178,7 +180,7 @@ def _cross(spec: CrossSpec):
             import torch
 
             torch.set_num_threads(spec.threads)
-        model = load_cross(spec.path)
+        model = load_cross(spec.path, precision=spec.precision)
         model.batch_size = spec.batch_size
         return model
 
@@ -255,14 +257,16 @@ def make_score_fn(scorer_version: str, scorer_json: str, keep_all: bool = False,
     return score
 
 
-def make_linkage_fn(threshold: float) -> Callable[[pd.DataFrame], pd.DataFrame]:
+def make_linkage_fn(threshold: float, group_threshold: float | None = None
+                    ) -> Callable[[pd.DataFrame], pd.DataFrame]:
     """One component's edges (``src, dst, score``) -> :data:`LINKAGE_SCHEMA` rows: each member and the smallest
     id of its part after :func:`models.matching.cluster.average_linkage`."""
     from models.matching.cluster import average_linkage
 
     def split(pdf: pd.DataFrame) -> pd.DataFrame:
         src, dst = pdf["src"].tolist(), pdf["dst"].tolist()
-        label = average_linkage(sorted(set(src) | set(dst)), src, dst, pdf["score"].tolist(), threshold)
+        label = average_linkage(sorted(set(src) | set(dst)), src, dst, pdf["score"].tolist(), threshold,
+                                group_threshold)
         return pd.DataFrame({"node": list(label), "part": list(label.values())})
 
     return split

@@ -48,6 +48,7 @@ class MatchConfig:
     cross: str | None = None             # cross-encoder version folder (resolve_pair_model); None: features only
     cross_prefilter: float = 0.02        # feature score a candidate needs to be read by the cross-encoder
     torch_threads: int | None = None     # torch threads per Python worker for the cross-encoder
+    precision: str = "fp32"              # the cross-encoder's: auto, fp32 or bf16 (models.precision)
     full: bool = False                   # match every product, not only new and changed ones
     rows_per_partition: int = 20_000
     max_rounds: int = 100                # connected-components rounds before giving up
@@ -291,7 +292,7 @@ def _score(cand, flagged, scorer, parts: int, cfg: MatchConfig):
     attrs = flagged.select("product_id", "title", "brand", F.col("price").cast("double").alias("price"), "currency")
     side = {s: attrs.toDF(s, f"title_{s}", f"brand_{s}", f"price_{s}", f"currency_{s}") for s in ("a", "b")}
     joined = cand.join(side["a"], "a").join(side["b"], "b").repartition(parts)
-    cross = CrossSpec(cfg.cross, cfg.cross_prefilter, cfg.torch_threads) if cfg.cross else None
+    cross = CrossSpec(cfg.cross, cfg.cross_prefilter, cfg.torch_threads, precision=cfg.precision) if cfg.cross else None
     return joined.mapInPandas(make_score_fn(scorer.version, scorer.to_json(), cross=cross), SCORE_SCHEMA)
 
 
@@ -315,7 +316,7 @@ def _write_clusters(spark, lake, universe, run_id: str, now, cfg: MatchConfig) -
     edges = coherent_edges(edges, cc.min_score, cc.margin).persist(StorageLevel.MEMORY_AND_DISK)
     comp, report = guarded_components(edges, cc.max_size, cc.strict_thresholds, cfg.max_rounds, cfg.checkpoint_every)
     if cc.linkage is not None:
-        comp = split_components(comp, edges, cc.linkage)
+        comp = split_components(comp, edges, cc.linkage, cc.group_linkage)
     rows = (ids.join(comp.withColumnRenamed("node", "product_id"), "product_id", "left")
             .select("product_id", F.coalesce("component", "product_id").alias("cluster_id"), "guard", "matched_hash")
             .withColumn("cluster_size", F.count("*").over(Window.partitionBy("cluster_id"))))

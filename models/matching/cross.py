@@ -111,8 +111,11 @@ class CrossEncoder:
 
     def __init__(self, tokenizer: Any, bottom: Any, top: Any, *, max_length: int, calibration: tuple[float, float],
                  threshold: float, version: str = "unsaved", device: str = "cpu", batch_size: int = 64,
-                 feature_weights: Mapping[str, float] | None = None):
+                 feature_weights: Mapping[str, float] | None = None, precision: str = "fp32"):
         self.tokenizer, self.bottom, self.top = tokenizer, bottom, top
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"cross-encoder precision must be fp32 or bf16 (resolve auto first), got {precision!r}")
+        self.precision = precision
         self.max_length, self.calibration, self.threshold = int(max_length), calibration, float(threshold)
         unknown = sorted(set(feature_weights or {}) - set(STACK_FEATURES))
         if unknown:
@@ -135,8 +138,10 @@ class CrossEncoder:
         enc = self.encode(a, b)
         ids, types = enc["input_ids"], enc["token_type_ids"]
         order = np.argsort([len(x) for x in ids], kind="stable")
+        from models.precision import autocast
+
         self.top.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.precision, self.device):
             for start in range(0, len(order), self.batch_size):
                 idx = order[start:start + self.batch_size]
                 x, t, m = pad([ids[i] for i in idx], [types[i] for i in idx], self.device)
@@ -209,14 +214,16 @@ def cross_info(ref: str | None = "default", store: str | Path | None = None) -> 
     return f"store:{manifest['version']}", float(pre["threshold"])
 
 
-def load_cross(ref: str | None = "default", store: str | Path | None = None, device: str | None = None
-               ) -> CrossEncoder:
-    """Verify (checksums, the tower it was trained on) and load a stored cross-encoder."""
+def load_cross(ref: str | None = "default", store: str | Path | None = None, device: str | None = None,
+               precision: str = "fp32") -> CrossEncoder:
+    """Verify (checksums, the tower it was trained on) and load a stored cross-encoder; ``precision`` is
+    auto, fp32 or bf16 (:mod:`models.precision`)."""
     from safetensors.torch import load_file
 
     from models.attributes.base import quiet_transformers
     from models.attributes.tagger import load_tower
     from models.encoders import pick_device
+    from models.precision import resolve_precision
     from models.refs import verified_minilm_version
 
     vdir = resolve_cross(ref, store)
@@ -233,4 +240,5 @@ def load_cross(ref: str | None = "default", store: str | Path | None = None, dev
     return CrossEncoder(tokenizer, bottom.to(dev), top.to(dev), max_length=int(pre["max_length"]),
                         calibration=(float(cal["a"]), float(cal["b"])), threshold=float(pre["threshold"]),
                         feature_weights={k: float(v) for k, v in cal.get("features", {}).items()},
-                        version=f"store:{manifest['version']}", device=dev)
+                        version=f"store:{manifest['version']}", device=dev,
+                        precision=resolve_precision(precision, dev))

@@ -392,11 +392,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--store", type=Path, default=DEFAULT_CROSS_STORE)
     p.add_argument("--epochs", type=int, default=CrossTrainConfig.epochs)
     p.add_argument("--threads", type=int, default=CrossTrainConfig.threads)
+    p.add_argument("--bottom-layers", type=int, default=CrossTrainConfig.bottom_layers,
+                   help="MiniLM layers kept frozen (0: fine-tune all six)")
+    p.add_argument("--lr", type=float, default=CrossTrainConfig.lr, help="learning rate of the fine-tuned layers")
     p.add_argument("--limit", type=int, default=0, help="train on at most this many pairs (a smoke run)")
     p.add_argument("--promote", action="store_true", help="make the new version the store's current one")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = CrossTrainConfig(epochs=args.epochs, threads=args.threads, limit=args.limit)
+    if not 0 <= args.bottom_layers < 6:
+        p.error(f"--bottom-layers must lie in [0, 5], got {args.bottom_layers}")
+    cfg = CrossTrainConfig(epochs=args.epochs, threads=args.threads, limit=args.limit,
+                           bottom_layers=args.bottom_layers, lr=args.lr)
     model, result = train(args.data, args.work, cfg)
     version = save_cross(model, args.store, cfg, result, training_data=str(Path(args.data).resolve()))
     sys.stdout.write(json.dumps(result["metrics"], indent=1) + f"\nsaved {version} in {args.store}\n")
