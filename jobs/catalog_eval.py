@@ -1,7 +1,7 @@
 """Whole-catalog duplicate detection, scored end to end through the enrich job.
 
     python -m jobs.catalog_eval --data /work/shared/data/matching --work DIR [--out FILE.md]
-        [--datasets walmart_amazon,wdc_products] [--reuse-embeddings]
+        [--datasets walmart_amazon,wdc_products,abt_buy,amazon_google] [--reuse-embeddings]
 
 For each dataset a catalog is built the way ``catalog_dedup/README.md`` says (``product_id`` = record id,
 ``title``, ``brand``, ``price`` parsed; neither the shop nor the truth is passed), the real enrich job runs on it
