@@ -41,19 +41,21 @@ def test_average_linkage_splits_a_chain_and_keeps_a_clique():
         "a": "a", "b": "a", "c": "c", "d": "c", "e": "e"}
 
 
-def test_group_linkage_pairs_greedily_and_lets_a_group_grow_only_as_a_whole():
-    # y-z is the best pair; x's best match y is taken, so x pairs with its next match w (a one-to-one matching)
-    # instead of joining {y, z} on the strength of x-y alone.
+def test_complete_groups_pair_greedily_and_let_a_group_grow_only_by_listings_matching_every_member():
+    # y-z is the best pair; x's best match y is taken and x does not match z, so x pairs with its next match w
+    # (a one-to-one matching) instead of joining {y, z} on the strength of x-y alone.
     a, b, s = ["y", "x", "x"], ["z", "y", "w"], [0.95, 0.9, 0.42]
-    one = average_linkage(["w", "x", "y", "z"], a, b, s, 0.4, 0.8)
+    one = average_linkage(["w", "x", "y", "z"], a, b, s, 0.4, complete_groups=True)
     assert one == {"y": "y", "z": "y", "x": "w", "w": "w"}
-    # With one threshold for all merges x joins {y, z} at (0.9 + 0) / 2 = 0.45 > 0.42 and w is left alone.
+    # Without the rule x joins {y, z} at (0.9 + 0) / 2 = 0.45 > 0.42 and w is left alone.
     assert average_linkage(["w", "x", "y", "z"], a, b, s, 0.4) == {"y": "x", "z": "x", "x": "x", "w": "w"}
-    # A group of three listings that all match each other stays one.
-    trio = average_linkage(["p", "q", "r"], ["p", "p", "q"], ["q", "r", "r"], [0.97, 0.9, 0.92], 0.4, 0.8)
+    # Three listings that all match each other stay one, however unevenly they score (the sample catalog has
+    # a planted group scoring 0.97, 0.64 and 0.58).
+    trio = average_linkage(["p", "q", "r"], ["p", "p", "q"], ["q", "r", "r"], [0.97, 0.64, 0.58], 0.4,
+                           complete_groups=True)
     assert set(trio.values()) == {"p"}
-    cfg = ClusterConfig(margin=None, linkage=0.4, group_linkage=0.8)
-    assert cluster(["w", "x", "y", "z"], a, b, s, cfg).cluster_id == one
+    assert cluster(["w", "x", "y", "z"], a, b, s, ClusterConfig(margin=None, linkage=0.4)).cluster_id == one
+    assert ClusterConfig().complete_groups
 
 
 def test_cluster_config_refuses_bad_settings():
@@ -63,10 +65,6 @@ def test_cluster_config_refuses_bad_settings():
         ClusterConfig(linkage=0.0)
     with pytest.raises(ValueError, match="min_score"):
         ClusterConfig(min_score=1.5)
-    with pytest.raises(ValueError, match="group_linkage"):
-        ClusterConfig(linkage=0.5, group_linkage=0.3)
-    with pytest.raises(ValueError, match="group_linkage"):
-        ClusterConfig(linkage=0.5, group_linkage=1.2)
 
 
 def _random_graph(seed: int, n: int = 60, m: int = 150):
@@ -79,22 +77,22 @@ def _random_graph(seed: int, n: int = 60, m: int = 150):
 
 
 @pytest.mark.spark
-@pytest.mark.parametrize("seed,group", [(0, None), (1, None), (2, 0.75)])
-def test_spark_clustering_equals_the_in_memory_rules(spark, seed, group):
+@pytest.mark.parametrize("seed,complete", [(0, False), (1, False), (2, True), (3, True)])
+def test_spark_clustering_equals_the_in_memory_rules(spark, seed, complete):
 
     from jobs.stages.graph import coherent_edges as spark_coherent
     from jobs.stages.graph import guarded_components, split_components
 
     nodes, a, b, s = _random_graph(seed)
     cfg = ClusterConfig(max_size=8, strict_thresholds=(0.9,), min_score=0.4, margin=0.15, linkage=0.5,
-                        group_linkage=group)
+                        complete_groups=complete)
     want = cluster(nodes, a, b, s, cfg)
     edges = spark.createDataFrame(pd.DataFrame({"src": a, "dst": b, "score": s}))
     kept = spark_coherent(edges, cfg.min_score, cfg.margin)
     assert sorted(kept.select("src", "dst").toPandas().itertuples(index=False, name=None)) == sorted(
         (x, y) for x, y, k in zip(a, b, coherent_edges(a, b, s, cfg.min_score, cfg.margin), strict=True) if k)
     comp, _ = guarded_components(kept, cfg.max_size, cfg.strict_thresholds)
-    got = split_components(comp, kept, cfg.linkage, cfg.group_linkage).toPandas()
+    got = split_components(comp, kept, cfg.linkage, cfg.complete_groups).toPandas()
     got_ids = dict(zip(got["node"], got["component"], strict=True))
     assert got_ids == {n: c for n, c in want.cluster_id.items() if n in got_ids}
     assert all(want.cluster_id[n] == n for n in set(nodes) - set(got_ids))   # nodes without links: singletons

@@ -257,8 +257,7 @@ def make_score_fn(scorer_version: str, scorer_json: str, keep_all: bool = False,
     return score
 
 
-def make_linkage_fn(threshold: float, group_threshold: float | None = None
-                    ) -> Callable[[pd.DataFrame], pd.DataFrame]:
+def make_linkage_fn(threshold: float, complete_groups: bool = False) -> Callable[[pd.DataFrame], pd.DataFrame]:
     """One component's edges (``src, dst, score``) -> :data:`LINKAGE_SCHEMA` rows: each member and the smallest
     id of its part after :func:`models.matching.cluster.average_linkage`."""
     from models.matching.cluster import average_linkage
@@ -266,7 +265,7 @@ def make_linkage_fn(threshold: float, group_threshold: float | None = None
     def split(pdf: pd.DataFrame) -> pd.DataFrame:
         src, dst = pdf["src"].tolist(), pdf["dst"].tolist()
         label = average_linkage(sorted(set(src) | set(dst)), src, dst, pdf["score"].tolist(), threshold,
-                                group_threshold)
+                                complete_groups)
         return pd.DataFrame({"node": list(label), "part": list(label.values())})
 
     return split

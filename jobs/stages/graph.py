@@ -172,11 +172,11 @@ def coherent_edges(edges, min_score: float = 0.0, margin: float | None = None):
             .select("src", "dst", "score"))
 
 
-def split_components(comp, edges, threshold: float, group_threshold: float | None = None):
+def split_components(comp, edges, threshold: float, complete_groups: bool = False):
     """Each component of ``comp`` (``node, component, guard``) split by average linkage on its own edges
     (``src, dst, score``) at ``threshold`` (:func:`models.matching.cluster.average_linkage`, one
-    ``applyInPandas`` group per component: the guard bounds their size); a merge growing a group of two or more
-    needs ``group_threshold``. Same columns back."""
+    ``applyInPandas`` group per component: the guard bounds their size); with ``complete_groups`` a merge growing
+    a group of two or more needs every cross pair matched. Same columns back."""
     from pyspark.sql import functions as F
 
     from udfs.matching import LINKAGE_SCHEMA, make_linkage_fn
@@ -185,6 +185,6 @@ def split_components(comp, edges, threshold: float, group_threshold: float | Non
     inner = (edges.join(c.toDF("src", "c_src"), "src").join(c.toDF("dst", "c_dst"), "dst")
              .where(F.col("c_src") == F.col("c_dst"))
              .select(F.col("c_src").alias("component"), "src", "dst", "score"))
-    parts = inner.groupBy("component").applyInPandas(make_linkage_fn(threshold, group_threshold), LINKAGE_SCHEMA)
+    parts = inner.groupBy("component").applyInPandas(make_linkage_fn(threshold, complete_groups), LINKAGE_SCHEMA)
     return (comp.join(parts, "node", "left")
             .select("node", F.coalesce("part", "component").alias("component"), "guard"))

@@ -316,7 +316,7 @@ def _write_clusters(spark, lake, universe, run_id: str, now, cfg: MatchConfig) -
     edges = coherent_edges(edges, cc.min_score, cc.margin).persist(StorageLevel.MEMORY_AND_DISK)
     comp, report = guarded_components(edges, cc.max_size, cc.strict_thresholds, cfg.max_rounds, cfg.checkpoint_every)
     if cc.linkage is not None:
-        comp = split_components(comp, edges, cc.linkage, cc.group_linkage)
+        comp = split_components(comp, edges, cc.linkage, cc.complete_groups)
     rows = (ids.join(comp.withColumnRenamed("node", "product_id"), "product_id", "left")
             .select("product_id", F.coalesce("component", "product_id").alias("cluster_id"), "guard", "matched_hash")
             .withColumn("cluster_size", F.count("*").over(Window.partitionBy("cluster_id"))))

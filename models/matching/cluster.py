@@ -13,10 +13,10 @@ evaluation and small inputs. Rules, shared by both:
   parts still too large after the strictest threshold are dissolved into singletons (``dissolved``);
 * each component is then split by average linkage (``linkage``): two parts merge only while the mean score
   over all their cross pairs (a pair that did not match counts 0) reaches ``linkage``, so a chain a-b-c
-  whose ends do not match each other does not become one cluster. With ``group_linkage``, a merge that
-  grows a group of two or more needs that higher mean: two single products still pair at ``linkage``, best
-  pair first (a greedy one-to-one matching, what most catalogs' duplicates are: one listing per shop), and a
-  third listing joins only when it matches the group as a whole.
+  whose ends do not match each other does not become one cluster. With ``complete_groups``, a merge that
+  grows a group of two or more also needs every cross pair to be a match: two single products still pair at
+  ``linkage``, best pair first (a greedy one-to-one matching, what most catalogs' duplicates are: one listing
+  per shop), and a third listing joins only when it matches every member.
 
 The guard bounds the components, so the split costs at most ``max_size`` cubed per component: linear in
 the catalog.
@@ -38,16 +38,14 @@ class ClusterConfig:
     max_size: int = 50
     strict_thresholds: tuple[float, ...] = (0.9, 0.97, 0.99)
     # The settings below were chosen on the dev parts of whole catalogs with the shipped cross-encoder's stored
-    # matches (jobs.catalog_eval, EVALUATION.md), among those that keep groups of three whole and still split
-    # chains of neighbours: a margin under 0.4 splits the sample catalog's planted groups of three, and linkage
-    # 0.5 splits a group of three whose third pair did not match. group_linkage 0.8 (a greedy one-to-one pairing
-    # with groups growing only as a whole) raised the mean dev F1 of Abt-Buy, Amazon-Google and WDC Products from
-    # 0.585 to 0.618; 0.9 scored the same but splits more groups of three.
+    # matches (jobs.catalog_eval, EVALUATION.md), among those that keep the sample catalog's planted groups of
+    # three whole and still split chains of neighbours: a margin under 0.4 splits those groups. complete_groups
+    # raised the mean dev F1 of four catalogs from 0.471 to 0.495; a stricter rule (a mean of 0.8 for a growing
+    # group) scored 0.503 but splits a planted group whose pairs score 0.97, 0.64 and 0.58.
     min_score: float = 0.0              # matches scoring less link nothing (0: every stored match)
     margin: float | None = 0.4          # mutual best match within this margin (None: every match links)
     linkage: float | None = 0.4         # average-linkage split of each component (None: components as they are)
-    group_linkage: float | None = 0.8   # mean a merge growing a group of 2+ needs (None: the same as linkage;
-    #                                     unused without a linkage)
+    complete_groups: bool = True        # a merge growing a group of 2+ needs every cross pair matched
 
     def __post_init__(self):
         if self.max_size < 2:
@@ -58,10 +56,6 @@ class ClusterConfig:
             raise ValueError(f"ClusterConfig.margin must be None or >= 0, got {self.margin}")
         if self.linkage is not None and not 0.0 < self.linkage <= 1.0:
             raise ValueError(f"ClusterConfig.linkage must be None or in (0, 1], got {self.linkage}")
-        if (self.group_linkage is not None and self.linkage is not None   # without a linkage it is not used
-                and not self.linkage <= self.group_linkage <= 1.0):
-            raise ValueError(f"ClusterConfig.group_linkage must lie in [linkage, 1], got {self.group_linkage} "
-                             f"with linkage {self.linkage}")
         if list(self.strict_thresholds) != sorted(self.strict_thresholds):
             raise ValueError(f"ClusterConfig.strict_thresholds must increase: {self.strict_thresholds}")
 
@@ -119,18 +113,19 @@ def coherent_edges(a: Sequence[str], b: Sequence[str], score: Sequence[float], m
 
 
 def average_linkage(nodes: Sequence[str], a: Sequence[str], b: Sequence[str], score: Sequence[float],
-                    threshold: float, group_threshold: float | None = None) -> dict[str, str]:
+                    threshold: float, complete_groups: bool = False) -> dict[str, str]:
     """Agglomerative clustering of one component: repeatedly merge the two parts with the highest mean score
-    over all their cross pairs (missing pairs count 0) while it is at least ``threshold``; a merge where either
-    part already holds two or more products needs ``group_threshold`` (None: ``threshold``). Node -> smallest
-    member of its part. Deterministic: ties go to the parts of the smallest ids."""
-    group_threshold = threshold if group_threshold is None else group_threshold
+    over all their cross pairs (missing pairs count 0) while it is at least ``threshold``; with
+    ``complete_groups`` a merge where either part already holds two or more products also needs every cross
+    pair to be a match. Node -> smallest member of its part. Deterministic: ties go to the parts of the smallest
+    ids."""
     order = sorted(set(nodes) | set(a) | set(b))
     pos = {n: i for i, n in enumerate(order)}
     w = np.zeros((len(order), len(order)))
     for x, y, s in zip(a, b, score, strict=True):
         if x != y:
             w[pos[x], pos[y]] = w[pos[y], pos[x]] = max(w[pos[x], pos[y]], float(s))
+    linked = w > 0   # parts whose every cross pair is a match
     size = np.ones(len(order))
     members = [[n] for n in order]
     alive = list(range(len(order)))
@@ -138,14 +133,16 @@ def average_linkage(nodes: Sequence[str], a: Sequence[str], b: Sequence[str], sc
         pair_size = np.outer(size[alive], size[alive])
         sub = w[np.ix_(alive, alive)] / pair_size
         np.fill_diagonal(sub, -1.0)
-        if group_threshold > threshold:   # a group grows only at the higher mean
-            sub[(pair_size > 1) & (sub < group_threshold)] = -1.0
+        if complete_groups:   # a group grows only by listings that match every member
+            sub[(pair_size > 1) & ~linked[np.ix_(alive, alive)]] = -1.0
         i, j = np.unravel_index(int(np.argmax(sub)), sub.shape)
         if sub[i, j] < threshold:
             break
         p, q = sorted((alive[i], alive[j]))
         w[p] += w[q]
         w[:, p] += w[:, q]
+        linked[p] &= linked[q]
+        linked[:, p] &= linked[:, q]
         size[p] += size[q]
         members[p] += members[q]
         alive.remove(q)
@@ -180,12 +177,12 @@ def cluster(nodes: Iterable[str], a: Sequence[str], b: Sequence[str], score: Seq
         if guard[n] == "dissolved":
             label[n] = n
     if cfg.linkage is not None:
-        label = _split(label, edges, cfg.linkage, cfg.group_linkage)
+        label = _split(label, edges, cfg.linkage, cfg.complete_groups)
     return Clusters(label, guard)
 
 
 def _split(label: dict[str, str], edges: list[tuple[str, str, float]], threshold: float,
-           group_threshold: float | None = None) -> dict[str, str]:
+           complete_groups: bool = False) -> dict[str, str]:
     """Each component split by :func:`average_linkage` on its own links."""
     inner: dict[str, list[tuple[str, str, float]]] = {}
     for x, y, s in edges:
@@ -194,7 +191,7 @@ def _split(label: dict[str, str], edges: list[tuple[str, str, float]], threshold
     out = dict(label)
     for es in inner.values():
         xs, ys, ss = zip(*es, strict=True)
-        out.update(average_linkage(sorted(set(xs) | set(ys)), xs, ys, ss, threshold, group_threshold))
+        out.update(average_linkage(sorted(set(xs) | set(ys)), xs, ys, ss, threshold, complete_groups))
     return out
 
 
