@@ -130,6 +130,8 @@ class CrossEncoder:
         """Raw logits of the pairs ``(a[i], b[i])``, batched by length (padding only within similar lengths)."""
         import torch
 
+        from models.precision import autocast
+
         if len(a) != len(b):
             raise ValueError(f"cross-encoder: {len(a)} left and {len(b)} right listings")
         out = np.zeros(len(a), np.float32)
@@ -138,8 +140,6 @@ class CrossEncoder:
         enc = self.encode(a, b)
         ids, types = enc["input_ids"], enc["token_type_ids"]
         order = np.argsort([len(x) for x in ids], kind="stable")
-        from models.precision import autocast
-
         self.top.eval()
         with torch.inference_mode(), autocast(self.precision, self.device):
             for start in range(0, len(order), self.batch_size):

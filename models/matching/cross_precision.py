@@ -31,16 +31,17 @@ def compare(data: str, model_ref: str = "default", threads: int = 0) -> dict[str
         torch.set_num_threads(threads)
     _, valid = load_training_pairs(data, CrossTrainConfig(mined_neighbours=0))
     feats = _features(valid)
-    out: dict[str, Any] = {"pairs": len(valid), "threads": torch.get_num_threads()}
+    model = load_cross(model_ref)   # verified and loaded once; each pass sets its precision
+    out: dict[str, Any] = {"pairs": len(valid), "threads": torch.get_num_threads(), "version": model.version,
+                           "threshold": model.threshold}
     probs = {}
     for precision in ("fp32", "bf16"):
-        model = load_cross(model_ref, precision=precision)
+        model.precision = precision
         t = time.perf_counter()
         probs[precision] = model.probability(model.logits(list(valid["a"]), list(valid["b"])), feats)
         seconds = time.perf_counter() - t
         out[precision] = {"metrics": evaluate_valid(valid, probs[precision], model.threshold),
                           "seconds": round(seconds, 1), "pairs_per_s": round(len(valid) / seconds, 1)}
-        out["version"], out["threshold"] = model.version, model.threshold
     out["max_abs_prob_diff"] = float(np.max(np.abs(probs["fp32"] - probs["bf16"])))
     out["decisions_changed"] = int(np.sum((probs["fp32"] >= out["threshold"]) != (probs["bf16"] >= out["threshold"])))
     return out
