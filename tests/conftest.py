@@ -29,7 +29,7 @@ def spark(tmp_path_factory):
         # No UI: parallel test runs would fight over port 4040, and nobody looks at it.
         "spark.ui.enabled": "false",
         "spark.sql.warehouse.dir": str(warehouse),
-        "spark.driver.memory": "2g",
+        "spark.driver.memory": "3g",  # as a local run of the job gets (LOCAL_DEFAULTS)
     })
     yield session
     session.stop()

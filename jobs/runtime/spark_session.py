@@ -33,6 +33,12 @@ DEFAULTS: dict[str, str] = {
     "spark.sql.session.timeZone": "UTC",
     # Arrow batches of a few thousand rows keep worker memory flat; the model batch size is set separately.
     "spark.sql.execution.arrow.maxRecordsPerBatch": "2048",
+    # Tungsten's memory page. Spark sizes it from the heap (64 MB on a 2-3 GB driver), and every broadcast join
+    # builds its hash table on the driver in at least one whole page, held until the cleaner drops the broadcast:
+    # the sample's run left 421 MB of such pages on the heap, 47 MB with 2 MB pages. One run among many in a
+    # long-lived session (the test suite's, 2 GB) likely spent minutes collecting garbage and failed there.
+    # Small pages cost nothing measurable here (the sample's run took 66-68 s with either).
+    "spark.buffer.pageSize": "4m",
 }
 
 
