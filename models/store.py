@@ -220,12 +220,18 @@ def trained_state_dict(model: Any) -> dict[str, Any]:
 
 def save_version(root: Path, name: str, model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any],
                  state: Mapping[str, Any], *, training_data: str, metrics: Mapping[str, Any],
-                 extra: Mapping[str, Any] | None = None, card: str | None = None) -> str:
-    """Write a new version (config, weights, card, manifest) and return its id; ``current`` is not touched."""
+                 extra: Mapping[str, Any] | None = None, card: str | None = None,
+                 weights_file: bytes | None = None) -> str:
+    """Write a new version (config, weights, card, manifest) and return its id; ``current`` is not touched.
+
+    ``weights_file``: the stored weight file of an earlier version, kept byte for byte instead of ``state`` (a new
+    version of the same weights with another config; safetensors writes its metadata in no fixed order, so
+    serialising them again would give git a second copy of the same tensors)."""
     from safetensors.torch import save as save_bytes
 
     config_text = json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}, indent=2, sort_keys=True)
-    weights = save_bytes(dict(state), metadata={"format": "pt", "parts": "trained-only"})
+    weights = (weights_file if weights_file is not None
+               else save_bytes(dict(state), metadata={"format": "pt", "parts": "trained-only"}))
     digest = hashlib.sha256(config_text.encode() + weights).hexdigest()[:10]
     created = datetime.now(timezone.utc)
     version = f"{name}-{created:%Y%m%dT%H%M%S}-{digest}"

@@ -116,3 +116,27 @@ def test_the_shipped_extractor_finds_obvious_values():
     assert got[1].get("Brand") == "Bimmor"
     assert got[2] == {}
     assert got[3].get("Brand") == "Canon" and got[3].get("Color") == "Black"
+
+
+def test_a_stored_gazetteer_is_loaded_and_widens_values_to_it(random_store, tmp_path):
+    from models.attributes.gazetteer import Gazetteer
+
+    _, _, ex = random_store
+    known = "Folgers Classic Roast"
+    gaz = Gazetteer({"Coffee": {a: {known: 3} for a in ex.attributes}})
+    ex.gazetteer = gaz
+    try:
+        cfg = TrainConfig(bottom_layers=5, max_length=64, min_confidence=0.0)
+        facts = {"label_stats": {}, "split": {}, "train_seconds": 0.0, "losses": []}
+        version = save_extractor(ex, tmp_path, cfg, facts, {}, "card {version}", "test data", name="test-attr")
+    finally:
+        ex.gazetteer = None
+    loaded = load_extractor(f"store:{version}", store=tmp_path, device="cpu")
+    assert loaded.gazetteer is not None and loaded.gazetteer.values == gaz.values
+    widened = loaded.extract(TITLES[:1], [None], ["Coffee"])[0]
+    loaded.gazetteer = None
+    plain = loaded.extract(TITLES[:1], [None], ["Coffee"])[0]
+    inside = [e for e in plain if e.value.casefold() in known.casefold() and e.value != known]
+    assert inside, "the random tagger should tag some words of the known value"
+    assert {(e.attribute, e.value) for e in widened} == \
+        {(e.attribute, known if e in inside else e.value) for e in plain}

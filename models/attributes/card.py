@@ -60,6 +60,9 @@ category, a product keeps only its category's attributes (`--attribute-schema FI
 **normaliser**: where WDC PAVE's attribute descriptions give a rule (unit conversion, unit expansion, numeric
 standardisation, delete marks, name expansion, substring extraction, upper case, generalisation), each value is
 also written normalised, first as the train split's normalised gold writes the same value, else by the rule.
+**gazetteer**: a tagged value that the product's category has never had in train, and that a longer train value
+of the same attribute contains, becomes that longer value where the product's text writes it ("Banana" ->
+"Banana Boat"): the tagger's commonest mistake is stopping short of the gold span. Values are never shortened.
 It runs under bf16 autocast where the CPU has AVX-512 BF16 or AMX (`--precision auto`); EVALUATION.md gives its
 valid F1 in bf16 beside fp32's.
 

@@ -79,6 +79,7 @@ class Extractor:
         self.precision = "fp32"              # or "bf16" (models.precision): set by load_extractor
         self.normaliser: Any = None          # models.attributes.normalise.Normaliser, when the store has one
         self.schema: Any = None              # models.attributes.schema.AttributeSchema: what each category is asked
+        self.gazetteer: Any = None           # models.attributes.gazetteer.Gazetteer: train values to widen spans to
 
     def tag_probs(self, rows: Sequence[EncodedRow]) -> list[np.ndarray]:
         """Tag probabilities ``[tokens, attributes, 3]`` per encoded row (one padded forward pass)."""
@@ -127,6 +128,8 @@ class Extractor:
                 found = self._spans_to_values(probs, encoded[i], texts[i], threshold)
                 if asked[i] is not None:
                     found = [e for e in found if e.attribute in asked[i]]
+                if self.gazetteer is not None and categories is not None:
+                    found = widen_to_known(self.gazetteer, found, categories[i], texts[i])
                 out[i] = _first_per_attribute(found) if one_per_attribute else found
         return out
 
@@ -143,6 +146,21 @@ class Extractor:
             if key not in best or span.confidence > best[key].confidence:
                 best[key] = Extraction(attribute, value, round(span.confidence, 6), SOURCES[span.segment])
         return sorted(best.values(), key=lambda e: (-e.confidence, e.attribute, e.value))
+
+
+def widen_to_known(gazetteer: Any, found: Sequence[Extraction], category: str | None,
+                   texts: tuple[str | None, str | None]) -> list[Extraction]:
+    """Each value widened to the train value around it where there is one (:mod:`models.attributes.gazetteer`),
+    one entry per attribute and value, most confident first."""
+    best: dict[tuple[str, str], Extraction] = {}
+    for e in found:
+        wider = gazetteer.widen(category, e.attribute, e.value, texts)
+        if wider is not None:
+            e = Extraction(e.attribute, clean_value(wider[0]) or e.value, e.confidence, SOURCES[wider[1]])
+        key = (e.attribute, e.value.casefold())
+        if key not in best or e.confidence > best[key].confidence:
+            best[key] = e
+    return sorted(best.values(), key=lambda e: (-e.confidence, e.attribute, e.value))
 
 
 def _first_per_attribute(found: Sequence[Extraction]) -> list[Extraction]:
@@ -211,4 +229,8 @@ def _load_tagger(vdir: Path, manifest: dict[str, Any], model_cfg: dict[str, Any]
     ex = Extractor(tokenizer, bottom.to(dev), top.to(dev), attributes, version=version,
                    max_length=int(pre["max_length"]), min_confidence=float(pre.get("min_confidence", 0.0)), device=dev)
     ex.schema, ex.normaliser = stored_extras(model_cfg)
+    if model_cfg.get("gazetteer"):
+        from models.attributes.gazetteer import Gazetteer
+
+        ex.gazetteer = Gazetteer.from_json(model_cfg["gazetteer"])
     return ex

@@ -231,12 +231,15 @@ def train_extractor(data: str | Path, cfg: TrainConfig) -> tuple[Extractor, dict
 
 
 def attach_learnt(extractor: Any, data: str | Path, datasets: Sequence[Dataset]) -> None:
-    """The per-category schema (what each seller category is asked) and the normaliser, from the train data."""
+    """The per-category schema (what each seller category is asked), the normaliser and the gazetteer of known
+    values, from the train data."""
     from models.attributes.data import normaliser_for, wdc_descriptions
+    from models.attributes.gazetteer import Gazetteer
     from models.attributes.schema import AttributeSchema
 
     extractor.schema = AttributeSchema.learn([p for ds in datasets for p in ds.train], wdc_descriptions(data))
     extractor.normaliser = normaliser_for(data, {ds.name: ds for ds in datasets})
+    extractor.gazetteer = Gazetteer.learn([p for ds in datasets for p in ds.train])
 
 
 def attach_to_version(vdir: Path, data: str | Path, store: Path, valid_fraction: float) -> tuple[str, str]:
@@ -244,6 +247,7 @@ def attach_to_version(vdir: Path, data: str | Path, store: Path, valid_fraction:
     returns (version, evaluation report)."""
     import json
 
+    from models import store as model_store
     from models.attributes.card import model_card
     from models.attributes.evaluate import evaluate_all, report_markdown
     from models.attributes.extractor import load_extractor
@@ -265,12 +269,15 @@ def attach_to_version(vdir: Path, data: str | Path, store: Path, valid_fraction:
     flags = [f"--{k.replace('_', '-')} {v}" for k, v in asdict(cfg).items() if v != defaults.get(k)]
     card = model_card(cfg, facts, report, argv=["--data", str(data), "--store", str(store), *flags])
     metrics = {n: {k: r[k] for k in r if k.startswith(("model", "baseline"))} for n, r in results.items()}
-    version = save_extractor(ex, store, cfg, facts, metrics, card, data_snapshot(data))
+    # The same tensors: keep the stored file's bytes (git then stores the weights once for both versions).
+    version = save_extractor(ex, store, cfg, facts, metrics, card, data_snapshot(data),
+                             weights_file=(vdir / model_store.WEIGHTS_FILE).read_bytes())
     return version, report.replace("{version}", version)
 
 
 def save_extractor(extractor: Extractor, store: Path, cfg: TrainConfig, facts: dict[str, Any],
-                   metrics: dict[str, Any], card: str, training_data: str, name: str = "attr-minilm") -> str:
+                   metrics: dict[str, Any], card: str, training_data: str, name: str = "attr-minilm",
+                   weights_file: bytes | None = None) -> str:
     """Write a store version (fp16 top weights) and return its id; ``current`` is not touched."""
     from models.attributes.base import minilm_model_cfg
     from models.attributes.tagger import TOP_PREFIX
@@ -279,13 +286,14 @@ def save_extractor(extractor: Extractor, store: Path, cfg: TrainConfig, facts: d
     model_cfg = minilm_model_cfg(
         MODEL_KIND, cfg.bottom_layers, attributes=list(extractor.attributes),
         schema=extractor.schema.to_json() if extractor.schema is not None else None,
-        normaliser=extractor.normaliser.to_json() if extractor.normaliser is not None else None)
+        normaliser=extractor.normaliser.to_json() if extractor.normaliser is not None else None,
+        gazetteer=extractor.gazetteer.to_json() if getattr(extractor, "gazetteer", None) is not None else None)
     preprocess_cfg = {"max_length": cfg.max_length, "min_confidence": cfg.min_confidence,
                       "input": "[CLS] title [SEP] description [SEP], longest segment truncated first"}
     # float16 halves the file; the loader casts back to float32 (differences far below the decision margins).
     state = {TOP_PREFIX + k: v.detach().to("cpu").half().contiguous() for k, v in extractor.top.state_dict().items()}
     return save_version(store, name, model_cfg, preprocess_cfg, state, training_data=training_data,
-                        metrics=metrics, card=card,
+                        metrics=metrics, card=card, weights_file=weights_file,
                         extra={"train_config": asdict(cfg), "label_stats": facts["label_stats"],
                                "split": facts["split"], "train_seconds": facts["train_seconds"],
                                "losses": facts["losses"]})
