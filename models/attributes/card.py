@@ -23,6 +23,12 @@ def _frozen(bottom: int, top: int) -> str:
     return f"the embeddings and the lower {bottom} layers frozen, the upper {top} fine-tuned"
 
 
+def _init_line(facts: dict[str, Any]) -> str:
+    init = facts.get("init")
+    return (f" These epochs continued from the weights of `{init}` (its card gives its own training), not from "
+            f"MiniLM's." if init else "")
+
+
 def _ema_line(cfg: Any) -> str:
     ema = getattr(cfg, "ema", 0.0)
     return (f"The shipped weights are an exponential moving average of the trained ones (decay {ema:g} per step, "
@@ -73,7 +79,7 @@ English only (the text tower is English; the training data is English product te
 {cfg.epochs} epochs, batch {cfg.batch_size}, AdamW (layers lr {cfg.lr_layers:g}, classifier lr {cfg.lr_head:g},
 weight decay {cfg.weight_decay:g}, linear warm-up and decay), B/I loss weight {cfg.span_weight:g}, max length
 {cfg.max_length} tokens, seed {cfg.seed}, {cfg.threads} torch thread(s); the frozen layers' output is cached once.
-{_ema_line(cfg)}
+{_ema_line(cfg)}{_init_line(facts)}
 
 Training took {facts['train_seconds']:.0f} s ({minutes:.1f} min; {facts['cache_seconds']:.0f} s of it caching) on
 the development machine (2 CPU cores shared with other jobs). Loss per epoch: {losses}.

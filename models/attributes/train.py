@@ -189,8 +189,23 @@ def train_top(top: Any, hidden: Sequence[Any], tags: Sequence[np.ndarray], cfg: 
     return losses
 
 
-def train_extractor(data: str | Path, cfg: TrainConfig) -> tuple[Extractor, dict[str, Any]]:
-    """Train on the train splits; returns the in-memory extractor and facts for the card and manifest."""
+def _init_from(vdir: Path, top: Any, attributes: Sequence[str], bottom_layers: int) -> None:
+    """Start from a stored tagger's weights (verified; same attributes and frozen layers), not from MiniLM's."""
+    from models.attributes.base import load_top
+    from models.refs import verified_minilm_version
+
+    _, model_cfg, _, _ = verified_minilm_version(vdir, (MODEL_KIND,), "an attribute tagger to continue from")
+    if list(model_cfg["attributes"]) != list(attributes) or int(model_cfg["bottom_layers"]) != bottom_layers:
+        raise ValueError(f"--init {vdir}: its attributes or frozen layers differ from this training's "
+                         f"({len(model_cfg['attributes'])} attributes, {model_cfg['bottom_layers']} frozen layers)")
+    load_top(vdir, top)
+    log.info("continuing from the weights of %s", vdir.name)
+
+
+def train_extractor(data: str | Path, cfg: TrainConfig, init: str | Path | None = None
+                    ) -> tuple[Extractor, dict[str, Any]]:
+    """Train on the train splits; returns the in-memory extractor and facts for the card and manifest.
+    ``init``: a stored tagger's version directory to continue training from."""
     import torch
 
     from models.attributes.base import quiet_transformers
@@ -206,6 +221,8 @@ def train_extractor(data: str | Path, cfg: TrainConfig) -> tuple[Extractor, dict
     tokenizer, bert = load_tower(text_tower_path())
     torch.manual_seed(cfg.seed)
     bottom, top = split_tower(bert, cfg.bottom_layers, len(attributes))
+    if init is not None:
+        _init_from(Path(init), top, attributes, cfg.bottom_layers)
     enc = encode_products(datasets, tokenizer, attributes, cfg.max_length)
     t0 = time.perf_counter()
     hidden = cache_bottom(bottom, enc.rows)
@@ -226,6 +243,7 @@ def train_extractor(data: str | Path, cfg: TrainConfig) -> tuple[Extractor, dict
         "train_seconds": round(time.perf_counter() - t_start, 1),
         "cache_seconds": round(cache_s, 1),
         "trained_parameters": sum(p.numel() for p in top.parameters()),
+        "init": Path(init).name if init is not None else None,
     }
     return extractor, facts
 
@@ -296,6 +314,7 @@ def save_extractor(extractor: Extractor, store: Path, cfg: TrainConfig, facts: d
                         metrics=metrics, card=card, weights_file=weights_file,
                         extra={"train_config": asdict(cfg), "label_stats": facts["label_stats"],
                                "split": facts["split"], "train_seconds": facts["train_seconds"],
+                               "init": facts.get("init"),
                                "losses": facts["losses"]})
 
 
@@ -309,6 +328,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainCon
     p.add_argument("--attach", metavar="VERSION_DIR",
                    help="no training: save the weights of this stored tagger again with the category schema and the "
                         "normaliser learnt from --data")
+    p.add_argument("--init", metavar="VERSION_DIR",
+                   help="continue from this stored tagger's weights (same attributes and frozen layers): its epochs "
+                        "come on top of the ones given here")
     d = TrainConfig()
     for f in ("bottom_layers", "epochs", "batch_size", "seed", "max_length", "threads"):
         p.add_argument(f"--{f.replace('_', '-')}", type=int, default=getattr(d, f))
@@ -335,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             promote(Path(args.store), version)
             log.info("promoted %s to current", version)
         return 0
-    extractor, facts = train_extractor(args.data, cfg)
+    extractor, facts = train_extractor(args.data, cfg, init=args.init)
     t0 = time.perf_counter()
     results = evaluate_all(extractor, args.data, cfg.valid_fraction)
     facts["eval_seconds"] = round(time.perf_counter() - t0, 1)
