@@ -140,3 +140,19 @@ def test_a_stored_gazetteer_is_loaded_and_widens_values_to_it(random_store, tmp_
     assert inside, "the random tagger should tag some words of the known value"
     assert {(e.attribute, e.value) for e in widened} == \
         {(e.attribute, known if e in inside else e.value) for e in plain}
+
+
+def test_a_soup_of_two_stored_taggers_is_their_mean_in_float16(random_store):
+    import torch
+
+    from models.attributes.train import mean_state
+
+    _, _, ex = random_store
+    a = {k: v.clone() for k, v in ex.top.state_dict().items()}
+    b = {k: v + 0.25 if v.is_floating_point() else v for k, v in a.items()}
+    mean = mean_state([a, b])
+    for k, v in a.items():
+        assert torch.allclose(mean[k], v.float() + 0.125, rtol=1e-3, atol=1e-3), k   # fp16 keeps ~3 digits
+        assert torch.equal(mean[k], mean[k].half().float()), k                         # what the store keeps
+    with pytest.raises(ValueError, match="same tensors"):
+        mean_state([a, {k: v for k, v in b.items() if not k.startswith("classifier.")}])

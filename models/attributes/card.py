@@ -24,9 +24,13 @@ def _frozen(bottom: int, top: int) -> str:
 
 
 def _init_line(facts: dict[str, Any]) -> str:
-    init = facts.get("init")
-    return (f" These epochs continued from the weights of `{init}` (its card gives its own training), not from "
+    init, soup = facts.get("init"), facts.get("soup")
+    line = (f" These epochs continued from the weights of `{init}` (its card gives its own training), not from "
             f"MiniLM's." if init else "")
+    if soup:
+        line += (" The stored weights are the mean of the weights of " + ", ".join(f"`{v}`" for v in soup)
+                 + " (a uniform model soup; the run described here is the first of them).")
+    return line
 
 
 def _ema_line(cfg: Any) -> str:

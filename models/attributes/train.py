@@ -31,7 +31,7 @@ from models.attributes.extractor import MODEL_KIND, EncodedRow, Extractor, encod
 from models.attributes.spans import IGNORE, LabelStats, bio_labels
 
 __all__ = [
-    "TrainConfig", "attribute_list", "main", "save_extractor", "supervised_attributes",
+    "TrainConfig", "attribute_list", "main", "mean_state", "save_extractor", "supervised_attributes",
     "train_extractor",
 ]
 
@@ -260,18 +260,41 @@ def attach_learnt(extractor: Any, data: str | Path, datasets: Sequence[Dataset])
     extractor.gazetteer = Gazetteer.learn([p for ds in datasets for p in ds.train])
 
 
-def attach_to_version(vdir: Path, data: str | Path, store: Path, valid_fraction: float) -> tuple[str, str]:
-    """A new version of a stored tagger with the schema and normaliser learnt from ``data`` (same weights);
-    returns (version, evaluation report)."""
+def mean_state(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The mean of state dicts of one architecture, rounded to the float16 the store keeps (so what is evaluated
+    is what is stored)."""
+    keys = set(states[0])
+    if any(set(st) != keys for st in states[1:]):
+        raise ValueError("the weights to average do not have the same tensors")
+    return {k: (sum(st[k].float() for st in states) / len(states)).half().float() for k in states[0]}
+
+
+def attach_to_version(vdirs: Path | Sequence[Path], data: str | Path, store: Path, valid_fraction: float
+                      ) -> tuple[str, str]:
+    """A new version of a stored tagger with the schema, normaliser and gazetteer learnt from ``data``; returns
+    (version, evaluation report). One version: its weights, byte for byte. Several (runs of the same tagger, e.g.
+    one continued from another with ``--init``): the mean of their weights, a uniform model soup (Wortsman et
+    al., 2022); the first one's manifest describes the training."""
     import json
+
+    import torch
 
     from models import store as model_store
     from models.attributes.card import model_card
     from models.attributes.evaluate import evaluate_all, report_markdown
     from models.attributes.extractor import load_extractor
 
-    manifest = json.loads((vdir / "manifest.json").read_text())
-    ex = load_extractor(str(vdir), device="cpu")
+    dirs = [Path(vdirs)] if isinstance(vdirs, (str, Path)) else [Path(v) for v in vdirs]
+    manifest = json.loads((dirs[0] / "manifest.json").read_text())
+    ex = load_extractor(str(dirs[0]), device="cpu")
+    weights_file: bytes | None = (dirs[0] / model_store.WEIGHTS_FILE).read_bytes()
+    if len(dirs) > 1:
+        others = [load_extractor(str(d), device="cpu") for d in dirs[1:]]
+        if any(o.attributes != ex.attributes for o in others):
+            raise ValueError("--attach: the versions to average tag different attributes")
+        with torch.no_grad():
+            ex.top.load_state_dict(mean_state([ex.top.state_dict(), *(o.top.state_dict() for o in others)]))
+        weights_file = None
     attach_learnt(ex, data, list(load_all(data, valid_fraction).values()))
     t0 = time.perf_counter()
     results = evaluate_all(ex, data, valid_fraction)
@@ -280,6 +303,7 @@ def attach_to_version(vdir: Path, data: str | Path, store: Path, valid_fraction:
     facts = {k: manifest[k] for k in ("label_stats", "split", "train_seconds", "losses")}
     facts.update(attributes=list(ex.attributes), trained_parameters=sum(p.numel() for p in ex.top.parameters()),
                  cache_seconds=manifest.get("cache_seconds", 0.0), eval_seconds=round(time.perf_counter() - t0, 1),
+                 init=manifest.get("init"), soup=[d.name for d in dirs] if len(dirs) > 1 else None,
                  macro_f1_below_baseline=[n for n, r in results.items()
                                           if r["model"]["macro_f1"] < r["baseline"]["macro_f1"]])
     # The command that trains these weights: the stored config's non-default settings as flags.
@@ -287,9 +311,8 @@ def attach_to_version(vdir: Path, data: str | Path, store: Path, valid_fraction:
     flags = [f"--{k.replace('_', '-')} {v}" for k, v in asdict(cfg).items() if v != defaults.get(k)]
     card = model_card(cfg, facts, report, argv=["--data", str(data), "--store", str(store), *flags])
     metrics = {n: {k: r[k] for k in r if k.startswith(("model", "baseline"))} for n, r in results.items()}
-    # The same tensors: keep the stored file's bytes (git then stores the weights once for both versions).
-    version = save_extractor(ex, store, cfg, facts, metrics, card, data_snapshot(data),
-                             weights_file=(vdir / model_store.WEIGHTS_FILE).read_bytes())
+    # One version: the same tensors, so keep the stored file's bytes (git then stores the weights once).
+    version = save_extractor(ex, store, cfg, facts, metrics, card, data_snapshot(data), weights_file=weights_file)
     return version, report.replace("{version}", version)
 
 
@@ -314,7 +337,7 @@ def save_extractor(extractor: Extractor, store: Path, cfg: TrainConfig, facts: d
                         metrics=metrics, card=card, weights_file=weights_file,
                         extra={"train_config": asdict(cfg), "label_stats": facts["label_stats"],
                                "split": facts["split"], "train_seconds": facts["train_seconds"],
-                               "init": facts.get("init"),
+                               "init": facts.get("init"), "soup": facts.get("soup"),
                                "losses": facts["losses"]})
 
 
@@ -325,9 +348,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainCon
     p.add_argument("--promote", action="store_true",
                    help="make the new version the store's current one (only if it beats the baseline everywhere)")
     p.add_argument("--report", help="also write the evaluation section (markdown) to this file")
-    p.add_argument("--attach", metavar="VERSION_DIR",
-                   help="no training: save the weights of this stored tagger again with the category schema and the "
-                        "normaliser learnt from --data")
+    p.add_argument("--attach", metavar="VERSION_DIR[,VERSION_DIR...]",
+                   help="no training: save the weights of this stored tagger again with the category schema, the "
+                        "normaliser and the gazetteer learnt from --data; several (comma-separated): the mean of "
+                        "their weights")
     p.add_argument("--init", metavar="VERSION_DIR",
                    help="continue from this stored tagger's weights (same attributes and frozen layers): its epochs "
                         "come on top of the ones given here")
@@ -349,7 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args, cfg = parse_args(argv)
     if args.attach:
-        version, text = attach_to_version(Path(args.attach), args.data, Path(args.store), cfg.valid_fraction)
+        version, text = attach_to_version([Path(v) for v in args.attach.split(",")], args.data, Path(args.store),
+                                          cfg.valid_fraction)
         if args.report:
             Path(args.report).write_text(text)
         print(text)  # noqa: T201 - the command's output
