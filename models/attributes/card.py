@@ -39,6 +39,19 @@ def _ema_line(cfg: Any) -> str:
             "ZhichunRoad's EMA).\n" if ema else "")
 
 
+# What the card says the tagger learns from train besides its weights (the same for every version).
+_LEARNT_FROM_TRAIN = """\
+It carries a **per-category schema** learnt from the train data (every attribute annotated on a product of the
+category; for a category it does not know, the attributes at least three categories share): given the seller
+category, a product keeps only its category's attributes (`--attribute-schema FILE` replaces the schema). And a
+**normaliser**: where WDC PAVE's attribute descriptions give a rule (unit conversion, unit expansion, numeric
+standardisation, delete marks, name expansion, substring extraction, upper case, generalisation), each value is
+also written normalised, first as the train split's normalised gold writes the same value, else by the rule.
+And a **gazetteer**: a tagged value that the product's category has never had in train, and that a longer train
+value of the same attribute contains, becomes that longer value where the product's text writes it ("Banana" ->
+"Banana Boat"): the tagger's commonest mistake is stopping short of the gold span. Values are never shortened."""
+
+
 def model_card(cfg: Any, facts: dict[str, Any], report: str, argv: list[str] | None = None) -> str:
     split = "; ".join(f"{k}: {v['train']} train / {v['valid']} valid products ({v['duplicates_dropped']} subset "
                       "duplicates dropped)" for k, v in facts["split"].items())
@@ -64,15 +77,7 @@ Attributes are tagged independently, so spans may overlap; separators at a
 span's edges are dropped. This version stores only the trained part ({facts['trained_parameters'] / 1e6:.2f}M
 parameters, float16 safetensors); the frozen layers load from the package, whose weights' sha256 is checked.
 
-It carries a **per-category schema** learnt from the train data (every attribute annotated on a product of the
-category; for a category it does not know, the attributes at least three categories share): given the seller
-category, a product keeps only its category's attributes (`--attribute-schema FILE` replaces the schema). And a
-**normaliser**: where WDC PAVE's attribute descriptions give a rule (unit conversion, unit expansion, numeric
-standardisation, delete marks, name expansion, substring extraction, upper case, generalisation), each value is
-also written normalised, first as the train split's normalised gold writes the same value, else by the rule.
-**gazetteer**: a tagged value that the product's category has never had in train, and that a longer train value
-of the same attribute contains, becomes that longer value where the product's text writes it ("Banana" ->
-"Banana Boat"): the tagger's commonest mistake is stopping short of the gold span. Values are never shortened.
+{_LEARNT_FROM_TRAIN}
 It runs under bf16 autocast where the CPU has AVX-512 BF16 or AMX (`--precision auto`); EVALUATION.md gives its
 valid F1 in bf16 beside fp32's.
 

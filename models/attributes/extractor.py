@@ -135,32 +135,37 @@ class Extractor:
 
     def _spans_to_values(self, probs: np.ndarray, row: EncodedRow, texts: tuple[str | None, str | None],
                          threshold: float) -> list[Extraction]:
-        best: dict[tuple[str, str], Extraction] = {}
+        found = []
         for span in decode_tags(probs, row.units, threshold):
             text = texts[span.segment] or ""
             value = clean_value(text[span.start:span.end])
-            if not value:
-                continue
-            attribute = self.attributes[span.attribute]
-            key = (attribute, value.casefold())
-            if key not in best or span.confidence > best[key].confidence:
-                best[key] = Extraction(attribute, value, round(span.confidence, 6), SOURCES[span.segment])
-        return sorted(best.values(), key=lambda e: (-e.confidence, e.attribute, e.value))
+            if value:
+                found.append(Extraction(self.attributes[span.attribute], value, round(span.confidence, 6),
+                                        SOURCES[span.segment]))
+        return _most_confident_first(found)
+
+
+def _most_confident_first(found: Sequence[Extraction]) -> list[Extraction]:
+    """One entry per attribute and value (ignoring case), the most confident; most confident first."""
+    best: dict[tuple[str, str], Extraction] = {}
+    for e in found:
+        key = (e.attribute, e.value.casefold())
+        if key not in best or e.confidence > best[key].confidence:
+            best[key] = e
+    return sorted(best.values(), key=lambda e: (-e.confidence, e.attribute, e.value))
 
 
 def widen_to_known(gazetteer: Any, found: Sequence[Extraction], category: str | None,
                    texts: tuple[str | None, str | None]) -> list[Extraction]:
     """Each value widened to the train value around it where there is one (:mod:`models.attributes.gazetteer`),
     one entry per attribute and value, most confident first."""
-    best: dict[tuple[str, str], Extraction] = {}
+    out = []
     for e in found:
         wider = gazetteer.widen(category, e.attribute, e.value, texts)
         if wider is not None:
             e = Extraction(e.attribute, clean_value(wider[0]) or e.value, e.confidence, SOURCES[wider[1]])
-        key = (e.attribute, e.value.casefold())
-        if key not in best or e.confidence > best[key].confidence:
-            best[key] = e
-    return sorted(best.values(), key=lambda e: (-e.confidence, e.attribute, e.value))
+        out.append(e)
+    return _most_confident_first(out)
 
 
 def _first_per_attribute(found: Sequence[Extraction]) -> list[Extraction]:

@@ -287,14 +287,14 @@ def attach_to_version(vdirs: Path | Sequence[Path], data: str | Path, store: Pat
     dirs = [Path(vdirs)] if isinstance(vdirs, (str, Path)) else [Path(v) for v in vdirs]
     manifest = json.loads((dirs[0] / "manifest.json").read_text())
     ex = load_extractor(str(dirs[0]), device="cpu")
-    weights_file: bytes | None = (dirs[0] / model_store.WEIGHTS_FILE).read_bytes()
+    # One version: the same tensors, so keep the stored file's bytes (git then stores the weights once).
+    weights_file = (dirs[0] / model_store.WEIGHTS_FILE).read_bytes() if len(dirs) == 1 else None
     if len(dirs) > 1:
         others = [load_extractor(str(d), device="cpu") for d in dirs[1:]]
         if any(o.attributes != ex.attributes for o in others):
             raise ValueError("--attach: the versions to average tag different attributes")
         with torch.no_grad():
             ex.top.load_state_dict(mean_state([ex.top.state_dict(), *(o.top.state_dict() for o in others)]))
-        weights_file = None
     attach_learnt(ex, data, list(load_all(data, valid_fraction).values()))
     t0 = time.perf_counter()
     results = evaluate_all(ex, data, valid_fraction)
@@ -311,7 +311,6 @@ def attach_to_version(vdirs: Path | Sequence[Path], data: str | Path, store: Pat
     flags = [f"--{k.replace('_', '-')} {v}" for k, v in asdict(cfg).items() if v != defaults.get(k)]
     card = model_card(cfg, facts, report, argv=["--data", str(data), "--store", str(store), *flags])
     metrics = {n: {k: r[k] for k in r if k.startswith(("model", "baseline"))} for n, r in results.items()}
-    # One version: the same tensors, so keep the stored file's bytes (git then stores the weights once).
     version = save_extractor(ex, store, cfg, facts, metrics, card, data_snapshot(data), weights_file=weights_file)
     return version, report.replace("{version}", version)
 
@@ -328,7 +327,7 @@ def save_extractor(extractor: Extractor, store: Path, cfg: TrainConfig, facts: d
         MODEL_KIND, cfg.bottom_layers, attributes=list(extractor.attributes),
         schema=extractor.schema.to_json() if extractor.schema is not None else None,
         normaliser=extractor.normaliser.to_json() if extractor.normaliser is not None else None,
-        gazetteer=extractor.gazetteer.to_json() if getattr(extractor, "gazetteer", None) is not None else None)
+        gazetteer=extractor.gazetteer.to_json() if extractor.gazetteer is not None else None)
     preprocess_cfg = {"max_length": cfg.max_length, "min_confidence": cfg.min_confidence,
                       "input": "[CLS] title [SEP] description [SEP], longest segment truncated first"}
     # float16 halves the file; the loader casts back to float32 (differences far below the decision margins).
