@@ -14,7 +14,23 @@ from typing import Any
 from models.refs import MINILM_PLACEHOLDER, RANDOM_SEED, text_tower_path
 from models.store import CONFIG_FILE, FROZEN_PREFIX, WEIGHTS_FILE, ModelIntegrityError, verify_version
 
-__all__ = ["build_clip", "load_model", "resolve_text_cfg"]
+__all__ = ["FIT_PREPROCESS", "build_clip", "default_preprocess", "load_model", "pixel_geometry", "resolve_text_cfg"]
+
+# The convolutional towers read the whole photo fitted into their (H, W) box on white; the ViT towers (a square
+# ``image_size``) read open_clip's centre square.
+FIT_PREPROCESS = {"resize_mode": "longest", "fill_color": 255, "interpolation": "bicubic"}
+
+
+def pixel_geometry(model_cfg: dict[str, Any]) -> int | tuple[int, int]:
+    """What photos are decoded to for ``model_cfg``: the side of a centre square (``image_size`` an int), or the
+    (H, W) box a whole photo is fitted into (``image_size`` a pair)."""
+    size = model_cfg["vision_cfg"]["image_size"]
+    return (int(size[0]), int(size[1])) if isinstance(size, (list, tuple)) else int(size)
+
+
+def default_preprocess(model_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The preprocessing a model config implies when none is stored with it (see :func:`pixel_geometry`)."""
+    return dict(FIT_PREPROCESS) if isinstance(pixel_geometry(model_cfg), tuple) else {}
 
 
 def resolve_text_cfg(text_cfg: dict[str, Any]) -> dict[str, Any]:
@@ -41,7 +57,7 @@ def build_clip(model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any] | None 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = open_clip.CustomTextCLIP(**cfg)
-    pp = merge_preprocess_dict(PreprocessCfg(), preprocess_cfg or {})
+    pp = merge_preprocess_dict(PreprocessCfg(), preprocess_cfg or default_preprocess(model_cfg))
     pp["size"] = model.visual.image_size
     open_clip.set_model_preprocess_cfg(model, pp)
     return model.to(device)

@@ -65,9 +65,21 @@ class Encoder:
         self.context_length = context_length
         pp = model.visual.preprocess_cfg
         size = pp["size"]
-        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        # (H, W) of the model input; ``image_size`` is its long side (what a JPEG is draft-decoded to at least).
+        self.image_hw = (int(size[0]), int(size[1])) if isinstance(size, (tuple, list)) else (int(size), int(size))
+        self.image_size = max(self.image_hw)
+        # ``shortest``: centre square (the ViT towers); ``longest``: the whole photo fitted into (H, W).
+        self.resize_mode = str(pp.get("resize_mode") or "shortest")
+        fill = pp.get("fill_color", 255)
+        self.fill = int(fill) if self.resize_mode == "longest" else 255
         self.mean, self.std = tuple(pp["mean"]), tuple(pp["std"])
         self.max_batch = 256   # texts per forward pass in embed_texts
+
+    @property
+    def pixel_geometry(self) -> int | tuple[int, int]:
+        """What training and evaluation decode photos to for this encoder: the side of a centre square, or the
+        (H, W) box a whole photo is fitted into (:func:`models.training.data.decode_all`)."""
+        return self.image_hw if self.resize_mode == "longest" else self.image_size
 
     @property
     def version(self) -> str:
@@ -102,10 +114,12 @@ class Encoder:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def preprocess(self, img: Any) -> np.ndarray:
+        if self.resize_mode == "longest":
+            return to_model_array(img, self.image_hw, self.mean, self.std, "longest", self.fill)
         return to_model_array(img, self.image_size, self.mean, self.std)
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """Embed a (n, 3, size, size) float32 batch produced by :meth:`preprocess`."""
+        """Embed a (n, 3, H, W) float32 batch produced by :meth:`preprocess`."""
         import torch
 
         x = torch.from_numpy(pixels)

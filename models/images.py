@@ -16,7 +16,7 @@ from PIL import Image
 from models.core.errors import CatalogEnrichError
 
 __all__ = ["DEFAULT_MAX_ASPECT_RATIO", "DEFAULT_MAX_PIXELS", "ImageAspectError", "ImageDecodeError",
-           "aspect_problem", "center_square", "decode_image", "to_model_array"]
+           "aspect_problem", "center_square", "decode_image", "fit_box", "to_model_array"]
 
 # Product photos are rarely above 4k x 4k; anything larger is refused before decoding.
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -104,12 +104,37 @@ def center_square(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def to_model_array(img: Image.Image, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    """:func:`center_square`, scaled and normalised: a (3, size, size) float32 array.
+def fit_box(img: Image.Image, height: int, width: int, fill: int = 255) -> Image.Image:
+    """Scale ``img`` to fit inside ``width`` x ``height`` keeping its aspect ratio, centred on a ``fill`` canvas
+    (white: the background of product photos). Nothing of the photo is cut; a 60x80 photo fits 60x80 exactly.
 
-    The same transform as open_clip's default preprocessing, done with one PIL resize and NumPy instead of a
-    torchvision pipeline per image.
+    An image more elongated than :data:`DEFAULT_MAX_ASPECT_RATIO` is scaled the same way: its long side becomes
+    the box's, so the memory used stays that of the box."""
+    w, h = img.size
+    scale = min(width / w, height / h)
+    nw, nh = max(1, min(width, round(w * scale))), max(1, min(height, round(h * scale)))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.BICUBIC)
+    if (nw, nh) == (width, height):
+        return img
+    canvas = Image.new("RGB", (width, height), (fill, fill, fill))
+    canvas.paste(img, ((width - nw) // 2, (height - nh) // 2))
+    return canvas
+
+
+def to_model_array(img: Image.Image, size: int | tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...],
+                   resize_mode: str = "shortest", fill: int = 255) -> np.ndarray:
+    """The model input of ``img``: a (3, H, W) float32 array, scaled and normalised.
+
+    ``resize_mode`` ``shortest`` (open_clip's default geometry): :func:`center_square` at ``size``;
+    ``longest``: :func:`fit_box` into ``size`` = (H, W) (or a square of side ``size``), nothing cut.
+    Done with one PIL resize and NumPy instead of a torchvision pipeline per image.
     """
-    arr = np.asarray(center_square(img, size), dtype=np.float32) / 255.0
+    if resize_mode == "longest":
+        hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        arr = np.asarray(fit_box(img, hw[0], hw[1], fill), dtype=np.float32) / 255.0
+    else:
+        side = size if isinstance(size, int) else int(size[0])
+        arr = np.asarray(center_square(img, side), dtype=np.float32) / 255.0
     arr = (arr - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))

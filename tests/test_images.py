@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -135,3 +136,31 @@ def test_decode_draft_and_model_array():
     arr = to_model_array(img, 64, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     assert arr.shape == (3, 64, 64)
     assert arr[0].mean() == pytest.approx(1.0, abs=0.02) and arr[1].mean() == pytest.approx(-1.0, abs=0.02)
+
+
+def test_fit_box_keeps_the_whole_photo_on_white():
+    from models.images import fit_box
+
+    # A 60x80 photo (W x H) with a red top row and a blue bottom row: a centre square would cut both off.
+    arr = np.zeros((80, 60, 3), dtype=np.uint8)
+    arr[0] = (255, 0, 0)
+    arr[-1] = (0, 0, 255)
+    out = np.asarray(fit_box(Image.fromarray(arr), 80, 60))
+    assert out.shape == (80, 60, 3)
+    assert (out[0] == (255, 0, 0)).all() and (out[-1] == (0, 0, 255)).all()
+    # A square photo is scaled to the box's width and centred: white bands above and below, none at the sides.
+    sq = np.asarray(fit_box(Image.new("RGB", (30, 30), (0, 0, 0)), 80, 60))
+    assert sq.shape == (80, 60, 3)
+    assert (sq[:9] == 255).all() and (sq[-9:] == 255).all() and (sq[40] == 0).all()
+    # A wide banner keeps its shape: the long side becomes the box's, nothing is cut.
+    wide = np.asarray(fit_box(Image.new("RGB", (600, 20), (0, 0, 0)), 80, 60))
+    assert (wide[40, :] == 0).all() and (wide[0, :] == 255).all()
+
+
+def test_model_array_longest_mode_is_height_by_width():
+    img = Image.new("RGB", (60, 80), (255, 0, 0))
+    arr = to_model_array(img, (80, 60), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), resize_mode="longest")
+    assert arr.shape == (3, 80, 60)
+    assert arr[0].mean() == pytest.approx(1.0) and arr[1].mean() == pytest.approx(-1.0)
+    # The default (shortest) geometry of the ViT towers is unchanged: a centre square.
+    assert to_model_array(img, 64, (0.5,) * 3, (0.5,) * 3).shape == (3, 64, 64)

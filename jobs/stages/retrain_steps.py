@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from models.arch import pixel_geometry
 from models.store import ModelIntegrityError, current_version, promote, store_root
 from models.training.card import model_card
 from models.training.config import BatchSchedule, TrainConfig, text_tower
@@ -32,9 +33,10 @@ log = logging.getLogger(__name__)
 BASELINE = "builtin:catalog-tiny-minilm"
 
 
-def build_data(pdf: Any, paths: list[Path], size: int, valid_percent: int,
+def build_data(pdf: Any, paths: list[Path], size: int | tuple[int, int], valid_percent: int,
                classes: list[str] | None = None) -> tuple[TrainData, TrainData, list[str]]:
-    """Decode images at ``size``; drop undecodable ones; split train/valid by a hash of product_id."""
+    """Decode images at ``size`` (a centre square's side, or an (H, W) box: :func:`models.arch.pixel_geometry`);
+    drop undecodable ones; split train/valid by a hash of product_id."""
     pixels, ok = decode_all(paths, size)
     if not ok.any():
         raise ValueError("no catalog image could be read: check --image-root")
@@ -87,7 +89,7 @@ def train_and_compare(cfg: Any, pdf: Any, paths: list[Path], snapshot: str, row:
     root = store_root(cfg.model_store)
     row["model_store"] = str(root)
     model_cfg, init_state, start = _start(cfg, root)
-    size = int(model_cfg["vision_cfg"]["image_size"])
+    size = pixel_geometry(model_cfg)
     train, valid, classes = build_data(pdf, paths, size, cfg.valid_percent)
     row["train_items"], row["valid_items"] = len(train), len(valid)
     tcfg = TrainConfig(epochs=cfg.epochs, max_steps=cfg.steps, schedule=BatchSchedule(max(cfg.batch, 2), cfg.double_at),
@@ -100,9 +102,9 @@ def train_and_compare(cfg: Any, pdf: Any, paths: list[Path], snapshot: str, row:
 
     champ_ref, champ_label = _champion(root)
     champ = load_encoder(champ_ref, "cpu")
-    if champ.image_size != size:  # the champion may use another resolution: same products, its own pixels
+    if champ.pixel_geometry != size:  # the champion may use another geometry: same products, its own pixels
         # The split is recomputed from the same rows and ids, so both models see the same products.
-        ctrain, cvalid, _ = build_data(pdf, paths, champ.image_size, cfg.valid_percent, classes)
+        ctrain, cvalid, _ = build_data(pdf, paths, champ.pixel_geometry, cfg.valid_percent, classes)
     else:
         ctrain, cvalid = train, valid
     base = evaluate(champ, ctrain, cvalid, ecfg)

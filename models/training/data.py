@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from models.images import ImageDecodeError, center_square, decode_image
+from models.images import ImageDecodeError, center_square, decode_image, fit_box
 
-__all__ = ["TrainData", "decode_square", "decode_all", "encode_labels", "group_ids", "split_of"]
+__all__ = ["TrainData", "decode_fit", "decode_square", "decode_all", "encode_labels", "group_ids", "split_of"]
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ class TrainData:
     """Aligned arrays for N products. ``groups`` (N, K): ids whose equality marks a false negative (-1: none);
     ``labels`` (N,): category index (-1: unknown)."""
 
-    pixels: np.ndarray            # (N, S, S, 3) uint8
+    pixels: np.ndarray            # (N, H, W, 3) uint8
     titles: tuple[str, ...]
     groups: np.ndarray | None = None
     labels: np.ndarray | None = None
@@ -31,7 +31,7 @@ class TrainData:
     def __post_init__(self) -> None:
         n = len(self.titles)
         if self.pixels.ndim != 4 or self.pixels.shape[0] != n or self.pixels.dtype != np.uint8:
-            raise ValueError(f"TrainData.pixels must be a uint8 (N, S, S, 3) array with N={n}, "
+            raise ValueError(f"TrainData.pixels must be a uint8 (N, H, W, 3) array with N={n}, "
                              f"got {self.pixels.dtype} {self.pixels.shape}")
         for name in ("groups", "labels"):
             arr = getattr(self, name)
@@ -63,15 +63,24 @@ def decode_square(data: bytes, size: int) -> np.ndarray:
     return np.asarray(center_square(img, size), dtype=np.uint8)
 
 
-def decode_all(paths: Sequence[str | Path], size: int,
+def decode_fit(data: bytes, hw: tuple[int, int]) -> np.ndarray:
+    """Decode and fit the whole photo into (H, W) on white, uint8 (H, W, 3): the ``longest`` geometry of
+    :func:`models.images.to_model_array`."""
+    img = decode_image(data, target_size=max(hw))
+    return np.asarray(fit_box(img, hw[0], hw[1]), dtype=np.uint8)
+
+
+def decode_all(paths: Sequence[str | Path], size: int | tuple[int, int],
                read: Callable[[str | Path], bytes] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Decode every image; returns ``(pixels, ok)`` where ``ok`` flags the images that decoded."""
+    """Decode every image; returns ``(pixels, ok)`` where ``ok`` flags the images that decoded. ``size``: a side
+    (centre square, :func:`decode_square`) or an (H, W) box (the whole photo fitted, :func:`decode_fit`)."""
     read = read or (lambda p: Path(p).read_bytes())
-    out = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
+    hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    out = np.zeros((len(paths), hw[0], hw[1], 3), dtype=np.uint8)
     ok = np.zeros(len(paths), dtype=bool)
     for i, p in enumerate(paths):
         try:
-            out[i] = decode_square(read(p), size)
+            out[i] = decode_square(read(p), size) if isinstance(size, int) else decode_fit(read(p), hw)
             ok[i] = True
         except (OSError, ImageDecodeError) as e:
             log.warning("image %s skipped: %s", p, e)

@@ -53,13 +53,16 @@ class FashionSplit:
 
 
 
-def load_fashion(root: str | Path, size: int = 64, cache_dir: str | Path | None = None) -> FashionSplit:
-    """Products with a decodable image, split 90/10 by a hash of product_id; labels = articleType."""
+def load_fashion(root: str | Path, size: int | tuple[int, int] = 64,
+                 cache_dir: str | Path | None = None) -> FashionSplit:
+    """Products with a decodable image, split 90/10 by a hash of product_id; labels = articleType. ``size``: the
+    side of a centre square, or an (H, W) box the whole photo is fitted into."""
     root = Path(root)
     table = root / "products.parquet"
     digest = sha256_file(table)
     df = pd.read_parquet(table).sort_values("product_id", kind="stable").reset_index(drop=True)
-    cache = Path(cache_dir or Path.home() / ".cache" / "catalog-enrich") / f"fashion-{digest[:12]}-{size}.npz"
+    tag = size if isinstance(size, int) else f"fit{size[0]}x{size[1]}"
+    cache = Path(cache_dir or Path.home() / ".cache" / "catalog-enrich") / f"fashion-{digest[:12]}-{tag}.npz"
     if cache.is_file():
         with np.load(cache) as z:
             pixels, ok = z["pixels"], z["ok"]

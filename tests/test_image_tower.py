@@ -1,0 +1,143 @@
+"""The convolutional image tower trained against a champion's locked text space (models.training.image_tower)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from models.arch import build_clip
+from models.training.data import TrainData
+from models.training.image_tower import (
+    PREPROCESS,
+    ImageTowerConfig,
+    augment,
+    build_candidate,
+    tower_config,
+    train_image_tower,
+)
+from tests.tiny_models import tiny_model_cfg
+
+HW = (32, 24)
+
+
+def _champion(tmp_path):
+    """A stored tiny champion (ViT tower, random BERT) whose text tower the candidate must keep."""
+    from models.store import save_version, trained_state_dict
+
+    cfg = tiny_model_cfg(tmp_path)
+    model = build_clip(cfg)
+    with torch.no_grad():   # a "fine-tuned" text tower: not what the package (or a seeded init) would give
+        model.text.proj.weight.mul_(-0.5)
+        for p in model.text.transformer.encoder.layer[-1].parameters():
+            p.add_(0.01)
+    model.text.transformer.encoder.layer[-1].requires_grad_(True)
+    pp = {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.visual.preprocess_cfg.items()}
+    version = save_version(tmp_path / "store", "tiny", cfg, pp, trained_state_dict(model),
+                           training_data="synthetic", metrics={"valid": {"probe_image_acc": 0.1}})
+    return tmp_path / "store" / version, model
+
+
+def _data(n=24, classes=3):
+    rng = np.random.default_rng(0)
+    labels = np.arange(n) % classes
+    pixels = np.zeros((n, HW[0], HW[1], 3), dtype=np.uint8)
+    for i, y in enumerate(labels):                       # each class its own colour, plus noise
+        pixels[i, :, :, y] = 200
+    pixels = (pixels + rng.integers(0, 40, pixels.shape)).astype(np.uint8)
+    titles = tuple(f"item {i} colour {y}" for i, y in enumerate(labels))
+    return TrainData(pixels, titles, np.full((n, 1), -1), labels.astype(np.int64), classes)
+
+
+def test_tower_config_swaps_only_the_vision_tower():
+    champ = {"embed_dim": 32, "vision_cfg": {"image_size": 16, "layers": 1}, "text_cfg": {"hf_model_name": "x"}}
+    cfg = tower_config(champ, "regnetx_002", (80, 60))
+    assert cfg["text_cfg"] == champ["text_cfg"] and cfg["embed_dim"] == 32
+    assert cfg["vision_cfg"]["timm_model_name"] == "regnetx_002" and cfg["vision_cfg"]["image_size"] == [80, 60]
+    assert champ["vision_cfg"] == {"image_size": 16, "layers": 1}   # the champion's config is not touched
+
+
+def test_augment_keeps_shape_and_range_and_flips_some():
+    x = torch.zeros(64, 3, 8, 6)
+    x[:, :, :, 0] = 255.0                                 # a white left column
+    out = augment(x.clone(), torch.Generator().manual_seed(0), shift=0, jitter=0.0)
+    assert out.shape == x.shape
+    flipped = (out[:, 0, 0, -1] == 255).sum().item()
+    assert 10 < flipped < 54                               # about half flipped
+    out = augment(x.clone(), torch.Generator().manual_seed(0), shift=2, jitter=0.5)
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 255
+
+
+def test_candidate_keeps_the_champion_text_tower_and_learns_the_image_tower(tmp_path):
+    from models.training.pipeline import in_memory_encoder
+
+    champ_dir, champ_model = _champion(tmp_path)
+    cfg = ImageTowerConfig(arch="regnetx_002", image_hw=HW, epochs=2, batch_size=8, lr=1e-2, warmup_fraction=0.1)
+    model, model_cfg = build_candidate(champ_dir, cfg)
+    assert model.visual.preprocess_cfg["resize_mode"] == PREPROCESS["resize_mode"]
+    champ_state = champ_model.state_dict()
+    for k, v in model.state_dict().items():
+        if k.startswith("text."):
+            assert torch.equal(v, champ_state[k]), k
+    data = _data()
+    enc = in_memory_encoder(model, model_cfg)
+    text = enc.embed_texts(list(data.titles))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = train_image_tower(model, data, text, cfg, tmp_path / "work")
+    assert result["steps"] == 2 * (len(data) // 8) and len(result["history"]) == 2
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("text."))
+    moved = [k for k in before if k.startswith("visual.") and before[k].is_floating_point()
+             and not torch.equal(before[k], after[k])]
+    assert "visual.head.proj.weight" in moved
+    assert np.allclose(in_memory_encoder(model, model_cfg).embed_texts(list(data.titles)), text, atol=1e-6)
+    assert (tmp_path / "work" / "checkpoint.pt").is_file()
+    # The image embedding reads the whole box: (H, W) inputs, one unit vector each.
+    img = in_memory_encoder(model, model_cfg).embed_pixels(np.zeros((2, 3, *HW), dtype=np.float32))
+    assert img.shape == (2, 32) and np.allclose(np.linalg.norm(img, axis=1), 1.0, atol=1e-5)
+
+
+def test_training_resumes_from_its_checkpoint(tmp_path):
+    champ_dir, _ = _champion(tmp_path)
+    data = _data()
+    text = np.random.default_rng(1).normal(size=(len(data), 32)).astype(np.float32)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    one = ImageTowerConfig(arch="regnetx_002", image_hw=HW, epochs=1, batch_size=8)
+    model, _ = build_candidate(champ_dir, one)
+    first = train_image_tower(model, data, text, one, tmp_path / "work")
+    two = ImageTowerConfig(arch="regnetx_002", image_hw=HW, epochs=2, batch_size=8)
+    again, _ = build_candidate(champ_dir, two)
+    resumed = train_image_tower(again, data, text, two, tmp_path / "work")
+    assert [h["epoch"] for h in resumed["history"]] == [0, 1]          # epoch 0 from the checkpoint, epoch 1 new
+    assert resumed["history"][0] == first["history"][0]
+    assert resumed["steps"] == 2 * first["steps"]
+
+
+def test_config_refuses_a_batch_without_negatives():
+    with pytest.raises(ValueError, match="negatives"):
+        ImageTowerConfig(batch_size=1)
+
+
+def test_stored_tower_round_trips_through_the_store(tmp_path):
+    from models.encoders import load_encoder
+    from models.store import save_version, trained_state_dict
+
+    champ_dir, _ = _champion(tmp_path)
+    cfg = ImageTowerConfig(arch="regnetx_002", image_hw=HW, epochs=1, batch_size=8)
+    model, model_cfg = build_candidate(champ_dir, cfg)
+    pp = {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.visual.preprocess_cfg.items()}
+    version = save_version(tmp_path / "store", "tower", model_cfg, pp, trained_state_dict(model),
+                           training_data="synthetic", metrics={})
+    enc = load_encoder(str(tmp_path / "store" / version), "cpu")
+    assert enc.pixel_geometry == HW and enc.resize_mode == "longest"
+    from PIL import Image
+
+    arr = enc.preprocess(Image.new("RGB", (60, 80), (10, 20, 30)))
+    assert arr.shape == (3, *HW)
+    champ = load_encoder(str(champ_dir), "cpu")
+    titles = ["red shirt", "blue jeans"]
+    assert np.allclose(enc.embed_texts(titles), champ.embed_texts(titles), atol=1e-6)
+    assert json.loads((tmp_path / "store" / version / "open_clip_config.json").read_text())[
+        "preprocess_cfg"]["resize_mode"] == "longest"
