@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from models.images import to_model_array
+from models.images import box_hw, to_model_array
 from models.refs import (
     CONFIG_DIR,
     MINILM_PLACEHOLDER,
@@ -66,12 +66,11 @@ class Encoder:
         pp = model.visual.preprocess_cfg
         size = pp["size"]
         # (H, W) of the model input; ``image_size`` is its long side (what a JPEG is draft-decoded to at least).
-        self.image_hw = (int(size[0]), int(size[1])) if isinstance(size, (tuple, list)) else (int(size), int(size))
+        self.image_hw = box_hw(size)
         self.image_size = max(self.image_hw)
         # ``shortest``: centre square (the ViT towers); ``longest``: the whole photo fitted into (H, W).
         self.resize_mode = str(pp.get("resize_mode") or "shortest")
-        fill = pp.get("fill_color", 255)
-        self.fill = int(fill) if self.resize_mode == "longest" else 255
+        self.fill = int(pp.get("fill_color", 255))   # the canvas of the ``longest`` geometry
         self.mean, self.std = tuple(pp["mean"]), tuple(pp["std"])
         self.max_batch = 256   # texts per forward pass in embed_texts
 

@@ -16,7 +16,7 @@ from PIL import Image
 from models.core.errors import CatalogEnrichError
 
 __all__ = ["DEFAULT_MAX_ASPECT_RATIO", "DEFAULT_MAX_PIXELS", "ImageAspectError", "ImageDecodeError",
-           "aspect_problem", "center_square", "decode_image", "fit_box", "to_model_array"]
+           "aspect_problem", "box_hw", "center_square", "decode_image", "fit_box", "to_model_array"]
 
 # Product photos are rarely above 4k x 4k; anything larger is refused before decoding.
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -104,6 +104,11 @@ def center_square(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
+def box_hw(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """(H, W) of a model input given as a square's side or as an (H, W) pair."""
+    return (int(size[0]), int(size[1])) if isinstance(size, (tuple, list)) else (int(size), int(size))
+
+
 def fit_box(img: Image.Image, height: int, width: int, fill: int = 255) -> Image.Image:
     """Scale ``img`` to fit inside ``width`` x ``height`` keeping its aspect ratio, centred on a ``fill`` canvas
     (white: the background of product photos). Nothing of the photo is cut; a 60x80 photo fits 60x80 exactly.
@@ -131,7 +136,7 @@ def to_model_array(img: Image.Image, size: int | tuple[int, int], mean: tuple[fl
     Done with one PIL resize and NumPy instead of a torchvision pipeline per image.
     """
     if resize_mode == "longest":
-        hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        hw = box_hw(size)
         arr = np.asarray(fit_box(img, hw[0], hw[1], fill), dtype=np.float32) / 255.0
     else:
         side = size if isinstance(size, int) else int(size[0])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.images import ImageDecodeError, center_square, decode_image, fit_box
+from models.images import ImageDecodeError, box_hw, center_square, decode_image, fit_box
 
 __all__ = ["TrainData", "decode_fit", "decode_square", "decode_all", "encode_labels", "group_ids", "split_of"]
 
@@ -75,7 +75,7 @@ def decode_all(paths: Sequence[str | Path], size: int | tuple[int, int],
     """Decode every image; returns ``(pixels, ok)`` where ``ok`` flags the images that decoded. ``size``: a side
     (centre square, :func:`decode_square`) or an (H, W) box (the whole photo fitted, :func:`decode_fit`)."""
     read = read or (lambda p: Path(p).read_bytes())
-    hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    hw = box_hw(size)
     out = np.zeros((len(paths), hw[0], hw[1], 3), dtype=np.uint8)
     ok = np.zeros(len(paths), dtype=bool)
     for i, p in enumerate(paths):

@@ -121,6 +121,30 @@ def _schedule(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
+def _save_checkpoint(ckpt: Path, parts: dict[str, Any], gen: Any, state: dict[str, Any]) -> None:
+    """Write the training state atomically (a crash mid-write leaves the previous checkpoint)."""
+    import torch
+
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt.with_suffix(".tmp")
+    torch.save({**{k: v.state_dict() for k, v in parts.items()}, "gen": gen.get_state(),
+                "state": json.dumps(state)}, tmp)
+    tmp.replace(ckpt)
+
+
+def _load_checkpoint(ckpt: Path, parts: dict[str, Any], gen: Any) -> dict[str, Any]:
+    """Restore what :func:`_save_checkpoint` wrote (tensors only: ``weights_only``); returns the loop state."""
+    import torch
+
+    saved = torch.load(ckpt, weights_only=True)
+    for k, v in parts.items():
+        v.load_state_dict(saved[k])
+    gen.set_state(saved["gen"])
+    state: dict[str, Any] = json.loads(saved["state"])
+    log.info("resumed from %s at epoch %d (step %d)", ckpt, state["epoch"], state["step"])
+    return state
+
+
 def train_image_tower(model: Any, data: TrainData, text_emb: np.ndarray, cfg: ImageTowerConfig,
                       work: Path | None = None) -> dict[str, Any]:
     """Train ``model.visual`` (everything else frozen) on ``data`` against the fixed, L2-normalised ``text_emb``
@@ -130,36 +154,26 @@ def train_image_tower(model: Any, data: TrainData, text_emb: np.ndarray, cfg: Im
     import torch.nn.functional as F
     from torch import nn
 
-    from models.training.losses import false_negative_mask
+    from models.training.losses import clip_loss
 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    visual = model.visual.to(memory_format=torch.channels_last)
-    for p in visual.parameters():
-        p.requires_grad_(True)
-    dim = text_emb.shape[1]
-    head = nn.Linear(dim, max(int(data.n_classes), 1))
-    logit_scale = nn.Parameter(torch.tensor(cfg.init_logit_scale))
-    params = [{"params": list(visual.parameters()) + list(head.parameters()), "weight_decay": cfg.weight_decay},
-              {"params": [logit_scale], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    model.requires_grad_(False)
+    visual = model.visual.to(memory_format=torch.channels_last).requires_grad_(True)
+    head = nn.Linear(text_emb.shape[1], max(int(data.n_classes), 1))
+    # A module holding the temperature, so that the checkpoint saves every part the same way.
+    temp = nn.ParameterDict({"logit_scale": nn.Parameter(torch.tensor(cfg.init_logit_scale))})
+    opt = torch.optim.AdamW([{"params": list(visual.parameters()) + list(head.parameters()),
+                              "weight_decay": cfg.weight_decay},
+                             {"params": list(temp.parameters()), "weight_decay": 0.0}], lr=cfg.lr)
+    parts = {"visual": visual, "head": head, "temp": temp, "opt": opt}
     n = len(data)
     per_epoch = n // cfg.batch_size
     total = per_epoch * cfg.epochs if cfg.max_steps is None else min(per_epoch * cfg.epochs, cfg.max_steps)
     warmup = max(1, int(cfg.warmup_fraction * total))
-    state: dict[str, Any] = {"epoch": 0, "step": 0, "seconds": 0.0, "history": []}
     ckpt = work / "checkpoint.pt" if work else None
-    if ckpt is not None and ckpt.is_file():
-        saved = torch.load(ckpt, weights_only=True)
-        visual.load_state_dict(saved["visual"])
-        head.load_state_dict(saved["head"])
-        logit_scale.data.copy_(saved["logit_scale"])
-        opt.load_state_dict(saved["opt"])
-        gen.set_state(saved["gen"])
-        state = json.loads(saved["state"])
-        log.info("resumed from %s at epoch %d (step %d)", ckpt, state["epoch"], state["step"])
+    state: dict[str, Any] = ({"epoch": 0, "step": 0, "seconds": 0.0, "history": []}
+                             if ckpt is None or not ckpt.is_file() else _load_checkpoint(ckpt, parts, gen))
     pixels = torch.from_numpy(data.pixels).permute(0, 3, 1, 2)          # (N, 3, H, W) uint8 view
     text = torch.from_numpy(np.ascontiguousarray(text_emb, dtype=np.float32))
     labels = torch.from_numpy(data.labels if data.labels is not None else np.full(n, -1, dtype=np.int64))
@@ -174,19 +188,12 @@ def train_image_tower(model: Any, data: TrainData, text_emb: np.ndarray, cfg: Im
         t0 = time.perf_counter()
         order = torch.randperm(n, generator=gen)
         sums = {"clip": 0.0, "category": 0.0, "acc": 0.0, "batches": 0}
-        for b in range(per_epoch):
-            if step >= total:
-                break
+        for b in range(min(per_epoch, total - step)):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            x = _normalise(augment(pixels[idx].float(), gen, cfg.shift, cfg.jitter), mean, std)
-            z = F.normalize(visual(x), dim=-1)
-            t = text[idx]
-            logits = logit_scale.clamp(max=cfg.max_logit_scale).exp() * z @ t.t()
-            mask = false_negative_mask(groups[idx]) if groups is not None else None
-            if mask is not None:
-                logits = logits.masked_fill(mask, float("-inf"))
-            target = torch.arange(len(idx))
-            clip = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+            z = F.normalize(visual(_normalise(augment(pixels[idx].float(), gen, cfg.shift, cfg.jitter), mean, std)),
+                            dim=-1)
+            clip = clip_loss(z, text[idx], temp["logit_scale"], None if groups is None else groups[idx],
+                             cfg.max_logit_scale)
             y = labels[idx]
             if cfg.category_weight > 0 and bool((y >= 0).any()):
                 cat_logits = head(z * 10.0)
@@ -194,11 +201,10 @@ def train_image_tower(model: Any, data: TrainData, text_emb: np.ndarray, cfg: Im
                 sums["acc"] += float((cat_logits.argmax(1) == y)[y >= 0].float().mean())
             else:
                 cat = z.sum() * 0.0
-            loss = clip + cfg.category_weight * cat
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * _schedule(step, total, warmup)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (clip + cfg.category_weight * cat).backward()
             opt.step()
             step += 1
             sums["clip"] += clip.item()
@@ -213,14 +219,9 @@ def train_image_tower(model: Any, data: TrainData, text_emb: np.ndarray, cfg: Im
         state["epoch"], state["step"] = epoch + 1, step
         log.info("epoch %d: %s", epoch, row)
         if ckpt is not None:
-            ckpt.parent.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save({"visual": visual.state_dict(), "head": head.state_dict(), "logit_scale": logit_scale.data,
-                        "opt": opt.state_dict(), "gen": gen.get_state(), "state": json.dumps(state)}, tmp)
-            tmp.replace(ckpt)
+            _save_checkpoint(ckpt, parts, gen, state)
     visual.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model.requires_grad_(False)
     return {"steps": state["step"], "samples": state["step"] * cfg.batch_size, "seconds": state["seconds"],
             "history": state["history"]}
 
@@ -257,7 +258,7 @@ def build_candidate(champion_dir: Path, cfg: ImageTowerConfig) -> tuple[Any, dic
     return model, model_cfg
 
 
-def _card(args: argparse.Namespace, cfg: ImageTowerConfig, champion: str, split: Any, result: dict[str, Any],
+def _card(cfg: ImageTowerConfig, champion: str, split: Any, result: dict[str, Any],
           cand: dict[str, float], champ: dict[str, float], params: int) -> str:
     from models.training.card import model_card
 
@@ -321,10 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from models.encoders import load_encoder
-    from models.store import current_version, promote, store_root, version_dir
+    from models.store import current_version, promote, read_manifest, store_root, version_dir
     from models.training.evaluate import EvalConfig, SelectionMetric, evaluate
     from models.training.fashion import load_fashion
-    from models.training.pipeline import in_memory_encoder, same_embeddings
+    from models.training.pipeline import in_memory_encoder, same_embeddings, stored_preprocess
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -340,23 +341,22 @@ def main(argv: list[str] | None = None) -> int:
              champion)
     cache_root = Path(args.cache_dir or Path.home() / ".cache" / "catalog-enrich")
     digest = hashlib.sha256(("\n".join(split.train.titles) + champion).encode()).hexdigest()[:12]
-    text_emb = champion_text_embeddings(load_encoder(str(champ_dir), "cpu"), split.train.titles,
-                                        cache_root / f"text-{digest}.npy")
+    champ_enc = load_encoder(str(champ_dir), "cpu")
+    text_emb = champion_text_embeddings(champ_enc, split.train.titles, cache_root / f"text-{digest}.npy")
     model, model_cfg = build_candidate(champ_dir, cfg)
     work = Path(args.work).expanduser()
     result = train_image_tower(model, split.train, text_emb, cfg, work)
     torch.set_grad_enabled(False)
     ecfg = EvalConfig()
     cand = evaluate(in_memory_encoder(model, model_cfg), split.train, split.valid, ecfg)
-    champ_manifest = json.loads((champ_dir / "manifest.json").read_text())
-    champ = champ_manifest.get("metrics", {}).get("valid", {})
+    champ = read_manifest(champ_dir).get("metrics", {}).get("valid", {})
     params = sum(p.numel() for p in model.visual.parameters())
     metrics = {"valid": cand, "champion_valid": champ, "champion": champion,
                "selection_metric": SelectionMetric().name, "selection_score": SelectionMetric()(cand)}
-    card = _card(args, cfg, champion, split, result, cand, champ, params)
+    card = _card(cfg, champion, split, result, cand, champ, params)
     from models.store import save_version, trained_state_dict
 
-    pp = {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.visual.preprocess_cfg.items()}
+    pp = stored_preprocess(model)
     extra = {"base_architecture": f"catalog-minilm-{cfg.arch}", "languages": ["en"], "text_tower_of": champion,
              "train_config": {k: (list(v) if isinstance(v, tuple) else v)
                               for k, v in dataclasses.asdict(cfg).items()},
@@ -369,7 +369,6 @@ def main(argv: list[str] | None = None) -> int:
     if not same_embeddings(stored, in_memory_encoder(model, model_cfg), split.valid):
         log.error("the stored version %s does not reproduce the trained model's embeddings", version)
         return 1
-    champ_enc = load_encoder(str(champ_dir), "cpu")
     titles = list(split.valid.titles[:64])
     if not np.allclose(stored.embed_texts(titles), champ_enc.embed_texts(titles), atol=1e-6):
         log.error("the stored version %s does not keep the champion's text embeddings", version)

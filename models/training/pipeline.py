@@ -16,7 +16,8 @@ from models.training.config import TrainConfig
 from models.training.data import TrainData
 from models.training.trainer import Trainer, TrainResult
 
-__all__ = ["candidate_config", "in_memory_encoder", "load_tokenizer", "save_candidate", "stored_state",
+__all__ = ["candidate_config", "in_memory_encoder", "load_tokenizer", "save_candidate", "stored_preprocess",
+           "stored_state",
            "train_candidate"]
 
 log = logging.getLogger(__name__)
@@ -108,11 +109,16 @@ def in_memory_encoder(model: Any, model_cfg: dict[str, Any], name: str = "candid
                    ModelRef("local", name, version=f"unsaved:{name}"), "cpu", ctx)
 
 
+def stored_preprocess(model: Any) -> dict[str, Any]:
+    """The model's preprocessing config as the store writes it (JSON: tuples become lists)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.visual.preprocess_cfg.items()}
+
+
 def save_candidate(root: Path, name: str, model: Any, model_cfg: dict[str, Any], train_cfg: TrainConfig,
                    result: TrainResult, metrics: dict[str, Any], training_data: str, card: str) -> str:
     from models.store import save_version, trained_state_dict
 
-    pp = {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.visual.preprocess_cfg.items()}
+    pp = stored_preprocess(model)
     extra = {
         "base_architecture": "catalog-tiny-minilm",
         "languages": ["en"],
