@@ -52,6 +52,9 @@ class RetrainConfig:
     from_champion: bool = False        # continue from the champion's architecture and weights (the shipped recipe)
     category_weight: float = 0.0       # ZhichunRoad multitask: seller-category loss beside the contrastive one
     unlock_text_layers: int = 0        # fine-tune the text tower's top N layers (0: locked, projection only)
+    image_tower: str | None = None     # a new image tower (timm architecture) against the champion's text tower
+    image_hw: tuple[int, int] = (80, 60)  # its (H, W) box: the whole photo fitted, no square crop
+    lr: float | None = None            # learning rate (default: the recipe's)
 
 
 def parse_args(argv: list[str] | None) -> RetrainConfig:
@@ -83,6 +86,12 @@ def parse_args(argv: list[str] | None) -> RetrainConfig:
                    help="weight of a seller-category loss beside the contrastive loss (0 = contrastive only)")
     p.add_argument("--unlock-text-layers", type=int, default=0,
                    help="fine-tune the text tower's top N transformer layers (0 = locked, projection only)")
+    p.add_argument("--image-tower", default=None, metavar="ARCH",
+                   help="train a new image tower (any timm architecture, e.g. regnetx_002; random init) against "
+                        "the champion's locked text tower: e-CLIP contrastive + category loss (how the shipped "
+                        "default was made); needs a champion in the store")
+    p.add_argument("--image-hw", default="80x60", help="with --image-tower: the HxW box photos are fitted into")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
     a = p.parse_args(argv)
     if not 1 <= a.valid_percent <= 50:
         p.error("--valid-percent must be between 1 and 50")
@@ -90,11 +99,20 @@ def parse_args(argv: list[str] | None) -> RetrainConfig:
         p.error("--category-weight and --unlock-text-layers must be >= 0")
     if a.from_champion and a.arch_config:
         p.error("--from-champion takes the champion's architecture: leave out --arch-config")
+    if a.image_tower and (a.from_champion or a.arch_config):
+        p.error("--image-tower builds its own architecture: leave out --from-champion and --arch-config")
+    try:
+        image_hw = tuple(int(v) for v in a.image_hw.lower().split("x"))
+    except ValueError:
+        image_hw = ()
+    if len(image_hw) != 2 or min(image_hw) < 16:
+        p.error(f"--image-hw must be HxW with both sides >= 16, got {a.image_hw!r}")
     double_at = tuple(int(x) for x in a.double_at.split(",") if x.strip())
     return RetrainConfig(a.catalog, a.lake, a.image_root, a.model_store, a.run_id or f"retrain-{uuid.uuid4().hex[:12]}",
                          a.epochs, a.steps, a.batch, double_at, a.valid_percent, a.gallery_size, a.probe_train,
                          a.min_improvement, a.arch_config, a.seed, a.matching_data, a.scorer_store,
-                         a.from_champion, a.category_weight, a.unlock_text_layers)
+                         a.from_champion, a.category_weight, a.unlock_text_layers, a.image_tower,
+                         image_hw, a.lr)
 
 
 def read_catalog(spark: Any, path: str) -> tuple[Any, str]:

@@ -153,6 +153,39 @@ def test_retrain_from_the_champion_keeps_its_architecture_and_fine_tunes_the_unl
     assert any(not torch_equal(package[k], champ[k]) for k in lower)   # which is not what the package holds
 
 
+def test_retrain_trains_a_new_image_tower_against_the_champions_text(spark, catalog, shipped_store):
+    """``--image-tower``: a fresh convolutional tower on the whole photo fitted into an (H, W) box, trained
+    against the champion's locked text tower; the candidate's text embeddings are the champion's."""
+    import numpy as np
+
+    from jobs.retrain import main
+    from models.encoders import load_encoder
+
+    shipped, st, lake = shipped_store
+    assert main(_args(catalog, lake, st, "--image-tower", "regnetx_002", "--image-hw", "40x32", "--steps", "2",
+                      "--batch", "8", "--run-id", "tower", "--min-improvement", "-1")) == 0
+    row = _runs(lake).iloc[0]
+    assert row["status"] == "promoted" and row["champion_version"] == f"store:{shipped}"
+    version = store.current_version(st)
+    manifest = store.verify_version(st / version)
+    assert manifest["train_config"]["arch"] == "regnetx_002"
+    cand, champ = load_encoder(str(st / version), "cpu"), load_encoder(str(st / shipped), "cpu")
+    assert cand.pixel_geometry == (40, 32) and champ.pixel_geometry != cand.pixel_geometry
+    titles = ["Nike Men Blue Running Shoes", "Lakme Women Red Lipstick"]
+    assert np.allclose(cand.embed_texts(titles), champ.embed_texts(titles), atol=1e-6)
+    assert "new regnetx_002 image tower" in (st / version / "MODEL_CARD.md").read_text()
+
+
+def test_retrain_refuses_an_image_tower_with_a_bad_box():
+    from jobs.retrain import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--catalog", "c", "--lake", "l", "--image-tower", "regnetx_002", "--image-hw", "80"])
+    with pytest.raises(SystemExit):
+        parse_args(["--catalog", "c", "--lake", "l", "--image-tower", "regnetx_002", "--from-champion"])
+    assert parse_args(["--catalog", "c", "--lake", "l", "--image-tower", "regnetx_002"]).image_hw == (80, 60)
+
+
 def test_retrain_refuses_from_champion_with_an_architecture(tmp_path):
     from jobs.retrain import parse_args
 

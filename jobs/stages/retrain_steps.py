@@ -77,6 +77,36 @@ def _start(cfg: Any, root: Path) -> tuple[dict[str, Any], dict[str, Any] | None,
     return _arch(cfg), None, "fresh image tower"
 
 
+def _new_image_tower(cfg: Any, root: Path, pdf: Any, paths: list[Path]) -> tuple[Any, ...]:
+    """A fresh image tower (``cfg.image_tower``, a timm architecture) trained against the champion's locked text
+    tower (:mod:`models.training.image_tower`): (model, model config, its training config, result, how it
+    started, (train, valid, classes))."""
+    from models.encoders import load_encoder
+    from models.training.image_tower import (
+        ImageTowerConfig,
+        build_candidate,
+        champion_text_embeddings,
+        train_image_tower,
+    )
+    from models.training.trainer import TrainResult
+
+    champion = current_version(root)
+    if not champion:
+        raise ValueError(f"--image-tower trains against the champion's text tower, and {root} has no current "
+                         "version: promote one first")
+    icfg = ImageTowerConfig(arch=cfg.image_tower, image_hw=tuple(cfg.image_hw), epochs=cfg.epochs,
+                            batch_size=max(cfg.batch, 2), seed=cfg.seed, max_steps=cfg.steps,
+                            category_weight=cfg.category_weight or ImageTowerConfig.category_weight,
+                            **({"lr": cfg.lr} if cfg.lr else {}))
+    split = build_data(pdf, paths, icfg.image_hw, cfg.valid_percent)
+    model, model_cfg = build_candidate(root / champion, icfg)
+    text_emb = champion_text_embeddings(load_encoder(str(root / champion), "cpu"), split[0].titles, None)
+    out = train_image_tower(model, split[0], text_emb, icfg)
+    result = TrainResult(steps=out["steps"], samples=out["samples"], seconds=out["seconds"],
+                         history=out["history"])
+    return model, model_cfg, icfg, result, f"new {cfg.image_tower} image tower on `store:{champion}`'s text", split
+
+
 def _champion(root: Path) -> tuple[str, str]:
     """(reference, version label) of the model to beat."""
     v = current_version(root)
@@ -88,14 +118,19 @@ def train_and_compare(cfg: Any, pdf: Any, paths: list[Path], snapshot: str, row:
 
     root = store_root(cfg.model_store)
     row["model_store"] = str(root)
-    model_cfg, init_state, start = _start(cfg, root)
+    if cfg.image_tower:
+        model, model_cfg, tcfg, result, start, (train, valid, classes) = _new_image_tower(cfg, root, pdf, paths)
+    else:
+        model_cfg, init_state, start = _start(cfg, root)
+        train, valid, classes = build_data(pdf, paths, pixel_geometry(model_cfg), cfg.valid_percent)
+        tcfg = TrainConfig(epochs=cfg.epochs, max_steps=cfg.steps,
+                           schedule=BatchSchedule(max(cfg.batch, 2), cfg.double_at), seed=cfg.seed,
+                           warmup_steps=min(100, max((cfg.steps or 100) // 10, 1)),
+                           category_weight=cfg.category_weight, **text_tower(cfg.unlock_text_layers),
+                           **({"lr": cfg.lr} if cfg.lr else {}))
+        model, result = train_candidate(model_cfg, train, tcfg, seed=cfg.seed, init_state=init_state)
     size = pixel_geometry(model_cfg)
-    train, valid, classes = build_data(pdf, paths, size, cfg.valid_percent)
     row["train_items"], row["valid_items"] = len(train), len(valid)
-    tcfg = TrainConfig(epochs=cfg.epochs, max_steps=cfg.steps, schedule=BatchSchedule(max(cfg.batch, 2), cfg.double_at),
-                       seed=cfg.seed, warmup_steps=min(100, max((cfg.steps or 100) // 10, 1)),
-                       category_weight=cfg.category_weight, **text_tower(cfg.unlock_text_layers))
-    model, result = train_candidate(model_cfg, train, tcfg, seed=cfg.seed, init_state=init_state)
     row["train_seconds"], row["samples_per_s"] = result.seconds, result.samples_per_s
     ecfg = EvalConfig(gallery_size=cfg.gallery_size, probe_train=cfg.probe_train)
     cand = evaluate(in_memory_encoder(model, model_cfg), train, valid, ecfg)

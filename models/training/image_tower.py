@@ -168,7 +168,7 @@ def train_image_tower(model: Any, data: TrainData, text_emb: np.ndarray, cfg: Im
                              {"params": list(temp.parameters()), "weight_decay": 0.0}], lr=cfg.lr)
     parts = {"visual": visual, "head": head, "temp": temp, "opt": opt}
     n = len(data)
-    per_epoch = n // cfg.batch_size
+    per_epoch = max(1, n // cfg.batch_size)   # a catalog smaller than a batch still trains
     total = per_epoch * cfg.epochs if cfg.max_steps is None else min(per_epoch * cfg.epochs, cfg.max_steps)
     warmup = max(1, int(cfg.warmup_fraction * total))
     ckpt = work / "checkpoint.pt" if work else None
