@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import numpy as np
@@ -149,3 +150,52 @@ def test_degraded_rows_must_match_the_rows():
     with pytest.raises(ValueError, match="DegradedRows.x has shape"):
         fit_head(x, y, ["a", "b"], HeadTrainConfig(epochs=1), name="t", inputs="text",
                  degraded=DegradedRows(np.zeros((4, 5), np.float32), np.arange(4)))
+
+
+
+def test_title_expert_weight_and_gate_are_fitted_on_the_held_out_rows():
+    """A head that reads the photo alone (90% right) plus a text head (the title names the type): the fitted
+    late fusion takes the text where the title says something and leaves an empty title to the photo."""
+    from models.heads.bundle import log_softmax
+    from models.heads.train import fit_title_expert
+
+    titles, img, y = _catalog(1200, 0)
+    txt = _text_tower(titles)
+    cfg = HeadTrainConfig(epochs=12, hidden=32, calibration_fraction=0.2, lexical_features=0)
+    text_head = fit_head(txt, y, CLASSES, cfg, name="category", inputs="text")
+    photo = fit_head(img, y, CLASSES, cfg, name="category", inputs="image")
+    vt, vimg, vy = _catalog(800, seed=5)
+    vt = [t if i % 2 else "" for i, t in enumerate(vt)]           # half the titles are empty
+    vocabulary = LexicalExpert.fit(titles, y, len(CLASSES))
+    own = log_softmax(photo.logits(vimg) / photo.temperature)
+    x = _text_tower(vt)
+    fused = fit_title_expert(photo, text_head, own, x, vy, vt, vocabulary, np.ones(len(vy), dtype=bool))
+    assert fused.title_weight > 0 and fused.title_min_words > 0
+    pred = fused.fused_log_probs(own, x, vt).argmax(axis=1)
+    full, empty = np.arange(len(vy)) % 2 == 1, np.arange(len(vy)) % 2 == 0
+    assert (pred[full] == vy[full]).mean() > (own.argmax(axis=1)[full] == vy[full]).mean() + 0.05
+    np.testing.assert_array_equal(pred[empty], own.argmax(axis=1)[empty])   # no known word: the photo decides
+    with pytest.raises(ValueError, match="needs a text head with the same classes"):
+        fit_title_expert(photo, dataclasses.replace(text_head, classes=("a", "b", "c")), own, x, vy, vt,
+                         vocabulary, np.ones(len(vy), dtype=bool))
+
+
+def test_a_title_expert_survives_the_store(tmp_path):
+    titles, img, y = _catalog(600, 0)
+    txt = _text_tower(titles)
+    cfg = HeadTrainConfig(epochs=4, hidden=32, calibration_fraction=0.2, lexical_gates=(0.0, 2.0))
+    text_head = fit_head(txt, y, CLASSES, cfg, name="category", inputs="text", texts=titles)
+    head = fit_head(np.concatenate([txt, img], axis=1), y, CLASSES, cfg, name="category", inputs="text+image",
+                    text_slice=slice(0, 16), image_slice=slice(16, 24), texts=titles)
+    expert = dataclasses.replace(text_head, name="category.title", lexical_weight=0.0, mention_weight=0.0,
+                                 class_bias=None)
+    fused = dataclasses.replace(head, title_expert=expert, title_weight=1.0, title_min_words=3.0,
+                                fusion_temperature=0.8)
+    save_heads(tmp_path, "heads-test", HeadBundle("enc-v1", fused), training_data="synthetic", metrics={})
+    loaded = load_heads(find_heads(tmp_path, "enc-v1")).category
+    assert (loaded.title_weight, loaded.title_min_words, loaded.fusion_temperature) == (1.0, 3.0, 0.8)
+    assert loaded.title_expert is not None and loaded.title_expert.name == "category.title"
+    vt = ["Nike Men Blue Shirt", "Fossil", "", "Puma Women Black Watch"]
+    got = loaded.predict(_text_tower(vt), img[:4], vt)
+    np.testing.assert_allclose(got, fused.predict(_text_tower(vt), img[:4], vt), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(got, head.predict(_text_tower(vt), img[:4], vt))   # the expert changes the output

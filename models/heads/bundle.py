@@ -37,6 +37,11 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
 def _gelu(z: np.ndarray) -> np.ndarray:
     from scipy.special import erf
 
@@ -95,6 +100,12 @@ class LinearHead:
     ``lexical_min_words`` gates the lexical expert by its evidence: its log-probabilities count in proportion to
     the title's words its vocabulary knows, fully from that many on (0: no gate). A title cut to its brand then
     cannot overrule the photo with one word; an empty title adds nothing.
+
+    ``title_expert`` (a head on the text embedding alone, its MLP only) is a late-fusion expert for a fused head:
+    the fused head's calibrated log-probabilities plus ``title_weight`` times the title expert's, the weight gated
+    by the title's evidence like the lexical expert's (full from ``title_min_words`` known words on), then
+    softmax at ``fusion_temperature``. A fused head trained beside degraded titles leans on the photo; on a title
+    that says enough, the title expert gives the text its say back.
     """
 
     name: str
@@ -109,6 +120,10 @@ class LinearHead:
     lexical_weight: float = 0.0
     class_bias: np.ndarray | None = None   # (C,) added to the logits: the class-prior adjustment (or None)
     lexical_min_words: float = 0.0         # the lexical expert's full weight from this many known title words on
+    title_expert: LinearHead | None = None  # late fusion: a head on the text embedding alone (its MLP only)
+    title_weight: float = 0.0
+    title_min_words: float = 0.0           # the title expert's full weight from this many known title words on
+    fusion_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if self.inputs not in INPUTS:
@@ -156,7 +171,27 @@ class LinearHead:
         return z
 
     def probs(self, x: np.ndarray, texts: list[str] | None = None) -> np.ndarray:
-        return softmax(self.combined_logits(x, texts) / self.temperature)
+        z = self.combined_logits(x, texts) / self.temperature
+        if self.title_expert is None or not self.title_weight or texts is None:
+            return softmax(z)
+        return softmax(self.fused_log_probs(log_softmax(z), x, texts) / self.fusion_temperature)
+
+    def title_gate(self, texts: list[str], min_words: float) -> np.ndarray:
+        """(N, 1): how much the title says, 0..1 (known words / ``min_words``; 1 when ungated or no vocabulary)."""
+        vocab = self.lexical if self.lexical is not None else (self.title_expert.lexical if self.title_expert
+                                                               is not None else None)
+        if vocab is None or min_words <= 0:
+            return np.ones((len(texts), 1), dtype=np.float32)
+        return vocab.gate(texts, min_words)
+
+    def fused_log_probs(self, own: np.ndarray, x: np.ndarray, texts: list[str], weight: float | None = None,
+                        min_words: float | None = None) -> np.ndarray:
+        """``own`` (the head's log-probabilities) plus the gated title expert's, before the fusion temperature."""
+        expert = self.title_expert
+        w = self.title_weight if weight is None else weight
+        gate = self.title_gate(texts, self.title_min_words if min_words is None else min_words)
+        d = expert.mean.shape[0]
+        return own + w * gate * log_softmax(expert.logits(np.asarray(x)[:, :d]) / expert.temperature)
 
     def predict(self, text: np.ndarray, image: np.ndarray | None, texts: list[str] | None = None) -> np.ndarray:
         """Class probabilities; ``texts`` (title and description) feed the mention expert when the head has one."""
@@ -172,6 +207,8 @@ class LinearHead:
             out.update(self.lexical.tensors(f"{self.name}.lexical"))
         if self.class_bias is not None:
             out[f"{self.name}.class_bias"] = np.ascontiguousarray(self.class_bias, dtype=np.float32)
+        if self.title_expert is not None:
+            out.update(self.title_expert.tensors())
         return out
 
     def describe(self) -> dict[str, Any]:
@@ -179,7 +216,10 @@ class LinearHead:
                 "n_layers": len(self.layers), "mention_weight": self.mention_weight,
                 "lexical_weight": self.lexical_weight,
                 "lexical": None if self.lexical is None else self.lexical.describe(),
-                "class_bias": self.class_bias is not None, "lexical_min_words": self.lexical_min_words}
+                "class_bias": self.class_bias is not None, "lexical_min_words": self.lexical_min_words,
+                "title_expert": None if self.title_expert is None else self.title_expert.describe(),
+                "title_weight": self.title_weight, "title_min_words": self.title_min_words,
+                "fusion_temperature": self.fusion_temperature}
 
     @classmethod
     def from_parts(cls, name: str, desc: dict[str, Any], tensors: dict[str, np.ndarray]) -> LinearHead:
@@ -191,7 +231,11 @@ class LinearHead:
                                                                                  tensors),
                    float(desc.get("lexical_weight", 0.0)),
                    tensors[f"{name}.class_bias"] if desc.get("class_bias") else None,
-                   float(desc.get("lexical_min_words", 0.0)))
+                   float(desc.get("lexical_min_words", 0.0)),
+                   None if not desc.get("title_expert") else cls.from_parts(f"{name}.title", desc["title_expert"],
+                                                                            tensors),
+                   float(desc.get("title_weight", 0.0)), float(desc.get("title_min_words", 0.0)),
+                   float(desc.get("fusion_temperature", 1.0)))
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,7 @@ def _feats(e: dict[str, np.ndarray], part: str, inputs: str) -> np.ndarray:
 
 
 def _fit(e, ytr, classes, cfg: HeadTrainConfig, name: str, inputs: str, texts: list[str] | None = None,
-         deg: DegradedTitles | None = None) -> LinearHead:
+         deg: DegradedTitles | None = None, title_expert: LinearHead | None = None) -> LinearHead:
     d = e["tr_txt"].shape[1]
     if inputs == "image":
         cfg = dataclasses.replace(cfg, fgm_eps=0.0)   # FGM perturbs the text embedding: none here
@@ -111,7 +111,7 @@ def _fit(e, ytr, classes, cfg: HeadTrainConfig, name: str, inputs: str, texts: l
                              None if texts is None else deg.train)
     return fit_head(_feats(e, "tr", inputs), ytr, classes, cfg, name=name, inputs=inputs,
                     text_slice=slice(0, d) if inputs != "image" else None, image_slice=img_slice, texts=texts,
-                    degraded=extra)
+                    degraded=extra, title_expert=title_expert if inputs == "text+image" else None)
 
 
 def _robustness(e, task: str, heads: dict[str, LinearHead], old: HeadBundle | None, deg: DegradedTitles,
@@ -154,17 +154,20 @@ def evaluate_tasks(e, train_rows: pd.DataFrame, valid_rows: pd.DataFrame, cfg: H
         metrics[task] = {"baseline": base, "classes": len(classes), "valid_items": base["n"]}
         trained = {}
         for inputs in INPUTS:
-            head = trained[inputs] = _fit(e, ytr, classes, cfg, task, inputs, tr_titles, deg)
+            # The fused head late-fuses the text head as its title expert (INPUTS trains "text" first).
+            head = trained[inputs] = _fit(e, ytr, classes, cfg, task, inputs, tr_titles, deg, trained.get("text"))
             probs = head.predict(e["va_txt"], e["va_img"], va_titles)
             m = accuracy_f1(yva, probs.argmax(axis=1))
             m["ece"] = expected_calibration_error(probs[yva >= 0], yva[yva >= 0])
             m["mention_weight"], m["lexical_weight"] = head.mention_weight, head.lexical_weight
             m["lexical_min_words"] = head.lexical_min_words
             m["prior_adjustment"] = head.class_bias is not None
+            m["title_weight"], m["title_min_words"] = head.title_weight, head.title_min_words
             metrics[task][inputs] = m
             what = (f"head on {inputs} embeddings" + (" + title mentions" if head.mention_weight else "")
                     + (" + title words" if head.lexical_weight else "")
-                    + (" + prior adjustment" if head.class_bias is not None else ""))
+                    + (" + prior adjustment" if head.class_bias is not None else "")
+                    + (" + gated title expert" if head.title_weight else ""))
             rows.append([what, m["accuracy"], m["macro_f1"], m["ece"]])
             if inputs == "text+image":
                 heads[task] = head
