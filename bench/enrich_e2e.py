@@ -3,6 +3,7 @@
     python bench/enrich_e2e.py                                  # N=3000 products, 1M-row upsert: ~6 min here
     python bench/enrich_e2e.py --products 20000 --repeats 3     # longer, steadier figures
     python bench/enrich_e2e.py --skip-upsert --device cuda      # on a GPU machine
+    python bench/enrich_e2e.py --compare-model store:<previous>  # + the plain loop with another model, alternated
 
 What it measures, in one process and one run (so the figures are side by side on the same machine state):
 
@@ -124,7 +125,7 @@ def plain_loop(catalog: Path, out: Path, model: str, device: str | None, batch_s
         ok = [i for i, e in enumerate(emb["error"]) if e is None]
         texts = [f"{titles[i]} {part['description'].iloc[i] or ''}".strip() for i in ok]
         heads = heads_frame([emb["text_embedding"][i] for i in ok], [emb["image_embedding"][i] for i in ok],
-                            texts, plan, bundle, plan.terms)
+                            texts, plan, bundle, plan.terms, titles=[titles[i] for i in ok])   # as the job
         batch = pa.table({
             "product_id": [part["product_id"].iloc[i] for i in ok],
             "embedding": [np.asarray(emb["embedding"][i]) for i in ok],
@@ -213,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--products", type=int, default=3000, help="synthetic catalog size N (default: 3000)")
     ap.add_argument("--image-size", type=int, default=256, help="side of the stored JPEGs in pixels (default: 256)")
     ap.add_argument("--model", default="default", help="model reference (default: the shipped default model)")
+    ap.add_argument("--compare-model", default=None,
+                    help="also run the plain loop with this model, alternating with --model in each repeat: the "
+                         "per-product cost of one model against the other, side by side")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when available)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--decode-threads", type=int, default=2)
@@ -237,11 +241,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"catalog: {a.products} products, {a.image_size} px JPEGs, made in {time.perf_counter() - t:.1f} s",
               flush=True)
         spark = build_session("bench-enrich", conf={"spark.ui.enabled": "false"})
-        plains, fulls, mems = [], [], []
+        plains, fulls, mems, others = [], [], [], []
         for r in range(a.repeats):
             plains.append(plain_loop(catalog, work / f"plain-{r}.parquet", a.model, a.device, a.batch_size,
                                      a.decode_threads))
             print(f"plain loop {r + 1}: {json.dumps(plains[-1])}", flush=True)
+            if a.compare_model:
+                others.append(plain_loop(catalog, work / f"other-{r}.parquet", a.compare_model, a.device,
+                                         a.batch_size, a.decode_threads))
+                print(f"plain loop {r + 1}, {a.compare_model}: {json.dumps(others[-1])}", flush=True)
             lake = work / f"lake-{r}"
             with PeakRss() as mem:
                 fulls.append(spark_run(spark, catalog, lake, f"bench-full-{r}", a.model, a.device, a.batch_size,
@@ -278,8 +286,16 @@ def main(argv: list[str] | None = None) -> int:
         "first_pair": {"spark_vs_plain": round(plains[0]["seconds"] / fulls[0]["seconds"], 3),
                        "incremental_fraction": round(incr["seconds"] / fulls[0]["seconds"], 3)},
     }
+    if others:
+        other_s = median([o["seconds"] for o in others])
+        figures["compare_model"] = {"model": a.compare_model, "plain_products_per_s": round(a.products / other_s, 1),
+                                    "seconds_per_product_ratio": round(plain_s / other_s, 3)}
     print("\n| figure | measured | target |\n|---|---|---|")
     print(f"| plain PyTorch loop, products/s | {figures['plain_products_per_s']} | |")
+    if others:
+        c = figures["compare_model"]
+        print(f"| plain loop with {c['model']}, products/s | {c['plain_products_per_s']} | |")
+        print(f"| seconds per product, {a.model} / {c['model']} | {c['seconds_per_product_ratio']:.2f} | |")
     print(f"| Spark job end to end, products/s | {figures['spark_products_per_s']} | |")
     print(f"| Spark / plain | {figures['spark_vs_plain']:.2f} | >= {TARGETS['spark_vs_plain']} |")
     print(f"| incremental run ({a.changed:.0%} changed) / full run | {figures['incremental_fraction']:.3f} "
