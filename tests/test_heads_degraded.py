@@ -154,8 +154,9 @@ def test_degraded_rows_must_match_the_rows():
 
 
 def test_title_expert_weight_and_gate_are_fitted_on_the_held_out_rows():
-    """A head that reads the photo alone (90% right) plus a text head (the title names the type): the fitted
-    late fusion takes the text where the title says something and leaves an empty title to the photo."""
+    """A head that reads the photo alone (90% right) plus a text head (the title names the type), fused on rows
+    neither learnt from: the fitted late fusion takes the text where the title says something and leaves an
+    empty title to the photo."""
     from models.heads.bundle import log_softmax
     from models.heads.train import fit_title_expert
 
@@ -169,7 +170,7 @@ def test_title_expert_weight_and_gate_are_fitted_on_the_held_out_rows():
     vocabulary = LexicalExpert.fit(titles, y, len(CLASSES))
     own = log_softmax(photo.logits(vimg) / photo.temperature)
     x = _text_tower(vt)
-    fused = fit_title_expert(photo, text_head, own, x, vy, vt, vocabulary, np.ones(len(vy), dtype=bool))
+    fused = fit_title_expert(photo, text_head, own, x, vy, vt, np.ones(len(vy), dtype=bool), vocabulary)
     assert fused.title_weight > 0 and fused.title_min_words > 0
     pred = fused.fused_log_probs(own, x, vt).argmax(axis=1)
     full, empty = np.arange(len(vy)) % 2 == 1, np.arange(len(vy)) % 2 == 0
@@ -177,7 +178,7 @@ def test_title_expert_weight_and_gate_are_fitted_on_the_held_out_rows():
     np.testing.assert_array_equal(pred[empty], own.argmax(axis=1)[empty])   # no known word: the photo decides
     with pytest.raises(ValueError, match="needs a text head with the same classes"):
         fit_title_expert(photo, dataclasses.replace(text_head, classes=("a", "b", "c")), own, x, vy, vt,
-                         vocabulary, np.ones(len(vy), dtype=bool))
+                         np.ones(len(vy), dtype=bool), vocabulary)
 
 
 def test_a_title_expert_survives_the_store(tmp_path):

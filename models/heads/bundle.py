@@ -101,7 +101,7 @@ class LinearHead:
     the title's words its vocabulary knows, fully from that many on (0: no gate). A title cut to its brand then
     cannot overrule the photo with one word; an empty title adds nothing.
 
-    ``title_expert`` (a head on the text embedding alone, its MLP only) is a late-fusion expert for a fused head:
+    ``title_expert`` (a head on the text embedding alone, with its text experts) is a late-fusion expert for a fused head:
     the fused head's calibrated log-probabilities plus ``title_weight`` times the title expert's, the weight gated
     by the title's evidence like the lexical expert's (full from ``title_min_words`` known words on), then
     softmax at ``fusion_temperature``. A fused head trained beside degraded titles leans on the photo; on a title
@@ -191,7 +191,7 @@ class LinearHead:
         w = self.title_weight if weight is None else weight
         gate = self.title_gate(texts, self.title_min_words if min_words is None else min_words)
         d = expert.mean.shape[0]
-        return own + w * gate * log_softmax(expert.logits(np.asarray(x)[:, :d]) / expert.temperature)
+        return own + w * gate * log_softmax(expert.combined_logits(np.asarray(x)[:, :d], texts) / expert.temperature)
 
     def predict(self, text: np.ndarray, image: np.ndarray | None, texts: list[str] | None = None) -> np.ndarray:
         """Class probabilities; ``texts`` (title and description) feed the mention expert when the head has one."""

@@ -36,7 +36,7 @@ from models.heads.adult import TermList, decide_adult
 from models.heads.bundle import HeadBundle, LinearHead, head_input, save_heads
 from models.heads.metrics import accuracy_f1, md_table, tfidf_baseline
 from models.heads.robustness import DegradedTitles, degraded_titles, robustness_table, tfidf_char_baseline
-from models.heads.train import DegradedRows, HeadTrainConfig, expected_calibration_error, fit_head
+from models.heads.train import DegradedRows, HeadTrainConfig, expected_calibration_error, fit_head, fit_title_expert
 from models.heads.zero_shot import ZeroShotLabels, zero_shot_probs
 
 __all__ = ["INTIMATE_TYPES", "LANGUAGES", "gender_of", "main"]
@@ -99,7 +99,7 @@ def _feats(e: dict[str, np.ndarray], part: str, inputs: str) -> np.ndarray:
 
 
 def _fit(e, ytr, classes, cfg: HeadTrainConfig, name: str, inputs: str, texts: list[str] | None = None,
-         deg: DegradedTitles | None = None, title_expert: LinearHead | None = None) -> LinearHead:
+         deg: DegradedTitles | None = None) -> LinearHead:
     d = e["tr_txt"].shape[1]
     if inputs == "image":
         cfg = dataclasses.replace(cfg, fgm_eps=0.0)   # FGM perturbs the text embedding: none here
@@ -111,7 +111,41 @@ def _fit(e, ytr, classes, cfg: HeadTrainConfig, name: str, inputs: str, texts: l
                              None if texts is None else deg.train)
     return fit_head(_feats(e, "tr", inputs), ytr, classes, cfg, name=name, inputs=inputs,
                     text_slice=slice(0, d) if inputs != "image" else None, image_slice=img_slice, texts=texts,
-                    degraded=extra, title_expert=title_expert if inputs == "text+image" else None)
+                    degraded=extra)
+
+
+def dev_half(valid_rows: pd.DataFrame) -> np.ndarray:
+    """(N,) bool: the half of the valid split set aside to fit the late fusion (a hash of the product id); the
+    other half reports. The calibration slice of train will not do: the image tower learnt those photos."""
+    ids = valid_rows["product_id"].astype(str)
+    return np.array([hashlib.sha256(f"dev:{i}".encode()).digest()[0] % 2 == 0 for i in ids], dtype=bool)
+
+
+def _valid_part(e: dict[str, np.ndarray], deg: DegradedTitles, rows: pd.DataFrame, mask: np.ndarray
+                ) -> tuple[dict[str, np.ndarray], DegradedTitles, pd.DataFrame]:
+    """The valid rows under ``mask``: their embeddings, degraded titles and rows."""
+    idx = np.flatnonzero(mask)
+    part = {**e, "va_txt": e["va_txt"][idx], "va_img": e["va_img"][idx]}
+    titles = {c: [v[i] for i in idx] for c, v in deg.valid.items()}
+    return (part, dataclasses.replace(deg, valid=titles, valid_txt={c: v[idx] for c, v in deg.valid_txt.items()}),
+            rows.iloc[idx].reset_index(drop=True))
+
+
+def _fuse_title_expert(fused: LinearHead, text_head: LinearHead, dev: tuple, y: np.ndarray) -> LinearHead:
+    """The fused head with the text head late-fused as its title expert, weight and gate fitted on the dev
+    half's products in every title condition (full titles are the real rows)."""
+    e, deg, _ = dev
+    known = y >= 0
+    parts = []
+    for c, titles in deg.valid.items():
+        texts = [t for t, k in zip(titles, known, strict=True) if k]
+        txt, img = deg.valid_txt[c][known], e["va_img"][known]
+        own = np.log(np.clip(fused.predict(txt, img, texts), 1e-12, None))
+        parts.append((head_input(txt, img, fused.inputs), texts, own, np.full(len(texts), c == "full")))
+    x = np.concatenate([p[0] for p in parts])
+    texts = [t for p in parts for t in p[1]]
+    return fit_title_expert(fused, text_head, np.concatenate([p[2] for p in parts]), x,
+                            np.concatenate([y[known]] * len(parts)), texts, np.concatenate([p[3] for p in parts]))
 
 
 def _robustness(e, task: str, heads: dict[str, LinearHead], old: HeadBundle | None, deg: DegradedTitles,
@@ -140,22 +174,30 @@ def evaluate_tasks(e, train_rows: pd.DataFrame, valid_rows: pd.DataFrame, cfg: H
                    ablation: bool, deg: DegradedTitles | None = None, old: HeadBundle | None = None,
                    tasks: tuple[str, ...] = tuple(TASKS)) -> tuple[dict[str, LinearHead], dict[str, Any], str]:
     """Per task: baseline and heads from text/image/both; the ablation of the tricks on the category head. With
-    ``deg``, the fused heads train beside degraded titles, and every head is measured on degraded valid titles
-    too (beside the heads of ``old``, the bundle they would replace)."""
+    ``deg``, the fused heads train beside degraded titles and late-fuse the text head as a title expert fitted on
+    a set-aside half of valid (:func:`dev_half`); every figure is then on the other half, and every head is
+    measured on degraded valid titles too (beside the heads of ``old``, the bundle they would replace)."""
     heads: dict[str, LinearHead] = {}
     metrics: dict[str, Any] = {}
     sections = []
+    dev = None
+    if deg is not None:   # half of valid fits the late fusion; every figure below is on the other half
+        part = dev_half(valid_rows)
+        dev = _valid_part(e, deg, valid_rows, part)
+        e, deg, valid_rows = _valid_part(e, deg, valid_rows, ~part)
     tr_titles, va_titles = train_rows["title"].astype(str).tolist(), valid_rows["title"].astype(str).tolist()
     for task in tasks:
         column = TASKS[task]
         ytr, yva, classes = _labels(train_rows[column], valid_rows[column], MIN_COUNT.get(task, 5))
+        ydev = None if dev is None else _labels(train_rows[column], dev[2][column], MIN_COUNT.get(task, 5))[1]
         base = accuracy_f1(yva, tfidf_baseline(tr_titles, ytr, va_titles))
         rows = [["TF-IDF + logistic regression (titles)", base["accuracy"], base["macro_f1"], "n/a"]]
         metrics[task] = {"baseline": base, "classes": len(classes), "valid_items": base["n"]}
         trained = {}
         for inputs in INPUTS:
-            # The fused head late-fuses the text head as its title expert (INPUTS trains "text" first).
-            head = trained[inputs] = _fit(e, ytr, classes, cfg, task, inputs, tr_titles, deg, trained.get("text"))
+            head = trained[inputs] = _fit(e, ytr, classes, cfg, task, inputs, tr_titles, deg)
+            if inputs == "text+image" and dev is not None:   # INPUTS trains "text" first: the title expert
+                head = trained[inputs] = _fuse_title_expert(head, trained["text"], dev, ydev)
             probs = head.predict(e["va_txt"], e["va_img"], va_titles)
             m = accuracy_f1(yva, probs.argmax(axis=1))
             m["ece"] = expected_calibration_error(probs[yva >= 0], yva[yva >= 0])

@@ -239,13 +239,11 @@ def _train_loop(net, ema, xs: np.ndarray, y: np.ndarray, rows: _Rows, mu: np.nda
 
 
 def _calibrate(head: LinearHead, x: np.ndarray, y: np.ndarray, rows: _Rows, known_rows: np.ndarray,
-               texts: list[str] | None, cfg: HeadTrainConfig, title_expert: LinearHead | None = None) -> LinearHead:
+               texts: list[str] | None, cfg: HeadTrainConfig) -> LinearHead:
     """On the calibration rows: the temperature, or the text experts (mentions, lexical) with their weights;
-    then the prior adjustment when asked for, and the late-fused title expert when one is given.
-    ``known_rows``: the index in ``texts`` of each row of ``x``."""
+    then the prior adjustment when asked for. ``known_rows``: the index in ``texts`` of each row of ``x``."""
     cal, tr_all, n_classes = rows.calibration, rows.train_all, len(head.classes)
     cal_logits = head.logits(x[cal])   # with the text experts once they are fitted (the prior adjustment's input)
-    cal_texts, vocabulary = None, None
     if texts is None:
         head = head.with_temperature(fit_temperature(cal_logits, y[cal]))
     else:
@@ -258,7 +256,7 @@ def _calibrate(head: LinearHead, x: np.ndarray, y: np.ndarray, rows: _Rows, know
             return LexicalExpert.fit([texts[i] for i in known_rows[idx]], y[idx], n_classes,
                                      max_features=cfg.lexical_features, seed=cfg.seed)
 
-        vocabulary = lexical = fit_lexical(lex_rows) if cfg.lexical_features > 0 else None
+        lexical = fit_lexical(lex_rows) if cfg.lexical_features > 0 else None
         head, cal_logits = _fit_text_experts(dataclasses.replace(head, lexical=lexical), cal_logits,
                                              mentions(cal_texts, head.classes),
                                              None if lexical is None else lexical.log_probs(cal_texts), y[cal],
@@ -277,10 +275,6 @@ def _calibrate(head: LinearHead, x: np.ndarray, y: np.ndarray, rows: _Rows, know
         if not real.all():
             bias = head.class_bias if head.class_bias is not None else 0.0
             head = head.with_class_bias(head.class_bias, fit_temperature(cal_logits + bias, y[cal]))
-    if title_expert is not None and cal_texts is not None:
-        own = log_softmax((cal_logits + (head.class_bias if head.class_bias is not None else 0.0)) / head.temperature)
-        head = fit_title_expert(head, title_expert, own, x[cal], y[cal], cal_texts, vocabulary,
-                                cal < rows.n_real if rows.n_real is not None else np.ones(len(cal), dtype=bool))
     return head
 
 
@@ -289,25 +283,26 @@ TITLE_GATES = (0.0, 2.0, 3.0, 4.0, 5.0, 6.0)   # known title words for the title
 
 
 def fit_title_expert(head: LinearHead, text_head: LinearHead, own: np.ndarray, x: np.ndarray, y: np.ndarray,
-                     texts: list[str], vocabulary, real: np.ndarray) -> LinearHead:
-    """Late fusion of a fused head with a head on the text embedding alone (``text_head``'s MLP; its text
-    experts are left out: they learnt from these rows), on the calibration rows (``own``: the fused head's
-    calibrated log-probabilities there; ``real``: which rows are real titles, not degraded copies). The weight
-    and its gate maximise real-row accuracy + macro-F1 + degraded-row accuracy; weight 0 keeps the head as it
-    is. ``vocabulary`` (a lexical expert) counts a title's known words when the head keeps none of its own."""
+                     texts: list[str], real: np.ndarray, vocabulary=None) -> LinearHead:
+    """Late fusion of a fused head with ``text_head`` (a head on the text embedding alone, its text experts
+    included), fitted on rows NEITHER head learnt from (a set-aside part of the dev data: the calibration slice
+    of train will not do, for the encoder's image tower learnt its photos). ``own``: the fused head's
+    log-probabilities on those rows; ``x`` their fused inputs (text part first); ``real``: which rows carry a
+    real title, the others degraded copies. The weight and its gate maximise real-row accuracy + macro-F1 +
+    degraded-row accuracy; weight 0 keeps the head as it is. The gate counts the title's words known to the
+    head's lexical expert, else the text head's, else ``vocabulary``'s."""
     from models.heads.metrics import accuracy_f1
 
     if tuple(text_head.classes) != tuple(head.classes) or text_head.inputs != "text":
         raise ValueError(f"title expert for {head.name}: needs a text head with the same classes")
     d = text_head.mean.shape[0]
-    expert = dataclasses.replace(text_head, name=f"{head.name}.title", mention_weight=0.0, lexical_weight=0.0,
-                                 lexical=None if head.lexical is not None else vocabulary, class_bias=None,
-                                 lexical_min_words=0.0, title_expert=None, title_weight=0.0)
-    z = expert.logits(x[:, :d])
+    expert = dataclasses.replace(text_head, name=f"{head.name}.title", title_expert=None, title_weight=0.0,
+                                 lexical=text_head.lexical if text_head.lexical is not None else vocabulary)
+    z = expert.combined_logits(x[:, :d], texts)
     expert = dataclasses.replace(expert, temperature=fit_temperature(z[real], y[real]))
     expert_lp = log_softmax(z / expert.temperature)
-    # The gate counts words known before the lexical expert's refit on these rows (no leak into the choice).
-    known = vocabulary.known_words(texts) if vocabulary is not None else None
+    words = head.lexical if head.lexical is not None else expert.lexical
+    known = words.known_words(texts) if words is not None else None
 
     def fuse(w: float, gate: float) -> np.ndarray:
         g = np.minimum(1.0, known / gate)[:, None] if gate > 0 and known is not None else 1.0
@@ -319,13 +314,14 @@ def fit_title_expert(head: LinearHead, text_head: LinearHead, own: np.ndarray, x
         return m["accuracy"] + m["macro_f1"] + (float((pred[~real] == y[~real]).mean()) if (~real).any() else 0.0)
 
     best = (score(own), 0.0, 0.0)
-    for gate in TITLE_GATES:
+    for gate in (TITLE_GATES if known is not None else (0.0,)):
         for w in TITLE_WEIGHTS[1:]:
             sc = score(fuse(w, gate))
             if sc > best[0] + 1e-6:
                 best = (sc, w, gate)
     _, w, gate = best
-    log.info("head %s: title expert weight %.1f (gate %.1f words), held-out score %.4f", head.name, w, gate, best[0])
+    log.info("head %s: title expert weight %.1f (gate %.1f words), held-out score %.4f (without: %.4f)",
+             head.name, w, gate, best[0], score(own))
     if not w:
         return head
     return dataclasses.replace(head, title_expert=expert, title_weight=float(w), title_min_words=float(gate),
@@ -350,14 +346,12 @@ def _with_degraded(rows: _Rows, source: np.ndarray, n: int) -> _Rows:
 
 def fit_head(x: np.ndarray, y: np.ndarray, classes: list[str], cfg: HeadTrainConfig, *, name: str,
              inputs: str, text_slice: slice | None = None, image_slice: slice | None = None,
-             texts: list[str] | None = None, degraded: DegradedRows | None = None,
-             title_expert: LinearHead | None = None) -> LinearHead:
+             texts: list[str] | None = None, degraded: DegradedRows | None = None) -> LinearHead:
     """Train a head on ``x`` (N, D) with labels ``y`` (indices into ``classes``; -1 = unknown, ignored).
 
     With ``texts`` (one per row of ``x``), the head's mention weight is fitted too (see :class:`LinearHead`).
     With ``degraded``, the head trains and is calibrated on those copies too (same labels); label cleaning
-    judges the real rows only. With ``title_expert`` (a head on the text part of ``x``, trained on the same
-    rows), the head late-fuses it, gated by the title's evidence (:func:`fit_title_expert`)."""
+    judges the real rows only."""
     from torch import nn
 
     known = y >= 0
@@ -388,7 +382,7 @@ def fit_head(x: np.ndarray, y: np.ndarray, classes: list[str], cfg: HeadTrainCon
     head = LinearHead(name=name, inputs=inputs, classes=tuple(classes), mean=mu, scale=sigma,
                       layers=tuple(weights), temperature=1.0)
     if len(rows.calibration):
-        head = _calibrate(head, x, y, rows, np.arange(len(y)), texts, cfg, title_expert)
+        head = _calibrate(head, x, y, rows, np.arange(len(y)), texts, cfg)
     return head
 
 
