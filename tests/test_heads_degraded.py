@@ -200,3 +200,31 @@ def test_a_title_expert_survives_the_store(tmp_path):
     got = loaded.predict(_text_tower(vt), img[:4], vt)
     np.testing.assert_allclose(got, fused.predict(_text_tower(vt), img[:4], vt), rtol=1e-5, atol=1e-6)
     assert not np.allclose(got, head.predict(_text_tower(vt), img[:4], vt))   # the expert changes the output
+
+
+def test_the_heads_script_fits_the_fusion_on_one_half_of_valid_and_reports_on_the_other():
+    import pandas as pd
+
+    from models.heads import fashion
+    from models.heads.robustness import DegradedTitles
+
+    tr_titles, tr_img, ytr = _catalog(900, 0)
+    va_titles, va_img, yva = _catalog(400, 3)
+    brands = known_brands(tr_titles)
+    deg_train, kinds = degrade_mixed(tr_titles, seed=17, brands=brands)
+    valid = {"full": va_titles, **{c: degrade(va_titles, k, seed=2026, brands=brands)
+                                   for c, k in (("brand", "brand"), ("half", "half"), ("none", "empty"))}}
+    deg = DegradedTitles(deg_train, kinds, valid, _text_tower(deg_train),
+                         {c: _text_tower(v) for c, v in valid.items()})
+    e = {"tr_txt": _text_tower(tr_titles), "tr_img": np.pad(tr_img, ((0, 0), (0, 8))),
+         "va_txt": _text_tower(va_titles), "va_img": np.pad(va_img, ((0, 0), (0, 8)))}
+    rows = [pd.DataFrame({"product_id": [f"{p}{i}" for i in range(len(y))], "title": t,
+                          "articleType": [CLASSES[c] for c in y]})
+            for p, t, y in (("t", tr_titles, ytr), ("v", va_titles, yva))]
+    cfg = HeadTrainConfig(epochs=6, hidden=32, calibration_fraction=0.2, lexical_gates=(0.0, 2.0))
+    heads, metrics, md = fashion.evaluate_tasks(e, rows[0], rows[1], cfg, ablation=False, deg=deg,
+                                                tasks=("category",))
+    report = int((~fashion.dev_half(rows[1])).sum())
+    assert 150 < report < 250 and metrics["category"]["valid_items"] == report
+    assert metrics["category"]["degraded"]["head on image only"]["none"]["n"] == report
+    assert heads["category"].inputs == "text+image" and "titles degraded" in md
