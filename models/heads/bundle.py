@@ -101,11 +101,11 @@ class LinearHead:
     the title's words its vocabulary knows, fully from that many on (0: no gate). A title cut to its brand then
     cannot overrule the photo with one word; an empty title adds nothing.
 
-    ``title_expert`` (a head on the text embedding alone, with its text experts) is a late-fusion expert for a fused head:
-    the fused head's calibrated log-probabilities plus ``title_weight`` times the title expert's, the weight gated
-    by the title's evidence like the lexical expert's (full from ``title_min_words`` known words on), then
-    softmax at ``fusion_temperature``. A fused head trained beside degraded titles leans on the photo; on a title
-    that says enough, the title expert gives the text its say back.
+    ``title_expert`` (a head on the text embedding alone, with its text experts) is a late-fusion expert for a
+    fused head: the fused head's calibrated log-probabilities plus ``title_weight`` times the title expert's, the
+    weight gated by the title's evidence like the lexical expert's (full from ``title_min_words`` known words
+    on), then softmax at ``fusion_temperature``. A fused head trained beside degraded titles leans on the photo;
+    on a title that says enough, the title expert gives the text its say back.
     """
 
     name: str
