@@ -448,7 +448,12 @@ def _header(encoder_version: str, split: Any, cfg: HeadTrainConfig, deg: Degrade
                  "text embeddings from the encoder's text tower), calibrated on real and degraded rows of the same "
                  "slice, where the lexical expert's gate is chosen too (its weight grows with the title's known "
                  "words up to a count chosen from "
-                 f"{', '.join(f'{g:g}' for g in cfg.lexical_gates)}; 0 = no gate)."))
+                 f"{', '.join(f'{g:g}' for g in cfg.lexical_gates)}; 0 = no gate). Each text+image head then "
+                 "late-fuses the text-only head ('+ gated title expert', named where its weight is above zero): "
+                 "its log-probabilities, weighted up to a count of known title words, are added to the fused "
+                 "head's; weight and count are fitted on a set-aside half of the valid split (a hash of "
+                 "product_id; the calibration slice of train will not do, the image tower learnt its photos), so "
+                 "every valid figure below is on the OTHER half."))
     return header
 
 
