@@ -134,8 +134,10 @@ def test_mention_weight_survives_the_store(tmp_path):
                metrics={})
     loaded = load_heads(find_heads(tmp_path, "enc-v1")).attributes["colour"]
     assert loaded.mention_weight == head.mention_weight > 0
-    np.testing.assert_allclose(loaded.predict(x[:9], None, titles[:9]), head.predict(x[:9], None, titles[:9]),
-                               rtol=1e-5)
+    # The lexical expert's weights are stored in float16: probabilities move by about 1e-3, decisions do not.
+    got, want = loaded.predict(x[:9], None, titles[:9]), head.predict(x[:9], None, titles[:9])
+    np.testing.assert_allclose(got, want, atol=5e-3)
+    np.testing.assert_array_equal(got.argmax(axis=1), want.argmax(axis=1))
 
 
 def test_tampered_head_bundle_is_refused(tmp_path):
@@ -238,7 +240,7 @@ def test_lexical_weight_is_fitted_where_title_words_carry_the_label_and_survives
                metrics={})
     loaded = load_heads(find_heads(tmp_path, "enc-v1")).attributes["usage"]
     assert loaded.lexical_weight == head.lexical_weight and loaded.lexical.vocab == head.lexical.vocab
-    np.testing.assert_allclose(loaded.predict(xv[:9], None, tv[:9]), head.predict(xv[:9], None, tv[:9]), rtol=1e-5)
+    np.testing.assert_allclose(loaded.predict(xv[:9], None, tv[:9]), head.predict(xv[:9], None, tv[:9]), atol=5e-3)
 
 
 

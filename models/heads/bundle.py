@@ -28,6 +28,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 HEADS_DIR = "heads"   # sub-folder of a model store that holds head bundles
+LEXICAL_WEIGHT_SUFFIX = ".lexical.weight"   # stored in float16
 INPUTS = ("text", "image", "text+image")
 
 
@@ -280,6 +281,9 @@ def save_heads(store: Path, name: str, bundle: HeadBundle, *, training_data: str
     tensors: dict[str, Any] = {}
     for head in bundle.heads().values():
         tensors.update({k: torch.from_numpy(v) for k, v in head.tensors().items()})
+    # The lexical experts' (terms, classes) weights are most of a bundle: float16 halves them (the loader casts
+    # back to float32; the change to a log-probability is about 1e-3 of its size).
+    tensors = {k: v.half() if k.endswith(LEXICAL_WEIGHT_SUFFIX) else v for k, v in tensors.items()}
     return save_version(store / HEADS_DIR, name, config, {}, tensors, training_data=training_data, metrics=metrics,
                         extra={"kind": "heads", "encoder_version": bundle.encoder_version}, card=card)
 
@@ -294,7 +298,8 @@ def load_heads(vdir: Path) -> HeadBundle:
     if manifest.get("kind") != "heads":
         raise ModelIntegrityError(f"{vdir} is not a head bundle (manifest kind {manifest.get('kind')!r})")
     cfg = json.loads((vdir / CONFIG_FILE).read_text())["model_cfg"]
-    tensors = load_file(str(vdir / WEIGHTS_FILE))
+    tensors = {k: v.astype(np.float32) if v.dtype == np.float16 else v
+               for k, v in load_file(str(vdir / WEIGHTS_FILE)).items()}
 
     def part(name: str, desc: dict[str, Any] | None) -> LinearHead | None:
         return None if desc is None else LinearHead.from_parts(name, desc, tensors)
