@@ -109,7 +109,10 @@ class Encoder:
             with torch.inference_mode(), self._autocast():
                 parts.append(self._finish(self.model.encode_text(ids.to(self.device, non_blocking=True))))
         if not parts:
-            return np.zeros((0, int(getattr(self.model.visual, "output_dim", 0))), dtype=np.float32)
+            # The width of the joint space: open_clip's ViT and text towers name it output_dim (its timm towers
+            # do not).
+            dim = getattr(self.model.visual, "output_dim", None) or getattr(self.model.text, "output_dim", 0)
+            return np.zeros((0, int(dim)), dtype=np.float32)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def preprocess(self, img: Any) -> np.ndarray:
