@@ -111,7 +111,7 @@ class Encoder:
         if not parts:
             # The width of the joint space: open_clip's ViT and text towers name it output_dim (its timm towers
             # do not).
-            dim = getattr(self.model.visual, "output_dim", None) or getattr(self.model.text, "output_dim", 0)
+            dim = getattr(self.model.visual, "output_dim", 0) or getattr(self.model.text, "output_dim", 0)
             return np.zeros((0, int(dim)), dtype=np.float32)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
