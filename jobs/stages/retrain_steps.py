@@ -77,11 +77,10 @@ def _start(cfg: Any, root: Path) -> tuple[dict[str, Any], dict[str, Any] | None,
     return _arch(cfg), None, "fresh image tower"
 
 
-def _new_image_tower(cfg: Any, root: Path, pdf: Any, paths: list[Path]) -> tuple[Any, ...]:
-    """A fresh image tower (``cfg.image_tower``, a timm architecture) trained against the champion's locked text
-    tower (:mod:`models.training.image_tower`): (model, model config, its training config, result, how it
-    started, (train, valid, classes))."""
-    from models.encoders import load_encoder
+def _new_image_tower(cfg: Any, root: Path, pdf: Any, paths: list[Path], champ: Any) -> tuple[Any, ...]:
+    """A fresh image tower (``cfg.image_tower``, a timm architecture) trained against the locked text tower of
+    the champion (``champ``, its loaded encoder; :mod:`models.training.image_tower`): (model, model config, its
+    training config, result, how it started, (train, valid, classes))."""
     from models.training.image_tower import (
         ImageTowerConfig,
         build_candidate,
@@ -100,7 +99,7 @@ def _new_image_tower(cfg: Any, root: Path, pdf: Any, paths: list[Path]) -> tuple
                             **({"lr": cfg.lr} if cfg.lr else {}))
     split = build_data(pdf, paths, icfg.image_hw, cfg.valid_percent)
     model, model_cfg = build_candidate(root / champion, icfg)
-    text_emb = champion_text_embeddings(load_encoder(str(root / champion), "cpu"), split[0].titles, None)
+    text_emb = champion_text_embeddings(champ, split[0].titles, None)
     out = train_image_tower(model, split[0], text_emb, icfg)
     result = TrainResult(steps=out["steps"], samples=out["samples"], seconds=out["seconds"],
                          history=out["history"])
@@ -118,8 +117,13 @@ def train_and_compare(cfg: Any, pdf: Any, paths: list[Path], snapshot: str, row:
 
     root = store_root(cfg.model_store)
     row["model_store"] = str(root)
+    # Loaded (and verified) once, before training: a new image tower trains against its text tower, and every
+    # candidate is compared with it.
+    champ_ref, champ_label = _champion(root)
+    champ = load_encoder(champ_ref, "cpu")
     if cfg.image_tower:
-        model, model_cfg, tcfg, result, start, (train, valid, classes) = _new_image_tower(cfg, root, pdf, paths)
+        model, model_cfg, tcfg, result, start, (train, valid, classes) = _new_image_tower(cfg, root, pdf, paths,
+                                                                                          champ)
     else:
         model_cfg, init_state, start = _start(cfg, root)
         train, valid, classes = build_data(pdf, paths, pixel_geometry(model_cfg), cfg.valid_percent)
@@ -135,8 +139,6 @@ def train_and_compare(cfg: Any, pdf: Any, paths: list[Path], snapshot: str, row:
     ecfg = EvalConfig(gallery_size=cfg.gallery_size, probe_train=cfg.probe_train)
     cand = evaluate(in_memory_encoder(model, model_cfg), train, valid, ecfg)
 
-    champ_ref, champ_label = _champion(root)
-    champ = load_encoder(champ_ref, "cpu")
     if champ.pixel_geometry != size:  # the champion may use another geometry: same products, its own pixels
         # The split is recomputed from the same rows and ids, so both models see the same products.
         ctrain, cvalid, _ = build_data(pdf, paths, champ.pixel_geometry, cfg.valid_percent, classes)

@@ -121,7 +121,7 @@ class LinearHead:
     lexical_weight: float = 0.0
     class_bias: np.ndarray | None = None   # (C,) added to the logits: the class-prior adjustment (or None)
     lexical_min_words: float = 0.0         # the lexical expert's full weight from this many known title words on
-    title_expert: LinearHead | None = None  # late fusion: a head on the text embedding alone (its MLP only)
+    title_expert: LinearHead | None = None  # late fusion: a head on the text embedding alone
     title_weight: float = 0.0
     title_min_words: float = 0.0           # the title expert's full weight from this many known title words on
     fusion_temperature: float = 1.0
@@ -177,22 +177,16 @@ class LinearHead:
             return softmax(z)
         return softmax(self.fused_log_probs(log_softmax(z), x, texts) / self.fusion_temperature)
 
-    def title_gate(self, texts: list[str], min_words: float) -> np.ndarray:
-        """(N, 1): how much the title says, 0..1 (known words / ``min_words``; 1 when ungated or no vocabulary)."""
-        vocab = self.lexical if self.lexical is not None else (self.title_expert.lexical if self.title_expert
-                                                               is not None else None)
-        if vocab is None or min_words <= 0:
-            return np.ones((len(texts), 1), dtype=np.float32)
-        return vocab.gate(texts, min_words)
-
-    def fused_log_probs(self, own: np.ndarray, x: np.ndarray, texts: list[str], weight: float | None = None,
-                        min_words: float | None = None) -> np.ndarray:
-        """``own`` (the head's log-probabilities) plus the gated title expert's, before the fusion temperature."""
+    def fused_log_probs(self, own: np.ndarray, x: np.ndarray, texts: list[str]) -> np.ndarray:
+        """``own`` (the head's log-probabilities) plus the title expert's, weighted by how much the title says
+        (known words of the head's lexical vocabulary, else the expert's, over ``title_min_words``), before the
+        fusion temperature."""
         expert = self.title_expert
-        w = self.title_weight if weight is None else weight
-        gate = self.title_gate(texts, self.title_min_words if min_words is None else min_words)
+        vocab = self.lexical if self.lexical is not None else expert.lexical
+        gate = vocab.gate(texts, self.title_min_words) if vocab is not None else 1.0
         d = expert.mean.shape[0]
-        return own + w * gate * log_softmax(expert.combined_logits(np.asarray(x)[:, :d], texts) / expert.temperature)
+        z = expert.combined_logits(np.asarray(x)[:, :d], texts) / expert.temperature
+        return own + self.title_weight * gate * log_softmax(z)
 
     def predict(self, text: np.ndarray, image: np.ndarray | None, texts: list[str] | None = None) -> np.ndarray:
         """Class probabilities; ``texts`` (title and description) feed the mention expert when the head has one."""
