@@ -156,3 +156,42 @@ def test_a_soup_of_two_stored_taggers_is_their_mean_in_float16(random_store):
         assert torch.equal(mean[k], mean[k].half().float()), k                         # what the store keeps
     with pytest.raises(ValueError, match="same tensors"):
         mean_state([a, {k: v for k, v in b.items() if not k.startswith("classifier.")}])
+
+
+def test_an_ensemble_version_averages_its_members_tag_probabilities_and_checks_them(random_store, tmp_path):
+    import copy
+
+    import numpy as np
+    import torch
+
+    from models.attributes.base import encode_row
+    from models.attributes.train import ensemble_members
+
+    _, _, ex = random_store
+    cfg = TrainConfig(bottom_layers=5, max_length=64, min_confidence=0.0)
+    facts = {"label_stats": {}, "split": {}, "train_seconds": 0.0, "losses": []}
+    other = copy.copy(ex)
+    other.top = copy.deepcopy(ex.top)
+    with torch.no_grad():
+        other.top.classifier.bias.copy_(torch.tensor([1.0, 0.0, 0.0] * 3))   # a member that tags little
+    member_store = tmp_path / "elsewhere"
+    member = save_extractor(other, member_store, cfg, facts, {}, "card {version}", "test data", name="test-attr")
+    root = tmp_path / "store"
+    refs = ensemble_members([member_store / member], root)     # copied beside the ensemble
+    assert (root / member).is_dir() and refs[0]["version"] == member
+    version = save_extractor(ex, root, cfg, {**facts, "ensemble": [member]}, {}, "card {version}", "test data",
+                             name="test-attr", ensemble=refs)
+    loaded = load_extractor(f"store:{version}", store=root, device="cpu")
+    assert len(loaded.members) == 1
+    rows = [encode_row(loaded.tokenizer, TITLES[0], None, 64)]
+    got = loaded.tag_probs(rows)[0]
+    member_probs = load_extractor(f"store:{member}", store=root, device="cpu").tag_probs(rows)[0]
+    loaded.members = []                               # the ensemble's own top alone
+    own = loaded.tag_probs(rows)[0]
+    np.testing.assert_allclose(got, (own + member_probs) / 2, atol=1e-5)
+    assert not np.allclose(got, own, atol=1e-3)
+    # A member whose weights changed is refused, naming it.
+    weights = root / member / model_store.WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:-2] + b"\0\0")
+    with pytest.raises(model_store.ModelIntegrityError, match=member):
+        load_extractor(f"store:{version}", store=root, device="cpu")

@@ -30,6 +30,11 @@ def _init_line(facts: dict[str, Any]) -> str:
     if soup:
         line += (" The stored weights are the mean of the weights of " + ", ".join(f"`{v}`" for v in soup)
                  + " (a uniform model soup; the run described here is the first of them).")
+    ensemble = facts.get("ensemble")
+    if ensemble:
+        line += (" This version is an **ensemble**: its tag probabilities are the mean of its own top's and those of "
+                 + ", ".join(f"`{v}`" for v in ensemble) + " (versions beside it in the store, checked by checksum "
+                 "when loaded); each top reads the text once, so the stage costs one MiniLM pass per member.")
     return line
 
 

@@ -80,6 +80,8 @@ class Extractor:
         self.normaliser: Any = None          # models.attributes.normalise.Normaliser, when the store has one
         self.schema: Any = None              # models.attributes.schema.AttributeSchema: what each category is asked
         self.gazetteer: Any = None           # models.attributes.gazetteer.Gazetteer: train values to widen spans to
+        self.members: list[Any] = []         # an ensemble's further tops: their tag probabilities are averaged with
+                                             # this top's (they share the frozen bottom)
 
     def tag_probs(self, rows: Sequence[EncodedRow]) -> list[np.ndarray]:
         """Tag probabilities ``[tokens, attributes, 3]`` per encoded row (one padded forward pass)."""
@@ -90,7 +92,10 @@ class Extractor:
         batch = {k: v.to(self.device) for k, v in pad_batch(rows).items()}
         with torch.inference_mode(), autocast(self.precision, self.device):
             hidden = self.bottom(batch["input_ids"], batch["token_type_ids"], batch["mask"])
-            probs = self.top(hidden, batch["mask"]).float().softmax(-1).cpu().numpy()
+            total = self.top(hidden, batch["mask"]).float().softmax(-1)
+            for member in self.members:
+                total = total + member(hidden, batch["mask"]).float().softmax(-1)
+            probs = (total / (1 + len(self.members))).cpu().numpy()
         return [probs[i, :len(r.input_ids)] for i, r in enumerate(rows)]
 
     def extract(self, titles: Sequence[str | None], descriptions: Sequence[str | None] | None = None,
@@ -238,4 +243,24 @@ def _load_tagger(vdir: Path, manifest: dict[str, Any], model_cfg: dict[str, Any]
         from models.attributes.gazetteer import Gazetteer
 
         ex.gazetteer = Gazetteer.from_json(model_cfg["gazetteer"])
+    ex.members = [_load_member(vdir, ref, model_cfg, bert).to(dev).eval() for ref in model_cfg.get("ensemble") or []]
     return ex
+
+
+def _load_member(vdir: Path, ref: dict[str, str], model_cfg: dict[str, Any], bert: Any) -> Any:
+    """The top of an ensemble member: a tagger version beside ``vdir`` in the same store, verified, with the weights
+    checksum the ensemble recorded and the same attributes and frozen layers."""
+    from models.attributes.tagger import split_tower
+    from models.refs import verified_minilm_version
+
+    mdir = vdir.parent / ref["version"]
+    what = f"the ensemble member {ref['version']} of {vdir.name}"
+    manifest, member_cfg, _, _ = verified_minilm_version(mdir, (MODEL_KIND,), what)
+    if manifest["files"][model_store.WEIGHTS_FILE] != ref["weights_sha256"]:
+        raise model_store.ModelIntegrityError(f"{mdir}: its weights are not the ones {vdir.name} was built with")
+    if (list(member_cfg["attributes"]) != list(model_cfg["attributes"])
+            or int(member_cfg["bottom_layers"]) != int(model_cfg["bottom_layers"])):
+        raise model_store.ModelIntegrityError(f"{what}: its attributes or frozen layers differ")
+    _, top = split_tower(bert, int(model_cfg["bottom_layers"]), len(model_cfg["attributes"]))
+    load_top(mdir, top)
+    return top

@@ -52,6 +52,9 @@ class TrainConfig:
     span_weight: float = 3.0        # loss weight of B/I tags against the far more frequent O
     ema: float = 0.0                # > 0: keep an exponential moving average of the weights (ZhichunRoad's EMA)
                                     # with this decay per step, and ship the average
+    fgm: float = 0.0                # > 0: FGM adversarial training (ZhichunRoad): a second loss on the input states
+                                    # pushed this far (L2 norm per batch) along the loss gradient
+    rdrop: float = 0.0              # > 0: R-Drop: two dropout passes, this weight on the symmetric KL between them
     max_length: int = 256
     min_confidence: float = 0.5     # default threshold of the shipped extractor (its valid figures use it)
     valid_fraction: float = 0.2
@@ -145,16 +148,55 @@ def make_optimizer(top: Any, cfg: Any, n_examples: int) -> tuple[Any, Any]:
 def tag_step(top: Any, opt: Any, sched: Any, logits: Any, y: Any, weight: Any) -> float:
     """One optimiser step on the O/B/I cross-entropy of ``logits`` (``[..., 3]``) against ``y`` (IGNORE skipped),
     gradients clipped to norm 1; the loss."""
-    import torch
-
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 3), y.reshape(-1), weight=weight,
-                                             ignore_index=IGNORE)
+    loss = tag_loss(logits, y, weight)
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    return _clip_and_step(top, opt, sched, float(loss.detach()))
+
+
+def tag_loss(logits: Any, y: Any, weight: Any) -> Any:
+    import torch
+
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, 3), y.reshape(-1), weight=weight,
+                                             ignore_index=IGNORE)
+
+
+def _clip_and_step(top: Any, opt: Any, sched: Any, loss: float) -> float:
+    import torch
+
     torch.nn.utils.clip_grad_norm_(top.parameters(), 1.0)
     opt.step()
     sched.step()
-    return float(loss.detach())
+    return loss
+
+
+def robust_tag_step(top: Any, opt: Any, sched: Any, h: Any, mask: Any, y: Any, weight: Any, cfg: Any) -> float:
+    """A training step with ZhichunRoad's regularisers on the tagger (``cfg.fgm``, ``cfg.rdrop``; both 0 is
+    :func:`tag_step`). R-Drop: the loss of two dropout passes plus ``rdrop`` times the symmetric KL between their
+    tag distributions on real tokens. FGM (Miyato et al.): after the clean backward pass, the input states moved
+    by ``fgm`` along their loss gradient (L2-normalised over the batch) give a second loss whose gradients add
+    to the first ones."""
+    import torch.nn.functional as F
+
+    if cfg.fgm <= 0 and cfg.rdrop <= 0:
+        return tag_step(top, opt, sched, top(h, mask), y, weight)
+    opt.zero_grad(set_to_none=True)
+    h = h.detach().requires_grad_(cfg.fgm > 0)
+    logits = top(h, mask)
+    loss = tag_loss(logits, y, weight)
+    if cfg.rdrop > 0:
+        logits2 = top(h, mask)
+        real = mask.bool()
+        a, b = F.log_softmax(logits[real], -1), F.log_softmax(logits2[real], -1)
+        kl = 0.5 * (F.kl_div(a, b, log_target=True, reduction="batchmean")
+                    + F.kl_div(b, a, log_target=True, reduction="batchmean"))
+        loss = 0.5 * (loss + tag_loss(logits2, y, weight)) + cfg.rdrop * kl
+    loss.backward()
+    if cfg.fgm > 0 and h.grad is not None:
+        g = h.grad.detach()
+        delta = cfg.fgm * g / (g.norm() + 1e-12)
+        tag_loss(top(h.detach() + delta, mask), y, weight).backward()
+    return _clip_and_step(top, opt, sched, float(loss.detach()))
 
 
 def train_top(top: Any, hidden: Sequence[Any], tags: Sequence[np.ndarray], cfg: TrainConfig) -> list[float]:
@@ -173,7 +215,7 @@ def train_top(top: Any, hidden: Sequence[Any], tags: Sequence[np.ndarray], cfg: 
         t0, total, n = time.perf_counter(), 0.0, 0
         for idx in _batches(lengths, cfg.batch_size, rng):
             h, mask, y = _collate(idx, hidden, tags)
-            loss = tag_step(top, opt, sched, top(h, mask), y, weight)
+            loss = robust_tag_step(top, opt, sched, h, mask, y, weight, cfg)
             if average is not None:
                 with torch.no_grad():
                     for k, v in top.state_dict().items():
@@ -269,12 +311,32 @@ def mean_state(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {k: (sum(st[k].float() for st in states) / len(states)).half().float() for k in states[0]}
 
 
-def attach_to_version(vdirs: Path | Sequence[Path], data: str | Path, store: Path, valid_fraction: float
-                      ) -> tuple[str, str]:
+def ensemble_members(dirs: Sequence[Path], store: Path) -> list[dict[str, str]]:
+    """References to tagger versions an ensemble saved in ``store`` reads: each copied into ``store`` when it is not
+    there yet (a version's files never change, so a copy is the same version), verified, with its weights' sha256."""
+    import shutil
+
+    from models import store as model_store
+
+    refs = []
+    for d in dirs:
+        target = store / d.name
+        if not target.exists():
+            model_store.verify_version(d)
+            shutil.copytree(d, target)
+        manifest = model_store.verify_version(target)
+        refs.append({"version": d.name, "weights_sha256": manifest["files"][model_store.WEIGHTS_FILE]})
+    return refs
+
+
+def attach_to_version(vdirs: Path | Sequence[Path], data: str | Path, store: Path, valid_fraction: float,
+                      ensemble: bool = False) -> tuple[str, str]:
     """A new version of a stored tagger with the schema, normaliser and gazetteer learnt from ``data``; returns
     (version, evaluation report). One version: its weights, byte for byte. Several (runs of the same tagger, e.g.
     one continued from another with ``--init``): the mean of their weights, a uniform model soup (Wortsman et
-    al., 2022); the first one's manifest describes the training."""
+    al., 2022); the first one's manifest describes the training. ``ensemble``: the first one's weights byte for
+    byte, and the others as members whose tag probabilities are averaged with it (runs that do not average well,
+    such as two seeds); they are copied into ``store`` beside the new version."""
     import json
 
     import torch
@@ -288,8 +350,14 @@ def attach_to_version(vdirs: Path | Sequence[Path], data: str | Path, store: Pat
     manifest = json.loads((dirs[0] / "manifest.json").read_text())
     ex = load_extractor(str(dirs[0]), device="cpu")
     # One version: the same tensors, so keep the stored file's bytes (git then stores the weights once).
-    weights_file = (dirs[0] / model_store.WEIGHTS_FILE).read_bytes() if len(dirs) == 1 else None
-    if len(dirs) > 1:
+    weights_file = (dirs[0] / model_store.WEIGHTS_FILE).read_bytes() if len(dirs) == 1 or ensemble else None
+    members = ensemble_members(dirs[1:], store) if ensemble else None
+    if members:
+        others = [load_extractor(str(store / m["version"]), device="cpu") for m in members]
+        if any(o.attributes != ex.attributes for o in others):
+            raise ValueError("--ensemble: the versions tag different attributes")
+        ex.members = [o.top for o in others]
+    elif len(dirs) > 1:
         others = [load_extractor(str(d), device="cpu") for d in dirs[1:]]
         if any(o.attributes != ex.attributes for o in others):
             raise ValueError("--attach: the versions to average tag different attributes")
@@ -303,7 +371,8 @@ def attach_to_version(vdirs: Path | Sequence[Path], data: str | Path, store: Pat
     facts = {k: manifest[k] for k in ("label_stats", "split", "train_seconds", "losses")}
     facts.update(attributes=list(ex.attributes), trained_parameters=sum(p.numel() for p in ex.top.parameters()),
                  cache_seconds=manifest.get("cache_seconds", 0.0), eval_seconds=round(time.perf_counter() - t0, 1),
-                 init=manifest.get("init"), soup=[d.name for d in dirs] if len(dirs) > 1 else None,
+                 init=manifest.get("init"), soup=[d.name for d in dirs] if len(dirs) > 1 and not ensemble else None,
+                 ensemble=[m["version"] for m in members] if members else None,
                  macro_f1_below_baseline=[n for n, r in results.items()
                                           if r["model"]["macro_f1"] < r["baseline"]["macro_f1"]])
     # The command that trains these weights: the stored config's non-default settings as flags.
@@ -311,14 +380,16 @@ def attach_to_version(vdirs: Path | Sequence[Path], data: str | Path, store: Pat
     flags = [f"--{k.replace('_', '-')} {v}" for k, v in asdict(cfg).items() if v != defaults.get(k)]
     card = model_card(cfg, facts, report, argv=["--data", str(data), "--store", str(store), *flags])
     metrics = {n: {k: r[k] for k in r if k.startswith(("model", "baseline"))} for n, r in results.items()}
-    version = save_extractor(ex, store, cfg, facts, metrics, card, data_snapshot(data), weights_file=weights_file)
+    version = save_extractor(ex, store, cfg, facts, metrics, card, data_snapshot(data), weights_file=weights_file,
+                             ensemble=members)
     return version, report.replace("{version}", version)
 
 
 def save_extractor(extractor: Extractor, store: Path, cfg: TrainConfig, facts: dict[str, Any],
                    metrics: dict[str, Any], card: str, training_data: str, name: str = "attr-minilm",
-                   weights_file: bytes | None = None) -> str:
-    """Write a store version (fp16 top weights) and return its id; ``current`` is not touched."""
+                   weights_file: bytes | None = None, ensemble: list[dict[str, str]] | None = None) -> str:
+    """Write a store version (fp16 top weights) and return its id; ``current`` is not touched. ``ensemble``: the
+    member versions (see :func:`ensemble_members`) the loader averages with this top."""
     from models.attributes.base import minilm_model_cfg
     from models.attributes.tagger import TOP_PREFIX
     from models.store import save_version
@@ -327,7 +398,8 @@ def save_extractor(extractor: Extractor, store: Path, cfg: TrainConfig, facts: d
         MODEL_KIND, cfg.bottom_layers, attributes=list(extractor.attributes),
         schema=extractor.schema.to_json() if extractor.schema is not None else None,
         normaliser=extractor.normaliser.to_json() if extractor.normaliser is not None else None,
-        gazetteer=extractor.gazetteer.to_json() if extractor.gazetteer is not None else None)
+        gazetteer=extractor.gazetteer.to_json() if extractor.gazetteer is not None else None,
+        **({"ensemble": ensemble} if ensemble else {}))
     preprocess_cfg = {"max_length": cfg.max_length, "min_confidence": cfg.min_confidence,
                       "input": "[CLS] title [SEP] description [SEP], longest segment truncated first"}
     # float16 halves the file; the loader casts back to float32 (differences far below the decision margins).
@@ -337,6 +409,7 @@ def save_extractor(extractor: Extractor, store: Path, cfg: TrainConfig, facts: d
                         extra={"train_config": asdict(cfg), "label_stats": facts["label_stats"],
                                "split": facts["split"], "train_seconds": facts["train_seconds"],
                                "init": facts.get("init"), "soup": facts.get("soup"),
+                               "ensemble": facts.get("ensemble"),
                                "losses": facts["losses"]})
 
 
@@ -351,13 +424,16 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainCon
                    help="no training: save the weights of this stored tagger again with the category schema, the "
                         "normaliser and the gazetteer learnt from --data; several (comma-separated): the mean of "
                         "their weights")
+    p.add_argument("--ensemble", action="store_true",
+                   help="with --attach of several versions: keep the first one's weights and average the tag "
+                        "probabilities of all of them at run time (the others are copied into --store)")
     p.add_argument("--init", metavar="VERSION_DIR",
                    help="continue from this stored tagger's weights (same attributes and frozen layers): its epochs "
                         "come on top of the ones given here")
     d = TrainConfig()
     for f in ("bottom_layers", "epochs", "batch_size", "seed", "max_length", "threads"):
         p.add_argument(f"--{f.replace('_', '-')}", type=int, default=getattr(d, f))
-    for f in ("lr_layers", "lr_head", "span_weight", "min_confidence", "valid_fraction", "ema"):
+    for f in ("lr_layers", "lr_head", "span_weight", "min_confidence", "valid_fraction", "ema", "fgm", "rdrop"):
         p.add_argument(f"--{f.replace('_', '-')}", type=float, default=getattr(d, f))
     a = p.parse_args(argv)
     cfg = TrainConfig(**{f: getattr(a, f) for f in TrainConfig.__dataclass_fields__ if hasattr(a, f)})
@@ -373,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, cfg = parse_args(argv)
     if args.attach:
         version, text = attach_to_version([Path(v) for v in args.attach.split(",")], args.data, Path(args.store),
-                                          cfg.valid_fraction)
+                                          cfg.valid_fraction, ensemble=args.ensemble)
         if args.report:
             Path(args.report).write_text(text)
         print(text)  # noqa: T201 - the command's output
