@@ -50,7 +50,8 @@ class RetrainConfig:
     matching_data: str | None = None   # labelled pairs (shared/data/matching): retrain the pair scorer too
     scorer_store: str | None = None    # pair scorer store (default: the shipped models/store/scorers)
     from_champion: bool = False        # continue from the champion's architecture and weights (the shipped recipe)
-    category_weight: float = 0.0       # ZhichunRoad multitask: seller-category loss beside the contrastive one
+    category_weight: float | None = None  # ZhichunRoad multitask: seller-category loss beside the contrastive one
+                                          # (None: the recipe's, 0 for a contrastive run, 1.0 for --image-tower)
     unlock_text_layers: int = 0        # fine-tune the text tower's top N layers (0: locked, projection only)
     image_tower: str | None = None     # a new image tower (timm architecture) against the champion's text tower
     image_hw: tuple[int, int] = (80, 60)  # its (H, W) box: the whole photo fitted, no square crop
@@ -82,8 +83,9 @@ def parse_args(argv: list[str] | None) -> RetrainConfig:
     p.add_argument("--from-champion", action="store_true",
                    help="continue from the champion's architecture and weights instead of a fresh image tower "
                         "(how the shipped model was trained; ignored when the store has no champion)")
-    p.add_argument("--category-weight", type=float, default=0.0,
-                   help="weight of a seller-category loss beside the contrastive loss (0 = contrastive only)")
+    p.add_argument("--category-weight", type=float, default=None,
+                   help="weight of a seller-category loss beside the contrastive loss (0 = contrastive only; "
+                        "default 0, or 1.0 with --image-tower)")
     p.add_argument("--unlock-text-layers", type=int, default=0,
                    help="fine-tune the text tower's top N transformer layers (0 = locked, projection only)")
     p.add_argument("--image-tower", default=None, metavar="ARCH",
@@ -95,7 +97,7 @@ def parse_args(argv: list[str] | None) -> RetrainConfig:
     a = p.parse_args(argv)
     if not 1 <= a.valid_percent <= 50:
         p.error("--valid-percent must be between 1 and 50")
-    if a.category_weight < 0 or a.unlock_text_layers < 0:
+    if (a.category_weight is not None and a.category_weight < 0) or a.unlock_text_layers < 0:
         p.error("--category-weight and --unlock-text-layers must be >= 0")
     if a.from_champion and a.arch_config:
         p.error("--from-champion takes the champion's architecture: leave out --arch-config")

@@ -186,6 +186,20 @@ def test_retrain_refuses_an_image_tower_with_a_bad_box():
     assert parse_args(["--catalog", "c", "--lake", "l", "--image-tower", "regnetx_002"]).image_hw == (80, 60)
 
 
+def test_the_image_tower_takes_the_recipes_category_weight_unless_one_is_given():
+    from jobs.retrain import parse_args
+    from jobs.stages.retrain_steps import image_tower_config
+
+    base = ["--catalog", "c", "--lake", "l", "--image-tower", "regnetx_002"]
+    assert image_tower_config(parse_args(base)).category_weight == 1.0
+    assert image_tower_config(parse_args([*base, "--category-weight", "0"])).category_weight == 0.0  # off, not 1.0
+    cfg = image_tower_config(parse_args([*base, "--category-weight", "2.5", "--lr", "0.01", "--epochs", "3"]))
+    assert (cfg.category_weight, cfg.lr, cfg.epochs, cfg.image_hw) == (2.5, 0.01, 3, (80, 60))
+    assert parse_args(["--catalog", "c", "--lake", "l"]).category_weight is None
+    with pytest.raises(SystemExit):
+        parse_args([*base, "--category-weight", "-1"])
+
+
 def test_retrain_refuses_from_champion_with_an_architecture(tmp_path):
     from jobs.retrain import parse_args
 

