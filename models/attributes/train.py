@@ -358,6 +358,8 @@ def attach_to_version(vdirs: Path | Sequence[Path], data: str | Path, store: Pat
         others = [load_extractor(str(store / m["version"]), device="cpu") for m in members]
         if any(o.attributes != ex.attributes for o in others):
             raise ValueError("--ensemble: the versions tag different attributes")
+        if ex.members or any(o.members for o in others):
+            raise ValueError("--ensemble: give the members of an ensemble, not the ensemble itself")
         ex.members = [o.top for o in others]
     elif len(dirs) > 1:
         others = [load_extractor(str(d), device="cpu") for d in dirs[1:]]
