@@ -13,17 +13,21 @@ def median(xs: list[float]) -> float:
 
 
 class PeakRss:
-    """Peak resident memory of this process and all its descendants, sampled every ``every`` seconds.
+    """Peak resident memory of a process (this one, or ``pid``) and all its descendants, sampled every ``every``
+    seconds.
 
     ``peak`` is the largest sum over the whole tree; ``by_kind`` the largest single process of each kind:
-    ``driver`` (this Python process), ``jvm`` (Spark's driver JVM, which runs the executors in local mode)
-    and ``workers`` (one Spark Python worker).
+    ``driver`` (the Python driver: the root process, or one whose command line holds ``driver_marker``),
+    ``jvm`` (Spark's driver JVM, which runs the executors in local mode) and ``workers`` (one Spark Python
+    worker). Under ``spark-submit`` the root is the JVM and the Python driver its child: pass the script's name
+    as ``driver_marker``.
     """
 
-    def __init__(self, every: float = 0.5):
+    def __init__(self, every: float = 0.5, pid: int | None = None, driver_marker: str | None = None):
         import psutil
 
-        self.proc, self.every, self.peak = psutil.Process(), every, 0
+        self.proc, self.every, self.peak = psutil.Process(pid), every, 0
+        self.driver_marker = driver_marker
         self.by_kind: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -33,16 +37,29 @@ class PeakRss:
 
         while not self._stop.is_set():
             total = 0
-            for p in [self.proc, *self.proc.children(recursive=True)]:
+            try:
+                tree = [self.proc, *self.proc.children(recursive=True)]
+            except psutil.Error:   # the root has ended
+                tree = []
+            for p in tree:
                 try:
                     rss = p.memory_info().rss
-                    kind = "driver" if p.pid == self.proc.pid else "jvm" if "java" in p.name() else "workers"
+                    kind = self._kind(p)
                 except psutil.Error:
                     continue
                 total += rss
                 self.by_kind[kind] = max(self.by_kind.get(kind, 0), rss)
             self.peak = max(self.peak, total)
             self._stop.wait(self.every)
+
+    def _kind(self, p) -> str:
+        if "java" in p.name():
+            return "jvm"
+        if p.pid == self.proc.pid:
+            return "driver"
+        if self.driver_marker and any(self.driver_marker in a for a in p.cmdline()):
+            return "driver"
+        return "workers"
 
     def __enter__(self):
         self._thread.start()
