@@ -1,32 +1,52 @@
-"""The enrich job end to end against a plain PyTorch loop; the incremental rerun; a 100k-row upsert into 1M.
+"""The enrich job as shipped, every stage of its default run, against a plain single-process loop; cold and warm.
 
-    python bench/enrich_e2e.py                                  # N=3000 products, 1M-row upsert: ~6 min here
+    python bench/enrich_e2e.py                                  # N=3000 listings, 1M-row upsert
     python bench/enrich_e2e.py --products 20000 --repeats 3     # longer, steadier figures
+    python bench/enrich_e2e.py --stages embed                   # embed + heads only (the comparison before issue 21)
     python bench/enrich_e2e.py --skip-upsert --device cuda      # on a GPU machine
     python bench/enrich_e2e.py --compare-model store:<previous>  # + the plain loop with another model, alternated
 
-What it measures, in one process and one run (so the figures are side by side on the same machine state):
+What it measures, in one process (so the figures are side by side on the same machine state):
 
-1. **A synthetic catalog** of N products with JPEG images of ``--image-size`` pixels (drawn product
-   silhouettes, as in the shipped sample, upscaled), titles and descriptions from templates.
-2. **Plain loop**: the same model over the same rows without Spark: pandas reads the Parquet file, a thread
-   pool decodes the images, the model embeds titles and images in batches, the heads classify, pyarrow writes
-   one Parquet file. It calls the same per-batch functions as the Spark UDFs (``udfs.embed.embed_frame``,
-   ``udfs.heads.heads_frame``), so the ratio measures what Spark and the job's bookkeeping cost, not a
-   different model path.
-3. **Spark job**: ``jobs.enrich.run`` on ``local[*]`` into a fresh lake (validate with image hashing, select
-   changed, embed, heads, Delta commits of every table, the similarity index, the run report; open attributes
-   and duplicate matching are off because the plain loop has no counterpart for them). Products/s counts
-   every product over the whole run, model loading included on both sides.
-4. **Incremental rerun**: 1% of the products get a new title, the job runs again on the same lake; its time
-   as a fraction of the full run's.
-5. **Upsert**: ``--upsert-rows`` rows (90% replace existing products, 10% new) upserted into a
+1. **A synthetic catalog** (:mod:`bench.e2e_catalog`) of N listings with JPEGs of ``--image-size`` pixels (drawn
+   product silhouettes, upscaled; about 4% without an image), titles and descriptions from templates, and
+   ``--duplicates`` (3%) of the N planted as second listings of another product: its title reworded (words
+   reordered, one dropped, another case, other punctuation), a price within 3%, the same image byte for byte or
+   re-encoded.
+2. **Plain loop** (:mod:`bench.e2e_plain`): the job's stages in one Python process with the same per-batch
+   functions as the job's UDFs and its default settings: image checks and hashing, embed + heads
+   (``udfs.embed.embed_frame``, ``udfs.heads.heads_frame``), open attributes (the store's extractor through
+   ``udfs.attributes.extract_frame``, precision ``auto``), Parquet writes, matching (the job's blocking on one
+   machine, ``udfs.matching.make_score_fn`` with the feature scorer and the cross-encoder, the in-memory
+   clustering with the job's ``ClusterConfig``) and a faiss index. Every stage is timed, model loading included.
+3. **Spark job, warm**: ``jobs.enrich.run`` in this process (its session built, the JVM up) on ``local[*]``
+   into a fresh lake with the job's defaults (``--attributes auto``, ``--matching auto``, ``--pair-model auto``,
+   ``--precision auto``): validate with image hashing, select changed, embed (the heads in the same pass),
+   heads, attributes, Delta commits of every table, match + cluster, the similarity index; the stage seconds
+   are the run summary's, and "run log, report" is the rest of the wall clock (the ``enrichment_runs`` rows,
+   the JSON and HTML run reports).
+4. **Incremental rerun, warm**: ``--changed`` (1%) of the listings get a new title, the job runs again on the
+   same lake; its time as a fraction of the full run's.
+5. **Cold**: a fresh ``spark-submit jobs/enrich.py`` (the README's command; ``python jobs/enrich.py`` where the
+   interpreter's folder has no ``spark-submit``), the full run into another fresh lake, then the incremental
+   run on it. Each is the wall clock of the process (JVM start, imports, model checks, session, run); the
+   stage seconds come from its ``_reports/<run id>.json``. On four cores or fewer with the README's
+   ``--driver-java-options`` (``jobs/runtime/spark_session.FEW_CORES_DEFAULTS``). ``--skip-cold`` skips them.
+6. **Planted duplicates recovered**: planted pairs in one cluster of ``product_clusters`` (and matched in
+   ``product_matches``), for each lake and for the plain loop's files.
+7. **Upsert**: ``--upsert-rows`` rows (90% replace existing products, 10% new) upserted into a
    ``--upsert-base``-row ``product_categories`` table through ``jobs.lake.lakehouse.Lake.upsert`` (the same
    copy-on-write commit the job uses); the table is built first and its build time is not counted.
 
-Peak resident memory is sampled over the Spark phases for the driver (Python), the JVM (driver and, in local
-mode, the executors) and the largest Python worker. ``--repeats`` repeats the plain loop and the Spark full
-run alternately (fresh lake each time) and reports medians.
+Spark-only, with no plain counterpart: ``select changed`` (it reads the lake's earlier embeddings), the run log
+and the run reports. The plain loop's validation runs the image checks and the simple row rules, not the job's
+whole list of column rules (:mod:`bench.e2e_plain`). With ``--stages embed`` the job runs with
+``--attributes none --matching none`` and the plain loop embeds and classifies only, as before issue 21.
+
+Peak resident memory is sampled over each phase: for the warm Spark runs the driver (Python), the JVM (driver
+and, in local mode, the executors) and the largest Python worker; for a cold run the same in its process tree;
+for the plain loop this process. ``--repeats`` repeats the plain loop and the warm Spark full run alternately
+(fresh lake each time) and reports medians.
 """
 
 from __future__ import annotations
@@ -34,133 +54,129 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
+import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import PeakRss, median  # noqa: E402
+from bench.e2e_catalog import changed_copy, make_catalog, planted_pairs, recovered  # noqa: E402
+from bench.e2e_plain import plain_loop, torch_threads  # noqa: E402
 
 TARGETS = {"spark_vs_plain": 0.85, "incremental_fraction": 0.10, "upsert_seconds": 30.0}
+REPO = Path(__file__).resolve().parents[1]
+OTHER = "run log, report"   # the wall clock a run summary's stages leave out (and, cold, the start-up)
+# Job options per --stages: "all" is the job as shipped (every default), "embed" the comparison before issue 21.
+JOB_OPTIONS = {"all": {}, "embed": {"attributes": "none", "matching": "none"}}
+# The whole-job table's rows: (row, the job's stages, the plain loop's stages).
+ROWS = (("validate", ("validate",), ("validate",)),
+        ("select changed (Spark only)", ("select changed",), ()),
+        ("embed + heads", ("embed", "heads"), ("embed + heads",)),
+        ("open attributes", ("attributes",), ("attributes",)),
+        ("commit tables / write Parquet", ("commit",), ("write",)),
+        ("match + cluster", ("match",), ("match",)),
+        ("similarity index", ("index",), ("index",)),
+        (f"{OTHER}; cold: + start-up (Spark only)", (OTHER,), ()))
 
 
-# -- the synthetic catalog --------------------------------------------------------------------------------
-def make_catalog(out: Path, n: int, image_size: int, seed: int = 11) -> Path:
-    """``out/catalog.parquet`` with N products (about 4% without an image) and their JPEGs under ``out/images``."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from PIL import Image
-
-    from jobs import make_sample_catalog as s
-
-    rng = random.Random(seed)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(n):
-        ptype = s.TYPES[i % len(s.TYPES)]
-        brand, colour, gender = rng.choice(s.BRANDS), rng.choice(list(s.COLOURS)), rng.choice(s.GENDERS)
-        model = f"{brand[:2].upper()}-{rng.randint(1000, 99999)}"
-        pid = f"B{i:07d}"
-        uri = None
-        if rng.random() > 0.04:
-            img = s._draw(ptype.shape, s.COLOURS[colour], rng).resize((image_size, image_size), Image.BICUBIC)
-            uri = f"images/{pid}.jpg"
-            (out / uri).write_bytes(s._jpeg(img, 88))
-        rows.append(dict(product_id=pid, title=s._title(brand, gender, colour, ptype.name, model, rng),
-                         description=s._description(ptype, colour, rng), image_uri=uri, brand=brand,
-                         category=ptype.category, price=round(rng.uniform(*ptype.price), 2), currency="EUR",
-                         language="en", updated_at=None))
-    path = out / "catalog.parquet"
-    pq.write_table(pa.Table.from_pylist(rows, schema=s.CATALOG_SCHEMA), path)
-    return path
-
-
-def changed_copy(catalog: Path, fraction: float, seed: int = 5) -> tuple[Path, int]:
-    """A copy of the catalog where ``fraction`` of the products have a new title."""
-    import pyarrow.parquet as pq
-
-    df = pq.read_table(catalog).to_pandas()
-    rng = random.Random(seed)
-    picked = rng.sample(range(len(df)), max(1, round(fraction * len(df))))
-    df.loc[picked, "title"] = df.loc[picked, "title"] + " (new season)"
-    out = catalog.with_name("catalog_changed.parquet")
-    df.to_parquet(out, index=False)
-    return out, len(picked)
-
-
-# -- the plain loop -----------------------------------------------------------------------------------------
-def plain_loop(catalog: Path, out: Path, model: str, device: str | None, batch_size: int, decode_threads: int,
-               chunk: int = 2048) -> dict:
-    """The same model over the same rows without Spark; returns products, seconds and products/s."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    import torch
-
-    from jobs.stages.heads import HeadsConfig, plan_heads
-    from models.encoders import load_encoder
-    from models.heads.bundle import load_heads
-    from udfs.embed import EmbedConfig, embed_frame
-    from udfs.heads import heads_frame
-
-    t0 = time.perf_counter()
-    torch.set_num_threads(os.cpu_count() or 1)
-    encoder = load_encoder(model, device)
-    df = pq.read_table(catalog).to_pandas()
-    counts = df["category"].value_counts().to_dict()
-    plan, _ = plan_heads(HeadsConfig(), encoder.version, counts, lambda: encoder.embed_texts)
-    bundle = load_heads(Path(plan.bundle_dir)) if plan.bundle_dir else None
-    cfg = EmbedConfig(model_ref=model, batch_size=batch_size, device=device, decode_threads=decode_threads)
-    root = catalog.parent
-    writer = None
-    n_ok = 0
-    for start in range(0, len(df), chunk):
-        part = df.iloc[start:start + chunk]
-        titles = part["title"].fillna("").tolist()
-        paths = [str(root / u) if isinstance(u, str) else None for u in part["image_uri"]]
-        emb = embed_frame(titles, paths, encoder, cfg)
-        ok = [i for i, e in enumerate(emb["error"]) if e is None]
-        texts = [f"{titles[i]} {part['description'].iloc[i] or ''}".strip() for i in ok]
-        heads = heads_frame([emb["text_embedding"][i] for i in ok], [emb["image_embedding"][i] for i in ok],
-                            texts, plan, bundle, plan.terms, titles=[titles[i] for i in ok])   # as the job
-        batch = pa.table({
-            "product_id": [part["product_id"].iloc[i] for i in ok],
-            "embedding": [np.asarray(emb["embedding"][i]) for i in ok],
-            "text_embedding": [np.asarray(emb["text_embedding"][i]) for i in ok],
-            "image_embedding": [None if emb["image_embedding"][i] is None else np.asarray(emb["image_embedding"][i])
-                                for i in ok],
-            "category": heads["category"], "confidence": heads["confidence"], "is_adult": heads["is_adult"],
-        })
-        if writer is None:
-            writer = pq.ParquetWriter(out, batch.schema)
-        writer.write_table(batch)
-        n_ok += len(ok)
-    if writer is not None:
-        writer.close()
-    seconds = time.perf_counter() - t0
-    return {"products": len(df), "embedded": n_ok, "seconds": round(seconds, 2),
-            "products_per_s": round(len(df) / seconds, 1)}
+@dataclass(frozen=True)
+class Settings:
+    model: str = "default"
+    device: str | None = None
+    batch_size: int = 64
+    decode_threads: int = 2
+    stages: str = "all"          # all | embed
 
 
 # -- the Spark job --------------------------------------------------------------------------------------
-def spark_run(spark, catalog: Path, lake: Path, run_id: str, model: str, device: str | None, batch_size: int,
-              decode_threads: int) -> dict:
+def _with_rest(timings: dict[str, float], seconds: float) -> dict[str, float]:
+    """A run's stage seconds, and the rest of ``seconds`` as :data:`OTHER`."""
+    stages = {k: round(v, 2) for k, v in timings.items() if k != "total"}
+    stages[OTHER] = round(seconds - sum(stages.values()), 2)
+    return stages
+
+
+def spark_run(spark, catalog: Path, lake: Path, run_id: str, st: Settings) -> dict:
+    """``jobs.enrich.run`` in this process (warm: the session and its JVM are up)."""
     from jobs.enrich import EnrichConfig, run
 
-    cfg = EnrichConfig(catalog=str(catalog), lake=str(lake), model=model, run_id=run_id, batch_size=batch_size,
-                       device=device, decode_threads=decode_threads, attributes="none", matching="none")
+    cfg = EnrichConfig(catalog=str(catalog), lake=str(lake), model=st.model, run_id=run_id, batch_size=st.batch_size,
+                       device=st.device, decode_threads=st.decode_threads, **JOB_OPTIONS[st.stages])
     t0 = time.perf_counter()
     summary = run(spark, cfg)
     seconds = time.perf_counter() - t0
     if summary.status != "succeeded" or not summary.accounted():
         raise RuntimeError(f"run {run_id} did not account for every row: {summary.counts}")
-    return {"products": summary.counts["read"], "enriched": summary.counts["enriched"],
-            "seconds": round(seconds, 2), "products_per_s": round(summary.counts["read"] / seconds, 1),
-            "stages": {k: round(v, 1) for k, v in summary.timings.items()},
-            "images_read": summary.images.get("read"), "images": summary.images.get("checked")}
+    c = summary.counts
+    return {"products": c["read"], "enriched": c["enriched"], "seconds": round(seconds, 2),
+            "products_per_s": round(c["read"] / seconds, 1), "stages": _with_rest(summary.timings, seconds),
+            "images_read": summary.images.get("read"), "images": summary.images.get("checked"),
+            "matches": c.get("matches_written"), "clusters": c.get("duplicate_clusters")}
+
+
+def cold_run(catalog: Path, lake: Path, run_id: str, st: Settings, log: Path) -> dict:
+    """The job in a fresh process, as a nightly task starts it: wall clock, the report's stages, peak memory."""
+    from jobs.runtime.spark_session import FEW_CORES, FEW_CORES_DEFAULTS
+
+    bin_dir = Path(sys.executable).parent
+    job = ["jobs/enrich.py", "--catalog", str(catalog), "--lake", str(lake), "--run-id", run_id, "--model", st.model,
+           "--batch-size", str(st.batch_size), "--decode-threads", str(st.decode_threads),
+           *(["--device", st.device] if st.device else [])]
+    for k, v in JOB_OPTIONS[st.stages].items():
+        job += [f"--{k}", v]
+    if (bin_dir / "spark-submit").exists():
+        java = (["--driver-java-options", FEW_CORES_DEFAULTS["spark.driver.extraJavaOptions"]]
+                if torch_threads() <= FEW_CORES else [])   # the README's advice for a few cores
+        cmd = [str(bin_dir / "spark-submit"), *java, *job]
+    else:
+        cmd = [sys.executable, *job]
+    # The workers import this checkout's packages (not an editable install's), the driver and workers this Python.
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", PYSPARK_PYTHON=sys.executable,
+               PYSPARK_DRIVER_PYTHON=sys.executable, CATALOG_ENRICH_LOG="WARNING",
+               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+    t0 = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        with PeakRss(pid=proc.pid, driver_marker="enrich.py") as mem:
+            rc = proc.wait()
+    seconds = time.perf_counter() - t0
+    if rc != 0:
+        tail = log.read_text()[-3000:]
+        raise RuntimeError(f"cold run {run_id} ({' '.join(cmd)}) exited {rc}:\n{tail}")
+    report = json.loads((lake / "_reports" / f"{run_id}.json").read_text())
+    c = report["counts"]
+    return {"products": c["read"], "enriched": c["enriched"], "seconds": round(seconds, 2),
+            "products_per_s": round(c["read"] / seconds, 1), "stages": _with_rest(report["timings"], seconds),
+            "matches": c.get("matches_written"), "clusters": c.get("duplicate_clusters"), "peak_gib": mem.gib(),
+            "command": " ".join(cmd)}
+
+
+# -- planted duplicates ------------------------------------------------------------------------------------
+def lake_recovery(lake: Path, pairs: list[tuple[str, str]]) -> dict | None:
+    """Planted pairs in one cluster of the lake's ``product_clusters`` and matched in its ``product_matches``."""
+    from deltalake import DeltaTable
+
+    if not (lake / "product_clusters" / "_delta_log").is_dir():
+        return None
+    cl = DeltaTable(str(lake / "product_clusters")).to_pandas(columns=["product_id", "cluster_id"])
+    m = DeltaTable(str(lake / "product_matches")).to_pandas(columns=["product_id_a", "product_id_b"])
+    return recovered(pairs, dict(zip(cl["product_id"], cl["cluster_id"], strict=True)),
+                     set(zip(m["product_id_a"], m["product_id_b"], strict=True)))
+
+
+def plain_recovery(out: Path, pairs: list[tuple[str, str]]) -> dict | None:
+    import pandas as pd
+
+    if not (out / "product_clusters.parquet").exists():
+        return None
+    cl = pd.read_parquet(out / "product_clusters.parquet")
+    m = pd.read_parquet(out / "product_matches.parquet")
+    return recovered(pairs, dict(zip(cl["product_id"], cl["cluster_id"], strict=True)),
+                     set(zip(m["product_id_a"], m["product_id_b"], strict=True)))
 
 
 # -- the upsert -------------------------------------------------------------------------------------------
@@ -209,9 +225,58 @@ def upsert_bench(spark, lake_dir: Path, base: int, rows: int) -> dict:
             "rows_after": total}
 
 
+
+# -- the whole-job table -----------------------------------------------------------------------------------
+def median_stages(runs: list[dict]) -> dict[str, float]:
+    """Each stage's median seconds over ``runs`` (each a dict with ``stages``)."""
+    names = [k for k in runs[0]["stages"]] if runs else []
+    return {k: round(median([r["stages"][k] for r in runs if k in r["stages"]]), 2) for k in names}
+
+
+def _row_seconds(stages: dict[str, float] | None, names: tuple[str, ...]) -> float | None:
+    if stages is None or not any(n in stages for n in names):
+        return None
+    return sum(stages.get(n, 0.0) for n in names)
+
+
+def whole_job_table(n: int, warm: dict, plain: dict, cold: dict | None, warm_incr: dict | None,
+                    cold_incr: dict | None) -> list[str]:
+    """Markdown rows: per stage, the seconds and products/s of the warm and cold Spark runs and the plain loop,
+    the Spark/plain throughput ratio, and the incremental runs' seconds. Each dict maps stage -> seconds and
+    holds the wall clock under ``total``."""
+    def s(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1f}"
+
+    def rate(x: float | None) -> str:
+        return "-" if not x else f"{n / x:,.0f}"
+
+    lines = ["| stage | Spark warm s | Spark warm products/s | Spark cold s | plain loop s | plain products/s | "
+             "Spark/plain throughput | incremental warm s | incremental cold s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    rows = [*ROWS, ("**total**", ("total",), ("total",))]
+    for name, job, ours in rows:
+        w, p = _row_seconds(warm, job), _row_seconds(plain, ours)
+        c = _row_seconds(cold, job)
+        if w is None and p is None and c is None:
+            continue
+        ratio = f"{p / w:.2f}" if w and p else "-"
+        lines.append(f"| {name} | {s(w)} | {rate(w)} | {s(c)} | {s(p)} | {rate(p)} | {ratio} | "
+                     f"{s(_row_seconds(warm_incr, job))} | {s(_row_seconds(cold_incr, job))} |")
+    return lines
+
+
+def _with_total(run: dict | None) -> dict | None:
+    return None if run is None else {**run["stages"], "total": run["seconds"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--products", type=int, default=3000, help="synthetic catalog size N (default: 3000)")
+    ap.add_argument("--products", type=int, default=3000, help="synthetic catalog size N, listings (default: 3000)")
+    ap.add_argument("--duplicates", type=float, default=0.03,
+                    help="fraction of the N listings planted as second listings of another product (default: 0.03)")
+    ap.add_argument("--stages", choices=("all", "embed"), default="all",
+                    help="all: the job as shipped, every default stage (default); embed: validation, embed and heads "
+                         "only (--attributes none --matching none), the comparison before issue 21")
     ap.add_argument("--image-size", type=int, default=256, help="side of the stored JPEGs in pixels (default: 256)")
     ap.add_argument("--model", default="default", help="model reference (default: the shipped default model)")
     ap.add_argument("--compare-model", default=None,
@@ -222,67 +287,97 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decode-threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=1, help="plain/Spark full-run pairs; medians are reported")
     ap.add_argument("--changed", type=float, default=0.01, help="fraction changed for the incremental run")
+    ap.add_argument("--skip-cold", action="store_true", help="no cold runs (fresh spark-submit processes)")
     ap.add_argument("--upsert-base", type=int, default=1_000_000)
     ap.add_argument("--upsert-rows", type=int, default=100_000)
     ap.add_argument("--skip-upsert", action="store_true")
     ap.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one, removed after)")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     a = ap.parse_args(argv)
+    if not 0 <= a.duplicates < 0.5:
+        ap.error("--duplicates must lie in [0, 0.5)")
 
     import logging
 
     logging.basicConfig(level=os.environ.get("CATALOG_ENRICH_LOG", "WARNING"))
     from jobs.runtime.spark_session import build_session
 
+    st = Settings(a.model, a.device, a.batch_size, a.decode_threads, a.stages)
     with tempfile.TemporaryDirectory(dir=a.workdir) as tmp:
         work = Path(tmp)
         t = time.perf_counter()
-        catalog = make_catalog(work / "catalog", a.products, a.image_size)
-        print(f"catalog: {a.products} products, {a.image_size} px JPEGs, made in {time.perf_counter() - t:.1f} s",
-              flush=True)
+        catalog = make_catalog(work / "catalog", a.products, a.image_size, a.duplicates)
+        pairs = planted_pairs(catalog)
+        print(f"catalog: {a.products} listings ({len(pairs)} planted duplicate pairs), {a.image_size} px JPEGs, "
+              f"made in {time.perf_counter() - t:.1f} s", flush=True)
         spark = build_session("bench-enrich", conf={"spark.ui.enabled": "false"})
-        plains, fulls, mems, others = [], [], [], []
+        plains, plain_mems, fulls, mems, others = [], [], [], [], []
         for r in range(a.repeats):
-            plains.append(plain_loop(catalog, work / f"plain-{r}.parquet", a.model, a.device, a.batch_size,
-                                     a.decode_threads))
+            with PeakRss() as pmem:
+                plains.append(plain_loop(catalog, work / f"plain-{r}", a.model, a.device, a.batch_size,
+                                         a.decode_threads, a.stages))
+            plain_mems.append(pmem.gib())
             print(f"plain loop {r + 1}: {json.dumps(plains[-1])}", flush=True)
             if a.compare_model:
-                others.append(plain_loop(catalog, work / f"other-{r}.parquet", a.compare_model, a.device,
-                                         a.batch_size, a.decode_threads))
+                others.append(plain_loop(catalog, work / f"other-{r}", a.compare_model, a.device,
+                                         a.batch_size, a.decode_threads, a.stages))
                 print(f"plain loop {r + 1}, {a.compare_model}: {json.dumps(others[-1])}", flush=True)
-            lake = work / f"lake-{r}"
             with PeakRss() as mem:
-                fulls.append(spark_run(spark, catalog, lake, f"bench-full-{r}", a.model, a.device, a.batch_size,
-                                       a.decode_threads))
+                fulls.append(spark_run(spark, catalog, work / f"lake-{r}", f"bench-full-{r}", st))
             mems.append(mem.gib())
-            print(f"spark full {r + 1}: {json.dumps(fulls[-1])}  peak GiB {mems[-1]}", flush=True)
+            print(f"spark warm full {r + 1}: {json.dumps(fulls[-1])}  peak GiB {mems[-1]}", flush=True)
         changed, n_changed = changed_copy(catalog, a.changed)
         with PeakRss() as mem:
-            incr = spark_run(spark, changed, work / "lake-0", "bench-incremental", a.model, a.device, a.batch_size,
-                             a.decode_threads)
+            incr = spark_run(spark, changed, work / "lake-0", "bench-incremental", st)
         if incr["enriched"] != n_changed:
             raise RuntimeError(f"the incremental run enriched {incr['enriched']} products, {n_changed} changed")
-        print(f"spark incremental ({n_changed} changed): {json.dumps(incr)}  peak GiB {mem.gib()}", flush=True)
+        print(f"spark warm incremental ({n_changed} changed): {json.dumps(incr)}  peak GiB {mem.gib()}", flush=True)
         up = None
         if not a.skip_upsert:
             with PeakRss() as umem:
                 up = upsert_bench(spark, work / "upsert-lake", a.upsert_base, a.upsert_rows)
             up["peak_gib"] = umem.gib()
             print(f"upsert: {json.dumps(up)}", flush=True)
-        spark.stop()
+        spark.stop()   # the cold runs start their own JVM on a machine this one no longer holds
+        cold = cold_incr = None
+        if not a.skip_cold:
+            cold = cold_run(catalog, work / "lake-cold", "bench-cold-full", st, work / "cold-full.log")
+            print(f"spark cold full: {json.dumps(cold)}", flush=True)
+            cold_incr = cold_run(changed, work / "lake-cold", "bench-cold-incremental", st,
+                                 work / "cold-incremental.log")
+            if cold_incr["enriched"] != n_changed:
+                raise RuntimeError(f"the cold incremental run enriched {cold_incr['enriched']} products, "
+                                   f"{n_changed} changed")
+            print(f"spark cold incremental: {json.dumps(cold_incr)}", flush=True)
+        planted = {"spark_warm": lake_recovery(work / "lake-0", pairs),
+                   "spark_cold": lake_recovery(work / "lake-cold", pairs) if cold else None,
+                   "plain": plain_recovery(work / "plain-0", pairs)}
 
     plain_s, full_s = median([p["seconds"] for p in plains]), median([f["seconds"] for f in fulls])
+    warm_stages, plain_stages = median_stages(fulls), median_stages(plains)
     figures = {
-        "products": a.products, "image_size": a.image_size, "cpus": os.cpu_count(), "repeats": a.repeats,
+        "products": a.products, "planted_pairs": len(pairs), "stages": a.stages, "image_size": a.image_size,
+        "cpus": torch_threads(), "repeats": a.repeats,
         "plain_products_per_s": round(a.products / plain_s, 1), "spark_products_per_s": round(a.products / full_s, 1),
         "spark_vs_plain": round(plain_s / full_s, 3),
         "incremental_seconds": incr["seconds"], "full_seconds": full_s,
         "incremental_fraction": round(incr["seconds"] / full_s, 3),
+        "cold_full_seconds": cold["seconds"] if cold else None,
+        "cold_incremental_seconds": cold_incr["seconds"] if cold_incr else None,
+        "cold_incremental_fraction": round(cold_incr["seconds"] / cold["seconds"], 3) if cold and cold_incr else None,
+        "cold_spark_vs_plain": round(plain_s / cold["seconds"], 3) if cold else None,
         "upsert_seconds": up["seconds"] if up else None,
         "peak_gib": {k: max(m.get(k, 0) for m in mems) for k in ("all", "driver", "jvm", "workers")},
-        "stages_full": fulls[0]["stages"], "stages_incremental": incr["stages"],
-        # The first Spark run starts cold (JIT, Python workers, model loads), as a nightly spark-submit does;
-        # the repeats reuse the warm JVM and workers. With --repeats, the cold pair is reported beside the medians.
+        "peak_gib_cold": cold["peak_gib"] if cold else None,
+        "peak_gib_plain": max(m.get("driver", 0) for m in plain_mems),
+        "stages_full": warm_stages, "stages_incremental": incr["stages"], "stages_plain": plain_stages,
+        "stages_cold_full": cold["stages"] if cold else None,
+        "stages_cold_incremental": cold_incr["stages"] if cold_incr else None,
+        "planted_recovered": planted,
+        "matches": {"spark_warm": fulls[0]["matches"], "spark_cold": cold["matches"] if cold else None,
+                    "plain": plains[0].get("matches"), "plain_candidates": plains[0].get("candidates")},
+        # The first Spark run in this process starts its Python workers and loads its models, but the JVM is up;
+        # the repeats reuse warm workers. With --repeats, the first pair is reported beside the medians.
         "first_pair": {"spark_vs_plain": round(plains[0]["seconds"] / fulls[0]["seconds"], 3),
                        "incremental_fraction": round(incr["seconds"] / fulls[0]["seconds"], 3)},
     }
@@ -290,30 +385,48 @@ def main(argv: list[str] | None = None) -> int:
         other_s = median([o["seconds"] for o in others])
         figures["compare_model"] = {"model": a.compare_model, "plain_products_per_s": round(a.products / other_s, 1),
                                     "seconds_per_product_ratio": round(plain_s / other_s, 3)}
+
+    what = "the job as shipped (every default stage)" if a.stages == "all" else "validation, embed and heads only"
+    med = f", medians of {a.repeats}" if a.repeats > 1 else ""
+    print(f"\nWhole job, {what}: {a.products} listings, {torch_threads()} core(s){med}\n")
+    for line in whole_job_table(a.products, {**warm_stages, "total": full_s}, {**plain_stages, "total": plain_s},
+                                _with_total(cold), _with_total(incr), _with_total(cold_incr)):
+        print(line)
     print("\n| figure | measured | target |\n|---|---|---|")
-    print(f"| plain PyTorch loop, products/s | {figures['plain_products_per_s']} | |")
+    print(f"| plain loop, products/s | {figures['plain_products_per_s']} | |")
     if others:
         c = figures["compare_model"]
         print(f"| plain loop with {c['model']}, products/s | {c['plain_products_per_s']} | |")
         print(f"| seconds per product, {a.model} / {c['model']} | {c['seconds_per_product_ratio']:.2f} | |")
-    print(f"| Spark job end to end, products/s | {figures['spark_products_per_s']} | |")
-    print(f"| Spark / plain | {figures['spark_vs_plain']:.2f} | >= {TARGETS['spark_vs_plain']} |")
-    print(f"| incremental run ({a.changed:.0%} changed) / full run | {figures['incremental_fraction']:.3f} "
+    print(f"| Spark job warm, products/s | {figures['spark_products_per_s']} | |")
+    print(f"| Spark warm / plain | {figures['spark_vs_plain']:.2f} | >= {TARGETS['spark_vs_plain']} |")
+    if cold:
+        print(f"| Spark cold (fresh spark-submit) / plain | {figures['cold_spark_vs_plain']:.2f} "
+              f"({plain_s:.2f} s / {cold['seconds']} s) | |")
+    print(f"| incremental run warm ({a.changed:.0%} changed) / full run warm | {figures['incremental_fraction']:.3f} "
           f"({incr['seconds']} s / {full_s:.2f} s) | < {TARGETS['incremental_fraction']} |")
+    if cold and cold_incr:
+        print(f"| incremental run cold / full run cold | {figures['cold_incremental_fraction']:.3f} "
+              f"({cold_incr['seconds']} s / {cold['seconds']} s) | < {TARGETS['incremental_fraction']} |")
     if a.repeats > 1:
         first = figures["first_pair"]
-        print(f"| first (cold) pair: Spark / plain | {first['spark_vs_plain']:.2f} "
+        print(f"| first pair: Spark / plain | {first['spark_vs_plain']:.2f} "
               f"({plains[0]['seconds']} s / {fulls[0]['seconds']} s) | >= {TARGETS['spark_vs_plain']} |")
-        print(f"| incremental run / first (cold) full run | {first['incremental_fraction']:.3f} | "
-              f"< {TARGETS['incremental_fraction']} |")
+    for who, rec in planted.items():
+        if rec:
+            print(f"| planted duplicate pairs recovered, {who.replace('_', ' ')}: same cluster / matched | "
+                  f"{rec['same_cluster']} / {rec.get('matched', '-')} of {rec['planted']} | |")
     if up:
         print(f"| upsert {up['upsert_rows']:,} rows into {up['base_rows']:,}, s | {up['seconds']} | "
               f"< {TARGETS['upsert_seconds']:.0f} |")
     pk = figures["peak_gib"]
-    print(f"| peak RSS GiB: all / driver / JVM / largest Python worker | {pk['all']} / {pk['driver']} / "
+    print(f"| peak RSS GiB, Spark warm: all / driver / JVM / largest Python worker | {pk['all']} / {pk['driver']} / "
           f"{pk['jvm']} / {pk['workers']} | |")
-    print(f"\nstages of the first full run (s): {figures['stages_full']}")
-    print(f"stages of the incremental run (s): {figures['stages_incremental']}")
+    if cold:
+        ck = cold["peak_gib"]
+        print(f"| peak RSS GiB, Spark cold: all / driver / JVM / largest Python worker | {ck['all']} / "
+              f"{ck.get('driver', '-')} / {ck.get('jvm', '-')} / {ck.get('workers', '-')} | |")
+    print(f"| peak RSS GiB, plain loop (this process) | {figures['peak_gib_plain']} | |")
     if a.json:
         Path(a.json).write_text(json.dumps(figures, indent=2))
     return 0
