@@ -234,3 +234,37 @@ def test_a_table_made_before_a_new_column_gets_it_on_the_next_write(spark, tmp_p
     assert rows == {"p1": None, "p2": "35.6"}
     arrow = DeltaTable(path).to_pyarrow_table()          # another engine reads the evolved table too
     assert sorted(arrow.column("normalized_value").to_pylist(), key=str) == ["35.6", None]
+
+
+def test_driver_upsert_with_deleted_keys_writes_what_the_spark_upsert_writes(spark, tmp_path):
+    """The match stage's commit: new pairs, rescored pairs and pairs that are no longer matches (``delete``)
+    give the same ``product_matches`` table through pyarrow on the driver as through Spark."""
+    from schemas.tables import PRODUCT_MATCHES
+
+    t0 = dt.datetime(2026, 11, 21, 3, 0, tzinfo=dt.timezone.utc)
+
+    def pairs(items, run):
+        return spark.createDataFrame([(a, b, s, 0.9, 0.9, None, 0.5, True, True, 1.0, "ann", "m", "v", run, t0)
+                                      for a, b, s in items],
+                                     PRODUCT_MATCHES.schema)
+
+    first = [(f"p{i:02d}", f"p{i + 1:02d}", 0.8) for i in range(0, 40, 2)]
+    again = [("p00", "p01", 0.95), ("p50", "p51", 0.7)]                 # rescored, new
+    gone = spark.createDataFrame([("p02", "p03"), ("p10", "p11")], "product_id_a string, product_id_b string")
+    results = {}
+    for on_driver in (False, True):
+        lake = Lake(spark, tmp_path / f"lake-{on_driver}")
+        lake.upsert(PRODUCT_MATCHES, pairs(first, "r1").repartition(3), "r1")
+        arrow_commits = []
+        by_arrow = lake.upsert_arrow
+        lake.upsert_arrow = lambda *a, **k: arrow_commits.append(1) or by_arrow(*a, **k)   # type: ignore[method-assign]
+        assert lake.upsert(PRODUCT_MATCHES, pairs(again, "r2"), "r2", delete=gone, on_driver=on_driver).committed
+        assert len(arrow_commits) == int(on_driver)          # the deletions no longer send it back to Spark
+        assert lake.upsert(PRODUCT_MATCHES, pairs(again, "r2"), "r2", delete=gone, on_driver=on_driver).skipped
+        results[on_driver] = sorted((r["product_id_a"], r["product_id_b"], r["score"], r["run_id"])
+                                    for r in lake.read(PRODUCT_MATCHES).collect())
+    assert results[True] == results[False]
+    got = {(a, b): (s, run) for a, b, s, run in results[True]}
+    assert len(got) == 20 - 2 + 1
+    assert got[("p00", "p01")] == (0.95, "r2") and got[("p50", "p51")] == (0.7, "r2")
+    assert ("p02", "p03") not in got and ("p10", "p11") not in got and got[("p04", "p05")] == (0.8, "r1")

@@ -191,14 +191,19 @@ class Lake:
         are no longer matches).
         ``on_driver``: the caller knows the update is small (an incremental run): it is collected as Arrow and
         committed by :meth:`upsert_arrow`, which skips the Spark jobs of a distributed rewrite (five jobs a
-        table, however few the rows). Ignored when ``delete`` is given or the table holds more than
-        ``DRIVER_REWRITE_BYTES``, where rewriting its touched files is work for the cluster.
+        table, however few the rows); the keys of ``delete`` go with ``replaced`` there (their old rows go, no
+        new row comes). Ignored when the table holds more than ``DRIVER_REWRITE_BYTES``, where rewriting its
+        touched files is work for the cluster.
         """
-        if on_driver and delete is None and sum(self.files(spec).values()) <= DRIVER_REWRITE_BYTES:
-            cols = list(spec.column_names)
-            return self.upsert_arrow(spec, df.select(*cols).toArrow(), run_id, step,
-                                     replaced=None if replaced is None else
-                                     replaced.select(*spec.match_keys).toArrow())
+        if on_driver and sum(self.files(spec).values()) <= DRIVER_REWRITE_BYTES:
+            cols, keys = list(spec.column_names), list(spec.match_keys)
+            gone = None
+            if replaced is not None or delete is not None:
+                gone = (df if replaced is None else replaced).select(*keys)
+                if delete is not None:
+                    gone = gone.unionByName(delete.select(*keys))
+                gone = gone.distinct().toArrow()
+            return self.upsert_arrow(spec, df.select(*cols).toArrow(), run_id, step, replaced=gone)
         return self._write(spec, df, run_id, step, upsert=True, replaced=replaced, delete=delete)
 
     def upsert_rows(self, spec: TableSpec, rows: list[dict], run_id: str, step: int = 1) -> CommitResult:

@@ -53,6 +53,9 @@ class MatchConfig:
     rows_per_partition: int = 20_000
     max_rounds: int = 100                # connected-components rounds before giving up
     checkpoint_every: int = 2            # rounds between lineage cuts
+    driver_commit_rows: int = 50_000     # match and cluster rows (written + removed) committed on the driver by
+                                         # pyarrow up to this many (Lake.upsert on_driver): the Spark rewrite of a
+                                         # few changed rows cost tens of seconds a table in an incremental run
 
 
 @dataclass(frozen=True)
@@ -330,7 +333,7 @@ def _write_clusters(spark, lake, universe, run_id: str, now, cfg: MatchConfig) -
                .withColumn("run_id", F.lit(run_id)).withColumn("updated_at", F.lit(now).cast("timestamp"))
                .persist(StorageLevel.MEMORY_AND_DISK))
     n_written = changed.count()
-    lake.upsert(PRODUCT_CLUSTERS, changed, run_id, step=1)
+    lake.upsert(PRODUCT_CLUSTERS, changed, run_id, step=1, on_driver=n_written <= cfg.driver_commit_rows)
     sizes = rows.where("cluster_size > 1").agg(F.countDistinct("cluster_id").alias("n"), F.count("*").alias("p"),
                                                F.max("cluster_size").alias("m")).first()
     changed.unpersist()
@@ -424,7 +427,8 @@ def _match_pairs(spark, lake, flagged, n: int, full: bool, scorer, version: str,
     gone = touched.join(new.select("product_id_a", "product_id_b"), ["product_id_a", "product_id_b"],
                         "left_anti").persist(StorageLevel.MEMORY_AND_DISK)
     n_removed = gone.count()
-    lake.upsert(PRODUCT_MATCHES, new, run_id, step=1, delete=gone)
+    lake.upsert(PRODUCT_MATCHES, new, run_id, step=1, delete=gone,
+                on_driver=n_written + n_removed <= cfg.driver_commit_rows)
     new.unpersist()
     gone.unpersist()
     cand.unpersist()
