@@ -44,6 +44,18 @@ def _ema_line(cfg: Any) -> str:
             "ZhichunRoad's EMA).\n" if ema else "")
 
 
+def _regulariser_line(cfg: Any) -> str:
+    """ZhichunRoad's R-Drop and FGM, where the run used them."""
+    parts = []
+    if getattr(cfg, "rdrop", 0.0):
+        parts.append(f"R-Drop (alpha {cfg.rdrop:g}: each batch passes twice through dropout, and the symmetric KL of "
+                     "the two tag distributions, averaged per token and attribute, joins the loss)")
+    if getattr(cfg, "fgm", 0.0):
+        parts.append(f"FGM (epsilon {cfg.fgm:g}: a second loss on the cached input states moved along their "
+                     "gradient)")
+    return ("Regularised with " + " and ".join(parts) + ".\n") if parts else ""
+
+
 # What the card says the tagger learns from train besides its weights (the same for every version).
 _LEARNT_FROM_TRAIN = """\
 It carries a **per-category schema** learnt from the train data (every attribute annotated on a product of the
@@ -93,7 +105,7 @@ English only (the text tower is English; the training data is English product te
 {cfg.epochs} epochs, batch {cfg.batch_size}, AdamW (layers lr {cfg.lr_layers:g}, classifier lr {cfg.lr_head:g},
 weight decay {cfg.weight_decay:g}, linear warm-up and decay), B/I loss weight {cfg.span_weight:g}, max length
 {cfg.max_length} tokens, seed {cfg.seed}, {cfg.threads} torch thread(s); the frozen layers' output is cached once.
-{_ema_line(cfg)}{_init_line(facts)}
+{_ema_line(cfg)}{_regulariser_line(cfg)}{_init_line(facts)}
 
 Training took {facts['train_seconds']:.0f} s ({minutes:.1f} min; {facts['cache_seconds']:.0f} s of it caching) on
 the development machine (2 CPU cores shared with other jobs). Loss per epoch: {losses}.
