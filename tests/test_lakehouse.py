@@ -257,7 +257,8 @@ def test_driver_upsert_with_deleted_keys_writes_what_the_spark_upsert_writes(spa
         lake.upsert(PRODUCT_MATCHES, pairs(first, "r1").repartition(3), "r1")
         arrow_commits = []
         by_arrow = lake.upsert_arrow
-        lake.upsert_arrow = lambda *a, **k: arrow_commits.append(1) or by_arrow(*a, **k)   # type: ignore[method-assign]
+        lake.upsert_arrow = (lambda *a, _seen=arrow_commits, _commit=by_arrow, **k:   # type: ignore[method-assign]
+                             _seen.append(1) or _commit(*a, **k))
         assert lake.upsert(PRODUCT_MATCHES, pairs(again, "r2"), "r2", delete=gone, on_driver=on_driver).committed
         assert len(arrow_commits) == int(on_driver)          # the deletions no longer send it back to Spark
         assert lake.upsert(PRODUCT_MATCHES, pairs(again, "r2"), "r2", delete=gone, on_driver=on_driver).skipped
