@@ -64,13 +64,16 @@ LOCAL_DEFAULTS: dict[str, str] = {
 # optimising compiler (C2) and a parallel garbage collector cost the JVM 45 s of CPU in a 100 s run of 20k
 # products on 2 cores; the quick compiler alone (C1) and a serial collector, 24 s, and the run went from 108 to
 # 94 s (bench/enrich_e2e.py). The JVM moves rows here; the models do the heavy work in Python. A spark-submit
-# driver JVM is started before this code runs: pass them there as --driver-java-options.
+# driver JVM is started before this code runs: pass them there as --driver-java-options. With C1 alone the JVM
+# reserves only 48 MB for compiled code, which a 3,000-product run of the whole job in one process filled ("CodeCache
+# is full. Compiler has been disabled": the JVM then interprets what it loads next); 240 MB is the size the default
+# tiered JVM reserves.
 FEW_CORES = 4
 # Plain ``local[*]`` never retries a task: one Python worker lost to a transient fault (killed under memory
 # pressure on a busy machine) failed a whole run that a cluster, with its 4 attempts per task, would finish.
 LOCAL_MASTER = "local[*,4]"
 FEW_CORES_DEFAULTS: dict[str, str] = {
-    "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
+    "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -XX:ReservedCodeCacheSize=240m",
 }
 
 
