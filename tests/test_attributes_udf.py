@@ -83,3 +83,21 @@ def test_precision_resolves_from_the_hardware():
     assert resolve_precision("auto", "cpu") == ("bf16" if cpu_has_bf16() else "fp32")
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("int4", "cpu")
+
+
+def test_open_attributes_runs_the_extractor_once_per_row(spark):
+    """Before an inner explode Spark infers ``size(_a) > 0`` below it (InferFiltersFromGenerate) and so ran the
+    extractor UDF twice per row: the job's attribute stage took twice the plain loop's time."""
+    import datetime as dt
+
+    from jobs.stages.heads import open_attributes, resolve_extractor
+
+    df = spark.createDataFrame(ROWS, "product_id string, title string, description string, category string")
+    opened = open_attributes(df, resolve_extractor("auto"), 4, "cpu", 1, "run-1", dt.datetime(2026, 1, 1),
+                             precision="fp32")
+    plan = opened._jdf.queryExecution().executedPlan().toString()
+    assert plan.count("ArrowEvalPython") == 1, plan
+    rows = opened.collect()
+    # p6 has no title, so no values, and explode_outer's null row for it is dropped
+    assert {r.product_id for r in rows} == {"p1", "p2", "p3", "p4", "p5"}
+    assert all(r.attribute and r.value for r in rows)
