@@ -97,3 +97,33 @@ def test_guard_matches_the_in_memory_clusters(spark):
     assert report["guarded_products"] == 40
     assert report["dissolved_products"] == sum(g == "dissolved" for g in ref.guard.values())
     assert got[_name(101)] == (_name(100), None)
+
+
+def test_driver_clusters_equal_the_spark_clusters(spark, seed=3):
+    """The match stage clusters a small graph on the driver (jobs.stages.matching._driver_components): the same
+    rows and report as the Spark path (coherence, the guard with an oversized component, the linkage split)."""
+    from jobs.stages.graph import coherent_edges, split_components
+    from jobs.stages.matching import _driver_components
+
+    rng = random.Random(seed)
+    edges = [(_name(i), _name(i + 1), rng.choice([0.95, 0.98, 0.995, 0.6, 0.3])) for i in range(30)]   # a giant
+    for g in range(12):   # small groups: pairs, triangles, chains, with weak and strong links
+        members = [_name(200 + 10 * g + k) for k in range(rng.randint(2, 5))]
+        edges += [(members[i], members[j], round(rng.uniform(0.2, 1.0), 3))
+                  for i in range(len(members)) for j in range(i + 1, len(members)) if rng.random() < 0.7]
+    cfg = ClusterConfig(max_size=6, strict_thresholds=(0.9, 0.97))   # default coherence margin and linkage
+    df = spark.createDataFrame(edges, "src string, dst string, score double")
+    linked = coherent_edges(df, cfg.min_score, cfg.margin)
+    comp, report = guarded_components(linked, cfg.max_size, cfg.strict_thresholds)
+    comp = split_components(comp, linked, cfg.linkage, cfg.complete_groups)
+    want = sorted(tuple(r) for r in comp.select("node", "component", "guard").collect())
+
+    import pandas as pd
+
+    got_comp, got_report = _driver_components(spark, pd.DataFrame(edges, columns=["src", "dst", "score"]), cfg)
+    got = sorted(tuple(r) for r in got_comp.select("node", "component", "guard").collect())
+    assert got == want
+    assert {k: got_report[k] for k in ("oversized_components", "guarded_products", "dissolved_products")} == \
+        {k: report[k] for k in ("oversized_components", "guarded_products", "dissolved_products")}
+    assert report["oversized_components"] >= 1                 # the guard was exercised
+    assert len({c for _, c, _ in want}) > 3                     # and the graph had several clusters

@@ -112,6 +112,43 @@ def test_full_then_incremental_runs(spark, lake):
     assert rewritten == set(changed.loc[changed["group"].isin([2, 7]), "product_id"])
 
 
+def test_the_driver_path_writes_what_the_spark_path_writes(spark, tmp_path):
+    """A catalog under ``driver_products`` is blocked and scored on the driver: the same candidates, matches,
+    scores and clusters as the Spark tasks give, with several k-means cells drawn from a sample, full and then
+    incremental."""
+    from jobs.lake.lakehouse import Lake
+    from models.matching.blocking import BlockingConfig
+
+    df = synthetic(n_groups=40, seed=3)
+    blocking = BlockingConfig(block_size=12, sample_per_cell=3, neighbours=3, lexical_neighbours=2)
+    out = {}
+    for name, bound in (("spark", 0), ("driver", 10_000)):
+        lake = Lake(spark, tmp_path / name)
+        cfg = MatchConfig(blocking=blocking, driver_products=bound, driver_cluster_edges=0)
+        write_embeddings(spark, lake, df, "e1")
+        first = run(spark, lake, df, "m1", cfg)
+        changed = df.copy()
+        changed.loc[changed["product_id"] == "S0021", "title"] = "Orbit lamp OR-1259 relisted"
+        write_embeddings(spark, lake, changed[changed["product_id"] == "S0021"], "e2")
+        second = run(spark, lake, changed, "m2", cfg)
+        out[name] = (first, second, read(lake, PRODUCT_MATCHES), read(lake, PRODUCT_CLUSTERS))
+    (f_s, s_s, m_s, c_s), (f_d, s_d, m_d, c_d) = out["spark"], out["driver"]
+    for key in ("candidates", "matches_written", "matches_removed", "cells", "largest_cell", "searched_cells"):
+        assert (f_d[key], s_d[key]) == (f_s[key], s_s[key]), key
+    assert f_s["cells"] > 2 and f_s["candidates"] > f_s["matches_written"] > 0 and s_s["queries"] == 1
+    key = ["product_id_a", "product_id_b"]
+    m_s, m_d = m_s.sort_values(key).reset_index(drop=True), m_d.sort_values(key).reset_index(drop=True)
+    assert m_d[key + ["blocking", "run_id", "model_number_match", "brand_match"]].equals(
+        m_s[key + ["blocking", "run_id", "model_number_match", "brand_match"]])
+    for col in ("score", "fused_cosine", "text_cosine", "image_cosine", "token_jaccard", "price_ratio"):
+        assert np.allclose(m_d[col].astype(float), m_s[col].astype(float), atol=1e-6, equal_nan=True), col
+    # the driver's timestamps are the run's, as the clusters' (written by Spark) are
+    assert set(m_d.loc[m_d["run_id"] == "m2", "updated_at"]) == set(c_d.loc[c_d["run_id"] == "m2", "updated_at"])
+    cols = ["product_id", "cluster_id", "cluster_size", "run_id"]
+    assert c_d.sort_values("product_id")[cols].reset_index(drop=True).equals(
+        c_s.sort_values("product_id")[cols].reset_index(drop=True))
+
+
 def test_cluster_ids_are_stable_when_everything_is_matched_again(spark, lake):
     df = synthetic(seed=3)
     write_embeddings(spark, lake, df, "e1")

@@ -21,6 +21,13 @@ model version) with the valid catalog rows and
    changed are upserted. A cluster's id is its smallest product id.
 
 An unchanged catalog therefore queries nothing and commits nothing.
+
+Steps 2-4 and the clustering of step 5 run on the driver when the work is small (``MatchConfig``:
+``driver_products``, ``driver_queries``, ``driver_cluster_edges``): the rows are collected once and go through
+the same per-cell and per-batch functions the Spark tasks call, with the centroids of the same samples, so both
+ways write the same rows (tested). Each Spark step costs its jobs' scheduling and shuffles, and a fresh Python
+worker the cross-encoder's load, whatever the rows: a 15-product increment of a 1,500-product lake spent 47 s in
+the Spark match stage and 21 s on the driver.
 """
 
 from __future__ import annotations
@@ -56,6 +63,15 @@ class MatchConfig:
     driver_commit_rows: int = 50_000     # match and cluster rows (written + removed) committed on the driver by
                                          # pyarrow up to this many (Lake.upsert on_driver): the Spark rewrite of a
                                          # few changed rows cost tens of seconds a table in an incremental run
+    driver_products: int = 30_000        # a catalog of at most this many products, with at most driver_queries
+    driver_queries: int = 5_000          # new or changed, is blocked and scored on the driver
+                                         # (_match_pairs_on_driver: the same functions, cells and samples,
+                                         # without a dozen small Spark jobs): a 15-product increment of a
+                                         # 1,500-product lake spent 36 s in Spark's blocking and scoring. More
+                                         # queries go to the Spark tasks, which score on every core.
+    driver_cluster_edges: int = 200_000  # match graphs of at most this many edges are clustered on the driver
+                                         # (models.matching.cluster, the same rules): Spark's connected
+                                         # components took 7-19 s for a graph of a few dozen edges
 
 
 @dataclass(frozen=True)
@@ -221,17 +237,23 @@ def _cell_hits(spark, vectors, n: int, full: bool, cfg: BlockingConfig, neighbou
         make_search_fn(neighbours, min_cosine, counters["largest"], counters["searched"]), HIT_SCHEMA)
 
 
-def _lexical_vectors(flagged, n: int, cfg: BlockingConfig):
-    """``flagged``'s titles as lexical vectors (:mod:`models.matching.lexical`), IDF fitted on a sample of them,
-    in the column layout :func:`_cell_hits` searches."""
+def _lexical_space(flagged, n: int, cfg: BlockingConfig):
+    """The lexical title space (:mod:`models.matching.lexical`), IDF fitted on a sample of ``flagged``'s titles."""
     from models.matching.lexical import LexicalSpace
-    from udfs.matching import VECTOR_SCHEMA, make_lexical_fn
 
     titles = flagged.select("product_id", "title")
     if n > cfg.lexical_sample:
         titles = titles.sample(fraction=min(1.0, 1.2 * cfg.lexical_sample / n), seed=cfg.seed)
     sample = titles.toPandas().sort_values("product_id")["title"].tolist()   # a fixed order, as for centroids
-    space = LexicalSpace.fit(sample, seed=cfg.seed)
+    return LexicalSpace.fit(sample, seed=cfg.seed)
+
+
+def _lexical_vectors(flagged, n: int, cfg: BlockingConfig, space=None):
+    """``flagged``'s titles as lexical vectors in ``space`` (default: fitted by :func:`_lexical_space`), in the
+    column layout :func:`_cell_hits` searches."""
+    from udfs.matching import VECTOR_SCHEMA, make_lexical_fn
+
+    space = space or _lexical_space(flagged, n, cfg)
     return flagged.select("product_id", "in_query", "title").mapInPandas(make_lexical_fn(space), VECTOR_SCHEMA)
 
 
@@ -299,6 +321,33 @@ def _score(cand, flagged, scorer, parts: int, cfg: MatchConfig):
     return joined.mapInPandas(make_score_fn(scorer.version, scorer.to_json(), cross=cross), SCORE_SCHEMA)
 
 
+def _driver_components(spark, edges, cc: ClusterConfig):
+    """:func:`jobs.stages.graph.guarded_components` and :func:`~jobs.stages.graph.split_components` of a small
+    match graph (pandas ``src, dst, score``), computed on the driver by :func:`models.matching.cluster.cluster`,
+    which applies the same rules: ``(DataFrame(node, component, guard), report)`` for the linked products."""
+    from models.matching.cluster import cluster, connected_components
+    from models.matching.cluster import coherent_edges as coherent
+
+    a, b = edges["src"].astype(str).tolist(), edges["dst"].astype(str).tolist()
+    score = edges["score"].to_numpy("float64")
+    found = cluster(set(a) | set(b), a, b, score, cc)
+    keep = coherent(a, b, score, cc.min_score, cc.margin)
+    linked = [(x, y) for x, y, k in zip(a, b, keep, strict=True) if k]
+    first = connected_components({n for e in linked for n in e}, linked)
+    sizes: dict[str, int] = {}
+    for c in first.values():
+        sizes[c] = sizes.get(c, 0) + 1
+    # Products without a coherent edge stay out, as they are out of the Spark components.
+    nodes = sorted(first)
+    rows = [(n, found.cluster_id[n], found.guard[n]) for n in nodes]
+    comp = spark.createDataFrame(rows, "node string, component string, guard string")
+    report = {"rounds": 0, "oversized_components": sum(1 for v in sizes.values() if v > cc.max_size),
+              "guarded_products": sum(1 for n in nodes if found.guard[n] is not None),
+              "dissolved_products": sum(1 for n in nodes if found.guard[n] == "dissolved")}
+    log.info("clustered %d match edges over %d products on the driver", len(a), len(nodes))
+    return comp, report
+
+
 def _write_clusters(spark, lake, universe, run_id: str, now, cfg: MatchConfig) -> ClusterStats:
     """Cluster the match graph of ``universe`` and upsert the ``product_clusters`` rows that changed."""
     from pyspark import StorageLevel
@@ -314,12 +363,18 @@ def _write_clusters(spark, lake, universe, run_id: str, now, cfg: MatchConfig) -
                                                F.col("product_id_b").alias("dst"), "score")
              .join(ids.select(F.col("product_id").alias("src")), "src", "left_semi")
              .join(ids.select(F.col("product_id").alias("dst")), "dst", "left_semi"))
-    # Only coherent matches link products (mutual best within a margin); read by the components, the guard
-    # and the split: persisted once.
-    edges = coherent_edges(edges, cc.min_score, cc.margin).persist(StorageLevel.MEMORY_AND_DISK)
-    comp, report = guarded_components(edges, cc.max_size, cc.strict_thresholds, cfg.max_rounds, cfg.checkpoint_every)
-    if cc.linkage is not None:
-        comp = split_components(comp, edges, cc.linkage, cc.complete_groups)
+    small = edges.limit(cfg.driver_cluster_edges + 1).toPandas() if cfg.driver_cluster_edges > 0 else None
+    if small is not None and len(small) <= cfg.driver_cluster_edges:
+        comp, report = _driver_components(spark, small, cc)
+        edges = None
+    else:
+        # Only coherent matches link products (mutual best within a margin); read by the components, the guard
+        # and the split: persisted once.
+        edges = coherent_edges(edges, cc.min_score, cc.margin).persist(StorageLevel.MEMORY_AND_DISK)
+        comp, report = guarded_components(edges, cc.max_size, cc.strict_thresholds, cfg.max_rounds,
+                                          cfg.checkpoint_every)
+        if cc.linkage is not None:
+            comp = split_components(comp, edges, cc.linkage, cc.complete_groups)
     rows = (ids.join(comp.withColumnRenamed("node", "product_id"), "product_id", "left")
             .select("product_id", F.coalesce("component", "product_id").alias("cluster_id"), "guard", "matched_hash")
             .withColumn("cluster_size", F.count("*").over(Window.partitionBy("cluster_id"))))
@@ -338,7 +393,8 @@ def _write_clusters(spark, lake, universe, run_id: str, now, cfg: MatchConfig) -
                                                F.max("cluster_size").alias("m")).first()
     changed.unpersist()
     rows.unpersist()
-    edges.unpersist()
+    if edges is not None:
+        edges.unpersist()
     return ClusterStats(cc_rounds=report["rounds"], cluster_rows_written=n_written, clusters=int(sizes["n"]),
                         clustered_products=int(sizes["p"] or 0), largest_cluster=int(sizes["m"] or 1),
                         oversized_components=report["oversized_components"],
@@ -438,6 +494,171 @@ def _match_pairs(spark, lake, flagged, n: int, full: bool, scorer, version: str,
                      scoring_seconds=scoring_seconds)
 
 
+def _driver_cell_hits(pdf, cents, full: bool, probes: int, neighbours: int, min_cosine: float):
+    """:func:`_cell_hits` on the driver: the same cell assignment (:func:`udfs.matching.make_cells_fn`) and the
+    same per-cell search (:func:`udfs.matching.make_search_fn`) over ``pdf`` (``product_id, in_query`` and the
+    three embeddings). ``(hits a, b, fused_cosine, text_cosine, image_cosine; largest cell; cells searched)``."""
+    import pandas as pd
+
+    from udfs.matching import make_cells_fn, make_search_fn
+
+    empty = pd.DataFrame({c: [] for c in ("a", "b", "fused_cosine", "text_cosine", "image_cosine")})
+    cells = list(make_cells_fn(cents, probes)(iter([pdf])))
+    if not cells:
+        return empty, 0, 0
+    cells = cells[0]
+    if not full:   # only the cells some query probes
+        cells = cells[cells["cell"].isin(set(cells.loc[cells["is_query"], "cell"]))]
+    search = make_search_fn(neighbours, min_cosine)
+    parts, largest = [], 0
+    for _, group in cells.groupby("cell", sort=True):
+        largest = max(largest, int(group["is_index"].sum()))
+        parts.append(search(group))
+    hits = pd.concat(parts, ignore_index=True) if parts else empty
+    return hits, largest, len(parts)
+
+
+def _sequential_dot(x, y):
+    """Row dot products summed left to right in float32, as Spark's ``aggregate`` in :func:`_dot` sums them."""
+    import numpy as np
+
+    prod = np.asarray(x, np.float32) * np.asarray(y, np.float32)
+    return np.cumsum(prod, axis=1, dtype=np.float32)[:, -1] if prod.shape[1] else np.zeros(len(prod), np.float32)
+
+
+def _driver_candidates(spark, flagged, pdf, n: int, full: bool, cfg: BlockingConfig):
+    """:func:`_candidates` on the driver for the rows of ``pdf`` (``flagged`` collected, sorted by id): the same
+    centroids (from the same samples of ``flagged``), cells, searches, model-number keys and lexical pass.
+    ``(candidates a, b, fused_cosine, text_cosine, image_cosine, blocking; cells; centroid seconds; largest cell;
+    cells searched)``."""
+    import numpy as np
+    import pandas as pd
+
+    from models.matching.blocking import code_pairs, kmeans
+    from udfs.matching import make_lexical_fn
+
+    cols = ["product_id", "in_query", "embedding", "text_embedding", "image_embedding"]
+
+    def centroids(vectors, spark_vectors):
+        """:func:`_centroids`: Spark's sample of the same rows where it samples, else every row in id order."""
+        if min(n, n_cells(n, cfg) * cfg.sample_per_cell) < n:
+            return _centroids(spark_vectors(), n, cfg)
+        return kmeans(np.stack(vectors["embedding"].to_numpy()).astype(np.float32), n_cells(n, cfg),
+                      cfg.kmeans_iters, cfg.seed)
+
+    t = time.perf_counter()
+    cents = centroids(pdf, lambda: flagged.select(*cols))
+    seconds = time.perf_counter() - t
+    hits, largest, searched = _driver_cell_hits(pdf[cols], cents, full, cfg.probes, cfg.neighbours, cfg.min_cosine)
+    cell_count = len(cents)
+    ann = (hits.groupby(["a", "b"], sort=False)
+           .agg(fused_cosine=("fused_cosine", "max"), text_cosine=("text_cosine", "first"),
+                image_cosine=("image_cosine", "first")).reset_index())
+    ids = pdf["product_id"].tolist()
+    queries = set(pdf.loc[pdf["in_query"].astype(bool), "product_id"])
+    titles = [t if isinstance(t, str) else "" for t in pdf["title"]]
+    found: dict[tuple[str, str], set[str]] = {}
+    for a, b in zip(ann["a"], ann["b"], strict=True):
+        found.setdefault((a, b), set()).add("ann")
+    for pair in code_pairs(ids, titles, cfg.max_key_group, queries):
+        found.setdefault(pair, set()).add("model_number")
+    if cfg.lexical_neighbours > 0:
+        t = time.perf_counter()
+        if n > cfg.lexical_sample:
+            space = _lexical_space(flagged, n, cfg)
+        else:   # every title, in id order: what _lexical_space collects
+            from models.matching.lexical import LexicalSpace
+
+            space = LexicalSpace.fit(pdf["title"].tolist(), seed=cfg.seed)
+        vectors = next(iter(make_lexical_fn(space)(iter([pdf[["product_id", "in_query", "title"]]]))))
+        lex_cents = centroids(vectors, lambda: _lexical_vectors(flagged, n, cfg, space))
+        seconds += time.perf_counter() - t
+        cell_count += len(lex_cents)
+        words, w_largest, w_searched = _driver_cell_hits(vectors, lex_cents, full, cfg.probes,
+                                                         cfg.lexical_neighbours, cfg.lexical_min_cosine)
+        largest, searched = max(largest, w_largest), searched + w_searched
+        for a, b in zip(words["a"], words["b"], strict=True):
+            found.setdefault((a, b), set()).add("lexical")
+    keys = sorted(found)
+    cand = pd.DataFrame({"a": [k[0] for k in keys], "b": [k[1] for k in keys]})
+    cand["blocking"] = ["+".join(m for m in ("ann", "lexical", "model_number") if m in found[k]) for k in keys]
+    cand = cand.merge(ann, on=["a", "b"], how="left")
+    rest = cand["fused_cosine"].isna().to_numpy()   # found by model number or lexical vectors alone
+    if rest.any():
+        pos = {p: i for i, p in enumerate(ids)}
+        ia = cand.loc[rest, "a"].map(pos).to_numpy()
+        ib = cand.loc[rest, "b"].map(pos).to_numpy()
+        for col, out in (("embedding", "fused_cosine"), ("text_embedding", "text_cosine"),
+                         ("image_embedding", "image_cosine")):
+            vals = pdf[col].to_numpy()
+            both = np.asarray([vals[i] is not None and vals[j] is not None for i, j in zip(ia, ib, strict=True)])
+            dots = np.full(len(ia), np.nan, np.float32)
+            if both.any():
+                dots[both] = _sequential_dot(np.stack([vals[i] for i in ia[both]]),
+                                             np.stack([vals[j] for j in ib[both]]))
+            cand.loc[rest, out] = dots
+    cand = cand.astype({"fused_cosine": "float32", "text_cosine": "float32", "image_cosine": "float32"})
+    return cand, cell_count, seconds, largest, searched
+
+
+def _match_pairs_on_driver(spark, lake, flagged, n: int, full: bool, scorer, version: str, run_id: str,
+                           model_version: str, now, cfg: MatchConfig) -> PairStats:
+    """:func:`_match_pairs` for a catalog that fits on the driver: the rows collected once, blocked and scored
+    there by the same functions as the Spark tasks run, and committed by pyarrow. The Spark path runs a
+    dozen small jobs, each with its own scheduling and shuffles, and the cross-encoder in fresh Python workers."""
+    import pandas as pd
+    from pyspark.sql import functions as F
+
+    from schemas.tables import PRODUCT_MATCHES
+    from udfs.matching import CrossSpec, make_score_fn
+
+    t0 = time.perf_counter()
+    pdf = (flagged.select("product_id", "in_query", "embedding", "text_embedding", "image_embedding", "title",
+                          "brand", F.col("price").cast("double").alias("price"), "currency")
+           .toPandas().sort_values("product_id", kind="stable").reset_index(drop=True))
+    cand, cells, centroid_seconds, largest, searched = _driver_candidates(spark, flagged, pdf, n, full,
+                                                                          cfg.blocking)
+    blocking_seconds = round(time.perf_counter() - t0, 3)
+    t1 = time.perf_counter()
+    pos = {p: i for i, p in enumerate(pdf["product_id"])}
+    frame = cand[["a", "b", "fused_cosine", "text_cosine", "image_cosine", "blocking"]].copy()
+    for side in ("a", "b"):
+        idx = frame[side].map(pos).to_numpy()
+        for f in ("title", "brand", "price", "currency"):
+            frame[f"{f}_{side}"] = pdf[f].to_numpy()[idx]
+    cross = CrossSpec(cfg.cross, cfg.cross_prefilter, None, precision=cfg.precision) if cfg.cross else None
+    score = make_score_fn(scorer.version, scorer.to_json(), cross=cross)
+    chunk = 2048   # the Arrow batch a Spark task gives the same function
+    parts = list(score(frame.iloc[s:s + chunk] for s in range(0, len(frame), chunk)))
+    new = pd.concat(parts, ignore_index=True) if parts else None
+    scoring_seconds = round(time.perf_counter() - t1, 3)
+    queries = pdf.loc[pdf["in_query"].astype(bool), ["product_id"]]
+    q = spark.createDataFrame([(p,) for p in queries["product_id"]], "product_id string")
+    old = lake.read(PRODUCT_MATCHES).select("product_id_a", "product_id_b")
+    touched = (old.join(q.withColumnRenamed("product_id", "product_id_a"), "product_id_a", "left_semi")
+               .unionByName(old.join(q.withColumnRenamed("product_id", "product_id_b"), "product_id_b",
+                                     "left_semi")).distinct().toPandas())
+    kept = set() if new is None else set(zip(new["product_id_a"], new["product_id_b"], strict=True))
+    gone = touched[[(a, b) not in kept for a, b in zip(touched["product_id_a"], touched["product_id_b"],
+                                                        strict=True)]]
+    n_written, n_removed = (0 if new is None else len(new)), len(gone)
+    if n_written or n_removed:
+        if new is None:
+            new = pd.DataFrame({c: [] for c in ("product_id_a", "product_id_b")})
+        new = new.assign(model_version=model_version, scorer_version=version, run_id=run_id,
+                         updated_at=pd.Timestamp(now).tz_convert("UTC").tz_localize(None))
+        rows = spark.createDataFrame(new.reindex(columns=list(PRODUCT_MATCHES.column_names)),
+                                     PRODUCT_MATCHES.schema) if len(new) else \
+            spark.createDataFrame([], PRODUCT_MATCHES.schema)
+        drop = spark.createDataFrame(list(gone.itertuples(index=False, name=None)),
+                                     "product_id_a string, product_id_b string")
+        lake.upsert(PRODUCT_MATCHES, rows, run_id, step=1, delete=drop,
+                    on_driver=n_written + n_removed <= cfg.driver_commit_rows)
+    return PairStats(candidates=len(cand), matches_written=n_written, matches_removed=n_removed, cells=cells,
+                     centroid_seconds=round(centroid_seconds, 3), largest_cell=largest, searched_cells=searched,
+                     blocking_seconds=blocking_seconds, scoring_seconds=scoring_seconds)
+
+
 def _recluster(spark, lake, flagged, n: int, n_q: int, run_id: str, now, cfg: MatchConfig) -> ClusterStats:
     """Recluster the catalog, or, on a quiet night, count the clusters the last run left."""
     from pyspark.sql import functions as F
@@ -491,7 +712,9 @@ def match_and_cluster(spark, lake, products, run_id: str, model_version: str, cf
     mode = "full" if full else "incremental"
     log.info("matching: %d products, %d queries (%s)", n, n_q, mode)
     prepare_seconds = round(time.perf_counter() - t_start, 3)
-    pairs = (_match_pairs(spark, lake, flagged, n, full, scorer, version, run_id, model_version, now, cfg)
+    on_driver = n <= cfg.driver_products and n_q <= cfg.driver_queries
+    match_pairs = _match_pairs_on_driver if on_driver else _match_pairs
+    pairs = (match_pairs(spark, lake, flagged, n, full, scorer, version, run_id, model_version, now, cfg)
              if n_q and n >= 2 else PairStats())
     t2 = time.perf_counter()
     clustering = _recluster(spark, lake, flagged, n, n_q, run_id, now, cfg)
