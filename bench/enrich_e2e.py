@@ -67,7 +67,8 @@ from bench.common import PeakRss, median  # noqa: E402
 from bench.e2e_catalog import changed_copy, make_catalog, planted_pairs, recovered  # noqa: E402
 from bench.e2e_plain import plain_loop, torch_threads  # noqa: E402
 
-TARGETS = {"spark_vs_plain": 0.85, "incremental_fraction": 0.10, "upsert_seconds": 30.0}
+# Issue 21: the whole job at >= 0.95 of the plain loop (the earlier embed-only comparison asked 0.85).
+TARGETS = {"spark_vs_plain": 0.95, "incremental_fraction": 0.10, "upsert_seconds": 30.0}
 REPO = Path(__file__).resolve().parents[1]
 OTHER = "run log, report"   # the wall clock a run summary's stages leave out (and, cold, the start-up)
 # Job options per --stages: "all" is the job as shipped (every default), "embed" the comparison before issue 21.
