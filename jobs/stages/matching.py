@@ -526,6 +526,23 @@ def _sequential_dot(x, y):
     return np.cumsum(prod, axis=1, dtype=np.float32)[:, -1] if prod.shape[1] else np.zeros(len(prod), np.float32)
 
 
+def _pair_cosines(pdf, ia, ib) -> dict:
+    """The fused, text and image cosines of the row pairs ``(ia[k], ib[k])`` of ``pdf``, as the Spark path's
+    :func:`_dot` computes them for pairs the embedding cells did not find; NaN where either side has none."""
+    import numpy as np
+
+    out = {}
+    for col, name in (("embedding", "fused_cosine"), ("text_embedding", "text_cosine"),
+                      ("image_embedding", "image_cosine")):
+        vals = pdf[col].to_numpy()
+        both = np.asarray([vals[i] is not None and vals[j] is not None for i, j in zip(ia, ib, strict=True)], bool)
+        dots = np.full(len(ia), np.nan, np.float32)
+        if both.any():
+            dots[both] = _sequential_dot(np.stack([vals[i] for i in ia[both]]), np.stack([vals[j] for j in ib[both]]))
+        out[name] = dots
+    return out
+
+
 def _driver_candidates(spark, flagged, pdf, n: int, full: bool, cfg: BlockingConfig):
     """:func:`_candidates` on the driver for the rows of ``pdf`` (``flagged`` collected, sorted by id): the same
     centroids (from the same samples of ``flagged``), cells, searches, model-number keys and lexical pass.
@@ -586,16 +603,8 @@ def _driver_candidates(spark, flagged, pdf, n: int, full: bool, cfg: BlockingCon
     rest = cand["fused_cosine"].isna().to_numpy()   # found by model number or lexical vectors alone
     if rest.any():
         pos = {p: i for i, p in enumerate(ids)}
-        ia = cand.loc[rest, "a"].map(pos).to_numpy()
-        ib = cand.loc[rest, "b"].map(pos).to_numpy()
-        for col, out in (("embedding", "fused_cosine"), ("text_embedding", "text_cosine"),
-                         ("image_embedding", "image_cosine")):
-            vals = pdf[col].to_numpy()
-            both = np.asarray([vals[i] is not None and vals[j] is not None for i, j in zip(ia, ib, strict=True)])
-            dots = np.full(len(ia), np.nan, np.float32)
-            if both.any():
-                dots[both] = _sequential_dot(np.stack([vals[i] for i in ia[both]]),
-                                             np.stack([vals[j] for j in ib[both]]))
+        for out, dots in _pair_cosines(pdf, cand.loc[rest, "a"].map(pos).to_numpy(),
+                                       cand.loc[rest, "b"].map(pos).to_numpy()).items():
             cand.loc[rest, out] = dots
     cand = cand.astype({"fused_cosine": "float32", "text_cosine": "float32", "image_cosine": "float32"})
     return cand, cell_count, seconds, largest, searched
