@@ -453,6 +453,17 @@ def resolve_pair_model(ref: str) -> str | None:
     return str(vdir)
 
 
+def _touched_pairs(lake, queries):
+    """The stored ``product_matches`` keys with a product of ``queries`` (``product_id``) on either side: the
+    pairs a run that matches those queries again replaces or removes."""
+    from schemas.tables import PRODUCT_MATCHES
+
+    old = lake.read(PRODUCT_MATCHES).select("product_id_a", "product_id_b")
+    return (old.join(queries.withColumnRenamed("product_id", "product_id_a"), "product_id_a", "left_semi")
+            .unionByName(old.join(queries.withColumnRenamed("product_id", "product_id_b"), "product_id_b",
+                                  "left_semi")).distinct())
+
+
 def _match_pairs(spark, lake, flagged, n: int, full: bool, scorer, version: str, run_id: str, model_version: str,
                  now, cfg: MatchConfig) -> PairStats:
     """Block, score and write ``product_matches`` for the queries of ``flagged``."""
@@ -475,11 +486,7 @@ def _match_pairs(spark, lake, flagged, n: int, full: bool, scorer, version: str,
            .persist(StorageLevel.MEMORY_AND_DISK))
     n_written = new.count()
     scoring_seconds = round(time.perf_counter() - t1, 3)
-    q = flagged.where("in_query").select("product_id")
-    old = lake.read(PRODUCT_MATCHES).select("product_id_a", "product_id_b")
-    touched = (old.join(q.withColumnRenamed("product_id", "product_id_a"), "product_id_a", "left_semi")
-               .unionByName(old.join(q.withColumnRenamed("product_id", "product_id_b"), "product_id_b",
-                                     "left_semi")).distinct())
+    touched = _touched_pairs(lake, flagged.where("in_query").select("product_id"))
     gone = touched.join(new.select("product_id_a", "product_id_b"), ["product_id_a", "product_id_b"],
                         "left_anti").persist(StorageLevel.MEMORY_AND_DISK)
     n_removed = gone.count()
@@ -643,10 +650,7 @@ def _match_pairs_on_driver(spark, lake, flagged, n: int, full: bool, scorer, ver
     scoring_seconds = round(time.perf_counter() - t1, 3)
     queries = pdf.loc[pdf["in_query"].astype(bool), ["product_id"]]
     q = spark.createDataFrame([(p,) for p in queries["product_id"]], "product_id string")
-    old = lake.read(PRODUCT_MATCHES).select("product_id_a", "product_id_b")
-    touched = (old.join(q.withColumnRenamed("product_id", "product_id_a"), "product_id_a", "left_semi")
-               .unionByName(old.join(q.withColumnRenamed("product_id", "product_id_b"), "product_id_b",
-                                     "left_semi")).distinct().toPandas())
+    touched = _touched_pairs(lake, q).toPandas()
     kept = set() if new is None else set(zip(new["product_id_a"], new["product_id_b"], strict=True))
     gone = touched[[(a, b) not in kept for a, b in zip(touched["product_id_a"], touched["product_id_b"],
                                                         strict=True)]]
