@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 
 from models import store as model_store
@@ -195,3 +196,42 @@ def test_an_ensemble_version_averages_its_members_tag_probabilities_and_checks_t
     weights.write_bytes(weights.read_bytes()[:-2] + b"\0\0")
     with pytest.raises(model_store.ModelIntegrityError, match=member):
         load_extractor(f"store:{version}", store=root, device="cpu")
+
+
+def test_a_category_prefix_shifts_the_words_and_is_never_a_unit(random_store):
+    from models.attributes.base import encode_row
+
+    _, _, ex = random_store
+    tok = ex.tokenizer
+    plain = encode_row(tok, TITLES[0], "Medium roast", 64)
+    cat = encode_row(tok, TITLES[0], "Medium roast", 64, "Coffee & Tea")
+    k = len(cat.input_ids) - len(plain.input_ids)
+    assert k == len(tok("Coffee & Tea", add_special_tokens=False)["input_ids"]) + 1
+    assert tok.convert_ids_to_tokens(cat.input_ids[:k + 1])[-1] == "[SEP]"
+    assert [(u.segment, u.start, u.end) for u in cat.units] == [(u.segment, u.start, u.end) for u in plain.units]
+    assert [cat.input_ids[u.token] for u in cat.units] == [plain.input_ids[u.token] for u in plain.units]
+    assert min(u.token for u in cat.units) > k                     # no unit inside the prefix
+    assert len(cat.token_type_ids) == len(cat.input_ids) and cat.token_type_ids[:k + 1] == [0] * (k + 1)
+    # the prefix takes its room from the product's text, never beyond max_length; a blank prefix is no prefix
+    long = encode_row(tok, TITLES[0] * 10, None, 32, "Home & Kitchen > Coffee, Tea & Espresso > Coffee > Ground")
+    assert len(long.input_ids) == 32
+    assert encode_row(tok, TITLES[0], None, 64, "  ") == encode_row(tok, TITLES[0], None, 64)
+
+
+def test_a_tagger_trained_with_the_category_reads_it_after_a_store_round_trip(random_store, tmp_path):
+    from models.attributes.base import encode_row
+
+    _, _, ex = random_store
+    cfg = TrainConfig(bottom_layers=5, max_length=64, min_confidence=0.0, category_input=True)
+    facts = {"label_stats": {}, "split": {}, "train_seconds": 0.0, "losses": []}
+    version = save_extractor(ex, tmp_path, cfg, facts, {}, "card {version}", "test data", name="test-attr")
+    loaded = load_extractor(f"store:{version}", store=tmp_path, device="cpu")
+    assert loaded.category_input and not ex.category_input
+    # the same title read under two categories is tagged differently: the category reaches the encoder
+    probs = loaded.tag_probs([encode_row(loaded.tokenizer, TITLES[0], None, 64, c) for c in ("Coffee", "Fishing")])
+    assert probs[0].shape == probs[1].shape and not np.allclose(probs[0], probs[1], atol=1e-4)
+    # without categories it reads the title alone, as the plain tagger with the same weights does
+    spans = [[(e.attribute, e.value) for e in row] for row in loaded.extract(TITLES[:1], None, None)]
+    assert spans == [[(e.attribute, e.value) for e in row] for row in ex.extract(TITLES[:1])]
+    got = loaded.extract(TITLES[:1] * 2, None, ["Coffee", "Fishing"])
+    assert all(e.value in TITLES[0] and e.source == "title" for row in got for e in row)

@@ -120,7 +120,7 @@ def test_lexical_pass_finds_listings_the_embeddings_put_apart(spark, lake):
     import pandas as pd
     from pyspark.sql import functions as F
 
-    from jobs.stages.matching import _candidates, _universe
+    from jobs.stages.matching import _Blocks, _candidates, _universe
     from models.matching.blocking import BlockingConfig
     from tests.test_matching_job import VERSION, products, synthetic, write_embeddings
 
@@ -137,7 +137,8 @@ def test_lexical_pass_finds_listings_the_embeddings_put_apart(spark, lake):
     flagged = _universe(lake, products(spark, df), VERSION).withColumn("in_query", F.lit(True))
 
     def candidates(cfg: BlockingConfig) -> pd.DataFrame:
-        cand, both, counters = _candidates(spark, flagged, len(df), True, cfg)
+        cand, both, counters = _candidates(spark, flagged, len(df), True, cfg, _Blocks(lake, VERSION, len(df), True,
+                                                                                       cfg))
         out = cand.toPandas().set_index(["a", "b"])
         both.unpersist()
         return out, counters

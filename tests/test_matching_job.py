@@ -147,6 +147,13 @@ def test_the_driver_path_writes_what_the_spark_path_writes(spark, tmp_path):
     cols = ["product_id", "cluster_id", "cluster_size", "run_id"]
     assert c_d.sort_values("product_id")[cols].reset_index(drop=True).equals(
         c_s.sort_values("product_id")[cols].reset_index(drop=True))
+    # Both full runs kept the same blocks (the incremental runs read them): one key, the same arrays
+    caches = [sorted((tmp_path / name / "_blocking").glob("*.npz")) for name in ("spark", "driver")]
+    assert [len(c) for c in caches] == [1, 1] and caches[0][0].name == caches[1][0].name
+    with np.load(caches[0][0]) as a, np.load(caches[1][0]) as b:
+        assert set(a.files) == set(b.files) == {"centroids", "lexical_idf", "lexical_centroids"}
+        assert all(np.array_equal(a[k], b[k]) for k in a.files)
+        assert a["centroids"].shape[0] + a["lexical_centroids"].shape[0] == f_s["cells"] == s_s["cells"]
 
 
 def test_cluster_ids_are_stable_when_everything_is_matched_again(spark, lake):

@@ -24,10 +24,14 @@ An unchanged catalog therefore queries nothing and commits nothing.
 
 Steps 2-4 and the clustering of step 5 run on the driver when the work is small (``MatchConfig``:
 ``driver_products``, ``driver_queries``, ``driver_cluster_edges``): the rows are collected once and go through
-the same per-cell and per-batch functions the Spark tasks call, with the centroids of the same samples, so both
-ways write the same rows (tested). Each Spark step costs its jobs' scheduling and shuffles, and a fresh Python
-worker the cross-encoder's load, whatever the rows: a 15-product increment of a 1,500-product lake spent 47 s in
-the Spark match stage and 21 s on the driver.
+the same per-cell and per-batch functions the Spark tasks call, with the centroids of the same samples (drawn by
+a hash of the product id, so the driver draws them without Spark), so both ways write the same rows (tested).
+Each Spark step costs its jobs' scheduling and shuffles, and a fresh Python worker the cross-encoder's load,
+whatever the rows: a 15-product increment of a 1,500-product lake spent 47 s in the Spark match stage and 21 s on
+the driver.
+
+The centroids and the lexical space a full run fits are kept in the lake (:mod:`jobs.lake.blocking_cache`);
+incremental runs of the same model and number of cells read them instead of fitting again.
 """
 
 from __future__ import annotations
@@ -191,19 +195,50 @@ def _queries(lake, universe, scorer_version: str, cfg: MatchConfig, changed_ids)
     return flagged, False
 
 
-def _centroids(universe, n: int, cfg: BlockingConfig):
+def _sample_bound(n: int, want: int) -> int | None:
+    """The CRC-32 bound below which a product is in a sample of about ``1.2 * want`` of ``n`` (None: take all)."""
+    return None if want >= n else int(min(1.0, 1.2 * want / n) * 2**32)
+
+
+def _sampled(df, bound: int | None, seed: int):
+    """The rows of ``df`` in the sample: CRC-32 of ``"<seed>:<product_id>"`` below ``bound``. A function of the
+    id alone, so the sample is the same whatever the partitions and row order, and :func:`_sampled_ids` draws it
+    on the driver without a Spark job."""
+    from pyspark.sql import functions as F
+
+    if bound is None:
+        return df
+    return df.where(F.crc32(F.concat(F.lit(f"{seed}:"), F.col("product_id")).cast("binary")) < F.lit(bound))
+
+
+def _sampled_ids(ids, bound: int | None, seed: int):
+    """:func:`_sampled` for ``ids`` on the driver: a boolean mask."""
+    import zlib
+
+    import numpy as np
+
+    if bound is None:
+        return np.ones(len(ids), bool)
+    return np.fromiter((zlib.crc32(f"{seed}:{p}".encode()) < bound for p in ids), bool, len(ids))
+
+
+def _kmeans_sample(pdf, n: int, cfg: BlockingConfig):
+    """k-means centroids of the sampled rows of ``pdf`` (``product_id, embedding``), taken in id order."""
     import numpy as np
 
     from models.matching.blocking import kmeans
 
     k = n_cells(n, cfg)
-    want = min(n, k * cfg.sample_per_cell)
-    sample = universe.select("product_id", "embedding")
-    if want < n:
-        sample = sample.sample(fraction=min(1.0, 1.2 * want / n), seed=cfg.seed)
-    pdf = sample.toPandas().sort_values("product_id")  # a fixed order: the same sample gives the same centroids
-    x = np.stack(pdf["embedding"].to_numpy()).astype(np.float32)
-    return kmeans(x, k, cfg.kmeans_iters, cfg.seed)
+    pdf = pdf.sort_values("product_id", kind="stable")  # a fixed order: the same sample gives the same centroids
+    pdf = pdf[_sampled_ids(pdf["product_id"].tolist(), _sample_bound(n, k * cfg.sample_per_cell), cfg.seed)]
+    return kmeans(np.stack(pdf["embedding"].to_numpy()).astype(np.float32), k, cfg.kmeans_iters, cfg.seed)
+
+
+def _centroids(universe, n: int, cfg: BlockingConfig):
+    """k-means centroids of a sample of ``universe`` (``product_id, embedding``): :func:`_kmeans_sample` of the
+    rows :func:`_sampled` keeps, collected."""
+    bound = _sample_bound(n, n_cells(n, cfg) * cfg.sample_per_cell)
+    return _kmeans_sample(_sampled(universe.select("product_id", "embedding"), bound, cfg.seed).toPandas(), n, cfg)
 
 
 def _dot(a: str, b: str):
@@ -213,17 +248,57 @@ def _dot(a: str, b: str):
                        lambda acc, v: acc + v)
 
 
+class _Blocks:
+    """The centroids and the lexical space one blocking uses: an incremental run reads them from the lake's
+    :class:`~jobs.lake.blocking_cache.BlockingCache` when it holds them for this model, these settings and this
+    number of cells; otherwise (and in every full run) they are fitted, and :meth:`save` keeps them there."""
+
+    def __init__(self, lake, model_version: str, n: int, full: bool, cfg: BlockingConfig):
+        from jobs.lake.blocking_cache import BlockingCache
+
+        self.cache = BlockingCache(lake.root, model_version, cfg, n_cells(n, cfg))
+        self.arrays: dict[str, Any] = {} if full else self.cache.read()
+        self.fitted = False
+        self.seed = cfg.seed
+        if self.arrays:
+            log.info("blocking: centroids and lexical space of the last fit for %d cells (cache %s)",
+                     n_cells(n, cfg), self.cache.key)
+
+    def get(self, name: str, fit):
+        """The array ``name`` (``centroids``, ``lexical_centroids``), from the cache or ``fit()``."""
+        if name not in self.arrays:
+            import numpy as np
+
+            self.arrays[name] = np.asarray(fit(), np.float32)
+            self.fitted = True
+        return self.arrays[name]
+
+    def lexical_space(self, fit):
+        """The lexical space (:func:`_lexical_space`, or its IDF weights from the cache)."""
+        from models.matching.lexical import LexicalSpace
+
+        if "lexical_idf" in self.arrays:
+            return LexicalSpace(self.arrays["lexical_idf"], seed=self.seed)
+        space = fit()
+        self.arrays["lexical_idf"], self.fitted = space.idf, True
+        return space
+
+    def save(self) -> None:
+        if self.fitted:
+            self.cache.write(self.arrays)
+
+
 def _cell_hits(spark, vectors, n: int, full: bool, cfg: BlockingConfig, neighbours: int, min_cosine: float,
-               counters: dict[str, Any]):
+               counters: dict[str, Any], blocks: _Blocks, name: str):
     """Search ``vectors`` (``product_id, in_query, embedding, text_embedding, image_embedding``) in k-means
-    cells of their ``embedding``: hits ``a < b`` with their cosines (lazy; ``counters`` gets the cells, the
-    centroid seconds and the search's accumulators)."""
+    cells of their ``embedding`` (the centroids ``blocks`` holds under ``name``): hits ``a < b`` with their
+    cosines (lazy; ``counters`` gets the cells, the centroid seconds and the search's accumulators)."""
     from pyspark.sql import functions as F
 
     from udfs.matching import CELL_SCHEMA, HIT_SCHEMA, make_cells_fn, make_search_fn
 
     t = time.perf_counter()
-    cents = _centroids(vectors, n, cfg)
+    cents = blocks.get(name, lambda: _centroids(vectors, n, cfg))
     counters["cells"] += len(cents)
     counters["centroid_seconds"] += time.perf_counter() - t
     cells = vectors.mapInPandas(make_cells_fn(cents, cfg.probes), CELL_SCHEMA)
@@ -241,9 +316,7 @@ def _lexical_space(flagged, n: int, cfg: BlockingConfig):
     """The lexical title space (:mod:`models.matching.lexical`), IDF fitted on a sample of ``flagged``'s titles."""
     from models.matching.lexical import LexicalSpace
 
-    titles = flagged.select("product_id", "title")
-    if n > cfg.lexical_sample:
-        titles = titles.sample(fraction=min(1.0, 1.2 * cfg.lexical_sample / n), seed=cfg.seed)
+    titles = _sampled(flagged.select("product_id", "title"), _sample_bound(n, cfg.lexical_sample), cfg.seed)
     sample = titles.toPandas().sort_values("product_id")["title"].tolist()   # a fixed order, as for centroids
     return LexicalSpace.fit(sample, seed=cfg.seed)
 
@@ -257,7 +330,7 @@ def _lexical_vectors(flagged, n: int, cfg: BlockingConfig, space=None):
     return flagged.select("product_id", "in_query", "title").mapInPandas(make_lexical_fn(space), VECTOR_SCHEMA)
 
 
-def _candidates(spark, flagged, n: int, full: bool, cfg: BlockingConfig):
+def _candidates(spark, flagged, n: int, full: bool, cfg: BlockingConfig, blocks: _Blocks):
     """(candidate pairs ``a < b`` with their cosines and how they were found, the persisted pairs they are
     selected from (the caller unpersists them), the blocking's :class:`CellCounters`)."""
     from pyspark import StorageLevel
@@ -269,7 +342,8 @@ def _candidates(spark, flagged, n: int, full: bool, cfg: BlockingConfig):
                                 "largest": spark.sparkContext.accumulator(0, MaxParam()),
                                 "searched": spark.sparkContext.accumulator(0)}
     cols = ("product_id", "in_query", "embedding", "text_embedding", "image_embedding")
-    hits = (_cell_hits(spark, flagged.select(*cols), n, full, cfg, cfg.neighbours, cfg.min_cosine, counters)
+    hits = (_cell_hits(spark, flagged.select(*cols), n, full, cfg, cfg.neighbours, cfg.min_cosine, counters,
+                       blocks, "centroids")
             .groupBy("a", "b").agg(F.max("fused_cosine").alias("fused_cosine"),
                                    F.first("text_cosine").alias("text_cosine"),
                                    F.first("image_cosine").alias("image_cosine"))
@@ -284,8 +358,9 @@ def _candidates(spark, flagged, n: int, full: bool, cfg: BlockingConfig):
            .withColumn("lex", F.lit(True)))
     both = hits.join(lex, ["a", "b"], "full_outer")
     if cfg.lexical_neighbours > 0:
-        words = (_cell_hits(spark, _lexical_vectors(flagged, n, cfg), n, full, cfg, cfg.lexical_neighbours,
-                            cfg.lexical_min_cosine, counters)
+        space = blocks.lexical_space(lambda: _lexical_space(flagged, n, cfg))
+        words = (_cell_hits(spark, _lexical_vectors(flagged, n, cfg, space), n, full, cfg, cfg.lexical_neighbours,
+                            cfg.lexical_min_cosine, counters, blocks, "lexical_centroids")
                  .select("a", "b").distinct().withColumn("words", F.lit(True)))
         both = both.join(words, ["a", "b"], "full_outer")
     else:
@@ -473,7 +548,9 @@ def _match_pairs(spark, lake, flagged, n: int, full: bool, scorer, version: str,
     from schemas.tables import PRODUCT_MATCHES
 
     t0 = time.perf_counter()
-    cand, pairs, counters = _candidates(spark, flagged, n, full, cfg.blocking)
+    blocks = _Blocks(lake, model_version, n, full, cfg.blocking)
+    cand, pairs, counters = _candidates(spark, flagged, n, full, cfg.blocking, blocks)
+    blocks.save()
     cand = cand.persist(StorageLevel.MEMORY_AND_DISK)
     n_cand = cand.count()   # runs the search: the cell counters hold their values from here on
     pairs.unpersist()
@@ -550,28 +627,21 @@ def _pair_cosines(pdf, ia, ib) -> dict:
     return out
 
 
-def _driver_candidates(spark, flagged, pdf, n: int, full: bool, cfg: BlockingConfig):
-    """:func:`_candidates` on the driver for the rows of ``pdf`` (``flagged`` collected, sorted by id): the same
-    centroids (from the same samples of ``flagged``), cells, searches, model-number keys and lexical pass.
+def _driver_candidates(pdf, n: int, full: bool, cfg: BlockingConfig, blocks: _Blocks):
+    """:func:`_candidates` on the driver for the rows of ``pdf`` (``flagged`` collected, sorted by id), without a
+    Spark job: the same centroids (the samples are functions of the ids), cells, searches, model-number keys and
+    lexical pass.
     ``(candidates a, b, fused_cosine, text_cosine, image_cosine, blocking; cells; centroid seconds; largest cell;
     cells searched)``."""
-    import numpy as np
     import pandas as pd
 
-    from models.matching.blocking import code_pairs, kmeans
+    from models.matching.blocking import code_pairs
+    from models.matching.lexical import LexicalSpace
     from udfs.matching import make_lexical_fn
 
     cols = ["product_id", "in_query", "embedding", "text_embedding", "image_embedding"]
-
-    def centroids(vectors, spark_vectors):
-        """:func:`_centroids`: Spark's sample of the same rows where it samples, else every row in id order."""
-        if min(n, n_cells(n, cfg) * cfg.sample_per_cell) < n:
-            return _centroids(spark_vectors(), n, cfg)
-        return kmeans(np.stack(vectors["embedding"].to_numpy()).astype(np.float32), n_cells(n, cfg),
-                      cfg.kmeans_iters, cfg.seed)
-
     t = time.perf_counter()
-    cents = centroids(pdf, lambda: flagged.select(*cols))
+    cents = blocks.get("centroids", lambda: _kmeans_sample(pdf[["product_id", "embedding"]], n, cfg))
     seconds = time.perf_counter() - t
     hits, largest, searched = _driver_cell_hits(pdf[cols], cents, full, cfg.probes, cfg.neighbours, cfg.min_cosine)
     cell_count = len(cents)
@@ -588,14 +658,11 @@ def _driver_candidates(spark, flagged, pdf, n: int, full: bool, cfg: BlockingCon
         found.setdefault(pair, set()).add("model_number")
     if cfg.lexical_neighbours > 0:
         t = time.perf_counter()
-        if n > cfg.lexical_sample:
-            space = _lexical_space(flagged, n, cfg)
-        else:   # every title, in id order: what _lexical_space collects
-            from models.matching.lexical import LexicalSpace
-
-            space = LexicalSpace.fit(pdf["title"].tolist(), seed=cfg.seed)
+        in_sample = _sampled_ids(ids, _sample_bound(n, cfg.lexical_sample), cfg.seed)   # ids are in id order
+        space = blocks.lexical_space(lambda: LexicalSpace.fit(pdf.loc[in_sample, "title"].tolist(), seed=cfg.seed))
         vectors = next(iter(make_lexical_fn(space)(iter([pdf[["product_id", "in_query", "title"]]]))))
-        lex_cents = centroids(vectors, lambda: _lexical_vectors(flagged, n, cfg, space))
+        lex_cents = blocks.get("lexical_centroids", lambda: _kmeans_sample(vectors[["product_id", "embedding"]], n,
+                                                                           cfg))
         seconds += time.perf_counter() - t
         cell_count += len(lex_cents)
         words, w_largest, w_searched = _driver_cell_hits(vectors, lex_cents, full, cfg.probes,
@@ -617,6 +684,12 @@ def _driver_candidates(spark, flagged, pdf, n: int, full: bool, cfg: BlockingCon
     return cand, cell_count, seconds, largest, searched
 
 
+# The candidate rows the score function reads, as the driver path builds them (both sides' fields).
+_FRAME_SCHEMA = ("a string, b string, fused_cosine float, text_cosine float, image_cosine float, blocking string, "
+                 + ", ".join(f"title_{s} string, brand_{s} string, price_{s} double, currency_{s} string"
+                             for s in ("a", "b")))
+
+
 def _match_pairs_on_driver(spark, lake, flagged, n: int, full: bool, scorer, version: str, run_id: str,
                            model_version: str, now, cfg: MatchConfig) -> PairStats:
     """:func:`_match_pairs` for a catalog that fits on the driver: the rows collected once, blocked and scored
@@ -626,14 +699,15 @@ def _match_pairs_on_driver(spark, lake, flagged, n: int, full: bool, scorer, ver
     from pyspark.sql import functions as F
 
     from schemas.tables import PRODUCT_MATCHES
-    from udfs.matching import CrossSpec, make_score_fn
+    from udfs.matching import SCORE_SCHEMA, CrossSpec, make_score_fn
 
     t0 = time.perf_counter()
     pdf = (flagged.select("product_id", "in_query", "embedding", "text_embedding", "image_embedding", "title",
                           "brand", F.col("price").cast("double").alias("price"), "currency")
            .toPandas().sort_values("product_id", kind="stable").reset_index(drop=True))
-    cand, cells, centroid_seconds, largest, searched = _driver_candidates(spark, flagged, pdf, n, full,
-                                                                          cfg.blocking)
+    blocks = _Blocks(lake, model_version, n, full, cfg.blocking)
+    cand, cells, centroid_seconds, largest, searched = _driver_candidates(pdf, n, full, cfg.blocking, blocks)
+    blocks.save()
     blocking_seconds = round(time.perf_counter() - t0, 3)
     t1 = time.perf_counter()
     pos = {p: i for i, p in enumerate(pdf["product_id"])}
@@ -642,11 +716,18 @@ def _match_pairs_on_driver(spark, lake, flagged, n: int, full: bool, scorer, ver
         idx = frame[side].map(pos).to_numpy()
         for f in ("title", "brand", "price", "currency"):
             frame[f"{f}_{side}"] = pdf[f].to_numpy()[idx]
-    cross = CrossSpec(cfg.cross, cfg.cross_prefilter, None, precision=cfg.precision) if cfg.cross else None
-    score = make_score_fn(scorer.version, scorer.to_json(), cross=cross)
-    chunk = 2048   # the Arrow batch a Spark task gives the same function
-    parts = list(score(frame.iloc[s:s + chunk] for s in range(0, len(frame), chunk)))
-    new = pd.concat(parts, ignore_index=True) if parts else None
+    if cfg.cross and len(frame):
+        # The cross-encoder reads the pairs in the Python workers, on every core: they imported torch and loaded
+        # models for the embed and attribute stages, so the driver never imports torch (5-10 s of a cold run).
+        cross = CrossSpec(cfg.cross, cfg.cross_prefilter, cfg.torch_threads, precision=cfg.precision)
+        rows = spark.createDataFrame(frame, _FRAME_SCHEMA)
+        new = rows.mapInPandas(make_score_fn(scorer.version, scorer.to_json(), cross=cross), SCORE_SCHEMA).toPandas()
+        new = new if len(new) else None
+    else:   # the feature scorer alone: numpy on the driver, in the Arrow batches a Spark task would get
+        score = make_score_fn(scorer.version, scorer.to_json())
+        chunk = 2048
+        parts = list(score(frame.iloc[s:s + chunk] for s in range(0, len(frame), chunk)))
+        new = pd.concat(parts, ignore_index=True) if parts else None
     scoring_seconds = round(time.perf_counter() - t1, 3)
     queries = pdf.loc[pdf["in_query"].astype(bool), ["product_id"]]
     q = spark.createDataFrame([(p,) for p in queries["product_id"]], "product_id string")

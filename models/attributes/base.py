@@ -14,8 +14,8 @@ from typing import Any, NamedTuple
 from models import store as model_store
 from models.attributes.spans import Unit, word_units
 
-__all__ = ["SOURCES", "EncodedRow", "Extraction", "clean_value", "encode_row", "load_top", "minilm_model_cfg",
-           "quiet_transformers", "stored_extras"]
+__all__ = ["PREFIX_MAX_TOKENS", "SOURCES", "EncodedRow", "Extraction", "clean_value", "encode_row", "load_top",
+           "minilm_model_cfg", "quiet_transformers", "stored_extras"]
 
 SOURCES = ("title", "description")
 
@@ -34,12 +34,32 @@ class EncodedRow:
     units: list[Unit]          # the words the tagger decides on
 
 
-def encode_row(tokenizer: Any, title: str, description: str | None, max_length: int) -> EncodedRow:
-    """``[CLS] title [SEP] description [SEP]``; the longer of the two is cut first when over ``max_length``."""
-    enc = tokenizer(title, description or None, truncation="longest_first", max_length=max_length,
+# Words of a category prefix the encoder reads (``[CLS] category [SEP] title [SEP] description [SEP]``): enough for
+# "Home & Kitchen > Coffee" paths and short enough to leave the product's text its room.
+PREFIX_MAX_TOKENS = 16
+
+
+def encode_row(tokenizer: Any, title: str, description: str | None, max_length: int,
+               prefix: str | None = None) -> EncodedRow:
+    """``[CLS] title [SEP] description [SEP]``; the longer of the two is cut first when over ``max_length``.
+
+    ``prefix`` (a seller category), when given and not blank, goes first: ``[CLS] prefix [SEP] title [SEP]
+    description [SEP]``, its pieces of segment type 0 and never a unit (a value is never read from the category).
+    """
+    pre: list[int] = []
+    if isinstance(prefix, str) and prefix.strip():
+        pre = list(tokenizer(prefix.strip(), add_special_tokens=False, truncation=True,
+                             max_length=PREFIX_MAX_TOKENS)["input_ids"])
+        pre.append(tokenizer.sep_token_id)
+    enc = tokenizer(title, description or None, truncation="longest_first", max_length=max_length - len(pre),
                     return_offsets_mapping=True)
     units = word_units([tuple(o) for o in enc["offset_mapping"]], enc.sequence_ids(), enc.word_ids())
-    return EncodedRow(enc["input_ids"], enc["token_type_ids"], units)
+    if not pre:
+        return EncodedRow(enc["input_ids"], enc["token_type_ids"], units)
+    k = len(pre)
+    ids, types = list(enc["input_ids"]), list(enc["token_type_ids"])
+    return EncodedRow(ids[:1] + pre + ids[1:], types[:1] + [0] * k + types[1:],
+                      [Unit(u.token + k, u.segment, u.start, u.end) for u in units])
 
 
 # Separators a span may pick up at its edges ("Stride Rite Baby-", "Black,"); the gold values almost never

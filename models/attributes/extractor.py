@@ -84,6 +84,7 @@ class Extractor:
         self.gazetteer: Any = None           # models.attributes.gazetteer.Gazetteer: train values to widen spans to
         self.members: list[Any] = []         # an ensemble's further tops: their tag probabilities are averaged with
                                              # this top's (they share the frozen bottom)
+        self.category_input = False          # True: the encoder reads the seller category before the title
 
     def tag_probs(self, rows: Sequence[EncodedRow]) -> list[np.ndarray]:
         """Tag probabilities ``[tokens, attributes, 3]`` per encoded row (one padded forward pass)."""
@@ -121,13 +122,15 @@ class Extractor:
         texts = [(t if isinstance(t, str) and t.strip() else None,
                   d if isinstance(d, str) and d.strip() else None) for t, d in zip(titles, descriptions, strict=True)]
         todo = [i for i, (t, _) in enumerate(texts) if t is not None]
-        encoded = {i: encode_row(self.tokenizer, texts[i][0], texts[i][1], self.max_length) for i in todo}
+        if categories is not None and len(categories) != len(titles):
+            raise ValueError(f"titles and categories differ in length: {len(titles)} != {len(categories)}")
+        prefixes = categories if self.category_input and categories is not None else [None] * len(titles)
+        encoded = {i: encode_row(self.tokenizer, texts[i][0], texts[i][1], self.max_length, prefixes[i])
+                   for i in todo}
         todo.sort(key=lambda i: (len(encoded[i].input_ids), i))
         out: list[list[Extraction]] = [[] for _ in titles]
         asked: list[Any] = [None] * len(titles)
         if self.schema is not None and categories is not None:
-            if len(categories) != len(titles):
-                raise ValueError(f"titles and categories differ in length: {len(titles)} != {len(categories)}")
             asked = [set(self.schema.attributes_for(c)) for c in categories]
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
@@ -241,6 +244,7 @@ def _load_tagger(vdir: Path, manifest: dict[str, Any], model_cfg: dict[str, Any]
     ex = Extractor(tokenizer, bottom.to(dev), top.to(dev), attributes, version=version,
                    max_length=int(pre["max_length"]), min_confidence=float(pre.get("min_confidence", 0.0)), device=dev)
     ex.schema, ex.normaliser = stored_extras(model_cfg)
+    ex.category_input = bool(pre.get("category_input", False))
     if model_cfg.get("gazetteer"):
         from models.attributes.gazetteer import Gazetteer
 

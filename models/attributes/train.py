@@ -15,6 +15,7 @@ its annotation leaves out are not supervised: AE-110K annotates only a few attri
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import math
 import random
@@ -59,6 +60,11 @@ class TrainConfig:
     min_confidence: float = 0.5     # default threshold of the shipped extractor (its valid figures use it)
     valid_fraction: float = 0.2
     seed: int = 0
+    category_input: bool = False    # the encoder reads the seller category first: [CLS] category [SEP] title ...
+    category_dropout: float = 0.1   # with category_input: this share of the train products (by a hash of the id)
+                                    # is read without it, so that a missing or unknown category still works
+    datasets: str = ""              # comma-separated gold sets to train on (empty: all); the tagged attributes
+                                    # are still those of all of them (a run continued with --init keeps its head)
     # torch intra-op threads. One: on the shared 2-core machine two threads ran 3-7x slower than one (spinning
     # against the other jobs), and one thread makes the float sums, hence the weights, independent of the machine.
     threads: int = 1
@@ -80,14 +86,22 @@ class Encoded:
     stats: dict[str, LabelStats]
 
 
-def encode_products(datasets: Sequence[Dataset], tokenizer: Any, attributes: Sequence[str], max_length: int
-                    ) -> Encoded:
+def category_prefix(p: Product, dropout: float) -> str | None:
+    """The category a train product is read with (None for the ``dropout`` share, by a hash of its id)."""
+    h = hashlib.sha256(f"category-dropout:{p.dataset}:{p.product_id}".encode()).digest()
+    return None if int.from_bytes(h[:8], "big") / 2**64 < dropout else p.category
+
+
+def encode_products(datasets: Sequence[Dataset], tokenizer: Any, attributes: Sequence[str], max_length: int,
+                    category_dropout: float | None = None) -> Encoded:
+    """Rows and tags of every train product; ``category_dropout`` not None: read with the category first."""
     enc = Encoded([], [], {})
     for ds in datasets:
         schemas = category_schemas(ds.train)
         stats = LabelStats()
         for p in ds.train:
-            row = encode_row(tokenizer, p.title, p.description, max_length)
+            prefix = category_prefix(p, category_dropout) if category_dropout is not None else None
+            row = encode_row(tokenizer, p.title, p.description, max_length, prefix)
             tags, st = bio_labels([p.title, p.description], row.units, len(row.input_ids), p.gold,
                                   supervised_attributes(p, schemas[p.category], attributes), attributes)
             stats.add(st)
@@ -267,7 +281,11 @@ def train_extractor(data: str | Path, cfg: TrainConfig, init: str | Path | None 
     bottom, top = split_tower(bert, cfg.bottom_layers, len(attributes))
     if init is not None:
         _init_from(Path(init), top, attributes, cfg.bottom_layers)
-    enc = encode_products(datasets, tokenizer, attributes, cfg.max_length)
+    chosen = [ds for ds in datasets if not cfg.datasets or ds.name in cfg.datasets.split(",")]
+    if not chosen:
+        raise ValueError(f"--datasets {cfg.datasets!r}: none of {[ds.name for ds in datasets]}")
+    enc = encode_products(chosen, tokenizer, attributes, cfg.max_length,
+                          cfg.category_dropout if cfg.category_input else None)
     t0 = time.perf_counter()
     hidden = cache_bottom(bottom, enc.rows)
     cache_s = time.perf_counter() - t0
@@ -278,6 +296,7 @@ def train_extractor(data: str | Path, cfg: TrainConfig, init: str | Path | None 
             p.copy_(p.half().float())
     extractor = Extractor(tokenizer, bottom, top, attributes, version="in-memory", max_length=cfg.max_length,
                           min_confidence=cfg.min_confidence)
+    extractor.category_input = cfg.category_input
     attach_learnt(extractor, data, datasets)
     facts = {
         "attributes": attributes,
@@ -405,7 +424,9 @@ def save_extractor(extractor: Extractor, store: Path, cfg: TrainConfig, facts: d
         gazetteer=extractor.gazetteer.to_json() if extractor.gazetteer is not None else None,
         **({"ensemble": ensemble} if ensemble else {}))
     preprocess_cfg = {"max_length": cfg.max_length, "min_confidence": cfg.min_confidence,
-                      "input": "[CLS] title [SEP] description [SEP], longest segment truncated first"}
+                      "category_input": cfg.category_input,
+                      "input": ("[CLS] category [SEP] " if cfg.category_input else "[CLS] ")
+                      + "title [SEP] description [SEP], longest segment truncated first"}
     # float16 halves the file; the loader casts back to float32 (differences far below the decision margins).
     state = {TOP_PREFIX + k: v.detach().to("cpu").half().contiguous() for k, v in extractor.top.state_dict().items()}
     return save_version(store, name, model_cfg, preprocess_cfg, state, training_data=training_data,
@@ -437,8 +458,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainCon
     d = TrainConfig()
     for f in ("bottom_layers", "epochs", "batch_size", "seed", "max_length", "threads"):
         p.add_argument(f"--{f.replace('_', '-')}", type=int, default=getattr(d, f))
-    for f in ("lr_layers", "lr_head", "span_weight", "min_confidence", "valid_fraction", "ema", "fgm", "rdrop"):
+    for f in ("lr_layers", "lr_head", "span_weight", "min_confidence", "valid_fraction", "ema", "fgm", "rdrop",
+              "category_dropout"):
         p.add_argument(f"--{f.replace('_', '-')}", type=float, default=getattr(d, f))
+    p.add_argument("--datasets", default="", help="train on these gold sets only (comma-separated; default all)")
+    p.add_argument("--category-input", action="store_true",
+                   help="the encoder reads the seller category before the title (trained with --category-dropout)")
     a = p.parse_args(argv)
     cfg = TrainConfig(**{f: getattr(a, f) for f in TrainConfig.__dataclass_fields__ if hasattr(a, f)})
     return a, cfg
