@@ -693,8 +693,9 @@ _FRAME_SCHEMA = ("a string, b string, fused_cosine float, text_cosine float, ima
 def _match_pairs_on_driver(spark, lake, flagged, n: int, full: bool, scorer, version: str, run_id: str,
                            model_version: str, now, cfg: MatchConfig) -> PairStats:
     """:func:`_match_pairs` for a catalog that fits on the driver: the rows collected once, blocked and scored
-    there by the same functions as the Spark tasks run, and committed by pyarrow. The Spark path runs a
-    dozen small jobs, each with its own scheduling and shuffles, and the cross-encoder in fresh Python workers."""
+    there by the same functions as the Spark tasks run (the cross-encoder's pairs in one Spark job, in the warm
+    Python workers), and committed by pyarrow. The Spark path runs a dozen small jobs, each with its own
+    scheduling and shuffles."""
     import pandas as pd
     from pyspark.sql import functions as F
 
