@@ -43,7 +43,7 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from models.matching.blocking import BlockingConfig, n_cells
+from models.matching.blocking import BLOCKING_PASSES, BlockingConfig, blocking_label, n_cells
 from models.matching.cluster import ClusterConfig
 
 __all__ = ["MatchConfig", "MatchStats", "match_and_cluster"]
@@ -375,8 +375,8 @@ def _candidates(spark, flagged, n: int, full: bool, cfg: BlockingConfig, blocks:
                 .select("a", "b", _dot("ea", "eb").alias("fused_cosine"), _dot("ta", "tb").alias("text_cosine"),
                         F.when(F.col("ia").isNotNull() & F.col("ib").isNotNull(), _dot("ia", "ib"))
                         .alias("image_cosine"), F.lit(None).cast("boolean").alias("ann"), "lex", "words"))
-    label = F.concat_ws("+", F.when(F.col("ann").isNotNull(), "ann"), F.when(F.col("words").isNotNull(), "lexical"),
-                        F.when(F.col("lex").isNotNull(), "model_number"))
+    column = {"ann": "ann", "lexical": "words", "model_number": "lex"}   # the flag each pass left on ``both``
+    label = F.concat_ws("+", *(F.when(F.col(column[p]).isNotNull(), p) for p in BLOCKING_PASSES))
     cols = ["a", "b", "fused_cosine", "text_cosine", "image_cosine"]
     cell_counters = CellCounters(counters["cells"], round(counters["centroid_seconds"], 3), counters["largest"],
                                  counters["searched"])
@@ -627,8 +627,9 @@ def _pair_cosines(pdf, ia, ib) -> dict:
     return out
 
 
-def _driver_candidates(pdf, n: int, full: bool, cfg: BlockingConfig, blocks: _Blocks):
-    """:func:`_candidates` on the driver for the rows of ``pdf`` (``flagged`` collected, sorted by id), without a
+def _driver_candidates(pdf, pos: dict, n: int, full: bool, cfg: BlockingConfig, blocks: _Blocks):
+    """:func:`_candidates` on the driver for the rows of ``pdf`` (``flagged`` collected, sorted by id; ``pos``: a
+    product id's row), without a
     Spark job: the same centroids (the samples are functions of the ids), cells, searches, model-number keys and
     lexical pass.
     ``(candidates a, b, fused_cosine, text_cosine, image_cosine, blocking; cells; centroid seconds; largest cell;
@@ -672,11 +673,10 @@ def _driver_candidates(pdf, n: int, full: bool, cfg: BlockingConfig, blocks: _Bl
             found.setdefault((a, b), set()).add("lexical")
     keys = sorted(found)
     cand = pd.DataFrame({"a": [k[0] for k in keys], "b": [k[1] for k in keys]})
-    cand["blocking"] = ["+".join(m for m in ("ann", "lexical", "model_number") if m in found[k]) for k in keys]
+    cand["blocking"] = [blocking_label(found[k]) for k in keys]
     cand = cand.merge(ann, on=["a", "b"], how="left")
     rest = cand["fused_cosine"].isna().to_numpy()   # found by model number or lexical vectors alone
     if rest.any():
-        pos = {p: i for i, p in enumerate(ids)}
         for out, dots in _pair_cosines(pdf, cand.loc[rest, "a"].map(pos).to_numpy(),
                                        cand.loc[rest, "b"].map(pos).to_numpy()).items():
             cand.loc[rest, out] = dots
@@ -706,12 +706,12 @@ def _match_pairs_on_driver(spark, lake, flagged, n: int, full: bool, scorer, ver
     pdf = (flagged.select("product_id", "in_query", "embedding", "text_embedding", "image_embedding", "title",
                           "brand", F.col("price").cast("double").alias("price"), "currency")
            .toPandas().sort_values("product_id", kind="stable").reset_index(drop=True))
+    pos = {p: i for i, p in enumerate(pdf["product_id"])}
     blocks = _Blocks(lake, model_version, n, full, cfg.blocking)
-    cand, cells, centroid_seconds, largest, searched = _driver_candidates(pdf, n, full, cfg.blocking, blocks)
+    cand, cells, centroid_seconds, largest, searched = _driver_candidates(pdf, pos, n, full, cfg.blocking, blocks)
     blocks.save()
     blocking_seconds = round(time.perf_counter() - t0, 3)
     t1 = time.perf_counter()
-    pos = {p: i for i, p in enumerate(pdf["product_id"])}
     frame = cand[["a", "b", "fused_cosine", "text_cosine", "image_cosine", "blocking"]].copy()
     for side in ("a", "b"):
         idx = frame[side].map(pos).to_numpy()

@@ -21,7 +21,8 @@ import pandas as pd
 
 from models.matching.text import model_numbers
 
-__all__ = ["BlockingConfig", "assign", "block_search", "candidate_pairs", "code_pairs", "kmeans", "n_cells"]
+__all__ = ["BLOCKING_PASSES", "BlockingConfig", "assign", "block_search", "blocking_label", "candidate_pairs",
+           "code_pairs", "kmeans", "n_cells"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,16 @@ class BlockingConfig:
             raise ValueError(f"BlockingConfig: block_size >= 2, probes >= 1 and neighbours >= 1 expected: {self}")
         if not -1.0 <= self.min_cosine <= 1.0:
             raise ValueError(f"BlockingConfig.min_cosine must lie in [-1, 1], got {self.min_cosine}")
+
+
+# The blocking passes in the order ``product_matches.blocking`` names them ("ann+lexical+model_number").
+BLOCKING_PASSES = ("ann", "lexical", "model_number")
+
+
+def blocking_label(found: Iterable[str]) -> str:
+    """``product_matches.blocking`` of a pair: the passes that found it, in :data:`BLOCKING_PASSES` order."""
+    hit = set(found)
+    return "+".join(p for p in BLOCKING_PASSES if p in hit)
 
 
 def n_cells(n_items: int, cfg: BlockingConfig) -> int:
@@ -174,8 +185,8 @@ def candidate_pairs(ids: Sequence[str], emb: np.ndarray, titles: Sequence[str], 
     keys = sorted(set(best) | words | codes)
 
     def how(p: tuple[str, str]) -> str:
-        return "+".join(n for n, found in (("ann", p in best), ("lexical", p in words), ("model_number", p in codes))
-                        if found)
+        hits = {"ann": p in best, "lexical": p in words, "model_number": p in codes}
+        return blocking_label(n for n, hit in hits.items() if hit)
 
     return pd.DataFrame({
         "a": [p[0] for p in keys], "b": [p[1] for p in keys],
