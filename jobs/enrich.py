@@ -544,21 +544,15 @@ def _commit_tables(ctx: RunContext, v: _Validated, e: _Embedded, scored, head_fr
     return results[PRODUCT_EMBEDDINGS.name], results[QUARANTINE.name]
 
 
-def _match_config(ctx: RunContext, scorer, cross):
-    from jobs.stages.matching import MatchConfig
-
-    return MatchConfig(scorer=scorer, cross=cross, torch_threads=ctx.task_cpus, precision=ctx.cfg.precision)
-
-
 def _match(ctx: RunContext, scorer, cross, valid) -> dict:
     """Duplicate matching and clusters (skipped without a pair scorer)."""
-    from jobs.stages.matching import match_and_cluster
+    from jobs.stages.matching import MatchConfig, match_and_cluster
 
     if scorer is None:
         return {"matches_written": 0, "clusters": 0}
     with ctx.stage("match"):
-        matched = match_and_cluster(ctx.spark, ctx.lake, valid, ctx.cfg.run_id, ctx.version,
-                                    _match_config(ctx, scorer, cross))
+        cfg = MatchConfig(scorer=scorer, cross=cross, torch_threads=ctx.task_cpus, precision=ctx.cfg.precision)
+        matched = match_and_cluster(ctx.spark, ctx.lake, valid, ctx.cfg.run_id, ctx.version, cfg)
         ctx.stage.count(matched["queries"], "products")
     return matched
 

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALIASES", "DATASETS", "Dataset", "Product", "canonical_attribute", "category_schemas", "data_snapshot",
-    "load_all", "load_dataset", "normalised_gold", "normaliser_for", "split_products", "wdc_descriptions",
+    "hash_side", "load_all", "load_dataset", "normalised_gold", "normaliser_for", "split_products", "wdc_descriptions",
 ]
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,8 @@ def _norm_text(s: str | None) -> str:
     return re.sub(r"\s+", " ", (s or "").strip().lower())
 
 
-def _valid_side(dataset: str, key: str, fraction: float) -> bool:
+def hash_side(dataset: str, key: str, fraction: float) -> bool:
+    """Whether ``key`` falls in the ``fraction`` side of a split named by ``dataset`` (a hash: stable everywhere)."""
     h = hashlib.sha256(f"{dataset}:{key}".encode()).digest()
     return int.from_bytes(h[:8], "big") / 2**64 < fraction
 
@@ -142,7 +143,7 @@ def split_products(frame: pd.DataFrame, name: str, fraction: float = VALID_FRACT
         p = Product(name, str(row.product_id), str(row.category), str(row.title),
                     row.description if isinstance(row.description, str) and row.description.strip() else None,
                     dict(row.gold))
-        (valid if _valid_side(name, canonical[row.group_key], fraction) else train).append(p)
+        (valid if hash_side(name, canonical[row.group_key], fraction) else train).append(p)
     stats = {"rows": len(frame), "duplicates_dropped": len(dropped), "train": len(train), "valid": len(valid)}
     log.info("%s: %s", name, json.dumps(stats))
     return Dataset(name, train, valid, stats)

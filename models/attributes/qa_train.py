@@ -18,7 +18,6 @@ over ``[query ; product]``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import random
 import sys
@@ -30,7 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from models.attributes.data import Dataset, Product, data_snapshot, load_all, normaliser_for, wdc_descriptions
+from models.attributes.data import (
+    Dataset,
+    Product,
+    data_snapshot,
+    hash_side,
+    load_all,
+    normaliser_for,
+    wdc_descriptions,
+)
 from models.attributes.extractor import best_per_attribute, encode_row
 from models.attributes.metrics import score_predictions
 from models.attributes.qa import (
@@ -68,8 +75,7 @@ class QATrainConfig:
 
 
 def calibration_side(p: Product, fraction: float) -> bool:
-    h = hashlib.sha256(f"calibration:{p.dataset}:{p.product_id}".encode()).digest()
-    return int.from_bytes(h[:8], "big") / 2**64 < fraction
+    return hash_side(f"calibration:{p.dataset}", p.product_id, fraction)
 
 
 @dataclass

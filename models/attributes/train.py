@@ -15,7 +15,6 @@ its annotation leaves out are not supervised: AE-110K annotates only a few attri
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import math
 import random
@@ -27,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from models.attributes.data import Dataset, Product, category_schemas, data_snapshot, load_all
+from models.attributes.data import Dataset, Product, category_schemas, data_snapshot, hash_side, load_all
 from models.attributes.extractor import MODEL_KIND, EncodedRow, Extractor, encode_row
 from models.attributes.spans import IGNORE, LabelStats, bio_labels
 
@@ -88,8 +87,7 @@ class Encoded:
 
 def category_prefix(p: Product, dropout: float) -> str | None:
     """The category a train product is read with (None for the ``dropout`` share, by a hash of its id)."""
-    h = hashlib.sha256(f"category-dropout:{p.dataset}:{p.product_id}".encode()).digest()
-    return None if int.from_bytes(h[:8], "big") / 2**64 < dropout else p.category
+    return None if hash_side(f"category-dropout:{p.dataset}", p.product_id, dropout) else p.category
 
 
 def encode_products(datasets: Sequence[Dataset], tokenizer: Any, attributes: Sequence[str], max_length: int,
