@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 export PYSPARK_PYTHON := $(BIN)/python
 export PYSPARK_DRIVER_PYTHON := $(BIN)/python
 
-.PHONY: setup demo test lint sample dist clean
+.PHONY: setup demo test lint sample dist clean jvm-cache
 
 setup: $(STAMP)
 
@@ -26,6 +26,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# Optional: the driver JVM's class archive, which cold runs map instead of loading Spark's classes (README).
+jvm-cache: setup
+	$(BIN)/python -m jobs.runtime.jvm_cache build
 
 # ruff, then mypy over the library packages (configured in pyproject.toml); CI runs this before the tests.
 lint: setup

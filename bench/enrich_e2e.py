@@ -119,26 +119,32 @@ def spark_run(spark, catalog: Path, lake: Path, run_id: str, st: Settings) -> di
             "matches": c.get("matches_written"), "clusters": c.get("duplicate_clusters")}
 
 
-def cold_run(catalog: Path, lake: Path, run_id: str, st: Settings, log: Path) -> dict:
-    """The job in a fresh process, as a nightly task starts it: wall clock, the report's stages, peak memory."""
-    from jobs.runtime.spark_session import FEW_CORES, FEW_CORES_DEFAULTS
+def cold_run(catalog: Path, lake: Path, run_id: str, st: Settings, log: Path, jvm_archive: bool = False) -> dict:
+    """The job in a fresh process, as a nightly task starts it: wall clock, the report's stages, peak memory.
+    ``jvm_archive``: the driver JVM maps the class archive of ``jobs.runtime.jvm_cache`` (built beforehand)."""
+    from jobs.runtime.jvm_cache import default_java_options, launch
 
     bin_dir = Path(sys.executable).parent
+    few = default_java_options()
+    how = launch(few) if jvm_archive else None
+    if how is not None and not how.usable:
+        raise RuntimeError(f"the JVM class archive cannot be used: {how.problem}")
     job = ["jobs/enrich.py", "--catalog", str(catalog), "--lake", str(lake), "--run-id", run_id, "--model", st.model,
            "--batch-size", str(st.batch_size), "--decode-threads", str(st.decode_threads),
            *(["--device", st.device] if st.device else [])]
     for k, v in JOB_OPTIONS[st.stages].items():
         job += [f"--{k}", v]
     if (bin_dir / "spark-submit").exists():
-        java = (["--driver-java-options", FEW_CORES_DEFAULTS["spark.driver.extraJavaOptions"]]
-                if torch_threads() <= FEW_CORES else [])   # the README's advice for a few cores
+        options = how.java_options if how is not None else few   # the README's advice for a few cores
+        java = ["--driver-java-options", options] if options else []
         cmd = [str(bin_dir / "spark-submit"), *java, *job]
     else:
         cmd = [sys.executable, *job]
     # The workers import this checkout's packages (not an editable install's), the driver and workers this Python.
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", PYSPARK_PYTHON=sys.executable,
                PYSPARK_DRIVER_PYTHON=sys.executable, CATALOG_ENRICH_LOG="WARNING",
-               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
+               CATALOG_ENRICH_JVM_CACHE="1" if jvm_archive else "0", **(how.env if how is not None else {}))
     t0 = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -295,11 +295,13 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
     The stages, in order, each with a kill point after it (tests/reliability.py names them): validate, select
     changed, embed (the heads run in the encoder's pass), heads, attributes, commit, match, index, record."""
     from jobs.lake.lakehouse import Lake
+    from jobs.runtime.spark_session import start_python_workers
     from jobs.stages.heads import resolve_extractor
     from jobs.stages.matching import resolve_matching, resolve_pair_model
     from schemas.tables import ENRICHMENT_RUNS
 
     check_run_id(cfg.run_id)   # it names report files: nothing is written under an unsafe one
+    start_python_workers(spark)   # their daemon imports torch while the driver reads the lake
     started, t_start = dt.datetime.now(dt.timezone.utc), time.perf_counter()
     version, description = describe_model(cfg)
     extractor = resolve_extractor(cfg.attributes)   # a bad reference fails here, before any work

@@ -13,6 +13,7 @@ import sys
 from models.core.errors import CatalogEnrichError
 
 __all__ = ["DEFAULTS", "FEW_CORES_DEFAULTS", "LOCAL_DEFAULTS", "SparkSetupError", "build_session", "check_java",
+           "start_python_workers",
            "quiet_library_loggers"]
 
 
@@ -26,6 +27,13 @@ DEFAULTS: dict[str, str] = {
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     # Keep Python workers alive between tasks so each loads the model once (udfs.model_cache).
     "spark.python.worker.reuse": "true",
+    # The workers are forked from a daemon that has imported torch and open_clip: 6-7 s paid once per executor
+    # instead of once per worker (udfs/daemon.py).
+    "spark.python.daemon.module": "udfs.daemon",
+    # Spark keeps one daemon (and pool of workers) per distinct worker environment, and its pandas UDFs set
+    # SPARK_SIMPLIFIED_TRACEBACK there while mapInPandas does not: the match stage's mapInPandas started a second
+    # daemon and imported torch again. Full Python tracebacks in a failed task are the price of one pool.
+    "spark.sql.execution.pyspark.udf.simplifiedTraceback.enabled": "false",
     # Delta stores timestamps as INT64 microseconds; Spark's default INT96 is not readable by every engine.
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
     # Tables are committed by the driver through the Delta log; Spark's _SUCCESS markers are noise there.
@@ -104,6 +112,12 @@ def build_session(app_name: str = "catalog-enrich", conf: dict[str, str] | None 
         check_java()
         # Python workers must run this interpreter (and its packages), not whatever python3 is on PATH.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if submitted:
+        # Connect to spark-submit's JVM first: a SparkConf made before that reads nothing from it, and every
+        # default below would override the submitter's --conf and spark-defaults.conf.
+        from pyspark import SparkContext
+
+        SparkContext._ensure_initialized()
     existing = SparkConf()  # under spark-submit this holds --master, --conf and spark-defaults.conf
     wanted = dict(DEFAULTS)
     local = not submitted or existing.get("spark.master", "local").startswith("local")
@@ -112,13 +126,25 @@ def build_session(app_name: str = "catalog-enrich", conf: dict[str, str] | None 
         if _cores() <= FEW_CORES:
             wanted.update(FEW_CORES_DEFAULTS)
     wanted.update(conf or {})
+    # Started here (not by spark-submit) on options nobody else set: the JVM may map the class archive.
+    launch_env = (_class_archive(wanted) if local and not submitted
+                  and not existing.contains("spark.driver.extraJavaOptions") else {})
     builder = SparkSession.builder.appName(app_name)
     if not submitted:
         builder = builder.master(os.environ.get("SPARK_MASTER", LOCAL_MASTER))
     for key, value in wanted.items():
         if not existing.contains(key):
             builder = builder.config(key, value)
-    session = builder.getOrCreate()
+    saved = {k: os.environ.get(k) for k in launch_env}
+    os.environ.update(launch_env)   # read by the JVM launcher only: restored once the JVM is up
+    try:
+        session = builder.getOrCreate()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     # Spark's INFO chatter buries the job's own progress lines; CATALOG_ENRICH_SPARK_LOG=INFO brings it back.
     level = os.environ.get("CATALOG_ENRICH_SPARK_LOG", "WARN")
     session.sparkContext.setLogLevel(level)
@@ -139,3 +165,56 @@ def quiet_library_loggers(spark_level: str = "WARN") -> None:
     verbose = spark_level.upper() in ("ALL", "TRACE", "DEBUG", "INFO")
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
+
+
+def _class_archive(wanted: dict[str, str]) -> dict[str, str]:
+    """Start the driver JVM on the class-data-sharing archive where one was built (jobs/runtime/jvm_cache.py):
+    adds its JVM options to ``wanted`` and returns the environment the launcher needs ({} when not used)."""
+    import logging
+
+    if os.environ.get("CATALOG_ENRICH_JVM_CACHE", "1") == "0":
+        return {}
+    from jobs.runtime.jvm_cache import launch
+
+    how = launch(wanted.get("spark.driver.extraJavaOptions", ""))
+    if not how.usable:
+        logging.getLogger(__name__).debug("JVM class archive not used: %s", how.problem)
+        return {}
+    wanted["spark.driver.extraJavaOptions"] = how.java_options
+    return how.env
+
+
+def start_python_workers(spark):
+    """Start the executors' Python worker daemon now, in a background job, and return its thread.
+
+    The daemon imports torch and open_clip before it forks a worker (udfs/daemon.py: 6-7 s on 2 cores). Started
+    here, while the driver verifies models, reads the lake and plans the first query, that import runs beside
+    the driver's work instead of after it; the first pandas UDF then finds the daemon up, or waits for the one
+    already starting. A failure here is only logged: the UDF that needs a worker starts the daemon itself.
+    """
+    import logging
+    import threading
+
+    def warm() -> None:
+        from pyspark.sql import functions as F
+
+        try:
+            spark.range(1).select(_noop_udf()(F.col("id"))).collect()
+        except Exception as e:  # noqa: BLE001 - the stage that needs the workers will report a real failure
+            logging.getLogger(__name__).debug("warming the Python workers failed: %s", e)
+
+    thread = threading.Thread(target=warm, name="catalog-enrich-worker-warmup", daemon=True)
+    thread.start()
+    return thread
+
+
+def _noop_udf():
+    # A pandas UDF, not an RDD function: Spark pools its workers per worker environment, and only SQL UDFs
+    # share the environment (and so the daemon) of the job's own UDFs.
+    from pyspark.sql.functions import pandas_udf
+
+    @pandas_udf("long")
+    def noop(ids):
+        return ids
+
+    return noop

@@ -1,0 +1,143 @@
+"""The session a job builds under a real spark-submit: the submitter's settings win over the job's defaults."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _spark_submit() -> Path:
+    exe = Path(sys.executable).parent / "spark-submit"
+    if not exe.exists():
+        pytest.skip("no spark-submit beside this interpreter")
+    return exe
+
+
+def test_spark_submit_settings_are_kept_and_the_defaults_fill_the_rest(tmp_path):
+    script = tmp_path / "show_conf.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from jobs.runtime.spark_session import build_session
+        s = build_session("conf-check")
+        for key in ("spark.sql.shuffle.partitions", "spark.python.daemon.module", "spark.sql.session.timeZone"):
+            print("CONF", key, s.conf.get(key))
+        s.stop()
+    """))
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+    out = subprocess.run([str(_spark_submit()), "--master", "local[1]",
+                          "--conf", "spark.sql.shuffle.partitions=7",
+                          "--conf", "spark.python.daemon.module=pyspark.daemon", str(script)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    conf = dict(line.split(" ", 2)[1:] for line in out.stdout.splitlines() if line.startswith("CONF "))
+    assert conf["spark.sql.shuffle.partitions"] == "7"                # the submitter's, not one a core
+    assert conf["spark.python.daemon.module"] == "pyspark.daemon"     # the submitter's, not the job's
+    assert conf["spark.sql.session.timeZone"] == "UTC"                # unset by the submitter: the job's default
+
+
+def test_the_class_archive_is_recorded_once_and_mapped_by_a_later_spark_submit(tmp_path, monkeypatch):
+    from jobs.runtime.jvm_cache import build, launch
+
+    submit = _spark_submit()
+    monkeypatch.setenv("CATALOG_ENRICH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("SPARK_CONF_DIR", raising=False)
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from jobs.runtime.spark_session import build_session
+        s = build_session("archive-check")
+        print("ROWS", s.range(1000).selectExpr("id % 7 AS k").groupBy("k").count().count())
+        s.stop()
+    """))
+    options = "-XX:+UseSerialGC"
+    archive = build(options, job=[str(script)], timeout=600)
+    assert archive.is_file() and archive.parent == tmp_path / "cache" / "jvm"
+    assert not list(archive.parent.glob(".*.partial"))       # recorded under a temporary name, then renamed
+    mtime = archive.stat().st_mtime_ns
+    assert build(options, job=[str(script)]) == archive and archive.stat().st_mtime_ns == mtime   # not redone
+
+    how = launch(options)
+    assert how.usable, how.problem
+    loaded = tmp_path / "classes.log"
+    env = dict(os.environ, **how.env, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable,
+               SPARK_SUBMIT_OPTS=f"{how.java_options} -Xlog:class+load=info:file={loaded}")
+    out = subprocess.run([str(submit), "--master", "local[1]", str(script)], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ROWS 7" in out.stdout
+    lines = loaded.read_text().splitlines()
+    shared = sum("shared objects file (top)" in line for line in lines)
+    from_jars = sum("source: jar:" in line or "source: file:" in line for line in lines)
+    assert shared > 5000 and shared > 5 * from_jars, (shared, from_jars)   # Spark's classes came from the archive
+
+
+def test_the_class_archive_is_not_used_beside_a_users_spark_configuration(tmp_path, monkeypatch):
+    from jobs.runtime import jvm_cache
+
+    monkeypatch.setenv("CATALOG_ENRICH_CACHE", str(tmp_path / "cache"))
+    archive = jvm_cache.archive_path("")
+    if archive is None:
+        pytest.skip("no java")
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(b"not read here")
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    monkeypatch.setenv("SPARK_CONF_DIR", str(conf))
+    (conf / "log4j2.properties").write_text("rootLogger.level = warn\n")
+    how = jvm_cache.launch("")
+    assert how.usable and how.env["SPARK_CONF_DIR"] != str(conf)          # an empty folder instead
+    assert f"-XX:SharedArchiveFile={archive}" in how.java_options
+    assert "-Dlog4j2.configurationFile=file:" in how.java_options           # the quiet log kept
+    (conf / "spark-defaults.conf").write_text("spark.executor.memory 2g\n")
+    how = jvm_cache.launch("")
+    assert not how.usable and "spark-defaults.conf" in how.problem and how.env == {}
+    assert jvm_cache.archive_path("-XX:+UseSerialGC") != archive             # other JVM options, other archive
+
+
+def _daemon_of_worker(_):
+    import os as _os
+
+    with open(f"/proc/{_os.getppid()}/cmdline", "rb") as f:
+        return _os.getppid(), f.read().replace(b"\0", b" ").decode(), "torch" in sys.modules
+
+
+def test_pandas_udfs_and_map_in_pandas_run_in_workers_of_one_preloading_daemon(spark):
+    from pyspark.sql.functions import pandas_udf
+
+    if not Path("/proc/self/cmdline").exists():
+        pytest.skip("needs /proc")
+
+    @pandas_udf("string")
+    def where(ids: pd.Series) -> pd.Series:
+        pid, cmd, torch_there = _daemon_of_worker(None)
+        return pd.Series([f"{pid}|{cmd}|{torch_there}"] * len(ids))
+
+    def where_batches(frames):
+        for f in frames:
+            pid, cmd, torch_there = _daemon_of_worker(None)
+            yield pd.DataFrame({"w": [f"{pid}|{cmd}|{torch_there}"] * len(f)})
+
+    seen = {r[0] for r in spark.range(4).select(where("id")).collect()}
+    seen |= {r[0] for r in spark.range(4).mapInPandas(where_batches, "w string").collect()}
+    daemons = {s.split("|")[0] for s in seen}
+    # One daemon for both kinds of UDF: the match stage's mapInPandas reuses the workers of the embed stage.
+    assert len(daemons) == 1, seen
+    assert all("udfs.daemon" in s.split("|")[1] for s in seen), seen
+    assert all(s.endswith("|True") for s in seen), seen    # torch came with the fork
+
+
+def test_preload_skips_what_does_not_import():
+    from udfs.daemon import preload
+
+    took = preload(("json", "no_such_module_catalog_enrich"))
+    assert took["no_such_module_catalog_enrich"] == -1.0 and took["json"] >= 0
