@@ -2,9 +2,9 @@
 
 A fresh driver JVM loads, parses and verifies several thousand classes from Spark's jars before and during its
 first jobs. On this project's 2-core machine, three fresh ``spark-submit`` increments of the sample catalog (6
-products changed) took a median 56.8 s without the archive and 48.9 s with it, alternating (BENCHMARKS.md). Java 17's dynamic
-archive (``-XX:ArchiveClassesAtExit``) records the classes one run loaded; later JVMs started with
-``-XX:SharedArchiveFile`` map them instead of loading them. The archive is a cache: it lives in the user's cache
+products changed) took a median 56.8 s without the archive and 48.9 s with it, alternating (BENCHMARKS.md).
+Java 17's dynamic archive (``-XX:ArchiveClassesAtExit``) records the classes one run loaded; later JVMs started
+with ``-XX:SharedArchiveFile`` map them instead of loading them. The archive is a cache: it lives in the user's cache
 folder (``$CATALOG_ENRICH_CACHE``, else ``$XDG_CACHE_HOME/catalog-enrich``, else ``~/.cache/catalog-enrich``), is
 named after the Java and Spark it was made for, and a JVM that cannot use it (another Java, another class path)
 says so in one warning line and runs as before.
