@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
 
-    from jobs.runtime.jvm_cache import build, default_java_options
+    from jobs.runtime.jvm_cache import build
+    from jobs.runtime.machine import local_java_options
 
     st = Settings()
     with tempfile.TemporaryDirectory(dir=a.workdir) as tmp:
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         archive = not a.no_archive
         if archive:
             t = time.perf_counter()
-            path = build(default_java_options())
+            path = build(local_java_options())
             print(f"JVM class archive {path}: ready in {time.perf_counter() - t:.0f} s (untimed)", flush=True)
         lake = work / "lake"
         full = cold_run(catalog, lake, "cold-full", st, work / "full.log", jvm_archive=archive)

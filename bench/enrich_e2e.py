@@ -31,7 +31,7 @@ What it measures, in one process (so the figures are side by side on the same ma
    interpreter's folder has no ``spark-submit``), the full run into another fresh lake, then the incremental
    run on it. Each is the wall clock of the process (JVM start, imports, model checks, session, run); the
    stage seconds come from its ``_reports/<run id>.json``. On four cores or fewer with the README's
-   ``--driver-java-options`` (``jobs/runtime/spark_session.FEW_CORES_DEFAULTS``). ``--skip-cold`` skips them.
+   ``--driver-java-options`` (``jobs/runtime/machine.FEW_CORES_DEFAULTS``). ``--skip-cold`` skips them.
 6. **Planted duplicates recovered**: planted pairs in one cluster of ``product_clusters`` (and matched in
    ``product_matches``), for each lake and for the plain loop's files.
 7. **Upsert**: ``--upsert-rows`` rows (90% replace existing products, 10% new) upserted into a
@@ -122,10 +122,11 @@ def spark_run(spark, catalog: Path, lake: Path, run_id: str, st: Settings) -> di
 def cold_run(catalog: Path, lake: Path, run_id: str, st: Settings, log: Path, jvm_archive: bool = False) -> dict:
     """The job in a fresh process, as a nightly task starts it: wall clock, the report's stages, peak memory.
     ``jvm_archive``: the driver JVM maps the class archive of ``jobs.runtime.jvm_cache`` (built beforehand)."""
-    from jobs.runtime.jvm_cache import default_java_options, launch
+    from jobs.runtime.jvm_cache import launch
+    from jobs.runtime.machine import local_java_options
 
     bin_dir = Path(sys.executable).parent
-    few = default_java_options()
+    few = local_java_options()
     how = launch(few) if jvm_archive else None
     if how is not None and not how.usable:
         raise RuntimeError(f"the JVM class archive cannot be used: {how.problem}")

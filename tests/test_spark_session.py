@@ -141,3 +141,12 @@ def test_preload_skips_what_does_not_import():
 
     took = preload(("json", "no_such_module_catalog_enrich"))
     assert took["no_such_module_catalog_enrich"] == -1.0 and took["json"] >= 0
+
+
+def test_the_worker_warm_up_job_runs(spark):
+    from jobs.runtime.spark_session import start_python_workers
+
+    thread = start_python_workers(spark)
+    thread.join(timeout=240)
+    assert not thread.is_alive()
+    assert thread.error is None, thread.error   # a UDF that fails to build would only be logged in a run

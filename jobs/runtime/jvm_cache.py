@@ -36,7 +36,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Launch", "archive_path", "build", "cache_root", "default_java_options", "launch", "main", "spark_home"]
+from jobs.runtime.machine import local_java_options
+
+__all__ = ["Launch", "archive_path", "build", "cache_root", "launch", "main", "spark_home"]
 
 REPO = Path(__file__).resolve().parents[2]
 LOG4J = "log4j2.properties"
@@ -152,19 +154,12 @@ def build(java_options: str = "", force: bool = False, job: list[str] | None = N
     return archive
 
 
-def default_java_options() -> str:
-    """The driver JVM options a local job starts with here (the few-cores ones of spark_session)."""
-    from jobs.runtime.spark_session import FEW_CORES, FEW_CORES_DEFAULTS, _cores
-
-    return FEW_CORES_DEFAULTS["spark.driver.extraJavaOptions"] if _cores() <= FEW_CORES else ""
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.runtime.jvm_cache", description=__doc__.split("\n")[0])
     p.add_argument("command", choices=("build", "status", "env"))
     p.add_argument("--force", action="store_true", help="build: record the archive again")
     a = p.parse_args(argv)
-    opts = default_java_options()
+    opts = local_java_options()
     if a.command == "build":
         t = time.perf_counter()
         path = build(opts, force=a.force)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import sys
 
+from jobs.runtime.machine import FEW_CORES, FEW_CORES_DEFAULTS
+from jobs.runtime.machine import cores as _cores
 from models.core.errors import CatalogEnrichError
 
-__all__ = ["DEFAULTS", "FEW_CORES_DEFAULTS", "LOCAL_DEFAULTS", "SparkSetupError", "build_session", "check_java",
-           "start_python_workers",
-           "quiet_library_loggers"]
+__all__ = ["DEFAULTS", "FEW_CORES", "FEW_CORES_DEFAULTS", "LOCAL_DEFAULTS", "SparkSetupError", "build_session",
+           "check_java", "quiet_library_loggers", "start_python_workers"]
 
 
 class SparkSetupError(CatalogEnrichError, RuntimeError):
@@ -50,13 +51,6 @@ DEFAULTS: dict[str, str] = {
 }
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))   # the cores this process may use (a container's share)
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 # Only for local mode: a shuffle of one partition a core (a pandas UDF task costs about 0.1 s however few its
 # rows: with 8 partitions on 2 cores the image check of an incremental run took 2.4 s, with 2 it took 1.9 s)
 # and no UI port to fight over.
@@ -68,21 +62,9 @@ LOCAL_DEFAULTS: dict[str, str] = {
     "spark.driver.memory": "3g",
 }
 
-# Only for local mode on a few cores, where the JVM shares them with the Python workers' torch threads: the JIT's
-# optimising compiler (C2) and a parallel garbage collector cost the JVM 45 s of CPU in a 100 s run of 20k
-# products on 2 cores; the quick compiler alone (C1) and a serial collector, 24 s, and the run went from 108 to
-# 94 s (bench/enrich_e2e.py). The JVM moves rows here; the models do the heavy work in Python. A spark-submit
-# driver JVM is started before this code runs: pass them there as --driver-java-options. With C1 alone the JVM
-# reserves only 48 MB for compiled code, which a 3,000-product run of the whole job in one process filled ("CodeCache
-# is full. Compiler has been disabled": the JVM then interprets what it loads next); 240 MB is the size the default
-# tiered JVM reserves.
-FEW_CORES = 4
 # Plain ``local[*]`` never retries a task: one Python worker lost to a transient fault (killed under memory
 # pressure on a busy machine) failed a whole run that a cluster, with its 4 attempts per task, would finish.
 LOCAL_MASTER = "local[*,4]"
-FEW_CORES_DEFAULTS: dict[str, str] = {
-    "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -XX:ReservedCodeCacheSize=240m",
-}
 
 
 def check_java() -> None:
@@ -190,7 +172,8 @@ def start_python_workers(spark):
     The daemon imports torch and open_clip before it forks a worker (udfs/daemon.py: 6-7 s on 2 cores). Started
     here, while the driver verifies models, reads the lake and plans the first query, that import runs beside
     the driver's work instead of after it; the first pandas UDF then finds the daemon up, or waits for the one
-    already starting. A failure here is only logged: the UDF that needs a worker starts the daemon itself.
+    already starting. A failure here is only logged (and kept as the thread's ``error``): the UDF that needs a
+    worker starts the daemon itself.
     """
     import logging
     import threading
@@ -201,9 +184,11 @@ def start_python_workers(spark):
         try:
             spark.range(1).select(_noop_udf()(F.col("id"))).collect()
         except Exception as e:  # noqa: BLE001 - the stage that needs the workers will report a real failure
+            thread.error = e   # type: ignore[attr-defined]
             logging.getLogger(__name__).debug("warming the Python workers failed: %s", e)
 
     thread = threading.Thread(target=warm, name="catalog-enrich-worker-warmup", daemon=True)
+    thread.error = None   # type: ignore[attr-defined]
     thread.start()
     return thread
 
