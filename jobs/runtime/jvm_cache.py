@@ -162,7 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     opts = local_java_options()
     if a.command == "build":
         t = time.perf_counter()
-        path = build(opts, force=a.force)
+        print("recording the driver JVM's class archive: one run of the sample catalog (about 2 minutes)",
+              file=sys.stderr, flush=True)
+        try:
+            path = build(opts, force=a.force)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         print(f"JVM class archive {path} ({path.stat().st_size / 2**20:.0f} MB; {time.perf_counter() - t:.0f} s)")
         return 0
     how = launch(opts)
