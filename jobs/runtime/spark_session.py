@@ -28,9 +28,6 @@ DEFAULTS: dict[str, str] = {
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     # Keep Python workers alive between tasks so each loads the model once (udfs.model_cache).
     "spark.python.worker.reuse": "true",
-    # The workers are forked from a daemon that has imported torch and open_clip: 6-7 s paid once per executor
-    # instead of once per worker (udfs/daemon.py).
-    "spark.python.daemon.module": "udfs.daemon",
     # Spark keeps one daemon (and pool of workers) per distinct worker environment, and its pandas UDFs set
     # SPARK_SIMPLIFIED_TRACEBACK there while mapInPandas does not: the match stage's mapInPandas started a second
     # daemon and imported torch again. Full Python tracebacks in a failed task are the price of one pool.
@@ -105,6 +102,11 @@ def build_session(app_name: str = "catalog-enrich", conf: dict[str, str] | None 
     local = not submitted or existing.get("spark.master", "local").startswith("local")
     if local:
         wanted.update(LOCAL_DEFAULTS)
+        if _workers_import_the_project():
+            # The workers are forked from a daemon that has imported torch and open_clip: 6-7 s paid once per
+            # executor instead of once per worker (udfs/daemon.py). Only where the workers' Python imports the
+            # project by itself: the daemon starts before --py-files reach sys.path (on a cluster it failed).
+            wanted["spark.python.daemon.module"] = "udfs.daemon"
         if _cores() <= FEW_CORES:
             wanted.update(FEW_CORES_DEFAULTS)
     wanted.update(conf or {})
@@ -147,6 +149,21 @@ def quiet_library_loggers(spark_level: str = "WARN") -> None:
     verbose = spark_level.upper() in ("ALL", "TRACE", "DEBUG", "INFO")
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
+
+
+def _workers_import_the_project() -> bool:
+    """Whether the Python workers' interpreter finds ``udfs.daemon`` with no path of ours (an installed or
+    editable project), checked once in a subprocess as the workers start: no PYTHONPATH, another folder."""
+    import subprocess
+
+    python = os.environ.get("PYSPARK_PYTHON") or sys.executable
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    try:
+        return subprocess.run([python, "-c", "import importlib.util as u, sys; "
+                               "sys.exit(u.find_spec('udfs.daemon') is None)"], env=env, cwd="/",
+                              capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
 
 
 def _class_archive(wanted: dict[str, str]) -> dict[str, str]:
