@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jobs.runtime.machine import local_java_options
+from jobs.runtime.preflight import java_executable
 
 __all__ = ["Launch", "archive_path", "build", "cache_root", "launch", "main", "spark_home"]
 
@@ -61,17 +62,12 @@ def spark_home() -> Path:
     return Path(pyspark.__file__).resolve().parent
 
 
-def _java() -> Path | None:
-    java_home = os.environ.get("JAVA_HOME")
-    found = os.path.join(java_home, "bin", "java") if java_home else shutil.which("java")
-    return Path(found).resolve() if found and os.path.exists(found) else None
-
-
 def archive_path(java_options: str = "") -> Path | None:
     """Where the archive for this Java, these Spark jars and these JVM options lives (None: no Java found)."""
-    java = _java()
-    if java is None:
+    found = java_executable()
+    if found is None:
         return None
+    java = Path(found).resolve()
     h = hashlib.sha256()
     st = java.stat()
     h.update(f"{java}|{st.st_size}|{st.st_mtime_ns}|{java_options}".encode())

@@ -20,10 +20,17 @@ def python_problem(version=None):
             .format(*v))
 
 
-def java_problem():
+def java_executable():
+    """The java Spark will start: $JAVA_HOME/bin/java, else the one on PATH (None when neither exists)."""
     java_home = os.environ.get("JAVA_HOME")
     java = os.path.join(java_home, "bin", "java") if java_home else shutil.which("java")
-    if not java or not os.path.exists(java):
+    return java if java and os.path.exists(java) else None
+
+
+def java_problem():
+    java_home = os.environ.get("JAVA_HOME")
+    java = java_executable()
+    if not java:
         where = "JAVA_HOME={} has no bin/java".format(java_home) if java_home else "no 'java' on PATH"
         return ("Spark needs Java 17 or 21 ({}): install a JDK (apt-get install openjdk-17-jre-headless) "
                 "or set JAVA_HOME.".format(where))

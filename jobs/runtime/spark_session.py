@@ -102,11 +102,12 @@ def build_session(app_name: str = "catalog-enrich", conf: dict[str, str] | None 
     local = not submitted or existing.get("spark.master", "local").startswith("local")
     if local:
         wanted.update(LOCAL_DEFAULTS)
-        if _workers_import_the_project():
+        daemon = "spark.python.daemon.module"
+        if not existing.contains(daemon) and daemon not in (conf or {}) and _workers_import_the_project():
             # The workers are forked from a daemon that has imported torch and open_clip: 6-7 s paid once per
             # executor instead of once per worker (udfs/daemon.py). Only where the workers' Python imports the
             # project by itself: the daemon starts before --py-files reach sys.path (on a cluster it failed).
-            wanted["spark.python.daemon.module"] = "udfs.daemon"
+            wanted[daemon] = "udfs.daemon"
         if _cores() <= FEW_CORES:
             wanted.update(FEW_CORES_DEFAULTS)
     wanted.update(conf or {})
