@@ -80,6 +80,14 @@ def test_the_class_archive_is_recorded_once_and_mapped_by_a_later_spark_submit(t
     from_jars = sum("source: jar:" in line or "source: file:" in line for line in lines)
     assert shared > 5000 and shared > 5 * from_jars, (shared, from_jars)   # Spark's classes came from the archive
 
+    # A JVM that cannot map the archive (here: a class path that no longer matches it) starts without it, and
+    # says so on stderr only: stdout is the job's, read by schedulers (a warning there once broke the run id).
+    out = subprocess.run([str(submit), "--master", "local[1]", "--driver-class-path", str(tmp_path), str(script)],
+                         capture_output=True, text=True, env=dict(env, SPARK_SUBMIT_OPTS=how.java_options), timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.splitlines() == ["ROWS 7"], out.stdout[-2000:]
+    assert "Unable to use shared archive" in out.stderr
+
 
 def test_the_class_archive_is_not_used_beside_a_users_spark_configuration(tmp_path, monkeypatch):
     from jobs.runtime import jvm_cache
@@ -102,6 +110,30 @@ def test_the_class_archive_is_not_used_beside_a_users_spark_configuration(tmp_pa
     how = jvm_cache.launch("")
     assert not how.usable and "spark-defaults.conf" in how.problem and how.env == {}
     assert jvm_cache.archive_path("-XX:+UseSerialGC") != archive             # other JVM options, other archive
+
+
+def test_the_class_archive_is_named_after_the_jars_location_and_times(tmp_path, monkeypatch):
+    """The JVM maps an archive only for jars at the same paths with the same sizes and times; an archive
+    recorded by another checkout (another venv, the same cache folder) must not be picked up."""
+    from jobs.runtime import jvm_cache
+
+    if jvm_cache.archive_path("") is None:
+        pytest.skip("no java")
+    monkeypatch.setenv("CATALOG_ENRICH_CACHE", str(tmp_path / "cache"))
+    homes = []
+    for name in ("a", "b"):
+        jars = tmp_path / name / "jars"
+        jars.mkdir(parents=True)
+        (jars / "spark-core.jar").write_bytes(b"same bytes")
+        os.utime(jars / "spark-core.jar", ns=(1_700_000_000_000_000_000,) * 2)
+        homes.append(tmp_path / name)
+    names = []
+    for home in homes:
+        monkeypatch.setenv("SPARK_HOME", str(home))
+        names.append(jvm_cache.archive_path(""))
+    assert names[0] != names[1]                                             # same jars, another folder
+    os.utime(homes[1] / "jars" / "spark-core.jar", ns=(1_700_000_000_000_000_001,) * 2)
+    assert jvm_cache.archive_path("") != names[1]                          # same folder, a jar rewritten
 
 
 def _daemon_of_worker(_):

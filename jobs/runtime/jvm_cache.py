@@ -43,6 +43,9 @@ __all__ = ["Launch", "archive_path", "build", "cache_root", "launch", "main", "s
 
 REPO = Path(__file__).resolve().parents[2]
 LOG4J = "log4j2.properties"
+# The JVM's own warnings (one is an archive it cannot map) go to stderr. Its default is stdout, where the job's
+# result line is read by schedulers and scripts. Placed before the caller's options, so a caller's -Xlog still holds.
+JVM_LOG_TO_STDERR = "-Xlog:disable -Xlog:all=warning:stderr"
 
 
 def cache_root() -> Path:
@@ -71,8 +74,11 @@ def archive_path(java_options: str = "") -> Path | None:
     h = hashlib.sha256()
     st = java.stat()
     h.update(f"{java}|{st.st_size}|{st.st_mtime_ns}|{java_options}".encode())
-    for jar in sorted((spark_home() / "jars").glob("*.jar")):
-        h.update(f"|{jar.name}:{jar.stat().st_size}".encode())
+    jars = (spark_home() / "jars").resolve()
+    h.update(f"|{jars}".encode())   # the JVM checks each jar's path, size and mtime before mapping
+    for jar in sorted(jars.glob("*.jar")):
+        st = jar.stat()
+        h.update(f"|{jar.name}:{st.st_size}:{st.st_mtime_ns}".encode())
     return cache_root() / "jvm" / f"spark-driver-{h.hexdigest()[:16]}.jsa"
 
 
@@ -111,7 +117,8 @@ def launch(java_options: str = "", record: Path | None = None) -> Launch:
     opts = [f"-XX:SharedArchiveFile={archive}" if record is None else f"-XX:ArchiveClassesAtExit={record}"]
     if LOG4J in files:
         opts.append(f"-Dlog4j2.configurationFile={(conf / LOG4J).as_uri()}")
-    return Launch(archive, {"SPARK_CONF_DIR": str(empty)}, " ".join([java_options, *opts]).strip())
+    options = " ".join([JVM_LOG_TO_STDERR, java_options, *opts]).strip()
+    return Launch(archive, {"SPARK_CONF_DIR": str(empty)}, options)
 
 
 def build(java_options: str = "", force: bool = False, job: list[str] | None = None,
