@@ -13,7 +13,20 @@ from models.attributes.baseline import DictionaryBaseline
 from models.attributes.data import Product, split_products
 from models.attributes.extractor import clean_value
 from models.attributes.metrics import judge, score_predictions
-from models.attributes.spans import IGNORE, B, I, O, Unit, align_span, bio_labels, decode_tags, find_spans, word_units
+from models.attributes.spans import (
+    IGNORE,
+    B,
+    I,
+    O,
+    Unit,
+    align_span,
+    bio_labels,
+    decode,
+    decode_best_spans,
+    decode_tags,
+    find_spans,
+    word_units,
+)
 
 # "Folgers Coffee 24.2 oz" as the word-piece tokenizer cuts it: [CLS] folgers coffee 24 . 2 oz [SEP]
 TITLE = "Folgers Coffee 24.2 oz"
@@ -115,6 +128,63 @@ def test_decode_is_lenient_about_a_span_that_starts_with_i_and_stops_at_the_segm
     spans = decode_tags(_probs(tags, [[0.9]] * 6), units)
     assert [(s.segment, s.start, s.end) for s in spans] == [(0, 0, 8), (1, 0, 4)]
     assert decode_tags(np.zeros((2, 1, 3)), []) == []
+
+
+# "Tamarac by Slippers International Men's" -> [CLS] tamarac by slippers international men ' s [SEP]
+BRAND_TEXT = "Tamarac by Slippers International Men's"
+BRAND_UNITS = word_units([(0, 0), (0, 7), (8, 10), (11, 19), (20, 33), (34, 37), (37, 38), (38, 39), (0, 0)],
+                         [None] + [0] * 7 + [None], [None, 0, 1, 2, 3, 4, 5, 6, None])
+
+
+def _tag_rows(rows: list[list[float]]) -> np.ndarray:
+    """Probabilities [tokens, 1 attribute, (O, B, I)] for the special tokens and the words of BRAND_UNITS."""
+    o = [0.98, 0.01, 0.01]
+    return np.array([o, *rows, o, o, o][:9], dtype=np.float32)[:, None, :]
+
+
+def _texts(spans) -> list[tuple[str, float]]:
+    return [(BRAND_TEXT[s.start:s.end], round(s.confidence, 4)) for s in spans]
+
+
+def test_the_span_decoder_keeps_a_value_whole_where_one_word_inside_leans_to_o():
+    probs = _tag_rows([[0.05, 0.9, 0.05],     # Tamarac: B
+                       [0.3, 0.1, 0.6],       # by: I
+                       [0.55, 0.05, 0.4],     # Slippers: O by a little
+                       [0.04, 0.01, 0.95],    # International: I, confidently
+                       [0.95, 0.03, 0.02]])   # Men
+    # Word by word, the value is cut in two, and the stray I is a value of its own (the most confident one).
+    assert sorted(_texts(decode_tags(probs, BRAND_UNITS))) == [("International", 0.95), ("Tamarac by", 0.75)]
+    # As whole spans: the most probable tagging of these words is one span (its log-odds against all O is
+    # log 18 + log 2 + log 0.73 + log 23.75 > log 18 + log 2 for "Tamarac by").
+    assert _texts(decode_best_spans(probs, BRAND_UNITS)) == [("Tamarac by Slippers International", 0.7125)]
+    assert decode_best_spans(probs, BRAND_UNITS, min_confidence=0.72) == []
+    assert decode(probs, BRAND_UNITS, decoder="span") == decode_best_spans(probs, BRAND_UNITS)
+    assert decode(probs, BRAND_UNITS, decoder="greedy") == decode_tags(probs, BRAND_UNITS)
+    with pytest.raises(ValueError, match="unknown span decoder 'viterbi'"):
+        decode(probs, BRAND_UNITS, decoder="viterbi")
+
+
+def test_the_span_decoder_agrees_with_greedy_on_clear_tags_and_keeps_separate_values_apart():
+    clear = _tag_rows([[0.05, 0.9, 0.05], [0.9, 0.05, 0.05], [0.9, 0.05, 0.05], [0.9, 0.05, 0.05],
+                       [0.9, 0.05, 0.05]])
+    assert _texts(decode_best_spans(clear, BRAND_UNITS)) == _texts(decode_tags(clear, BRAND_UNITS)) == \
+        [("Tamarac", 0.9)]
+    # Two values of one attribute with a confident O between them: two spans, the more probable first taken.
+    two = _tag_rows([[0.05, 0.9, 0.05], [0.9, 0.05, 0.05], [0.1, 0.85, 0.05], [0.1, 0.05, 0.85],
+                     [0.9, 0.05, 0.05]])
+    assert sorted(_texts(decode_best_spans(two, BRAND_UNITS))) == [("Slippers International", 0.85),
+                                                                   ("Tamarac", 0.9)]
+    nothing = _tag_rows([[0.9, 0.05, 0.05]] * 5)
+    assert decode_best_spans(nothing, BRAND_UNITS) == [] and decode_best_spans(nothing, []) == []
+
+
+def test_the_span_decoder_never_crosses_from_the_title_into_the_description():
+    # [CLS] red wine [SEP] dark [SEP]: every word B or I; a span ends with its segment.
+    units = word_units([(0, 0), (0, 3), (4, 8), (0, 0), (0, 4), (0, 0)], [None, 0, 0, None, 1, None],
+                       [None, 0, 1, None, 0, None])
+    probs = _probs([[O], [B], [I], [O], [I], [O]], [[0.9]] * 6)
+    probs[4, 0] = [0.05, 0.45, 0.5]    # "dark": B beats O, so it may start a span (in its own segment)
+    assert sorted((s.segment, s.start, s.end) for s in decode_best_spans(probs, units)) == [(0, 0, 8), (1, 0, 4)]
 
 
 def test_clean_value_drops_separators_at_the_edges():

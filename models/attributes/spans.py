@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
-    "B", "I", "IGNORE", "O", "LabelStats", "Span", "Unit", "align_span", "bio_labels", "decode_tags", "find_spans",
-    "word_units",
+    "B", "DECODERS", "I", "IGNORE", "O", "LabelStats", "Span", "Unit", "align_span", "bio_labels", "decode",
+    "decode_best_spans", "decode_tags", "find_spans", "word_units",
 ]
 
 O, B, I = 0, 1, 2  # noqa: E741 - the tag names of the BIO scheme
@@ -180,3 +180,69 @@ def decode_tags(probs: np.ndarray, units: Sequence[Unit], min_confidence: float 
             if conf >= min_confidence:
                 spans.append(Span(int(attr), int(seg), units[first].start, units[last].end, conf))
     return spans
+
+
+# Below this log-odds of B against O a word is not tried as a span's first word (P(B) < 0.05 P(O)), and a span is not
+# grown past words that cost more than this much log-odds below its best so far: both only prune, since a span
+# through such words would need I tags of a confidence the tagger does not give.
+_START_FLOOR = -3.0
+_GROW_SLACK = 6.0
+
+
+def decode_best_spans(probs: np.ndarray, units: Sequence[Unit], min_confidence: float = 0.0) -> list[Span]:
+    """Spans from per-token tag probabilities ``[tokens, attributes, 3]``, each the most probable whole span.
+
+    Word by word, the tags are independent given the text, so the probability of tagging words ``i..j`` as one
+    span (B, then I...) rather than leaving them O is, in log-odds, ``b[i] + i[i+1] + ... + i[j]`` with
+    ``b = log P(B) - log P(O)`` and ``i = log P(I) - log P(O)``. Per attribute this takes the spans of positive
+    log-odds, best first, none overlapping one taken before, within one segment. Unlike :func:`decode_tags`
+    (each word's most probable tag), a span is not cut where one word inside it leans to O while the words after
+    it are confidently I ("Tamarac by | Slippers International"), nor started at a stray I. Its confidence is the
+    mean probability of its tags, as in :func:`decode_tags`, so ``min_confidence`` means the same.
+    """
+    if not units:
+        return []
+    p = probs[[u.token for u in units]]                      # [units, attributes, 3]
+    lp = np.log(np.clip(p.astype(np.float64), 1e-9, 1.0))
+    b = lp[:, :, B] - lp[:, :, O]
+    i = lp[:, :, I] - lp[:, :, O]
+    segs = np.array([u.segment for u in units])
+    n = len(units)
+    spans: list[Span] = []
+    for attr in np.flatnonzero(((b > 0) | (i > 0)).any(0)):
+        found = []
+        for first in np.flatnonzero(b[:, attr] > _START_FLOOR):
+            score = best = b[first, attr]
+            last = first
+            for j in range(first + 1, n):
+                if segs[j] != segs[first]:
+                    break
+                score += i[j, attr]
+                if score > best:
+                    best, last = score, j
+                elif score < best - _GROW_SLACK:
+                    break
+            if best > 0:
+                found.append((-best, int(first), int(last)))
+        taken = np.zeros(n, dtype=bool)
+        for _, first, last in sorted(found):
+            if taken[first:last + 1].any():
+                continue
+            taken[first:last + 1] = True
+            conf = float((p[first, attr, B] + p[first + 1:last + 1, attr, I].sum()) / (last - first + 1))
+            if conf >= min_confidence:
+                spans.append(Span(int(attr), int(segs[first]), units[first].start, units[last].end, conf))
+    return spans
+
+
+DECODERS = {"greedy": decode_tags, "span": decode_best_spans}
+
+
+def decode(probs: np.ndarray, units: Sequence[Unit], min_confidence: float = 0.0, decoder: str = "greedy"
+           ) -> list[Span]:
+    """Spans by the named decoder: ``greedy`` (:func:`decode_tags`) or ``span`` (:func:`decode_best_spans`)."""
+    try:
+        fn = DECODERS[decoder]
+    except KeyError:
+        raise ValueError(f"unknown span decoder {decoder!r}: one of {', '.join(DECODERS)}") from None
+    return fn(probs, units, min_confidence)

@@ -20,7 +20,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import numpy as np
 
 from models.attributes.data import Dataset, Product, category_schemas, data_snapshot, hash_side, load_all
 from models.attributes.extractor import MODEL_KIND, EncodedRow, Extractor, encode_row
-from models.attributes.spans import IGNORE, LabelStats, bio_labels
+from models.attributes.spans import DECODERS, IGNORE, LabelStats, bio_labels
 
 __all__ = [
     "TrainConfig", "attribute_list", "main", "mean_state", "save_extractor", "supervised_attributes",
@@ -57,6 +57,8 @@ class TrainConfig:
     rdrop: float = 0.0              # > 0: R-Drop: two dropout passes, this weight on the symmetric KL between them
     max_length: int = 256
     min_confidence: float = 0.5     # default threshold of the shipped extractor (its valid figures use it)
+    decoder: str = "span"           # tag probabilities -> values: "span", the most probable whole spans, or
+                                    # "greedy", each word's most probable tag (models.attributes.spans.DECODERS)
     valid_fraction: float = 0.2
     seed: int = 0
     category_input: bool = False    # the encoder reads the seller category first: [CLS] category [SEP] title ...
@@ -295,6 +297,7 @@ def train_extractor(data: str | Path, cfg: TrainConfig, init: str | Path | None 
     extractor = Extractor(tokenizer, bottom, top, attributes, version="in-memory", max_length=cfg.max_length,
                           min_confidence=cfg.min_confidence)
     extractor.category_input = cfg.category_input
+    extractor.decoder = cfg.decoder
     attach_learnt(extractor, data, datasets)
     facts = {
         "attributes": attributes,
@@ -349,13 +352,14 @@ def ensemble_members(dirs: Sequence[Path], store: Path) -> list[dict[str, str]]:
 
 
 def attach_to_version(vdirs: Path | Sequence[Path], data: str | Path, store: Path, valid_fraction: float,
-                      ensemble: bool = False) -> tuple[str, str]:
+                      ensemble: bool = False, decoder: str | None = None) -> tuple[str, str]:
     """A new version of a stored tagger with the schema, normaliser and gazetteer learnt from ``data``; returns
     (version, evaluation report). One version: its weights, byte for byte. Several (runs of the same tagger, e.g.
     one continued from another with ``--init``): the mean of their weights, a uniform model soup (Wortsman et
     al., 2022); the first one's manifest describes the training. ``ensemble``: the first one's weights byte for
     byte, and the others as members whose tag probabilities are averaged with it (runs that do not average well,
-    such as two seeds); they are copied into ``store`` beside the new version."""
+    such as two seeds); they are copied into ``store`` beside the new version. ``decoder``: how the new version
+    reads its tags (None: as the first one did)."""
     import json
 
     import torch
@@ -368,6 +372,8 @@ def attach_to_version(vdirs: Path | Sequence[Path], data: str | Path, store: Pat
     dirs = [Path(vdirs)] if isinstance(vdirs, (str, Path)) else [Path(v) for v in vdirs]
     manifest = json.loads((dirs[0] / "manifest.json").read_text())
     ex = load_extractor(str(dirs[0]), device="cpu")
+    if decoder is not None:
+        ex.decoder = decoder
     # One version: the same tensors, so keep the stored file's bytes (git then stores the weights once).
     weights_file = (dirs[0] / model_store.WEIGHTS_FILE).read_bytes() if len(dirs) == 1 or ensemble else None
     members = ensemble_members(dirs[1:], store) if ensemble else None
@@ -388,11 +394,12 @@ def attach_to_version(vdirs: Path | Sequence[Path], data: str | Path, store: Pat
     t0 = time.perf_counter()
     results = evaluate_all(ex, data, valid_fraction)
     report = report_markdown(results, extractor_version="{version}")
-    cfg = TrainConfig(**manifest["train_config"])
+    cfg = replace(TrainConfig(**manifest["train_config"]), decoder=ex.decoder)
     facts = {k: manifest[k] for k in ("label_stats", "split", "train_seconds", "losses")}
     facts.update(attributes=list(ex.attributes), trained_parameters=sum(p.numel() for p in ex.top.parameters()),
                  cache_seconds=manifest.get("cache_seconds", 0.0), eval_seconds=round(time.perf_counter() - t0, 1),
-                 init=manifest.get("init"), soup=[d.name for d in dirs] if len(dirs) > 1 and not ensemble else None,
+                 init=manifest.get("init"),
+                 soup=[d.name for d in dirs] if len(dirs) > 1 and not ensemble else manifest.get("soup"),
                  ensemble=[m["version"] for m in members] if members else None,
                  macro_f1_below_baseline=[n for n, r in results.items()
                                           if r["model"]["macro_f1"] < r["baseline"]["macro_f1"]])
@@ -421,7 +428,7 @@ def save_extractor(extractor: Extractor, store: Path, cfg: TrainConfig, facts: d
         normaliser=extractor.normaliser.to_json() if extractor.normaliser is not None else None,
         gazetteer=extractor.gazetteer.to_json() if extractor.gazetteer is not None else None,
         **({"ensemble": ensemble} if ensemble else {}))
-    preprocess_cfg = {"max_length": cfg.max_length, "min_confidence": cfg.min_confidence,
+    preprocess_cfg = {"max_length": cfg.max_length, "min_confidence": cfg.min_confidence, "decoder": cfg.decoder,
                       "category_input": cfg.category_input,
                       "input": ("[CLS] category [SEP] " if cfg.category_input else "[CLS] ")
                       + "title [SEP] description [SEP], longest segment truncated first"}
@@ -459,6 +466,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainCon
     for f in ("lr_layers", "lr_head", "span_weight", "min_confidence", "valid_fraction", "ema", "fgm", "rdrop",
               "category_dropout"):
         p.add_argument(f"--{f.replace('_', '-')}", type=float, default=getattr(d, f))
+    p.add_argument("--decoder", choices=sorted(DECODERS), default=d.decoder,
+                   help="how tag probabilities become values (with --attach: the new version's; default %(default)s)")
     p.add_argument("--datasets", default="", help="train on these gold sets only (comma-separated; default all)")
     p.add_argument("--category-input", action="store_true",
                    help="the encoder reads the seller category before the title (trained with --category-dropout)")
@@ -476,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, cfg = parse_args(argv)
     if args.attach:
         version, text = attach_to_version([Path(v) for v in args.attach.split(",")], args.data, Path(args.store),
-                                          cfg.valid_fraction, ensemble=args.ensemble)
+                                          cfg.valid_fraction, ensemble=args.ensemble, decoder=cfg.decoder)
         if args.report:
             Path(args.report).write_text(text)
         print(text)  # noqa: T201 - the command's output
