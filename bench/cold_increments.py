@@ -22,13 +22,12 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import median  # noqa: E402
+from bench.common import median, scratch  # noqa: E402
 from bench.e2e_catalog import changed_copy, make_catalog  # noqa: E402
 from bench.enrich_e2e import Settings, cold_run  # noqa: E402
 
@@ -58,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from jobs.runtime.machine import local_java_options
 
     st = Settings()
-    with tempfile.TemporaryDirectory(dir=a.workdir) as tmp:
+    with scratch(a.workdir) as tmp:
         work = Path(tmp)
         t = time.perf_counter()
         catalog = make_catalog(work / "catalog", a.products, a.image_size)

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import statistics
+import tempfile
 import threading
+from pathlib import Path
 
-__all__ = ["PeakRss", "median"]
+__all__ = ["PeakRss", "median", "scratch"]
+
+
+def scratch(workdir: str | None) -> tempfile.TemporaryDirectory:
+    """A temporary folder for a benchmark's data, inside ``workdir`` (created if missing) or the system's."""
+    if workdir:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryDirectory(dir=workdir)
 
 
 def median(xs: list[float]) -> float:

@@ -56,14 +56,13 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import PeakRss, median  # noqa: E402
+from bench.common import PeakRss, median, scratch  # noqa: E402
 from bench.e2e_catalog import changed_copy, make_catalog, planted_pairs, recovered  # noqa: E402
 from bench.e2e_plain import plain_loop, torch_threads  # noqa: E402
 
@@ -311,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     from jobs.runtime.spark_session import build_session
 
     st = Settings(a.model, a.device, a.batch_size, a.decode_threads, a.stages)
-    with tempfile.TemporaryDirectory(dir=a.workdir) as tmp:
+    with scratch(a.workdir) as tmp:
         work = Path(tmp)
         t = time.perf_counter()
         catalog = make_catalog(work / "catalog", a.products, a.image_size, a.duplicates)

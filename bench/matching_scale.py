@@ -23,13 +23,12 @@ import math
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import PeakRss  # noqa: E402
+from bench.common import PeakRss, scratch  # noqa: E402
 
 BRANDS = ["Acme", "Zeta", "Nova", "Orbit", "Kestrel", "Lumen", "Vela", "Quill", "Fjord", "Tundra"]
 KINDS = ["Kettle", "Lamp", "Drill", "Blender", "Router", "Watch", "Backpack", "Monitor", "Speaker", "Jacket"]
@@ -151,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(one(a.one, a.dim, Path(a.workdir))), flush=True)
         return 0
     rows = []
-    with tempfile.TemporaryDirectory(dir=a.workdir) as tmp:
+    with scratch(a.workdir) as tmp:
         for n in [int(s) for s in a.sizes.split(",")]:
             out = subprocess.run([sys.executable, __file__, "--one", str(n), "--dim", str(a.dim), "--workdir", tmp],
                                  capture_output=True, text=True, check=False)
