@@ -20,8 +20,8 @@ from typing import Any
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 
-__all__ = ["DEFAULT_ARGS", "SETTINGS_VARIABLE", "CatalogSparkSubmitOperator", "Settings", "job_args",
-           "resolve_settings", "run_id_for"]
+__all__ = ["DEFAULT_ARGS", "SETTINGS_VARIABLE", "CatalogSparkSubmitOperator", "Settings", "class_archive_env",
+           "job_args", "resolve_settings", "run_id_for"]
 
 SETTINGS_VARIABLE = "catalog_enrich"
 # Where the project is checked out on the Airflow host (the DAG files live in <home>/airflow/dags).
@@ -137,6 +137,23 @@ def job_args(command: str, s: dict[str, Any], try_number: int = 1) -> list[str]:
     raise ValueError(f"unknown job command {command!r}")
 
 
+def class_archive_env(master: str, deploy_mode: str | None, log: Any) -> dict[str, str]:
+    """The environment that starts a local-mode driver JVM on this worker on the class-data-sharing archive, where
+    one was built here (``make jvm-cache``; ``jobs/runtime/jvm_cache.py``). {} unless the master is local (the
+    archive is recorded by a local-mode run) in client deploy mode; {} with ``CATALOG_ENRICH_JVM_CACHE=0`` or
+    without a usable archive (the reason is logged)."""
+    if not master.startswith("local") or (deploy_mode or "client") != "client":
+        return {}
+    from jobs.runtime.jvm_cache import submit_env
+
+    env, problem = submit_env()
+    if problem is not None:
+        log.info("driver JVM without the class archive: %s", problem)
+    else:
+        log.info("driver JVM on the class archive (%s)", env["SPARK_SUBMIT_OPTS"])
+    return env
+
+
 class CatalogSparkSubmitOperator(SparkSubmitOperator):
     """spark-submit of one project job, configured at run time from the run's settings (the ``settings``
     task's XCom): connection id, Spark conf, the packaged code (``py_files``/``archives``) and arguments.
@@ -159,6 +176,9 @@ class CatalogSparkSubmitOperator(SparkSubmitOperator):
         self.py_files = s["py_files"]
         self._archives = s["archives"]
         self.application_args = job_args(self.command, s, context["ti"].try_number)
+        connection = self._get_hook()._connection   # the master and deploy mode the submit will use
+        self.env_vars = {**(self.env_vars or {}),
+                         **class_archive_env(connection["master"], connection.get("deploy_mode"), self.log)}
         self.log.info("spark-submit %s %s (connection %s)", self.application, " ".join(self.application_args),
                       self._conn_id)
         return super().execute(context)

@@ -121,6 +121,17 @@ def launch(java_options: str = "", record: Path | None = None) -> Launch:
     return Launch(archive, {"SPARK_CONF_DIR": str(empty)}, options)
 
 
+def submit_env() -> tuple[dict[str, str], str | None]:
+    """The environment that starts a ``spark-submit``'s driver JVM on the archive (for this machine's local JVM
+    options), and None; or {} and why not (``CATALOG_ENRICH_JVM_CACHE=0``, no archive yet, a Spark conf folder)."""
+    if os.environ.get("CATALOG_ENRICH_JVM_CACHE", "1") == "0":
+        return {}, "CATALOG_ENRICH_JVM_CACHE=0"
+    how = launch(local_java_options())
+    if not how.usable:
+        return {}, how.problem
+    return {**how.env, "SPARK_SUBMIT_OPTS": how.java_options}, None
+
+
 def build(java_options: str = "", force: bool = False, job: list[str] | None = None,
           timeout: float = 1800) -> Path:
     """Record the archive by running ``job`` (default: the enrich job on the shipped sample catalog, into a
@@ -174,16 +185,16 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"JVM class archive {path} ({path.stat().st_size / 2**20:.0f} MB; {time.perf_counter() - t:.0f} s)")
         return 0
-    how = launch(opts)
     if a.command == "status":
+        how = launch(opts)
         print(f"archive: {how.archive}\nusable: {'yes' if how.usable else 'no: ' + str(how.problem)}")
         return 0 if how.usable else 1
-    if not how.usable:   # env: nothing to export; say why on stderr, so `eval` stays harmless
-        print(f"# JVM class archive not used: {how.problem}", file=sys.stderr)
+    env, problem = submit_env()
+    if problem is not None:   # env: nothing to export; say why on stderr, so `eval` stays harmless
+        print(f"# JVM class archive not used: {problem}", file=sys.stderr)
         return 1
-    for k, v in how.env.items():
+    for k, v in env.items():
         print(f"export {k}={shlex.quote(v)}")
-    print(f"export SPARK_SUBMIT_OPTS={shlex.quote(how.java_options)}")
     return 0
 
 

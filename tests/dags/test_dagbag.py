@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from dataclasses import asdict
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -112,3 +113,30 @@ def test_job_command_lines():
     assert job_args("retrain", s, try_number=3)[5:7] == ["--run-id", "enrich-1.try3"]
     with pytest.raises(ValueError, match="unknown job command 'train'"):
         job_args("train", s)
+
+
+def test_a_local_driver_is_started_on_the_class_archive_where_one_was_built(tmp_path, monkeypatch):
+    import logging
+
+    from catalog_enrich_common import class_archive_env
+
+    from jobs.runtime import jvm_cache
+    from jobs.runtime.machine import local_java_options
+
+    monkeypatch.setenv("CATALOG_ENRICH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("SPARK_CONF_DIR", raising=False)
+    monkeypatch.delenv("CATALOG_ENRICH_JVM_CACHE", raising=False)
+    log = logging.getLogger("test")
+    assert class_archive_env("local[2]", None, log) == {}                   # none built yet
+    archive = jvm_cache.archive_path(local_java_options())
+    if archive is None:
+        pytest.skip("no java")
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(b"a stand-in: only its path is used here")
+    env = class_archive_env("local[2]", "client", log)
+    assert f"-XX:SharedArchiveFile={archive}" in env["SPARK_SUBMIT_OPTS"]
+    assert env["SPARK_CONF_DIR"] != "" and not any(Path(env["SPARK_CONF_DIR"]).iterdir())   # an empty conf folder
+    assert class_archive_env("spark://host:7077", None, log) == {}           # recorded for a local-mode driver
+    assert class_archive_env("local[2]", "cluster", log) == {}
+    monkeypatch.setenv("CATALOG_ENRICH_JVM_CACHE", "0")
+    assert class_archive_env("local[2]", None, log) == {}
