@@ -400,20 +400,16 @@ def _driver_components(spark, edges, cc: ClusterConfig):
     """:func:`jobs.stages.graph.guarded_components` and :func:`~jobs.stages.graph.split_components` of a small
     match graph (pandas ``src, dst, score``), computed on the driver by :func:`models.matching.cluster.cluster`,
     which applies the same rules: ``(DataFrame(node, component, guard), report)`` for the linked products."""
-    from models.matching.cluster import cluster, connected_components
-    from models.matching.cluster import coherent_edges as coherent
+    from models.matching.cluster import cluster
 
     a, b = edges["src"].astype(str).tolist(), edges["dst"].astype(str).tolist()
     score = edges["score"].to_numpy("float64")
     found = cluster(set(a) | set(b), a, b, score, cc)
-    keep = coherent(a, b, score, cc.min_score, cc.margin)
-    linked = [(x, y) for x, y, k in zip(a, b, keep, strict=True) if k]
-    first = connected_components({n for e in linked for n in e}, linked)
     sizes: dict[str, int] = {}
-    for c in first.values():
+    for c in found.linked.values():
         sizes[c] = sizes.get(c, 0) + 1
     # Products without a coherent edge stay out, as they are out of the Spark components.
-    nodes = sorted(first)
+    nodes = sorted(found.linked)
     rows = [(n, found.cluster_id[n], found.guard[n]) for n in nodes]
     comp = spark.createDataFrame(rows, "node string, component string, guard string")
     report = {"rounds": 0, "oversized_components": sum(1 for v in sizes.values() if v > cc.max_size),

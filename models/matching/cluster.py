@@ -25,7 +25,7 @@ the catalog.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -64,6 +64,9 @@ class ClusterConfig:
 class Clusters:
     cluster_id: dict[str, str]      # product -> smallest member id
     guard: dict[str, str | None]    # product -> None, "strict:<t>" or "dissolved"
+    # product -> its component of the coherent matches, before the guard and the split; only the products with
+    # a coherent match (what the Spark components hold)
+    linked: dict[str, str] = field(default_factory=dict)
 
     def sizes(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -157,6 +160,7 @@ def cluster(nodes: Iterable[str], a: Sequence[str], b: Sequence[str], score: Seq
     keep = coherent_edges(a, b, score, cfg.min_score, cfg.margin)
     edges = [e for e, k in zip(zip(a, b, score, strict=True), keep, strict=True) if k]
     label = connected_components(nodes, ((x, y) for x, y, _ in edges))
+    linked = {n: label[n] for x, y, _ in edges for n in (x, y)}
     guard: dict[str, str | None] = dict.fromkeys(nodes)
     for t in cfg.strict_thresholds:
         sizes = _sizes(label)
@@ -178,7 +182,7 @@ def cluster(nodes: Iterable[str], a: Sequence[str], b: Sequence[str], score: Seq
             label[n] = n
     if cfg.linkage is not None:
         label = _split(label, edges, cfg.linkage, cfg.complete_groups)
-    return Clusters(label, guard)
+    return Clusters(label, guard, linked)
 
 
 def _split(label: dict[str, str], edges: list[tuple[str, str, float]], threshold: float,
