@@ -36,14 +36,20 @@ sys.path.insert(0, str(REPO))
 SAMPLE = REPO / "jobs" / "sample_catalog"
 
 
-def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    """Median seconds of ``repeats`` calls after one warm-up call, and the last result."""
+def _runs(fn: Callable[[], Any], repeats: int) -> tuple[list[float], Any]:
+    """Seconds of each of ``repeats`` calls after one warm-up call, and the last result."""
     out = fn()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         out = fn()
         times.append(time.perf_counter() - t)
+    return times, out
+
+
+def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    """Median seconds of ``repeats`` calls after one warm-up call, and the last result."""
+    times, out = _runs(fn, repeats)
     return statistics.median(times), out
 
 
@@ -67,13 +73,7 @@ def int8_dynamic(module: Any) -> Any:
 
 def best(fn: Callable[[], Any], repeats: int) -> float:
     """Fastest of ``repeats`` calls after a warm-up: a peak is what the machine can do, not its median."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+    return min(_runs(fn, repeats)[0])
 
 
 def peaks(repeats: int) -> dict[str, float]:
