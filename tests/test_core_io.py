@@ -56,3 +56,18 @@ def test_local_path_of_plain_paths_and_file_uris(uri, path):
 def test_local_path_refuses_other_schemes_naming_the_uri(uri):
     with pytest.raises(ValueError, match=rf"model store {uri!r}: only local directories and file:// URIs"):
         local_path(uri, "model store")
+
+
+def test_the_cache_folder_is_the_users_or_the_one_named(tmp_path, monkeypatch):
+    from models.core.io import cache_root
+    from models.matching.data import default_cache_dir
+
+    monkeypatch.delenv("CATALOG_ENRICH_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "catalog-enrich"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_root() == tmp_path / "home" / ".cache" / "catalog-enrich"
+    monkeypatch.setenv("CATALOG_ENRICH_CACHE", str(tmp_path / "mine"))
+    assert cache_root() == tmp_path / "mine"                       # every cache of the project moves with it
+    assert default_cache_dir() == tmp_path / "mine" / "matching"

@@ -38,23 +38,15 @@ from pathlib import Path
 
 from jobs.runtime.machine import local_java_options
 from jobs.runtime.preflight import java_executable
+from models.core.io import cache_root
 
-__all__ = ["Launch", "archive_path", "build", "cache_root", "launch", "main", "spark_home"]
+__all__ = ["Launch", "archive_path", "build", "cache_root", "launch", "main", "spark_home", "submit_env"]
 
 REPO = Path(__file__).resolve().parents[2]
 LOG4J = "log4j2.properties"
 # The JVM's own warnings (one is an archive it cannot map) go to stderr. Its default is stdout, where the job's
 # result line is read by schedulers and scripts. Placed before the caller's options, so a caller's -Xlog still holds.
 JVM_LOG_TO_STDERR = "-Xlog:disable -Xlog:all=warning:stderr"
-
-
-def cache_root() -> Path:
-    """The project's cache folder."""
-    explicit = os.environ.get("CATALOG_ENRICH_CACHE")
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "catalog-enrich"
 
 
 def spark_home() -> Path:

@@ -1,4 +1,5 @@
-"""File plumbing shared by every layer: the atomic write and the ``file://`` parser (standard library only)."""
+"""File plumbing shared by every layer: the atomic write, the ``file://`` parser and the project's cache folder
+(standard library only)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,21 @@ from urllib.parse import unquote, urlparse
 
 from models.core.errors import CatalogEnrichError
 
-__all__ = ["UnsupportedURI", "atomic_write", "local_path"]
+__all__ = ["UnsupportedURI", "atomic_write", "cache_root", "local_path"]
 
 
 class UnsupportedURI(CatalogEnrichError, ValueError):
     """A location that is not on the local file system (an object store, a web address)."""
+
+
+def cache_root() -> Path:
+    """The project's cache folder: ``$CATALOG_ENRICH_CACHE``, else ``catalog-enrich`` in the user's cache
+    directory (``$XDG_CACHE_HOME`` or ``~/.cache``). What lives there can always be made again."""
+    explicit = os.environ.get("CATALOG_ENRICH_CACHE")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "catalog-enrich"
 
 
 def _umask() -> int:

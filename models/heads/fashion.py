@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from models.core.io import cache_root
 from models.heads.adult import TermList, decide_adult
 from models.heads.bundle import HeadBundle, LinearHead, head_input, save_heads
 from models.heads.metrics import accuracy_f1, md_table, tfidf_baseline
@@ -354,7 +355,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--taxonomy", default=None, help="the taxonomy folder (adult head); skipped when absent")
     p.add_argument("--model", default="default", help="encoder whose embeddings the heads read")
     p.add_argument("--store", default=None, help="model store root (default: the shipped store)")
-    p.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "catalog-enrich"))
+    p.add_argument("--cache-dir", default=str(cache_root()))
     p.add_argument("--report", default=None, help="also write the markdown section here")
     p.add_argument("--no-ablation", action="store_true")
     p.add_argument("--no-save", action="store_true")

@@ -95,8 +95,10 @@ def load_offers(data_dir: str | os.PathLike, split: str = "valid_medium") -> pd.
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "catalog-enrich" / "matching"
+    """Where title embeddings for the matching benchmarks are cached (:func:`models.core.io.cache_root`)."""
+    from models.core.io import cache_root
+
+    return cache_root() / "matching"
 
 
 class TitleVectors:

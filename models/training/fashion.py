@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from models.core.io import cache_root
 from models.digest import sha256_file
 from models.store import trained_state_dict
 from models.training.card import model_card
@@ -62,7 +63,7 @@ def load_fashion(root: str | Path, size: int | tuple[int, int] = 64,
     digest = sha256_file(table)
     df = pd.read_parquet(table).sort_values("product_id", kind="stable").reset_index(drop=True)
     tag = size if isinstance(size, int) else f"fit{size[0]}x{size[1]}"
-    cache = Path(cache_dir or Path.home() / ".cache" / "catalog-enrich") / f"fashion-{digest[:12]}-{tag}.npz"
+    cache = (Path(cache_dir) if cache_dir else cache_root()) / f"fashion-{digest[:12]}-{tag}.npz"
     if cache.is_file():
         with np.load(cache) as z:
             pixels, ok = z["pixels"], z["ok"]
@@ -196,7 +197,7 @@ def _train(args: argparse.Namespace, split):
         result = TrainResult(**json.loads(Path(args.checkpoint + ".json").read_text()))
         return model, model_cfg, cfg, result
     titles_digest = hashlib.sha256("\n".join(split.train.titles).encode()).hexdigest()[:12]
-    cache = Path(args.cache_dir or Path.home() / ".cache" / "catalog-enrich") / f"minilm-{titles_digest}.npy"
+    cache = (Path(args.cache_dir) if args.cache_dir else cache_root()) / f"minilm-{titles_digest}.npy"
     init = None
     if args.init_from:
         from models.store import version_dir

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from models.arch import FIT_PREPROCESS
+from models.core.io import cache_root
 from models.training.data import TrainData
 
 __all__ = ["ImageTowerConfig", "augment", "main", "tower_config", "train_image_tower"]
@@ -339,10 +340,10 @@ def main(argv: list[str] | None = None) -> int:
     split = load_fashion(args.data, size=cfg.image_hw, cache_dir=args.cache_dir)
     log.info("train %d valid %d classes %d; champion %s", len(split.train), len(split.valid), len(split.classes),
              champion)
-    cache_root = Path(args.cache_dir or Path.home() / ".cache" / "catalog-enrich")
+    cache = Path(args.cache_dir) if args.cache_dir else cache_root()
     digest = hashlib.sha256(("\n".join(split.train.titles) + champion).encode()).hexdigest()[:12]
     champ_enc = load_encoder(str(champ_dir), "cpu")
-    text_emb = champion_text_embeddings(champ_enc, split.train.titles, cache_root / f"text-{digest}.npy")
+    text_emb = champion_text_embeddings(champ_enc, split.train.titles, cache / f"text-{digest}.npy")
     model, model_cfg = build_candidate(champ_dir, cfg)
     work = Path(args.work).expanduser()
     result = train_image_tower(model, split.train, text_emb, cfg, work)
