@@ -211,8 +211,8 @@ def decode_best_spans(probs: np.ndarray, units: Sequence[Unit], min_confidence: 
     spans: list[Span] = []
     for attr in np.flatnonzero(((b > 0) | (i > 0)).any(0)):
         found = []
-        for first in np.flatnonzero(b[:, attr] > _START_FLOOR):
-            score = best = b[first, attr]
+        for first in (int(k) for k in np.flatnonzero(b[:, attr] > _START_FLOOR)):
+            score = best = float(b[first, attr])
             last = first
             for j in range(first + 1, n):
                 if segs[j] != segs[first]:
@@ -223,7 +223,7 @@ def decode_best_spans(probs: np.ndarray, units: Sequence[Unit], min_confidence: 
                 elif score < best - _GROW_SLACK:
                     break
             if best > 0:
-                found.append((-best, int(first), int(last)))
+                found.append((-best, first, last))
         taken = np.zeros(n, dtype=bool)
         for _, first, last in sorted(found):
             if taken[first:last + 1].any():
