@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -80,18 +79,14 @@ def _run_job(catalog: pd.DataFrame, work: Path, job_args: Sequence[str]) -> tupl
 
     from deltalake import DeltaTable
 
-    from jobs import enrich
+    from jobs.catalog_eval import run_enrich
 
     work.mkdir(parents=True, exist_ok=True)
     path, lake = work / "catalog.parquet", work / "lake"
     catalog.to_parquet(path, index=False)
     shutil.rmtree(lake, ignore_errors=True)
-    t = time.perf_counter()
-    code = enrich.main(["--catalog", str(path), "--lake", str(lake), "--heads", "none", "--categories", "none",
-                        "--matching", "none", *job_args])
-    seconds = time.perf_counter() - t
-    if code != 0:
-        raise RuntimeError(f"the enrich job failed (exit code {code})")
+    seconds = run_enrich(["--catalog", str(path), "--lake", str(lake), "--heads", "none", "--categories", "none",
+                          "--matching", "none", *job_args], "the attribute gold sets")
     table = DeltaTable(str(lake / "product_attributes")).to_pandas()
     return table[table["method"].str.startswith("open:")], seconds
 

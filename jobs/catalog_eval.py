@@ -213,6 +213,15 @@ def _read_table(lake: Path, name: str) -> pd.DataFrame:
     return DeltaTable(str(lake / name)).to_pandas()
 
 
+def run_enrich(argv: list[str], what: str) -> float:
+    """Run the enrich job in this process (``jobs.enrich.main``) and return its seconds; a failure raises."""
+    t = time.perf_counter()
+    code = enrich.main(argv)
+    if code != 0:
+        raise RuntimeError(f"the enrich job failed on {what} (exit code {code})")
+    return time.perf_counter() - t
+
+
 def run_job(cs: CatalogSet, work: Path, reuse_embeddings: bool = False, job_args: tuple[str, ...] = ()
             ) -> dict[str, Any]:
     """Write the catalog under ``work``, run the enrich job on it and return its clusters, matches and time."""
@@ -224,12 +233,8 @@ def run_job(cs: CatalogSet, work: Path, reuse_embeddings: bool = False, job_args
             shutil.rmtree(lake / table, ignore_errors=True)
     elif lake.exists():
         shutil.rmtree(lake)
-    t = time.perf_counter()
-    code = enrich.main(["--catalog", str(path), "--lake", str(lake), "--attributes", "none", "--heads", "none",
-                        "--categories", "none", *job_args])
-    seconds = time.perf_counter() - t
-    if code != 0:
-        raise RuntimeError(f"the enrich job failed on {cs.name} (exit code {code})")
+    seconds = run_enrich(["--catalog", str(path), "--lake", str(lake), "--attributes", "none", "--heads", "none",
+                          "--categories", "none", *job_args], cs.name)
     clusters = _read_table(lake, "product_clusters")
     return {"seconds": seconds, "clusters": dict(zip(clusters["product_id"], clusters["cluster_id"], strict=True)),
             "matches": _read_table(lake, "product_matches")}
