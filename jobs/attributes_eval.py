@@ -77,9 +77,7 @@ def score_tables(name: str, ds: Any, table: pd.DataFrame, gold: dict[str, dict[s
 def _run_job(catalog: pd.DataFrame, work: Path, job_args: Sequence[str]) -> tuple[pd.DataFrame, float]:
     import shutil
 
-    from deltalake import DeltaTable
-
-    from jobs.catalog_eval import run_enrich
+    from jobs.catalog_eval import read_table, run_enrich
 
     work.mkdir(parents=True, exist_ok=True)
     path, lake = work / "catalog.parquet", work / "lake"
@@ -87,7 +85,7 @@ def _run_job(catalog: pd.DataFrame, work: Path, job_args: Sequence[str]) -> tupl
     shutil.rmtree(lake, ignore_errors=True)
     seconds = run_enrich(["--catalog", str(path), "--lake", str(lake), "--heads", "none", "--categories", "none",
                           "--matching", "none", *job_args], "the attribute gold sets")
-    table = DeltaTable(str(lake / "product_attributes")).to_pandas()
+    table = read_table(lake, "product_attributes")
     return table[table["method"].str.startswith("open:")], seconds
 
 

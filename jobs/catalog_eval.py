@@ -207,7 +207,8 @@ def tfidf_mutual_nn(cs: CatalogSet) -> dict[str, Any]:
     return {"threshold": float(best_t), **{p: score_clusters(pred, cs.truth, p) for p in PARTS}}
 
 
-def _read_table(lake: Path, name: str) -> pd.DataFrame:
+def read_table(lake: Path, name: str) -> pd.DataFrame:
+    """A Delta table of ``lake`` as pandas."""
     from deltalake import DeltaTable
 
     return DeltaTable(str(lake / name)).to_pandas()
@@ -235,9 +236,9 @@ def run_job(cs: CatalogSet, work: Path, reuse_embeddings: bool = False, job_args
         shutil.rmtree(lake)
     seconds = run_enrich(["--catalog", str(path), "--lake", str(lake), "--attributes", "none", "--heads", "none",
                           "--categories", "none", *job_args], cs.name)
-    clusters = _read_table(lake, "product_clusters")
+    clusters = read_table(lake, "product_clusters")
     return {"seconds": seconds, "clusters": dict(zip(clusters["product_id"], clusters["cluster_id"], strict=True)),
-            "matches": _read_table(lake, "product_matches")}
+            "matches": read_table(lake, "product_matches")}
 
 
 def recluster(nodes: Iterable[str], matches: pd.DataFrame, cfg) -> dict[str, str]:

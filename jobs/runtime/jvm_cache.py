@@ -40,7 +40,7 @@ from jobs.runtime.machine import local_java_options
 from jobs.runtime.preflight import java_executable
 from models.core.io import cache_root
 
-__all__ = ["Launch", "archive_path", "build", "cache_root", "launch", "main", "spark_home", "submit_env"]
+__all__ = ["Launch", "archive_path", "build", "cache_root", "enabled", "launch", "main", "spark_home", "submit_env"]
 
 REPO = Path(__file__).resolve().parents[2]
 LOG4J = "log4j2.properties"
@@ -113,10 +113,15 @@ def launch(java_options: str = "", record: Path | None = None) -> Launch:
     return Launch(archive, {"SPARK_CONF_DIR": str(empty)}, options)
 
 
+def enabled() -> bool:
+    """False where ``CATALOG_ENRICH_JVM_CACHE=0`` turns the archive off for the job's driver JVMs."""
+    return os.environ.get("CATALOG_ENRICH_JVM_CACHE", "1") != "0"
+
+
 def submit_env() -> tuple[dict[str, str], str | None]:
     """The environment that starts a ``spark-submit``'s driver JVM on the archive (for this machine's local JVM
     options), and None; or {} and why not (``CATALOG_ENRICH_JVM_CACHE=0``, no archive yet, a Spark conf folder)."""
-    if os.environ.get("CATALOG_ENRICH_JVM_CACHE", "1") == "0":
+    if not enabled():
         return {}, "CATALOG_ENRICH_JVM_CACHE=0"
     how = launch(local_java_options())
     if not how.usable:

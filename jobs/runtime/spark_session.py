@@ -172,9 +172,10 @@ def _class_archive(wanted: dict[str, str]) -> dict[str, str]:
     adds its JVM options to ``wanted`` and returns the environment the launcher needs ({} when not used)."""
     import logging
 
-    if os.environ.get("CATALOG_ENRICH_JVM_CACHE", "1") == "0":
+    from jobs.runtime.jvm_cache import enabled, launch
+
+    if not enabled():
         return {}
-    from jobs.runtime.jvm_cache import launch
 
     how = launch(wanted.get("spark.driver.extraJavaOptions", ""))
     if not how.usable:

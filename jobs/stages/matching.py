@@ -400,14 +400,14 @@ def _driver_components(spark, edges, cc: ClusterConfig):
     """:func:`jobs.stages.graph.guarded_components` and :func:`~jobs.stages.graph.split_components` of a small
     match graph (pandas ``src, dst, score``), computed on the driver by :func:`models.matching.cluster.cluster`,
     which applies the same rules: ``(DataFrame(node, component, guard), report)`` for the linked products."""
+    from collections import Counter
+
     from models.matching.cluster import cluster
 
     a, b = edges["src"].astype(str).tolist(), edges["dst"].astype(str).tolist()
     score = edges["score"].to_numpy("float64")
     found = cluster(set(a) | set(b), a, b, score, cc)
-    sizes: dict[str, int] = {}
-    for c in found.linked.values():
-        sizes[c] = sizes.get(c, 0) + 1
+    sizes = Counter(found.linked.values())
     # Products without a coherent edge stay out, as they are out of the Spark components.
     nodes = sorted(found.linked)
     rows = [(n, found.cluster_id[n], found.guard[n]) for n in nodes]
