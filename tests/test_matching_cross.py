@@ -224,3 +224,50 @@ def test_a_model_number_conflict_needs_the_strict_score():
     feats = pd.DataFrame({"model_conflict": [0.0, 1.0, 1.0, 0.0]})
     assert model.is_match(scores, feats).tolist() == [True, False, True, False]
     assert model.is_match(scores).tolist() == [True, True, True, False]
+
+
+def test_layers_exported_on_one_machine_load_into_the_same_configuration_only(tmp_path):
+    """--export-top / --from-top: what a GPU machine exports (fp16 shards under the size a device returns) loads
+    back into a top of the same shape with the same outputs, and a top of another shape refuses it."""
+    import torch
+
+    from models.attributes.tagger import load_tower
+    from models.matching.cross import split_cross
+    from models.matching.cross_train import _SHARD_BYTES, CrossTrainConfig, export_top, exported_config, load_top
+    from models.refs import text_tower_path
+
+    torch.manual_seed(0)
+    _, bert = load_tower(text_tower_path())
+    _, top = split_cross(bert, 0)                    # all six layers: over 15 MB in fp16, so more than one shard
+    with torch.no_grad():
+        top.head.weight.normal_()
+    cfg = CrossTrainConfig(bottom_layers=0, epochs=3, lr=8e-5)
+    paths = export_top(top, tmp_path / "top", cfg, {"losses": [0.3, 0.2], "train_seconds": 12.5,
+                                                    "trained_on": "cuda (test)"})
+    assert len(paths) >= 2 and all(p.stat().st_size <= _SHARD_BYTES + 2**20 for p in paths)
+    assert exported_config(tmp_path / "top") == cfg
+
+    _, again = split_cross(bert, 0)
+    state = load_top(tmp_path / "top", again)
+    again.load_state_dict(state["top"])
+    assert state["losses"] == [0.3, 0.2] and state["device"] == "cuda (test)"
+    h, m = torch.randn(2, 7, bert.config.hidden_size), torch.ones(2, 7, dtype=torch.long)
+    top.eval(), again.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(h, m), top(h, m), atol=2e-2, rtol=1e-2)   # fp16 storage, no more
+
+    _, smaller = split_cross(bert, 3)
+    with pytest.raises(ValueError, match="do not fit"):
+        load_top(tmp_path / "top", smaller)
+
+
+def test_collated_batches_pad_with_zeros_and_mask_only_the_real_states():
+    import torch
+
+    from models.matching.cross_train import _collate
+
+    hidden = [torch.ones(3, 4, dtype=torch.float16), 2 * torch.ones(5, 4, dtype=torch.float16)]
+    h, m = _collate(hidden, [1, 0])
+    assert h.dtype == torch.float32 and h.shape == (2, 5, 4)
+    assert m.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    assert h[1, 3:].abs().sum() == 0 and (h[0] == 2).all() and (h[1, :3] == 1).all()

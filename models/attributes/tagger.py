@@ -28,7 +28,8 @@ def load_tower(path: str) -> tuple[Any, Any]:
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     if not tokenizer.is_fast:
         raise ValueError(f"{path}: a fast tokenizer (tokenizer.json) is needed for character offsets")
-    model = AutoModel.from_pretrained(path, local_files_only=True, add_pooling_layer=False)
+    # float32 whatever the folder stores (a copy carried in fp16 to a GPU machine too).
+    model = AutoModel.from_pretrained(path, local_files_only=True, add_pooling_layer=False, dtype=torch.float32)
     return tokenizer, model.eval()
 
 

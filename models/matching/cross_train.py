@@ -13,6 +13,17 @@ Training caches the frozen bottom's output once per pair and order (fp16), then 
 with a checkpoint after each (``--work``; a rerun resumes from the last one).
 
     python -m models.matching.cross_train --data ../shared/data/matching --work /tmp/cross [--promote]
+
+On a GPU (``--device cuda``: bf16 autocast, fused AdamW) all six layers train in minutes. A GPU machine need not
+hold the model store: ``--export-top DIR`` writes the trained layers there (fp16 shards under 15 MB, and
+``top.json``) instead of storing a version, and ``--from-top DIR`` on the machine with the store loads them,
+fits the calibration and threshold on the calibration slice with the packaged fp32 tower, reports valid and
+stores the version (the training configuration comes from ``top.json``):
+
+    python -m models.matching.cross_train --data DATA --work /tmp/cross --device cuda --bottom-layers 0 \
+        --epochs 10 --export-top OUT/top                                       # on the GPU machine
+    python -m models.matching.cross_train --data ../shared/data/matching --work /tmp/cross --from-top OUT/top \
+        --promote                                                                # where the store is
 """
 
 from __future__ import annotations
@@ -44,7 +55,8 @@ from models.matching.cross import (
 from models.matching.data import BENCHMARKS, load_offers, load_pairs
 from models.matching.train import best_threshold, prf
 
-__all__ = ["CrossTrainConfig", "load_training_pairs", "main", "mine_offer_pairs"]
+__all__ = ["CrossTrainConfig", "export_top", "exported_config", "load_top", "load_training_pairs", "main",
+           "mine_offer_pairs"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +75,8 @@ class CrossTrainConfig:
     seed: int = 0
     threads: int = 2
     limit: int = 0              # train and calibrate on at most this many pairs (a smoke run); 0: all
+    device: str = "cpu"         # "cuda", or "auto": cuda where there is one
+    max_minutes: float = 0.0    # stop after the epoch that passes this many minutes of training (0: no limit)
 
 
 def _side(pairs: pd.DataFrame, side: str) -> list[str]:
@@ -120,8 +134,8 @@ def load_training_pairs(data: str | Path, cfg: CrossTrainConfig) -> tuple[pd.Dat
 
 
 def _cache(bottom: Any, tokenizer: Any, a: Sequence[str], b: Sequence[str], max_length: int,
-           batch: int = 128) -> list[Any]:
-    """The frozen bottom's hidden states of each pair, fp16, unpadded."""
+           batch: int = 128, device: str = "cpu") -> list[Any]:
+    """The frozen bottom's hidden states of each pair, fp16, unpadded, on ``device``."""
     import torch
 
     enc = tokenizer(list(a), list(b), truncation="longest_first", max_length=max_length)
@@ -132,7 +146,7 @@ def _cache(bottom: Any, tokenizer: Any, a: Sequence[str], b: Sequence[str], max_
     with torch.inference_mode():
         for s in range(0, len(order), batch):
             idx = order[s:s + batch]
-            x, t, m = pad([ids[i] for i in idx], [types[i] for i in idx])
+            x, t, m = pad([ids[i] for i in idx], [types[i] for i in idx], device)
             h = bottom(x, t, m).half()
             for j, i in enumerate(idx):
                 out[i] = h[j, :len(ids[i])].clone()
@@ -142,14 +156,13 @@ def _cache(bottom: Any, tokenizer: Any, a: Sequence[str], b: Sequence[str], max_
 
 
 def _collate(hidden: Sequence[Any], idx: Sequence[int]) -> tuple[Any, Any]:
+    """A right-padded float32 batch of cached states and its 0/1 mask, on the states' device."""
     import torch
+    from torch.nn.utils.rnn import pad_sequence
 
-    n = max(hidden[i].shape[0] for i in idx)
-    h = torch.zeros((len(idx), n, hidden[idx[0]].shape[1]), dtype=torch.float32)
-    m = torch.zeros((len(idx), n), dtype=torch.long)
-    for j, i in enumerate(idx):
-        h[j, :hidden[i].shape[0]] = hidden[i].float()
-        m[j, :hidden[i].shape[0]] = 1
+    h = pad_sequence([hidden[i] for i in idx], batch_first=True).float()
+    lengths = torch.as_tensor([hidden[i].shape[0] for i in idx], device=h.device)
+    m = (torch.arange(h.shape[1], device=h.device)[None, :] < lengths[:, None]).long()
     return h, m
 
 
@@ -175,7 +188,7 @@ def _logits(top: Any, hidden: Sequence[Any], batch: int = 128) -> np.ndarray:
         for s in range(0, len(order), batch):
             idx = list(order[s:s + batch])
             h, m = _collate(hidden, idx)
-            out[idx] = top(h, m).numpy()
+            out[idx] = top(h, m).float().cpu().numpy()
     return out
 
 
@@ -185,10 +198,14 @@ def _train_top(top: Any, hidden: Sequence[Any], labels: np.ndarray, work: Path, 
     returns the mean loss of each epoch and the seconds this call trained."""
     import torch
 
+    from models.precision import autocast, resolve_precision
+
+    device = str(next(top.parameters()).device)
+    precision = resolve_precision("auto", device) if device.startswith("cuda") else "fp32"
     head = [p for n, p in top.named_parameters() if n.startswith("head.")]
     body = [p for n, p in top.named_parameters() if not n.startswith("head.")]
     opt = torch.optim.AdamW([{"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr}],
-                            weight_decay=0.01)
+                            weight_decay=0.01, fused=device.startswith("cuda"))
     steps_per_epoch = -(-len(hidden) // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     warm = max(1, int(cfg.warmup * total))
@@ -197,32 +214,39 @@ def _train_top(top: Any, hidden: Sequence[Any], labels: np.ndarray, work: Path, 
     ckpt = work / "checkpoint.pt"
     start, losses = 0, list[float]()
     if ckpt.is_file():
-        state = torch.load(ckpt, weights_only=True)
+        state = torch.load(ckpt, weights_only=True, map_location=device)
         top.load_state_dict(state["top"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         start, losses = int(state["epoch"]), list(state["losses"])
         log.info("resumed from %s after epoch %d", ckpt, start)
     lengths = [h.shape[0] for h in hidden]
+    y_all = torch.as_tensor(labels, device=device)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     t_train = time.perf_counter()
     for epoch in range(start, cfg.epochs):
+        if cfg.max_minutes and time.perf_counter() - t_train > 60 * cfg.max_minutes:
+            log.warning("stopping after epoch %d of %d: %.1f minutes of training passed", epoch, cfg.epochs,
+                        cfg.max_minutes)
+            break
         rng = random.Random(cfg.seed * 1000 + epoch)
         top.train()
-        run, n = 0.0, 0
+        run, n = torch.zeros((), device=device), 0
         for step, idx in enumerate(_batches(lengths, cfg.batch_size, rng)):
             h, m = _collate(hidden, idx)
-            loss = loss_fn(top(h, m), torch.as_tensor(labels[idx]))
-            opt.zero_grad()
+            with autocast(precision, device):
+                z = top(h, m)
+            loss = loss_fn(z.float(), y_all[idx])
+            opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(top.parameters(), 1.0)
             opt.step()
             sched.step()
-            run, n = run + loss.item(), n + 1
-            if step % 100 == 0:
-                log.info("epoch %d step %d/%d loss %.4f (%.0f s)", epoch + 1, step, steps_per_epoch, run / n,
-                         time.perf_counter() - t_train)
-        losses.append(run / max(n, 1))
+            run, n = run + loss.detach(), n + 1
+            if step % 500 == 0:
+                log.info("epoch %d step %d/%d loss %.4f (%.0f s)", epoch + 1, step, steps_per_epoch,
+                         float(run) / n, time.perf_counter() - t_train)
+        losses.append(float(run) / max(n, 1))
         torch.save({"top": top.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                     "epoch": epoch + 1, "losses": losses}, work / "checkpoint.tmp")
         (work / "checkpoint.tmp").replace(ckpt)
@@ -231,49 +255,56 @@ def _train_top(top: Any, hidden: Sequence[Any], labels: np.ndarray, work: Path, 
     return losses, time.perf_counter() - t_train
 
 
-def train(data: str | Path, work: Path, cfg: CrossTrainConfig) -> tuple[CrossEncoder, dict[str, Any]]:
+def train(data: str | Path, work: Path, cfg: CrossTrainConfig, from_top: Path | None = None
+          ) -> tuple[CrossEncoder, dict[str, Any]]:
+    """Train (or, with ``from_top``, load layers trained elsewhere), then calibrate and report valid."""
     import torch
 
     from models.attributes.base import quiet_transformers
     from models.attributes.tagger import load_tower
+    from models.encoders import pick_device
     from models.refs import text_tower_path
 
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
     work.mkdir(parents=True, exist_ok=True)
     tr, va = load_training_pairs(data, cfg)
     if cfg.limit:
         tr = tr.sample(min(cfg.limit, len(tr)), random_state=cfg.seed).reset_index(drop=True)
     fit, cal = tr[~tr["calibration"]].reset_index(drop=True), tr[tr["calibration"]].reset_index(drop=True)
-    log.info("pairs: %d train (%d matches) + %d calibration, %d valid; by dataset: %s", len(fit),
-             int(fit["label"].sum()), len(cal), len(va), fit["dataset"].value_counts().to_dict())
+    log.info("pairs: %d train (%d matches) + %d calibration, %d valid on %s; by dataset: %s", len(fit),
+             int(fit["label"].sum()), len(cal), len(va), device, fit["dataset"].value_counts().to_dict())
     quiet_transformers()
     tokenizer, bert = load_tower(text_tower_path())
     bottom, top = split_cross(bert, cfg.bottom_layers)
+    bottom, top = bottom.to(device), top.to(device)
     t0 = time.perf_counter()
-    done = _finished(work, cfg)
+    trained_on = device
+    done = load_top(from_top, top) if from_top is not None else _finished(work, cfg, device)
     if done is not None:   # every epoch is in the checkpoint: recalibrate and evaluate only
         top.load_state_dict(done["top"])
-        losses, train_s, cache_s = list(done["losses"]), 0.0, 0.0
-        log.info("%s holds all %d epochs: calibration and evaluation only", work / "checkpoint.pt", cfg.epochs)
+        losses, train_s, cache_s = list(done["losses"]), float(done.get("train_seconds", 0.0)), 0.0
+        trained_on = str(done.get("device", device))
+        log.info("%s holds the trained layers: calibration and evaluation only", from_top or work / "checkpoint.pt")
     else:
         hidden = _cache(bottom, tokenizer, list(fit["a"]) + list(fit["b"]), list(fit["b"]) + list(fit["a"]),
-                        cfg.max_length)
+                        cfg.max_length, device=device)
         labels = np.concatenate([fit["label"].to_numpy(), fit["label"].to_numpy()]).astype(np.float32)
         cache_s = time.perf_counter() - t0
         log.info("cached the bottom of %d pair orders in %.0f s", len(hidden), cache_s)
         losses, train_s = _train_top(top, hidden, labels, work, cfg)
         del hidden
 
-    cal_logits = _logits(top, _cache(bottom, tokenizer, cal["a"], cal["b"], cfg.max_length))
+    cal_logits = _logits(top, _cache(bottom, tokenizer, cal["a"], cal["b"], cfg.max_length, device=device))
     cal_feats = _features(cal)
     calibration, weights = _fit_calibration(cal_logits, cal_feats, cal["label"].to_numpy())
     model = CrossEncoder(tokenizer, bottom, top, max_length=cfg.max_length, calibration=calibration, threshold=0.5,
-                         feature_weights=weights)
+                         feature_weights=weights, device=device)
     cal_p = model.probability(cal_logits, cal_feats)
     model.threshold, cal_f1 = best_threshold(cal["label"].to_numpy(), cal_p)
-    valid_p = model.probability(_logits(top, _cache(bottom, tokenizer, va["a"], va["b"], cfg.max_length)),
-                                _features(va))
+    valid_p = model.probability(
+        _logits(top, _cache(bottom, tokenizer, va["a"], va["b"], cfg.max_length, device=device)), _features(va))
     metrics = evaluate_valid(va, valid_p, model.threshold)
     metrics["calibration"] = {"pairs": len(cal), "matches": int(cal["label"].sum()), "f1": round(cal_f1, 4),
                               "threshold": round(model.threshold, 4), "a": calibration[0], "b": calibration[1],
@@ -281,17 +312,77 @@ def train(data: str | Path, work: Path, cfg: CrossTrainConfig) -> tuple[CrossEnc
     facts = {"train_pairs": len(fit), "train_matches": int(fit["label"].sum()),
              "by_dataset": {k: int(v) for k, v in fit["dataset"].value_counts().items()},
              "cache_seconds": round(cache_s, 1), "train_seconds": round(train_s, 1), "losses": losses,
+             "epochs_trained": len(losses), "trained_on": _device_name(trained_on),
              "trained_parameters": sum(p.numel() for p in top.parameters())}
     return model, {"metrics": metrics, "facts": facts}
 
 
-def _finished(work: Path, cfg: CrossTrainConfig) -> dict[str, Any] | None:
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        return f"cuda ({torch.cuda.get_device_name(torch.device(device))})" if torch.cuda.is_available() else device
+    return device
+
+
+# A file that comes back from a GPU machine may be limited in size: the exported layers are cut into shards.
+_SHARD_BYTES = 15 * 2**20
+
+
+def export_top(top: Any, folder: Path, cfg: CrossTrainConfig, facts: dict[str, Any]) -> list[Path]:
+    """The trained layers (fp16 safetensors shards of at most 15 MB) and ``top.json`` (the training config and
+    facts) in ``folder``, for :func:`load_top` on another machine."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shards: list[dict[str, Any]] = [{}]
+    size = 0
+    for name, value in top.state_dict().items():
+        t = value.detach().cpu().half().contiguous()
+        if shards[-1] and size + t.numel() * 2 > _SHARD_BYTES:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += t.numel() * 2
+    paths = []
+    for i, shard in enumerate(shards):
+        paths.append(folder / f"top-{i:02d}.safetensors")
+        save_file(shard, str(paths[-1]))
+    (folder / "top.json").write_text(json.dumps({"config": asdict(cfg), "shards": [p.name for p in paths],
+                                                 **facts}, indent=1))
+    return paths
+
+
+def exported_config(folder: Path) -> CrossTrainConfig:
+    """The training configuration an exported top was trained with."""
+    meta = json.loads((Path(folder) / "top.json").read_text())
+    known = set(CrossTrainConfig.__dataclass_fields__)
+    return CrossTrainConfig(**{k: v for k, v in meta["config"].items() if k in known})
+
+
+def load_top(folder: Path, top: Any) -> dict[str, Any]:
+    """The state of an exported top (:func:`export_top`) with its facts; the shards must fill ``top`` exactly."""
+    from safetensors.torch import load_file
+
+    meta = json.loads((Path(folder) / "top.json").read_text())
+    state: dict[str, Any] = {}
+    for name in meta["shards"]:
+        state.update({k: v.float() for k, v in load_file(str(Path(folder) / name)).items()})
+    if set(state) != set(top.state_dict()):
+        missing, extra = sorted(set(top.state_dict()) - set(state)), sorted(set(state) - set(top.state_dict()))
+        raise ValueError(f"{folder}: the exported layers do not fit this configuration "
+                         f"(missing {missing[:3]}, unexpected {extra[:3]})")
+    return {"top": state, "losses": meta.get("losses", []), "train_seconds": meta.get("train_seconds", 0.0),
+            "device": meta.get("trained_on", "unknown")}
+
+
+def _finished(work: Path, cfg: CrossTrainConfig, device: str = "cpu") -> dict[str, Any] | None:
     import torch
 
     ckpt = work / "checkpoint.pt"
     if not ckpt.is_file():
         return None
-    state = torch.load(ckpt, weights_only=True)
+    state = torch.load(ckpt, weights_only=True, map_location=device)
     return state if int(state["epoch"]) >= cfg.epochs else None
 
 
@@ -368,8 +459,9 @@ its upper layers fine-tuned and stored in fp16 with a linear head on `[CLS]` and
 
 Trained on {f['train_pairs']:,} pairs ({f['train_matches']:,} matches), each in both orders: the train splits of
 Abt-Buy, Amazon-Google, Walmart-Amazon (DeepMatcher, lower-cased) and WDC Products train_medium, plus the WDC train
-offers' {cfg.mined_neighbours} nearest TF-IDF neighbours labelled by cluster. {cfg.epochs} epochs, AdamW
-(lr {cfg.lr}, head {cfg.head_lr}), batch {cfg.batch_size}, {f['train_seconds']:.0f} s on CPU.
+offers' {cfg.mined_neighbours} nearest TF-IDF neighbours labelled by cluster. {f.get('epochs_trained', cfg.epochs)}
+of {cfg.epochs} epochs, AdamW (lr {cfg.lr}, head {cfg.head_lr}), batch {cfg.batch_size}, max length
+{cfg.max_length}, {f['train_seconds']:.0f} s on {f.get('trained_on', 'cpu')}.
 Calibration (logistic on the logit, a={c['a']:.3f}, b={c['b']:.3f}, beside the exact-evidence pair features:
 {', '.join(f'{k} {v:+.2f}' for k, v in c.get('features', {}).items()) or 'none'}) and threshold {c['threshold']}
 fitted on a held-out calibration slice of train ({c['pairs']} pairs, F1 {c['f1']}), never on valid.
@@ -395,17 +487,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--bottom-layers", type=int, default=CrossTrainConfig.bottom_layers,
                    help="MiniLM layers kept frozen (0: fine-tune all six)")
     p.add_argument("--lr", type=float, default=CrossTrainConfig.lr, help="learning rate of the fine-tuned layers")
+    p.add_argument("--batch-size", type=int, default=CrossTrainConfig.batch_size)
+    p.add_argument("--max-length", type=int, default=CrossTrainConfig.max_length, help="word pieces per pair")
+    p.add_argument("--device", default=CrossTrainConfig.device, help="cpu, cuda or auto (cuda where there is one)")
+    p.add_argument("--max-minutes", type=float, default=0.0,
+                   help="stop after the epoch that passes this many minutes of training (the learning-rate "
+                        "schedule stays the one of --epochs)")
     p.add_argument("--limit", type=int, default=0, help="train on at most this many pairs (a smoke run)")
+    p.add_argument("--export-top", type=Path, default=None,
+                   help="write the trained layers to this folder instead of storing a version (a GPU machine "
+                        "without the model store)")
+    p.add_argument("--from-top", type=Path, default=None,
+                   help="calibrate, evaluate and store layers exported by --export-top (their training "
+                        "configuration is used)")
     p.add_argument("--promote", action="store_true", help="make the new version the store's current one")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not 0 <= args.bottom_layers < 6:
         p.error(f"--bottom-layers must lie in [0, 5], got {args.bottom_layers}")
-    cfg = CrossTrainConfig(epochs=args.epochs, threads=args.threads, limit=args.limit,
-                           bottom_layers=args.bottom_layers, lr=args.lr)
-    model, result = train(args.data, args.work, cfg)
+    if args.export_top and args.from_top:
+        p.error("--export-top and --from-top exclude each other")
+    if args.from_top:
+        if not (args.from_top / "top.json").is_file():
+            p.error(f"--from-top {args.from_top}: no top.json there (written by --export-top)")
+        trained = exported_config(args.from_top)
+        cfg = CrossTrainConfig(**{**asdict(trained), "threads": args.threads, "device": args.device,
+                                  "limit": args.limit})
+    else:
+        cfg = CrossTrainConfig(epochs=args.epochs, threads=args.threads, limit=args.limit,
+                               bottom_layers=args.bottom_layers, lr=args.lr, batch_size=args.batch_size,
+                               max_length=args.max_length, device=args.device, max_minutes=args.max_minutes)
+    model, result = train(args.data, args.work, cfg, from_top=args.from_top)
+    sys.stdout.write(json.dumps(result["metrics"], indent=1) + "\n")
+    if args.export_top:
+        paths = export_top(model.top, args.export_top, cfg, {**result["facts"], "metrics": result["metrics"]})
+        sys.stdout.write(f"exported {len(paths)} shards to {args.export_top} (no version stored)\n")
+        return 0
     version = save_cross(model, args.store, cfg, result, training_data=str(Path(args.data).resolve()))
-    sys.stdout.write(json.dumps(result["metrics"], indent=1) + f"\nsaved {version} in {args.store}\n")
+    sys.stdout.write(f"saved {version} in {args.store}\n")
     if args.promote:
         from models.store import promote
 
