@@ -13,7 +13,7 @@ a MiniLM pass does not depend on its weights, so the models are built from the M
   matching benchmarks when ``--pairs`` names the data folder (else neighbouring sample listings), per batch size.
 
 FLOPs per item come from ``torch.utils.flop_counter`` on one pass; each row gives the achieved TFLOP/s and its
-fraction of the matching peak. Times include tokenisation, as the job's do. Medians of ``--repeats``.
+fraction of the matching peak (float32 rows: of the float32 peak, TF32 being off as in the job). Times include tokenisation, as the job's do. Medians of ``--repeats``.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
 
     def add(model: str, batch: int, precision: str, items: int, flops: float, seconds: float) -> None:
-        ref = peak["bf16"] if precision == "bf16" else peak.get("tf32", peak["fp32"])
+        ref = peak["bf16"] if precision == "bf16" else peak["fp32"]   # the models run with TF32 off
         rows.append({"model": model, "batch": batch, "precision": precision, "items_per_s": items / seconds,
                      "tflops": flops * items / seconds / 1e12, "fraction": flops * items / seconds / 1e12 / ref})
         r = rows[-1]
