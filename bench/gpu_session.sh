@@ -73,7 +73,7 @@ train() {   # name, extra args
 # shellcheck disable=SC2086
 train a ${RECIPE_A:---epochs 10 --batch-size 32 --lr 5e-5} &
 # shellcheck disable=SC2086
-train b ${RECIPE_B:---epochs 20 --batch-size 64 --lr 8e-5} &
+[[ "${RECIPE_B:-}" == none ]] || train b ${RECIPE_B:---epochs 20 --batch-size 64 --lr 8e-5} &
 wait
 echo "training done after $((SECONDS - start)) s" >>"$log"
 

@@ -25,7 +25,7 @@ def test_mutual_best_within_a_margin_keeps_the_duplicates_and_drops_the_neighbou
     assert set(cluster(["A1", "A2", "W1", "W2"], a, b, s, plain).cluster_id.values()) == {"A1"}
     got = cluster(["A1", "A2", "W1", "W2"], a, b, s, ClusterConfig(margin=0.03, linkage=None))
     assert got.cluster_id == {"A1": "A1", "W1": "A1", "A2": "A2", "W2": "A2"}
-    # The shipped defaults (margin 0.4, average linkage 0.4) do not chain them either.
+    # The shipped defaults (margin 0.4, average linkage 0.3) do not chain them either.
     assert cluster(["A1", "A2", "W1", "W2"], a, b, s).cluster_id == got.cluster_id
 
 

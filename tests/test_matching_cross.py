@@ -271,3 +271,37 @@ def test_collated_batches_pad_with_zeros_and_mask_only_the_real_states():
     assert h.dtype == torch.float32 and h.shape == (2, 5, 4)
     assert m.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
     assert h[1, 3:].abs().sum() == 0 and (h[0] == 2).all() and (h[1, :3] == 1).all()
+
+
+def test_hard_pairs_mined_within_a_source_are_non_matches_without_its_duplicates(tmp_path):
+    """mine_source_pairs: neighbours within the left table and within the right table become non-matches; two
+    records of one source both matched to the same record of the other, and a source's own same-titled
+    listings, are left out."""
+    import pandas as pd
+
+    from models.matching.cross_train import mine_source_pairs
+
+    left = ["sony bravia kdl-40ex500 40 inch lcd", "sony bravia kdl-46ex500 46 inch lcd",
+            "canon pg-245 black ink cartridge", "canon cl-246 colour ink cartridge",
+            "canon pg 245 black ink cartridge", "logitech m515 couch mouse",
+            "Logitech  M515 Couch Mouse"]
+    right = ["sony kdl40ex500 bravia lcd tv", "canon pg-245 ink black", "logitech couch mouse m515",
+             "sony kdl46ex500 bravia lcd tv", "canon cl-246 ink colour"]
+    rows = [(0, 0, 1), (1, 3, 1), (2, 1, 1), (4, 1, 1), (3, 4, 1), (5, 2, 1), (0, 3, 0), (2, 4, 0), (6, 2, 0)]
+    df = pd.DataFrame({"split": "train",
+                       "left_name": [left[i] for i, _, _ in rows], "right_name": [right[j] for _, j, _ in rows],
+                       "left_price": "", "right_price": "", "label": [y for _, _, y in rows],
+                       "left_serialized": [f"L{i}" for i, _, _ in rows],
+                       "right_serialized": [f"R{j}" for _, j, _ in rows]})
+    (tmp_path / "er_magellan").mkdir()
+    df.to_parquet(tmp_path / "er_magellan" / "abt_buy.parquet")
+
+    mined = mine_source_pairs(tmp_path, "abt_buy", "train", k=3)
+    assert len(mined) and (mined["label"] == 0).all() and (mined["dataset"] == "abt_buy_mined").all()
+    pairs = {frozenset(p) for p in zip(mined["left_title"], mined["right_title"], strict=True)}
+    assert frozenset({left[0], left[1]}) in pairs                      # 40 / 46 inch: a hard non-match
+    assert frozenset({right[0], right[3]}) in pairs                    # the same within the right table
+    assert frozenset({left[2], left[4]}) not in pairs                  # both match "canon pg-245 ink black"
+    assert frozenset({left[5], left[6]}) not in pairs                  # the same title, written twice
+    for a, b in zip(mined["left_title"], mined["right_title"], strict=True):
+        assert (a in left) == (b in left)                              # never across the two sources

