@@ -13,7 +13,8 @@ a MiniLM pass does not depend on its weights, so the models are built from the M
   matching benchmarks when ``--pairs`` names the data folder (else neighbouring sample listings), per batch size.
 
 FLOPs per item come from ``torch.utils.flop_counter`` on one pass; each row gives the achieved TFLOP/s and its
-fraction of the matching peak (float32 rows: of the float32 peak, TF32 being off as in the job). Times include tokenisation, as the job's do. Medians of ``--repeats``.
+fraction of the matching peak (float32 rows: of the float32 peak, TF32 being off as in the job). Times include
+tokenisation, as the job's do. Medians of ``--repeats``.
 """
 
 from __future__ import annotations
