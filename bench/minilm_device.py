@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,27 +29,22 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def _sync(device: str) -> None:
+def _median_seconds(fn: Any, repeats: int, device: str) -> float:
+    """:func:`bench.model_efficiency.timed` of ``fn``, waiting for the device's queued work inside each call."""
     import torch
 
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    from bench.model_efficiency import timed
 
-
-def _median_seconds(fn: Any, repeats: int, device: str) -> float:
-    fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+    def call() -> None:
         fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    return timed(call, repeats)[0]
 
 
 def peaks(device: str, repeats: int) -> dict[str, float]:
-    """TFLOP/s of an 8192^3 matrix product: fp32 (TF32 off), tf32 and bf16 (4096^3 on a CPU)."""
+    """TFLOP/s of an 8192^3 matrix product: fp32 (TF32 off), tf32 and bf16 (2048^3 on a CPU)."""
     import torch
 
     n = 8192 if device.startswith("cuda") else 2048
@@ -101,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
+    from bench.model_efficiency import flops_of
     from models.attributes.base import quiet_transformers
     from models.attributes.tagger import load_tower
     from models.matching.cross import CrossEncoder, split_cross
@@ -134,17 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     cross = CrossEncoder(tokenizer, bottom.to(a.device), top.to(a.device), max_length=96, calibration=(1.0, 0.0),
                          threshold=0.5, device=a.device)
 
-    def count(fn: Any) -> float:
-        with FlopCounterMode(display=False) as c:
-            fn()
-        return float(c.get_total_flops())
-
     # FLOPs per item on a spread sample of 512, batched as timed (sorted by length, 64 a pass).
     step = max(1, len(titles) // 512)
     sample = titles[::step]
-    text_flops = count(lambda: embed(64, "fp32", sample)) / len(sample)
+    text_flops = flops_of(lambda: embed(64, "fp32", sample)) / len(sample)
     step = max(1, len(left) // 512)
-    pair_flops = count(lambda: cross.logits(left[::step], right[::step])) / len(left[::step])
+    pair_flops = flops_of(lambda: cross.logits(left[::step], right[::step])) / len(left[::step])
     print(f"{len(titles)} titles ({text_flops / 1e9:.2f} GFLOP each); {len(left)} pairs "  # noqa: T201
           f"({pair_flops / 1e9:.2f} GFLOP each)")
     print("| model | batch | precision | items/s | TFLOP/s | of peak |")  # noqa: T201

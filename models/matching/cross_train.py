@@ -333,12 +333,12 @@ def train(data: str | Path, work: Path, cfg: CrossTrainConfig, from_top: Path | 
     bottom, top = split_cross(bert, cfg.bottom_layers)
     bottom, top = bottom.to(device), top.to(device)
     t0 = time.perf_counter()
-    trained_on = device
     done = load_top(from_top, top) if from_top is not None else _finished(work, cfg, device)
+    # Named once, where the layers were trained: an exported top carries the name that machine gave it.
+    trained_on = str(done["device"]) if done is not None and "device" in done else _device_name(device)
     if done is not None:   # every epoch is in the checkpoint: recalibrate and evaluate only
         top.load_state_dict(done["top"])
         losses, train_s, cache_s = list(done["losses"]), float(done.get("train_seconds", 0.0)), 0.0
-        trained_on = str(done.get("device", device))
         log.info("%s holds the trained layers: calibration and evaluation only", from_top or work / "checkpoint.pt")
     else:
         hidden = _cache(bottom, tokenizer, list(fit["a"]) + list(fit["b"]), list(fit["b"]) + list(fit["a"]),
@@ -365,7 +365,7 @@ def train(data: str | Path, work: Path, cfg: CrossTrainConfig, from_top: Path | 
     facts = {"train_pairs": len(fit), "train_matches": int(fit["label"].sum()),
              "by_dataset": {k: int(v) for k, v in fit["dataset"].value_counts().items()},
              "cache_seconds": round(cache_s, 1), "train_seconds": round(train_s, 1), "losses": losses,
-             "epochs_trained": len(losses), "trained_on": _device_name(trained_on),
+             "epochs_trained": len(losses), "trained_on": trained_on,
              "trained_parameters": sum(p.numel() for p in top.parameters())}
     return model, {"metrics": metrics, "facts": facts}
 
@@ -553,8 +553,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=CrossTrainConfig.batch_size)
     p.add_argument("--max-length", type=int, default=CrossTrainConfig.max_length, help="word pieces per pair")
     p.add_argument("--source-neighbours", type=int, default=CrossTrainConfig.source_neighbours,
-                   help="also train on each benchmark record's nearest neighbours within its own source "
-                        "(non-matches unless matched through the other source; 0: none)")
+                   help="also train on each benchmark record's nearest neighbours within its own source as "
+                        "non-matches (same-titled pairs and pairs matched through the other source left out; "
+                        "0: none)")
     p.add_argument("--device", default=CrossTrainConfig.device, help="cpu, cuda or auto (cuda where there is one)")
     p.add_argument("--max-minutes", type=float, default=0.0,
                    help="stop after the epoch that passes this many minutes of training (the learning-rate "
