@@ -90,7 +90,8 @@ def pq_read(path: Path):
     return pq.read_table(path).to_pandas()
 
 
-def _embed(df, model: str, device: str | None, batch_size: int, decode_threads: int, chunk: int) -> dict:
+def _embed(df, model: str, device: str | None, batch_size: int, decode_threads: int, chunk: int,
+           precision: str = "auto") -> dict:
     """Embeddings and heads of ``df``'s rows; the rows that failed decoding are left out."""
     import numpy as np
 
@@ -100,11 +101,12 @@ def _embed(df, model: str, device: str | None, batch_size: int, decode_threads: 
     from udfs.embed import EmbedConfig, embed_frame
     from udfs.heads import heads_frame
 
-    encoder = load_encoder(model, device)
+    encoder = load_encoder(model, device, precision)
     counts = df["category"].value_counts().to_dict()
     plan, _ = plan_heads(HeadsConfig(), encoder.version, counts, lambda: encoder.embed_texts)
     bundle = load_heads(Path(plan.bundle_dir)) if plan.bundle_dir else None
-    cfg = EmbedConfig(model_ref=model, batch_size=batch_size, device=device, decode_threads=decode_threads)
+    cfg = EmbedConfig(model_ref=model, batch_size=batch_size, device=device, decode_threads=decode_threads,
+                      precision=precision)
     out: dict[str, list] = {k: [] for k in ("row", "embedding", "text_embedding", "image_embedding", "category",
                                             "confidence", "is_adult")}
     for start in range(0, len(df), chunk):
@@ -124,7 +126,8 @@ def _embed(df, model: str, device: str | None, batch_size: int, decode_threads: 
     return out
 
 
-def _attributes(df, batch_size: int, device: str | None, threads: int, chunk: int) -> list[dict] | None:
+def _attributes(df, batch_size: int, device: str | None, threads: int, chunk: int,
+                precision: str = "auto") -> list[dict] | None:
     """The open extractor's values of ``df``'s rows (None when the store has no extractor, as the job skips)."""
     from jobs.stages.heads import resolve_extractor
     from udfs.attributes import AttributesConfig, extract_frame
@@ -134,7 +137,7 @@ def _attributes(df, batch_size: int, device: str | None, threads: int, chunk: in
     if found is None:
         return None
     cfg = AttributesConfig(model_ref=found[0], batch_size=batch_size, device=device, torch_threads=threads,
-                           precision="auto")   # the job's: EnrichConfig.precision
+                           precision=precision)
     extractor = import_object(cfg.loader)(cfg.model_ref, cfg.store, cfg.device, cfg.precision)
     rows = []
     for start in range(0, len(df), chunk):
@@ -170,7 +173,7 @@ def _cosines(ia, ib, fused, text, image):
     return dot(fused, ia, ib), dot(t, ia, ib), dot(image, ia, ib)   # NaN rows (no image) give NaN
 
 
-def _match(df, emb: dict, threads: int, out: Path) -> dict:
+def _match(df, emb: dict, threads: int, out: Path, precision: str = "auto") -> dict:
     """Block, score and cluster the embedded products as the job's match stage does; matches and clusters to
     ``out``. Returns counts (empty when the store has no pair scorer, as the job skips)."""
     import numpy as np
@@ -186,7 +189,7 @@ def _match(df, emb: dict, threads: int, out: Path) -> dict:
     if scorer_dir is None:
         return {}
     cfg = MatchConfig(scorer=scorer_dir, cross=resolve_pair_model("auto"), torch_threads=threads,
-                      precision="auto")   # as jobs.enrich._match builds it
+                      precision=precision)   # as jobs.enrich._match builds it
     scorer = load_scorer(cfg.scorer)
     rows = df.iloc[emb["row"]].reset_index(drop=True)
     ids = rows["product_id"].astype(str).to_numpy()
@@ -244,9 +247,10 @@ def _write(df, emb: dict, attrs: list[dict] | None, out: Path) -> None:
 
 
 def plain_loop(catalog: Path, out: Path, model: str, device: str | None, batch_size: int, decode_threads: int,
-               stages: str = "all", chunk: int = 2048) -> dict:
+               stages: str = "all", chunk: int = 2048, precision: str = "auto") -> dict:
     """The job's work over ``catalog`` without Spark, its tables as Parquet files under the folder ``out``.
-    ``stages``: ``all`` (the default job) or ``embed`` (embed + heads only, no validation). Returns products,
+    ``stages``: ``all`` (the default job) or ``embed`` (embed + heads only, no validation); ``precision``: the
+    job's ``--precision`` (``auto`` is its default). Returns products,
     seconds, products/s, the per-stage seconds and what matching found."""
     import numpy as np
     import torch
@@ -267,18 +271,18 @@ def plain_loop(catalog: Path, out: Path, model: str, device: str | None, batch_s
         n_read = len(df)
         df["image_path"] = [str(catalog.parent / u) if isinstance(u, str) else None for u in df["image_uri"]]
     with _timed(timings, "embed + heads"):
-        emb = _embed(df, model, device, batch_size, decode_threads, chunk)
+        emb = _embed(df, model, device, batch_size, decode_threads, chunk, precision)
     attrs = None
     if stages == "all":
         ok = df.iloc[emb["row"]].reset_index(drop=True)
         with _timed(timings, "attributes"):
-            attrs = _attributes(ok, batch_size, device, threads, chunk)
+            attrs = _attributes(ok, batch_size, device, threads, chunk, precision)
     with _timed(timings, "write"):
         _write(df, emb, attrs, out)
     matched: dict = {}
     if stages == "all":
         with _timed(timings, "match"):
-            matched = _match(df, emb, threads, out)
+            matched = _match(df, emb, threads, out, precision)
         with _timed(timings, "index"):
             _index(df["product_id"].to_numpy()[emb["row"]].tolist(), np.stack(emb["embedding"]), out)
     seconds = time.perf_counter() - t0

@@ -5,6 +5,7 @@
     python bench/enrich_e2e.py --stages embed                   # embed + heads only (the comparison before issue 21)
     python bench/enrich_e2e.py --skip-upsert --device cuda      # on a GPU machine
     python bench/enrich_e2e.py --compare-model store:<previous>  # + the plain loop with another model, alternated
+    python bench/enrich_e2e.py --products 20000 --compare-precision fp32  # + the whole job in fp32, alternated
 
 What it measures, in one process (so the figures are side by side on the same machine state):
 
@@ -46,7 +47,10 @@ whole list of column rules (:mod:`bench.e2e_plain`). With ``--stages embed`` the
 Peak resident memory is sampled over each phase: for the warm Spark runs the driver (Python), the JVM (driver
 and, in local mode, the executors) and the largest Python worker; for a cold run the same in its process tree;
 for the plain loop this process. ``--repeats`` repeats the plain loop and the warm Spark full run alternately
-(fresh lake each time) and reports medians.
+(fresh lake each time) and reports medians. ``--precision`` is the job's (``auto`` by default: bf16 where the CPU
+has AVX-512 BF16/AMX, for the models measured to hold it); ``--compare-precision fp32`` also runs, in each
+repeat, the plain loop and the warm Spark full run at that precision on the same catalog, and prints each
+side's products/s ratio of the chosen precision to it.
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ from bench.e2e_catalog import changed_copy, make_catalog, planted_pairs, recover
 from bench.e2e_plain import plain_loop, torch_threads  # noqa: E402
 
 # Issue 21: the whole job at >= 0.95 of the plain loop (the earlier embed-only comparison asked 0.85).
-TARGETS = {"spark_vs_plain": 0.95, "incremental_fraction": 0.10, "upsert_seconds": 30.0}
+TARGETS = {"spark_vs_plain": 0.95, "incremental_fraction": 0.10, "upsert_seconds": 30.0, "precision_speedup": 2.0}
 REPO = Path(__file__).resolve().parents[1]
 OTHER = "run log, report"   # the wall clock a run summary's stages leave out (and, cold, the start-up)
 # Job options per --stages: "all" is the job as shipped (every default), "embed" the comparison before issue 21.
@@ -90,6 +94,7 @@ class Settings:
     batch_size: int = 64
     decode_threads: int = 2
     stages: str = "all"          # all | embed
+    precision: str = "auto"      # the job's --precision
 
 
 # -- the Spark job --------------------------------------------------------------------------------------
@@ -105,7 +110,8 @@ def spark_run(spark, catalog: Path, lake: Path, run_id: str, st: Settings) -> di
     from jobs.enrich import EnrichConfig, run
 
     cfg = EnrichConfig(catalog=str(catalog), lake=str(lake), model=st.model, run_id=run_id, batch_size=st.batch_size,
-                       device=st.device, decode_threads=st.decode_threads, **JOB_OPTIONS[st.stages])
+                       device=st.device, decode_threads=st.decode_threads, precision=st.precision,
+                       **JOB_OPTIONS[st.stages])
     t0 = time.perf_counter()
     summary = run(spark, cfg)
     seconds = time.perf_counter() - t0
@@ -130,7 +136,7 @@ def cold_run(catalog: Path, lake: Path, run_id: str, st: Settings, log: Path, jv
     if how is not None and not how.usable:
         raise RuntimeError(f"the JVM class archive cannot be used: {how.problem}")
     job = ["jobs/enrich.py", "--catalog", str(catalog), "--lake", str(lake), "--run-id", run_id, "--model", st.model,
-           "--batch-size", str(st.batch_size), "--decode-threads", str(st.decode_threads),
+           "--batch-size", str(st.batch_size), "--decode-threads", str(st.decode_threads), "--precision", st.precision,
            *(["--device", st.device] if st.device else [])]
     for k, v in JOB_OPTIONS[st.stages].items():
         job += [f"--{k}", v]
@@ -290,6 +296,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="also run the plain loop with this model, alternating with --model in each repeat: the "
                          "per-product cost of one model against the other, side by side")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when available)")
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                    help="the job's --precision, for the plain loop too (default: auto, as the job)")
+    ap.add_argument("--compare-precision", default=None, choices=("fp32", "bf16", "auto"),
+                    help="also run the plain loop and the warm Spark full run at this precision in each repeat, "
+                         "alternating: the whole job's speed at --precision against it, side by side")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--decode-threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=1, help="plain/Spark full-run pairs; medians are reported")
@@ -309,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("CATALOG_ENRICH_LOG", "WARNING"))
     from jobs.runtime.spark_session import build_session
 
-    st = Settings(a.model, a.device, a.batch_size, a.decode_threads, a.stages)
+    st = Settings(a.model, a.device, a.batch_size, a.decode_threads, a.stages, a.precision)
+    st_other = Settings(a.model, a.device, a.batch_size, a.decode_threads, a.stages, a.compare_precision or "fp32")
     with scratch(a.workdir) as tmp:
         work = Path(tmp)
         t = time.perf_counter()
@@ -319,10 +331,23 @@ def main(argv: list[str] | None = None) -> int:
               f"made in {time.perf_counter() - t:.1f} s", flush=True)
         spark = build_session("bench-enrich", conf={"spark.ui.enabled": "false"})
         plains, plain_mems, fulls, mems, others = [], [], [], [], []
+        prec_plains, prec_fulls = [], []   # --compare-precision's runs
+
+        def other_precision(r: int) -> None:
+            prec_plains.append(plain_loop(catalog, work / f"plain-p{r}", a.model, a.device, a.batch_size,
+                                          a.decode_threads, a.stages, precision=st_other.precision))
+            print(f"plain loop {r + 1}, precision {st_other.precision}: {json.dumps(prec_plains[-1])}", flush=True)
+            prec_fulls.append(spark_run(spark, catalog, work / f"lake-p{r}", f"bench-full-p{r}", st_other))
+            print(f"spark warm full {r + 1}, precision {st_other.precision}: {json.dumps(prec_fulls[-1])}", flush=True)
+
         for r in range(a.repeats):
+            # --compare-precision: its runs go last in even repeats, first in odd ones (with one repeat, the
+            # chosen precision's run is the first Spark run of the process and pays the warm-up)
+            if a.compare_precision and r % 2 == 1:
+                other_precision(r)
             with PeakRss() as pmem:
                 plains.append(plain_loop(catalog, work / f"plain-{r}", a.model, a.device, a.batch_size,
-                                         a.decode_threads, a.stages))
+                                         a.decode_threads, a.stages, precision=st.precision))
             plain_mems.append(pmem.gib())
             print(f"plain loop {r + 1}: {json.dumps(plains[-1])}", flush=True)
             if a.compare_model:
@@ -333,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
                 fulls.append(spark_run(spark, catalog, work / f"lake-{r}", f"bench-full-{r}", st))
             mems.append(mem.gib())
             print(f"spark warm full {r + 1}: {json.dumps(fulls[-1])}  peak GiB {mems[-1]}", flush=True)
+            if a.compare_precision and r % 2 == 0:
+                other_precision(r)
         changed, n_changed = changed_copy(catalog, a.changed)
         with PeakRss() as mem:
             incr = spark_run(spark, changed, work / "lake-0", "bench-incremental", st)
@@ -359,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
         planted = {"spark_warm": lake_recovery(work / "lake-0", pairs),
                    "spark_cold": lake_recovery(work / "lake-cold", pairs) if cold else None,
                    "plain": plain_recovery(work / "plain-0", pairs)}
+        if prec_fulls:
+            planted[f"spark_warm_{st_other.precision}"] = lake_recovery(work / "lake-p0", pairs)
+            planted[f"plain_{st_other.precision}"] = plain_recovery(work / "plain-p0", pairs)
 
     plain_s, full_s = median([p["seconds"] for p in plains]), median([f["seconds"] for f in fulls])
     warm_stages, plain_stages = median_stages(fulls), median_stages(plains)
@@ -388,6 +418,13 @@ def main(argv: list[str] | None = None) -> int:
         "first_pair": {"spark_vs_plain": round(plains[0]["seconds"] / fulls[0]["seconds"], 3),
                        "incremental_fraction": round(incr["seconds"] / fulls[0]["seconds"], 3)},
     }
+    if prec_fulls:
+        pp_s, pf_s = median([p["seconds"] for p in prec_plains]), median([f["seconds"] for f in prec_fulls])
+        figures["compare_precision"] = {
+            "precision": a.compare_precision, "plain_products_per_s": round(a.products / pp_s, 1),
+            "spark_products_per_s": round(a.products / pf_s, 1),
+            "spark_speedup": round(pf_s / full_s, 3), "plain_speedup": round(pp_s / plain_s, 3),
+            "stages_full": median_stages(prec_fulls), "stages_plain": median_stages(prec_plains)}
     if others:
         other_s = median([o["seconds"] for o in others])
         figures["compare_model"] = {"model": a.compare_model, "plain_products_per_s": round(a.products / other_s, 1),
@@ -401,6 +438,12 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     print("\n| figure | measured | target |\n|---|---|---|")
     print(f"| plain loop, products/s | {figures['plain_products_per_s']} | |")
+    if prec_fulls:
+        c = figures["compare_precision"]
+        print(f"| Spark job warm at {c['precision']}, products/s | {c['spark_products_per_s']} | |")
+        print(f"| **whole job, {a.precision} / {c['precision']} products/s, Spark warm** | "
+              f"**{c['spark_speedup']:.2f}** | >= {TARGETS['precision_speedup']} |")
+        print(f"| whole job, {a.precision} / {c['precision']} products/s, plain loop | {c['plain_speedup']:.2f} | |")
     if others:
         c = figures["compare_model"]
         print(f"| plain loop with {c['model']}, products/s | {c['plain_products_per_s']} | |")
@@ -419,6 +462,20 @@ def main(argv: list[str] | None = None) -> int:
         first = figures["first_pair"]
         print(f"| first pair: Spark / plain | {first['spark_vs_plain']:.2f} "
               f"({plains[0]['seconds']} s / {fulls[0]['seconds']} s) | >= {TARGETS['spark_vs_plain']} |")
+    if prec_fulls:
+        c = figures["compare_precision"]
+        print(f"\nPer stage, {a.precision} against {c['precision']} (medians, seconds):\n")
+        print(f"| stage | Spark warm {a.precision} | Spark warm {c['precision']} | speed-up | plain {a.precision} | "
+              f"plain {c['precision']} | speed-up |\n|---|---|---|---|---|---|---|")
+        for name, job, ours in ROWS:
+            w, wo = _row_seconds(warm_stages, job), _row_seconds(c["stages_full"], job)
+            p_, po = _row_seconds(plain_stages, ours), _row_seconds(c["stages_plain"], ours)
+            if w is None and p_ is None:
+                continue
+            fmt = lambda x: "-" if x is None else f"{x:.1f}"   # noqa: E731
+            ratio = lambda x, y: f"{y / x:.2f}" if x and y else "-"   # noqa: E731
+            print(f"| {name} | {fmt(w)} | {fmt(wo)} | {ratio(w, wo)} | {fmt(p_)} | {fmt(po)} | {ratio(p_, po)} |")
+        print()
     for who, rec in planted.items():
         if rec:
             print(f"| planted duplicate pairs recovered, {who.replace('_', ' ')}: same cluster / matched | "

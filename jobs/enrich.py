@@ -426,7 +426,7 @@ def _embed(ctx: RunContext, v: _Validated, todo, n_todo: int) -> _Embedded:
         parallelism = spark.sparkContext.defaultParallelism
         embed_cfg = EmbedConfig(
             model_ref=cfg.model, batch_size=cfg.batch_size, device=cfg.device, decode_threads=cfg.decode_threads,
-            torch_threads=ctx.task_cpus, loader=cfg.encoder_loader)
+            torch_threads=ctx.task_cpus, loader=cfg.encoder_loader, precision=cfg.precision)
         parts = embed_partitions(n_todo, parallelism)
         done = spark.sparkContext.accumulator(0)   # products the model UDF finished, for the heartbeat
         stage.watch(done, n_todo, "products")

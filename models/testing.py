@@ -56,7 +56,7 @@ class FakeEncoder:
         return self._unit(np.concatenate([mean, np.ones((len(pixels), DIM - 3), np.float32)], axis=1))
 
 
-def load_fake_encoder(model_ref: str, device: str | None = None) -> FakeEncoder:
+def load_fake_encoder(model_ref: str, device: str | None = None, precision: str | None = None) -> FakeEncoder:
     log_dir = model_ref.split(":", 1)[1] if model_ref.startswith("fake:") else None
     return FakeEncoder(log_dir or None)
 
@@ -75,7 +75,7 @@ class NanEncoder(FakeEncoder):
         return np.full_like(super().embed_pixels(pixels), np.nan)
 
 
-def load_nan_encoder(model_ref: str, device: str | None = None) -> NanEncoder:
+def load_nan_encoder(model_ref: str, device: str | None = None, precision: str | None = None) -> NanEncoder:
     log_dir = model_ref.split(":", 1)[1] if model_ref.startswith("fake:") else None
     return NanEncoder(log_dir or None)
 

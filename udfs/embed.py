@@ -45,7 +45,8 @@ class EmbedConfig:
     max_pixels: int = 40_000_000
     max_aspect_ratio: float = 20.0     # long side / short side (models.images.DEFAULT_MAX_ASPECT_RATIO)
     torch_threads: int | None = None   # None: leave torch's default
-    loader: str = DEFAULT_LOADER       # "module:function"(model_ref, device) -> encoder
+    loader: str = DEFAULT_LOADER       # "module:function"(model_ref, device, precision) -> encoder
+    precision: str | None = None       # auto, fp32 or bf16 (models.encoders.tower_precisions); None: the loader's
     prefetch: bool = True              # run each image batch as soon as it is decoded (False: decode all first)
 
 
@@ -56,9 +57,9 @@ def cached_encoder(cfg: EmbedConfig):
             import torch
 
             torch.set_num_threads(cfg.torch_threads)
-        return import_object(cfg.loader)(cfg.model_ref, cfg.device)
+        return import_object(cfg.loader)(cfg.model_ref, cfg.device, cfg.precision)
 
-    return cached(("encoder", cfg.loader, cfg.model_ref, cfg.device), load)
+    return cached(("encoder", cfg.loader, cfg.model_ref, cfg.device, cfg.precision), load)
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:
