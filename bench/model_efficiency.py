@@ -7,7 +7,9 @@ bfloat16, marked "emulated" where the CPU has no AVX-512 BF16 or AMX), and the M
 tokens x 384 -> 1536) as a float32 ``nn.Linear`` and as a dynamically quantised int8 one. Then each shipped model
 on the sample catalog (`jobs/sample_catalog`, 345 products with their photos), called the way the job calls it,
 tokenisation and decoding included: the encoder's text tower (`embed_texts`, titles sorted by length, 64 a pass),
-its image tower (`embed_pixels`, 64 preprocessed photos a pass), the open-attribute extractor (`extract`, titles +
+its image tower (`embed_pixels`, 64 preprocessed photos a pass; channels-last on a CPU, as the job loads it), each
+in fp32 and, where the CPU has AVX-512 BF16 or AMX, under bf16 autocast (with the embeddings' cosine to fp32), the
+open-attribute extractor (`extract`, titles +
 descriptions, the seller category) and the pair cross-encoder (`logits` on neighbouring listings). FLOPs are
 counted by ``torch.utils.flop_counter`` on one pass (matrix products, convolutions, attention); the achieved
 GFLOP/s is those FLOPs over the median time, and the fraction is of the better of the two float32 peaks (of the
@@ -22,6 +24,7 @@ for why.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -120,6 +123,12 @@ def sample() -> dict[str, list[Any]]:
             "images": images, "records": cat[["title", "brand", "price"]].sort_values("title").to_dict("records")}
 
 
+def _image_batches(enc: Any, pixels: Any, batch: int) -> Any:
+    import numpy as np
+
+    return np.concatenate([enc.embed_pixels(pixels[i:i + batch]) for i in range(0, len(pixels), batch)])
+
+
 def row(stage: str, precision: str, items: int, unit: str, flops: int, seconds: float, peak: float) -> dict:
     achieved = flops / seconds / 1e9
     return {"stage": stage, "precision": precision, "items": items, "unit": unit,
@@ -142,27 +151,42 @@ def measure(a: argparse.Namespace, peak: dict[str, float]) -> tuple[list[dict], 
     int8_peak = peak["int8 dynamic linear 4096x384->1536"]
     rows, notes = [], []
 
-    enc = load_encoder("default", device=a.device)
-    enc.max_batch = a.batch
-    f = flops_of(lambda: enc.embed_texts(titles))
-    s, text_emb = timed(lambda: enc.embed_texts(titles), a.repeats)
-    rows.append(row(f"text tower ({enc.version})", "fp32", len(titles), "product", f, s, fp32))
-    text_flops = f
-    pixels = np.stack([enc.preprocess(im) for im in data["images"]])
-    batches = lambda e: [e.embed_pixels(pixels[i:i + a.batch]) for i in range(0, len(pixels), a.batch)]  # noqa: E731
-    f = flops_of(lambda: batches(enc))
-    geometry = "x".join(map(str, pixels.shape[2:]))
-    s, _ = timed(lambda: batches(enc), a.repeats)
-    rows.append(row(f"image tower {geometry}", "fp32", len(pixels), "photo", f, s, fp32))
+    precisions = ["fp32"] + (["bf16"] if bf16_peak else [])
+    peak_of = lambda p: {"bf16": bf16_peak, "int8": int8_peak}.get(p) or fp32   # noqa: E731
+    text_base = image_base = text_flops = image_flops = None
+    for precision in precisions:
+        # the job's encoder at this precision (models.encoders.load_encoder: the serving form); its image tower's
+        # bf16 is measured here although the job keeps that tower fp32 on a CPU
+        enc = load_encoder("default", device=a.device, precision=precision)
+        enc.max_batch = a.batch
+        enc.image_precision = precision
+        pixels = np.stack([enc.preprocess(im) for im in data["images"]])
+        texts_fn = functools.partial(enc.embed_texts, titles)
+        images_fn = functools.partial(_image_batches, enc, pixels, a.batch)
+        if text_flops is None:
+            text_flops, image_flops = flops_of(texts_fn), flops_of(images_fn)
+        geometry = "x".join(map(str, pixels.shape[2:]))
+        s, text_emb = timed(texts_fn, a.repeats)
+        rows.append(row(f"text tower ({enc.version})", precision, len(titles), "product", text_flops, s,
+                        peak_of(precision)))
+        s, image_emb = timed(images_fn, a.repeats)
+        rows.append(row(f"image tower {geometry}", precision, len(pixels), "photo", image_flops, s, peak_of(precision)))
+        if text_base is None:
+            text_base, image_base = text_emb, image_emb
+        else:
+            for tower, x, y in (("text", text_base, text_emb), ("image", image_base, image_emb)):
+                cos = (x * y).sum(1)
+                notes.append(f"{tower} tower {precision}: embedding cosine to fp32 min {cos.min():.5f}, "
+                             f"median {np.median(cos):.5f}")
+    enc = load_encoder("default", device=a.device, precision="fp32")
     if a.int8:
         enc.model.text = int8_dynamic(enc.model.text)
         s, q_emb = timed(lambda: enc.embed_texts(titles), a.repeats)
-        cos = (np.asarray(text_emb) * np.asarray(q_emb)).sum(1)
+        cos = (np.asarray(text_base) * np.asarray(q_emb)).sum(1)
         rows.append(row("text tower", "int8", len(titles), "product", text_flops, s, int8_peak))
         notes.append(f"text tower int8: embedding cosine to fp32 min {cos.min():.4f}, median {np.median(cos):.4f}")
 
     args = (data["titles"], data["descriptions"], data["categories"])
-    precisions = ["fp32"] + (["bf16"] if bf16_peak else [])
     base = None
     for precision in precisions + (["int8"] if a.int8 else []):
         ex = load_extractor("default", device=a.device, precision="fp32" if precision == "int8" else precision)

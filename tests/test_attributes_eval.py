@@ -36,3 +36,19 @@ def test_the_tables_most_confident_value_is_scored_under_the_tables_names():
     m = score_tables("oa_mine", DS, table).micro
     assert (m.vc, m.nv, m.vw, m.vn) == (2, 1, 1, 1)
     assert score_tables("oa_mine", DS, _rows()).micro.vn == 4            # no rows at all: every value missed
+
+
+def test_generalisation_cache_answers_as_a_fresh_normaliser_and_follows_what_is_learnt():
+    from models.attributes.normalise import Normaliser
+
+    def fresh(n: Normaliser) -> Normaliser:
+        return Normaliser(dict(n.rules), {a: dict(m) for a, m in n.mapping.items()})
+
+    n = Normaliser({"Color": "generalisation"}, {})
+    n.learn([("Color", "navy blue", "Blue"), ("Color", "dark red", "Red")])
+    queries = ["navy blues", "Navy-Blue", "darkred", "green", "navy blues"]   # the last one from the cache
+    got = [n.normalise("Color", q) for q in queries]
+    assert got == [fresh(n).normalise("Color", q) for q in queries]
+    assert got[0] == "Blue" and got[2] == "Red" and got[3] == "green"      # unknown and dissimilar: kept as written
+    n.learn([("Color", "navy bluesy", "Navy")])                             # closer to "navy blues" than "navy blue"
+    assert n.normalise("Color", "navy blues") == fresh(n).normalise("Color", "navy blues") == "Navy"

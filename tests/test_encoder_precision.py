@@ -1,4 +1,5 @@
-"""The encoder's precision: the text tower in bf16 where asked, the image tower fp32 on a CPU in channels-last."""
+"""The encoder's precision and serving form: the text tower in bf16 where asked, the image tower fp32 on a CPU,
+folded and channels-last in the job."""
 
 from __future__ import annotations
 
@@ -55,18 +56,22 @@ def test_bf16_text_tower_holds_the_fp32_embeddings_and_images_stay_fp32(sample):
     np.testing.assert_array_equal(i32, i16)                   # the image tower stays fp32 on a CPU
 
 
-def test_conv_image_tower_runs_channels_last_with_the_contiguous_outputs(sample):
+def test_the_jobs_image_tower_is_folded_and_channels_last_with_the_stored_forms_outputs(sample):
     import torch
 
     _, images = sample
-    enc = load_encoder("default", "cpu")
-    convs = [m for m in enc.model.visual.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert len(convs) > 1 and all(c.weight.is_contiguous(memory_format=torch.channels_last)
-                                  for c in convs if c.weight.shape[-1] > 1)
-    fast = enc.embed_images(images)
-    enc.model.visual.to(memory_format=torch.contiguous_format)
-    plain = enc.embed_images(images)
-    assert ((fast * plain).sum(axis=1)).min() > 0.99999
+    stored, serving = load_encoder("default", "cpu"), load_encoder("default", "cpu", "fp32")
+    norms = lambda e: [m for m in e.model.visual.modules() if isinstance(m, torch.nn.BatchNorm2d)]   # noqa: E731
+    assert len(norms(stored)) > 10 and norms(serving) == []          # every BatchNorm folded away
+    convs = [m for m in serving.model.visual.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.bias is not None for c in convs)
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs if c.weight.shape[-1] > 1)
+    a, b = stored.embed_images(images), serving.embed_images(images)
+    assert not np.array_equal(a, b)                                   # really another computation
+    assert ((a * b).sum(axis=1)).min() > 0.99999
+    # the text tower is not touched by the serving form
+    title = ["Nike Men Blue Shoes"]
+    np.testing.assert_array_equal(stored.embed_texts(title), serving.embed_texts(title))
 
 
 def test_the_embed_udf_loads_its_encoder_at_the_configured_precision():
@@ -77,3 +82,15 @@ def test_the_embed_udf_loads_its_encoder_at_the_configured_precision():
         assert cached_encoder(EmbedConfig(device="cpu", precision="fp32")).text_precision == "fp32"
     finally:
         clear()
+
+
+def test_bf16_linears_cast_once_give_autocasts_outputs_bit_for_bit(sample):
+    import torch
+
+    titles, _ = sample
+    cast = load_encoder("default", "cpu", "bf16")               # the job's: linear layers stored in bf16
+    dtypes = {m.weight.dtype for m in cast.model.text.modules() if isinstance(m, torch.nn.Linear)}
+    assert dtypes == {torch.bfloat16}
+    plain = load_encoder("default", "cpu")                      # fp32 weights, cast by autocast on each call
+    plain.text_precision = "bf16"
+    np.testing.assert_array_equal(cast.embed_texts(titles), plain.embed_texts(titles))

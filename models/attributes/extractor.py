@@ -239,6 +239,13 @@ def load_extractor(ref: str | None = "default", store: str | Path | None = None,
     else:
         ex = _load_tagger(vdir, manifest, model_cfg, pre, tower, device)
     ex.precision = resolve_precision(precision, ex.device)
+    if ex.precision == "bf16":   # the modules that only ever run under bf16 autocast from now on
+        from models.precision import cast_linears
+
+        if isinstance(ex, Extractor):
+            cast_linears(ex.bottom, ex.top, *ex.members)
+        else:                       # the QA extractor's bottom states are computed in fp32
+            cast_linears(ex.top)
     return ex
 
 

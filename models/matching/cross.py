@@ -223,7 +223,7 @@ def load_cross(ref: str | None = "default", store: str | Path | None = None, dev
     from models.attributes.base import quiet_transformers
     from models.attributes.tagger import load_tower
     from models.encoders import pick_device
-    from models.precision import resolve_precision
+    from models.precision import cast_linears, resolve_precision
     from models.refs import verified_minilm_version
 
     vdir = resolve_cross(ref, store)
@@ -237,8 +237,11 @@ def load_cross(ref: str | None = "default", store: str | Path | None = None, dev
     top.load_state_dict(state)
     dev = pick_device(device)
     cal = pre["calibration"]
-    return CrossEncoder(tokenizer, bottom.to(dev), top.to(dev), max_length=int(pre["max_length"]),
-                        calibration=(float(cal["a"]), float(cal["b"])), threshold=float(pre["threshold"]),
-                        feature_weights={k: float(v) for k, v in cal.get("features", {}).items()},
-                        version=f"store:{manifest['version']}", device=dev,
-                        precision=resolve_precision(precision, dev))
+    model = CrossEncoder(tokenizer, bottom.to(dev), top.to(dev), max_length=int(pre["max_length"]),
+                         calibration=(float(cal["a"]), float(cal["b"])), threshold=float(pre["threshold"]),
+                         feature_weights={k: float(v) for k, v in cal.get("features", {}).items()},
+                         version=f"store:{manifest['version']}", device=dev,
+                         precision=resolve_precision(precision, dev))
+    if model.precision == "bf16":   # it only ever runs under bf16 autocast from now on
+        cast_linears(model.bottom, model.top)
+    return model
