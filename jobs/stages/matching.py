@@ -22,9 +22,10 @@ model version) with the valid catalog rows and
 
 An unchanged catalog therefore queries nothing and commits nothing.
 
-Steps 2-4 and the clustering of step 5 run on the driver when the work is small (``MatchConfig``:
-``driver_products``, ``driver_queries``, ``driver_cluster_edges``): the rows are collected once and go through
-the same per-cell and per-batch functions the Spark tasks call, with the centroids of the same samples (drawn by
+Steps 2-3 and the clustering of step 5 run on the driver when the work is small (``MatchConfig``:
+``driver_products``, ``driver_queries``, ``driver_cluster_edges``; the pairs are still scored by Spark tasks, on
+every core): the rows are collected once and go through the same per-cell and per-batch functions the Spark
+tasks call, with the centroids of the same samples (drawn by
 a hash of the product id, so the driver draws them without Spark), so both ways write the same rows (tested).
 Each Spark step costs its jobs' scheduling and shuffles, and a fresh Python worker the cross-encoder's load,
 whatever the rows: a 15-product increment of a 1,500-product lake spent 47 s in the Spark match stage and 21 s on
@@ -68,11 +69,11 @@ class MatchConfig:
                                          # pyarrow up to this many (Lake.upsert on_driver): the Spark rewrite of a
                                          # few changed rows cost tens of seconds a table in an incremental run
     driver_products: int = 30_000        # a catalog of at most this many products, with at most driver_queries
-    driver_queries: int = 5_000          # new or changed, is blocked and scored on the driver
-                                         # (_match_pairs_on_driver: the same functions, cells and samples,
-                                         # without a dozen small Spark jobs): a 15-product increment of a
-                                         # 1,500-product lake spent 36 s in Spark's blocking and scoring. More
-                                         # queries go to the Spark tasks, which score on every core.
+    driver_queries: int = 30_000         # new or changed, is blocked on the driver (_match_pairs_on_driver: the
+                                         # same functions, cells and samples, without a dozen small Spark jobs)
+                                         # and scored by the Spark tasks on every core: a 15-product increment of
+                                         # a 1,500-product lake spent 36 s in Spark's blocking and scoring; a full
+                                         # run of 20,000 products 65 s in the match stage against 108 s
     driver_cluster_edges: int = 200_000  # match graphs of at most this many edges are clustered on the driver
                                          # (models.matching.cluster, the same rules): Spark's connected
                                          # components took 7-19 s for a graph of a few dozen edges
@@ -681,22 +682,20 @@ def _driver_candidates(pdf, pos: dict, n: int, full: bool, cfg: BlockingConfig, 
 
 
 # The candidate rows the score function reads, as the driver path builds them (both sides' fields).
-_FRAME_SCHEMA = ("a string, b string, fused_cosine float, text_cosine float, image_cosine float, blocking string, "
-                 + ", ".join(f"title_{s} string, brand_{s} string, price_{s} double, currency_{s} string"
-                             for s in ("a", "b")))
+_CAND_SCHEMA = "a string, b string, fused_cosine float, text_cosine float, image_cosine float, blocking string"
 
 
 def _match_pairs_on_driver(spark, lake, flagged, n: int, full: bool, scorer, version: str, run_id: str,
                            model_version: str, now, cfg: MatchConfig) -> PairStats:
-    """:func:`_match_pairs` for a catalog that fits on the driver: the rows collected once, blocked and scored
-    there by the same functions as the Spark tasks run (the cross-encoder's pairs in one Spark job, in the warm
-    Python workers), and committed by pyarrow. The Spark path runs a dozen small jobs, each with its own
-    scheduling and shuffles."""
+    """:func:`_match_pairs` for a catalog that fits on the driver: the rows collected once and blocked there by
+    the same functions as the Spark tasks run, the candidates scored as the Spark path scores them (:func:`_score`,
+    in the warm Python workers; the feature scorer alone runs on the driver), the matches committed by pyarrow.
+    The Spark path's blocking runs a dozen small jobs, each with its own scheduling and shuffles."""
     import pandas as pd
     from pyspark.sql import functions as F
 
     from schemas.tables import PRODUCT_MATCHES
-    from udfs.matching import SCORE_SCHEMA, CrossSpec, make_score_fn
+    from udfs.matching import make_score_fn
 
     t0 = time.perf_counter()
     pdf = (flagged.select("product_id", "in_query", "embedding", "text_embedding", "image_embedding", "title",
@@ -708,19 +707,23 @@ def _match_pairs_on_driver(spark, lake, flagged, n: int, full: bool, scorer, ver
     blocks.save()
     blocking_seconds = round(time.perf_counter() - t0, 3)
     t1 = time.perf_counter()
-    frame = cand[["a", "b", "fused_cosine", "text_cosine", "image_cosine", "blocking"]].copy()
-    for side in ("a", "b"):
-        idx = frame[side].map(pos).to_numpy()
-        for f in ("title", "brand", "price", "currency"):
-            frame[f"{f}_{side}"] = pdf[f].to_numpy()[idx]
-    if cfg.cross and len(frame):
+    cols = ["a", "b", "fused_cosine", "text_cosine", "image_cosine", "blocking"]
+    if cfg.cross and len(cand):
         # The cross-encoder reads the pairs in the Python workers, on every core: they imported torch and loaded
         # models for the embed and attribute stages, so the driver never imports torch (5-10 s of a cold run).
-        cross = CrossSpec(cfg.cross, cfg.cross_prefilter, cfg.torch_threads, precision=cfg.precision)
-        rows = spark.createDataFrame(frame, _FRAME_SCHEMA)
-        new = rows.mapInPandas(make_score_fn(scorer.version, scorer.to_json(), cross=cross), SCORE_SCHEMA).toPandas()
+        # The pairs go as Spark's own path sends them (_score: the listings joined in, one task per
+        # ``rows_per_partition`` pairs). Sent from the driver with the listings attached, in one slice a core,
+        # the 459,000 candidates of a 20,000-product run took 75-79 s to score against 51 s.
+        rows = spark.createDataFrame(cand[cols], _CAND_SCHEMA)
+        parts = max(spark.sparkContext.defaultParallelism, math.ceil(len(cand) / cfg.rows_per_partition))
+        new = _score(rows, flagged, scorer, parts, cfg).toPandas()
         new = new if len(new) else None
     else:   # the feature scorer alone: numpy on the driver, in the Arrow batches a Spark task would get
+        frame = cand[cols].copy()
+        for side in ("a", "b"):
+            idx = frame[side].map(pos).to_numpy()
+            for f in ("title", "brand", "price", "currency"):
+                frame[f"{f}_{side}"] = pdf[f].to_numpy()[idx]
         score = make_score_fn(scorer.version, scorer.to_json())
         chunk = 2048
         parts = list(score(frame.iloc[s:s + chunk] for s in range(0, len(frame), chunk)))
