@@ -683,6 +683,9 @@ def _driver_candidates(pdf, pos: dict, n: int, full: bool, cfg: BlockingConfig, 
 
 # The candidate rows the score function reads, as the driver path builds them (both sides' fields).
 _CAND_SCHEMA = "a string, b string, fused_cosine float, text_cosine float, image_cosine float, blocking string"
+_FRAME_SCHEMA = (_CAND_SCHEMA + ", "
+                 + ", ".join(f"title_{s} string, brand_{s} string, price_{s} double, currency_{s} string"
+                             for s in ("a", "b")))
 
 
 def _match_pairs_on_driver(spark, lake, flagged, n: int, full: bool, scorer, version: str, run_id: str,
@@ -695,7 +698,7 @@ def _match_pairs_on_driver(spark, lake, flagged, n: int, full: bool, scorer, ver
     from pyspark.sql import functions as F
 
     from schemas.tables import PRODUCT_MATCHES
-    from udfs.matching import make_score_fn
+    from udfs.matching import SCORE_SCHEMA, CrossSpec, make_score_fn
 
     t0 = time.perf_counter()
     pdf = (flagged.select("product_id", "in_query", "embedding", "text_embedding", "image_embedding", "title",
@@ -708,26 +711,33 @@ def _match_pairs_on_driver(spark, lake, flagged, n: int, full: bool, scorer, ver
     blocking_seconds = round(time.perf_counter() - t0, 3)
     t1 = time.perf_counter()
     cols = ["a", "b", "fused_cosine", "text_cosine", "image_cosine", "blocking"]
-    if cfg.cross and len(cand):
+    if cfg.cross and len(cand) > cfg.rows_per_partition:
         # The cross-encoder reads the pairs in the Python workers, on every core: they imported torch and loaded
         # models for the embed and attribute stages, so the driver never imports torch (5-10 s of a cold run).
-        # The pairs go as Spark's own path sends them (_score: the listings joined in, one task per
+        # Many pairs go as Spark's own path sends them (_score: the listings joined in, one task per
         # ``rows_per_partition`` pairs). Sent from the driver with the listings attached, in one slice a core,
-        # the 459,000 candidates of a 20,000-product run took 75-79 s to score against 51 s.
+        # the 459,000 candidates of a 20,000-product run took 75-79 s to score against 48 s.
         rows = spark.createDataFrame(cand[cols], _CAND_SCHEMA)
         parts = max(spark.sparkContext.defaultParallelism, math.ceil(len(cand) / cfg.rows_per_partition))
         new = _score(rows, flagged, scorer, parts, cfg).toPandas()
         new = new if len(new) else None
-    else:   # the feature scorer alone: numpy on the driver, in the Arrow batches a Spark task would get
+    else:
         frame = cand[cols].copy()
         for side in ("a", "b"):
             idx = frame[side].map(pos).to_numpy()
             for f in ("title", "brand", "price", "currency"):
                 frame[f"{f}_{side}"] = pdf[f].to_numpy()[idx]
-        score = make_score_fn(scorer.version, scorer.to_json())
-        chunk = 2048
-        parts = list(score(frame.iloc[s:s + chunk] for s in range(0, len(frame), chunk)))
-        new = pd.concat(parts, ignore_index=True) if parts else None
+        if cfg.cross and len(frame):   # few pairs (an increment): sent with their listings, no Spark join
+            cross = CrossSpec(cfg.cross, cfg.cross_prefilter, cfg.torch_threads, precision=cfg.precision)
+            new = (spark.createDataFrame(frame, _FRAME_SCHEMA)
+                   .mapInPandas(make_score_fn(scorer.version, scorer.to_json(), cross=cross), SCORE_SCHEMA)
+                   .toPandas())
+            new = new if len(new) else None
+        else:   # the feature scorer alone: numpy on the driver, in the Arrow batches a Spark task would get
+            score = make_score_fn(scorer.version, scorer.to_json())
+            chunk = 2048
+            parts = list(score(frame.iloc[s:s + chunk] for s in range(0, len(frame), chunk)))
+            new = pd.concat(parts, ignore_index=True) if parts else None
     scoring_seconds = round(time.perf_counter() - t1, 3)
     queries = pdf.loc[pdf["in_query"].astype(bool), ["product_id"]]
     q = spark.createDataFrame([(p,) for p in queries["product_id"]], "product_id string")
