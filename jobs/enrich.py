@@ -134,7 +134,8 @@ def parse_args(argv: list[str] | None = None) -> EnrichConfig:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="inference precision: auto (bf16 where the CPU has AVX-512 BF16/AMX or the GPU supports it, "
                         "else fp32), fp32 or bf16; applies to the models measured to hold their outputs in bf16 "
-                        "(the attribute extractor and the pair cross-encoder), the others run fp32")
+                        "(the attribute extractor, the pair cross-encoder and the encoder's text tower); the image "
+                        "tower runs fp32 on a CPU")
     p.add_argument("--matching", default="auto",
                    help="duplicate matching's pair scorer: auto (the store's current one, skipped when the store "
                         "has none), none, a scorer version folder or a scorer store")
