@@ -22,21 +22,21 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-TASKS = {"category": "articleType", "colour": "baseColour", "usage": "usage", "gender": None}
 FLOOR_POINTS, FLOOR_COSINE = 0.2, 0.999
 
 
 def _scores(bundle, text: np.ndarray, image: np.ndarray, titles: list[str], rows) -> dict[str, tuple[float, float]]:
+    """Accuracy and macro-F1 (in points) per task of ``models.heads.fashion.TASKS`` (``rows`` has their columns)."""
     from sklearn.metrics import f1_score
 
-    from models.heads.fashion import gender_of
+    from models.heads.fashion import TASKS
 
     out = {}
     for task, col in TASKS.items():
         head = bundle.category if task == "category" else bundle.attributes.get(task)
         if head is None:
             continue
-        gold = [gender_of(t) for t in rows["title"].astype(str)] if col is None else rows[col].astype(str).tolist()
+        gold = rows[col].astype(str).tolist()
         pred = [head.classes[i] for i in head.predict(text, image, titles).argmax(axis=1)]
         keep = [i for i, g in enumerate(gold) if g not in (None, "None", "nan")]
         g, p = [gold[i] for i in keep], [pred[i] for i in keep]
@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from models.encoders import load_encoder
     from models.heads.bundle import find_heads, load_heads
     from models.heads.degrade import degrade, known_brands
+    from models.heads.fashion import gender_of
     from models.precision import cpu_has_bf16
     from models.store import store_root
     from models.training.evaluate import embed_data
@@ -70,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"no head bundle in the store for {enc.version}")
     bundle = load_heads(bundle_dir)
     split = load_fashion(a.fashion, size=enc.pixel_geometry)
-    rows = split.valid_rows
-    titles = rows["title"].astype(str).tolist()
+    titles = split.valid_rows["title"].astype(str).tolist()
+    rows = split.valid_rows.assign(gender=[gender_of(t) for t in titles])   # as models.heads.fashion labels it
     kinds = {"full titles": titles,
              "titles cut to the brand": degrade(titles, "brand", 0,
                                                 known_brands(split.train_rows["title"].astype(str).tolist()))}

@@ -278,6 +278,25 @@ def whole_job_table(n: int, warm: dict, plain: dict, cold: dict | None, warm_inc
     return lines
 
 
+def precision_table(precision: str, other: dict, warm: dict[str, float], plain: dict[str, float]) -> None:
+    """Print per stage the Spark warm and plain-loop seconds at ``precision`` and at ``other["precision"]``."""
+    def fmt(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1f}"
+
+    def ratio(x: float | None, y: float | None) -> str:
+        return f"{y / x:.2f}" if x and y else "-"
+
+    o = other["precision"]
+    print(f"\nPer stage, {precision} against {o} (medians, seconds):\n")
+    print(f"| stage | Spark warm {precision} | Spark warm {o} | speed-up | plain {precision} | plain {o} | speed-up |")
+    print("|---|---|---|---|---|---|---|")
+    for name, job, ours in ROWS:
+        w, wo = _row_seconds(warm, job), _row_seconds(other["stages_full"], job)
+        p, po = _row_seconds(plain, ours), _row_seconds(other["stages_plain"], ours)
+        if w is not None or p is not None:
+            print(f"| {name} | {fmt(w)} | {fmt(wo)} | {ratio(w, wo)} | {fmt(p)} | {fmt(po)} | {ratio(p, po)} |")
+
+
 def _with_total(run: dict | None) -> dict | None:
     return None if run is None else {**run["stages"], "total": run["seconds"]}
 
@@ -462,20 +481,6 @@ def main(argv: list[str] | None = None) -> int:
         first = figures["first_pair"]
         print(f"| first pair: Spark / plain | {first['spark_vs_plain']:.2f} "
               f"({plains[0]['seconds']} s / {fulls[0]['seconds']} s) | >= {TARGETS['spark_vs_plain']} |")
-    if prec_fulls:
-        c = figures["compare_precision"]
-        print(f"\nPer stage, {a.precision} against {c['precision']} (medians, seconds):\n")
-        print(f"| stage | Spark warm {a.precision} | Spark warm {c['precision']} | speed-up | plain {a.precision} | "
-              f"plain {c['precision']} | speed-up |\n|---|---|---|---|---|---|---|")
-        for name, job, ours in ROWS:
-            w, wo = _row_seconds(warm_stages, job), _row_seconds(c["stages_full"], job)
-            p_, po = _row_seconds(plain_stages, ours), _row_seconds(c["stages_plain"], ours)
-            if w is None and p_ is None:
-                continue
-            fmt = lambda x: "-" if x is None else f"{x:.1f}"   # noqa: E731
-            ratio = lambda x, y: f"{y / x:.2f}" if x and y else "-"   # noqa: E731
-            print(f"| {name} | {fmt(w)} | {fmt(wo)} | {ratio(w, wo)} | {fmt(p_)} | {fmt(po)} | {ratio(p_, po)} |")
-        print()
     for who, rec in planted.items():
         if rec:
             print(f"| planted duplicate pairs recovered, {who.replace('_', ' ')}: same cluster / matched | "
@@ -491,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| peak RSS GiB, Spark cold: all / driver / JVM / largest Python worker | {ck['all']} / "
               f"{ck.get('driver', '-')} / {ck.get('jvm', '-')} / {ck.get('workers', '-')} | |")
     print(f"| peak RSS GiB, plain loop (this process) | {figures['peak_gib_plain']} | |")
+    if prec_fulls:
+        precision_table(a.precision, figures["compare_precision"], warm_stages, plain_stages)
     if a.json:
         Path(a.json).write_text(json.dumps(figures, indent=2))
     return 0

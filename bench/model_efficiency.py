@@ -178,8 +178,8 @@ def measure(a: argparse.Namespace, peak: dict[str, float]) -> tuple[list[dict], 
                 cos = (x * y).sum(1)
                 notes.append(f"{tower} tower {precision}: embedding cosine to fp32 min {cos.min():.5f}, "
                              f"median {np.median(cos):.5f}")
-    enc = load_encoder("default", device=a.device, precision="fp32")
     if a.int8:
+        enc = load_encoder("default", device=a.device, precision="fp32")
         enc.model.text = int8_dynamic(enc.model.text)
         s, q_emb = timed(lambda: enc.embed_texts(titles), a.repeats)
         cos = (np.asarray(text_base) * np.asarray(q_emb)).sum(1)

@@ -233,18 +233,18 @@ def load_encoder(ref: str | ModelRef | None = None, device: str | None = None,
     except (RuntimeError, OSError) as e:
         raise RuntimeError(f"could not load model {mref.version!r}: {e}") from e
     model.eval()
-    if precision is not None:   # the job's encoder (it passes its --precision): the serving form
-        serving_form(model.visual)
     ctx = int(text_cfg.get("context_length", 77))
     if text_cfg.get("hf_tokenizer_name"):
         tokenize = _hf_tokenizer(_resolve_text_cfg(text_cfg)["hf_tokenizer_name"], ctx)
     else:
         tokenize = open_clip.get_tokenizer(mref.name if mref.kind != "local" else "ViT-B-32", context_length=ctx)
     enc = Encoder(model, tokenize, mref, dev, ctx, precision)
-    if precision is not None and enc.text_precision == "bf16":   # serving: the text tower only runs in bf16
-        from models.precision import cast_linears
+    if precision is not None:   # the job's encoder (it passes its --precision): the serving form
+        serving_form(model.visual)
+        if enc.text_precision == "bf16":   # the text tower only ever runs under bf16 autocast
+            from models.precision import cast_linears
 
-        cast_linears(model.text)
+            cast_linears(model.text)
     log.info("loaded model %s on %s (text tower %s, image tower %s)", mref.description, dev, enc.text_precision,
              enc.image_precision)
     return enc
