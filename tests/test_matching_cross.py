@@ -305,3 +305,27 @@ def test_hard_pairs_mined_within_a_source_are_non_matches_without_its_duplicates
     assert frozenset({left[5], left[6]}) not in pairs                  # the same title, written twice
     for a, b in zip(mined["left_title"], mined["right_title"], strict=True):
         assert (a in left) == (b in left)                              # never across the two sources
+
+
+def test_fine_tuning_starts_from_a_stored_version_of_the_same_shape_only(random_cross):
+    """--init: the layers start as the stored version's (so a run continues it), and a version trained with
+    another frozen bottom or word-piece budget is refused before any training."""
+    import torch
+
+    from models.attributes.tagger import load_tower
+    from models.matching.cross import split_cross
+    from models.matching.cross_train import CrossTrainConfig, _init_top
+    from models.refs import text_tower_path
+
+    torch.manual_seed(1)
+    _, bert = load_tower(text_tower_path())
+    _, top = split_cross(bert, 4)
+    stored = load_cross(str(random_cross)).top.state_dict()
+    assert not torch.equal(top.head.weight, stored["head.weight"])     # a fresh head differs from the stored one
+    _init_top(top, CrossTrainConfig(bottom_layers=4, max_length=64, init=str(random_cross)))
+    for name, value in top.state_dict().items():
+        torch.testing.assert_close(value, stored[name])
+    with pytest.raises(ValueError, match="frozen layers"):
+        _init_top(split_cross(bert, 3)[1], CrossTrainConfig(bottom_layers=3, max_length=64, init=str(random_cross)))
+    with pytest.raises(ValueError, match="max length"):
+        _init_top(top, CrossTrainConfig(bottom_layers=4, max_length=96, init=str(random_cross)))

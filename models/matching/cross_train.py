@@ -78,6 +78,7 @@ class CrossTrainConfig:
     limit: int = 0              # train and calibrate on at most this many pairs (a smoke run); 0: all
     device: str = "cpu"         # "cuda", or "auto": cuda where there is one
     max_minutes: float = 0.0    # stop after the epoch that passes this many minutes of training (0: no limit)
+    init: str = ""              # a stored cross-encoder version the layers start from ("": the packaged MiniLM)
 
 
 def _side(pairs: pd.DataFrame, side: str) -> list[str]:
@@ -254,7 +255,7 @@ def _train_top(top: Any, hidden: Sequence[Any], labels: np.ndarray, work: Path, 
     from models.precision import autocast, resolve_precision
 
     device = str(next(top.parameters()).device)
-    precision = resolve_precision("auto", device) if device.startswith("cuda") else "fp32"
+    precision = resolve_precision("auto", device)   # bf16 autocast on a GPU and on a CPU with bf16 (AMX)
     head = [p for n, p in top.named_parameters() if n.startswith("head.")]
     body = [p for n, p in top.named_parameters() if not n.startswith("head.")]
     opt = torch.optim.AdamW([{"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr}],
@@ -332,6 +333,8 @@ def train(data: str | Path, work: Path, cfg: CrossTrainConfig, from_top: Path | 
     tokenizer, bert = load_tower(text_tower_path())
     bottom, top = split_cross(bert, cfg.bottom_layers)
     bottom, top = bottom.to(device), top.to(device)
+    if cfg.init and from_top is None:
+        _init_top(top, cfg)
     t0 = time.perf_counter()
     done = load_top(from_top, top) if from_top is not None else _finished(work, cfg, device)
     # Named once, where the layers were trained: an exported top carries the name that machine gave it.
@@ -368,6 +371,21 @@ def train(data: str | Path, work: Path, cfg: CrossTrainConfig, from_top: Path | 
              "epochs_trained": len(losses), "trained_on": trained_on,
              "trained_parameters": sum(p.numel() for p in top.parameters())}
     return model, {"metrics": metrics, "facts": facts}
+
+
+def _init_top(top: Any, cfg: CrossTrainConfig) -> None:
+    """Start ``top`` from the layers of the stored cross-encoder ``cfg.init`` (checksums verified); it must have
+    been trained with the same frozen bottom and word-piece budget, or its layers would read other inputs."""
+    from models.matching.cross import load_cross, resolve_cross
+
+    stored = json.loads((resolve_cross(cfg.init) / "open_clip_config.json").read_text())
+    bottom, length = int(stored["model_cfg"]["bottom_layers"]), int(stored["preprocess_cfg"]["max_length"])
+    if bottom != cfg.bottom_layers or length != cfg.max_length:
+        raise ValueError(f"--init {cfg.init}: trained with {bottom} frozen layers and max length {length}, this "
+                         f"run has {cfg.bottom_layers} and {cfg.max_length}")
+    from_model = load_cross(cfg.init, device="cpu", precision="fp32")
+    top.load_state_dict(from_model.top.state_dict())
+    log.info("layers start from %s", from_model.version)
 
 
 def _device_name(device: str) -> str:
@@ -561,6 +579,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="stop after the epoch that passes this many minutes of training (the learning-rate "
                         "schedule stays the one of --epochs)")
     p.add_argument("--limit", type=int, default=0, help="train on at most this many pairs (a smoke run)")
+    p.add_argument("--init", default="",
+                   help="start from the layers of this stored cross-encoder version (fine-tune it further; same "
+                        "--bottom-layers and --max-length) instead of the packaged MiniLM")
     p.add_argument("--export-top", type=Path, default=None,
                    help="write the trained layers to this folder instead of storing a version (a GPU machine "
                         "without the model store)")
@@ -584,7 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = CrossTrainConfig(epochs=args.epochs, threads=args.threads, limit=args.limit,
                                bottom_layers=args.bottom_layers, lr=args.lr, batch_size=args.batch_size,
                                max_length=args.max_length, device=args.device, max_minutes=args.max_minutes,
-                               source_neighbours=args.source_neighbours)
+                               source_neighbours=args.source_neighbours, init=args.init)
     model, result = train(args.data, args.work, cfg, from_top=args.from_top)
     sys.stdout.write(json.dumps(result["metrics"], indent=1) + "\n")
     if args.export_top:
