@@ -329,3 +329,33 @@ def test_fine_tuning_starts_from_a_stored_version_of_the_same_shape_only(random_
         _init_top(split_cross(bert, 3)[1], CrossTrainConfig(bottom_layers=3, max_length=64, init=str(random_cross)))
     with pytest.raises(ValueError, match="max length"):
         _init_top(top, CrossTrainConfig(bottom_layers=4, max_length=96, init=str(random_cross)))
+
+
+def test_lspc_pairs_train_with_the_crawls_markup_left_out(tmp_path):
+    """--lspc: WDC LSPC v2 titles lose their quotes, language tags and Null placeholders, keep model codes and
+    numbers; a pair whose side is empty once cleaned is dropped; an unknown category or split is refused."""
+    import pandas as pd
+
+    from models.matching.data import clean_lspc_title, load_lspc
+
+    assert clean_lspc_title('"Panasonic Lumix DMC-FX55 (Silver)"@en, " Panasonic (Silver) "@en Prices"@en') == \
+        "Panasonic Lumix DMC-FX55 (Silver) , Panasonic (Silver) Prices"
+    assert clean_lspc_title('"458418-B21 HP E5410 2.33GHz", "Null" "New 458418-B21"') == \
+        "458418-B21 HP E5410 2.33GHz , New 458418-B21"
+    assert clean_lspc_title('"Null"') == "" and clean_lspc_title(None) == ""
+
+    df = pd.DataFrame({"split": ["train_medium", "train_medium", "train_medium", "valid_medium"],
+                       "label": [1, 0, 1, 1],
+                       "left_title": ['"HP 1GB DDR"@en', '"Null"', '"Sony A7 III"', '"x"'],
+                       "right_title": ['"HP 1 GB DDR RAM"', '"Canon R5"', '"Sony Alpha 7 III body"@de', '"y"']})
+    (tmp_path / "er_magellan").mkdir()
+    df.to_parquet(tmp_path / "er_magellan" / "wdc_lspc_v2_cameras.parquet")
+    pairs = load_lspc(tmp_path, "cameras")
+    assert pairs["left_title"].tolist() == ["HP 1GB DDR", "Sony A7 III"]
+    assert pairs["right_title"].tolist() == ["HP 1 GB DDR RAM", "Sony Alpha 7 III body"]
+    assert pairs["label"].tolist() == [1, 1] and (pairs["dataset"] == "lspc_cameras").all()
+    assert pairs["left_brand"].isna().all() and pairs["right_price"].isna().all()
+    with pytest.raises(ValueError, match="unknown LSPC category"):
+        load_lspc(tmp_path, "phones")
+    with pytest.raises(ValueError, match="no split"):
+        load_lspc(tmp_path, "cameras", "train_large")

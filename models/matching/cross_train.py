@@ -52,7 +52,7 @@ from models.matching.cross import (
     serialize,
     split_cross,
 )
-from models.matching.data import BENCHMARKS, load_offers, load_pairs
+from models.matching.data import BENCHMARKS, LSPC_CATEGORIES, load_lspc, load_offers, load_pairs
 from models.matching.train import best_threshold, prf
 
 __all__ = ["CrossTrainConfig", "export_top", "exported_config", "load_top", "load_training_pairs", "main",
@@ -79,6 +79,7 @@ class CrossTrainConfig:
     device: str = "cpu"         # "cuda", or "auto": cuda where there is one
     max_minutes: float = 0.0    # stop after the epoch that passes this many minutes of training (0: no limit)
     init: str = ""              # a stored cross-encoder version the layers start from ("": the packaged MiniLM)
+    lspc: str = ""              # LSPC v2 categories whose train_medium pairs train too, comma-separated ("": none)
 
 
 def _side(pairs: pd.DataFrame, side: str) -> list[str]:
@@ -167,6 +168,8 @@ def load_training_pairs(data: str | Path, cfg: CrossTrainConfig) -> tuple[pd.Dat
         for name, b in BENCHMARKS.items():
             if name != "wdc_products":   # two-source benchmarks only; WDC's offers are mined by cluster above
                 train.append(mine_source_pairs(data, name, b.splits[0], cfg.source_neighbours))
+    for category in filter(None, (c.strip() for c in cfg.lspc.split(","))):
+        train.append(load_lspc(data, category))
 
     def frame(parts: list[pd.DataFrame]) -> pd.DataFrame:
         df = pd.concat(parts, ignore_index=True)
@@ -579,6 +582,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="stop after the epoch that passes this many minutes of training (the learning-rate "
                         "schedule stays the one of --epochs)")
     p.add_argument("--limit", type=int, default=0, help="train on at most this many pairs (a smoke run)")
+    p.add_argument("--lspc", default="",
+                   help=f"also train on the train_medium pairs of these WDC LSPC v2 categories, comma-separated, of "
+                        f"{', '.join(LSPC_CATEGORIES)} (crawled offer titles; not reported)")
     p.add_argument("--init", default="",
                    help="start from the layers of this stored cross-encoder version (fine-tune it further; same "
                         "--bottom-layers and --max-length) instead of the packaged MiniLM")
@@ -605,7 +611,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = CrossTrainConfig(epochs=args.epochs, threads=args.threads, limit=args.limit,
                                bottom_layers=args.bottom_layers, lr=args.lr, batch_size=args.batch_size,
                                max_length=args.max_length, device=args.device, max_minutes=args.max_minutes,
-                               source_neighbours=args.source_neighbours, init=args.init)
+                               source_neighbours=args.source_neighbours, init=args.init,
+                               lspc=args.lspc)
     model, result = train(args.data, args.work, cfg, from_top=args.from_top)
     sys.stdout.write(json.dumps(result["metrics"], indent=1) + "\n")
     if args.export_top:

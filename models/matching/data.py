@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,8 @@ import pandas as pd
 
 from models.matching.features import pair_features, prepare
 
-__all__ = ["BENCHMARKS", "Benchmark", "TitleVectors", "default_cache_dir", "featurize", "load_offers", "load_pairs",
-           "offer_candidate_pairs"]
+__all__ = ["BENCHMARKS", "LSPC_CATEGORIES", "Benchmark", "TitleVectors", "clean_lspc_title", "default_cache_dir",
+           "featurize", "load_lspc", "load_offers", "load_pairs", "offer_candidate_pairs"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,40 @@ def load_pairs(data_dir: str | os.PathLike, name: str, split: str) -> pd.DataFra
     pairs["label"] = df["label"].astype(int).to_numpy()
     pairs.insert(0, "dataset", name)
     return pairs
+
+
+# The WDC LSPC v2 training pairs (``er_magellan/wdc_lspc_v2_<category>.parquet``): crawled offer titles of four
+# categories, labelled through shared product identifiers. Training data only: their valid splits are not reported.
+LSPC_CATEGORIES = ("computers", "cameras", "watches", "shoes")
+_LSPC_NOISE = re.compile(r'"@[A-Za-z]{2}(?:-[A-Za-z]+)?|"|\bNull\b')
+
+
+def clean_lspc_title(text: object) -> str:
+    """An LSPC title as a listing's title: the quotes, language tags (``"@en``) and ``Null`` placeholders of the
+    crawl left out, separators that start or end it dropped, whitespace collapsed."""
+    s = " ".join(_LSPC_NOISE.sub(" ", "" if text is None else str(text)).split())
+    return s.strip(" ,-|")
+
+
+def load_lspc(data_dir: str | os.PathLike, category: str, split: str = "train_medium") -> pd.DataFrame:
+    """LSPC v2 pairs of one category and split in :func:`load_pairs`' form (title only: the crawl has no brand or
+    price fields); pairs with a side left empty by the cleaning are dropped."""
+    if category not in LSPC_CATEGORIES:
+        raise ValueError(f"unknown LSPC category {category!r}; known: {', '.join(LSPC_CATEGORIES)}")
+    df = pd.read_parquet(Path(data_dir) / "er_magellan" / f"wdc_lspc_v2_{category}.parquet")
+    df = df[df["split"] == split].reset_index(drop=True)
+    if df.empty:
+        raise ValueError(f"LSPC {category} has no split {split!r}")
+    out: dict[str, object] = {"dataset": f"lspc_{category}"}
+    for side in ("left", "right"):
+        titles = df[f"{side}_title"].map(clean_lspc_title)
+        out[f"{side}_id"] = [f"{side[0]}:{_record_id(category, t)}" for t in titles]
+        out[f"{side}_title"] = titles
+        for field in ("brand", "price", "currency"):
+            out[f"{side}_{field}"] = None
+    pairs = pd.DataFrame(out)
+    pairs["label"] = df["label"].astype(int).to_numpy()
+    return pairs[(pairs["left_title"] != "") & (pairs["right_title"] != "")].reset_index(drop=True)
 
 
 def load_offers(data_dir: str | os.PathLike, split: str = "valid_medium") -> pd.DataFrame:
