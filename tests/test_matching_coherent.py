@@ -216,3 +216,30 @@ def test_magellan_catalogs_hold_each_record_once_with_the_labelled_matches_as_tr
     t = {k: cs.truth[by_title[v[12:]]] for k, v in ser.items()}
     assert t["s1"] == t["t1"] and t["s2"] == t["t2"] and len({t["s1"], t["s2"], t["t3"]}) == 3
     assert cs.catalog["price"].notna().sum() == 2      # the two left records carry "$10"
+
+
+def test_truth_gap_reading_counts_matches_by_kind_and_the_shops_model_numbers():
+    """bench/catalog_truth_gaps.py: a false match whose records carry the same model number reads as a likely
+    gap of the truth; one with different model numbers, or a model number the other title lacks, as different."""
+    import pandas as pd
+
+    from bench.catalog_truth_gaps import reading, table
+
+    assert reading("dcs1100", "dcs1100", "", "") == "same model number"
+    assert reading("zt5030310m", "zt5030110m", "", "") == "different"
+    assert reading("tsg6843r", "", "", "pioneertsg6843r6x8speakers") == "same model number"
+    assert reading("abc", "", "", "abc speaker") == "unknown"                  # too short to look for
+    assert reading("", "", "x", "y") == "unknown"
+    records = pd.DataFrame({
+        "record_id": ["W:1", "A:1", "A:2", "A:3", "A:4"], "source": ["W", "A", "A", "A", "A"],
+        "modelno": ["TS-G6843R", "TS-G6843R", "", "ZT-50303", "ZT-50301"],
+        "title": ["Pioneer TS-G6843R", "Pioneer TS G6843R speakers", "PIONEER TS-G6843R 6 X 8", "Zotac", "Zotac"],
+        "gt_entity_id": ["g1", "g1", "A:2", "A:3", "A:4"]})
+    matches = pd.DataFrame({"product_id_a": ["A:1", "A:1", "A:3", "A:2"], "product_id_b": ["W:1", "A:2", "A:4", "W:1"],
+                            "score": [0.9, 0.95, 0.97, 0.5]})
+    t = table(records, matches, min_score=0.6)
+    assert t.loc["true", "same model number"] == 1
+    assert t.loc["false, within one shop", "same model number"] == 1        # A:1 / A:2: a gap of the truth
+    assert t.loc["false, within one shop", "different"] == 1                # two Zotac cards one digit apart
+    assert "false, across the shops" not in t.index                         # the 0.5 match is under min_score
+    assert t["matches"].sum() == 3
