@@ -530,6 +530,13 @@ def card(cfg: CrossTrainConfig, result: dict[str, Any]) -> str:
                   f"Walmart-Amazon: each record's {cfg.source_neighbours} nearest TF-IDF neighbours in its own table "
                   "(the clean-clean benchmarks list a product once per source; same-titled listings and pairs "
                   "matched through the other source left out).")
+    lspc = ""
+    if cfg.lspc:
+        n = sum(v for k, v in f.get("by_dataset", {}).items() if k.startswith("lspc_"))
+        lspc = (f" Beside them {n:,} WDC LSPC v2 train_medium pairs ({cfg.lspc.replace(',', ', ')}: crawled offer "
+                "titles, their markup cleaned).")
+    start = (f"Started from the layers of `{cfg.init}` and fine-tuned further here (its own training is in its card).\n"
+             if cfg.init else "")
     if cfg.bottom_layers:
         frozen, tuned = f"its embeddings and lower {cfg.bottom_layers} layers frozen and not stored", "its upper layers"
     else:
@@ -543,8 +550,8 @@ head on `[CLS]` and the mean token state ({f['trained_parameters']:,} trained pa
 
 Trained on {f['train_pairs']:,} pairs ({f['train_matches']:,} matches), each in both orders: the train splits of
 Abt-Buy, Amazon-Google, Walmart-Amazon (DeepMatcher, lower-cased) and WDC Products train_medium, plus the WDC train
-offers' {cfg.mined_neighbours} nearest TF-IDF neighbours labelled by cluster.{within}
-{f.get('epochs_trained', cfg.epochs)} of {cfg.epochs} epochs, AdamW (lr {cfg.lr}, head {cfg.head_lr}), batch
+offers' {cfg.mined_neighbours} nearest TF-IDF neighbours labelled by cluster.{within}{lspc}
+{start}{f.get('epochs_trained', cfg.epochs)} of {cfg.epochs} epochs, AdamW (lr {cfg.lr}, head {cfg.head_lr}), batch
 {cfg.batch_size}, max length {cfg.max_length}, {f['train_seconds']:.0f} s on {f.get('trained_on', 'cpu')}.
 Calibration (logistic on the logit, a={c['a']:.3f}, b={c['b']:.3f}, beside the exact-evidence pair features:
 {', '.join(f'{k} {v:+.2f}' for k, v in c.get('features', {}).items()) or 'none'}) and threshold {c['threshold']}
