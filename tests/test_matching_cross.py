@@ -359,3 +359,38 @@ def test_lspc_pairs_train_with_the_crawls_markup_left_out(tmp_path):
         load_lspc(tmp_path, "phones")
     with pytest.raises(ValueError, match="no split"):
         load_lspc(tmp_path, "cameras", "train_large")
+
+
+def test_reworded_copies_reorder_one_title_and_keep_its_words_and_the_label():
+    """--reword-share: a copy reorders one listing's words and toggles its model codes' hyphens (KE-8301 <->
+    KE8301), loses no word, keeps the label, and is drawn from matches and non-matches alike."""
+    import random
+    import re
+
+    import pandas as pd
+
+    from models.matching.cross_train import reword, reworded_copies
+
+    def bag(title: str) -> list[str]:
+        return sorted(re.sub(r"[^a-z0-9]", "", w.lower()) for w in title.split())
+
+    title = "Kestrel Unisex Black Watch KE-8301 40 inch kdl40ex500"
+    out = reword(title, random.Random(3))
+    assert out != title and bag(out) == bag(title)
+    assert "KE8301" in out.split() and "kdl-40ex500" in out.split()    # hyphens toggled, nothing else changed
+    assert reword(title, random.Random(3)) == out                       # seeded
+
+    rows = [("Acme Kettle AC-1000 steel", "acme steel kettle ac1000", 1), ("Zeta desk lamp", "Zeta lamp ZE-3", 0)] * 10
+    pairs = pd.DataFrame({"dataset": "abt_buy", "left_title": [a for a, _, _ in rows],
+                          "right_title": [b for _, b, _ in rows], "left_brand": None, "right_brand": "acme",
+                          "left_price": 12.5, "right_price": None, "label": [y for _, _, y in rows]})
+    pairs["a"] = [serialize({"title": t, "price": 12.5}) for t in pairs["left_title"]]
+    pairs["b"] = [serialize({"title": t, "brand": "acme"}) for t in pairs["right_title"]]
+    copies = reworded_copies(pairs, 0.5, seed=0)
+    assert len(copies) == 10 and set(copies["label"]) == {0, 1} and (copies["dataset"] == "abt_buy_reworded").all()
+    for row in copies.itertuples(index=False):
+        original = rows[0] if row.label == 1 else rows[1]
+        assert bag(row.left_title) == bag(original[0]) and bag(row.right_title) == bag(original[1])
+        assert row.a == serialize({"title": row.left_title, "price": 12.5})          # serialised from the new title
+        assert row.b == serialize({"title": row.right_title, "brand": "acme"})
+    assert reworded_copies(pairs, 0.0, seed=0).empty

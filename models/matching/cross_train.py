@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import random
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -56,7 +57,7 @@ from models.matching.data import BENCHMARKS, LSPC_CATEGORIES, load_lspc, load_of
 from models.matching.train import best_threshold, prf
 
 __all__ = ["CrossTrainConfig", "export_top", "exported_config", "load_top", "load_training_pairs", "main",
-           "mine_offer_pairs", "mine_source_pairs"]
+           "mine_offer_pairs", "mine_source_pairs", "reword", "reworded_copies"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class CrossTrainConfig:
     max_minutes: float = 0.0    # stop after the epoch that passes this many minutes of training (0: no limit)
     init: str = ""              # a stored cross-encoder version the layers start from ("": the packaged MiniLM)
     lspc: str = ""              # LSPC v2 categories whose train_medium pairs train too, comma-separated ("": none)
+    reword_share: float = 0.0   # this share of the training pairs also trains reworded (reworded_copies; 0: none)
 
 
 def _side(pairs: pd.DataFrame, side: str) -> list[str]:
@@ -188,6 +190,40 @@ def load_training_pairs(data: str | Path, cfg: CrossTrainConfig) -> tuple[pd.Dat
                       for a, b in zip(tr["a"], tr["b"], strict=True)])
     tr["calibration"] = share < cfg.calibration_share
     return tr, va
+
+
+_CODE_JOIN = re.compile(r"^([^\W\d_]+)-?(\d[\w]*)$")
+
+
+def reword(title: str, rng: random.Random) -> str:
+    """The same listing as another seller might write it: its words in another order, and each model code that
+    joins letters to digits written with the hyphen if it had none and without it if it had one ("KE-8301" <->
+    "KE8301"). Nothing is added or lost: the words compared without order and punctuation stay the same."""
+    words = str(title or "").split()
+    rng.shuffle(words)
+    out = []
+    for w in words:
+        m = _CODE_JOIN.match(w)
+        out.append(w if m is None else (m[1] + m[2] if "-" in w else f"{m[1]}-{m[2]}"))
+    return " ".join(out)
+
+
+def reworded_copies(pairs: pd.DataFrame, share: float, seed: int) -> pd.DataFrame:
+    """Copies of ``share`` of ``pairs`` (matches and non-matches alike, so that word order says nothing about the
+    label) with one listing's title reworded (:func:`reword`), the other as it was; ``dataset`` gets the suffix
+    ``_reworded``. The labelled pairs never show a title with its words reordered, which sellers write."""
+    if share <= 0 or pairs.empty:
+        return pairs.iloc[:0]
+    rng = random.Random(seed)
+    out = pairs.sample(frac=min(share, 1.0), random_state=seed).reset_index(drop=True)
+    for i in range(len(out)):
+        side = rng.choice(("left", "right"))
+        title = reword(out.at[i, f"{side}_title"], rng)
+        out.at[i, f"{side}_title"] = title
+        out.at[i, "a" if side == "left" else "b"] = serialize(
+            {"title": title, "brand": out.at[i, f"{side}_brand"], "price": out.at[i, f"{side}_price"]})
+    out["dataset"] = out["dataset"].astype(str) + "_reworded"
+    return out
 
 
 def _cache(bottom: Any, tokenizer: Any, a: Sequence[str], b: Sequence[str], max_length: int,
@@ -330,6 +366,7 @@ def train(data: str | Path, work: Path, cfg: CrossTrainConfig, from_top: Path | 
     if cfg.limit:
         tr = tr.sample(min(cfg.limit, len(tr)), random_state=cfg.seed).reset_index(drop=True)
     fit, cal = tr[~tr["calibration"]].reset_index(drop=True), tr[tr["calibration"]].reset_index(drop=True)
+    fit = pd.concat([fit, reworded_copies(fit, cfg.reword_share, cfg.seed)], ignore_index=True)
     log.info("pairs: %d train (%d matches) + %d calibration, %d valid on %s; by dataset: %s", len(fit),
              int(fit["label"].sum()), len(cal), len(va), device, fit["dataset"].value_counts().to_dict())
     quiet_transformers()
@@ -535,6 +572,10 @@ def card(cfg: CrossTrainConfig, result: dict[str, Any]) -> str:
         n = sum(v for k, v in f.get("by_dataset", {}).items() if k.startswith("lspc_"))
         lspc = (f" Beside them {n:,} WDC LSPC v2 train_medium pairs ({cfg.lspc.replace(',', ', ')}: crawled offer "
                 "titles, their markup cleaned).")
+    if cfg.reword_share:
+        n = sum(v for k, v in f.get("by_dataset", {}).items() if k.endswith("_reworded"))
+        lspc += (f" Beside them {n:,} reworded copies of training pairs (one title's words reordered and its model "
+                 "codes' hyphens toggled, labels kept).")
     start = (f"Started from the layers of `{cfg.init}` and fine-tuned further here (its own training is in its card).\n"
              if cfg.init else "")
     if cfg.bottom_layers:
@@ -592,6 +633,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--lspc", default="",
                    help=f"also train on the train_medium pairs of these WDC LSPC v2 categories, comma-separated, of "
                         f"{', '.join(LSPC_CATEGORIES)} (crawled offer titles; not reported)")
+    p.add_argument("--reword-share", type=float, default=0.0,
+                   help="also train on copies of this share of the training pairs with one title's words reordered "
+                        "and its model codes' hyphens toggled (labels kept; 0: none)")
     p.add_argument("--init", default="",
                    help="start from the layers of this stored cross-encoder version (fine-tune it further; same "
                         "--bottom-layers and --max-length) instead of the packaged MiniLM")
@@ -619,7 +663,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                bottom_layers=args.bottom_layers, lr=args.lr, batch_size=args.batch_size,
                                max_length=args.max_length, device=args.device, max_minutes=args.max_minutes,
                                source_neighbours=args.source_neighbours, init=args.init,
-                               lspc=args.lspc)
+                               lspc=args.lspc, reword_share=args.reword_share)
     model, result = train(args.data, args.work, cfg, from_top=args.from_top)
     sys.stdout.write(json.dumps(result["metrics"], indent=1) + "\n")
     if args.export_top:
