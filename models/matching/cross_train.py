@@ -416,14 +416,16 @@ def train(data: str | Path, work: Path, cfg: CrossTrainConfig, from_top: Path | 
 def _init_top(top: Any, cfg: CrossTrainConfig) -> None:
     """Start ``top`` from the layers of the stored cross-encoder ``cfg.init`` (checksums verified); it must have
     been trained with the same frozen bottom and word-piece budget, or its layers would read other inputs."""
+    from models import store as model_store
     from models.matching.cross import load_cross, resolve_cross
 
-    stored = json.loads((resolve_cross(cfg.init) / "open_clip_config.json").read_text())
+    vdir = resolve_cross(cfg.init)
+    stored = json.loads((vdir / model_store.CONFIG_FILE).read_text())
     bottom, length = int(stored["model_cfg"]["bottom_layers"]), int(stored["preprocess_cfg"]["max_length"])
     if bottom != cfg.bottom_layers or length != cfg.max_length:
         raise ValueError(f"--init {cfg.init}: trained with {bottom} frozen layers and max length {length}, this "
                          f"run has {cfg.bottom_layers} and {cfg.max_length}")
-    from_model = load_cross(cfg.init, device="cpu", precision="fp32")
+    from_model = load_cross(str(vdir), device="cpu", precision="fp32")
     top.load_state_dict(from_model.top.state_dict())
     log.info("layers start from %s", from_model.version)
 
@@ -567,17 +569,17 @@ def card(cfg: CrossTrainConfig, result: dict[str, Any]) -> str:
                   f"Walmart-Amazon: each record's {cfg.source_neighbours} nearest TF-IDF neighbours in its own table "
                   "(the clean-clean benchmarks list a product once per source; same-titled listings and pairs "
                   "matched through the other source left out).")
-    lspc = ""
+    extra = ""
     if cfg.lspc:
         n = sum(v for k, v in f.get("by_dataset", {}).items() if k.startswith("lspc_"))
-        lspc = (f" Beside them {n:,} WDC LSPC v2 train_medium pairs ({cfg.lspc.replace(',', ', ')}: crawled offer "
-                "titles, their markup cleaned).")
+        extra = (f" Beside them {n:,} WDC LSPC v2 train_medium pairs ({cfg.lspc.replace(',', ', ')}: crawled offer "
+                 "titles, their markup cleaned).")
     if cfg.reword_share:
         n = sum(v for k, v in f.get("by_dataset", {}).items() if k.endswith("_reworded"))
-        lspc += (f" Beside them {n:,} reworded copies of training pairs (one title's words reordered and its model "
-                 "codes' hyphens toggled, labels kept).")
-    start = (f"Started from the layers of `{cfg.init}` and fine-tuned further here (its own training is in its card).\n"
-             if cfg.init else "")
+        extra += (f" Beside them {n:,} reworded copies of training pairs (one title's words reordered and its model "
+                  "codes' hyphens toggled, labels kept).")
+    start = (f"Started from the layers of `{Path(cfg.init).name}` and fine-tuned further here (its own training is "
+             "in its card).\n" if cfg.init else "")
     if cfg.bottom_layers:
         frozen, tuned = f"its embeddings and lower {cfg.bottom_layers} layers frozen and not stored", "its upper layers"
     else:
@@ -591,7 +593,7 @@ head on `[CLS]` and the mean token state ({f['trained_parameters']:,} trained pa
 
 Trained on {f['train_pairs']:,} pairs ({f['train_matches']:,} matches), each in both orders: the train splits of
 Abt-Buy, Amazon-Google, Walmart-Amazon (DeepMatcher, lower-cased) and WDC Products train_medium, plus the WDC train
-offers' {cfg.mined_neighbours} nearest TF-IDF neighbours labelled by cluster.{within}{lspc}
+offers' {cfg.mined_neighbours} nearest TF-IDF neighbours labelled by cluster.{within}{extra}
 {start}{f.get('epochs_trained', cfg.epochs)} of {cfg.epochs} epochs, AdamW (lr {cfg.lr}, head {cfg.head_lr}), batch
 {cfg.batch_size}, max length {cfg.max_length}, {f['train_seconds']:.0f} s on {f.get('trained_on', 'cpu')}.
 Calibration (logistic on the logit, a={c['a']:.3f}, b={c['b']:.3f}, beside the exact-evidence pair features:
@@ -637,8 +639,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="also train on copies of this share of the training pairs with one title's words reordered "
                         "and its model codes' hyphens toggled (labels kept; 0: none)")
     p.add_argument("--init", default="",
-                   help="start from the layers of this stored cross-encoder version (fine-tune it further; same "
-                        "--bottom-layers and --max-length) instead of the packaged MiniLM")
+                   help="start from the layers of this cross-encoder (store:VERSION of --store, or a version "
+                        "folder) and fine-tune it further (same --bottom-layers and --max-length), instead of the "
+                        "packaged MiniLM")
     p.add_argument("--export-top", type=Path, default=None,
                    help="write the trained layers to this folder instead of storing a version (a GPU machine "
                         "without the model store)")
@@ -659,10 +662,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = CrossTrainConfig(**{**asdict(trained), "threads": args.threads, "device": args.device,
                                   "limit": args.limit})
     else:
+        init = ""
+        if args.init:   # a version of --store (or a version folder), resolved here where the store is known
+            from models.matching.cross import resolve_cross
+            from models.store import ModelIntegrityError
+
+            try:
+                init = str(resolve_cross(args.init, args.store))
+            except ModelIntegrityError as e:
+                p.error(f"--init: {e}")
         cfg = CrossTrainConfig(epochs=args.epochs, threads=args.threads, limit=args.limit,
                                bottom_layers=args.bottom_layers, lr=args.lr, batch_size=args.batch_size,
                                max_length=args.max_length, device=args.device, max_minutes=args.max_minutes,
-                               source_neighbours=args.source_neighbours, init=args.init,
+                               source_neighbours=args.source_neighbours, init=init,
                                lspc=args.lspc, reword_share=args.reword_share)
     model, result = train(args.data, args.work, cfg, from_top=args.from_top)
     sys.stdout.write(json.dumps(result["metrics"], indent=1) + "\n")
