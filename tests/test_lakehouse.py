@@ -103,6 +103,23 @@ def test_files_outside_the_log_are_invisible(spark, lake, tmp_path):
     assert DeltaTable(str(lake.path(ITEMS))).to_pandas()["product_id"].tolist() == ["a"]
 
 
+def test_read_arrow_reads_the_rows_spark_reads_and_only_those_in_the_log(spark, lake):
+    """The driver's pyarrow read sees what ``read`` sees after replacing upserts (no removed file's old rows,
+    no stray file outside the log), filtered and projected; an empty table reads as no rows with the columns."""
+    import pyarrow.dataset as ds
+
+    assert lake.read_arrow(ITEMS, ["product_id"]).num_rows == 0
+    assert lake.read_arrow(ITEMS, ["product_id"]).column_names == ["product_id"]
+    lake.upsert(ITEMS, rows(spark, [(f"p{i}", "old") for i in range(10)]), run_id="r1")
+    lake.upsert(ITEMS, rows(spark, [("p3", "new"), ("p11", "new")], 1), run_id="r2")
+    rows(spark, [("zzz", "orphan")], 1).write.parquet(str(lake.path(ITEMS) / "run-crashed-1-deadbeef"))
+    got = lake.read_arrow(ITEMS)
+    assert sorted(zip(*got.to_pydict().values(), strict=True)) == table_rows(lake)
+    assert got.num_rows == 11 and "zzz" not in got.column("product_id").to_pylist()
+    new = lake.read_arrow(ITEMS, ["product_id"], where=ds.field("value") == "new")
+    assert sorted(new.column("product_id").to_pylist()) == ["p11", "p3"] and new.column_names == ["product_id"]
+
+
 def test_commits_carry_the_run_transaction(spark, lake):
     lake.upsert(ITEMS, rows(spark, [("a", "1")]), run_id="run-42", step=3)
     table = DeltaTable(str(lake.path(ITEMS)))

@@ -120,7 +120,7 @@ def test_lexical_pass_finds_listings_the_embeddings_put_apart(spark, lake):
     import pandas as pd
     from pyspark.sql import functions as F
 
-    from jobs.stages.matching import _Blocks, _candidates, _universe
+    from jobs.stages.matching import _Blocks, _candidates, _universe, _with_embeddings
     from models.matching.blocking import BlockingConfig
     from tests.test_matching_job import VERSION, products, synthetic, write_embeddings
 
@@ -134,7 +134,8 @@ def test_lexical_pass_finds_listings_the_embeddings_put_apart(spark, lake):
               "price": 31.0, "currency": "EUR", "vec": (-v).tolist(), "group": 100}]
     df = pd.concat([df, pd.DataFrame(extra)], ignore_index=True)
     write_embeddings(spark, lake, df, "e1")
-    flagged = _universe(lake, products(spark, df), VERSION).withColumn("in_query", F.lit(True))
+    flagged = _with_embeddings(lake, _universe(lake, products(spark, df), VERSION).withColumn("in_query", F.lit(True)),
+                               VERSION)
 
     def candidates(cfg: BlockingConfig) -> pd.DataFrame:
         cand, both, counters = _candidates(spark, flagged, len(df), True, cfg, _Blocks(lake, VERSION, len(df), True,

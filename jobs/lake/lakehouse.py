@@ -173,6 +173,24 @@ class Lake:
             return self.spark.createDataFrame([], spec.schema)
         return self.spark.read.schema(spec.schema).parquet(*files)
 
+    def read_arrow(self, spec: TableSpec, columns: list[str] | None = None, where=None):
+        """The table as a pyarrow Table on the driver, over exactly the files in its log: for a small table or
+        a few columns that the driver needs whole (no Spark job, no row-by-row conversion of array columns).
+        ``where``: a ``pyarrow.dataset`` expression the files' rows are filtered by."""
+        import pyarrow.dataset as ds
+
+        dt = self.ensure(spec)
+        self._check_readable(dt)
+        if spec.partition_by:
+            raise LakeError(f"{spec.name}: read_arrow does not read partitioned tables")
+        schema = self._arrow_schema(spec)
+        base = self.path(spec)
+        files = [str(base / unquote(p)) for p in self.files(spec)]
+        if not files:
+            empty = schema.empty_table()
+            return empty.select(columns) if columns else empty
+        return ds.dataset(files, schema=schema, format="parquet").to_table(columns=columns, filter=where)
+
     # -- writing ---------------------------------------------------------------------------------------
     def append(self, spec: TableSpec, df, run_id: str, step: int = 1) -> CommitResult:
         """Add ``df``'s rows to the table in one commit."""

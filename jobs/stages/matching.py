@@ -159,18 +159,46 @@ class MatchStats:
         return {k: flat[k] for k in _SUMMARY_KEYS if flat[k] is not None}
 
 
+EMBEDDING_COLUMNS = ("embedding", "text_embedding", "image_embedding")
+
+
 def _universe(lake, products, model_version: str):
-    """Valid catalog rows with their current embeddings, and the hash they are matched under."""
+    """Valid catalog rows that have current embeddings, and the hash they are matched under (the embeddings
+    themselves are joined in by :func:`_with_embeddings` on the Spark path, read by pyarrow on the driver's)."""
     from pyspark.sql import functions as F
 
     from schemas.tables import PRODUCT_EMBEDDINGS
 
     emb = (lake.read(PRODUCT_EMBEDDINGS).where(F.col("model_version") == model_version)
-           .select("product_id", "embedding", "text_embedding", "image_embedding", "content_hash"))
+           .select("product_id", "content_hash"))
     attrs = products.select("product_id", "title", "brand", "price", "currency").dropDuplicates(["product_id"])
     return (attrs.join(emb, "product_id")
             .withColumn("matched_hash", F.concat_ws(":", F.lit(model_version), F.col("content_hash")))
             .drop("content_hash"))
+
+
+def _with_embeddings(lake, flagged, model_version: str):
+    """``flagged`` with the three embeddings of its products (the Spark path's blocking and cosines)."""
+    from pyspark.sql import functions as F
+
+    from schemas.tables import PRODUCT_EMBEDDINGS
+
+    emb = (lake.read(PRODUCT_EMBEDDINGS).where(F.col("model_version") == model_version)
+           .select("product_id", *EMBEDDING_COLUMNS))
+    return flagged.join(emb, "product_id")
+
+
+def _driver_embeddings(lake, model_version: str):
+    """``product_id`` and the three embeddings of every product of ``model_version``, read by pyarrow on the
+    driver (pandas, one numpy array a cell, as Spark's ``toPandas`` gives them). Collected through Spark, the
+    array columns of a 20,000-product catalog took 1.3 s of a 10 s incremental match stage."""
+    import pyarrow.dataset as ds
+
+    from schemas.tables import PRODUCT_EMBEDDINGS
+
+    table = lake.read_arrow(PRODUCT_EMBEDDINGS, ["product_id", *EMBEDDING_COLUMNS],
+                            where=ds.field("model_version") == model_version)
+    return table.to_pandas()
 
 
 def _queries(lake, universe, scorer_version: str, cfg: MatchConfig, changed_ids):
@@ -701,9 +729,10 @@ def _match_pairs_on_driver(spark, lake, flagged, n: int, full: bool, scorer, ver
     from udfs.matching import SCORE_SCHEMA, CrossSpec, make_score_fn
 
     t0 = time.perf_counter()
-    pdf = (flagged.select("product_id", "in_query", "embedding", "text_embedding", "image_embedding", "title",
-                          "brand", F.col("price").cast("double").alias("price"), "currency")
-           .toPandas().sort_values("product_id", kind="stable").reset_index(drop=True))
+    keys = flagged.select("product_id", "in_query", "title", "brand", F.col("price").cast("double").alias("price"),
+                          "currency").toPandas()
+    pdf = (keys.merge(_driver_embeddings(lake, model_version).drop_duplicates("product_id"), on="product_id")
+           .sort_values("product_id", kind="stable").reset_index(drop=True))
     pos = {p: i for i, p in enumerate(pdf["product_id"])}
     blocks = _Blocks(lake, model_version, n, full, cfg.blocking)
     cand, cells, centroid_seconds, largest, searched = _driver_candidates(pdf, pos, n, full, cfg.blocking, blocks)
@@ -817,9 +846,14 @@ def match_and_cluster(spark, lake, products, run_id: str, model_version: str, cf
     log.info("matching: %d products, %d queries (%s)", n, n_q, mode)
     prepare_seconds = round(time.perf_counter() - t_start, 3)
     on_driver = n <= cfg.driver_products and n_q <= cfg.driver_queries
-    match_pairs = _match_pairs_on_driver if on_driver else _match_pairs
-    pairs = (match_pairs(spark, lake, flagged, n, full, scorer, version, run_id, model_version, now, cfg)
-             if n_q and n >= 2 else PairStats())
+    pairs = PairStats()
+    if n_q and n >= 2 and on_driver:
+        pairs = _match_pairs_on_driver(spark, lake, flagged, n, full, scorer, version, run_id, model_version, now,
+                                       cfg)
+    elif n_q and n >= 2:
+        vectors = _with_embeddings(lake, flagged, model_version).persist(StorageLevel.MEMORY_AND_DISK)
+        pairs = _match_pairs(spark, lake, vectors, n, full, scorer, version, run_id, model_version, now, cfg)
+        vectors.unpersist()
     t2 = time.perf_counter()
     clustering = _recluster(spark, lake, flagged, n, n_q, run_id, now, cfg)
     clustering_seconds = round(time.perf_counter() - t2, 3)
