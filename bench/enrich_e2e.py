@@ -47,7 +47,9 @@ whole list of column rules (:mod:`bench.e2e_plain`). With ``--stages embed`` the
 Peak resident memory is sampled over each phase: for the warm Spark runs the driver (Python), the JVM (driver
 and, in local mode, the executors) and the largest Python worker; for a cold run the same in its process tree;
 for the plain loop this process. ``--repeats`` repeats the plain loop and the warm Spark full run alternately
-(fresh lake each time) and reports medians. ``--precision`` is the job's (``auto`` by default: bf16 where the CPU
+(fresh lake each time) and reports medians. Before the timed runs, ``--warmup`` (300) listings of a separate small
+catalog go once through the plain loop and the Spark job at each precision, untimed: "warm" means that the JVM
+has compiled its hot paths and the Python workers are up, as in any run after the first of a session. ``--precision`` is the job's (``auto`` by default: bf16 where the CPU
 has AVX-512 BF16/AMX, for the models measured to hold it); ``--compare-precision fp32`` also runs, in each
 repeat, the plain loop and the warm Spark full run at that precision on the same catalog, and prints each
 side's products/s ratio of the chosen precision to it.
@@ -122,6 +124,21 @@ def spark_run(spark, catalog: Path, lake: Path, run_id: str, st: Settings) -> di
             "products_per_s": round(c["read"] / seconds, 1), "stages": _with_rest(summary.timings, seconds),
             "images_read": summary.images.get("read"), "images": summary.images.get("checked"),
             "matches": c.get("matches_written"), "clusters": c.get("duplicate_clusters")}
+
+
+def warm_up(spark, work: Path, n: int, image_size: int, st: Settings, other: Settings | None) -> None:
+    """Run a small catalog of ``n`` listings through the plain loop and the Spark job at each precision, untimed:
+    a "warm" figure is then the second run of its kind in the process, as in a long-lived session. Without it,
+    the first Spark run paid the JVM's just-in-time compilation and the Python workers' start (its validate stage
+    took 10.3 s against 3.9 s in the next run) and the first plain loop torch's first calls."""
+    t = time.perf_counter()
+    small = make_catalog(work / "catalog", n, image_size)
+    for s in (st, other) if other is not None else (st,):
+        plain_loop(small, work / f"plain-{s.precision}", s.model, s.device, s.batch_size, s.decode_threads,
+                   s.stages, precision=s.precision)
+        spark_run(spark, small, work / f"lake-{s.precision}", f"bench-warmup-{s.precision}", s)
+    print(f"warm-up: {n} listings through the plain loop and the Spark job, untimed, in "
+          f"{time.perf_counter() - t:.0f} s", flush=True)
 
 
 def cold_run(catalog: Path, lake: Path, run_id: str, st: Settings, log: Path, jvm_archive: bool = False) -> dict:
@@ -323,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--decode-threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=1, help="plain/Spark full-run pairs; medians are reported")
+    ap.add_argument("--warmup", type=int, default=300,
+                    help="listings of a small catalog run once, untimed, through the plain loop and the Spark job "
+                         "at each precision before the timed runs, so that no timed run pays the process's first "
+                         "Spark jobs (JIT, the Python workers' start) or first model calls (0: none)")
     ap.add_argument("--changed", type=float, default=0.01, help="fraction changed for the incremental run")
     ap.add_argument("--skip-cold", action="store_true", help="no cold runs (fresh spark-submit processes)")
     ap.add_argument("--upsert-base", type=int, default=1_000_000)
@@ -349,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"catalog: {a.products} listings ({len(pairs)} planted duplicate pairs), {a.image_size} px JPEGs, "
               f"made in {time.perf_counter() - t:.1f} s", flush=True)
         spark = build_session("bench-enrich", conf={"spark.ui.enabled": "false"})
+        if a.warmup:
+            warm_up(spark, work / "warmup", a.warmup, a.image_size, st, st_other if a.compare_precision else None)
         plains, plain_mems, fulls, mems, others = [], [], [], [], []
         prec_plains, prec_fulls = [], []   # --compare-precision's runs
 
@@ -360,8 +383,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"spark warm full {r + 1}, precision {st_other.precision}: {json.dumps(prec_fulls[-1])}", flush=True)
 
         for r in range(a.repeats):
-            # --compare-precision: its runs go last in even repeats, first in odd ones (with one repeat, the
-            # chosen precision's run is the first Spark run of the process and pays the warm-up)
+            # --compare-precision: its runs go last in even repeats, first in odd ones (the untimed --warmup ran
+            # both precisions first: no timed run is the process's first of its kind)
             if a.compare_precision and r % 2 == 1:
                 other_precision(r)
             with PeakRss() as pmem:

@@ -103,7 +103,7 @@ def test_a_table_made_before_statistics_gets_them_named_and_keeps_reading(spark,
     from deltalake.transaction import AddAction
 
     path = lake.path(ITEMS)
-    schema = lake._arrow_schema(ITEMS)
+    schema = lake.arrow_schema(ITEMS)
     old = DeltaTable.create(str(path), schema=Schema.from_arrow(schema))
     pq.write_table(pa.table({"product_id": ["a"], "value": ["1"]}, schema=schema), path / "old.parquet")
     old.create_write_transaction([AddAction(  # as the table layer committed files before statistics

@@ -115,9 +115,9 @@ def test_full_then_incremental_runs(spark, lake):
 @pytest.mark.parametrize("with_cross", [False, True], ids=["features", "cross-encoder"])
 def test_the_driver_path_writes_what_the_spark_path_writes(spark, tmp_path, with_cross):
     """A catalog under ``driver_products`` is blocked on the driver (and, with the feature scorer alone, scored
-    there): the same candidates, matches, scores and clusters as the Spark tasks give, with several k-means cells
-    drawn from a sample, full and then incremental; with a cross-encoder too, whose pairs both paths send to the
-    Spark workers."""
+    there, its matches and clusters committed by pyarrow): the same candidates, matches, scores and cluster rows
+    as the Spark tasks give, with several k-means cells drawn from a sample, full and then incremental; with a
+    cross-encoder too, whose pairs both paths send to the Spark workers."""
     from jobs.lake.lakehouse import Lake
     from models.matching.blocking import BlockingConfig
 
@@ -133,7 +133,7 @@ def test_the_driver_path_writes_what_the_spark_path_writes(spark, tmp_path, with
     for name, bound in (("spark", 0), ("driver", 10_000)):
         lake = Lake(spark, tmp_path / name)
         # with the cross-encoder, pairs beyond one partition's worth go through the Spark join as many do
-        cfg = MatchConfig(blocking=blocking, driver_products=bound, driver_cluster_edges=0, cross=cross,
+        cfg = MatchConfig(blocking=blocking, driver_products=bound, driver_cluster_edges=bound, cross=cross,
                           rows_per_partition=100 if cross else MatchConfig.rows_per_partition)
         write_embeddings(spark, lake, df, "e1")
         first = run(spark, lake, df, "m1", cfg)
@@ -158,7 +158,7 @@ def test_the_driver_path_writes_what_the_spark_path_writes(spark, tmp_path, with
         assert np.allclose(m_d[col].astype(float), m_s[col].astype(float), atol=atol, equal_nan=True), col
     # the driver's timestamps are the run's, as the clusters' (written by Spark) are
     assert set(m_d.loc[m_d["run_id"] == "m2", "updated_at"]) == set(c_d.loc[c_d["run_id"] == "m2", "updated_at"])
-    cols = ["product_id", "cluster_id", "cluster_size", "run_id"]
+    cols = ["product_id", "cluster_id", "cluster_size", "guard", "matched_hash", "run_id"]
     assert c_d.sort_values("product_id")[cols].reset_index(drop=True).equals(
         c_s.sort_values("product_id")[cols].reset_index(drop=True))
     # Both full runs kept the same blocks (the incremental runs read them): one key, the same arrays

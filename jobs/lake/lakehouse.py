@@ -95,7 +95,7 @@ class Lake:
     def path(self, spec: TableSpec) -> Path:
         return self.root / spec.name
 
-    def _arrow_schema(self, spec: TableSpec):
+    def arrow_schema(self, spec: TableSpec):
         # Delta columns are all nullable here: Spark writes optional Parquet fields whatever the DataFrame
         # says, and the not-null rules are checked by validation, not by the storage format.
         import pyarrow as pa
@@ -113,7 +113,7 @@ class Lake:
             return DeltaTable(str(path))
         path.mkdir(parents=True, exist_ok=True)
         return DeltaTable.create(
-            str(path), schema=Schema.from_arrow(self._arrow_schema(spec)), mode="ignore",
+            str(path), schema=Schema.from_arrow(self.arrow_schema(spec)), mode="ignore",
             partition_by=list(spec.partition_by) or None, name=spec.name, description=spec.doc,
             configuration={delta_stats.STATS_COLUMNS_PROPERTY: ",".join(delta_stats.stats_columns(spec))},
         )
@@ -125,7 +125,7 @@ class Lake:
         from deltalake import DeltaTable, Schema
 
         have = {f.name for f in dt.schema().fields}
-        missing = [f for f in Schema.from_arrow(self._arrow_schema(spec)).fields if f.name not in have]
+        missing = [f for f in Schema.from_arrow(self.arrow_schema(spec)).fields if f.name not in have]
         if missing:
             if any(not f.nullable for f in missing):
                 raise LakeError(f"{spec.name}: cannot add required columns {[f.name for f in missing]} to an "
@@ -183,7 +183,7 @@ class Lake:
         self._check_readable(dt)
         if spec.partition_by:
             raise LakeError(f"{spec.name}: read_arrow does not read partitioned tables")
-        schema = self._arrow_schema(spec)
+        schema = self.arrow_schema(spec)
         base = self.path(spec)
         files = [str(base / unquote(p)) for p in self.files(spec)]
         if not files:
@@ -213,7 +213,7 @@ class Lake:
         new row comes). Ignored when the table holds more than ``DRIVER_REWRITE_BYTES``, where rewriting its
         touched files is work for the cluster.
         """
-        if on_driver and sum(self.files(spec).values()) <= DRIVER_REWRITE_BYTES:
+        if on_driver and self.rewritable_on_driver(spec):
             cols, keys = list(spec.column_names), list(spec.match_keys)
             gone = None
             if replaced is not None or delete is not None:
@@ -224,12 +224,17 @@ class Lake:
             return self.upsert_arrow(spec, df.select(*cols).toArrow(), run_id, step, replaced=gone)
         return self._write(spec, df, run_id, step, upsert=True, replaced=replaced, delete=delete)
 
+    def rewritable_on_driver(self, spec: TableSpec) -> bool:
+        """Whether :meth:`upsert_arrow` may rewrite the table's touched files on the driver: the whole table
+        holds at most ``DRIVER_REWRITE_BYTES``."""
+        return sum(self.files(spec).values()) <= DRIVER_REWRITE_BYTES
+
     def upsert_rows(self, spec: TableSpec, rows: list[dict], run_id: str, step: int = 1) -> CommitResult:
         """:meth:`upsert_arrow` for a handful of rows given as dicts (a run's record)."""
         import pyarrow as pa
 
         table = pa.Table.from_pylist([{c: r.get(c) for c in spec.column_names} for r in rows],
-                                     schema=self._arrow_schema(spec))
+                                     schema=self.arrow_schema(spec))
         return self.upsert_arrow(spec, table, run_id, step)
 
     def upsert_arrow(self, spec: TableSpec, table, run_id: str, step: int = 1, replaced=None) -> CommitResult:
@@ -244,7 +249,7 @@ class Lake:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        schema = self._arrow_schema(spec)
+        schema = self.arrow_schema(spec)
         missing = [c for c in spec.column_names if c not in table.column_names]
         if missing:
             raise LakeError(f"rows for {spec.name} lack the columns {missing}")
@@ -418,7 +423,7 @@ class Lake:
         removes = [RemoveAction(path=p, data_change=True, deletion_timestamp=now, size=s, partition_values={})
                    for p, s in removed.items()]
         dt.create_write_transaction(
-            [*adds, *removes], mode="append", schema=Schema.from_arrow(self._arrow_schema(spec)),
+            [*adds, *removes], mode="append", schema=Schema.from_arrow(self.arrow_schema(spec)),
             partition_by=list(spec.partition_by) or None,
             commit_properties=CommitProperties(
                 app_transactions=[Transaction(app_id=app_id, version=step)],
