@@ -49,10 +49,11 @@ and, in local mode, the executors) and the largest Python worker; for a cold run
 for the plain loop this process. ``--repeats`` repeats the plain loop and the warm Spark full run alternately
 (fresh lake each time) and reports medians. Before the timed runs, ``--warmup`` (300) listings of a separate small
 catalog go once through the plain loop and the Spark job at each precision, untimed: "warm" means that the JVM
-has compiled its hot paths and the Python workers are up, as in any run after the first of a session. ``--precision`` is the job's (``auto`` by default: bf16 where the CPU
-has AVX-512 BF16/AMX, for the models measured to hold it); ``--compare-precision fp32`` also runs, in each
-repeat, the plain loop and the warm Spark full run at that precision on the same catalog, and prints each
-side's products/s ratio of the chosen precision to it.
+has compiled its hot paths and the Python workers are up, as in any run after the first of a session.
+``--precision`` is the job's (``auto`` by default: bf16 where the CPU has AVX-512 BF16/AMX, for the models
+measured to hold it); ``--compare-precision fp32`` also runs, in each repeat, the plain loop and the warm Spark
+full run at that precision on the same catalog, and prints each side's products/s ratio of the chosen precision
+to it.
 """
 
 from __future__ import annotations
