@@ -805,9 +805,9 @@ def _match_pairs_on_driver(spark, lake, flagged, n: int, full: bool, scorer, ver
     from udfs.matching import SCORE_SCHEMA, CrossSpec, make_score_fn
 
     t0 = time.perf_counter()
-    keys = flagged.select("product_id", "in_query", "title", "brand", F.col("price").cast("double").alias("price"),
-                          "currency").toPandas()
-    pdf = (keys.merge(_driver_embeddings(lake, model_version).drop_duplicates("product_id"), on="product_id")
+    listings = flagged.select("product_id", "in_query", "title", "brand",
+                              F.col("price").cast("double").alias("price"), "currency").toPandas()
+    pdf = (listings.merge(_driver_embeddings(lake, model_version).drop_duplicates("product_id"), on="product_id")
            .sort_values("product_id", kind="stable").reset_index(drop=True))
     pos = {p: i for i, p in enumerate(pdf["product_id"])}
     blocks = _Blocks(lake, model_version, n, full, cfg.blocking)
