@@ -169,6 +169,36 @@ def test_term_list_leaves_ordinary_apparel_alone(text):
     assert TermList.load().match(text) == []
 
 
+def test_term_list_finds_what_one_boundary_checked_pattern_per_term_finds():
+    r"""The shared boundary checks of a run of word terms give the same first match, term for term, as the
+    reference: one ``(?<!\w)term(?!\w)`` alternative per word term and the bare term for CJK and Hangul, in the
+    same longest-first order; on terms inside words, next to digits, underscores, accents and CJK, in any case."""
+    import random
+    import re
+
+    from models.heads.adult import _is_cjk
+
+    terms = TermList.load()
+    reference = {g: re.compile("|".join(re.escape(t) if _is_cjk(t) else rf"(?<!\w){re.escape(t)}(?!\w)"
+                                        for t in sorted(ts, key=len, reverse=True)), re.IGNORECASE)
+                 for g, ts in terms.groups.items()}
+    words = [t for ts in terms.groups.values() for t in ts]
+    rng = random.Random(7)
+    texts = []
+    for _ in range(3000):
+        t = rng.choice(words)
+        form = rng.choice([t, t.upper(), t.title(), "x" + t, t + "x", t + "s", f"-{t}-", f"ab{t}cd", t + t, "1" + t,
+                           t + "1", "é" + t, t + "_", "日本" + t, f"{t} {rng.choice(words)}"])
+        before, after = rng.choice(["", "Navy cotton ", "日本語", "Stun "]), rng.choice(["", " set", "です", "gun"])
+        texts.append(before + form + after)
+    found = 0
+    for text in texts:
+        want = [f"{g}:{m.group(0).lower()}" for g, p in reference.items() if (m := p.search(text))]
+        assert terms.match(text) == want, text
+        found += bool(want)
+    assert 0.3 * len(texts) < found < len(texts)   # both kinds of text were there
+
+
 def test_decide_adult_names_every_signal():
     terms = TermList.load()
     ds = decide_adult(["Plain mug", "Vibrator deluxe", "Plain mug", "Leather whip"], terms=terms,

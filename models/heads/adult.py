@@ -11,6 +11,7 @@ as adult, and the evaluation measures the false-positive rate on them.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from dataclasses import dataclass
@@ -54,11 +55,17 @@ class TermList:
         patterns = {}
         for group, terms in self.groups.items():
             # Latin/Cyrillic terms on word boundaries ("gun" must not fire in "gunmetal"); CJK and Hangul have
-            # no spaces between words, so those terms match as substrings.
-            alts = [re.escape(t) if _is_cjk(t) else rf"(?<!\w){re.escape(t)}(?!\w)"
-                    for t in sorted(terms, key=len, reverse=True)]
-            if alts:
-                patterns[group] = re.compile("|".join(alts), re.IGNORECASE)
+            # no spaces between words, so those terms match as substrings. Longest first. Each run of consecutive
+            # word terms shares one pair of boundary checks, (?<!\w)(?:a|b|...)(?!\w): the same alternatives in the
+            # same order as a pair per term, so the same matches, and 4-6x faster (one look-behind per position
+            # instead of one per term; the adult check took over a quarter of the heads' time).
+            ordered = sorted(terms, key=len, reverse=True)
+            runs = []
+            for cjk, run in itertools.groupby(ordered, key=_is_cjk):
+                alts = "|".join(re.escape(t) for t in run)
+                runs.append(alts if cjk else rf"(?<!\w)(?:{alts})(?!\w)")
+            if runs:
+                patterns[group] = re.compile("|".join(runs), re.IGNORECASE)
         object.__setattr__(self, "_patterns", patterns)
 
     def match(self, text: str | None) -> list[str]:
