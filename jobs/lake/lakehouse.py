@@ -148,7 +148,10 @@ class Lake:
     # -- reading ---------------------------------------------------------------------------------------
     def files(self, spec: TableSpec) -> dict[str, int]:
         """The table's live data files as ``{relative path: size}``, from the log."""
-        dt = self.ensure(spec)
+        return self._files_of(self.ensure(spec))
+
+    @staticmethod
+    def _files_of(dt) -> dict[str, int]:
         actions = dt.get_add_actions(flatten=True)
         cols = actions.column_names if hasattr(actions, "column_names") else actions.schema.names
         if "path" not in cols:
@@ -163,12 +166,17 @@ class Lake:
         if unsupported:
             raise LakeError(f"table {dt.table_uri} uses {sorted(unsupported)}, which this reader does not support")
 
-    def read(self, spec: TableSpec):
-        """The table as a Spark DataFrame over exactly the files in its log."""
+    def _readable_files(self, spec: TableSpec) -> list[str]:
+        """Absolute paths of the table's live data files, after checking that this reader can read it (the
+        table's log opened once)."""
         dt = self.ensure(spec)
         self._check_readable(dt)
         base = self.path(spec)
-        files = [str(base / unquote(p)) for p in self.files(spec)]
+        return [str(base / unquote(p)) for p in self._files_of(dt)]
+
+    def read(self, spec: TableSpec):
+        """The table as a Spark DataFrame over exactly the files in its log."""
+        files = self._readable_files(spec)
         if not files:
             return self.spark.createDataFrame([], spec.schema)
         return self.spark.read.schema(spec.schema).parquet(*files)
@@ -179,13 +187,10 @@ class Lake:
         ``where``: a ``pyarrow.dataset`` expression the files' rows are filtered by."""
         import pyarrow.dataset as ds
 
-        dt = self.ensure(spec)
-        self._check_readable(dt)
         if spec.partition_by:
             raise LakeError(f"{spec.name}: read_arrow does not read partitioned tables")
         schema = self.arrow_schema(spec)
-        base = self.path(spec)
-        files = [str(base / unquote(p)) for p in self.files(spec)]
+        files = self._readable_files(spec)
         if not files:
             empty = schema.empty_table()
             return empty.select(columns) if columns else empty

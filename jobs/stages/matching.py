@@ -167,25 +167,26 @@ def _universe(lake, products, model_version: str):
     themselves are joined in by :func:`_with_embeddings` on the Spark path, read by pyarrow on the driver's)."""
     from pyspark.sql import functions as F
 
-    from schemas.tables import PRODUCT_EMBEDDINGS
-
-    emb = (lake.read(PRODUCT_EMBEDDINGS).where(F.col("model_version") == model_version)
-           .select("product_id", "content_hash"))
+    emb = _current_embeddings(lake, model_version, "content_hash")
     attrs = products.select("product_id", "title", "brand", "price", "currency").dropDuplicates(["product_id"])
     return (attrs.join(emb, "product_id")
             .withColumn("matched_hash", F.concat_ws(":", F.lit(model_version), F.col("content_hash")))
             .drop("content_hash"))
 
 
-def _with_embeddings(lake, flagged, model_version: str):
-    """``flagged`` with the three embeddings of its products (the Spark path's blocking and cosines)."""
+def _current_embeddings(lake, model_version: str, *columns: str):
+    """``product_id`` and ``columns`` of the ``product_embeddings`` rows of ``model_version`` (Spark)."""
     from pyspark.sql import functions as F
 
     from schemas.tables import PRODUCT_EMBEDDINGS
 
-    emb = (lake.read(PRODUCT_EMBEDDINGS).where(F.col("model_version") == model_version)
-           .select("product_id", *EMBEDDING_COLUMNS))
-    return flagged.join(emb, "product_id")
+    return (lake.read(PRODUCT_EMBEDDINGS).where(F.col("model_version") == model_version)
+            .select("product_id", *columns))
+
+
+def _with_embeddings(lake, flagged, model_version: str):
+    """``flagged`` with the three embeddings of its products (the Spark path's blocking and cosines)."""
+    return flagged.join(_current_embeddings(lake, model_version, *EMBEDDING_COLUMNS), "product_id")
 
 
 def _driver_embeddings(lake, model_version: str):
@@ -526,8 +527,8 @@ def _write_clusters(spark, lake, universe, run_id: str, now, cfg: MatchConfig) -
     rows = (ids.join(comp.withColumnRenamed("node", "product_id"), "product_id", "left")
             .select("product_id", F.coalesce("component", "product_id").alias("cluster_id"), "guard", "matched_hash")
             .withColumn("cluster_size", F.count("*").over(Window.partitionBy("cluster_id"))))
-    old = lake.read(PRODUCT_CLUSTERS).select("product_id", "cluster_id", "cluster_size", "guard", "matched_hash")
-    same = [rows[c].eqNullSafe(old[c]) for c in ("product_id", "cluster_id", "cluster_size", "guard", "matched_hash")]
+    old = lake.read(PRODUCT_CLUSTERS).select(*_CLUSTER_COLUMNS)
+    same = [rows[c].eqNullSafe(old[c]) for c in _CLUSTER_COLUMNS]
     cond = same[0]
     for c in same[1:]:
         cond = cond & c
