@@ -112,6 +112,8 @@ def test_uris_never_escape_the_image_root(image_tree):
 
     @FUZZ
     @given(uri=uris(root, outside))
+    @example(uri="loop/../link_out.jpg")
+    @example(uri="loop/../link_in.jpg")
     def check(uri):
         _count("uri")
         res = resolve_image_uri(uri, policy)
@@ -140,6 +142,9 @@ def test_named_traps_get_their_reasons(image_tree):
         "empty.jpg": reasons.IMAGE_UNDECODABLE, "text.jpg": reasons.IMAGE_UNDECODABLE,
         "bomb.png": reasons.IMAGE_UNDECODABLE, "link_in.jpg": None, f"file://{root}/sub/inner.jpg": None,
         "good.webp": None,
+        # past a symbolic-link loop, the links after ".." are still followed
+        "loop/../link_out.jpg": reasons.IMAGE_URI_NOT_ALLOWED, "loop/../link_dir/secret.jpg":
+        reasons.IMAGE_URI_NOT_ALLOWED, "loop/../link_in.jpg": None, "loop/x/../../good.jpg": None,
     }
     got = {uri: inspect_image(uri, policy)[2] for uri in want}
     assert got == want

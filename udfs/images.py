@@ -88,11 +88,27 @@ def resolve_image_uri(uri: str, policy: ImagePolicy) -> Resolved:
         if not policy.image_root:
             return Resolved(None, reasons.IMAGE_URI_NOT_ALLOWED, "relative image URI and no image root")
         path = os.path.join(policy.image_root, path)
-    real = os.path.realpath(path)
+    real = _resolved(path)
+    if real is None:
+        return Resolved(None, reasons.IMAGE_URI_NOT_ALLOWED, "its symbolic links do not resolve to one path")
     for root in policy.roots():
         if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
             return Resolved(real)
     return Resolved(None, reasons.IMAGE_URI_NOT_ALLOWED, "resolves outside the allowed image roots")
+
+
+def _resolved(path: str, rounds: int = 8) -> str | None:
+    """``os.path.realpath`` taken again until it no longer changes (None if it still changes after ``rounds``).
+    Where realpath meets a symbolic-link loop it stops following links and only normalises the rest: with a loop
+    ``loop`` in the image root, ``loop/../link_out.jpg`` came back as ``<root>/link_out.jpg`` with that link not
+    followed, inside the root by its name while the link points outside. The next round follows it."""
+    real = os.path.realpath(path)
+    for _ in range(rounds):
+        again = os.path.realpath(real)
+        if again == real:
+            return real
+        real = again
+    return None
 
 
 @dataclass(frozen=True)
