@@ -56,6 +56,7 @@ class RetrainConfig:
     image_tower: str | None = None     # a new image tower (timm architecture) against the champion's text tower
     image_hw: tuple[int, int] = (80, 60)  # its (H, W) box: the whole photo fitted, no square crop
     lr: float | None = None            # learning rate (default: the recipe's)
+    bf16: bool = False                 # with --image-tower: train under bf16 autocast (CPUs with AMX, GPUs)
 
 
 def parse_args(argv: list[str] | None) -> RetrainConfig:
@@ -94,6 +95,8 @@ def parse_args(argv: list[str] | None) -> RetrainConfig:
                         "default was made); needs a champion in the store")
     p.add_argument("--image-hw", default="80x60", help="with --image-tower: the HxW box photos are fitted into")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
+    p.add_argument("--bf16", action="store_true",
+                   help="with --image-tower: train under bf16 autocast (about 1.4x faster on a CPU with AMX)")
     a = p.parse_args(argv)
     if not 1 <= a.valid_percent <= 50:
         p.error("--valid-percent must be between 1 and 50")
@@ -114,7 +117,7 @@ def parse_args(argv: list[str] | None) -> RetrainConfig:
                          a.epochs, a.steps, a.batch, double_at, a.valid_percent, a.gallery_size, a.probe_train,
                          a.min_improvement, a.arch_config, a.seed, a.matching_data, a.scorer_store,
                          a.from_champion, a.category_weight, a.unlock_text_layers, a.image_tower,
-                         image_hw, a.lr)
+                         image_hw, a.lr, a.bf16)
 
 
 def read_catalog(spark: Any, path: str) -> tuple[Any, str]:

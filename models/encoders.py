@@ -6,10 +6,13 @@ L2-normalised float32 NumPy arrays on the CPU.
 
 Precision (:mod:`models.precision`): on CUDA both towers run under bf16 autocast unless fp32 is asked. On a CPU
 the text tower runs in bf16 where ``bf16`` is asked or ``auto`` finds AVX-512 BF16/AMX (measured on such a CPU:
-2.9x the titles/s of fp32 on one thread, embedding cosine to fp32 >= 0.9999); the image tower stays fp32 on a CPU
-whatever is asked (its bf16 embeddings fell to cosine 0.998, below the 0.999 floor); in the job (a precision
-given) its BatchNorms are folded into the convolutions and it runs channels-last (:func:`serving_form`: 1.8x the
-photos/s of the stored form, the same outputs).
+2.9x the titles/s of fp32 on one thread, embedding cosine to fp32 >= 0.9999). The image tower follows it into bf16
+on a CPU only where its version's manifest records a measurement that holds the 0.999 cosine floor
+(:func:`measure_image_bf16`, written when a tower is trained): a ``regnetx_002`` tower trained under bf16 autocast
+(2026-12-05, 120x90, not shipped) held it (lowest cosine 0.9994 over the fashion valid photos); the shipped one,
+trained in fp32, does not (0.9986) and stays fp32. In the job (a precision given) its BatchNorms are folded into
+the convolutions and it runs channels-last (:func:`serving_form`: 1.8x the photos/s of the stored form, the same
+outputs).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +37,8 @@ from models.refs import (
     text_tower_path,
 )
 
-__all__ = ["Encoder", "fuse", "load_encoder", "pick_device", "serving_form", "tower_precisions"]
+__all__ = ["IMAGE_BF16_FLOOR", "Encoder", "fuse", "image_bf16_holds", "load_encoder", "measure_image_bf16",
+           "pick_device", "serving_form", "tower_precisions"]
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +70,7 @@ class Encoder:
     """An open_clip model plus its tokenizer and image preprocessing."""
 
     def __init__(self, model: Any, tokenize: Any, ref: ModelRef, device: str, context_length: int,
-                 precision: str | None = None):
+                 precision: str | None = None, image_bf16_on_cpu: bool = False):
         self.model = model
         self.ref = ref
         self.device = device
@@ -81,7 +86,7 @@ class Encoder:
         self.fill = int(pp.get("fill_color", 255))   # the canvas of the ``longest`` geometry
         self.mean, self.std = tuple(pp["mean"]), tuple(pp["std"])
         self.max_batch = 256   # texts per forward pass in embed_texts
-        self.text_precision, self.image_precision = tower_precisions(precision, device)
+        self.text_precision, self.image_precision = tower_precisions(precision, device, image_bf16_on_cpu)
 
     @property
     def pixel_geometry(self) -> int | tuple[int, int]:
@@ -141,10 +146,11 @@ class Encoder:
         return self.embed_pixels(np.stack([self.preprocess(im) for im in images]))
 
 
-def tower_precisions(precision: str | None, device: str) -> tuple[str, str]:
+def tower_precisions(precision: str | None, device: str, image_bf16_on_cpu: bool = False) -> tuple[str, str]:
     """(text, image) tower precision for ``precision`` (None, auto, fp32, bf16) on ``device``. ``None`` is the
     library's default: bf16 on CUDA, fp32 on a CPU (training and evaluation code); the enrich job passes its
-    ``--precision`` (default ``auto``)."""
+    ``--precision`` (default ``auto``). On a CPU the image tower follows the text tower into bf16 only when
+    ``image_bf16_on_cpu``: its model was measured to hold its embeddings there (:func:`image_bf16_holds`)."""
     from models.precision import resolve_precision
 
     cuda = device.startswith("cuda")
@@ -152,7 +158,50 @@ def tower_precisions(precision: str | None, device: str) -> tuple[str, str]:
         p = "bf16" if cuda else "fp32"
     else:
         p = resolve_precision(precision, device)
-    return p, (p if cuda else "fp32")
+    return p, (p if cuda or image_bf16_on_cpu else "fp32")
+
+
+IMAGE_BF16_KEY = "image_bf16_on_cpu"   # in a version's manifest: the measurement that lets its tower run bf16
+IMAGE_BF16_FLOOR = 0.999               # issue 21's floor: every embedding's cosine to its fp32 one
+
+
+def image_bf16_holds(manifest: dict) -> bool:
+    """Whether a stored version's image tower may run under bf16 autocast on a CPU: its manifest records a
+    measurement (:func:`measure_image_bf16`) whose lowest cosine to the fp32 embeddings reaches the floor. A
+    version without one (every tower trained before 2026-12-05) stays fp32."""
+    m = manifest.get(IMAGE_BF16_KEY)
+    return isinstance(m, dict) and float(m.get("cosine_min", 0.0)) >= IMAGE_BF16_FLOOR
+
+
+def measure_image_bf16(model: Any, pixels: np.ndarray, batch: int = 64) -> dict[str, Any]:
+    """Embed ``pixels`` ((N, H, W, 3) uint8 photos, already fitted to the tower's box: the held-out photos of its
+    training) with ``model``'s image tower in its serving form, fp32 and under bf16 autocast on the CPU; returns
+    the cosines between the two (min, 1st percentile, median) and the photo count, what :func:`image_bf16_holds`
+    reads from a manifest."""
+    import copy
+
+    import torch
+
+    visual = copy.deepcopy(model.visual).cpu().eval()
+    serving_form(visual)
+    mean, std = visual.preprocess_cfg["mean"], visual.preprocess_cfg["std"]
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255
+    cos = []
+    with torch.inference_mode():
+        for i in range(0, len(pixels), batch):
+            x = ((torch.from_numpy(pixels[i:i + batch]).permute(0, 3, 1, 2).float() - m) / s)
+            x = x.contiguous(memory_format=torch.channels_last)
+            a = torch.nn.functional.normalize(visual(x).float(), dim=-1)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                b = torch.nn.functional.normalize(visual(x).float(), dim=-1)
+            cos.append((a * b).sum(-1))
+    # A photo the tower maps to NaN in either precision counts as cosine 0: it does not hold.
+    c = np.nan_to_num(torch.cat(cos).numpy(), nan=0.0) if cos else np.ones(0, dtype=np.float32)
+    if not len(c):
+        return {"photos": 0, "cosine_min": 0.0}
+    return {"photos": int(len(c)), "cosine_min": round(float(c.min()), 6),
+            "cosine_p1": round(float(np.percentile(c, 1)), 6), "cosine_median": round(float(np.median(c)), 6)}
 
 
 def _hf_tokenizer(path: str, context_length: int):
@@ -238,7 +287,7 @@ def load_encoder(ref: str | ModelRef | None = None, device: str | None = None,
         tokenize = _hf_tokenizer(_resolve_text_cfg(text_cfg)["hf_tokenizer_name"], ctx)
     else:
         tokenize = open_clip.get_tokenizer(mref.name if mref.kind != "local" else "ViT-B-32", context_length=ctx)
-    enc = Encoder(model, tokenize, mref, dev, ctx, precision)
+    enc = Encoder(model, tokenize, mref, dev, ctx, precision, _image_bf16_on_cpu(mref))
     if precision is not None:   # the job's encoder (it passes its --precision): the serving form
         serving_form(model.visual)
         if enc.text_precision == "bf16":   # the text tower only ever runs under bf16 autocast
@@ -248,6 +297,16 @@ def load_encoder(ref: str | ModelRef | None = None, device: str | None = None,
     log.info("loaded model %s on %s (text tower %s, image tower %s)", mref.description, dev, enc.text_precision,
              enc.image_precision)
     return enc
+
+
+def _image_bf16_on_cpu(mref: ModelRef) -> bool:
+    """A store version's measured permission to run its image tower in bf16 on a CPU (:func:`image_bf16_holds`);
+    False for every other kind of model."""
+    if mref.kind != "store":
+        return False
+    from models.store import read_manifest
+
+    return image_bf16_holds(read_manifest(Path(mref.name)))
 
 
 def serving_form(visual: Any) -> int:

@@ -1,14 +1,23 @@
-"""The encoder's precision and serving form: the text tower in bf16 where asked, the image tower fp32 on a CPU,
-folded and channels-last in the job."""
+"""The encoder's precision and serving form: the text tower in bf16 where asked, the image tower in bf16 on a CPU
+only where its version was measured to hold it, folded and channels-last in the job."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
-from models.encoders import load_encoder, tower_precisions
+from models.encoders import (
+    IMAGE_BF16_FLOOR,
+    image_bf16_holds,
+    load_encoder,
+    measure_image_bf16,
+    tower_precisions,
+)
 from models.precision import cpu_has_bf16
 from udfs.embed import EmbedConfig, cached_encoder
 from udfs.model_cache import clear
@@ -19,7 +28,10 @@ SAMPLE = "jobs/sample_catalog"
 def test_tower_precisions_follow_the_device_and_the_request():
     assert tower_precisions(None, "cpu") == ("fp32", "fp32")          # library default on a CPU
     assert tower_precisions("fp32", "cpu") == ("fp32", "fp32")
-    assert tower_precisions("bf16", "cpu") == ("bf16", "fp32")        # the image tower did not hold bf16
+    assert tower_precisions("bf16", "cpu") == ("bf16", "fp32")        # an image tower not measured to hold bf16
+    assert tower_precisions("bf16", "cpu", image_bf16_on_cpu=True) == ("bf16", "bf16")
+    assert tower_precisions("fp32", "cpu", image_bf16_on_cpu=True) == ("fp32", "fp32")
+    assert tower_precisions(None, "cpu", image_bf16_on_cpu=True) == ("fp32", "fp32")   # training, evaluation
     assert tower_precisions("auto", "cpu") == (("bf16" if cpu_has_bf16() else "fp32"), "fp32")
     assert tower_precisions(None, "cuda") == ("bf16", "bf16")         # what CUDA always ran
     assert tower_precisions("fp32", "cuda:0") == ("fp32", "fp32")
@@ -43,10 +55,10 @@ def sample():
     return titles, images
 
 
-def test_bf16_text_tower_holds_the_fp32_embeddings_and_images_stay_fp32(sample):
+def test_bf16_text_tower_holds_the_fp32_embeddings_and_an_unmeasured_image_tower_stays_fp32(sample):
     titles, images = sample
     fp32, bf16 = load_encoder("default", "cpu", "fp32"), load_encoder("default", "cpu", "bf16")
-    assert (bf16.text_precision, bf16.image_precision) == ("bf16", "fp32")
+    assert (bf16.text_precision, bf16.image_precision) == ("bf16", "fp32")   # the default records no measurement
     t32, t16 = fp32.embed_texts(titles), bf16.embed_texts(titles)
     assert t16.dtype == np.float32 and t16.shape == t32.shape
     assert not np.array_equal(t32, t16)                      # bf16 really ran: the numbers move a little
@@ -54,6 +66,55 @@ def test_bf16_text_tower_holds_the_fp32_embeddings_and_images_stay_fp32(sample):
     assert cos.min() >= 0.999                                 # issue 21's floor for embeddings
     i32, i16 = fp32.embed_images(images), bf16.embed_images(images)
     np.testing.assert_array_equal(i32, i16)                   # the image tower stays fp32 on a CPU
+
+
+def _measured_copy(tmp_path, cosine_min: float):
+    """A copy of the default version whose manifest records a bf16 measurement with ``cosine_min``."""
+    import json
+    import shutil
+
+    from models.refs import parse_model_ref
+
+    src = parse_model_ref("default").name
+    dst = tmp_path / os.path.basename(src)
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["image_bf16_on_cpu"] = {"photos": 3574, "cosine_min": cosine_min}
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    return str(dst)
+
+
+def test_an_image_tower_measured_to_hold_bf16_runs_bf16_on_a_cpu(sample, tmp_path):
+    _, images = sample
+    held = _measured_copy(tmp_path / "held", 0.9995)
+    assert load_encoder(held, "cpu", "bf16").image_precision == "bf16"
+    assert load_encoder(held, "cpu", "fp32").image_precision == "fp32"
+    assert load_encoder(held, "cpu").image_precision == "fp32"               # training and evaluation: as stored
+    i32, i16 = load_encoder(held, "cpu", "fp32").embed_images(images), load_encoder(held, "cpu", "bf16").embed_images(
+        images)
+    assert i16.dtype == np.float32 and not np.array_equal(i32, i16)         # bf16 really ran
+    assert (i32 * i16).sum(axis=1).min() > 0.99
+    short = _measured_copy(tmp_path / "short", 0.9986)                       # under the floor: stays fp32
+    assert load_encoder(short, "cpu", "bf16").image_precision == "fp32"
+
+
+def test_the_bf16_permission_is_a_measurement_that_reaches_the_floor():
+    assert IMAGE_BF16_FLOOR == 0.999
+    assert not image_bf16_holds({})
+    assert not image_bf16_holds({"image_bf16_on_cpu": {"photos": 3574, "cosine_min": 0.99858}})
+    assert not image_bf16_holds({"image_bf16_on_cpu": "yes"})
+    assert image_bf16_holds({"image_bf16_on_cpu": {"photos": 3574, "cosine_min": 0.99944}})
+
+
+def test_measure_image_bf16_compares_the_serving_form_in_fp32_and_bf16(sample):
+    _, images = sample
+    enc = load_encoder("default", "cpu")                       # the stored form: BatchNorms unfolded
+    h, w = enc.image_hw
+    pixels = np.stack([np.asarray(im.convert("RGB").resize((w, h))) for im in images])
+    m = measure_image_bf16(enc.model, pixels, batch=16)
+    assert m["photos"] == len(images)
+    assert 0.99 < m["cosine_min"] <= m["cosine_p1"] <= m["cosine_median"] < 1.0   # bf16 moved every photo a little
+    assert any(isinstance(x, torch.nn.BatchNorm2d) for x in enc.model.visual.modules())   # measured on a copy
 
 
 def test_the_jobs_image_tower_is_folded_and_channels_last_with_the_stored_forms_outputs(sample):

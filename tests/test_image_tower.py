@@ -115,6 +115,33 @@ def test_training_resumes_from_its_checkpoint(tmp_path):
     assert resumed["steps"] == 2 * first["steps"]
 
 
+def test_bf16_training_moves_the_fp32_weights_of_the_image_tower(tmp_path):
+    champ_dir, _ = _champion(tmp_path)
+    data = _data()
+    text = np.random.default_rng(2).normal(size=(len(data), 32)).astype(np.float32)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    cfg = ImageTowerConfig(arch="regnetx_002", image_hw=HW, epochs=1, batch_size=8, lr=1e-2, bf16=True)
+    model, _ = build_candidate(champ_dir, cfg)
+    before = {k: v.clone() for k, v in model.visual.state_dict().items() if v.is_floating_point()}
+    result = train_image_tower(model, data, text, cfg)
+    assert all(np.isfinite(result["history"][0][k]) for k in ("clip", "category"))
+    after = model.visual.state_dict()
+    assert all(after[k].dtype == torch.float32 for k in before)          # autocast: the weights stay fp32
+    assert not torch.equal(before["head.proj.weight"], after["head.proj.weight"])
+
+
+def test_the_image_box_option_reads_height_by_width():
+    from models.training.image_tower import _hw, _parser
+
+    assert _hw("120x90") == (120, 90) and _hw("80X60") == (80, 60)
+    for bad in ("80", "80x", "axb", "8x8"):
+        with pytest.raises(SystemExit):
+            _hw(bad)
+    args = _parser().parse_args(["--data", "d", "--work", "w", "--image-hw", "120x90", "--bf16"])
+    assert (_hw(args.image_hw), args.bf16) == ((120, 90), True)
+    assert _parser().parse_args(["--data", "d", "--work", "w"]).image_hw == "80x60"
+
+
 def test_config_refuses_a_batch_without_negatives():
     with pytest.raises(ValueError, match="negatives"):
         ImageTowerConfig(batch_size=1)

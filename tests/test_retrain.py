@@ -174,6 +174,10 @@ def test_retrain_trains_a_new_image_tower_against_the_champions_text(spark, cata
     titles = ["Nike Men Blue Running Shoes", "Lakme Women Red Lipstick"]
     assert np.allclose(cand.embed_texts(titles), champ.embed_texts(titles), atol=1e-6)
     assert "new regnetx_002 image tower" in (st / version / "MODEL_CARD.md").read_text()
+    # The candidate's image tower was measured in bf16 on its held-out photos (what lets it run so on a CPU).
+    measured = manifest["image_bf16_on_cpu"]
+    # (Two steps leave a tower whose bf16 outputs need not hold: only the measurement's form is checked.)
+    assert measured["photos"] == row["valid_items"] and -1 <= measured["cosine_min"] <= measured["cosine_median"] <= 1
 
 
 def test_retrain_refuses_an_image_tower_with_a_bad_box():
@@ -196,6 +200,7 @@ def test_the_image_tower_takes_the_recipes_category_weight_unless_one_is_given()
     cfg = image_tower_config(parse_args([*base, "--category-weight", "2.5", "--lr", "0.01", "--epochs", "3"]))
     assert (cfg.category_weight, cfg.lr, cfg.epochs, cfg.image_hw) == (2.5, 0.01, 3, (80, 60))
     assert parse_args(["--catalog", "c", "--lake", "l"]).category_weight is None
+    assert not cfg.bf16 and image_tower_config(parse_args([*base, "--bf16"])).bf16
     with pytest.raises(SystemExit):
         parse_args([*base, "--category-weight", "-1"])
 

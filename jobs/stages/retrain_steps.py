@@ -86,7 +86,7 @@ def image_tower_config(cfg: Any) -> Any:
     if cfg.category_weight is not None:
         more["category_weight"] = cfg.category_weight
     return ImageTowerConfig(arch=cfg.image_tower, image_hw=tuple(cfg.image_hw), epochs=cfg.epochs,
-                            batch_size=max(cfg.batch, 2), seed=cfg.seed, max_steps=cfg.steps, **more)
+                            batch_size=max(cfg.batch, 2), seed=cfg.seed, max_steps=cfg.steps, bf16=cfg.bf16, **more)
 
 
 def _new_image_tower(cfg: Any, root: Path, pdf: Any, paths: list[Path], champ: Any) -> tuple[Any, ...]:
@@ -117,7 +117,7 @@ def _champion(root: Path) -> tuple[str, str]:
 
 
 def train_and_compare(cfg: Any, pdf: Any, paths: list[Path], snapshot: str, row: dict[str, Any]) -> int:
-    from models.encoders import load_encoder
+    from models.encoders import load_encoder, measure_image_bf16
 
     root = store_root(cfg.model_store)
     row["model_store"] = str(root)
@@ -170,7 +170,8 @@ def train_and_compare(cfg: Any, pdf: Any, paths: list[Path], snapshot: str, row:
     )
     metrics = {"valid": cand, "champion_valid": base, "champion": champ_label, "selection_metric": metric.name,
                "selection_score": c_score}
-    version = save_candidate(root, "catalog-retrain", model, model_cfg, tcfg, result, metrics, snapshot, card)
+    version = save_candidate(root, "catalog-retrain", model, model_cfg, tcfg, result, metrics, snapshot, card,
+                             image_bf16=measure_image_bf16(model, valid.pixels))
     row["candidate_version"] = f"store:{version}"
     heads_note = train_heads(root, version, in_memory_encoder(model, model_cfg), train, valid, classes, snapshot)
     if not better:

@@ -65,6 +65,7 @@ class ImageTowerConfig:
     drop_rate: float = 0.2        # dropout before the projection
     seed: int = 0
     max_steps: int | None = None  # stop early (tests, smoke runs)
+    bf16: bool = False            # bf16 autocast for the tower's forward and backward (CPUs with AMX, GPUs)
 
     def __post_init__(self) -> None:
         if self.batch_size < 2:
@@ -191,8 +192,10 @@ def train_image_tower(model: Any, data: TrainData, text_emb: np.ndarray, cfg: Im
         sums = {"clip": 0.0, "category": 0.0, "acc": 0.0, "batches": 0}
         for b in range(min(per_epoch, total - step)):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            z = F.normalize(visual(_normalise(augment(pixels[idx].float(), gen, cfg.shift, cfg.jitter), mean, std)),
-                            dim=-1)
+            x = _normalise(augment(pixels[idx].float(), gen, cfg.shift, cfg.jitter), mean, std)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                z = visual(x)
+            z = F.normalize(z.float(), dim=-1)
             clip = clip_loss(z, text[idx], temp["logit_scale"], None if groups is None else groups[idx],
                              cfg.max_logit_scale)
             y = labels[idx]
@@ -260,15 +263,24 @@ def build_candidate(champion_dir: Path, cfg: ImageTowerConfig) -> tuple[Any, dic
 
 
 def _card(cfg: ImageTowerConfig, champion: str, split: Any, result: dict[str, Any],
-          cand: dict[str, float], champ: dict[str, float], params: int) -> str:
+          cand: dict[str, float], champ: dict[str, float], params: int, bf16: dict[str, Any]) -> str:
+    from models.encoders import IMAGE_BF16_FLOOR, IMAGE_BF16_KEY, image_bf16_holds
     from models.training.card import model_card
+
+    h, w = cfg.image_hw
+    bf16_note = (f" Under bf16 autocast on a CPU (its serving form) the image embeddings of the "
+                 f"{bf16.get('photos', 0)} valid photos keep a cosine of at least {bf16.get('cosine_min', 0):.5f} "
+                 f"to the fp32 ones (median {bf16.get('cosine_median', 0):.5f}), "
+                 + ("so the enrich job runs this tower in bf16 where its --precision resolves to bf16."
+                    if image_bf16_holds({IMAGE_BF16_KEY: bf16}) else
+                    f"under the {IMAGE_BF16_FLOOR} floor: the enrich job runs this tower in fp32 on a CPU."))
 
     return model_card(
         title=f"catalog-minilm-{cfg.arch}: a convolutional image tower for the fashion catalog",
         summary=(f"The shipped default model: a {params / 1e6:.1f}M-parameter `{cfg.arch}` image tower (timm, "
-                 f"random init, trained here) that reads the whole {cfg.image_hw[1]}x{cfg.image_hw[0]} photo "
-                 f"(fitted on white, nothing cropped), aligned to the text tower of `{champion}`, which it carries "
-                 f"unchanged: every text embedding is that version's, bit for bit."),
+                 f"random init, trained here) that reads the whole photo fitted into a {w}x{h} box on white (nothing "
+                 f"cropped{'; the 60x80 fashion photos are upsampled' if h > 80 else ''}), aligned to the text tower "
+                 f"of `{champion}`, which it carries unchanged: every text embedding is that version's, bit for bit."),
         training=(f"e-CLIP: symmetric InfoNCE between the image embedding and the champion's fixed text embedding of "
                   f"the title (learned temperature, clamped; identical titles masked out of the negatives). "
                   f"ZhichunRoad multitask: an articleType classifier on the image embedding (cross-entropy, weight "
@@ -276,8 +288,8 @@ def _card(cfg: ImageTowerConfig, champion: str, split: Any, result: dict[str, An
                   f"training. Augmentation: horizontal flips, shifts of up to {cfg.shift} px on a white border, "
                   f"brightness and contrast jitter {cfg.jitter}. AdamW lr {cfg.lr}, weight decay "
                   f"{cfg.weight_decay}, {cfg.warmup_fraction:.0%} warm-up then cosine decay, batch "
-                  f"{cfg.batch_size}, {cfg.epochs} epochs: {result['steps']} steps, {result['samples']} samples in "
-                  f"{result['seconds'] / 60:.1f} min on 2 CPU cores."),
+                  f"{cfg.batch_size}, {cfg.epochs} epochs{', bf16 autocast' if cfg.bf16 else ''}: {result['steps']} "
+                  f"steps, {result['samples']} samples in {result['seconds'] / 60:.1f} min on 2 CPU cores."),
         data=(f"`fashion/` of the project's research data (Kaggle \"Fashion Product Images (Small)\", Myntra; "
               f"research licence, not redistributed): {split.snapshot}. Split by a hash of product_id "
               f"(sha256, bucket < 10 of 100 = valid): {len(split.train)} train, {len(split.valid)} valid products; "
@@ -286,15 +298,27 @@ def _card(cfg: ImageTowerConfig, champion: str, split: Any, result: dict[str, An
                     f"{int(cand['gallery_size'])} valid products; linear probe on "
                     f"{int(cand.get('probe_train_items', 0))} random train products, accuracy on every valid "
                     "product). The champion's figures are those "
-                    "recorded in its manifest (same split, same protocol, its own 64 px centre squares)."),
+                    "recorded in its manifest (same split, same protocol, its own photo geometry)." + bf16_note),
         columns={f"champion `{champion}`": champ, "this model": cand},
         reproduce=(f"python -m models.training.image_tower --data /work/shared/data/fashion --work DIR --arch "
                    f"{cfg.arch} --epochs {cfg.epochs} --batch {cfg.batch_size} --lr {cfg.lr} --category-weight "
-                   f"{cfg.category_weight} --seed {cfg.seed} --champion {champion}"),
-        limitations=("Tiny photos (60x80): good for type and colour, not for fine detail. The text tower is the "
+                   f"{cfg.category_weight} --seed {cfg.seed} --champion {champion} --image-hw "
+                   f"{cfg.image_hw[0]}x{cfg.image_hw[1]}{' --bf16' if cfg.bf16 else ''}"),
+        limitations=("Tiny photos (60x80, upsampled to the tower's box): good for type and colour, not for fine "
+                     "detail. The text tower is the "
                      "champion's (English only; see its card). Fashion titles are templated, so text metrics are "
                      "optimistic for free-form seller titles."),
     )
+
+
+def _hw(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"--image-hw must read HxW (two whole numbers), got {text!r}") from None
+    if h < 16 or w < 16:
+        raise SystemExit(f"--image-hw must be at least 16x16, got {text!r}")
+    return h, w
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -312,6 +336,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--category-weight", type=float, default=d.category_weight)
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--image-hw", default="x".join(map(str, d.image_hw)),
+                   help="the (H)x(W) box each photo is fitted into, e.g. 120x90 (default %(default)s)")
+    p.add_argument("--bf16", action="store_true", help="train under bf16 autocast (fast on CPUs with AMX)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-promote", action="store_true")
     return p
@@ -322,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
 
-    from models.encoders import load_encoder
+    from models.encoders import IMAGE_BF16_KEY, image_bf16_holds, load_encoder, measure_image_bf16
     from models.store import current_version, promote, read_manifest, store_root, version_dir
     from models.training.evaluate import EvalConfig, SelectionMetric, evaluate
     from models.training.fashion import load_fashion
@@ -331,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = ImageTowerConfig(arch=args.arch, epochs=args.epochs, batch_size=args.batch, lr=args.lr,
-                           category_weight=args.category_weight, seed=args.seed, max_steps=args.max_steps)
+                           category_weight=args.category_weight, seed=args.seed, max_steps=args.max_steps,
+                           image_hw=_hw(args.image_hw), bf16=args.bf16)
     root = store_root(args.store)
     champion = args.champion or current_version(root)
     if not champion:
@@ -354,7 +382,6 @@ def main(argv: list[str] | None = None) -> int:
     params = sum(p.numel() for p in model.visual.parameters())
     metrics = {"valid": cand, "champion_valid": champ, "champion": champion,
                "selection_metric": SelectionMetric().name, "selection_score": SelectionMetric()(cand)}
-    card = _card(cfg, champion, split, result, cand, champ, params)
     from models.store import save_version, trained_state_dict
 
     pp = stored_preprocess(model)
@@ -362,7 +389,11 @@ def main(argv: list[str] | None = None) -> int:
              "train_config": {k: (list(v) if isinstance(v, tuple) else v)
                               for k, v in dataclasses.asdict(cfg).items()},
              "training": {"steps": result["steps"], "samples": result["samples"],
-                          "seconds": round(result["seconds"], 1), "history": result["history"]}}
+                          "seconds": round(result["seconds"], 1), "history": result["history"]},
+             IMAGE_BF16_KEY: measure_image_bf16(model, split.valid.pixels)}
+    log.info("image tower under bf16 autocast on a CPU: %s (%s)", extra[IMAGE_BF16_KEY],
+             "holds, runs bf16 where the job's precision is" if image_bf16_holds(extra) else "stays fp32")
+    card = _card(cfg, champion, split, result, cand, champ, params, extra[IMAGE_BF16_KEY])
     version = save_version(root, f"catalog-minilm-{cfg.arch.replace('_', '')}-fashion", model_cfg, pp,
                            trained_state_dict(model), training_data=split.snapshot, metrics=metrics, extra=extra,
                            card=card)

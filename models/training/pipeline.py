@@ -115,7 +115,11 @@ def stored_preprocess(model: Any) -> dict[str, Any]:
 
 
 def save_candidate(root: Path, name: str, model: Any, model_cfg: dict[str, Any], train_cfg: TrainConfig,
-                   result: TrainResult, metrics: dict[str, Any], training_data: str, card: str) -> str:
+                   result: TrainResult, metrics: dict[str, Any], training_data: str, card: str,
+                   image_bf16: dict[str, Any] | None = None) -> str:
+    """Save a trained candidate; ``image_bf16``: the measurement of its image tower in bf16
+    (:func:`models.encoders.measure_image_bf16`), which lets it run so on a CPU where it holds."""
+    from models.encoders import IMAGE_BF16_KEY
     from models.store import save_version, trained_state_dict
 
     pp = stored_preprocess(model)
@@ -125,6 +129,7 @@ def save_candidate(root: Path, name: str, model: Any, model_cfg: dict[str, Any],
         "train_config": dataclasses.asdict(train_cfg),
         "training": {"steps": result.steps, "samples": result.samples, "seconds": round(result.seconds, 1),
                      "samples_per_s": round(result.samples_per_s, 1)},
+        **({IMAGE_BF16_KEY: image_bf16} if image_bf16 else {}),
     }
     return save_version(root, name, model_cfg, pp, trained_state_dict(model), training_data=training_data,
                         metrics=metrics, extra=extra, card=card)
