@@ -304,10 +304,9 @@ def _card(cfg: ImageTowerConfig, champion: str, split: Any, result: dict[str, An
                    f"{cfg.arch} --epochs {cfg.epochs} --batch {cfg.batch_size} --lr {cfg.lr} --category-weight "
                    f"{cfg.category_weight} --seed {cfg.seed} --champion {champion} --image-hw "
                    f"{cfg.image_hw[0]}x{cfg.image_hw[1]}{' --bf16' if cfg.bf16 else ''}"),
-        limitations=("Tiny photos (60x80, upsampled to the tower's box): good for type and colour, not for fine "
-                     "detail. The text tower is the "
-                     "champion's (English only; see its card). Fashion titles are templated, so text metrics are "
-                     "optimistic for free-form seller titles."),
+        limitations=(f"Tiny photos (60x80{', upsampled to the box' if h > 80 else ''}): good for type and colour, "
+                     "not for fine detail. The text tower is the champion's (English only; see its card). Fashion "
+                     "titles are templated, so text metrics are optimistic for free-form seller titles."),
     )
 
 
