@@ -147,16 +147,33 @@ def _load_checkpoint(ckpt: Path, parts: dict[str, Any], gen: Any) -> dict[str, A
     return state
 
 
+def _losses(visual: Any, head: Any, logit_scale: Any, x: Any, text: Any, groups: Any, y: Any,
+            cfg: ImageTowerConfig) -> tuple[Any, Any, float]:
+    """One batch's (contrastive loss, category loss, category accuracy): the tower's forward under bf16 autocast
+    where ``cfg.bf16``, the losses in fp32."""
+    import torch
+    import torch.nn.functional as F
+
+    from models.training.losses import clip_loss
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        z = visual(x)
+    z = F.normalize(z.float(), dim=-1)
+    clip = clip_loss(z, text, logit_scale, groups, cfg.max_logit_scale)
+    if cfg.category_weight > 0 and bool((y >= 0).any()):
+        cat_logits = head(z * 10.0)
+        cat = F.cross_entropy(cat_logits, y, ignore_index=-1, label_smoothing=cfg.label_smoothing)
+        return clip, cat, float((cat_logits.argmax(1) == y)[y >= 0].float().mean())
+    return clip, z.sum() * 0.0, 0.0
+
+
 def train_image_tower(model: Any, data: TrainData, text_emb: np.ndarray, cfg: ImageTowerConfig,
                       work: Path | None = None) -> dict[str, Any]:
     """Train ``model.visual`` (everything else frozen) on ``data`` against the fixed, L2-normalised ``text_emb``
     (N, D) of its titles. Resumes from ``work/checkpoint.pt`` when present; returns steps, samples, seconds and
     the per-epoch history."""
     import torch
-    import torch.nn.functional as F
     from torch import nn
-
-    from models.training.losses import clip_loss
 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -193,18 +210,9 @@ def train_image_tower(model: Any, data: TrainData, text_emb: np.ndarray, cfg: Im
         for b in range(min(per_epoch, total - step)):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             x = _normalise(augment(pixels[idx].float(), gen, cfg.shift, cfg.jitter), mean, std)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                z = visual(x)
-            z = F.normalize(z.float(), dim=-1)
-            clip = clip_loss(z, text[idx], temp["logit_scale"], None if groups is None else groups[idx],
-                             cfg.max_logit_scale)
-            y = labels[idx]
-            if cfg.category_weight > 0 and bool((y >= 0).any()):
-                cat_logits = head(z * 10.0)
-                cat = F.cross_entropy(cat_logits, y, ignore_index=-1, label_smoothing=cfg.label_smoothing)
-                sums["acc"] += float((cat_logits.argmax(1) == y)[y >= 0].float().mean())
-            else:
-                cat = z.sum() * 0.0
+            clip, cat, acc = _losses(visual, head, temp["logit_scale"], x, text[idx],
+                                     None if groups is None else groups[idx], labels[idx], cfg)
+            sums["acc"] += acc
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * _schedule(step, total, warmup)
             opt.zero_grad(set_to_none=True)
@@ -384,15 +392,16 @@ def main(argv: list[str] | None = None) -> int:
     from models.store import save_version, trained_state_dict
 
     pp = stored_preprocess(model)
+    bf16 = measure_image_bf16(model, split.valid.pixels)
     extra = {"base_architecture": f"catalog-minilm-{cfg.arch}", "languages": ["en"], "text_tower_of": champion,
              "train_config": {k: (list(v) if isinstance(v, tuple) else v)
                               for k, v in dataclasses.asdict(cfg).items()},
              "training": {"steps": result["steps"], "samples": result["samples"],
                           "seconds": round(result["seconds"], 1), "history": result["history"]},
-             IMAGE_BF16_KEY: measure_image_bf16(model, split.valid.pixels)}
-    log.info("image tower under bf16 autocast on a CPU: %s (%s)", extra[IMAGE_BF16_KEY],
+             IMAGE_BF16_KEY: bf16}
+    log.info("image tower under bf16 autocast on a CPU: %s (%s)", bf16,
              "holds, runs bf16 where the job's precision is" if image_bf16_holds(extra) else "stays fp32")
-    card = _card(cfg, champion, split, result, cand, champ, params, extra[IMAGE_BF16_KEY])
+    card = _card(cfg, champion, split, result, cand, champ, params, bf16)
     version = save_version(root, f"catalog-minilm-{cfg.arch.replace('_', '')}-fashion", model_cfg, pp,
                            trained_state_dict(model), training_data=split.snapshot, metrics=metrics, extra=extra,
                            card=card)
