@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from models.images import box_hw, to_model_array
+from models.images import box_hw, normalise_batch, to_model_array
 from models.refs import (
     CONFIG_DIR,
     MINILM_PLACEHOLDER,
@@ -185,13 +185,10 @@ def measure_image_bf16(model: Any, pixels: np.ndarray, batch: int = 64) -> dict[
     visual = copy.deepcopy(model.visual).cpu().eval()
     serving_form(visual)
     mean, std = visual.preprocess_cfg["mean"], visual.preprocess_cfg["std"]
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
-    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255
     cos = []
     with torch.inference_mode():
         for i in range(0, len(pixels), batch):
-            x = ((torch.from_numpy(pixels[i:i + batch]).permute(0, 3, 1, 2).float() - m) / s)
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = normalise_batch(torch.from_numpy(pixels[i:i + batch]).permute(0, 3, 1, 2).float(), mean, std)
             a = torch.nn.functional.normalize(visual(x).float(), dim=-1)
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 b = torch.nn.functional.normalize(visual(x).float(), dim=-1)

@@ -16,7 +16,8 @@ from PIL import Image
 from models.core.errors import CatalogEnrichError
 
 __all__ = ["DEFAULT_MAX_ASPECT_RATIO", "DEFAULT_MAX_PIXELS", "ImageAspectError", "ImageDecodeError",
-           "aspect_problem", "box_hw", "center_square", "decode_image", "fit_box", "to_model_array"]
+           "aspect_problem", "box_hw", "center_square", "decode_image", "fit_box", "normalise_batch",
+           "to_model_array"]
 
 # Product photos are rarely above 4k x 4k; anything larger is refused before decoding.
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -143,3 +144,13 @@ def to_model_array(img: Image.Image, size: int | tuple[int, int], mean: tuple[fl
         arr = np.asarray(center_square(img, side), dtype=np.float32) / 255.0
     arr = (arr - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def normalise_batch(x, mean: tuple[float, ...] | list[float], std: tuple[float, ...] | list[float]):
+    """A (B, 3, H, W) float tensor of pixel values in 0-255 normalised by the model's ``mean`` and ``std`` (given
+    for 0-1 values), in the channels-last layout the convolutional towers run in."""
+    import torch
+
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255
+    return ((x - m) / s).contiguous(memory_format=torch.channels_last)

@@ -36,6 +36,7 @@ import numpy as np
 
 from models.arch import FIT_PREPROCESS
 from models.core.io import cache_root
+from models.images import normalise_batch
 from models.training.data import TrainData
 
 __all__ = ["ImageTowerConfig", "augment", "main", "tower_config", "train_image_tower"]
@@ -107,14 +108,6 @@ def augment(x: Any, gen: Any, shift: int, jitter: float) -> Any:
         offset = 100 * jitter * (torch.rand(b, 1, 1, 1, generator=gen) - 0.5)
         x = ((x - mean) * gain + mean + offset).clamp(0, 255)
     return x
-
-
-def _normalise(x: Any, mean: tuple[float, ...], std: tuple[float, ...]) -> Any:
-    import torch
-
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
-    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255
-    return ((x - m) / s).contiguous(memory_format=torch.channels_last)
 
 
 def _schedule(step: int, total: int, warmup: int) -> float:
@@ -209,7 +202,7 @@ def train_image_tower(model: Any, data: TrainData, text_emb: np.ndarray, cfg: Im
         sums = {"clip": 0.0, "category": 0.0, "acc": 0.0, "batches": 0}
         for b in range(min(per_epoch, total - step)):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            x = _normalise(augment(pixels[idx].float(), gen, cfg.shift, cfg.jitter), mean, std)
+            x = normalise_batch(augment(pixels[idx].float(), gen, cfg.shift, cfg.jitter), mean, std)
             clip, cat, acc = _losses(visual, head, temp["logit_scale"], x, text[idx],
                                      None if groups is None else groups[idx], labels[idx], cfg)
             sums["acc"] += acc
