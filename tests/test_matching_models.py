@@ -66,6 +66,60 @@ def test_pair_features_see_model_numbers_brands_and_prices():
         pair_features([prepare(a)], [prepare(a), prepare(a)], np.ones(1))
 
 
+def test_pair_feature_overlaps_are_the_set_ratios_of_the_two_titles():
+    rng = np.random.default_rng(4)
+    vocab = ["quill", "dress", "purple", "women", "qu-7101", "qu7101", "2 pack", "32gb", "64 gb", "usb", "v2"]
+    for _ in range(200):
+        a, b = (" ".join(rng.choice(vocab, size=rng.integers(0, 6))) for _ in range(2))
+        pa_, pb = prepare({"title": a}), prepare({"title": b})
+        f = pair_features([pa_], [pb], np.zeros(1)).iloc[0]
+
+        def ratio(x: frozenset, y: frozenset) -> float:
+            return len(x & y) / len(x | y) if x | y else 0.0
+
+        small = min(len(pa_.words), len(pb.words))
+        assert f["token_jaccard"] == ratio(pa_.words, pb.words)
+        assert f["char3_jaccard"] == ratio(pa_.grams, pb.grams)
+        assert f["token_overlap"] == (len(pa_.words & pb.words) / small if small else 0.0)
+        both = bool(pa_.nums) and bool(pb.nums)
+        assert f["number_jaccard"] == (ratio(pa_.nums, pb.nums) if both else 0.0)
+
+
+def _walk(trees, row: np.ndarray) -> float:
+    """One row through each tree node by node, as scikit-learn's float32 rule reads it (NaN fails ``<=``)."""
+    total = 0.0
+    for node in trees.roots:
+        while trees.left[node] >= 0:
+            v = np.float64(np.float32(row[trees.feature[node]]))
+            node = trees.left[node] if v <= trees.threshold[node] else trees.right[node]
+        total += trees.value[node]
+    return trees.bias + trees.rate * total
+
+
+def test_scorer_trees_follow_scikit_learn_at_the_thresholds_and_on_nan():
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    from models.matching.train import _to_trees
+
+    rng = np.random.default_rng(5)
+    x = rng.random((800, 4))
+    x[:, 1] = np.round(x[:, 1], 1)   # ties: many rows sit exactly on a split
+    y = ((x[:, 0] + x[:, 1] > 1.0) ^ (rng.random(800) < 0.1)).astype(int)
+    gb = GradientBoostingClassifier(n_estimators=30, max_depth=4, init="zero", random_state=0).fit(x, y)
+    trees = _to_trees(gb, 4)
+    probe = rng.random((300, 4))
+    for j in range(4):   # rows exactly at a threshold, in float64 and as the float32 just above and below it
+        th = trees.threshold[(trees.feature == j) & (trees.left >= 0)]
+        probe[:100, j] = rng.choice(th, 100)
+        probe[100:150, j] = np.nextafter(rng.choice(th, 50).astype(np.float32), np.float32(1))
+        probe[150:200, j] = np.nextafter(rng.choice(th, 50).astype(np.float32), np.float32(-1))
+    np.testing.assert_allclose(trees.raw(probe), gb.decision_function(probe), rtol=0, atol=1e-9)
+    probe[::3, 1] = np.nan
+    probe[1::5, 0] = np.nan
+    assert np.allclose(trees.raw(probe), [_walk(trees, r) for r in probe], rtol=0, atol=1e-12)
+    assert trees.raw(np.zeros((0, 4))).shape == (0,)
+
+
 def _toy_pairs(n: int, seed: int) -> pd.DataFrame:
     """Feature rows where matches share a model number and have high cosine, with label noise."""
     rng = np.random.default_rng(seed)

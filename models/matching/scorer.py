@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -38,19 +39,43 @@ class Trees:
     bias: float = 0.0
 
     def raw(self, x: np.ndarray) -> np.ndarray:
-        # scikit-learn compares float32 features with float64 thresholds; do the same for identical splits.
-        x = np.asarray(x, dtype=np.float32).astype(np.float64)
+        # scikit-learn compares float32 features with float64 thresholds. ``_walk`` holds each threshold as the
+        # largest float32 at or under it, which splits every float32 input the same way, in half the bytes.
+        x = np.ascontiguousarray(x, dtype=np.float32)
         if len(x) == 0:
             return np.zeros(0)
-        nodes = np.broadcast_to(self.roots, (len(x), len(self.roots))).copy()
-        rows = np.arange(len(x))[:, None]
-        while True:
-            inner = self.left[nodes] >= 0
-            if not inner.any():
-                break
-            go_left = x[rows, self.feature[nodes]] <= self.threshold[nodes]
-            nodes = np.where(inner, np.where(go_left, self.left[nodes], self.right[nodes]), nodes)
+        child, feature, threshold, depth = self._walk
+        n, width = x.shape
+        nodes = np.broadcast_to(self.roots.astype(np.int32), (n, len(self.roots))).copy()
+        at = (np.arange(n, dtype=np.int64) * width)[:, None]
+        flat = x.ravel()
+        for _ in range(depth):   # a leaf is its own child on both sides: trees shallower than ``depth`` wait there
+            goes_left = flat[at + feature[nodes]] <= threshold[nodes]   # NaN goes right, as scikit-learn's
+            nodes = child[2 * nodes + goes_left]
         return self.bias + self.rate * self.value[nodes].sum(axis=1)
+
+    @cached_property
+    def _walk(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """(children, feature, float32 threshold, depth) for :meth:`raw`: ``children[2 * node + goes_left]``
+        is the next node (a leaf's own index on both sides), leaves test feature 0 against +inf."""
+        leaf = self.left < 0
+        own = np.arange(len(self.left))
+        child = np.empty(2 * len(self.left), np.int32)
+        child[0::2] = np.where(leaf, own, self.right)
+        child[1::2] = np.where(leaf, own, self.left)
+        t32 = self.threshold.astype(np.float32)
+        t32 = np.where(t32.astype(np.float64) > self.threshold, np.nextafter(t32, np.float32(-np.inf)), t32)
+        threshold = np.where(leaf, np.float32(np.inf), t32).astype(np.float32)
+        feature = np.where(leaf, 0, self.feature).astype(np.int32)
+        depth, level = 0, self.roots
+        while True:
+            inner = level[self.left[level] >= 0]
+            if not len(inner):
+                return child, feature, threshold, depth
+            depth += 1
+            if depth > len(self.left):
+                raise ValueError("pair scorer trees: a node links back to its own path (the trees have a cycle)")
+            level = np.concatenate([self.left[inner], self.right[inner]])
 
     def to_dict(self) -> dict[str, Any]:
         return {"roots": self.roots.tolist(), "feature": self.feature.tolist(), "threshold": self.threshold.tolist(),
