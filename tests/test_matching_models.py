@@ -85,6 +85,44 @@ def test_pair_feature_overlaps_are_the_set_ratios_of_the_two_titles():
         assert f["number_jaccard"] == (ratio(pa_.nums, pb.nums) if both else 0.0)
 
 
+def test_the_score_step_prepares_a_listing_once_per_worker_and_by_what_it_says(monkeypatch):
+    """The score step keeps prepared listings across partitions, keyed by their content: a product id that comes
+    back with another title (a later run in the same worker) is prepared again, and the scores are those of a
+    step that prepares every listing afresh."""
+    import models.matching.features as features
+    import udfs.matching as um
+    from jobs.stages.matching import resolve_matching
+
+    scorer = load_scorer(resolve_matching("auto"))
+    calls = []
+    real = features.prepare_key
+    monkeypatch.setattr(features, "prepare_key", lambda key: calls.append(key) or real(key))
+    monkeypatch.setattr(um, "_PREPARED", {})
+
+    def frame(title_b: str, price_b: object) -> pd.DataFrame:
+        return pd.DataFrame({
+            "a": ["p1", "p1"], "b": ["p2", "p3"], "fused_cosine": [0.9, 0.8], "text_cosine": [0.9, 0.8],
+            "image_cosine": [np.nan, np.nan], "blocking": ["ann", "ann"],
+            "title_a": ["Kestrel Black Watch KE-8301"] * 2, "brand_a": ["Kestrel"] * 2, "price_a": [20.0, 20.0],
+            "currency_a": ["EUR"] * 2, "title_b": [title_b, "Kestrel Black Watch KE-9999"],
+            "brand_b": [None, "Kestrel"], "price_b": [price_b, 20.0], "currency_b": ["EUR", "EUR"]})
+
+    score = um.make_score_fn(scorer.version, scorer.to_json(), keep_all=True)
+    first = pd.concat(score(iter([frame("Watch Kestrel KE8301 Black", 20.0)])))
+    again = pd.concat(score(iter([frame("Watch Kestrel KE8301 Black", 20.0)])))   # another partition
+    assert len(calls) == 3 and first["score"].tolist() == again["score"].tolist()
+    changed = pd.concat(score(iter([frame("Pioneer TS-G6843R speaker", np.nan)])))   # p2 now says something else
+    assert len(calls) == 4 and changed["score"].iloc[0] < first["score"].iloc[0]
+    none_price = pd.concat(score(iter([frame("Pioneer TS-G6843R speaker", None)])))   # None reads as NaN
+    assert len(calls) == 4 and none_price["score"].tolist() == changed["score"].tolist()
+    monkeypatch.setattr(um, "_PREPARED", {})
+    fresh = pd.concat(score(iter([frame("Pioneer TS-G6843R speaker", np.nan)])))
+    assert fresh["score"].tolist() == changed["score"].tolist()
+    monkeypatch.setattr(um, "PREPARED_MEMO_ROWS", 2)   # full: emptied, never grown past its bound
+    score(iter([frame("Kestrel KE-8301", 21.0)])).__next__()
+    assert len(um._PREPARED) <= 2
+
+
 def _walk(trees, row: np.ndarray) -> float:
     """One row through each tree node by node, as scikit-learn's float32 rule reads it (NaN fails ``<=``)."""
     total = 0.0

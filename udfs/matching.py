@@ -201,6 +201,15 @@ def _scorer(version: str, text: str):
     return cached(("pair-scorer", version), lambda: PairScorer.from_json(text, version, expected_features=FEATURES))
 
 
+# The prepared listings (models.matching.features.prepare) of this Python worker, by what prepare reads of them
+# (record_key). A listing is a candidate about 20 times over, and Spark spreads the candidate pairs over its
+# partitions at random: kept per partition, the listings of a 20,000-product catalog were prepared about 20 times
+# each (15 CPU-s of its match stage). Kept per worker, each is prepared about once. Bounded: about 6 KB a listing,
+# emptied when full.
+_PREPARED: dict[tuple, object] = {}
+PREPARED_MEMO_ROWS = 50_000
+
+
 def make_score_fn(scorer_version: str, scorer_json: str, keep_all: bool = False, cross: CrossSpec | None = None
                   ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
     """Candidate rows (``a, b``, cosines, ``blocking`` and ``title/brand/price/currency`` of both sides as
@@ -209,30 +218,28 @@ def make_score_fn(scorer_version: str, scorer_json: str, keep_all: bool = False,
     With ``cross``, the feature scorer is a first pass: a pair whose feature score reaches ``cross.prefilter``
     is read by the cross-encoder, whose probability becomes its score and whose threshold decides the match; a
     pair below the prefilter keeps its feature score (below any threshold worth using) and is not read."""
-    from models.matching.features import pair_features, prepare
+    from models.matching.features import pair_features, prepare_key, record_key
 
-    def prepared(pdf: pd.DataFrame, side: str, memo: dict) -> list:
-        # ``memo`` lives for one call of ``score`` (one partition of one run), where a product id names one
-        # record; a product is a candidate ~20 times over, and preparing its title again each time took a third
-        # of the stage outside the cross-encoder.
-        if len(memo) > 500_000:
-            memo.clear()
+    def prepared(pdf: pd.DataFrame, side: str) -> list:
         out = []
-        for pid, t, br, pr, cur in pdf[[side, f"title_{side}", f"brand_{side}", f"price_{side}",
-                                        f"currency_{side}"]].itertuples(index=False, name=None):
-            if pid not in memo:
-                memo[pid] = prepare({"title": t, "brand": br, "price": pr, "currency": cur})
-            out.append(memo[pid])
+        for t, br, pr, cur in pdf[[f"title_{side}", f"brand_{side}", f"price_{side}", f"currency_{side}"]
+                                  ].itertuples(index=False, name=None):
+            key = record_key(t, br, pr, cur)
+            rec = _PREPARED.get(key)
+            if rec is None:
+                if len(_PREPARED) >= PREPARED_MEMO_ROWS:
+                    _PREPARED.clear()
+                rec = _PREPARED[key] = prepare_key(key)
+            out.append(rec)
         return out
 
     def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         scorer = _scorer(scorer_version, scorer_json)
         model = _cross(cross) if cross is not None else None
-        memo: dict[str, object] = {}
         for pdf in batches:
             if pdf.empty:
                 continue
-            f = pair_features(prepared(pdf, "a", memo), prepared(pdf, "b", memo),
+            f = pair_features(prepared(pdf, "a"), prepared(pdf, "b"),
                               pdf["text_cosine"].to_numpy(np.float64), pdf["image_cosine"].to_numpy(np.float64),
                               pdf["fused_cosine"].to_numpy(np.float64))
             s = scorer.score(f)

@@ -17,7 +17,7 @@ import pandas as pd
 
 from models.matching.text import brand_key, char_ngrams, model_numbers, numbers, parse_price, tokens
 
-__all__ = ["FEATURES", "Prepared", "pair_features", "prepare"]
+__all__ = ["FEATURES", "Prepared", "pair_features", "prepare", "prepare_key", "record_key"]
 
 # The scorer's inputs, in order. Image and fused cosines are evidence only: no labelled pair here has
 # images, so a scorer could not learn what they are worth.
@@ -48,15 +48,27 @@ def _text(v) -> str:
     return str(v)
 
 
-def prepare(record: Mapping) -> Prepared:
-    title = _text(record.get("title"))
+def record_key(title: object, brand: object, price: object, currency: object) -> tuple[str, str, float | None, str]:
+    """What :func:`prepare` reads of a record, normalised as it normalises it (a NaN price as None): records with
+    equal keys prepare equal, so the key can name a prepared record in a memo."""
+    p = parse_price(price)
+    return _text(title), brand_key(_text(brand)), None if math.isnan(p) else p, _text(currency).strip().upper()
+
+
+def prepare_key(key: tuple[str, str, float | None, str]) -> Prepared:
+    """:func:`prepare` of the record a :func:`record_key` came from."""
+    title, brand, price, currency = key
     words = tokens(title)
     return Prepared(
         words=frozenset(words), grams=frozenset(char_ngrams(title)), codes=frozenset(model_numbers(title)),
         nums=frozenset(numbers(title)), compact="".join(c for c in "".join(words) if c.isalnum()),
-        brand=brand_key(_text(record.get("brand"))), price=parse_price(record.get("price")),
-        currency=_text(record.get("currency")).strip().upper(),
+        brand=brand, price=math.nan if price is None else price, currency=currency,
     )
+
+
+def prepare(record: Mapping) -> Prepared:
+    return prepare_key(record_key(record.get("title"), record.get("brand"), record.get("price"),
+                                  record.get("currency")))
 
 
 def _jaccard(a: frozenset, b: frozenset) -> float:
