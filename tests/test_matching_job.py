@@ -170,6 +170,30 @@ def test_the_driver_path_writes_what_the_spark_path_writes(spark, tmp_path, with
         assert a["centroids"].shape[0] + a["lexical_centroids"].shape[0] == f_s["cells"] == s_s["cells"]
 
 
+def test_pair_cosines_sum_each_pairs_products_left_to_right_in_any_slice():
+    from jobs.stages.matching import _pair_cosines
+
+    rng = np.random.default_rng(3)
+    rows = [rng.standard_normal(8).astype(np.float32) for _ in range(6)]
+    pdf = pd.DataFrame({"embedding": rows, "text_embedding": [None if i == 2 else r for i, r in enumerate(rows)],
+                        "image_embedding": [None] * 6})
+    ia, ib = np.array([0, 1, 2, 3, 5, 4, 0]), np.array([1, 2, 3, 4, 0, 4, 5])
+    got = _pair_cosines(pdf, ia, ib, chunk=3)
+
+    def left_to_right(x, y):
+        total = np.float32(0)
+        for p in (x * y).astype(np.float32):
+            total = np.float32(total + p)
+        return total
+
+    expected = np.array([left_to_right(rows[a], rows[b]) for a, b in zip(ia, ib, strict=True)], np.float32)
+    assert np.array_equal(got["fused_cosine"], expected)
+    text = expected.copy()
+    text[[1, 2]] = np.nan   # row 2 has no text embedding
+    assert np.array_equal(got["text_cosine"], text, equal_nan=True)
+    assert np.isnan(got["image_cosine"]).all() and len(_pair_cosines(pdf, ia[:0], ib[:0])["fused_cosine"]) == 0
+
+
 def test_cluster_ids_are_stable_when_everything_is_matched_again(spark, lake):
     df = synthetic(seed=3)
     write_embeddings(spark, lake, df, "e1")

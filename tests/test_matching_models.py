@@ -107,9 +107,14 @@ def test_the_score_step_prepares_a_listing_once_per_worker_and_by_what_it_says(m
             "currency_a": ["EUR"] * 2, "title_b": [title_b, "Kestrel Black Watch KE-9999"],
             "brand_b": [None, "Kestrel"], "price_b": [price_b, 20.0], "currency_b": ["EUR", "EUR"]})
 
-    score = um.make_score_fn(scorer.version, scorer.to_json(), keep_all=True)
+    import cloudpickle
+
+    def task():   # each Spark task unpickles the function afresh, as cloudpickle ships it
+        return cloudpickle.loads(cloudpickle.dumps(um.make_score_fn(scorer.version, scorer.to_json(), keep_all=True)))
+
+    score = task()
     first = pd.concat(score(iter([frame("Watch Kestrel KE8301 Black", 20.0)])))
-    again = pd.concat(score(iter([frame("Watch Kestrel KE8301 Black", 20.0)])))   # another partition
+    again = pd.concat(task()(iter([frame("Watch Kestrel KE8301 Black", 20.0)])))   # another partition
     assert len(calls) == 3 and first["score"].tolist() == again["score"].tolist()
     changed = pd.concat(score(iter([frame("Pioneer TS-G6843R speaker", np.nan)])))   # p2 now says something else
     assert len(calls) == 4 and changed["score"].iloc[0] < first["score"].iloc[0]

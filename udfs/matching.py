@@ -210,6 +210,25 @@ _PREPARED: dict[tuple, object] = {}
 PREPARED_MEMO_ROWS = 50_000
 
 
+def _prepared(pdf: pd.DataFrame, side: str) -> list:
+    """The prepared listings of one side of a batch of candidate pairs, through the worker's memo. (A module
+    function: cloudpickle ships a nested function's globals by value, so a memo a nested function named would be
+    a fresh empty copy in every task.)"""
+    from models.matching.features import prepare_key, record_key
+
+    out = []
+    for t, br, pr, cur in pdf[[f"title_{side}", f"brand_{side}", f"price_{side}", f"currency_{side}"]
+                              ].itertuples(index=False, name=None):
+        key = record_key(t, br, pr, cur)
+        rec = _PREPARED.get(key)
+        if rec is None:
+            if len(_PREPARED) >= PREPARED_MEMO_ROWS:
+                _PREPARED.clear()
+            rec = _PREPARED[key] = prepare_key(key)
+        out.append(rec)
+    return out
+
+
 def make_score_fn(scorer_version: str, scorer_json: str, keep_all: bool = False, cross: CrossSpec | None = None
                   ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
     """Candidate rows (``a, b``, cosines, ``blocking`` and ``title/brand/price/currency`` of both sides as
@@ -218,20 +237,7 @@ def make_score_fn(scorer_version: str, scorer_json: str, keep_all: bool = False,
     With ``cross``, the feature scorer is a first pass: a pair whose feature score reaches ``cross.prefilter``
     is read by the cross-encoder, whose probability becomes its score and whose threshold decides the match; a
     pair below the prefilter keeps its feature score (below any threshold worth using) and is not read."""
-    from models.matching.features import pair_features, prepare_key, record_key
-
-    def prepared(pdf: pd.DataFrame, side: str) -> list:
-        out = []
-        for t, br, pr, cur in pdf[[f"title_{side}", f"brand_{side}", f"price_{side}", f"currency_{side}"]
-                                  ].itertuples(index=False, name=None):
-            key = record_key(t, br, pr, cur)
-            rec = _PREPARED.get(key)
-            if rec is None:
-                if len(_PREPARED) >= PREPARED_MEMO_ROWS:
-                    _PREPARED.clear()
-                rec = _PREPARED[key] = prepare_key(key)
-            out.append(rec)
-        return out
+    from models.matching.features import pair_features
 
     def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         scorer = _scorer(scorer_version, scorer_json)
@@ -239,7 +245,7 @@ def make_score_fn(scorer_version: str, scorer_json: str, keep_all: bool = False,
         for pdf in batches:
             if pdf.empty:
                 continue
-            f = pair_features(prepared(pdf, "a"), prepared(pdf, "b"),
+            f = pair_features(_prepared(pdf, "a"), _prepared(pdf, "b"),
                               pdf["text_cosine"].to_numpy(np.float64), pdf["image_cosine"].to_numpy(np.float64),
                               pdf["fused_cosine"].to_numpy(np.float64))
             s = scorer.score(f)

@@ -711,19 +711,28 @@ def _sequential_dot(x, y):
     return np.cumsum(prod, axis=1, dtype=np.float32)[:, -1] if prod.shape[1] else np.zeros(len(prod), np.float32)
 
 
-def _pair_cosines(pdf, ia, ib) -> dict:
+def _pair_cosines(pdf, ia, ib, chunk: int = 16384) -> dict:
     """The fused, text and image cosines of the row pairs ``(ia[k], ib[k])`` of ``pdf``, as the Spark path's
-    :func:`_dot` computes them for pairs the embedding cells did not find; NaN where either side has none."""
+    :func:`_dot` computes them for pairs the embedding cells did not find; NaN where either side has none.
+
+    Each column becomes one matrix and the pairs' rows are gathered from it a slice at a time: stacking each
+    pair's two arrays took 10 s of the 20 s of blocking in a 20,000-product run (about 160,000 pairs found by
+    model number or lexical vectors alone)."""
     import numpy as np
 
     out = {}
     for col, name in (("embedding", "fused_cosine"), ("text_embedding", "text_cosine"),
                       ("image_embedding", "image_cosine")):
         vals = pdf[col].to_numpy()
-        both = np.asarray([vals[i] is not None and vals[j] is not None for i, j in zip(ia, ib, strict=True)], bool)
+        has = np.fromiter((v is not None for v in vals), bool, count=len(vals))
         dots = np.full(len(ia), np.nan, np.float32)
-        if both.any():
-            dots[both] = _sequential_dot(np.stack([vals[i] for i in ia[both]]), np.stack([vals[j] for j in ib[both]]))
+        both = np.flatnonzero(has[ia] & has[ib]) if len(ia) else np.zeros(0, np.int64)
+        if len(both):
+            m = np.zeros((len(vals), len(vals[np.flatnonzero(has)[0]])), np.float32)
+            m[has] = np.stack([vals[i] for i in np.flatnonzero(has)])
+            for s in range(0, len(both), chunk):
+                k = both[s:s + chunk]
+                dots[k] = _sequential_dot(m[ia[k]], m[ib[k]])
         out[name] = dots
     return out
 
