@@ -203,9 +203,9 @@ def _scorer(version: str, text: str):
 
 # The prepared listings (models.matching.features.prepare) of this Python worker, by what prepare reads of them
 # (record_key). A listing is a candidate about 20 times over, and Spark spreads the candidate pairs over its
-# partitions at random: kept per partition, the listings of a 20,000-product catalog were prepared about 20 times
-# each (15 CPU-s of its match stage). Kept per worker, each is prepared about once. Bounded: about 6 KB a listing,
-# emptied when full.
+# partitions at random: kept per partition, the listings of a 20,000-product catalog were prepared about 19 times
+# each (about 8 CPU-s of its match stage). Kept per worker, each is prepared about once. Bounded: about 6 KB a
+# listing (300 MB at most, also in a long-lived driver that scores without the cross-encoder), emptied when full.
 _PREPARED: dict[tuple, object] = {}
 PREPARED_MEMO_ROWS = 50_000
 
