@@ -720,16 +720,16 @@ def _pair_cosines(pdf, ia, ib, chunk: int = 16384) -> dict:
     model number or lexical vectors alone)."""
     import numpy as np
 
+    from udfs.matching import _stack
+
     out = {}
     for col, name in (("embedding", "fused_cosine"), ("text_embedding", "text_cosine"),
                       ("image_embedding", "image_cosine")):
-        vals = pdf[col].to_numpy()
-        has = np.fromiter((v is not None for v in vals), bool, count=len(vals))
+        has = np.fromiter((v is not None for v in pdf[col]), bool, count=len(pdf))
         dots = np.full(len(ia), np.nan, np.float32)
         both = np.flatnonzero(has[ia] & has[ib]) if len(ia) else np.zeros(0, np.int64)
         if len(both):
-            m = np.zeros((len(vals), len(vals[np.flatnonzero(has)[0]])), np.float32)
-            m[has] = np.stack([vals[i] for i in np.flatnonzero(has)])
+            m = _stack(pdf[col])
             for s in range(0, len(both), chunk):
                 k = both[s:s + chunk]
                 dots[k] = _sequential_dot(m[ia[k]], m[ib[k]])

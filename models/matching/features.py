@@ -71,10 +71,15 @@ def prepare(record: Mapping) -> Prepared:
                                   record.get("currency")))
 
 
-def _jaccard(a: frozenset, b: frozenset) -> float:
-    if not a and not b:
-        return 0.0
-    return len(a & b) / len(a | b)
+def _sizes(a: frozenset, b: frozenset) -> tuple[int, int]:
+    """(|a & b|, |a | b|), the union's size by inclusion-exclusion: one intersection, no union built (about 40%
+    off the features of the hundreds of thousands of candidate pairs in a run)."""
+    shared = len(a & b)
+    return shared, len(a) + len(b) - shared
+
+
+def _ratio(part: int, whole: int) -> float:
+    return part / whole if whole else 0.0
 
 
 def _brand(a: Prepared, b: Prepared) -> bool | None:
@@ -99,32 +104,18 @@ def _models(a: Prepared, b: Prepared) -> tuple[bool, int]:
 
 
 def _one(a: Prepared, b: Prepared) -> tuple[list[float], bool | None, bool | None, float]:
-    # Set sizes by inclusion-exclusion (|a | b| = |a| + |b| - |a & b|): one intersection per set kind, no union
-    # built. The same numbers as _jaccard's, about 40% faster over the hundreds of thousands of candidate pairs.
-    wa, wb = a.words, b.words
-    na, nb = len(wa), len(wb)
-    shared = len(wa & wb) if na and nb else 0
-    small = min(na, nb)
-    jac = shared / (na + nb - shared) if na or nb else 0.0
-    overlap = shared / small if small else 0.0
-    length = small / max(na, nb) if small else 0.0
-    ga, gb = a.grams, b.grams
-    g_shared = len(ga & gb)
-    g_all = len(ga) + len(gb) - g_shared
+    shared, every = _sizes(a.words, b.words)
+    small = min(len(a.words), len(b.words))
+    length = small / max(len(a.words), len(b.words)) if small else 0.0
     m_both, m_shared = _models(a, b)
     n_both = bool(a.nums) and bool(b.nums)
-    if n_both:
-        n_shared = len(a.nums & b.nums)
-        n_jac = n_shared / (len(a.nums) + len(b.nums) - n_shared)
-    else:
-        n_jac = 0.0
     brand = _brand(a, b)
     same_currency = a.currency == b.currency  # both empty counts as the same (unknown) currency
     ratio = (min(a.price, b.price) / max(a.price, b.price)
              if same_currency and not (math.isnan(a.price) or math.isnan(b.price)) else math.nan)
-    row = [jac, overlap, g_shared / g_all if g_all else 0.0, length,
+    row = [_ratio(shared, every), _ratio(shared, small), _ratio(*_sizes(a.grams, b.grams)), length,
            float(m_both), float(m_shared > 0), float(m_both and m_shared == 0),
-           float(n_both), n_jac,
+           float(n_both), _ratio(*_sizes(a.nums, b.nums)) if n_both else 0.0,
            float(brand is not None), float(bool(brand)),
            float(not math.isnan(ratio)), 0.0 if math.isnan(ratio) else ratio]
     model_match = (m_shared > 0) if (m_both or m_shared) else None
