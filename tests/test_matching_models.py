@@ -128,6 +128,71 @@ def test_the_score_step_prepares_a_listing_once_per_worker_and_by_what_it_says(m
     assert len(um._PREPARED) <= 2
 
 
+def test_the_score_step_reads_the_pairs_of_several_batches_in_one_cross_encoder_pass(monkeypatch):
+    """With the cross-encoder, the pairs that pass the prefilter in up to POOL_BATCHES batches go through it in
+    one pass (sorted by length together, padded less); the rows, their order and the scores are those of scoring
+    each batch by itself (fp32: within float noise), and the passes stay bounded."""
+    import udfs.matching as um
+    from jobs.stages.matching import resolve_matching, resolve_pair_model
+
+    cat = pd.read_parquet("jobs/sample_catalog/catalog.parquet").dropna(subset=["title"]).reset_index(drop=True)
+    rng = np.random.default_rng(7)
+    n = 600
+    ia, ib = rng.integers(0, len(cat), n), rng.integers(0, len(cat), n)
+    cos = rng.uniform(0.5, 1.0, n).astype(np.float32)
+    frame = pd.DataFrame({"a": cat["product_id"].to_numpy()[ia], "b": cat["product_id"].to_numpy()[ib],
+                          "fused_cosine": cos, "text_cosine": cos, "image_cosine": np.full(n, np.nan, np.float32),
+                          "blocking": "ann"})
+    for side, idx in (("a", ia), ("b", ib)):
+        for f in ("title", "brand", "price", "currency"):
+            frame[f"{f}_{side}"] = cat[f].to_numpy()[idx] if f in cat else None
+    # every other pair: a listing against another seller's copy of it (its words in another order), so that
+    # many pairs pass the feature scorer's prefilter, spread over every batch
+    copy = np.arange(n) % 2 == 0
+    frame.loc[copy, "b"] = frame.loc[copy, "a"] + "-copy"
+    for f in ("brand", "price", "currency"):
+        frame.loc[copy, f"{f}_b"] = frame.loc[copy, f"{f}_a"]
+    frame.loc[copy, "title_b"] = [" ".join(reversed(t.split())) for t in frame.loc[copy, "title_a"]]
+    batches = [frame.iloc[s:s + 50].reset_index(drop=True) for s in range(0, n, 50)]   # 12 batches
+
+    scorer = load_scorer(resolve_matching("auto"))
+    spec = um.CrossSpec(str(resolve_pair_model("auto")), precision="fp32")
+    model = um._cross(spec)
+    passes: list[int] = []
+    real = model.score
+    monkeypatch.setattr(model, "score", lambda a, b, f=None: passes.append(len(a)) or real(a, b, f))
+    score = um.make_score_fn(scorer.version, scorer.to_json(), keep_all=True, cross=spec)
+    got = pd.concat(score(iter(batches)), ignore_index=True)
+    assert len(passes) == 1 and 0 < passes[0] < n            # some pairs under the prefilter, the rest at once
+    first = passes[0]
+
+    expected = []   # each batch alone, as the step scored before pooling
+    for pdf in batches:
+        f = pair_features(um._prepared(pdf, "a"), um._prepared(pdf, "b"), pdf["text_cosine"].to_numpy(np.float64),
+                          pdf["image_cosine"].to_numpy(np.float64), pdf["fused_cosine"].to_numpy(np.float64))
+        s = scorer.score(f)
+        read = np.flatnonzero(s >= spec.prefilter)
+        sub = pdf.iloc[read]
+        s[read] = real(um._serialised(sub, "a"), um._serialised(sub, "b"), f.iloc[read])
+        expected.append(pd.DataFrame({"product_id_a": pdf["a"], "product_id_b": pdf["b"], "score": s}))
+    expected = pd.concat(expected, ignore_index=True)
+    assert got["product_id_a"].tolist() == expected["product_id_a"].tolist()
+    assert got["product_id_b"].tolist() == expected["product_id_b"].tolist()
+    np.testing.assert_allclose(got["score"].to_numpy(), expected["score"].to_numpy(), atol=1e-5)
+
+    passes.clear()
+    monkeypatch.setattr(um, "POOL_BATCHES", 5)   # 12 batches: passes of 5, 5 and 2 batches
+    again = pd.concat(um.make_score_fn(scorer.version, scorer.to_json(), keep_all=True, cross=spec)(iter(batches)),
+                      ignore_index=True)
+    assert len(passes) == 3 and sum(passes) == first
+    np.testing.assert_allclose(again["score"].to_numpy(), got["score"].to_numpy(), atol=1e-5)
+    matches = pd.concat(um.make_score_fn(scorer.version, scorer.to_json(), cross=spec)(iter(batches)))
+    by_pair = dict(zip(zip(got["product_id_a"], got["product_id_b"], strict=True), got["score"], strict=True))
+    assert len(matches) and (matches["score"] >= model.threshold).all()
+    assert all(abs(by_pair[(a, b)] - p) < 1e-5
+               for a, b, p in zip(matches["product_id_a"], matches["product_id_b"], matches["score"], strict=True))
+
+
 def _walk(trees, row: np.ndarray) -> float:
     """One row through each tree node by node, as scikit-learn's float32 rule reads it (NaN fails ``<=``)."""
     total = 0.0

