@@ -100,10 +100,12 @@ def heads_frame(text_emb: list, image_emb: list, texts: list[str], plan: HeadsPl
     if probs is not None:
         k = min(plan.top_k, probs.shape[1])
         top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        # as Python lists once: indexing the arrays element by element was a third of the heads' time
+        top_ids, top_p = top.tolist(), np.take_along_axis(probs, top, axis=1).astype(np.float64).tolist()
         for i in range(n):
-            out["category"][i] = labels[top[i, 0]]
-            out["confidence"][i] = float(probs[i, top[i, 0]])
-            out["top_k"][i] = [{"label": labels[j], "score": float(probs[i, j])} for j in top[i]]
+            out["category"][i] = labels[top_ids[i][0]]
+            out["confidence"][i] = top_p[i][0]
+            out["top_k"][i] = [{"label": labels[j], "score": p} for j, p in zip(top_ids[i], top_p[i], strict=True)]
     if bundle is not None:
         for name, head in bundle.attributes.items():
             p = head.predict(t, img, named)

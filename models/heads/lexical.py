@@ -26,9 +26,12 @@ _TOKEN = re.compile(r"(?u)\b\w\w+\b")   # scikit-learn's default token pattern
 _ABSENT = -30.0                          # bias of a class the expert never saw in training
 
 
-def _terms(text: str) -> list[str]:
+@functools.lru_cache(maxsize=16384)
+def _terms(text: str) -> tuple[str, ...]:
+    """The words and word pairs of ``text``; kept for the last texts seen, since each head's expert reads the
+    same titles."""
     words = _TOKEN.findall(text.lower())
-    return words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]
+    return (*words, *(f"{a} {b}" for a, b in zip(words, words[1:], strict=False)))
 
 
 @dataclass(frozen=True)
