@@ -65,6 +65,13 @@ def pad_batch(rows: Sequence[EncodedRow]) -> dict[str, Any]:
     return {"input_ids": ids, "token_type_ids": types, "mask": mask}
 
 
+def _tag_softmax(logits: Any) -> Any:
+    """Softmax over the three tags of ``[batch, tokens, attributes, 3]`` logits, in float32. Taken over a
+    strided view with the tags as the second-last axis: torch's kernel over a last axis of three elements ran
+    about six times slower, a tenth of the extractor's time (the same probabilities to one float32 unit)."""
+    return logits.float().transpose(-1, -2).softmax(-2).transpose(-1, -2)
+
+
 class Extractor:
     """A loaded tagger. ``extract`` is deterministic for the same inputs and runs under inference mode."""
 
@@ -97,9 +104,9 @@ class Extractor:
         batch = {k: v.to(self.device) for k, v in pad_batch(rows).items()}
         with torch.inference_mode(), autocast(self.precision, self.device):
             hidden = self.bottom(batch["input_ids"], batch["token_type_ids"], batch["mask"])
-            total = self.top(hidden, batch["mask"]).float().softmax(-1)
+            total = _tag_softmax(self.top(hidden, batch["mask"]))
             for member in self.members:
-                total = total + member(hidden, batch["mask"]).float().softmax(-1)
+                total = total + _tag_softmax(member(hidden, batch["mask"]))
             probs = (total / (1 + len(self.members))).cpu().numpy()
         return [probs[i, :len(r.input_ids)] for i, r in enumerate(rows)]
 
