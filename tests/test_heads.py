@@ -350,3 +350,17 @@ def test_prior_adjustment_stays_off_when_the_classes_are_balanced():
     x, y = _blobs(n_per=150, k=3, spread=1.5, seed=2)
     cfg = HeadTrainConfig(epochs=3, hidden=0, lr=5e-2, calibration_fraction=0.3, prior_adjustment=True)
     assert fit_head(x, y, ["a", "b", "c"], cfg, name="colour", inputs="text").class_bias is None
+
+
+def test_the_heads_gelu_stays_in_float32_and_is_the_exact_gelu():
+    """The heads' MLP runs in float32 through its activation (a float64 constant had promoted it, and the next
+    layer's product with it), and its GELU is the erf one to float32 precision."""
+    from scipy.special import erf
+
+    from models.heads.bundle import _gelu
+
+    z = np.linspace(-6, 6, 1001, dtype=np.float32)
+    g = _gelu(z)
+    assert g.dtype == np.float32
+    x = z.astype(np.float64)
+    np.testing.assert_allclose(g, 0.5 * x * (1 + erf(x / np.sqrt(2.0))), rtol=1e-6, atol=1e-7)
