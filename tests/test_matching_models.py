@@ -168,9 +168,7 @@ def test_the_score_step_reads_the_pairs_of_several_batches_in_one_cross_encoder_
 
     expected = []   # each batch alone, as the step scored before pooling
     for pdf in batches:
-        f = pair_features(um._prepared(pdf, "a"), um._prepared(pdf, "b"), pdf["text_cosine"].to_numpy(np.float64),
-                          pdf["image_cosine"].to_numpy(np.float64), pdf["fused_cosine"].to_numpy(np.float64))
-        s = scorer.score(f)
+        f, s = um._features(pdf, scorer)
         read = np.flatnonzero(s >= spec.prefilter)
         sub = pdf.iloc[read]
         s[read] = real(um._serialised(sub, "a"), um._serialised(sub, "b"), f.iloc[read])
