@@ -150,17 +150,6 @@ def _attributes(df, batch_size: int, device: str | None, threads: int, chunk: in
     return rows
 
 
-def _matrix(vectors: list, dim: int):
-    """A float32 matrix of ``vectors``, a NaN row where one is None."""
-    import numpy as np
-
-    out = np.full((len(vectors), dim), np.nan, np.float32)
-    for i, v in enumerate(vectors):
-        if v is not None:
-            out[i] = v
-    return out
-
-
 def _cosines(ia, ib, fused, text, image):
     """(fused, text, image) cosines of row pairs as the job's cell search takes them: the text embedding, or
     the fused one where it is missing; no image cosine unless both have an image."""
@@ -184,6 +173,7 @@ def _match(df, emb: dict, threads: int, out: Path, precision: str = "auto") -> d
     import pandas as pd
 
     from jobs.stages.matching import MatchConfig, resolve_matching, resolve_pair_model
+    from models.core.arrays import stack_rows
     from models.matching.artifact import load_scorer
     from models.matching.blocking import candidate_pairs
     from models.matching.cluster import cluster
@@ -198,7 +188,8 @@ def _match(df, emb: dict, threads: int, out: Path, precision: str = "auto") -> d
     rows = df.iloc[emb["row"]].reset_index(drop=True)
     ids = rows["product_id"].astype(str).to_numpy()
     fused = np.stack(emb["embedding"]).astype(np.float32)
-    text, image = _matrix(emb["text_embedding"], fused.shape[1]), _matrix(emb["image_embedding"], fused.shape[1])
+    text = stack_rows(emb["text_embedding"], fused.shape[1])
+    image = stack_rows(emb["image_embedding"], fused.shape[1])
     cand = candidate_pairs(ids, fused, rows["title"].fillna("").tolist(), cfg.blocking)
     pos = {p: i for i, p in enumerate(ids)}
     ia, ib = cand["a"].map(pos).to_numpy(), cand["b"].map(pos).to_numpy()

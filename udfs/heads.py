@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd  # at module level: the UDF type hints are resolved in this module's namespace
 
+from models.core.arrays import stack_rows
 from models.core.faults import checkpoint
 from models.heads.adult import TermList
 from models.heads.zero_shot import ZeroShotLabels
@@ -66,15 +67,6 @@ def _resources(plan: HeadsPlan):
     return cached(("heads", plan.bundle_dir), load), plan.terms or TermList.load()
 
 
-def _stack(values: list, dim: int) -> np.ndarray:
-    """Rows of a nullable array column as an (N, dim) matrix; null rows are NaN (a missing image)."""
-    out = np.full((len(values), dim), np.nan, dtype=np.float32)
-    for i, v in enumerate(values):
-        if v is not None and len(v):
-            out[i] = v
-    return out
-
-
 def heads_frame(text_emb: list, image_emb: list, texts: list[str], plan: HeadsPlan, bundle, terms,
                 titles: list[str] | None = None) -> dict[str, list]:
     """Apply the plan to one batch; pure. Returns the output columns of :data:`HEADS_SCHEMA`.
@@ -87,8 +79,8 @@ def heads_frame(text_emb: list, image_emb: list, texts: list[str], plan: HeadsPl
     n = len(texts)
     named = texts if titles is None else titles
     dim = next((len(v) for v in text_emb if v is not None), 0)
-    t = _stack(text_emb, dim)
-    img = _stack(image_emb, dim)
+    t = stack_rows(text_emb, dim)
+    img = stack_rows(image_emb, dim)
     has_image = ~np.isnan(img).any(axis=1)
     out: dict[str, list] = {"category": [None] * n, "confidence": [None] * n, "top_k": [[] for _ in range(n)],
                             "attributes": [[] for _ in range(n)]}

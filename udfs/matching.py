@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd  # at module level: the UDF type hints are resolved in this module's namespace
 
+from models.core.arrays import stack_rows
 from udfs.model_cache import cached
 from udfs.task_faults import maybe_fail
 
@@ -47,17 +48,6 @@ class MaxParam:
         return max(a, b)
 
 
-def _stack(col: pd.Series, dim: int | None = None) -> np.ndarray:
-    """A column of arrays as a float32 matrix; null rows become NaN rows (width ``dim`` when all are null)."""
-    present = [v for v in col if v is not None]
-    d = len(present[0]) if present else (dim or 0)
-    out = np.full((len(col), d), np.nan, np.float32)
-    for i, v in enumerate(col):
-        if v is not None:
-            out[i] = v
-    return out
-
-
 def make_cells_fn(centroids: np.ndarray, probes: int) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
     """Rows ``product_id, in_query, <embeddings>`` -> :data:`CELL_SCHEMA` rows: one for the home cell
     (``is_index``; ``is_query`` when a query) and, for queries, one per further probe cell."""
@@ -69,7 +59,7 @@ def make_cells_fn(centroids: np.ndarray, probes: int) -> Callable[[Iterator[pd.D
         for pdf in batches:
             if pdf.empty:
                 continue
-            top = assign(_stack(pdf["embedding"]), cents, probes)
+            top = assign(stack_rows(pdf["embedding"]), cents, probes)
             # Without an image the text embedding is the fused one (schemas.tables): do not ship it twice.
             pdf = pdf.assign(text_embedding=pdf["text_embedding"].where(pdf["image_embedding"].notna(), None))
             home = pdf.assign(cell=top[:, 0], is_index=True, is_query=pdf["in_query"].astype(bool))
@@ -92,8 +82,8 @@ def _dot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def _text(pdf: pd.DataFrame) -> np.ndarray:
     """Text embeddings, taking the fused one where it was left out (products without an image)."""
-    fused = _stack(pdf["embedding"])
-    text = _stack(pdf["text_embedding"], fused.shape[1])
+    fused = stack_rows(pdf["embedding"])
+    text = stack_rows(pdf["text_embedding"], fused.shape[1])
     missing = np.isnan(text).any(axis=1)
     text[missing] = fused[missing]
     return text
@@ -117,11 +107,11 @@ def make_search_fn(neighbours: int, min_cosine: float, largest=None, searched=No
             searched.add(1)
         if idx.empty or qry.empty:
             return pd.DataFrame({c: [] for c in ("a", "b", "fused_cosine", "text_cosine", "image_cosine")})
-        qi, ji, cos = block_search(qry["product_id"].to_numpy(), _stack(qry["embedding"]),
-                                   idx["product_id"].to_numpy(), _stack(idx["embedding"]), neighbours, min_cosine)
+        qi, ji, cos = block_search(qry["product_id"].to_numpy(), stack_rows(qry["embedding"]),
+                                   idx["product_id"].to_numpy(), stack_rows(idx["embedding"]), neighbours, min_cosine)
         qids, iids = qry["product_id"].to_numpy()[qi], idx["product_id"].to_numpy()[ji]
         text = _dot(_text(qry)[qi], _text(idx)[ji])
-        img = _dot(_stack(qry["image_embedding"])[qi], _stack(idx["image_embedding"])[ji]) \
+        img = _dot(stack_rows(qry["image_embedding"])[qi], stack_rows(idx["image_embedding"])[ji]) \
             if qry["image_embedding"].notna().any() and idx["image_embedding"].notna().any() \
             else np.full(len(qi), np.nan, np.float32)
         swap = qids > iids

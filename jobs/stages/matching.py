@@ -720,7 +720,7 @@ def _pair_cosines(pdf, ia, ib, chunk: int = 16384) -> dict:
     model number or lexical vectors alone)."""
     import numpy as np
 
-    from udfs.matching import _stack
+    from models.core.arrays import stack_rows
 
     out = {}
     for col, name in (("embedding", "fused_cosine"), ("text_embedding", "text_cosine"),
@@ -729,7 +729,7 @@ def _pair_cosines(pdf, ia, ib, chunk: int = 16384) -> dict:
         dots = np.full(len(ia), np.nan, np.float32)
         both = np.flatnonzero(has[ia] & has[ib]) if len(ia) else np.zeros(0, np.int64)
         if len(both):
-            m = _stack(pdf[col])
+            m = stack_rows(pdf[col])
             for s in range(0, len(both), chunk):
                 k = both[s:s + chunk]
                 dots[k] = _sequential_dot(m[ia[k]], m[ib[k]])
