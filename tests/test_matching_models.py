@@ -94,10 +94,12 @@ def test_the_score_step_prepares_a_listing_once_per_worker_and_by_what_it_says(m
     from jobs.stages.matching import resolve_matching
 
     scorer = load_scorer(resolve_matching("auto"))
-    calls = []
-    real = features.prepare_key
+    calls, keyed = [], []
+    real, real_key = features.prepare_key, features.record_key
     monkeypatch.setattr(features, "prepare_key", lambda key: calls.append(key) or real(key))
+    monkeypatch.setattr(features, "record_key", lambda *raw: keyed.append(raw) or real_key(*raw))
     monkeypatch.setattr(um, "_PREPARED", {})
+    monkeypatch.setattr(um, "_RAW", {})
 
     def frame(title_b: str, price_b: object) -> pd.DataFrame:
         return pd.DataFrame({
@@ -114,18 +116,21 @@ def test_the_score_step_prepares_a_listing_once_per_worker_and_by_what_it_says(m
 
     score = task()
     first = pd.concat(score(iter([frame("Watch Kestrel KE8301 Black", 20.0)])))
+    n_keyed = len(keyed)
     again = pd.concat(task()(iter([frame("Watch Kestrel KE8301 Black", 20.0)])))   # another partition
     assert len(calls) == 3 and first["score"].tolist() == again["score"].tolist()
+    assert len(keyed) == n_keyed   # the same fields again: found by the fields, nothing normalised
     changed = pd.concat(score(iter([frame("Pioneer TS-G6843R speaker", np.nan)])))   # p2 now says something else
     assert len(calls) == 4 and changed["score"].iloc[0] < first["score"].iloc[0]
     none_price = pd.concat(score(iter([frame("Pioneer TS-G6843R speaker", None)])))   # None reads as NaN
     assert len(calls) == 4 and none_price["score"].tolist() == changed["score"].tolist()
     monkeypatch.setattr(um, "_PREPARED", {})
+    monkeypatch.setattr(um, "_RAW", {})
     fresh = pd.concat(score(iter([frame("Pioneer TS-G6843R speaker", np.nan)])))
     assert fresh["score"].tolist() == changed["score"].tolist()
     monkeypatch.setattr(um, "PREPARED_MEMO_ROWS", 2)   # full: emptied, never grown past its bound
     score(iter([frame("Kestrel KE-8301", 21.0)])).__next__()
-    assert len(um._PREPARED) <= 2
+    assert len(um._PREPARED) <= 2 and len(um._RAW) <= 2
 
 
 def test_the_score_step_reads_the_pairs_of_several_batches_in_one_cross_encoder_pass(monkeypatch):

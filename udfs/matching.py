@@ -197,6 +197,10 @@ def _scorer(version: str, text: str):
 # each (about 8 CPU-s of its match stage). Kept per worker, each is prepared about once. Bounded: about 6 KB a
 # listing (300 MB at most, also in a long-lived driver that scores without the cross-encoder), emptied when full.
 _PREPARED: dict[tuple, object] = {}
+# The same listings by their fields as the batch holds them: equal fields give an equal record_key, so a listing
+# seen before skips record_key's normalising too (it took half the time of the pair features: 0.9 of 1.8 s per
+# 100,000 pairs). A NaN price never equals itself and takes the record_key path each time, which is still right.
+_RAW: dict[tuple, object] = {}
 PREPARED_MEMO_ROWS = 50_000
 
 
@@ -207,14 +211,19 @@ def _prepared(pdf: pd.DataFrame, side: str) -> list:
     from models.matching.features import prepare_key, record_key
 
     out = []
-    for t, br, pr, cur in pdf[[f"title_{side}", f"brand_{side}", f"price_{side}", f"currency_{side}"]
-                              ].itertuples(index=False, name=None):
-        key = record_key(t, br, pr, cur)
-        rec = _PREPARED.get(key)
+    for raw in pdf[[f"title_{side}", f"brand_{side}", f"price_{side}", f"currency_{side}"]
+                   ].itertuples(index=False, name=None):
+        rec = _RAW.get(raw)
         if rec is None:
-            if len(_PREPARED) >= PREPARED_MEMO_ROWS:
-                _PREPARED.clear()
-            rec = _PREPARED[key] = prepare_key(key)
+            key = record_key(*raw)
+            rec = _PREPARED.get(key)
+            if rec is None:
+                if len(_PREPARED) >= PREPARED_MEMO_ROWS:
+                    _PREPARED.clear()
+                rec = _PREPARED[key] = prepare_key(key)
+            if len(_RAW) >= PREPARED_MEMO_ROWS:
+                _RAW.clear()
+            _RAW[raw] = rec
         out.append(rec)
     return out
 
