@@ -194,6 +194,19 @@ def test_pair_cosines_sum_each_pairs_products_left_to_right_in_any_slice():
     assert np.isnan(got["image_cosine"]).all() and len(_pair_cosines(pdf, ia[:0], ib[:0])["fused_cosine"]) == 0
 
 
+def test_the_driver_candidates_are_distinct_sorted_and_name_every_pass_that_found_them():
+    from jobs.stages.matching import _labelled_pairs
+
+    found = pd.DataFrame([("p2", "p9", "lexical"), ("p1", "p3", "model_number"), ("p2", "p9", "ann"),
+                          ("p1", "p3", "ann"), ("p2", "p9", "lexical"), ("p1", "p10", "model_number"),
+                          ("p2", "p9", "model_number")], columns=["a", "b", "_pass"])
+    got = _labelled_pairs(found)
+    assert list(got.columns) == ["a", "b", "blocking"]
+    assert list(got.itertuples(index=False, name=None)) == [
+        ("p1", "p10", "model_number"), ("p1", "p3", "ann+model_number"), ("p2", "p9", "ann+lexical+model_number")]
+    assert _labelled_pairs(found.iloc[:0]).empty
+
+
 def test_cluster_ids_are_stable_when_everything_is_matched_again(spark, lake):
     df = synthetic(seed=3)
     write_embeddings(spark, lake, df, "e1")

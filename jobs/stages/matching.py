@@ -737,6 +737,19 @@ def _pair_cosines(pdf, ia, ib, chunk: int = 16384) -> dict:
     return out
 
 
+def _labelled_pairs(found):
+    """The distinct pairs of ``found`` (``a, b, _pass``: one row per pass that found a pair), sorted by ``(a, b)``,
+    each with its ``blocking`` label (:func:`models.matching.blocking.blocking_label`). Grouped by pandas: a
+    Python set of passes per pair took 1.5 s of a 20,000-product run's blocking (459,000 pairs)."""
+
+    bit = {p: 1 << i for i, p in enumerate(BLOCKING_PASSES)}
+    masks = (found.assign(_bit=found["_pass"].map(bit)).drop_duplicates(["a", "b", "_bit"])
+             .groupby(["a", "b"], sort=True)["_bit"].sum())
+    labels = {m: blocking_label(p for p, b in bit.items() if m & b) for m in range(1 << len(bit))}
+    cand = masks.reset_index()
+    return cand.assign(blocking=cand["_bit"].map(labels)).drop(columns="_bit")
+
+
 def _driver_candidates(pdf, pos: dict, n: int, full: bool, cfg: BlockingConfig, blocks: _Blocks):
     """:func:`_candidates` on the driver for the rows of ``pdf`` (``flagged`` collected, sorted by id; ``pos``: a
     product id's row), without a
@@ -762,11 +775,9 @@ def _driver_candidates(pdf, pos: dict, n: int, full: bool, cfg: BlockingConfig, 
     ids = pdf["product_id"].tolist()
     queries = set(pdf.loc[pdf["in_query"].astype(bool), "product_id"])
     titles = [t if isinstance(t, str) else "" for t in pdf["title"]]
-    found: dict[tuple[str, str], set[str]] = {}
-    for a, b in zip(ann["a"], ann["b"], strict=True):
-        found.setdefault((a, b), set()).add("ann")
-    for pair in code_pairs(ids, titles, cfg.max_key_group, queries):
-        found.setdefault(pair, set()).add("model_number")
+    found = [ann[["a", "b"]].assign(_pass="ann"),
+             pd.DataFrame(list(code_pairs(ids, titles, cfg.max_key_group, queries)), columns=["a", "b"], dtype=object
+                          ).assign(_pass="model_number")]
     if cfg.lexical_neighbours > 0:
         t = time.perf_counter()
         in_sample = _sampled_ids(ids, _sample_bound(n, cfg.lexical_sample), cfg.seed)   # ids are in id order
@@ -779,12 +790,8 @@ def _driver_candidates(pdf, pos: dict, n: int, full: bool, cfg: BlockingConfig, 
         words, w_largest, w_searched = _driver_cell_hits(vectors, lex_cents, full, cfg.probes,
                                                          cfg.lexical_neighbours, cfg.lexical_min_cosine)
         largest, searched = max(largest, w_largest), searched + w_searched
-        for a, b in zip(words["a"], words["b"], strict=True):
-            found.setdefault((a, b), set()).add("lexical")
-    keys = sorted(found)
-    cand = pd.DataFrame({"a": [k[0] for k in keys], "b": [k[1] for k in keys]})
-    cand["blocking"] = [blocking_label(found[k]) for k in keys]
-    cand = cand.merge(ann, on=["a", "b"], how="left")
+        found.append(words[["a", "b"]].assign(_pass="lexical"))
+    cand = _labelled_pairs(pd.concat(found, ignore_index=True)).merge(ann, on=["a", "b"], how="left")
     rest = cand["fused_cosine"].isna().to_numpy()   # found by model number or lexical vectors alone
     if rest.any():
         for out, dots in _pair_cosines(pdf, cand.loc[rest, "a"].map(pos).to_numpy(),
