@@ -8,11 +8,11 @@ from models.core.arrays import stack_rows
 
 
 def test_missing_and_empty_rows_become_nan_rows_and_the_others_are_kept():
-    col = pd.Series([np.array([1.0, 2.0]), None, np.array([], np.float32), [3.0, 4.5]], dtype=object)
+    col = pd.Series([np.array([1.0, 2.0]), None, np.array([], np.float32), [3.0, 4.5], np.nan], dtype=object)
     m = stack_rows(col)
-    assert m.dtype == np.float32 and m.shape == (4, 2)
+    assert m.dtype == np.float32 and m.shape == (5, 2)
     assert np.array_equal(m[[0, 3]], np.array([[1.0, 2.0], [3.0, 4.5]], np.float32))
-    assert np.isnan(m[[1, 2]]).all()
+    assert np.isnan(m[[1, 2, 4]]).all()
 
 
 def test_the_width_is_dim_when_given_and_when_every_row_is_missing():
