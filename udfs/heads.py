@@ -78,9 +78,8 @@ def heads_frame(text_emb: list, image_emb: list, texts: list[str], plan: HeadsPl
 
     n = len(texts)
     named = texts if titles is None else titles
-    dim = next((len(v) for v in text_emb if v is not None), 0)
-    t = stack_rows(text_emb, dim)
-    img = stack_rows(image_emb, dim)
+    t = stack_rows(text_emb)
+    img = stack_rows(image_emb, t.shape[1])   # as wide as the text side, also when no row has a photo
     has_image = ~np.isnan(img).any(axis=1)
     out: dict[str, list] = {"category": [None] * n, "confidence": [None] * n, "top_k": [[] for _ in range(n)],
                             "attributes": [[] for _ in range(n)]}

@@ -16,10 +16,11 @@ def stack_rows(values: Iterable, dim: int | None = None) -> np.ndarray:
     becomes a row of NaN. The width ``d`` is ``dim`` when given, else the first present row's length (0 when every
     row is missing)."""
     rows = list(values)
-    width = dim if dim is not None else next((_size(v) for v in rows if _size(v)), 0)
+    sizes = [_size(v) for v in rows]
+    width = dim if dim is not None else next((n for n in sizes if n), 0)
     out = np.full((len(rows), width), np.nan, np.float32)
-    for i, v in enumerate(rows):
-        if _size(v):
+    for i, (v, n) in enumerate(zip(rows, sizes, strict=True)):
+        if n:
             out[i] = v
     return out
 
