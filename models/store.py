@@ -37,7 +37,8 @@ from models.digest import sha256_file
 __all__ = [
     "CONFIG_FILE", "DEFAULT_STORE", "MANIFEST_FILE", "VERSION_NAME", "WEIGHTS_FILE", "ModelIntegrityError",
     "check_safetensors", "check_version_name", "code_version", "current_version", "list_versions", "promote",
-    "read_manifest", "save_version", "store_root", "trained_state_dict", "verify_version", "version_dir",
+    "read_manifest", "save_version", "store_root", "text_tower_origin", "trained_state_dict", "verify_version",
+    "version_dir",
 ]
 
 DEFAULT_STORE = Path(__file__).resolve().parent / "store"
@@ -94,6 +95,21 @@ def read_manifest(vdir: Path) -> dict[str, Any]:
         raise ModelIntegrityError(f"model version {vdir} has no {MANIFEST_FILE}") from None
     except json.JSONDecodeError as e:
         raise ModelIntegrityError(f"{vdir / MANIFEST_FILE} is not valid JSON: {e}") from None
+
+
+def text_tower_origin(root: Path, version: str, max_links: int = 16) -> str | None:
+    """The version whose text tower ``version`` carries: an encoder trained with its text tower locked names the
+    champion it copied (``text_tower_of`` in its manifest), and that one may name another. ``version`` itself
+    when it names none; None when a version on the way is not in ``root`` (or the links do not end)."""
+    for _ in range(max_links):
+        try:
+            parent = read_manifest(version_dir(root, version)).get("text_tower_of")
+        except (ModelIntegrityError, ValueError, OSError):
+            return None
+        if not parent:
+            return version
+        version = str(parent)
+    return None
 
 
 def verify_version(vdir: Path) -> dict[str, Any]:

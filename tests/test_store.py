@@ -179,3 +179,36 @@ def test_the_shipped_versions_pass_the_name_digest():
     for root in (store.DEFAULT_STORE, store.DEFAULT_STORE / "heads", store.DEFAULT_STORE / "attributes"):
         for v in store.list_versions(root):
             assert store.verify_version(root / v)["version"] == v
+
+
+def _manifest_only(root, version, **fields):
+    (root / version).mkdir(parents=True)
+    (root / version / store.MANIFEST_FILE).write_text(json.dumps({"version": version, **fields}))
+
+
+def test_text_tower_origin_follows_the_copies(tmp_path):
+    _manifest_only(tmp_path, "a")
+    _manifest_only(tmp_path, "b", text_tower_of="a")
+    _manifest_only(tmp_path, "c", text_tower_of="b")
+    _manifest_only(tmp_path, "lost", text_tower_of="gone")
+    _manifest_only(tmp_path, "x", text_tower_of="y")
+    _manifest_only(tmp_path, "y", text_tower_of="x")
+    assert store.text_tower_origin(tmp_path, "c") == "a"
+    assert store.text_tower_origin(tmp_path, "a") == "a"
+    assert store.text_tower_origin(tmp_path, "lost") is None     # a link out of the store
+    assert store.text_tower_origin(tmp_path, "x") is None        # links that never end
+    assert store.text_tower_origin(tmp_path, "nowhere") is None
+
+
+def test_the_shipped_encoders_that_share_title_embeddings():
+    """The matching stage's log says whether the pair scorer read the catalog's title embeddings in training."""
+    from jobs.stages.matching import same_text_tower
+
+    current = f"store:{store.current_version(store.DEFAULT_STORE)}"
+    origin = store.text_tower_origin(store.DEFAULT_STORE, current[6:])
+    assert origin is not None and origin != current[6:]          # the champion carries an older text tower
+    assert same_text_tower(current, f"store:{origin}")
+    others = [v for v in store.list_versions(store.DEFAULT_STORE)
+              if v.startswith("catalog-") and store.text_tower_origin(store.DEFAULT_STORE, v) != origin]
+    assert others and not same_text_tower(current, f"store:{others[0]}")
+    assert not same_text_tower(current, "builtin:catalog-tiny-minilm")

@@ -42,6 +42,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from models.matching.blocking import BLOCKING_PASSES, BlockingConfig, blocking_label, n_cells
@@ -911,6 +912,18 @@ def _recluster(spark, lake, flagged, n: int, n_q: int, run_id: str, now, cfg: Ma
     return _write_clusters(spark, lake, flagged, run_id, now, cfg)
 
 
+def same_text_tower(a: str, b: str, root: Path | None = None) -> bool:
+    """Whether the encoder versions ``a`` and ``b`` (``store:VERSION``, as the tables name them) embed titles with
+    the same text tower: one carries the other's, or both another's (``models.store.text_tower_origin``; the
+    versions looked up in ``root``, by default the shipped store). False when either is not found there."""
+    from models.store import DEFAULT_STORE, text_tower_origin
+
+    if not (a.startswith("store:") and b.startswith("store:")):
+        return False
+    origins = {text_tower_origin(root or DEFAULT_STORE, v.split(":", 1)[1]) for v in (a, b)}
+    return len(origins) == 1 and None not in origins
+
+
 def match_and_cluster(spark, lake, products, run_id: str, model_version: str, cfg: MatchConfig | None = None,
                       changed_ids=None) -> dict[str, Any]:
     """Match the new and changed products of ``products`` (valid catalog rows: ``product_id, title, brand,
@@ -926,9 +939,16 @@ def match_and_cluster(spark, lake, products, run_id: str, model_version: str, cf
     t_start = time.perf_counter()
     cfg = cfg or MatchConfig()
     scorer = load_scorer(cfg.scorer)
-    if scorer.meta.get("encoder_version") not in (None, model_version):
-        log.info("pair scorer %s was trained with %s title embeddings; the catalog's are %s",
-                 scorer.version, scorer.meta.get("encoder_version"), model_version)
+    trained_with = scorer.meta.get("encoder_version")
+    if trained_with not in (None, model_version):
+        if same_text_tower(trained_with, model_version):
+            log.info("pair scorer %s was trained with %s title embeddings; the catalog's encoder %s carries that "
+                     "encoder's text tower, so its title embeddings are the same", scorer.version, trained_with,
+                     model_version)
+        else:
+            log.info("pair scorer %s was trained with %s title embeddings; the catalog's are %s (another text "
+                     "tower: the text cosine it reads may be scaled differently)", scorer.version, trained_with,
+                     model_version)
     now = dt.datetime.now(dt.timezone.utc)
     lake.ensure(PRODUCT_MATCHES)
     lake.ensure(PRODUCT_CLUSTERS)
