@@ -172,6 +172,8 @@ def test_match_stage_scores_with_the_cross_encoder(spark, lake, random_cross):
     assert stats["scorer_version"].endswith("+" + model.version) and stats["threshold"] == 0.0
     m = DeltaTable(str(lake.path(PRODUCT_MATCHES))).to_pandas()
     assert len(m) > 0 and set(m["scorer_version"]) == {stats["scorer_version"]}
+    # At a threshold of 0 every pair the cross-encoder read is a match: the stage's count of them is the table's
+    assert stats["cross_pairs"] == len(m) < stats["candidates"]
     rows = df.set_index("product_id")
     a = [serialize(rows.loc[p].to_dict()) for p in m["product_id_a"]]
     b = [serialize(rows.loc[p].to_dict()) for p in m["product_id_b"]]

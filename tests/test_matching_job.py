@@ -145,6 +145,9 @@ def test_the_driver_path_writes_what_the_spark_path_writes(spark, tmp_path, with
     (f_s, s_s, m_s, c_s), (f_d, s_d, m_d, c_d) = out["spark"], out["driver"]
     for key in ("candidates", "matches_written", "matches_removed", "cells", "largest_cell", "searched_cells"):
         assert (f_d[key], s_d[key]) == (f_s[key], s_s[key]), key
+    # the pairs the cross-encoder read, counted by an accumulator on either path (none without one)
+    assert f_d.get("cross_pairs") == f_s.get("cross_pairs") and s_d.get("cross_pairs") == s_s.get("cross_pairs")
+    assert (f_s.get("cross_pairs") or 0) > 0 if with_cross else "cross_pairs" not in f_s
     assert f_s["cells"] > 2 and f_s["candidates"] > f_s["matches_written"] > 0 and s_s["queries"] == 1
     if with_cross:   # the full run's pairs went through the Spark join, the increment's with their listings
         assert f_s["candidates"] > 100 >= s_s["candidates"]

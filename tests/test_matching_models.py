@@ -185,9 +185,12 @@ def test_the_score_step_reads_the_pairs_of_several_batches_in_one_cross_encoder_
 
     passes.clear()
     monkeypatch.setattr(um, "POOL_BATCHES", 5)   # 12 batches: passes of 5, 5 and 2 batches
-    again = pd.concat(um.make_score_fn(scorer.version, scorer.to_json(), keep_all=True, cross=spec)(iter(batches)),
-                      ignore_index=True)
+    counted: list[int] = []   # the match stage's count of the pairs the cross-encoder read (an accumulator there)
+    counter = type("Counter", (), {"add": lambda self, k: counted.append(k)})()
+    again = pd.concat(um.make_score_fn(scorer.version, scorer.to_json(), keep_all=True, cross=spec,
+                                       read_counter=counter)(iter(batches)), ignore_index=True)
     assert len(passes) == 3 and sum(passes) == first
+    assert sum(counted) == first and 0 < len(counted) <= len(batches)
     np.testing.assert_allclose(again["score"].to_numpy(), got["score"].to_numpy(), atol=1e-5)
     matches = pd.concat(um.make_score_fn(scorer.version, scorer.to_json(), cross=spec)(iter(batches)))
     by_pair = dict(zip(zip(got["product_id_a"], got["product_id_b"], strict=True), got["score"], strict=True))

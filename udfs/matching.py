@@ -272,8 +272,8 @@ def _score_rows(pdf: pd.DataFrame, f: pd.DataFrame, s: np.ndarray, keep: np.ndar
     })
 
 
-def make_score_fn(scorer_version: str, scorer_json: str, keep_all: bool = False, cross: CrossSpec | None = None
-                  ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+def make_score_fn(scorer_version: str, scorer_json: str, keep_all: bool = False, cross: CrossSpec | None = None,
+                  read_counter=None) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
     """Candidate rows (``a, b``, cosines, ``blocking`` and ``title/brand/price/currency`` of both sides as
     ``<field>_a``/``<field>_b``) -> :data:`SCORE_SCHEMA` rows of the matches (every pair with ``keep_all``).
 
@@ -281,7 +281,8 @@ def make_score_fn(scorer_version: str, scorer_json: str, keep_all: bool = False,
     is read by the cross-encoder, whose probability becomes its score and whose threshold decides the match; a
     pair below the prefilter keeps its feature score (below any threshold worth using) and is not read. The
     cross-encoder reads the pairs of up to :data:`POOL_BATCHES` batches in one pass; the rows come out in the
-    order of the batches either way."""
+    order of the batches either way. ``read_counter`` (a Spark accumulator, or anything with ``add``) gets the
+    number of pairs the cross-encoder reads: what the match stage's time goes to."""
 
     def flush(held: list, scorer, model) -> Iterator[pd.DataFrame]:
         if model is not None:
@@ -306,6 +307,8 @@ def make_score_fn(scorer_version: str, scorer_json: str, keep_all: bool = False,
                 continue
             f, s = _features(pdf, scorer)
             read = np.flatnonzero(s >= cross.prefilter) if cross is not None else np.zeros(0, np.int64)
+            if read_counter is not None and len(read):
+                read_counter.add(len(read))
             held.append((pdf, f, s, read))
             if model is None or len(held) >= POOL_BATCHES:
                 yield from flush(held, scorer, model)

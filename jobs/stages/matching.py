@@ -113,6 +113,7 @@ class PairStats:
     searched_cells: int | None = None
     blocking_seconds: float | None = None
     scoring_seconds: float | None = None
+    cross_pairs: int | None = None   # candidates the cross-encoder read (None: no cross-encoder, or no pair to read)
 
 
 @dataclass(frozen=True)
@@ -132,9 +133,9 @@ class ClusterStats:
 # The run summary's keys, in the order it has always listed them.
 _SUMMARY_KEYS = ("mode", "products", "queries", "scorer_version", "threshold", "prepare_seconds", "cells",
                  "centroid_seconds", "candidates", "largest_cell", "searched_cells", "blocking_seconds",
-                 "matches_written", "scoring_seconds", "matches_removed", "cc_rounds", "oversized_components",
-                 "guarded_products", "dissolved_products", "cluster_rows_written", "clusters", "clustered_products",
-                 "largest_cluster", "clustering_seconds", "seconds")
+                 "matches_written", "scoring_seconds", "cross_pairs", "matches_removed", "cc_rounds",
+                 "oversized_components", "guarded_products", "dissolved_products", "cluster_rows_written", "clusters",
+                 "clustered_products", "largest_cluster", "clustering_seconds", "seconds")
 
 
 @dataclass(frozen=True)
@@ -415,7 +416,7 @@ def _candidates(spark, flagged, n: int, full: bool, cfg: BlockingConfig, blocks:
         lex_only.select(*cols, label.alias("blocking"))), both, cell_counters
 
 
-def _score(cand, flagged, scorer, parts: int, cfg: MatchConfig):
+def _score(cand, flagged, scorer, parts: int, cfg: MatchConfig, read_counter=None):
     from pyspark.sql import functions as F
 
     from udfs.matching import SCORE_SCHEMA, CrossSpec, make_score_fn
@@ -424,7 +425,18 @@ def _score(cand, flagged, scorer, parts: int, cfg: MatchConfig):
     side = {s: attrs.toDF(s, f"title_{s}", f"brand_{s}", f"price_{s}", f"currency_{s}") for s in ("a", "b")}
     joined = cand.join(side["a"], "a").join(side["b"], "b").repartition(parts)
     cross = CrossSpec(cfg.cross, cfg.cross_prefilter, cfg.torch_threads, precision=cfg.precision) if cfg.cross else None
-    return joined.mapInPandas(make_score_fn(scorer.version, scorer.to_json(), cross=cross), SCORE_SCHEMA)
+    return joined.mapInPandas(make_score_fn(scorer.version, scorer.to_json(), cross=cross, read_counter=read_counter),
+                              SCORE_SCHEMA)
+
+
+def _read_counter(spark, cfg: MatchConfig):
+    """An accumulator of the pairs the cross-encoder reads (None without one). Spark adds a task's count when it
+    ends: a task run again after a lost executor counts twice."""
+    return spark.sparkContext.accumulator(0) if cfg.cross else None
+
+
+def _count(counter) -> int | None:
+    return int(counter.value) if counter is not None else None
 
 
 def _driver_components(spark, edges, cc: ClusterConfig):
@@ -659,7 +671,8 @@ def _match_pairs(spark, lake, flagged, n: int, full: bool, scorer, version: str,
     blocking_seconds = round(time.perf_counter() - t0, 3)
     parts = max(spark.sparkContext.defaultParallelism, math.ceil(n_cand / cfg.rows_per_partition))
     t1 = time.perf_counter()
-    new = (_score(cand, flagged, scorer, parts, cfg)
+    read = _read_counter(spark, cfg)
+    new = (_score(cand, flagged, scorer, parts, cfg, read)
            .withColumn("model_version", F.lit(model_version)).withColumn("scorer_version", F.lit(version))
            .withColumn("run_id", F.lit(run_id)).withColumn("updated_at", F.lit(now).cast("timestamp"))
            .persist(StorageLevel.MEMORY_AND_DISK))
@@ -677,7 +690,7 @@ def _match_pairs(spark, lake, flagged, n: int, full: bool, scorer, version: str,
     return PairStats(candidates=n_cand, matches_written=n_written, matches_removed=n_removed, cells=counters.cells,
                      centroid_seconds=counters.centroid_seconds, largest_cell=counters.largest_cell,
                      searched_cells=counters.searched_cells, blocking_seconds=blocking_seconds,
-                     scoring_seconds=scoring_seconds)
+                     scoring_seconds=scoring_seconds, cross_pairs=_count(read))
 
 
 def _driver_cell_hits(pdf, cents, full: bool, probes: int, neighbours: int, min_cosine: float):
@@ -833,6 +846,7 @@ def _match_pairs_on_driver(spark, lake, flagged, n: int, full: bool, scorer, ver
     blocks.save()
     blocking_seconds = round(time.perf_counter() - t0, 3)
     t1 = time.perf_counter()
+    read = _read_counter(spark, cfg)
     cols = ["a", "b", "fused_cosine", "text_cosine", "image_cosine", "blocking"]
     if cfg.cross and len(cand) > cfg.rows_per_partition:
         # The cross-encoder reads the pairs in the Python workers, on every core: they imported torch and loaded
@@ -842,7 +856,7 @@ def _match_pairs_on_driver(spark, lake, flagged, n: int, full: bool, scorer, ver
         # the 459,000 candidates of a 20,000-product run took 75-79 s to score against 48 s.
         rows = spark.createDataFrame(cand[cols], _CAND_SCHEMA)
         parts = max(spark.sparkContext.defaultParallelism, math.ceil(len(cand) / cfg.rows_per_partition))
-        new = _score(rows, flagged, scorer, parts, cfg).toPandas()
+        new = _score(rows, flagged, scorer, parts, cfg, read).toPandas()
         new = new if len(new) else None
     else:
         frame = cand[cols].copy()
@@ -853,7 +867,8 @@ def _match_pairs_on_driver(spark, lake, flagged, n: int, full: bool, scorer, ver
         if cfg.cross and len(frame):   # few pairs (an increment): sent with their listings, no Spark join
             cross = CrossSpec(cfg.cross, cfg.cross_prefilter, cfg.torch_threads, precision=cfg.precision)
             new = (spark.createDataFrame(frame, _FRAME_SCHEMA)
-                   .mapInPandas(make_score_fn(scorer.version, scorer.to_json(), cross=cross), SCORE_SCHEMA)
+                   .mapInPandas(make_score_fn(scorer.version, scorer.to_json(), cross=cross, read_counter=read),
+                                SCORE_SCHEMA)
                    .toPandas())
             new = new if len(new) else None
         else:   # the feature scorer alone: numpy on the driver, in the Arrow batches a Spark task would get
@@ -886,7 +901,7 @@ def _match_pairs_on_driver(spark, lake, flagged, n: int, full: bool, scorer, ver
             lake.upsert(PRODUCT_MATCHES, rows, run_id, step=1, delete=drop)
     return PairStats(candidates=len(cand), matches_written=n_written, matches_removed=n_removed, cells=cells,
                      centroid_seconds=round(centroid_seconds, 3), largest_cell=largest, searched_cells=searched,
-                     blocking_seconds=blocking_seconds, scoring_seconds=scoring_seconds)
+                     blocking_seconds=blocking_seconds, scoring_seconds=scoring_seconds, cross_pairs=_count(read))
 
 
 def _recluster(spark, lake, flagged, n: int, n_q: int, run_id: str, now, cfg: MatchConfig) -> ClusterStats:
