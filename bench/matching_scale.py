@@ -8,10 +8,13 @@ duplicate groups (about 40% of the products have 1-3 other listings of the same 
 number, reworded titles, embeddings near the group's centre; the others are singletons) and in families of
 similar products (same brand and kind, embedding cosine about 0.6: the near neighbours that are not
 duplicates), written as a real
-``product_embeddings`` Delta table; then one full run of :func:`jobs.stages.matching.match_and_cluster` with the
-shipped pair scorer on ``local[*]``. Reported per size: seconds for blocking, scoring and clustering, peak
-resident memory of the whole process tree (driver, JVM, Python workers), candidates, matches, and the
-recall/precision of the planted duplicate pairs. The exponent is the least-squares slope of log(total seconds)
+``product_embeddings`` Delta table; then one full run of :func:`jobs.stages.matching.match_and_cluster` on
+``local[*]`` configured as the enrich job configures it: the shipped pair scorer, the shipped cross-encoder
+reading the pairs the scorer passes (``--pair-model none``: the feature scorer alone), ``--precision auto``, one
+torch thread a task. Reported per size: seconds for blocking, scoring and clustering, peak resident memory of the
+whole process tree (driver, JVM, Python workers), candidates, the pairs the cross-encoder read and the scoring
+stage's milliseconds per such pair and per product, matches, and the recall/precision of the planted duplicate
+pairs. The exponent is the least-squares slope of log(total seconds)
 over log(size): 1 is linear, 2 quadratic. The default sizes run in a few minutes on two cores.
 """
 
@@ -88,14 +91,14 @@ def synthetic(n: int, dim: int, seed: int = 0, chunk: int = 100_000):
     return products, pa.RecordBatchReader.from_batches(schema, batches()), group
 
 
-def one(n: int, dim: int, workdir: Path) -> dict:
+def one(n: int, dim: int, workdir: Path, pair_model: str = "auto", precision: str = "auto") -> dict:
     import numpy as np
     import pyarrow.parquet as pq
     from deltalake import DeltaTable, write_deltalake
 
     from jobs.lake.lakehouse import Lake
     from jobs.runtime.spark_session import build_session
-    from jobs.stages.matching import match_and_cluster
+    from jobs.stages.matching import MatchConfig, match_and_cluster, resolve_matching, resolve_pair_model
     from schemas.tables import PRODUCT_EMBEDDINGS
 
     t = time.perf_counter()
@@ -111,8 +114,10 @@ def one(n: int, dim: int, workdir: Path) -> dict:
     lake = Lake(spark, root)
     with PeakRss() as mem:
         t = time.perf_counter()
+        cross = resolve_pair_model(pair_model)   # as jobs.enrich._match builds the stage's settings
+        cfg = MatchConfig(scorer=resolve_matching("auto"), cross=cross, torch_threads=1, precision=precision)
         stats = match_and_cluster(spark, lake, spark.read.parquet(str(root.with_suffix(".products.parquet"))),
-                                  f"bench-{n}", "bench-encoder")
+                                  f"bench-{n}", "bench-encoder", cfg)
         total = time.perf_counter() - t
     matches = DeltaTable(str(root / "product_matches")).to_pandas(columns=["product_id_a", "product_id_b"])
     a = matches["product_id_a"].str[1:].astype(int).to_numpy()
@@ -121,7 +126,11 @@ def one(n: int, dim: int, workdir: Path) -> dict:
     true_pairs = int((sizes * (sizes - 1) // 2).sum())
     correct = int((group[a] == group[b]).sum())
     spark.stop()
-    return {"n": n, "dim": dim, "seconds": round(total, 1), "blocking_s": stats.get("blocking_seconds"),
+    read, scoring = stats.get("cross_pairs"), stats.get("scoring_seconds")
+    return {"n": n, "dim": dim, "pair_model": Path(cross).name if cross else None, "precision": precision,
+            "seconds": round(total, 1), "blocking_s": stats.get("blocking_seconds"), "cross_pairs": read,
+            "scoring_ms_per_cross_pair": round(1000 * scoring / read, 2) if read and scoring else None,
+            "scoring_ms_per_product": round(1000 * scoring / n, 2) if scoring else None,
             "scoring_s": stats.get("scoring_seconds"), "clustering_s": stats.get("clustering_seconds"),
             "peak_rss_gib": round(mem.peak / 2**30, 2), "cells": stats.get("cells"),
             "peak_process_gib": {k: round(v / 2**30, 2) for k, v in mem.by_kind.items()},
@@ -144,15 +153,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="10000,100000", help="comma-separated catalog sizes")
     ap.add_argument("--dim", type=int, default=384, help="embedding dimension (the shipped model's is 384)")
     ap.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one, removed after)")
+    ap.add_argument("--pair-model", default="auto",
+                    help="the cross-encoder, as the job's --pair-model: auto (the shipped one), none, store:VERSION")
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"), help="as the job's --precision")
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # internal: run one size here
     a = ap.parse_args(argv)
     if a.one is not None:
-        print(json.dumps(one(a.one, a.dim, Path(a.workdir))), flush=True)
+        print(json.dumps(one(a.one, a.dim, Path(a.workdir), a.pair_model, a.precision)), flush=True)
         return 0
     rows = []
     with scratch(a.workdir) as tmp:
         for n in [int(s) for s in a.sizes.split(",")]:
-            out = subprocess.run([sys.executable, __file__, "--one", str(n), "--dim", str(a.dim), "--workdir", tmp],
+            out = subprocess.run([sys.executable, __file__, "--one", str(n), "--dim", str(a.dim), "--workdir", tmp,
+                                  "--pair-model", a.pair_model, "--precision", a.precision],
                                  capture_output=True, text=True, check=False)
             if out.returncode != 0:
                 errors = [ln for ln in out.stderr.splitlines() if "Error" in ln or "Exception" in ln]
@@ -160,12 +173,15 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), flush=True)
-    print("\n| products | total s | blocking s | scoring s | clustering s | peak RSS GiB | candidates | matches "
-          "| recall | precision |\n|---|---|---|---|---|---|---|---|---|---|")
+    print(f"\ncross-encoder: {rows[0]['pair_model'] or 'none'}, precision {a.precision}")
+    print("\n| products | total s | blocking s | scoring s | clustering s | peak RSS GiB | candidates "
+          "| read by the cross-encoder | scoring ms / pair read | scoring ms / product | matches | recall | precision |"
+          "\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['n']:,} | {r['seconds']} | {r['blocking_s']} | {r['scoring_s']} | {r['clustering_s']} | "
-              f"{r['peak_rss_gib']} | {r['candidates']:,} | {r['matches']:,} | {r['pair_recall']:.3f} | "
-              f"{r['pair_precision']:.3f} |")
+              f"{r['peak_rss_gib']} | {r['candidates']:,} | {r['cross_pairs'] or '-'} | "
+              f"{r['scoring_ms_per_cross_pair'] or '-'} | {r['scoring_ms_per_product']} | {r['matches']:,} | "
+              f"{r['pair_recall']:.3f} | {r['pair_precision']:.3f} |")
     if len(rows) >= 2:
         print(f"\ngrowth exponent (slope of log time over log size): {exponent(rows):.2f}  (1 = linear, 2 = quadratic)")
     return 0
