@@ -113,7 +113,7 @@ class PairStats:
     searched_cells: int | None = None
     blocking_seconds: float | None = None
     scoring_seconds: float | None = None
-    cross_pairs: int | None = None   # candidates the cross-encoder read (None: no cross-encoder, or no pair to read)
+    cross_pairs: int | None = None   # candidates the cross-encoder read (None: no cross-encoder, or no query searched)
 
 
 @dataclass(frozen=True)
