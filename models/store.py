@@ -104,7 +104,7 @@ def text_tower_origin(root: Path, version: str, max_links: int = 16) -> str | No
     for _ in range(max_links):
         try:
             parent = read_manifest(version_dir(root, version)).get("text_tower_of")
-        except (ModelIntegrityError, ValueError, OSError):
+        except (ValueError, OSError):   # no manifest or a bad one (ModelIntegrityError), a bad name, unreadable
             return None
         if not parent:
             return version

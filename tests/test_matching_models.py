@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import types
 
 import numpy as np
 import pandas as pd
@@ -186,7 +187,7 @@ def test_the_score_step_reads_the_pairs_of_several_batches_in_one_cross_encoder_
     passes.clear()
     monkeypatch.setattr(um, "POOL_BATCHES", 5)   # 12 batches: passes of 5, 5 and 2 batches
     counted: list[int] = []   # the match stage's count of the pairs the cross-encoder read (an accumulator there)
-    counter = type("Counter", (), {"add": lambda self, k: counted.append(k)})()
+    counter = types.SimpleNamespace(add=counted.append)
     again = pd.concat(um.make_score_fn(scorer.version, scorer.to_json(), keep_all=True, cross=spec,
                                        read_counter=counter)(iter(batches)), ignore_index=True)
     assert len(passes) == 3 and sum(passes) == first

@@ -419,17 +419,23 @@ def _candidates(spark, flagged, n: int, full: bool, cfg: BlockingConfig, blocks:
         lex_only.select(*cols, label.alias("blocking"))), both, cell_counters
 
 
+def _score_fn(scorer, cfg: MatchConfig, read_counter=None):
+    """The Spark tasks' score function for ``cfg`` (the feature scorer, then the cross-encoder when there is one)."""
+    from udfs.matching import CrossSpec, make_score_fn
+
+    cross = CrossSpec(cfg.cross, cfg.cross_prefilter, cfg.torch_threads, precision=cfg.precision) if cfg.cross else None
+    return make_score_fn(scorer.version, scorer.to_json(), cross=cross, read_counter=read_counter)
+
+
 def _score(cand, flagged, scorer, parts: int, cfg: MatchConfig, read_counter=None):
     from pyspark.sql import functions as F
 
-    from udfs.matching import SCORE_SCHEMA, CrossSpec, make_score_fn
+    from udfs.matching import SCORE_SCHEMA
 
     attrs = flagged.select("product_id", "title", "brand", F.col("price").cast("double").alias("price"), "currency")
     side = {s: attrs.toDF(s, f"title_{s}", f"brand_{s}", f"price_{s}", f"currency_{s}") for s in ("a", "b")}
     joined = cand.join(side["a"], "a").join(side["b"], "b").repartition(parts)
-    cross = CrossSpec(cfg.cross, cfg.cross_prefilter, cfg.torch_threads, precision=cfg.precision) if cfg.cross else None
-    return joined.mapInPandas(make_score_fn(scorer.version, scorer.to_json(), cross=cross, read_counter=read_counter),
-                              SCORE_SCHEMA)
+    return joined.mapInPandas(_score_fn(scorer, cfg, read_counter), SCORE_SCHEMA)
 
 
 def _read_counter(spark, cfg: MatchConfig):
@@ -836,7 +842,7 @@ def _match_pairs_on_driver(spark, lake, flagged, n: int, full: bool, scorer, ver
     from pyspark.sql import functions as F
 
     from schemas.tables import PRODUCT_MATCHES
-    from udfs.matching import SCORE_SCHEMA, CrossSpec, make_score_fn
+    from udfs.matching import SCORE_SCHEMA, make_score_fn
 
     t0 = time.perf_counter()
     listings = flagged.select("product_id", "in_query", "title", "brand",
@@ -868,10 +874,7 @@ def _match_pairs_on_driver(spark, lake, flagged, n: int, full: bool, scorer, ver
             for f in ("title", "brand", "price", "currency"):
                 frame[f"{f}_{side}"] = pdf[f].to_numpy()[idx]
         if cfg.cross and len(frame):   # few pairs (an increment): sent with their listings, no Spark join
-            cross = CrossSpec(cfg.cross, cfg.cross_prefilter, cfg.torch_threads, precision=cfg.precision)
-            new = (spark.createDataFrame(frame, _FRAME_SCHEMA)
-                   .mapInPandas(make_score_fn(scorer.version, scorer.to_json(), cross=cross, read_counter=read),
-                                SCORE_SCHEMA)
+            new = (spark.createDataFrame(frame, _FRAME_SCHEMA).mapInPandas(_score_fn(scorer, cfg, read), SCORE_SCHEMA)
                    .toPandas())
             new = new if len(new) else None
         else:   # the feature scorer alone: numpy on the driver, in the Arrow batches a Spark task would get
