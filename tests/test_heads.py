@@ -251,10 +251,11 @@ def test_lexical_expert_computes_what_scikit_learn_computes():
     ours = LexicalExpert.fit(titles, y, 3)
     vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, max_features=5000)
     clf = LogisticRegression(C=10.0, max_iter=1000, random_state=0).fit(vec.fit_transform(titles), y)
-    x = vec.transform(other + ["", "no known words here"])
-    np.testing.assert_allclose(ours.features(other + ["", "no known words here"]).toarray(), x.toarray(), atol=1e-6)
-    np.testing.assert_allclose(ours.logits(other + ["", "no known words here"]), clf.decision_function(x),
-                               rtol=1e-4, atol=1e-4)
+    # repeated words (counts above one), an empty text and one without a known word between the others
+    texts = [other[0] + " " + other[0], *other[1:25], "", "no known words here", *other[25:]]
+    x = vec.transform(texts)
+    np.testing.assert_allclose(ours.features(texts).toarray(), x.toarray(), atol=1e-6)
+    np.testing.assert_allclose(ours.logits(texts), clf.decision_function(x), rtol=1e-4, atol=1e-4)
 
 
 def test_lexical_weight_is_fitted_where_title_words_carry_the_label_and_survives_the_store(tmp_path):

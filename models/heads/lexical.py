@@ -64,26 +64,20 @@ class LexicalExpert:
         return cls(tuple(vocab), vec.idf_.astype(np.float32), weight, bias)
 
     def features(self, texts: Sequence[str]):
-        """The l2-normalised TF-IDF matrix (sparse, N x V), as the fitted vectoriser computes it."""
+        """The l2-normalised TF-IDF matrix (sparse, N x V), as the fitted vectoriser computes it: every text's
+        known terms gathered into one coordinate list, counted, weighted and normalised in numpy."""
         from scipy.sparse import csr_matrix
 
-        index = self._index
-        rows, cols, vals = [], [], []
-        for i, text in enumerate(texts):
-            counts: dict[int, int] = {}
-            for term in _terms(text or ""):
-                j = index.get(term)
-                if j is not None:
-                    counts[j] = counts.get(j, 0) + 1
-            if not counts:
-                continue
-            js = np.fromiter(counts, dtype=np.int64, count=len(counts))
-            v = (1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64, count=len(counts)))) * self.idf[js]
-            v /= np.linalg.norm(v)
-            rows.extend([i] * len(js))
-            cols.extend(js.tolist())
-            vals.extend(v.tolist())
-        return csr_matrix((vals, (rows, cols)), shape=(len(texts), len(self.vocab)), dtype=np.float32)
+        n, index = len(texts), self._index
+        cols = [[j for j in map(index.get, _terms(text or "")) if j is not None] for text in texts]
+        lengths = np.fromiter(map(len, cols), dtype=np.int64, count=n)
+        flat = np.fromiter((j for c in cols for j in c), dtype=np.int64, count=int(lengths.sum()))
+        m = csr_matrix((np.ones(len(flat)), (np.repeat(np.arange(n), lengths), flat)), shape=(n, len(self.vocab)))
+        m.sum_duplicates()   # each stored value is now its term's count in the text
+        m.data = (1.0 + np.log(m.data)) * self.idf[m.indices]
+        row = np.repeat(np.arange(n), np.diff(m.indptr))
+        m.data /= np.sqrt(np.bincount(row, weights=m.data ** 2, minlength=n))[row]
+        return m.astype(np.float32)
 
     def known_words(self, texts: Sequence[str]) -> np.ndarray:
         """(N,) how many distinct words of each text the vocabulary holds (the evidence the expert reads)."""
