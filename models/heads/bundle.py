@@ -43,16 +43,13 @@ def log_softmax(z: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
-_SQRT_HALF = 0.7071067811865476   # 1 / sqrt(2)
-
-
 def _gelu(z: np.ndarray) -> np.ndarray:
-    """GELU in ``z``'s own precision (float32 here). ``z / np.sqrt(2.0)`` had promoted the activations to float64,
-    and the next layer's product with them: the heads' probabilities on fashion valid moved by at most 1.2e-6
-    when it stopped, no prediction changed, and the heads took 11% less time."""
-    from scipy.special import erf
+    """GELU (the exact, erf form) in float32, by torch's vectorised kernel on the same memory. It was
+    ``0.5 * z * (1 + scipy.special.erf(z / sqrt(2)))``: 28% of the heads' time, 50x slower than torch's kernel;
+    the two differ by float32 rounding (at most 1.4e-6 on activations up to 15)."""
+    import torch
 
-    return 0.5 * z * (1.0 + erf(z * z.dtype.type(_SQRT_HALF)))
+    return torch.nn.functional.gelu(torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32))).numpy()
 
 
 def head_input(text: np.ndarray, image: np.ndarray | None, inputs: str) -> np.ndarray:

@@ -27,10 +27,16 @@ _ABSENT = -30.0                          # bias of a class the expert never saw 
 
 
 @functools.lru_cache(maxsize=16384)
+def _words(text: str) -> tuple[str, ...]:
+    """The lower-cased words of ``text``; kept for the last texts seen, since each head's expert reads the same
+    titles."""
+    return tuple(_TOKEN.findall(text.lower()))
+
+
+@functools.lru_cache(maxsize=16384)
 def _terms(text: str) -> tuple[str, ...]:
-    """The words and word pairs of ``text``; kept for the last texts seen, since each head's expert reads the
-    same titles."""
-    words = _TOKEN.findall(text.lower())
+    """The words and word pairs of ``text`` (the vectoriser's terms), kept like :func:`_words`."""
+    words = _words(text)
     return (*words, *(f"{a} {b}" for a, b in zip(words, words[1:], strict=False)))
 
 
@@ -82,8 +88,7 @@ class LexicalExpert:
     def known_words(self, texts: Sequence[str]) -> np.ndarray:
         """(N,) how many distinct words of each text the vocabulary holds (the evidence the expert reads)."""
         index = self._index
-        return np.array([len({w for w in _TOKEN.findall((t or "").lower()) if w in index}) for t in texts],
-                        dtype=np.float32)
+        return np.array([len({w for w in _words(t or "") if w in index}) for t in texts], dtype=np.float32)
 
     def gate(self, texts: Sequence[str], min_words: float) -> np.ndarray:
         """(N, 1) weight of the expert per text: ``known words / min_words``, at most 1 (1 when ``min_words`` is
