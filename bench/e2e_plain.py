@@ -63,7 +63,7 @@ def _validate(catalog: Path):
     """The catalog's valid rows with the checked ``image_path``; the number read."""
     import pandas as pd
 
-    from udfs.images import ImagePolicy, inspect_image_stat
+    from udfs.images import ImagePolicy, PathMemo, inspect_image_stat
 
     df = pq_read(catalog)
     n_read = len(df)
@@ -73,9 +73,9 @@ def _validate(catalog: Path):
     ok &= df["title"].fillna("").str.strip() != ""
     price = pd.to_numeric(df["price"], errors="coerce")
     ok &= price.isna() | (price.map(math.isfinite) & (price >= 0))
-    paths = []
+    paths, memo = [], PathMemo(policy)   # the job's inspect UDF keeps one memo per Arrow batch
     for uri, good in zip(df["image_uri"], ok, strict=True):
-        seen, reason, _, _ = (inspect_image_stat(uri if isinstance(uri, str) else None, policy) if good
+        seen, reason, _, _ = (inspect_image_stat(uri if isinstance(uri, str) else None, policy, memo=memo) if good
                               else (None, "row", None, False))
         paths.append(None if seen is None else seen.image_path)
         if reason is not None:

@@ -24,7 +24,7 @@ from PIL import Image
 
 from schemas import reasons
 from tests import reliability as rel
-from udfs.images import ImagePolicy, inspect_image, resolve_image_uri
+from udfs.images import ImagePolicy, PathMemo, inspect_image, resolve_image_uri
 
 FULL = rel.full_mode()
 ALL_PHASES = [Phase.explicit, Phase.generate]  # no shrinking: one example is a whole Spark run
@@ -109,14 +109,17 @@ def _under(path: str, root: Path) -> bool:
 def test_uris_never_escape_the_image_root(image_tree):
     root, outside = (p.resolve() for p in image_tree)
     policy = ImagePolicy(image_root=str(root))
+    memo = PathMemo(policy)   # one memo across all examples, as a batch of URIs shares one: the same answers
 
     @FUZZ
     @given(uri=uris(root, outside))
     @example(uri="loop/../link_out.jpg")
     @example(uri="loop/../link_in.jpg")
+    @example(uri="link_dir/secret.jpg")
     def check(uri):
         _count("uri")
         res = resolve_image_uri(uri, policy)
+        assert resolve_image_uri(uri, policy, memo) == res
         if res.path is None:
             assert res.reason == reasons.IMAGE_URI_NOT_ALLOWED and res.detail
         else:

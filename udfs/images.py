@@ -31,8 +31,8 @@ from models.core.io import local_path
 from schemas import reasons
 from udfs.task_faults import maybe_fail
 
-__all__ = ["ImagePolicy", "ImageStat", "Resolved", "inspect_image", "inspect_image_stat", "make_inspect_udf",
-           "read_image_bytes", "resolve_image_uri"]
+__all__ = ["ImagePolicy", "ImageStat", "PathMemo", "Resolved", "inspect_image", "inspect_image_stat",
+           "make_inspect_udf", "read_image_bytes", "resolve_image_uri"]
 
 # What an earlier run saw of an image file: the columns of the stat cache (jobs.lake.image_stats).
 STAT_TYPES = {"image_path": "string", "image_size": "bigint", "image_mtime_ns": "bigint", "image_ctime_ns": "bigint",
@@ -68,8 +68,39 @@ class Resolved:
     detail: str | None = None
 
 
-def resolve_image_uri(uri: str, policy: ImagePolicy) -> Resolved:
-    """Map ``uri`` to a real local path under an allowed root, or say why it may not be read."""
+class PathMemo:
+    """What one batch of URIs resolves repeatedly, resolved once: the policy's real roots, and the real path of
+    each folder the URIs name. A file whose folder is known resolves by one ``lstat`` of the file instead of
+    ``realpath`` (an ``lstat`` of every component) taken twice: when that file is not a symbolic link,
+    ``realpath`` of ``folder/name`` is the folder's real path joined with the name, as ``realpath`` builds it
+    component by component. A link, or a name such as ``..``, takes the full path (:func:`_resolved`). Made
+    for one batch: a folder link changed while the batch runs is seen by the next batch."""
+
+    def __init__(self, policy: ImagePolicy):
+        self.roots = policy.roots()
+        self._folders: dict[str, str | None] = {}
+
+    def resolved(self, path: str) -> str | None:
+        folder, name = os.path.split(path)
+        if not name or name in (".", "..") or not folder:
+            return _resolved(path)
+        if folder not in self._folders:
+            self._folders[folder] = _resolved(folder)
+        real_folder = self._folders[folder]
+        if real_folder is None:
+            return None
+        candidate = os.path.join(real_folder, name)
+        try:
+            if stat.S_ISLNK(os.lstat(candidate).st_mode):
+                return _resolved(path)
+        except OSError:
+            pass   # a missing file: realpath, not strict, keeps its name as it is
+        return candidate
+
+
+def resolve_image_uri(uri: str, policy: ImagePolicy, memo: PathMemo | None = None) -> Resolved:
+    """Map ``uri`` to a real local path under an allowed root, or say why it may not be read. ``memo`` (made
+    from the same ``policy``) shares the roots and folders of a batch of URIs; the result is the same."""
     parsed = urlparse(uri)
     scheme = parsed.scheme.lower()
     if len(scheme) == 1:  # a Windows drive letter, not a scheme
@@ -88,10 +119,10 @@ def resolve_image_uri(uri: str, policy: ImagePolicy) -> Resolved:
         if not policy.image_root:
             return Resolved(None, reasons.IMAGE_URI_NOT_ALLOWED, "relative image URI and no image root")
         path = os.path.join(policy.image_root, path)
-    real = _resolved(path)
+    real = _resolved(path) if memo is None else memo.resolved(path)
     if real is None:
         return Resolved(None, reasons.IMAGE_URI_NOT_ALLOWED, "its symbolic links do not resolve to one path")
-    for root in policy.roots():
+    for root in (policy.roots() if memo is None else memo.roots):
         if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
             return Resolved(real)
     return Resolved(None, reasons.IMAGE_URI_NOT_ALLOWED, "resolves outside the allowed image roots")
@@ -180,17 +211,18 @@ def inspect_image(uri: str | None, policy: ImagePolicy) -> tuple[str | None, str
     return seen.image_path, seen.image_sha256, reason, detail
 
 
-def inspect_image_stat(uri: str | None, policy: ImagePolicy, known: ImageStat | None = None
-                       ) -> tuple[ImageStat, str | None, str | None, bool]:
+def inspect_image_stat(uri: str | None, policy: ImagePolicy, known: ImageStat | None = None,
+                       memo: PathMemo | None = None) -> tuple[ImageStat, str | None, str | None, bool]:
     """``(what was seen, reason, detail, read)`` for one URI. The URI is resolved and checked against the
-    policy every time; when ``known`` describes the same, unchanged file its hash is kept without reading
-    the file (``read`` False). The caps of the policy apply to the remembered size and dimensions too."""
+    policy every time (``memo``: see :func:`resolve_image_uri`); when ``known`` describes the same, unchanged
+    file its hash is kept without reading the file (``read`` False). The caps of the policy apply to the
+    remembered size and dimensions too."""
     from PIL import Image
 
     none = ImageStat()
     if uri is None or not uri.strip():
         return none, None, None, False
-    res = resolve_image_uri(uri.strip(), policy)
+    res = resolve_image_uri(uri.strip(), policy, memo)
     if res.path is None:
         return none, res.reason, res.detail, False
     if known is not None:
@@ -255,10 +287,10 @@ def make_inspect_udf(policy: ImagePolicy):
         for uris, known in batches:
             checkpoint("inspect_batch")
             maybe_fail("inspect", uris.iloc[0] if len(uris) else None)  # tests only: see models.core.faults
-            out = []
+            out, memo = [], PathMemo(policy)
             for uri, k in zip(uris, known, strict=True):
                 seen, reason, detail, read = inspect_image_stat(uri if isinstance(uri, str) else None, policy,
-                                                                ImageStat.from_json(k))
+                                                                ImageStat.from_json(k), memo)
                 out.append((*(getattr(seen, f) for f in STAT_FIELDS), reason, detail, read))
             # Column by column: a frame built from the rows would turn int columns with a null into float64,
             # which cannot hold a time in nanoseconds exactly.
