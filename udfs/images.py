@@ -87,8 +87,8 @@ class PathMemo:
         if folder not in self._folders:
             self._folders[folder] = _resolved(folder)
         real_folder = self._folders[folder]
-        if real_folder is None:
-            return None
+        if real_folder is None:   # the folder's links do not settle: the full path decides, as without a memo
+            return _resolved(path)
         candidate = os.path.join(real_folder, name)
         try:
             if stat.S_ISLNK(os.lstat(candidate).st_mode):
