@@ -116,6 +116,7 @@ def test_uris_never_escape_the_image_root(image_tree):
     @example(uri="loop/../link_out.jpg")
     @example(uri="loop/../link_in.jpg")
     @example(uri="link_dir/secret.jpg")
+    @example(uri="loop//sub")   # realpath makes it "/sub" (refused); a memo of the folder "loop" must not differ
     def check(uri):
         _count("uri")
         res = resolve_image_uri(uri, policy)

@@ -71,10 +71,11 @@ class Resolved:
 class PathMemo:
     """What one batch of URIs resolves repeatedly, resolved once: the policy's real roots, and the real path of
     each folder the URIs name. A file whose folder is known resolves by one ``lstat`` of the file instead of
-    ``realpath`` (an ``lstat`` of every component) taken twice: when that file is not a symbolic link,
-    ``realpath`` of ``folder/name`` is the folder's real path joined with the name, as ``realpath`` builds it
-    component by component. A link, or a name such as ``..``, takes the full path (:func:`_resolved`). Made
-    for one batch: a folder link changed while the batch runs is seen by the next batch."""
+    ``realpath`` (an ``lstat`` of every component) taken twice: when the folder is a directory that resolves
+    without a link loop and the file is not a symbolic link, ``realpath`` of ``folder/name`` is the folder's
+    real path joined with the name, as ``realpath`` builds it component by component. A link, a name such as
+    ``..``, or any other folder takes the full path (:func:`_resolved`). Made for one batch: a folder link
+    changed while the batch runs is seen by the next batch."""
 
     def __init__(self, policy: ImagePolicy):
         self.roots = policy.roots()
@@ -85,9 +86,14 @@ class PathMemo:
         if not name or name in (".", "..") or not folder:
             return _resolved(path)
         if folder not in self._folders:
-            self._folders[folder] = _resolved(folder)
+            real = _resolved(folder)
+            # Only a folder that is one: realpath does not follow a link loop (it keeps the rest of the path as
+            # it is, and after the loop "loop//sub" even became "/sub"), and stat, which follows links, fails
+            # there. Any other folder (missing, a loop, links that do not settle) leaves the whole path to
+            # _resolved, as without a memo.
+            self._folders[folder] = real if real is not None and os.path.isdir(real) else None
         real_folder = self._folders[folder]
-        if real_folder is None:   # the folder's links do not settle: the full path decides, as without a memo
+        if real_folder is None:
             return _resolved(path)
         candidate = os.path.join(real_folder, name)
         try:
