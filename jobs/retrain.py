@@ -176,11 +176,12 @@ def resolve_images(pdf: Any, catalog: str, image_root: str | None) -> tuple[Any,
     The same rules as enrichment (:mod:`udfs.images`): relative URIs resolve against ``--image-root`` (default:
     the catalog's folder), and nothing outside the allowed roots or over another scheme is read.
     """
-    from udfs.images import ImagePolicy, resolve_image_uri
+    from udfs.images import ImagePolicy, PathMemo, resolve_image_uri
 
     root = Path(image_root) if image_root else Path(catalog).resolve().parent
     policy = ImagePolicy(image_root=str(root.resolve()))
-    resolved = [resolve_image_uri(str(u), policy).path for u in pdf["image_uri"]]
+    memo = PathMemo(policy)   # the roots and each folder resolved once, as the enrich job's inspect UDF does
+    resolved = [resolve_image_uri(str(u), policy, memo).path for u in pdf["image_uri"]]
     keep = [p is not None for p in resolved]
     if not all(keep):
         log.warning("%d image URIs are outside the allowed roots or schemes; those rows are not trained on",
