@@ -2,8 +2,9 @@
 
 A head bundle is trained for one encoder version (its inputs are that encoder's embeddings) and lives in the
 model store under ``<store>/heads/<version>/`` with the same guarantees as an encoder: a manifest with the
-sha256 of every file, safetensors weights, a model card. Inference is plain numpy: a Spark worker applies a
-bundle without torch.
+sha256 of every file, safetensors weights, a model card. Inference is numpy, but for the MLPs' GELU, which is
+torch's kernel (:func:`_gelu`): torch is imported on a bundle's first prediction, in the Spark workers that
+have already loaded it for the encoder; loading a bundle needs no torch.
 """
 
 from __future__ import annotations
