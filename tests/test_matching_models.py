@@ -235,6 +235,42 @@ def test_scorer_trees_follow_scikit_learn_at_the_thresholds_and_on_nan():
     assert trees.raw(np.zeros((0, 4))).shape == (0,)
 
 
+@pytest.mark.parametrize("depth", [1, 2, 3, 5])
+def test_scorer_trees_as_complete_trees_give_the_node_walks_log_odds_bit_for_bit(depth):
+    """The complete-tree evaluation (shallow trees, rows in chunks) against the node-by-node walk, on trees with
+    leaves above the last level, rows on the thresholds, NaN, and more rows than a chunk."""
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    from models.matching import scorer as scorer_mod
+    from models.matching.train import _to_trees
+
+    rng = np.random.default_rng(depth)
+    x = rng.random((600, 5))
+    x[:, 2] = np.round(x[:, 2], 1)
+    y = ((x[:, 0] * x[:, 1] > 0.25) ^ (rng.random(600) < 0.1)).astype(int)
+    gb = GradientBoostingClassifier(n_estimators=25, max_depth=depth, min_samples_leaf=40, init="zero",
+                                    random_state=0).fit(x, y)
+    trees = _to_trees(gb, 5)
+    inner = trees.left >= 0
+    probe = rng.random((2 * scorer_mod.HEAP_CHUNK + 77, 5))
+    for j in range(5):
+        th = trees.threshold[(trees.feature == j) & inner]
+        if len(th):
+            probe[: 300, j] = rng.choice(th, 300)
+    probe[::7, 1] = np.nan
+    walk = scorer_mod.Trees(trees.roots, trees.feature, trees.threshold, trees.left, trees.right, trees.value,
+                            trees.rate, trees.bias)
+    walk.__dict__["_heap"] = None   # the node walk (a cached property, set before its first use)
+    heap = trees._heap
+    assert (heap is not None) == (depth <= scorer_mod.HEAP_MAX_DEPTH)
+    if depth > 2:   # min_samples_leaf leaves some leaves above the last level: the filling is exercised
+        assert inner.sum() < len(trees.roots) * (2 ** depth - 1)
+    got, want = trees.raw(probe), walk.raw(probe)
+    assert np.array_equal(got, want)
+    assert np.allclose(got[~np.isnan(probe).any(axis=1)],
+                       gb.decision_function(probe[~np.isnan(probe).any(axis=1)]), rtol=0, atol=1e-9)
+
+
 def _toy_pairs(n: int, seed: int) -> pd.DataFrame:
     """Feature rows where matches share a model number and have high cosine, with label noise."""
     rng = np.random.default_rng(seed)
