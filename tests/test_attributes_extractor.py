@@ -244,6 +244,32 @@ def test_a_category_prefix_shifts_the_words_and_is_never_a_unit(random_store):
     assert encode_row(tok, TITLES[0], None, 64, "  ") == encode_row(tok, TITLES[0], None, 64)
 
 
+def test_batched_encoding_gives_each_products_own_encoding(random_store):
+    """encode_rows (a few batched tokenizer calls) against encode_row (one product at a time): with and without
+    a description or a category, texts cut to max_length on either side, blank and accented text."""
+    import random
+
+    from models.attributes.base import encode_row, encode_rows
+
+    _, _, ex = random_store
+    rnd = random.Random(3)
+    words = [*" ".join(TITLES).split(), "Ünïcödé", "—", "TS-G6843R", '6x8"', "180W", "日本語", "(2-pack)"]
+    titles, descs, cats = [], [], []
+    categories = [None, "  ", "Coffee & Tea", "Home & Kitchen > Coffee, Tea & Espresso > Coffee > Ground"]
+    for _ in range(120):
+        titles.append(" ".join(rnd.choices(words, k=rnd.choice([1, 3, 12, 60]))))
+        descs.append(rnd.choice([None, "", "Medium roast", " ".join(rnd.choices(words, k=rnd.choice([5, 80])))]))
+        cats.append(rnd.choice(categories))
+    for max_length in (64, 24):
+        want = [encode_row(ex.tokenizer, t, d, max_length, c) for t, d, c in zip(titles, descs, cats, strict=True)]
+        assert encode_rows(ex.tokenizer, titles, descs, max_length, cats) == want
+        assert encode_rows(ex.tokenizer, titles, descs, max_length) == [
+            encode_row(ex.tokenizer, t, d, max_length) for t, d in zip(titles, descs, strict=True)]
+    assert encode_rows(ex.tokenizer, [], [], 64) == []
+    with pytest.raises(ValueError, match="descriptions"):
+        encode_rows(ex.tokenizer, titles[:2], descs[:1], 64)
+
+
 def test_a_tagger_trained_with_the_category_reads_it_after_a_store_round_trip(random_store, tmp_path):
     from models.attributes.base import encode_row
 

@@ -33,6 +33,7 @@ from models.attributes.base import (
     Extraction,
     clean_value,
     encode_row,
+    encode_rows,
     load_top,
     quiet_transformers,
     stored_extras,
@@ -134,8 +135,8 @@ class Extractor:
         if categories is not None and len(categories) != len(titles):
             raise ValueError(f"titles and categories differ in length: {len(titles)} != {len(categories)}")
         prefixes = categories if self.category_input and categories is not None else [None] * len(titles)
-        encoded = {i: encode_row(self.tokenizer, texts[i][0], texts[i][1], self.max_length, prefixes[i])
-                   for i in todo}
+        encoded = dict(zip(todo, encode_rows(self.tokenizer, [texts[i][0] for i in todo], [texts[i][1] for i in todo],
+                                             self.max_length, [prefixes[i] for i in todo]), strict=True))
         todo.sort(key=lambda i: (len(encoded[i].input_ids), i))
         out: list[list[Extraction]] = [[] for _ in titles]
         asked: list[Any] = [None] * len(titles)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -58,9 +59,9 @@ def find_spans(text: str | None, value: str) -> list[tuple[int, int]]:
     return [(m.start(), m.end()) for m in re.finditer(re.escape(needle), text, flags=re.IGNORECASE)]
 
 
-@dataclass(frozen=True)
-class Unit:
-    """What the tagger decides on: a whole word (the tag of its first word piece), with its character range."""
+class Unit(NamedTuple):
+    """What the tagger decides on: a whole word (the tag of its first word piece), with its character range. (A
+    named tuple: a product's text has dozens, made for every product of a run.)"""
     token: int           # index of the word's first piece
     segment: int         # 0 = title, 1 = description
     start: int
@@ -73,19 +74,20 @@ def word_units(offsets: Sequence[tuple[int, int]], segments: Sequence[int | None
 
     Tagging words rather than pieces keeps spans from starting or ending inside a word ("tock" for "Stock").
     """
-    units: list[Unit] = []
+    spans: list[list[int]] = []   # [token, segment, start, end] of each word; a Unit made once per word
     key = None
     for t, ((s, e), seg, w) in enumerate(zip(offsets, segments, words, strict=True)):
         if seg is None or w is None or s == e:
             key = None
             continue
         if (seg, w) == key:
-            last = units[-1]
-            units[-1] = Unit(last.token, last.segment, last.start, max(last.end, e))
+            last = spans[-1]
+            if e > last[3]:
+                last[3] = e
         else:
-            units.append(Unit(t, seg, s, e))
+            spans.append([t, seg, s, e])
             key = (seg, w)
-    return units
+    return [Unit(*u) for u in spans]
 
 
 def align_span(units: Sequence[Unit], segment: int, start: int, end: int) -> tuple[int, int] | None:
