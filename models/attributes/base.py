@@ -71,7 +71,7 @@ def _with_prefix(pre: list[int], ids: list[int], types: list[int], units: list[U
 def encode_rows(tokenizer: Any, titles: Sequence[str], descriptions: Sequence[str | None], max_length: int,
                 prefixes: Sequence[str | None] | None = None) -> list[EncodedRow]:
     """:func:`encode_row` of many products, the same rows, by a few batched tokenizer calls instead of one or two
-    a product (each call pays the tokenizer's Python wrapper again: about 0.3 ms, most of a short title's cost).
+    a product (each call pays the tokenizer's Python wrapper again).
 
     Rows are grouped by what changes the call (a description or not, the room a prefix leaves); within a group
     one call encodes all, which the fast tokenizer splits over its threads."""
