@@ -51,6 +51,29 @@ MIN_ROWS_PER_TASK = 64
 # An update of at most this many products is committed from the driver (pyarrow), without the Spark jobs of a
 # distributed rewrite: the commits of a 1% run over 20k products went from 9.5 s to 3.8 s (bench/enrich_e2e.py).
 DRIVER_COMMIT_PRODUCTS = 50_000
+# ... and at most one product per this many bytes of the driver JVM's heap: the commit collects the embeddings into
+# the driver JVM first (three float arrays a product). `spark-submit jobs/enrich.py` with Spark's default 1 GiB
+# driver and its default collector ran out of heap there on the first run of 20,000 products with photos (10,000
+# passed); the job's own sessions start the driver with 3 GiB (jobs.runtime.spark_session).
+DRIVER_COMMIT_HEAP_BYTES_PER_PRODUCT = 96 * 1024
+
+
+def driver_commit_limit(heap_bytes: int | None) -> int:
+    """How many products' embeddings one commit may collect on the driver, for a driver JVM of ``heap_bytes``
+    (None: unknown, the plain limit)."""
+    if heap_bytes is None:
+        return DRIVER_COMMIT_PRODUCTS
+    return max(0, min(DRIVER_COMMIT_PRODUCTS, heap_bytes // DRIVER_COMMIT_HEAP_BYTES_PER_PRODUCT))
+
+
+def _driver_heap_bytes(spark) -> int | None:
+    """The driver JVM's maximum heap (``Runtime.maxMemory``), or None when it cannot be read."""
+    try:
+        return int(spark.sparkContext._jvm.java.lang.Runtime.getRuntime().maxMemory())
+    except Exception:   # noqa: BLE001 - a gateway without the call: fall back to the plain limit
+        return None
+
+
 T = TypeVar("T")
 
 
@@ -534,8 +557,14 @@ def _commit_tables(ctx: RunContext, v: _Validated, e: _Embedded, scored, head_fr
         # Every scored product's old rows go, also where it now has none (no attribute above the threshold).
         scored_ids = scored.select("product_id")
         small = n_todo <= DRIVER_COMMIT_PRODUCTS
+        heap = _driver_heap_bytes(ctx.spark)
+        limit = driver_commit_limit(heap)
+        if small and n_todo > limit:
+            log.info("committing the embeddings of %d products through Spark, not the driver: a driver heap of %.1f "
+                     "GiB collects at most %d (spark-submit --driver-memory 3g raises it)", n_todo,
+                     (heap or 0) / 2 ** 30, limit)
         commits = {PRODUCT_EMBEDDINGS.name: lambda: lake.upsert(PRODUCT_EMBEDDINGS, ok, cfg.run_id, step=1,
-                                                                on_driver=small),
+                                                                on_driver=n_todo <= limit),
                    QUARANTINE.name: lambda: lake.upsert(QUARANTINE, bad, cfg.run_id, step=1,
                                                         on_driver=v.n_rejected + e.n_failed <= DRIVER_COMMIT_PRODUCTS)}
         for name, frame in head_frames.items():

@@ -208,3 +208,16 @@ def test_unchanged_images_are_not_read_again_and_a_replaced_photo_is(spark, samp
 
     assert run_job(spark, sample, lake, "r4", "--rehash-images") == 0
     assert f"{n_images} checked: {n_images} read and hashed" in capsys.readouterr().out
+
+
+def test_the_driver_collects_a_commits_embeddings_only_up_to_what_its_heap_holds(spark):
+    """Spark's default 1 GiB driver (a plain spark-submit) ran out of heap collecting the embeddings of a first run
+    of 20,000 products with photos; 10,000 passed, and the job's own 3 GiB sessions collect 20,000."""
+    gib = 2 ** 30
+    assert enrich.driver_commit_limit(None) == enrich.DRIVER_COMMIT_PRODUCTS
+    assert 10_000 <= enrich.driver_commit_limit(1 * gib) < 20_000
+    assert 20_000 <= enrich.driver_commit_limit(3 * gib) <= enrich.DRIVER_COMMIT_PRODUCTS
+    assert enrich.driver_commit_limit(64 * gib) == enrich.DRIVER_COMMIT_PRODUCTS
+    assert enrich.driver_commit_limit(0) == 0
+    heap = enrich._driver_heap_bytes(spark)   # read from the session's JVM
+    assert heap is not None and 256 * 2 ** 20 <= heap <= 64 * gib
