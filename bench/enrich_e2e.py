@@ -161,7 +161,8 @@ def cold_run(catalog: Path, lake: Path, run_id: str, st: Settings, log: Path, jv
     if (bin_dir / "spark-submit").exists():
         options = how.java_options if how is not None else few   # the README's advice for a few cores
         java = ["--driver-java-options", options] if options else []
-        cmd = [str(bin_dir / "spark-submit"), *java, *job]
+        # and its driver size: the job's own sessions' 3 GiB (Spark's default 1 GiB commits more through Spark)
+        cmd = [str(bin_dir / "spark-submit"), "--driver-memory", "3g", *java, *job]
     else:
         cmd = [sys.executable, *job]
     # The workers import this checkout's packages (not an editable install's), the driver and workers this Python.
