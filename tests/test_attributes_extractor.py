@@ -245,13 +245,27 @@ def test_a_category_prefix_shifts_the_words_and_is_never_a_unit(random_store):
 
 
 def test_batched_encoding_gives_each_products_own_encoding(random_store):
-    """encode_rows (a few batched tokenizer calls) against encode_row (one product at a time): with and without
-    a description or a category, texts cut to max_length on either side, blank and accented text."""
+    """encode_rows (a few batched tokenizer calls) against the tokenizer called for one product at a time: with
+    and without a description or a category, texts cut to max_length on either side, blank and accented text."""
     import random
 
-    from models.attributes.base import encode_row, encode_rows
+    from models.attributes.base import PREFIX_MAX_TOKENS, EncodedRow, encode_rows
+    from models.attributes.spans import Unit, word_units
 
     _, _, ex = random_store
+
+    def encode_row(tok, title, description, max_length, prefix=None):   # one product, as the tokenizer reads it
+        pre = []
+        if isinstance(prefix, str) and prefix.strip():
+            pre = [*tok(prefix.strip(), add_special_tokens=False, truncation=True, max_length=PREFIX_MAX_TOKENS
+                        )["input_ids"], tok.sep_token_id]
+        enc = tok(title, description or None, truncation="longest_first", max_length=max_length - len(pre),
+                  return_offsets_mapping=True)
+        units = word_units([tuple(o) for o in enc["offset_mapping"]], enc.sequence_ids(), enc.word_ids())
+        ids, types, k = list(enc["input_ids"]), list(enc["token_type_ids"]), len(pre)
+        return EncodedRow(ids[:1] + pre + ids[1:], types[:1] + [0] * k + types[1:],
+                          [Unit(u.token + k, u.segment, u.start, u.end) for u in units])
+
     rnd = random.Random(3)
     words = [*" ".join(TITLES).split(), "Ünïcödé", "—", "TS-G6843R", '6x8"', "180W", "日本語", "(2-pack)"]
     titles, descs, cats = [], [], []

@@ -47,15 +47,7 @@ def encode_row(tokenizer: Any, title: str, description: str | None, max_length: 
     ``prefix`` (a seller category), when given and not blank, goes first: ``[CLS] prefix [SEP] title [SEP]
     description [SEP]``, its pieces of segment type 0 and never a unit (a value is never read from the category).
     """
-    pre: list[int] = []
-    if isinstance(prefix, str) and prefix.strip():
-        pre = list(tokenizer(prefix.strip(), add_special_tokens=False, truncation=True,
-                             max_length=PREFIX_MAX_TOKENS)["input_ids"])
-        pre.append(tokenizer.sep_token_id)
-    enc = tokenizer(title, description or None, truncation="longest_first", max_length=max_length - len(pre),
-                    return_offsets_mapping=True)
-    units = word_units([tuple(o) for o in enc["offset_mapping"]], enc.sequence_ids(), enc.word_ids())
-    return _with_prefix(pre, enc["input_ids"], enc["token_type_ids"], units)
+    return encode_rows(tokenizer, [title], [description], max_length, [prefix])[0]
 
 
 def _with_prefix(pre: list[int], ids: list[int], types: list[int], units: list[Unit]) -> EncodedRow:
