@@ -54,13 +54,16 @@ DRIVER_COMMIT_PRODUCTS = 50_000
 # ... and at most one product per this many bytes of the driver JVM's heap: the commit collects the embeddings into
 # the driver JVM first (three float arrays a product). `spark-submit jobs/enrich.py` with Spark's default 1 GiB
 # driver and its default collector ran out of heap there on the first run of 20,000 products with photos (10,000
-# passed); the job's own sessions start the driver with 3 GiB (jobs.runtime.spark_session).
+# passed); the job's own sessions start the driver with 3 GiB (jobs.runtime.spark_session). The same limit holds
+# for the heads' tables and the quarantine, which the commit stage collects at the same time: with the embeddings
+# committed through Spark, a 1 GiB driver still ran out of heap collecting the attribute rows of 50,000 products
+# (196,000 open values beside the heads' rows) while the embeddings were written.
 DRIVER_COMMIT_HEAP_BYTES_PER_PRODUCT = 96 * 1024
 
 
 def driver_commit_limit(heap_bytes: int | None) -> int:
-    """How many products' embeddings one commit may collect on the driver, for a driver JVM of ``heap_bytes``
-    (None: unknown, the plain limit)."""
+    """How many products' rows (embeddings, heads' tables, quarantine) the commit stage may collect on the driver,
+    for a driver JVM of ``heap_bytes`` (None: unknown, the plain limit)."""
     if heap_bytes is None:
         return DRIVER_COMMIT_PRODUCTS
     return max(0, min(DRIVER_COMMIT_PRODUCTS, heap_bytes // DRIVER_COMMIT_HEAP_BYTES_PER_PRODUCT))
@@ -556,17 +559,18 @@ def _commit_tables(ctx: RunContext, v: _Validated, e: _Embedded, scored, head_fr
         bad = quarantine_rows(v.rejected, cfg.run_id, now).unionByName(quarantine_rows(failed, cfg.run_id, now))
         # Every scored product's old rows go, also where it now has none (no attribute above the threshold).
         scored_ids = scored.select("product_id")
-        small = n_todo <= DRIVER_COMMIT_PRODUCTS
         heap = _driver_heap_bytes(ctx.spark)
         limit = driver_commit_limit(heap)
-        if small and n_todo > limit:
-            log.info("committing the embeddings of %d products through Spark, not the driver: a driver heap of %.1f "
+        small = n_todo <= limit
+        if DRIVER_COMMIT_PRODUCTS >= n_todo > limit:
+            log.info("committing the tables of %d products through Spark, not the driver: a driver heap of %.1f "
                      "GiB collects at most %d (spark-submit --driver-memory 3g raises it)", n_todo,
                      (heap or 0) / 2 ** 30, limit)
+        # ``ok`` is a projection of the persisted ``embedded``: not cached a second time (cache=False).
         commits = {PRODUCT_EMBEDDINGS.name: lambda: lake.upsert(PRODUCT_EMBEDDINGS, ok, cfg.run_id, step=1,
-                                                                on_driver=n_todo <= limit),
+                                                                on_driver=small, cache=False),
                    QUARANTINE.name: lambda: lake.upsert(QUARANTINE, bad, cfg.run_id, step=1,
-                                                        on_driver=v.n_rejected + e.n_failed <= DRIVER_COMMIT_PRODUCTS)}
+                                                        on_driver=v.n_rejected + e.n_failed <= limit)}
         for name, frame in head_frames.items():
             commits[name] = (lambda name=name, frame=frame:
                              lake.upsert(TABLES[name], frame, cfg.run_id, step=1, replaced=scored_ids,

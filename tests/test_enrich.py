@@ -212,7 +212,8 @@ def test_unchanged_images_are_not_read_again_and_a_replaced_photo_is(spark, samp
 
 def test_the_driver_collects_a_commits_embeddings_only_up_to_what_its_heap_holds(spark):
     """Spark's default 1 GiB driver (a plain spark-submit) ran out of heap collecting the embeddings of a first run
-    of 20,000 products with photos; 10,000 passed, and the job's own 3 GiB sessions collect 20,000."""
+    of 20,000 products with photos; 10,000 passed, and the job's own 3 GiB sessions collect 20,000. (At 50,000 it
+    ran out collecting the attribute rows too: the heads' tables and the quarantine keep to the same limit.)"""
     gib = 2 ** 30
     assert enrich.driver_commit_limit(None) == enrich.DRIVER_COMMIT_PRODUCTS
     assert 10_000 <= enrich.driver_commit_limit(1 * gib) < 20_000
@@ -221,3 +222,30 @@ def test_the_driver_collects_a_commits_embeddings_only_up_to_what_its_heap_holds
     assert enrich.driver_commit_limit(0) == 0
     heap = enrich._driver_heap_bytes(spark)   # read from the session's JVM
     assert heap is not None and 256 * 2 ** 20 <= heap <= 64 * gib
+
+
+def test_a_driver_too_small_to_collect_commits_every_table_through_spark_with_the_same_rows(spark, sample, tmp_path,
+                                                                                             monkeypatch, caplog):
+    """Where the driver's heap holds none of the run (the limit is 0), the embeddings, the heads' tables and the
+    quarantine are committed by Spark jobs, and hold what the driver's commits write."""
+    import logging
+
+    names = ("product_embeddings", "product_categories", "product_attributes", "product_adult_flags", "quarantine")
+
+    def rows(lake, name):
+        got = table(lake, name).to_pyarrow_table().to_pylist()   # arrays as lists, maps as lists of pairs
+        return sorted(json.dumps({k: v for k, v in r.items() if k not in ("updated_at", "quarantined_at")},
+                                 sort_keys=True, default=str) for r in got)
+
+    on_driver = tmp_path / "on_driver"
+    assert run_job(spark, sample, on_driver, "r1") == 0
+    monkeypatch.setattr(enrich, "_driver_heap_bytes", lambda session: 0)
+    through_spark = tmp_path / "through_spark"
+    with caplog.at_level(logging.INFO, logger="jobs.enrich"):
+        assert run_job(spark, sample, through_spark, "r1") == 0
+    assert "through Spark, not the driver: a driver heap of 0.0 GiB collects at most 0" in caplog.text
+    for name in names:
+        got, want = rows(through_spark, name), rows(on_driver, name)
+        assert got == want, name
+        if name in ("product_embeddings", "product_categories", "quarantine"):
+            assert len(want) > 0, name

@@ -59,6 +59,21 @@ def test_upsert_rewrites_only_files_that_hold_updated_keys(spark, lake):
     assert table_rows(lake) == [("a", "1"), ("b", "2")]
 
 
+def test_upsert_caches_its_rows_unless_told_they_are_cheap_to_read_again(spark, lake):
+    from pyspark import StorageLevel
+
+    lake.upsert(ITEMS, rows(spark, [("a", "1"), ("b", "1")]), run_id="r1")
+    cached, uncached = rows(spark, [("b", "2")], 1), rows(spark, [("a", "3")], 1)
+    lake.upsert(ITEMS, cached, run_id="r2")
+    lake.upsert(ITEMS, uncached, run_id="r3", cache=False)
+    try:
+        assert cached.storageLevel != StorageLevel.NONE
+        assert uncached.storageLevel == StorageLevel.NONE   # no second copy of a frame the caller persisted
+        assert table_rows(lake) == [("a", "3"), ("b", "2")]  # and the same commit
+    finally:
+        cached.unpersist()
+
+
 def test_repeated_upserts_keep_the_file_count_bounded(spark, lake):
     data = [(f"p{i:03d}", "0") for i in range(200)]
     lake.upsert(ITEMS, rows(spark, data, 4), run_id="r0")
@@ -150,6 +165,29 @@ def _delta_jars_present(spark) -> bool:
         return True
     except Exception:
         return False
+
+
+def test_spark_writes_bounded_row_groups_of_wide_rows(spark, lake):
+    """The embeddings' rows are wide: a task's file is written in row groups of at most about ``ROW_GROUP_BYTES``,
+    not held whole in the heap until the task ends (Parquet's default 128 MB a group)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from jobs.lake.lakehouse import ROW_GROUP_BYTES
+
+    n, dim = 3000, 768   # 3,000 x 3 arrays of 768 floats: 27.6 MB in one task, incompressible
+    now = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+    vecs = np.random.default_rng(0).standard_normal((n, dim)).astype(np.float32).tolist()
+    df = spark.createDataFrame([(f"p{i}", "m1", v, v, v, "h", "r1", now) for i, v in enumerate(vecs)],
+                               PRODUCT_EMBEDDINGS.schema).coalesce(1)
+    lake.upsert(PRODUCT_EMBEDDINGS, df, run_id="r1")
+    files = list(lake.files(PRODUCT_EMBEDDINGS))
+    assert len(files) == 1
+    meta = pq.ParquetFile(lake.path(PRODUCT_EMBEDDINGS) / files[0]).metadata
+    sizes = [meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)]
+    assert len(sizes) >= 2 and max(sizes) <= 1.25 * ROW_GROUP_BYTES
+    assert sum(meta.row_group(i).num_rows for i in range(meta.num_row_groups)) == n
+    assert lake.read(PRODUCT_EMBEDDINGS).count() == n
 
 
 def test_tables_read_through_spark_delta_format_where_the_jars_exist(spark, lake):

@@ -46,6 +46,11 @@ _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 TARGET_FILE_BYTES = 64 * 1024 * 1024   # an upsert rewrites the files it touches into files of at most this size
 MIN_FILE_BYTES = 4 * 1024 * 1024       # ... and of at least this size, unless that leaves a core idle
 DRIVER_REWRITE_BYTES = 1024 ** 3       # Lake.upsert(on_driver=True) rewrites files on the driver up to this table size
+# Parquet row groups of Spark's writes. The writer holds a whole row group of each task in the heap (Parquet's
+# default 128 MB) and copies its pages once more as it flushes them: a partition of 17,000 embeddings (78 MB)
+# was held whole, two tasks at a time, and with Spark's default 1 GiB driver the first run of 50,000 products
+# ran out of heap writing them. Row groups of 16 MB read back as fast (a reader reads whole files here).
+ROW_GROUP_BYTES = 16 * 1024 * 1024
 
 
 def rewrite_files(rewritten_bytes: int, parallelism: int) -> int:
@@ -202,7 +207,7 @@ class Lake:
         return self._write(spec, df, run_id, step, upsert=False)
 
     def upsert(self, spec: TableSpec, df, run_id: str, step: int = 1, replaced=None, delete=None,
-               on_driver: bool = False) -> CommitResult:
+               on_driver: bool = False, cache: bool = True) -> CommitResult:
         """Insert or replace rows by the spec's key columns (``replace_by`` when set), in one commit
         (copy-on-write).
 
@@ -217,6 +222,10 @@ class Lake:
         table, however few the rows); the keys of ``delete`` go with ``replaced`` there (their old rows go, no
         new row comes). Ignored when the table holds more than ``DRIVER_REWRITE_BYTES``, where rewriting its
         touched files is work for the cluster.
+        ``cache``: the Spark path reads ``df`` twice (the keys, then the rows) and caches it first; False where
+        ``df`` is a cheap projection of a frame the caller has persisted already. A second cache of wide rows
+        (the embeddings' three float arrays) is then no copy in the executors' heap: building one ran a 1 GiB
+        local driver out of memory at 50,000 products.
         """
         if on_driver and self.rewritable_on_driver(spec):
             cols, keys = list(spec.column_names), list(spec.match_keys)
@@ -227,7 +236,7 @@ class Lake:
                     gone = gone.unionByName(delete.select(*keys))
                 gone = gone.distinct().toArrow()
             return self.upsert_arrow(spec, df.select(*cols).toArrow(), run_id, step, replaced=gone)
-        return self._write(spec, df, run_id, step, upsert=True, replaced=replaced, delete=delete)
+        return self._write(spec, df, run_id, step, upsert=True, replaced=replaced, delete=delete, cache=cache)
 
     def rewritable_on_driver(self, spec: TableSpec) -> bool:
         """Whether :meth:`upsert_arrow` may rewrite the table's touched files on the driver: the whole table
@@ -291,8 +300,8 @@ class Lake:
 
         return self._write_and_commit(spec, dt, write, removed, run_id, app_id, step)
 
-    def _write(self, spec: TableSpec, df, run_id: str, step: int, upsert: bool, replaced=None, delete=None
-               ) -> CommitResult:
+    def _write(self, spec: TableSpec, df, run_id: str, step: int, upsert: bool, replaced=None, delete=None,
+               cache: bool = True) -> CommitResult:
         missing = [c for c in spec.column_names if c not in df.columns]
         if missing:
             raise LakeError(f"rows for {spec.name} lack the columns {missing}")
@@ -307,7 +316,7 @@ class Lake:
             # unless the caller already cached them (Spark warns "Asked to cache already cached data").
             from pyspark import StorageLevel
 
-            if df.storageLevel == StorageLevel.NONE:
+            if cache and df.storageLevel == StorageLevel.NONE:
                 df = df.persist(StorageLevel.MEMORY_AND_DISK)
             keys = (df if replaced is None else replaced).select(*spec.match_keys)
             if delete is not None:
@@ -321,7 +330,8 @@ class Lake:
                 # would gain files on every run (8, 16, 24, ...) and never compact.
                 df = df.coalesce(rewrite_files(sum(removed.values()), self.spark.sparkContext.defaultParallelism))
 
-        return self._write_and_commit(spec, dt, lambda target: df.write.mode("errorifexists").parquet(str(target)),
+        return self._write_and_commit(spec, dt, lambda target: df.write.mode("errorifexists")
+                                      .option("parquet.block.size", str(ROW_GROUP_BYTES)).parquet(str(target)),
                                       removed, run_id, app_id, step)
 
     def _open_for(self, spec: TableSpec, run_id: str, step: int):

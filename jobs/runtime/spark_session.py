@@ -45,6 +45,12 @@ DEFAULTS: dict[str, str] = {
     # long-lived session (the test suite's, 2 GB) likely spent minutes collecting garbage and failed there.
     # Small pages cost nothing measurable here (the sample's run took 66-68 s with either).
     "spark.buffer.pageSize": "4m",
+    # Rows per batch of a persisted frame (Spark's default 10,000). The embeddings' rows carry three float arrays
+    # (about 4.6 KB): a batch of 10,000 is 46 MB a column, built by doubling its buffer and read back from disk
+    # whole, two tasks at a time. With Spark's default 1 GiB driver (a plain `spark-submit --master local[2]`) the
+    # first run of 50,000 products ran out of heap in its commit stage on such batches; 1,000 rows cost nothing
+    # measurable on narrow frames.
+    "spark.sql.inMemoryColumnarStorage.batchSize": "1000",
 }
 
 
