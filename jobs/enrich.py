@@ -69,6 +69,21 @@ def driver_commit_limit(heap_bytes: int | None) -> int:
     return max(0, min(DRIVER_COMMIT_PRODUCTS, heap_bytes // DRIVER_COMMIT_HEAP_BYTES_PER_PRODUCT))
 
 
+def wide_rows_storage(spark, n_rows: int):
+    """The storage level for the embed stage's persisted rows (three float arrays a product, about 5 KB): memory
+    first, spilling to disk; but disk only where the tasks run in the driver JVM (local mode) and the run holds
+    more products than :func:`driver_commit_limit` allows that heap. With Spark's default 1 GiB driver a first
+    run of 100,000 products with photos ran out of heap caching them (500 MB of rows beside a 434 MB storage pool,
+    in chunks of 4 MB that the default collector must place whole); read back from the local disk, they cost the
+    later stages little."""
+    from pyspark import StorageLevel
+
+    local = spark.sparkContext.master.startswith("local")
+    if local and n_rows > driver_commit_limit(_driver_heap_bytes(spark)):
+        return StorageLevel.DISK_ONLY
+    return StorageLevel.MEMORY_AND_DISK
+
+
 def _driver_heap_bytes(spark) -> int | None:
     """The driver JVM's maximum heap (``Runtime.maxMemory``), or None when it cannot be read."""
     try:
@@ -247,8 +262,13 @@ def _driver_encoder(cfg: EnrichConfig):
 def embed_partitions(n_rows: int, parallelism: int) -> int:
     """Tasks for the model stages: every core busy on a large catalog, but no more tasks than rows to share (a
     task of a pandas UDF has a fixed cost of about 0.1 s, which 8 tasks for the 30 products of a small
-    incremental run paid for nothing)."""
-    return max(1, min(parallelism, math.ceil(n_rows / MIN_ROWS_PER_TASK)), math.ceil(n_rows / ROWS_PER_PARTITION))
+    incremental run paid for nothing). Beyond one task a core, whole rounds of tasks: 100,000 products made 5 tasks
+    of 20,000 on 2 cores, and the fifth ran alone for 40 s of the embed stage and 30 s of the attribute stage; 6
+    tasks of 16,667 leave no core idle."""
+    parts = max(1, min(parallelism, math.ceil(n_rows / MIN_ROWS_PER_TASK)), math.ceil(n_rows / ROWS_PER_PARTITION))
+    if parts > parallelism > 0:
+        parts = math.ceil(parts / parallelism) * parallelism
+    return parts
 
 
 def side_by_side(spark, stage_name: str, calls: dict[str, Callable[[], T]]) -> dict[str, T]:
@@ -438,7 +458,6 @@ def _select_changed(ctx: RunContext, v: _Validated):
 
 def _embed(ctx: RunContext, v: _Validated, todo, n_todo: int) -> _Embedded:
     """One pass of the models: the heads run in the encoder's UDF, on the embeddings it just made."""
-    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     from jobs.stages.heads import plan_heads
@@ -463,7 +482,7 @@ def _embed(ctx: RunContext, v: _Validated, todo, n_todo: int) -> _Embedded:
         embedded = (todo.repartition(parts, "product_id").sortWithinPartitions("product_id")
                     .withColumn("_e", make_embed_heads_udf(embed_cfg, plan, done)(F.col("title"), F.col("image_path"),
                                                                             F.col("description")))
-                    .persist(StorageLevel.MEMORY_AND_DISK))
+                    .persist(wide_rows_storage(spark, n_todo)))
         t = time.perf_counter()
         tally_e = embedded.agg(F.count(F.when(F.col("_e.error").isNotNull(), 1)).alias("failed"),
                                F.count(F.when(F.col("_e.is_adult"), 1)).alias("adult")).first()

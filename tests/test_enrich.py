@@ -224,10 +224,34 @@ def test_the_driver_collects_a_commits_embeddings_only_up_to_what_its_heap_holds
     assert heap is not None and 256 * 2 ** 20 <= heap <= 64 * gib
 
 
+def test_model_stage_tasks_come_in_whole_rounds_of_the_cores():
+    assert enrich.embed_partitions(30, 8) == 1                # a task costs 0.1 s however few its rows
+    assert enrich.embed_partitions(20_000, 2) == 2            # every core busy
+    assert enrich.embed_partitions(50_000, 2) == 4            # not 3: the third would run alone
+    assert enrich.embed_partitions(100_000, 2) == 6           # not 5
+    assert enrich.embed_partitions(100_000, 8) == 8
+    assert enrich.embed_partitions(1_000_000, 8) == 56        # 50 of 20,000, rounded up to 7 rounds of 8
+    assert enrich.embed_partitions(1_000_000, 1) == 50
+
+
+def test_the_embed_stage_caches_on_disk_only_what_the_local_heap_cannot_hold(spark, monkeypatch):
+    """At 100,000 products Spark's default 1 GiB driver ran out of heap caching the embeddings in memory."""
+    from pyspark import StorageLevel
+
+    limit = enrich.driver_commit_limit(enrich._driver_heap_bytes(spark))
+    assert spark.sparkContext.master.startswith("local") and limit > 0
+    assert enrich.wide_rows_storage(spark, limit) == StorageLevel.MEMORY_AND_DISK
+    assert enrich.wide_rows_storage(spark, limit + 1) == StorageLevel.DISK_ONLY
+    monkeypatch.setattr(enrich, "_driver_heap_bytes", lambda session: 2 ** 30)
+    assert enrich.wide_rows_storage(spark, 50_000) == StorageLevel.DISK_ONLY
+    assert enrich.wide_rows_storage(spark, 5_000) == StorageLevel.MEMORY_AND_DISK
+
+
 def test_a_driver_too_small_to_collect_commits_every_table_through_spark_with_the_same_rows(spark, sample, tmp_path,
                                                                                              monkeypatch, caplog):
     """Where the driver's heap holds none of the run (the limit is 0), the embeddings, the heads' tables and the
-    quarantine are committed by Spark jobs, and hold what the driver's commits write."""
+    quarantine are committed by Spark jobs (from the embed stage's rows cached on disk only), and hold what the
+    driver's commits write."""
     import logging
 
     names = ("product_embeddings", "product_categories", "product_attributes", "product_adult_flags", "quarantine")
