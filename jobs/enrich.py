@@ -262,13 +262,8 @@ def _driver_encoder(cfg: EnrichConfig):
 def embed_partitions(n_rows: int, parallelism: int) -> int:
     """Tasks for the model stages: every core busy on a large catalog, but no more tasks than rows to share (a
     task of a pandas UDF has a fixed cost of about 0.1 s, which 8 tasks for the 30 products of a small
-    incremental run paid for nothing). Beyond one task a core, whole rounds of tasks: 100,000 products made 5 tasks
-    of 20,000 on 2 cores, and the fifth ran alone for 40 s of the embed stage and 30 s of the attribute stage; 6
-    tasks of 16,667 leave no core idle."""
-    parts = max(1, min(parallelism, math.ceil(n_rows / MIN_ROWS_PER_TASK)), math.ceil(n_rows / ROWS_PER_PARTITION))
-    if parts > parallelism > 0:
-        parts = math.ceil(parts / parallelism) * parallelism
-    return parts
+    incremental run paid for nothing)."""
+    return max(1, min(parallelism, math.ceil(n_rows / MIN_ROWS_PER_TASK)), math.ceil(n_rows / ROWS_PER_PARTITION))
 
 
 def side_by_side(spark, stage_name: str, calls: dict[str, Callable[[], T]]) -> dict[str, T]:

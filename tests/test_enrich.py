@@ -224,16 +224,6 @@ def test_the_driver_collects_a_commits_embeddings_only_up_to_what_its_heap_holds
     assert heap is not None and 256 * 2 ** 20 <= heap <= 64 * gib
 
 
-def test_model_stage_tasks_come_in_whole_rounds_of_the_cores():
-    assert enrich.embed_partitions(30, 8) == 1                # a task costs 0.1 s however few its rows
-    assert enrich.embed_partitions(20_000, 2) == 2            # every core busy
-    assert enrich.embed_partitions(50_000, 2) == 4            # not 3: the third would run alone
-    assert enrich.embed_partitions(100_000, 2) == 6           # not 5
-    assert enrich.embed_partitions(100_000, 8) == 8
-    assert enrich.embed_partitions(1_000_000, 8) == 56        # 50 of 20,000, rounded up to 7 rounds of 8
-    assert enrich.embed_partitions(1_000_000, 1) == 50
-
-
 def test_the_embed_stage_caches_on_disk_only_what_the_local_heap_cannot_hold(spark, monkeypatch):
     """At 100,000 products Spark's default 1 GiB driver ran out of heap caching the embeddings in memory."""
     from pyspark import StorageLevel
