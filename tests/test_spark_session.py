@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -182,3 +183,71 @@ def test_the_worker_warm_up_job_runs(spark):
     thread.join(timeout=240)
     assert not thread.is_alive()
     assert thread.error is None, thread.error   # a UDF that fails to build would only be logged in a run
+
+
+def test_the_daemon_takes_pyspark_zips_off_the_path_only_where_they_copy_the_installed_package(tmp_path):
+    """Spark puts ``pyspark.zip`` and the py4j zip first on the workers' path; where they lie inside the installed
+    pyspark package they are dropped (the package imports instead), while another folder's archives stay."""
+    import pyspark
+
+    lib = Path(pyspark.__file__).parent / "python" / "lib"
+    zips = sorted(str(p) for p in lib.glob("*.zip"))
+    if len(zips) != 2:
+        pytest.skip(f"pyspark is not pip-installed with its two archives here: {zips}")
+    elsewhere = tmp_path / "spark" / "python" / "lib"
+    elsewhere.mkdir(parents=True)
+    foreign = elsewhere / "pyspark.zip"
+    foreign.write_bytes(Path(next(z for z in zips if z.endswith("pyspark.zip"))).read_bytes())
+    script = ("import json, sys\nfrom udfs.daemon import prefer_installed_pyspark\n"
+              "dropped = prefer_installed_pyspark()\nimport pyspark, py4j\n"
+              "zips = [p for p in sys.path if p.endswith('.zip')]\n"
+              "print(json.dumps([dropped, pyspark.__file__, py4j.__file__, zips]))")
+    for path, expect_dropped in ((zips, zips), ([str(foreign), *zips], zips)):
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([*path, str(ROOT)]))
+        out = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
+                             check=True).stdout
+        dropped, spark_file, py4j_file, left = json.loads(out.splitlines()[-1])
+        assert sorted(dropped) == sorted(expect_dropped)
+        # the installed package imports, unless an archive of another Spark comes first: that one stays and wins
+        assert spark_file.startswith(str(foreign)) if str(foreign) in path else ".zip" not in spark_file
+        assert ".zip" not in py4j_file
+        assert [p for p in left if p in path] == [p for p in path if p not in expect_dropped]
+    # A process that has imported pyspark already keeps its path as it is.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([*zips, str(ROOT)]))
+    out = subprocess.run([sys.executable, "-c", "import pyspark\n" + script], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, check=True).stdout
+    assert json.loads(out.splitlines()[-1])[0] == []
+
+
+def test_python_workers_import_the_installed_pyspark_and_keep_no_archive_importer(spark):
+    """No zip importer is left in a worker: each would read its archive's directory again on every task."""
+    import pyspark
+    from pyspark.sql.functions import pandas_udf
+
+    @pandas_udf("string")
+    def origin(ids: pd.Series) -> pd.Series:
+        import sys as worker_sys
+
+        import pyspark as worker_pyspark
+
+        zipped = sorted(k for k, v in worker_sys.path_importer_cache.items() if type(v).__name__ == "zipimporter")
+        return pd.Series([json.dumps([worker_pyspark.__file__, zipped])] * len(ids))
+
+    seen = [json.loads(r[0]) for r in spark.range(2).select(origin("id")).collect()]
+    assert {file for file, _ in seen} == {pyspark.__file__}
+    assert [zipped for _, zipped in seen] == [[], []]
+
+
+def test_workers_leave_the_preloaded_libraries_out_of_garbage_collection(spark):
+    """pyspark's daemon collects garbage in a reused worker after every task; the objects the daemon imported are
+    frozen before it forks, so that pass skips them (bench/worker_tasks.py: 0.2 s of CPU a task otherwise)."""
+    from pyspark.sql.functions import pandas_udf
+
+    @pandas_udf("long")
+    def frozen(ids: pd.Series) -> pd.Series:
+        import gc
+
+        return pd.Series([gc.get_freeze_count()] * len(ids))
+
+    counts = {r[0] for r in spark.range(2).select(frozen("id")).collect()}
+    assert min(counts) > 100_000, counts   # torch, open_clip, transformers: about a million objects
