@@ -19,10 +19,10 @@ package directory imported from an archive) read its archive's whole directory a
 pyspark's modules are compiled from source in every process. ``python bench/worker_tasks.py`` measures what
 that cost a task. The installed package has the same files, compiled once.
 
-Last, the daemon freezes what it imported (``gc.freeze``) before it forks: pyspark's daemon collects garbage in
-a reused worker after every task, and a full collection over the preloaded libraries cost 0.15-0.2 s of CPU per
-task. ``CATALOG_ENRICH_WORKER_TUNING`` = ``none`` (neither), ``path`` (the path only) or ``all`` (the default)
-is for the benchmark.
+Last, the daemon imports with the garbage collector off and freezes what it imported (``gc.freeze``) before it
+forks: pyspark's daemon collects garbage in a reused worker after every task, and a full collection over the
+preloaded libraries cost 0.15-0.2 s of CPU per task. ``CATALOG_ENRICH_WORKER_TUNING`` = ``none`` (neither),
+``path`` (the path only) or ``all`` (the default) is for the benchmark.
 """
 
 from __future__ import annotations
@@ -110,9 +110,15 @@ def _holds_python(archive: str) -> bool:
 
 
 def main() -> None:
+    import gc
+
     tuning = os.environ.get(TUNING_ENV, "all")   # none | path | all: what bench/worker_tasks.py compares
     if tuning in ("path", "all"):
         prefer_installed_pyspark()
+    if tuning == "all":
+        # No collection while the libraries import: they allocate about half a million objects that all live on,
+        # and the passes the allocator triggers over them cost 0.7 s of CPU (of 4.9) on the run's critical path.
+        gc.disable()
     if os.environ.get("CATALOG_ENRICH_WORKER_PRELOAD", "1") != "0":
         # stdout carries the daemon's port to the JVM: nothing else may be written there.
         took = preload()
@@ -122,12 +128,11 @@ def main() -> None:
 
     if tuning == "all":
         # pyspark's daemon runs gc.collect() in a reused worker after every task: with the preloaded libraries
-        # that is a full pass over about a million objects, 0.15-0.2 s of CPU a task, which also writes to
-        # every page the fork shared. Frozen here, before the first fork, they are left out of every collection.
-        import gc
-
-        gc.collect()
+        # that is a full pass over about half a million objects, 0.15-0.2 s of CPU a task, which also writes to
+        # every page the fork shared. Frozen here, before the first fork, they are left out of every collection;
+        # the workers collect their own objects as usual.
         gc.freeze()
+        gc.enable()
     daemon.manager()
 
 
