@@ -251,3 +251,30 @@ def test_workers_leave_the_preloaded_libraries_out_of_garbage_collection(spark):
 
     counts = {r[0] for r in spark.range(2).select(frozen("id")).collect()}
     assert min(counts) > 100_000, counts   # torch, open_clip, transformers: about a million objects
+
+
+def test_a_model_load_in_a_worker_is_frozen_out_of_garbage_collection(spark):
+    """A worker that loads a model (udfs.model_cache.cached) freezes it and what it imported, and drops Spark's
+    jar from its path: also where the worker was not forked from udfs.daemon (pyspark's own, on a cluster)."""
+    import uuid
+
+    from pyspark.sql.functions import pandas_udf
+
+    token = uuid.uuid4().hex   # a key no earlier test loaded in these reused workers
+
+    @pandas_udf("string")
+    def probe(ids: pd.Series) -> pd.Series:
+        import gc
+        import sys as worker_sys
+
+        from udfs.model_cache import cached
+
+        before = gc.get_freeze_count()
+        cached(("freeze-test", token), lambda: [[i] for i in range(50_000)])   # 50,000 objects the collector tracks
+        jars = [k for k in worker_sys.path_importer_cache if ".jar" in k] + [p for p in worker_sys.path
+                                                                           if p.endswith(".jar")]
+        return pd.Series([json.dumps([before, gc.get_freeze_count(), jars])] * len(ids))
+
+    seen = [json.loads(r[0]) for r in spark.range(0, 2, 1, 1).select(probe("id")).collect()]
+    before, after, jars = seen[0]
+    assert after - before >= 50_000 and jars == []

@@ -32,7 +32,7 @@ import os
 import sys
 import time
 
-__all__ = ["PRELOAD", "TUNING_ENV", "main", "prefer_installed_pyspark", "preload"]
+__all__ = ["PRELOAD", "TUNING_ENV", "drop_java_archives", "main", "prefer_installed_pyspark", "preload"]
 
 TUNING_ENV = "CATALOG_ENRICH_WORKER_TUNING"
 
@@ -65,7 +65,17 @@ def prefer_installed_pyspark() -> list[str]:
     ``udfs``. Returns the entries removed. Call before pyspark is imported; a Spark distribution's archives
     (outside any installed package) stay, and pyspark's zips stay when pyspark is imported already."""
     drop = [] if "pyspark" in sys.modules else _pyspark_copies()
-    drop += [p for p in sys.path if p.endswith(".jar") and p not in drop and not _holds_python(p)]
+    return _take_off_path(drop) + drop_java_archives()
+
+
+def drop_java_archives() -> list[str]:
+    """Take off ``sys.path`` (with their cached importers) the Java jars that hold no Python module; safe at any
+    time, also in a worker that was not forked from this daemon (:func:`udfs.model_cache.cached` calls it there).
+    Returns the entries removed."""
+    return _take_off_path([p for p in sys.path if p.endswith(".jar") and not _holds_python(p)])
+
+
+def _take_off_path(drop: list[str]) -> list[str]:
     if drop:
         sys.path[:] = [p for p in sys.path if p not in drop]
         for key in list(sys.path_importer_cache):
