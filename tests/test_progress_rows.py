@@ -17,8 +17,10 @@ ROWS = re.compile(r"stage embed: running for \d+ s, ([\d,]+)/([\d,]+) products \
 def test_heartbeat_counts_the_products_done_while_the_embed_stage_runs(tmp_path):
     catalog = make_slice(tmp_path / "catalog", good=GOOD)
     # One core, two embed tasks: they run one after the other, so a heartbeat lands between them (Spark adds a
-    # Python worker's accumulator updates when its task ends).
-    env = job_env({"CATALOG_ENRICH_LOG": "INFO", "CATALOG_ENRICH_PROGRESS_SECONDS": "0.2"}, master="local[1]")
+    # Python worker's accumulator updates when its task ends). Each task holds its first batch for a second, so
+    # the heartbeats every 0.2 s see the first task's count however fast the tasks run.
+    env = job_env({"CATALOG_ENRICH_LOG": "INFO", "CATALOG_ENRICH_PROGRESS_SECONDS": "0.2",
+                   "CATALOG_ENRICH_TASK_HOLD": "embed:1"}, master="local[1]")
     args = ["enrich", "--catalog", str(catalog), "--image-root", str(SAMPLE), "--lake", str(tmp_path / "lake"),
             "--run-id", "progress-1", *FAKE, "--matching", "none"]
     result = run_job(args, env, timeout=300)
