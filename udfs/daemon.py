@@ -72,14 +72,14 @@ def drop_java_archives() -> list[str]:
     """Take off ``sys.path`` (with their cached importers) the Java jars that hold no Python module; safe at any
     time, also in a worker that was not forked from this daemon (:func:`udfs.model_cache.cached` calls it there).
     Returns the entries removed."""
-    return _take_off_path([p for p in sys.path if p.endswith(".jar") and not _holds_python(p)])
+    return _take_off_path([p for p in sys.path if isinstance(p, str) and p.endswith(".jar") and not _holds_python(p)])
 
 
 def _take_off_path(drop: list[str]) -> list[str]:
     if drop:
         sys.path[:] = [p for p in sys.path if p not in drop]
         for key in list(sys.path_importer_cache):
-            if any(key == d or key.startswith(d + os.sep) for d in drop):
+            if isinstance(key, str) and any(key == d or key.startswith(d + os.sep) for d in drop):
                 del sys.path_importer_cache[key]
     return drop
 
@@ -87,7 +87,8 @@ def _take_off_path(drop: list[str]) -> list[str]:
 def _pyspark_copies() -> list[str]:
     import importlib.machinery
 
-    zips = [p for p in sys.path if p.endswith(".zip") and os.path.basename(p).startswith(("pyspark", "py4j-"))]
+    zips = [p for p in sys.path if isinstance(p, str) and p.endswith(".zip")
+            and os.path.basename(p).startswith(("pyspark", "py4j-"))]
     if not zips:
         return []
     others = [p for p in sys.path if p not in zips]
