@@ -33,6 +33,12 @@ from typing import Any, TypeVar
 if __package__ in (None, ""):  # run as a script (spark-submit jobs/enrich.py): make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+    # spark-submit puts pyspark's and py4j's zips first on the path; imported from them, pyspark's modules are
+    # compiled from source in every run (0.8 s of the driver's CPU). Where they copy the installed package, it
+    # imports instead (as in the workers: udfs/daemon.py).
+    from udfs.daemon import prefer_installed_pyspark
+
+    prefer_installed_pyspark()
 
 from jobs.lake.runlog import check_run_id  # noqa: E402
 from jobs.make_sample_catalog import DEFAULT_SAMPLE_DIR  # noqa: E402

@@ -22,8 +22,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-if __name__ == "__main__" and __package__ is None:  # spark-submit runs the file: make the repo importable
+if __package__ in (None, ""):  # spark-submit runs the file: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from udfs.daemon import prefer_installed_pyspark  # pyspark from its package, not spark-submit's zips
+
+    prefer_installed_pyspark()
 
 __all__ = ["RetrainConfig", "main", "parse_args", "read_catalog", "record_run", "training_frame"]
 

@@ -219,6 +219,28 @@ def test_the_daemon_takes_pyspark_zips_off_the_path_only_where_they_copy_the_ins
     assert json.loads(out.splitlines()[-1])[0] == []
 
 
+@pytest.mark.parametrize("script", ["jobs/enrich.py", "jobs/retrain.py"])
+def test_the_spark_submit_scripts_import_the_installed_pyspark_not_the_archives(tmp_path, script):
+    """spark-submit runs the driver's script with pyspark's and py4j's zips first on ``PYTHONPATH``; imported from
+    there, pyspark is compiled from source in every run. The scripts take them off the path before they import
+    pyspark, as the worker daemon does."""
+    import pyspark
+
+    zips = sorted(str(p) for p in (Path(pyspark.__file__).parent / "python" / "lib").glob("*.zip"))
+    if len(zips) != 2:
+        pytest.skip(f"pyspark is not pip-installed with its two archives here: {zips}")
+    # The script's own top level runs as spark-submit runs it (no package), under another name than __main__.
+    probe = (f"import json, runpy, sys\nrunpy.run_path({str(ROOT / script)!r}, run_name='submitted')\n"
+             "import pyspark, py4j\n"
+             "print(json.dumps([pyspark.__file__, py4j.__file__, [p for p in sys.path if p.endswith('.zip')]]))")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(zips))
+    out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         check=True).stdout
+    spark_file, py4j_file, left = json.loads(out.splitlines()[-1])
+    assert spark_file == pyspark.__file__ and ".zip" not in py4j_file
+    assert not set(left) & set(zips)
+
+
 def test_python_workers_import_the_installed_pyspark_and_keep_no_archive_importer(spark):
     """No zip importer is left in a worker: each would read its archive's directory again on every task."""
     import pyspark
