@@ -69,7 +69,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import PeakRss, median, scratch  # noqa: E402
+from bench.common import PeakRss, compile_project, median, scratch  # noqa: E402
 from bench.e2e_catalog import changed_copy, make_catalog, planted_pairs, recovered  # noqa: E402
 from bench.e2e_plain import plain_loop, torch_threads  # noqa: E402
 
@@ -144,10 +144,14 @@ def warm_up(spark, work: Path, n: int, image_size: int, st: Settings, other: Set
 
 def cold_run(catalog: Path, lake: Path, run_id: str, st: Settings, log: Path, jvm_archive: bool = False) -> dict:
     """The job in a fresh process, as a nightly task starts it: wall clock, the report's stages, peak memory.
-    ``jvm_archive``: the driver JVM maps the class archive of ``jobs.runtime.jvm_cache`` (built beforehand)."""
+    ``jvm_archive``: the driver JVM maps the class archive of ``jobs.runtime.jvm_cache`` (built beforehand).
+    The checkout's bytecode is written first (:func:`bench.common.compile_project`), as a nightly run finds it."""
     from jobs.runtime.jvm_cache import launch
     from jobs.runtime.machine import local_java_options
 
+    compiled = compile_project()
+    if compiled:
+        print(f"compiled the bytecode of {compiled} modules of this checkout (untimed)", flush=True)
     bin_dir = Path(sys.executable).parent
     few = local_java_options()
     how = launch(few) if jvm_archive else None

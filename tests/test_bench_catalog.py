@@ -1,4 +1,5 @@
-"""The benchmark's duplicate planting (bench/e2e_catalog.py): pure helpers, no Spark, no models."""
+"""The benchmarks' helpers (bench/e2e_catalog.py: the duplicate planting; bench/common.py: the bytecode): no Spark, no
+models."""
 
 from __future__ import annotations
 
@@ -55,3 +56,25 @@ def test_recovered_counts_pairs_in_one_cluster_and_matched_pairs():
     assert recovered(pairs, clusters, {("B1", "D1"), ("B2", "D2")}) == {"planted": 3, "same_cluster": 1,
                                                                         "matched": 2}
     assert recovered(pairs, clusters) == {"planted": 3, "same_cluster": 1}
+
+
+def test_the_cold_runs_find_the_checkouts_bytecode_written():
+    """bench.common.compile_project writes a missing module's bytecode (also where PYTHONDONTWRITEBYTECODE is set,
+    as some containers do), and a second call finds nothing left to compile."""
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import schemas.reasons
+
+    cached = Path(importlib.util.cache_from_source(schemas.reasons.__file__))
+    cached.unlink(missing_ok=True)
+    root = Path(__file__).resolve().parents[1]
+    call = ("import sys; sys.path.insert(0, sys.argv[1])\n"
+            "from bench.common import compile_project; print(compile_project())")
+    env = {"PYTHONDONTWRITEBYTECODE": "1", "PATH": ""}
+    first = subprocess.run([sys.executable, "-c", call, str(root)], env=env, capture_output=True, text=True, check=True)
+    assert int(first.stdout.split()[-1]) >= 1 and cached.is_file()
+    again = subprocess.run([sys.executable, "-c", call, str(root)], env=env, capture_output=True, text=True, check=True)
+    assert int(again.stdout.split()[-1]) == 0
