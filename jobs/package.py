@@ -47,7 +47,13 @@ LAUNCHER_TEXT = '''"""spark-submit entry point of catalog-enrich; the packages c
 
 import sys
 
-from jobs.cli import main
+from udfs.daemon import prefer_installed_pyspark
+
+# spark-submit puts pyspark's zips first on the path; where they copy an installed pyspark, that one imports
+# (compiled once, not from the zip's source in every run).
+prefer_installed_pyspark()
+
+from jobs.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(main(sys.argv[1:]))

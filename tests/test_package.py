@@ -9,6 +9,9 @@ import os
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
+
+import pytest
 
 from jobs.package import ARCHIVE, LAUNCHER, build_zip, zip_members
 
@@ -51,3 +54,25 @@ def test_packages_import_and_read_their_data_from_the_zip(tmp_path):
     cli_file, version, proj, terms = json.loads(out.stdout.strip().splitlines()[-1])
     assert cli_file.startswith(str(zpath)) and version.startswith("catalog-tiny-minilm@cfg-") and proj == "mlp"
     assert terms and terms[0].startswith("erotic:")          # the shipped term list, read from inside the zip
+
+
+def test_the_launcher_imports_the_installed_pyspark_not_spark_submits_archives(tmp_path):
+    """spark-submit runs the launcher with pyspark's zips first on PYTHONPATH, the project's zip after them; the
+    launcher takes the zips that copy the installed pyspark off the path before anything imports pyspark."""
+    import pyspark
+
+    zips = sorted(str(p) for p in (Path(pyspark.__file__).parent / "python" / "lib").glob("*.zip"))
+    if len(zips) != 2:
+        pytest.skip(f"pyspark is not pip-installed with its two archives here: {zips}")
+    zpath = build_zip(tmp_path / "dist")
+    probe = (f"import json, runpy, sys\nrunpy.run_path({str(tmp_path / 'dist' / LAUNCHER)!r}, run_name='submitted')\n"
+             "import jobs.cli, pyspark\n"
+             "print(json.dumps([jobs.cli.__file__, pyspark.__file__, [p for p in sys.path if p.endswith('.zip')]]))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = os.pathsep.join([*zips, str(zpath)])
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    cli_file, spark_file, left = json.loads(out.stdout.strip().splitlines()[-1])
+    assert cli_file.startswith(str(zpath)) and spark_file == pyspark.__file__
+    assert str(zpath) in left and not set(left) & set(zips)
