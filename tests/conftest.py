@@ -17,6 +17,18 @@ os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
 
 @pytest.fixture(scope="session")
+def pyspark_zips() -> list[str]:
+    """The two archives (``pyspark.zip``, the py4j zip) inside the installed pyspark package, which spark-submit
+    puts first on a Python process's path; the test is skipped where pyspark is not pip-installed with them."""
+    import pyspark
+
+    zips = sorted(str(p) for p in (Path(pyspark.__file__).parent / "python" / "lib").glob("*.zip"))
+    if len(zips) != 2:
+        pytest.skip(f"pyspark is not pip-installed with its two archives here: {zips}")
+    return zips
+
+
+@pytest.fixture(scope="session")
 def spark(tmp_path_factory):
     from jobs.runtime.spark_session import build_session
 

@@ -9,9 +9,6 @@ import os
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
-
-import pytest
 
 from jobs.package import ARCHIVE, LAUNCHER, build_zip, zip_members
 
@@ -56,14 +53,12 @@ def test_packages_import_and_read_their_data_from_the_zip(tmp_path):
     assert terms and terms[0].startswith("erotic:")          # the shipped term list, read from inside the zip
 
 
-def test_the_launcher_imports_the_installed_pyspark_not_spark_submits_archives(tmp_path):
+def test_the_launcher_imports_the_installed_pyspark_not_spark_submits_archives(tmp_path, pyspark_zips):
     """spark-submit runs the launcher with pyspark's zips first on PYTHONPATH, the project's zip after them; the
     launcher takes the zips that copy the installed pyspark off the path before anything imports pyspark."""
     import pyspark
 
-    zips = sorted(str(p) for p in (Path(pyspark.__file__).parent / "python" / "lib").glob("*.zip"))
-    if len(zips) != 2:
-        pytest.skip(f"pyspark is not pip-installed with its two archives here: {zips}")
+    zips = pyspark_zips
     zpath = build_zip(tmp_path / "dist")
     probe = (f"import json, runpy, sys\nrunpy.run_path({str(tmp_path / 'dist' / LAUNCHER)!r}, run_name='submitted')\n"
              "import jobs.cli, pyspark\n"

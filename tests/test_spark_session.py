@@ -185,15 +185,11 @@ def test_the_worker_warm_up_job_runs(spark):
     assert thread.error is None, thread.error   # a UDF that fails to build would only be logged in a run
 
 
-def test_the_daemon_takes_pyspark_zips_off_the_path_only_where_they_copy_the_installed_package(tmp_path):
+def test_the_daemon_takes_pyspark_zips_off_the_path_only_where_they_copy_the_installed_package(tmp_path,
+                                                                                           pyspark_zips):
     """Spark puts ``pyspark.zip`` and the py4j zip first on the workers' path; where they lie inside the installed
     pyspark package they are dropped (the package imports instead), while another folder's archives stay."""
-    import pyspark
-
-    lib = Path(pyspark.__file__).parent / "python" / "lib"
-    zips = sorted(str(p) for p in lib.glob("*.zip"))
-    if len(zips) != 2:
-        pytest.skip(f"pyspark is not pip-installed with its two archives here: {zips}")
+    zips = pyspark_zips
     elsewhere = tmp_path / "spark" / "python" / "lib"
     elsewhere.mkdir(parents=True)
     foreign = elsewhere / "pyspark.zip"
@@ -220,15 +216,13 @@ def test_the_daemon_takes_pyspark_zips_off_the_path_only_where_they_copy_the_ins
 
 
 @pytest.mark.parametrize("script", ["jobs/enrich.py", "jobs/retrain.py"])
-def test_the_spark_submit_scripts_import_the_installed_pyspark_not_the_archives(tmp_path, script):
+def test_the_spark_submit_scripts_import_the_installed_pyspark_not_the_archives(tmp_path, script, pyspark_zips):
     """spark-submit runs the driver's script with pyspark's and py4j's zips first on ``PYTHONPATH``; imported from
     there, pyspark is compiled from source in every run. The scripts take them off the path before they import
     pyspark, as the worker daemon does."""
     import pyspark
 
-    zips = sorted(str(p) for p in (Path(pyspark.__file__).parent / "python" / "lib").glob("*.zip"))
-    if len(zips) != 2:
-        pytest.skip(f"pyspark is not pip-installed with its two archives here: {zips}")
+    zips = pyspark_zips
     # The script's own top level runs as spark-submit runs it (no package), under another name than __main__.
     probe = (f"import json, runpy, sys\nrunpy.run_path({str(ROOT / script)!r}, run_name='submitted')\n"
              "import pyspark, py4j\n"
