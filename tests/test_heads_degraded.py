@@ -191,10 +191,11 @@ def test_a_title_expert_survives_the_store(tmp_path):
     expert = dataclasses.replace(text_head, name="category.title", lexical_weight=0.0, mention_weight=0.0,
                                  class_bias=None)
     fused = dataclasses.replace(head, title_expert=expert, title_weight=1.0, title_min_words=3.0,
-                                fusion_temperature=0.8)
+                                fusion_temperature=0.8, fusion_temperature_poor=1.5)
     save_heads(tmp_path, "heads-test", HeadBundle("enc-v1", fused), training_data="synthetic", metrics={})
     loaded = load_heads(find_heads(tmp_path, "enc-v1")).category
-    assert (loaded.title_weight, loaded.title_min_words, loaded.fusion_temperature) == (1.0, 3.0, 0.8)
+    assert (loaded.title_weight, loaded.title_min_words, loaded.fusion_temperature,
+            loaded.fusion_temperature_poor) == (1.0, 3.0, 0.8, 1.5)
     assert loaded.title_expert is not None and loaded.title_expert.name == "category.title"
     vt = ["Nike Men Blue Shirt", "Fossil", "", "Puma Women Black Watch"]
     got = loaded.predict(_text_tower(vt), img[:4], vt)
@@ -234,3 +235,138 @@ def test_the_heads_script_fits_the_fusion_on_one_half_of_valid_and_reports_on_th
     assert 150 < report < 250 and metrics["category"]["valid_items"] == report
     assert metrics["category"]["degraded"]["head on image only"]["none"]["n"] == report
     assert heads["category"].inputs == "text+image" and "titles degraded" in md
+    # every head's calibration is measured in every title condition (issue 18: honest on degraded titles too)
+    fused = metrics["category"]["degraded"]["new head: text+image, trained beside degraded titles"]
+    assert all(0.0 <= fused[c]["ece"] <= 1.0 and 0.0 < fused[c]["confidence"] <= 1.0 for c in fused)
+    assert "ece" not in metrics["category"]["degraded"]["TF-IDF word + char n-grams + logistic regression"]["full"]
+    assert "Calibration of the top-1 confidence" in md
+
+
+def test_robustness_table_reports_the_calibration_of_a_head_that_keeps_its_confidence_on_an_empty_title():
+    from models.heads.robustness import CONDITIONS, robustness_table
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, size=600)
+    y[:5] = -1   # unlabelled rows count in no metric
+
+    def probs(right: np.ndarray, confidence: float) -> np.ndarray:
+        pred = np.where(right, y, (y + 1) % 3)
+        out = np.full((len(y), 3), (1 - confidence) / 2)
+        out[np.arange(len(y)), pred] = confidence
+        return out
+
+    half_right = rng.random(len(y)) < 0.5
+    honest = {c: probs(np.ones(len(y), bool), 0.95) if c == "full" else probs(half_right, 0.5) for c in CONDITIONS}
+    stubborn = {c: probs(np.ones(len(y), bool), 0.95) if c == "full" else probs(half_right, 0.95) for c in CONDITIONS}
+    metrics, md = robustness_table(y, {"honest": honest.__getitem__, "stubborn": stubborn.__getitem__,
+                                       "indices": lambda c: honest[c].argmax(axis=1)})
+    assert metrics["honest"]["none"]["ece"] < 0.05 < 0.4 < metrics["stubborn"]["none"]["ece"]
+    assert metrics["stubborn"]["none"]["confidence"] == pytest.approx(0.95)
+    assert metrics["honest"]["none"]["accuracy"] == metrics["stubborn"]["none"]["accuracy"] \
+        == metrics["indices"]["none"]["accuracy"]
+    assert "ece" not in metrics["indices"]["none"]
+    table = md.split("Calibration of the top-1 confidence")[1]
+    assert "| honest |" in table and "| stubborn |" in table and "| indices |" not in table
+
+
+def test_an_old_heads_probabilities_follow_the_new_heads_class_order_or_become_indices():
+    from models.heads.fashion import _remapped
+
+    p = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
+    same = _remapped(p, np.array([2, 0, 1]), 3)   # old class 0 is the new class 2, ...
+    np.testing.assert_allclose(same, [[0.2, 0.1, 0.7], [0.3, 0.6, 0.1]])
+    lacking = _remapped(p, np.array([-1, 0, 1]), 3)   # the new head lacks old class 0
+    np.testing.assert_array_equal(lacking, [-1, 1])
+
+
+def _photo_and_text_heads(seed: int = 0):
+    titles, img, y = _catalog(1200, seed)
+    cfg = HeadTrainConfig(epochs=12, hidden=32, calibration_fraction=0.2, lexical_features=0)
+    text_head = fit_head(_text_tower(titles), y, CLASSES, cfg, name="category", inputs="text")
+    photo = fit_head(img, y, CLASSES, cfg, name="category", inputs="image")
+    return titles, y, text_head, photo
+
+
+def test_fusion_temperatures_follow_the_titles_evidence_and_change_no_decision():
+    """Fitted over rows with full and empty titles, one temperature is a compromise: too sure where the title
+    decides and the photo is unsure, or the reverse. Two, blended by the title gate, fit each end; the top class
+    of every row stays where it was."""
+    from models.heads.bundle import log_softmax, softmax
+    from models.heads.train import expected_calibration_error, fit_temperature, fit_title_expert
+
+    titles, y, text_head, photo = _photo_and_text_heads()
+    vt, vimg, vy = _catalog(1600, seed=5)
+    vt = [t if i % 2 else "" for i, t in enumerate(vt)]           # half the titles are empty
+    vocabulary = LexicalExpert.fit(titles, y, len(CLASSES))
+    own = log_softmax(photo.logits(vimg) / photo.temperature)
+    x = _text_tower(vt)
+    fused = fit_title_expert(photo, text_head, own, x, vy, vt, np.ones(len(vy), dtype=bool), vocabulary)
+    assert fused.title_weight > 0 and fused.title_min_words > 0
+    assert fused.fusion_temperature_poor is not None and fused.fusion_temperature_poor != fused.fusion_temperature
+    gate = fused.title_gate(vt)
+    # the same fusion with one temperature fitted on the same rows, as bundles before 2026-12-06 have
+    one = dataclasses.replace(fused, fusion_temperature_poor=None,
+                              fusion_temperature=fit_temperature(fused.fused_log_probs(own, x, vt, gate), vy))
+
+    def probs(head):
+        return softmax(head.fused_log_probs(own, x, vt, gate) / head.fusion_temperatures(gate))
+
+    p1, p2 = probs(one), probs(fused)
+    np.testing.assert_array_equal(p1.argmax(axis=1), p2.argmax(axis=1))
+    empty = np.arange(len(vy)) % 2 == 0
+    ece = {name: [expected_calibration_error(p[m], vy[m]) for m in (empty, ~empty)]
+           for name, p in (("one", p1), ("two", p2))}
+    assert sum(ece["two"]) < sum(ece["one"])
+    # the product's temperature runs between the two ends with its gate
+    t = fused.fusion_temperatures(np.array([[0.0], [1.0], [0.5]]))
+    np.testing.assert_allclose(t.ravel(), [fused.fusion_temperature_poor, fused.fusion_temperature,
+                                           (fused.fusion_temperature + fused.fusion_temperature_poor) / 2])
+
+
+def test_one_temperature_where_the_rows_do_not_span_both_ends_of_the_gate():
+    from models.heads.bundle import log_softmax
+    from models.heads.train import fit_fusion_temperatures
+
+    _, _, _, photo = _photo_and_text_heads()
+    _, vimg, vy = _catalog(300, seed=6)
+    lp = log_softmax(photo.logits(vimg))
+    full_only = fit_fusion_temperatures(photo, lp, vy, np.ones((len(vy), 1)))
+    no_gate = fit_fusion_temperatures(photo, lp, vy, None)
+    assert full_only.fusion_temperature_poor is None and no_gate.fusion_temperature_poor is None
+    assert full_only.fusion_temperature == pytest.approx(no_gate.fusion_temperature)
+
+
+def test_recalibrating_a_stored_bundles_head_keeps_its_weights_and_decisions():
+    from models.heads.bundle import head_input, log_softmax
+    from models.heads.recalibrate import recalibrate_head
+    from models.heads.robustness import DegradedTitles
+    from models.heads.train import fit_title_expert
+
+    titles, img, y = _catalog(1200, 0)
+    cfg = HeadTrainConfig(epochs=8, hidden=32, calibration_fraction=0.2, lexical_features=0)
+    pad = lambda a: np.pad(a, ((0, 0), (0, 8)))   # noqa: E731  (image embeddings as wide as the text's)
+    txt = _text_tower(titles)
+    text_head = fit_head(txt, y, CLASSES, cfg, name="category", inputs="text")
+    head = fit_head(np.concatenate([txt, pad(img)], axis=1), y, CLASSES, cfg, name="category",
+                    inputs="text+image", text_slice=slice(0, 16), image_slice=slice(16, 32))
+    vt, vimg, vy = _catalog(800, seed=7)
+    vimg = pad(vimg)
+    fit_t = [t if i % 2 else "" for i, t in enumerate(vt)]
+    x = head_input(_text_tower(fit_t), vimg, "text+image")
+    own = log_softmax(head.logits(x) / head.temperature)
+    fused = fit_title_expert(head, text_head, own, x, vy, fit_t, np.ones(len(vy), dtype=bool),
+                             LexicalExpert.fit(titles, y, len(CLASSES)))
+    assert fused.title_weight > 0 and fused.title_min_words > 0
+    old = dataclasses.replace(fused, fusion_temperature_poor=None)   # as a bundle saved before the change
+    brands = known_brands(titles)
+    valid = {"full": vt, **{c: degrade(vt, k, seed=2026, brands=brands)
+                            for c, k in (("brand", "brand"), ("half", "half"), ("none", "empty"))}}
+    deg = DegradedTitles([], np.zeros(0), valid, np.zeros((0, 16), np.float32),
+                         {c: _text_tower(v) for c, v in valid.items()})
+    new = recalibrate_head(old, {"va_img": vimg}, deg, vy)
+    assert new.fusion_temperature_poor is not None
+    assert all(a[0] is b[0] for a, b in zip(new.layers, old.layers, strict=True))   # the weights untouched
+    for c in valid:
+        np.testing.assert_array_equal(new.predict(deg.valid_txt[c], vimg, valid[c]).argmax(axis=1),
+                                      old.predict(deg.valid_txt[c], vimg, valid[c]).argmax(axis=1))
+    assert recalibrate_head(text_head, {"va_img": vimg}, deg, vy) is text_head   # no title expert: unchanged

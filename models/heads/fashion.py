@@ -149,11 +149,22 @@ def _fuse_title_expert(fused: LinearHead, text_head: LinearHead, dev: tuple, y: 
                             np.concatenate([y[known]] * len(parts)), texts, np.concatenate([p[3] for p in parts]))
 
 
+def _remapped(probs: np.ndarray, remap: np.ndarray, n_classes: int) -> np.ndarray:
+    """An old head's output over the new head's classes (``remap[j]``: the new index of old class j, -1 where the
+    new head has no such class): its probabilities, reordered, where both heads know the same classes; else its
+    predicted class indices (-1, a miss, where it names a class the new head lacks), with no calibration."""
+    if len(remap) == n_classes and (remap >= 0).all() and len(set(remap.tolist())) == n_classes:
+        out = np.empty_like(probs)
+        out[:, remap] = probs
+        return out
+    return remap[probs.argmax(axis=1)]
+
+
 def _robustness(e, task: str, heads: dict[str, LinearHead], old: HeadBundle | None, deg: DegradedTitles,
                 tr_titles: list[str], ytr: np.ndarray, yva: np.ndarray) -> tuple[dict, str]:
     """The task's heads (and the replaced bundle's) in every title condition of ``deg`` (valid split)."""
     def head_predictor(head: LinearHead):
-        return lambda c: head.predict(deg.valid_txt[c], e["va_img"], deg.valid[c]).argmax(axis=1)
+        return lambda c: head.predict(deg.valid_txt[c], e["va_img"], deg.valid[c])   # probabilities
 
     predictors = {}
     old_head = None if old is None else old.heads().get(task)
@@ -161,7 +172,8 @@ def _robustness(e, task: str, heads: dict[str, LinearHead], old: HeadBundle | No
         pos = {c: i for i, c in enumerate(heads["text+image"].classes)}   # the old head's classes, mapped
         remap = np.array([pos.get(c, -1) for c in old_head.classes])
         predictors[f"replaced bundle {old.version or '(unsaved)'}"] = \
-            lambda c: remap[old_head.predict(deg.valid_txt[c], e["va_img"], deg.valid[c]).argmax(axis=1)]
+            lambda c: _remapped(old_head.predict(deg.valid_txt[c], e["va_img"], deg.valid[c]), remap,
+                                len(heads["text+image"].classes))
     predictors["new head: text+image, trained beside degraded titles"] = head_predictor(heads["text+image"])
     predictors["head on text only"] = head_predictor(heads["text"])
     predictors["head on image only"] = head_predictor(heads["image"])

@@ -84,12 +84,37 @@ def tfidf_char_baseline(train_text: Sequence[str], train_y: np.ndarray, seed: in
 
 def robustness_table(y: np.ndarray, predictors: dict[str, Callable[[str], np.ndarray]]
                      ) -> tuple[dict[str, dict[str, dict[str, float]]], str]:
-    """Accuracy and macro-F1 of each predictor (condition -> predicted class indices) in every condition."""
+    """Accuracy and macro-F1 of each predictor (condition -> predicted class indices, or (N, C) probabilities) in
+    every condition. For a predictor of probabilities, each condition's metrics also hold the calibration of its
+    top-1 confidence (``ece``, ``confidence``: the mean top-1 probability, beside the accuracy) over the labelled
+    rows, and a second table gives them: a head that leans on the photo when the title says nothing should also
+    say it is less sure, not keep a full title's confidence."""
+    from models.heads.train import expected_calibration_error
+
     metrics: dict[str, dict[str, dict[str, float]]] = {}
-    rows = []
+    rows, calibration = [], []
+    known = y >= 0
     for name, predict in predictors.items():
-        metrics[name] = {c: accuracy_f1(y, predict(c)) for c in CONDITIONS}
+        metrics[name] = {}
+        for c in CONDITIONS:
+            out = np.asarray(predict(c))
+            if out.ndim == 2:   # probabilities
+                metrics[name][c] = accuracy_f1(y, out.argmax(axis=1))
+                metrics[name][c]["ece"] = expected_calibration_error(out[known], y[known])
+                metrics[name][c]["confidence"] = float(out[known].max(axis=1).mean()) if known.any() else 0.0
+            else:
+                metrics[name][c] = accuracy_f1(y, out)
         rows.append([name, *[v for c in CONDITIONS for v in (metrics[name][c]["accuracy"],
                                                               metrics[name][c]["macro_f1"])]])
+        if all("ece" in metrics[name][c] for c in CONDITIONS):
+            calibration.append([name, *[v for c in CONDITIONS for v in (metrics[name][c]["ece"],
+                                                                         metrics[name][c]["confidence"],
+                                                                         metrics[name][c]["accuracy"])]])
     header = ["model", *[f"{label}: {what}" for label in CONDITIONS.values() for what in ("acc.", "macro-F1")]]
-    return metrics, md_table(header, rows)
+    table = md_table(header, rows)
+    if calibration:
+        header = ["model", *[f"{label}: {what}" for label in CONDITIONS.values()
+                             for what in ("ECE", "mean confidence", "acc.")]]
+        table += ("\n\nCalibration of the top-1 confidence in each condition (ECE, 15 equal-width bins; mean "
+                  "top-1 probability beside the accuracy):\n\n" + md_table(header, calibration))
+    return metrics, table

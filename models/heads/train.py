@@ -324,8 +324,22 @@ def fit_title_expert(head: LinearHead, text_head: LinearHead, own: np.ndarray, x
              head.name, w, gate, best[0], score(own))
     if not w:
         return head
-    return dataclasses.replace(head, title_expert=expert, title_weight=float(w), title_min_words=float(gate),
-                               fusion_temperature=fit_temperature(fuse(w, gate), y))
+    fused = dataclasses.replace(head, title_expert=expert, title_weight=float(w), title_min_words=float(gate))
+    return fit_fusion_temperatures(fused, fuse(w, gate), y, None if not gate or known is None
+                                   else np.minimum(1.0, known / gate)[:, None])
+
+
+def fit_fusion_temperatures(head: LinearHead, fused_lp: np.ndarray, y: np.ndarray, gate: np.ndarray | None
+                            ) -> LinearHead:
+    """``head`` with its fusion temperatures fitted on held-out rows: ``fused_lp`` their fused log-probabilities
+    before the temperature, ``gate`` (N, 1) how much each title says (:meth:`LinearHead.title_gate`; None: no
+    gate, one temperature). With a gate the rows fit two temperatures, a full title's and an empty one's (see
+    :attr:`LinearHead.fusion_temperature_poor`), when both ends are among them; else one."""
+    if gate is None or not (gate.min() < 0.5 < gate.max()):
+        return dataclasses.replace(head, fusion_temperature=fit_temperature(fused_lp, y), fusion_temperature_poor=None)
+    t_full, t_poor = fit_gated_temperature(fused_lp, y, gate)
+    log.info("head %s: fusion temperature %.2f on a full title, %.2f on an empty one", head.name, t_full, t_poor)
+    return dataclasses.replace(head, fusion_temperature=t_full, fusion_temperature_poor=t_poor)
 
 
 def _with_degraded(rows: _Rows, source: np.ndarray, n: int) -> _Rows:
@@ -457,6 +471,29 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
 
     opt.step(closure)
     return float(np.clip(log_t.exp().item(), 0.05, 20.0))
+
+
+def fit_gated_temperature(logits: np.ndarray, y: np.ndarray, gate: np.ndarray) -> tuple[float, float]:
+    """Two softmax temperatures minimising the negative log-likelihood of held-out labels, row i's temperature
+    being ``gate[i] * t_full + (1 - gate[i]) * t_poor`` (``gate`` (N, 1) in 0-1): (t_full, t_poor)."""
+    import torch
+    import torch.nn.functional as F
+
+    lt, yt = torch.from_numpy(logits.astype(np.float32)), torch.from_numpy(y.astype(np.int64))
+    g = torch.from_numpy(np.asarray(gate, dtype=np.float32).reshape(-1, 1))
+    log_t = torch.zeros(2, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
+
+    def closure():
+        opt.zero_grad()
+        t = log_t.exp()
+        loss = F.cross_entropy(lt / (g * t[0] + (1 - g) * t[1]), yt)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    t_full, t_poor = np.clip(log_t.exp().detach().numpy(), 0.05, 20.0)
+    return float(t_full), float(t_poor)
 
 
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
