@@ -153,25 +153,38 @@ def test_degraded_rows_must_match_the_rows():
 
 
 
-def test_title_expert_weight_and_gate_are_fitted_on_the_held_out_rows():
-    """A head that reads the photo alone (90% right) plus a text head (the title names the type), fused on rows
-    neither learnt from: the fitted late fusion takes the text where the title says something and leaves an
-    empty title to the photo."""
+def _photo_and_text_heads(seed: int = 0):
+    titles, img, y = _catalog(1200, seed)
+    cfg = HeadTrainConfig(epochs=12, hidden=32, calibration_fraction=0.2, lexical_features=0)
+    text_head = fit_head(_text_tower(titles), y, CLASSES, cfg, name="category", inputs="text")
+    photo = fit_head(img, y, CLASSES, cfg, name="category", inputs="image")
+    return titles, y, text_head, photo
+
+
+def _late_fused(n_valid: int):
+    """A head that reads the photo alone plus a text head, late-fused on ``n_valid`` held-out rows, every other
+    title empty: the fused head and what it was fitted from."""
     from models.heads.bundle import log_softmax
     from models.heads.train import fit_title_expert
 
-    titles, img, y = _catalog(1200, 0)
-    txt = _text_tower(titles)
-    cfg = HeadTrainConfig(epochs=12, hidden=32, calibration_fraction=0.2, lexical_features=0)
-    text_head = fit_head(txt, y, CLASSES, cfg, name="category", inputs="text")
-    photo = fit_head(img, y, CLASSES, cfg, name="category", inputs="image")
-    vt, vimg, vy = _catalog(800, seed=5)
+    titles, y, text_head, photo = _photo_and_text_heads()
+    vt, vimg, vy = _catalog(n_valid, seed=5)
     vt = [t if i % 2 else "" for i, t in enumerate(vt)]           # half the titles are empty
     vocabulary = LexicalExpert.fit(titles, y, len(CLASSES))
     own = log_softmax(photo.logits(vimg) / photo.temperature)
     x = _text_tower(vt)
     fused = fit_title_expert(photo, text_head, own, x, vy, vt, np.ones(len(vy), dtype=bool), vocabulary)
     assert fused.title_weight > 0 and fused.title_min_words > 0
+    return fused, own, x, vt, vy, (photo, text_head, vocabulary)
+
+
+def test_title_expert_weight_and_gate_are_fitted_on_the_held_out_rows():
+    """A head that reads the photo alone (90% right) plus a text head (the title names the type), fused on rows
+    neither learnt from: the fitted late fusion takes the text where the title says something and leaves an
+    empty title to the photo."""
+    from models.heads.train import fit_title_expert
+
+    fused, own, x, vt, vy, (photo, text_head, vocabulary) = _late_fused(800)
     pred = fused.fused_log_probs(own, x, vt).argmax(axis=1)
     full, empty = np.arange(len(vy)) % 2 == 1, np.arange(len(vy)) % 2 == 0
     assert (pred[full] == vy[full]).mean() > (own.argmax(axis=1)[full] == vy[full]).mean() + 0.05
@@ -279,29 +292,14 @@ def test_an_old_heads_probabilities_follow_the_new_heads_class_order_or_become_i
     np.testing.assert_array_equal(lacking, [-1, 1])
 
 
-def _photo_and_text_heads(seed: int = 0):
-    titles, img, y = _catalog(1200, seed)
-    cfg = HeadTrainConfig(epochs=12, hidden=32, calibration_fraction=0.2, lexical_features=0)
-    text_head = fit_head(_text_tower(titles), y, CLASSES, cfg, name="category", inputs="text")
-    photo = fit_head(img, y, CLASSES, cfg, name="category", inputs="image")
-    return titles, y, text_head, photo
-
-
 def test_fusion_temperatures_follow_the_titles_evidence_and_change_no_decision():
     """Fitted over rows with full and empty titles, one temperature is a compromise: too sure where the title
     decides and the photo is unsure, or the reverse. Two, blended by the title gate, fit each end; the top class
     of every row stays where it was."""
-    from models.heads.bundle import log_softmax, softmax
-    from models.heads.train import expected_calibration_error, fit_temperature, fit_title_expert
+    from models.heads.bundle import softmax
+    from models.heads.train import expected_calibration_error, fit_temperature
 
-    titles, y, text_head, photo = _photo_and_text_heads()
-    vt, vimg, vy = _catalog(1600, seed=5)
-    vt = [t if i % 2 else "" for i, t in enumerate(vt)]           # half the titles are empty
-    vocabulary = LexicalExpert.fit(titles, y, len(CLASSES))
-    own = log_softmax(photo.logits(vimg) / photo.temperature)
-    x = _text_tower(vt)
-    fused = fit_title_expert(photo, text_head, own, x, vy, vt, np.ones(len(vy), dtype=bool), vocabulary)
-    assert fused.title_weight > 0 and fused.title_min_words > 0
+    fused, own, x, vt, vy, _ = _late_fused(1600)
     assert fused.fusion_temperature_poor is not None and fused.fusion_temperature_poor != fused.fusion_temperature
     gate = fused.title_gate(vt)
     # the same fusion with one temperature fitted on the same rows, as bundles before 2026-12-06 have
