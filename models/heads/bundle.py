@@ -183,11 +183,17 @@ class LinearHead:
         return z
 
     def probs(self, x: np.ndarray, texts: list[str] | None = None) -> np.ndarray:
-        z = self.combined_logits(x, texts) / self.temperature
         if self.title_expert is None or not self.title_weight or texts is None:
-            return softmax(z)
+            return softmax(self.combined_logits(x, texts) / self.temperature)
+        lp, gate = self.fused_before_temperature(x, texts)
+        return softmax(lp / self.fusion_temperatures(gate))
+
+    def fused_before_temperature(self, x: np.ndarray, texts: list[str]) -> tuple[np.ndarray, np.ndarray | float]:
+        """The late-fused log-probabilities before the fusion temperature (the head's own, calibrated, plus its
+        title expert's; :meth:`fused_log_probs`), and each title's gate (:meth:`title_gate`)."""
+        own = log_softmax(self.combined_logits(x, texts) / self.temperature)
         gate = self.title_gate(texts)
-        return softmax(self.fused_log_probs(log_softmax(z), x, texts, gate) / self.fusion_temperatures(gate))
+        return self.fused_log_probs(own, x, texts, gate), gate
 
     def title_gate(self, texts: list[str]) -> np.ndarray | float:
         """(N, 1) how much each title says, 0-1: its words known to the head's lexical vocabulary, else the title

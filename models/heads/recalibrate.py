@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 
 from models.core.io import cache_root
-from models.heads.bundle import HeadBundle, LinearHead, head_input, log_softmax
+from models.heads.bundle import HeadBundle, LinearHead, head_input
 from models.heads.metrics import md_table
-from models.heads.robustness import CONDITIONS, DegradedTitles, robustness_table
+from models.heads.robustness import CONDITIONS, DegradedTitles, calibration_table, robustness_table
 from models.heads.train import fit_fusion_temperatures
 
 __all__ = ["main", "recalibrate_head"]
@@ -47,15 +47,6 @@ def _labels(head: LinearHead, values) -> np.ndarray:
     return np.array([pos.get(v, -1) if isinstance(v, str) else -1 for v in values])
 
 
-def _fused_before_temperature(head: LinearHead, txt: np.ndarray, img: np.ndarray, texts: list[str]
-                              ) -> tuple[np.ndarray, np.ndarray]:
-    """The head's fused log-probabilities before its fusion temperature, and each title's gate (N, 1)."""
-    x = head_input(txt, img, head.inputs)
-    own = log_softmax(head.combined_logits(x, texts) / head.temperature)
-    gate = np.broadcast_to(np.asarray(head.title_gate(texts), dtype=np.float64), (len(texts), 1))
-    return head.fused_log_probs(own, x, texts, gate), gate
-
-
 def recalibrate_head(head: LinearHead, e: dict[str, np.ndarray], deg: DegradedTitles, y: np.ndarray) -> LinearHead:
     """``head`` with its fusion temperatures refitted on the rows of ``e`` / ``deg`` (valid embeddings and titles
     in every condition; ``y`` the labels in the head's class indices, -1 unknown). Heads without a gated title
@@ -66,9 +57,10 @@ def recalibrate_head(head: LinearHead, e: dict[str, np.ndarray], deg: DegradedTi
     lps, gates = [], []
     for c in CONDITIONS:
         texts = [t for t, k in zip(deg.valid[c], known, strict=True) if k]
-        lp, gate = _fused_before_temperature(head, deg.valid_txt[c][known], e["va_img"][known], texts)
+        lp, gate = head.fused_before_temperature(head_input(deg.valid_txt[c][known], e["va_img"][known],
+                                                            head.inputs), texts)
         lps.append(lp)
-        gates.append(gate)
+        gates.append(np.broadcast_to(np.asarray(gate, dtype=np.float64), (len(texts), 1)))
     return fit_fusion_temperatures(head, np.concatenate(lps), np.concatenate([y[known]] * len(CONDITIONS)),
                                    np.concatenate(gates))
 
@@ -82,8 +74,9 @@ def _written(probs: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, fl
             "written_accuracy": float((pred[passed] == y[known][passed]).mean()) if passed.any() else 0.0}
 
 
-def _predictor(h: LinearHead, e: dict[str, np.ndarray], deg: DegradedTitles):
-    return lambda condition: h.predict(deg.valid_txt[condition], e["va_img"], deg.valid[condition])
+def _probs(h: LinearHead, e: dict[str, np.ndarray], deg: DegradedTitles) -> dict[str, np.ndarray]:
+    """The head's probabilities in every title condition."""
+    return {c: h.predict(deg.valid_txt[c], e["va_img"], deg.valid[c]) for c in CONDITIONS}
 
 
 def compare(old: HeadBundle, new: HeadBundle, e: dict[str, np.ndarray], deg: DegradedTitles, rows,
@@ -97,16 +90,17 @@ def compare(old: HeadBundle, new: HeadBundle, e: dict[str, np.ndarray], deg: Deg
         if before is None or after is None or after.fusion_temperature_poor is None:
             continue
         y = _labels(before, rows[column])
-        m, table = robustness_table(y, {"before (one temperature)": _predictor(before, e, deg),
-                                        "after (gated temperatures)": _predictor(after, e, deg)})
+        probs = {"before": _probs(before, e, deg), "after": _probs(after, e, deg)}
+        m, _ = robustness_table(y, {"before (one temperature)": probs["before"].__getitem__,
+                                    "after (gated temperatures)": probs["after"].__getitem__})
+        calibration = calibration_table(m)   # (the accuracy table is the same before and after)
         written = []
-        for label, h in (("before", before), ("after", after)):
-            w = {c: _written(_predictor(h, e, deg)(c), y, new.attribute_threshold) for c in CONDITIONS}
+        for label, p in probs.items():
+            w = {c: _written(p[c], y, new.attribute_threshold) for c in CONDITIONS}
             m[f"{label} written"] = w
             written.append([label, *[v for c in CONDITIONS for v in (w[c]["written"], w[c]["written_accuracy"])]])
         metrics[task] = {**m, "temperatures": {"before": before.fusion_temperature,
                                                "full": after.fusion_temperature, "poor": after.fusion_temperature_poor}}
-        calibration = table.split("\n\n", 1)[1]   # the accuracy table is the same before and after
         sections.append(
             f"#### {task} ({int((y >= 0).sum())} products; fusion temperature {before.fusion_temperature:.2f} -> "
             f"{after.fusion_temperature:.2f} on a full title, {after.fusion_temperature_poor:.2f} on an empty "

@@ -15,8 +15,8 @@ import numpy as np
 from models.heads.degrade import degrade, degrade_mixed, known_brands
 from models.heads.metrics import accuracy_f1, md_table
 
-__all__ = ["CONDITIONS", "TRAIN_SEED", "VALID_SEED", "DegradedTitles", "degraded_titles", "robustness_table",
-           "tfidf_char_baseline"]
+__all__ = ["CONDITIONS", "TRAIN_SEED", "VALID_SEED", "DegradedTitles", "calibration_table", "degraded_titles",
+           "robustness_table", "tfidf_char_baseline"]
 
 CONDITIONS = {"full": "full titles", "brand": "titles cut to the brand", "half": "half the words dropped",
               "none": "no title"}
@@ -92,7 +92,7 @@ def robustness_table(y: np.ndarray, predictors: dict[str, Callable[[str], np.nda
     from models.heads.train import expected_calibration_error
 
     metrics: dict[str, dict[str, dict[str, float]]] = {}
-    rows, calibration = [], []
+    rows = []
     known = y >= 0
     for name, predict in predictors.items():
         metrics[name] = {}
@@ -106,15 +106,20 @@ def robustness_table(y: np.ndarray, predictors: dict[str, Callable[[str], np.nda
                 metrics[name][c] = accuracy_f1(y, out)
         rows.append([name, *[v for c in CONDITIONS for v in (metrics[name][c]["accuracy"],
                                                               metrics[name][c]["macro_f1"])]])
-        if all("ece" in metrics[name][c] for c in CONDITIONS):
-            calibration.append([name, *[v for c in CONDITIONS for v in (metrics[name][c]["ece"],
-                                                                         metrics[name][c]["confidence"],
-                                                                         metrics[name][c]["accuracy"])]])
     header = ["model", *[f"{label}: {what}" for label in CONDITIONS.values() for what in ("acc.", "macro-F1")]]
     table = md_table(header, rows)
-    if calibration:
-        header = ["model", *[f"{label}: {what}" for label in CONDITIONS.values()
-                             for what in ("ECE", "mean confidence", "acc.")]]
-        table += ("\n\nCalibration of the top-1 confidence in each condition (ECE, 15 equal-width bins; mean "
-                  "top-1 probability beside the accuracy):\n\n" + md_table(header, calibration))
-    return metrics, table
+    calibration = calibration_table(metrics)
+    return metrics, table + (f"\n\n{calibration}" if calibration else "")
+
+
+def calibration_table(metrics: dict[str, dict[str, dict[str, float]]]) -> str:
+    """The calibration part of :func:`robustness_table`'s ``metrics``: per predictor of probabilities, its ECE,
+    mean top-1 confidence and accuracy in every condition ('' when no predictor gave probabilities)."""
+    rows = [[name, *[v for c in CONDITIONS for v in (m[c]["ece"], m[c]["confidence"], m[c]["accuracy"])]]
+            for name, m in metrics.items() if all("ece" in m.get(c, {}) for c in CONDITIONS)]
+    if not rows:
+        return ""
+    header = ["model", *[f"{label}: {what}" for label in CONDITIONS.values()
+                         for what in ("ECE", "mean confidence", "acc.")]]
+    return ("Calibration of the top-1 confidence in each condition (ECE, 15 equal-width bins; mean top-1 "
+            "probability beside the accuracy):\n\n" + md_table(header, rows))

@@ -304,9 +304,13 @@ def fit_title_expert(head: LinearHead, text_head: LinearHead, own: np.ndarray, x
     words = head.lexical if head.lexical is not None else expert.lexical
     known = words.known_words(texts) if words is not None else None
 
+    def gate_of(gate: float) -> np.ndarray | None:
+        """(N, 1) each title's gate at ``gate`` known words (None: no gate)."""
+        return np.minimum(1.0, known / gate)[:, None] if gate > 0 and known is not None else None
+
     def fuse(w: float, gate: float) -> np.ndarray:
-        g = np.minimum(1.0, known / gate)[:, None] if gate > 0 and known is not None else 1.0
-        return own + w * g * expert_lp
+        g = gate_of(gate)
+        return own + w * (1.0 if g is None else g) * expert_lp
 
     def score(lp: np.ndarray) -> float:
         pred = lp.argmax(axis=1)
@@ -325,8 +329,7 @@ def fit_title_expert(head: LinearHead, text_head: LinearHead, own: np.ndarray, x
     if not w:
         return head
     fused = dataclasses.replace(head, title_expert=expert, title_weight=float(w), title_min_words=float(gate))
-    return fit_fusion_temperatures(fused, fuse(w, gate), y, None if not gate or known is None
-                                   else np.minimum(1.0, known / gate)[:, None])
+    return fit_fusion_temperatures(fused, fuse(w, gate), y, gate_of(gate))
 
 
 def fit_fusion_temperatures(head: LinearHead, fused_lp: np.ndarray, y: np.ndarray, gate: np.ndarray | None
