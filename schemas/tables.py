@@ -228,7 +228,8 @@ PRODUCT_MATCHES = TableSpec(
         Column("product_id_a", StringType(), "the smaller product id of the pair (key)", nullable=False),
         Column("product_id_b", StringType(), "the larger product id of the pair (key); product_id_a < product_id_b",
                nullable=False),
-        Column("score", DoubleType(), "calibrated probability that both listings are the same product"),
+        Column("score", DoubleType(), "calibrated probability that both listings are the same product; at least "
+               "0.99 for the same listing twice (the same title words, brands and prices that do not differ)"),
         Column("fused_cosine", FloatType(), "cosine of the fused embeddings"),
         Column("text_cosine", FloatType(), "cosine of the title embeddings"),
         Column("image_cosine", FloatType(), "cosine of the image embeddings; null unless both products have an image"),

@@ -13,7 +13,7 @@ import pytest
 from models.matching.artifact import load_scorer, promote_scorer, save_scorer
 from models.matching.blocking import BlockingConfig, assign, block_search, candidate_pairs, code_pairs, kmeans
 from models.matching.cluster import ClusterConfig, cluster, connected_components, pairwise_prf
-from models.matching.features import FEATURES, pair_features, prepare
+from models.matching.features import FEATURES, SAME_LISTING_SCORE, pair_features, prepare, same_listing_floor
 from models.matching.scorer import PairScorer
 from models.matching.text import brand_key, model_numbers, numbers, parse_price, tokens
 from models.matching.train import ScorerTrainConfig, best_threshold, prf, train_pair_scorer
@@ -178,6 +178,7 @@ def test_the_score_step_reads_the_pairs_of_several_batches_in_one_cross_encoder_
         read = np.flatnonzero(s >= spec.prefilter)
         sub = pdf.iloc[read]
         s[read] = real(um._serialised(sub, "a"), um._serialised(sub, "b"), f.iloc[read])
+        s = same_listing_floor(s, f)[0]   # a listing drawn against itself
         expected.append(pd.DataFrame({"product_id_a": pdf["a"], "product_id_b": pdf["b"], "score": s}))
     expected = pd.concat(expected, ignore_index=True)
     assert got["product_id_a"].tolist() == expected["product_id_a"].tolist()
@@ -198,6 +199,62 @@ def test_the_score_step_reads_the_pairs_of_several_batches_in_one_cross_encoder_
     assert len(matches) and (matches["score"] >= model.threshold).all()
     assert all(abs(by_pair[(a, b)] - p) < 1e-5
                for a, b, p in zip(matches["product_id_a"], matches["product_id_b"], matches["score"], strict=True))
+
+
+def test_the_same_listing_twice_is_recognised_by_its_words_brand_price_and_photo():
+    """``same_listing``: the same title words (case, spacing and punctuation aside), brands that do not disagree,
+    prices within 1% or not both known, photos not different; reordered words, another edition, another price
+    or brand, or an empty title are not the same listing."""
+    base = {"title": "Sound Forge Audio Studio 9", "brand": "Sony Media", "price": 69.59}
+    same = [dict(base), dict(base, title="sound forge - audio studio 9 ", brand=None), dict(base, price=69.2),
+            dict(base, price=None)]
+    differ = [dict(base, title="Sound Forge Audio Studio 8"), dict(base, title="Audio Studio 9 Sound Forge"),
+              dict(base, price=19.99), dict(base, brand="Magix")]
+    others = same + differ
+    f = pair_features([prepare(base)] * len(others), [prepare(x) for x in others], np.ones(len(others)))
+    assert f["same_listing"].tolist() == [True] * len(same) + [False] * len(differ)
+    empty = pair_features([prepare({"title": ""})], [prepare({"title": ""})], np.ones(1))
+    assert not empty["same_listing"].any()
+    photos = pair_features([prepare(base)] * 3, [prepare(base)] * 3, np.ones(3),
+                           image_cosine=np.array([0.99, 0.4, np.nan]))
+    assert photos["same_listing"].tolist() == [True, False, True]   # two photos that differ: two products
+    scores, flag = same_listing_floor(np.array([0.05, 0.995, 0.3]), pd.DataFrame({"same_listing": [True, True, False]}))
+    assert scores.tolist() == [SAME_LISTING_SCORE, 0.995, 0.3] and flag.tolist() == [True, True, False]
+
+
+def test_the_score_step_matches_a_software_listing_with_its_copy():
+    """The job's score step (the shipped feature scorer and cross-encoder) matches each listing with an exact copy
+    of itself at SAME_LISTING_SCORE or more: the cross-encoder alone, trained on labels that call many such copies
+    different products, scored some of these under its threshold. A copy at another price keeps the scorers' own
+    score."""
+    import udfs.matching as um
+    from jobs.stages.matching import resolve_matching, resolve_pair_model
+
+    listings = [("sound forge audio studio 9", "sony media", 69.59), ("adobe photoshop cs3", "adobe", 649.0),
+                ("microsoft office 2007 professional", None, 329.0), ("macbackup", "macware", 29.99),
+                ("pc tools spyware doctor 2007", "encore", 29.95)]
+    rows = [{"a": f"p{i}", "b": f"q{i}", "title_a": t, "brand_a": br, "price_a": pr, "title_b": t, "brand_b": br,
+             "price_b": pr} for i, (t, br, pr) in enumerate(listings)]
+    rows.append({"a": "p9", "b": "q9", "title_a": "ares rising", "brand_a": "interplay", "price_a": 69.95,
+                 "title_b": "ares rising", "brand_b": None, "price_b": 29.95})
+    frame = pd.DataFrame(rows)
+    frame["currency_a"] = frame["currency_b"] = None
+    frame["fused_cosine"] = frame["text_cosine"] = np.float32(1.0)
+    frame["image_cosine"] = np.float32(np.nan)
+    frame["blocking"] = "ann"
+
+    scorer = load_scorer(resolve_matching("auto"))
+    spec = um.CrossSpec(str(resolve_pair_model("auto")), precision="fp32")
+    got = pd.concat(um.make_score_fn(scorer.version, scorer.to_json(), keep_all=True, cross=spec)(iter([frame])))
+    by_pair = dict(zip(got["product_id_a"], got["score"], strict=True))
+    assert all(by_pair[f"p{i}"] >= SAME_LISTING_SCORE for i in range(len(listings)))
+    matches = pd.concat(um.make_score_fn(scorer.version, scorer.to_json(), cross=spec)(iter([frame])))
+    assert {f"p{i}" for i in range(len(listings))} <= set(matches["product_id_a"])
+
+    f, s = um._features(frame.iloc[[-1]].reset_index(drop=True), scorer)   # the copy at another price
+    own = um._cross(spec).score(um._serialised(frame.iloc[[-1]], "a"), um._serialised(frame.iloc[[-1]], "b"), f) \
+        if s[0] >= spec.prefilter else s
+    assert not f["same_listing"].iloc[0] and by_pair["p9"] == pytest.approx(float(own[0]), abs=1e-5)
 
 
 def _walk(trees, row: np.ndarray) -> float:
@@ -485,6 +542,10 @@ def test_evaluation_runs_end_to_end_on_benchmark_shaped_files(tmp_path):
     assert c["offers"] == len(load_offers(data, BENCHMARKS["wdc_products"].splits[1])) and c["ours"]["recall"] > 0.5
     md = to_markdown(r, "python -m models.matching.evaluate ...")
     assert "| abt_buy | valid |" in md and "89.3" in md and "pair completeness" in md and "pairwise F1" in md
+    sellers = r["sellers"]["datasets"]
+    assert set(sellers) == set(BENCHMARKS) and all(v["the same listing again"]["ours"] == 1.0 for v in sellers.values())
+    assert all(0 <= x[k] <= 1 for v in sellers.values() for x in v.values() for k in ("ours", "baseline"))
+    assert "| words in reverse order |" in md
     assert (tmp_path / "cache" / "hash-64" / "titles.parquet").is_file()  # embeddings are cached
 
 

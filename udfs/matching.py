@@ -279,12 +279,15 @@ def make_score_fn(scorer_version: str, scorer_json: str, keep_all: bool = False,
 
     With ``cross``, the feature scorer is a first pass: a pair whose feature score reaches ``cross.prefilter``
     is read by the cross-encoder, whose probability becomes its score and whose threshold decides the match; a
-    pair below the prefilter keeps its feature score (below any threshold worth using) and is not read. The
+    pair below the prefilter keeps its feature score (below any threshold worth using) and is not read. Either
+    way the same listing twice is a match (:func:`models.matching.features.same_listing_floor`). The
     cross-encoder reads the pairs of up to :data:`POOL_BATCHES` batches in one pass; the rows come out in the
     order of the batches either way. ``read_counter`` (a Spark accumulator, or anything with ``add``) gets the
     number of pairs the cross-encoder reads: what the match stage's time goes to."""
 
     def flush(held: list, scorer, model) -> Iterator[pd.DataFrame]:
+        from models.matching.features import same_listing_floor
+
         if model is not None:
             _cross_pass(held, model)
         for pdf, f, s, read in held:
@@ -293,6 +296,8 @@ def make_score_fn(scorer_version: str, scorer_json: str, keep_all: bool = False,
             else:
                 matched = np.zeros(len(s), bool)
                 matched[read] = model.is_match(s[read], f.iloc[read])
+            s, same = same_listing_floor(s, f)
+            matched |= same
             keep = np.ones(len(s), bool) if keep_all else matched
             if keep.any():
                 yield _score_rows(pdf, f, s, keep)

@@ -10,7 +10,10 @@ Reports, on valid splits only (test splits are withheld):
 * blocking pair-completeness (labelled matches among the candidates) and reduction ratio, with each
   benchmark's valid records pooled into one catalog;
 * cluster-level pairwise precision/recall/F1 on the WDC Products valid offers, end to end (blocking,
-  scoring, clustering) against their ``cluster_id``, next to the same pipeline with the baseline's pairs.
+  scoring, clustering) against their ``cluster_id``, next to the same pipeline with the baseline's pairs;
+* seller variants: valid records, each against a copy of itself as a seller might list it again (the same
+  listing, lower-cased, without its brand and 5% dearer, its words in another order, marketing words added),
+  and how many of these pairs the job's scoring matches, beside the baseline.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -30,7 +34,9 @@ from models.matching.artifact import load_scorer
 from models.matching.blocking import BlockingConfig, candidate_pairs
 from models.matching.cluster import ClusterConfig, cluster, pairwise_prf
 from models.matching.data import BENCHMARKS, TitleVectors, featurize, load_offers, load_pairs
+from models.matching.features import same_listing_floor
 from models.matching.scorer import PairScorer
+from models.matching.text import parse_price
 from models.matching.train import best_threshold, prf
 
 __all__ = ["evaluate_all", "main", "to_markdown", "tfidf_baseline"]
@@ -85,10 +91,11 @@ def _pair_scores(data: str, scorer: PairScorer, vectors: TitleVectors, cross: An
         feats = featurize(valid, vectors)
         f = scorer.score(feats)
         s = f if cross is None else two_stage(f, valid, cross, prefilter, feats)
+        s, same = same_listing_floor(s, feats)
         y = valid["label"].to_numpy()
         pooled_y.append(y)
         pooled_s.append(s)
-        match = scorer.is_match(s) if cross is None else (f >= prefilter) & cross.is_match(s, feats)
+        match = (scorer.is_match(s) if cross is None else (f >= prefilter) & cross.is_match(s, feats)) | same
         rows[b.name] = {"split": b.splits[1], "pairs": len(valid), "matches": int(y.sum()),
                         "ours": prf(y, match), "best_threshold_f1": best_threshold(y, s)[1],
                         "features_only": prf(y, scorer.is_match(f)),
@@ -152,7 +159,7 @@ def score_candidates(recs: pd.DataFrame, cand: pd.DataFrame, scorer: PairScorer,
         return np.zeros(0)
     feats = featurize(pairs, vectors)
     f = scorer.score(feats)
-    return f if cross is None else two_stage(f, pairs, cross, prefilter, feats)
+    return same_listing_floor(f if cross is None else two_stage(f, pairs, cross, prefilter, feats), feats)[0]
 
 
 def _wdc_clusters(data: str, scorer: PairScorer, vectors: TitleVectors, bcfg: BlockingConfig,
@@ -162,7 +169,9 @@ def _wdc_clusters(data: str, scorer: PairScorer, vectors: TitleVectors, bcfg: Bl
     truth = dict(zip(offers["id"], offers["cluster"], strict=True))
     cand = candidate_pairs(offers["id"], vectors.matrix(offers["title"]), offers["title"].fillna("").tolist(), bcfg)
     scores = score_candidates(offers, cand, scorer, vectors, cross)
-    keep = scorer.is_match(scores) if cross is None else cross.is_match(scores, _features(offers, cand, vectors))
+    feats = _features(offers, cand, vectors)
+    keep = scorer.is_match(scores) if cross is None else cross.is_match(scores, feats)
+    keep |= feats["same_listing"].to_numpy()
     ours = cluster(offers["id"], cand["a"][keep].tolist(), cand["b"][keep].tolist(), scores[keep], ccfg)
     base = TfidfBaseline(load_pairs(data, "wdc_products", BENCHMARKS["wdc_products"].splits[0]))
     titles = offers.set_index("id")["title"]
@@ -177,6 +186,49 @@ def _wdc_clusters(data: str, scorer: PairScorer, vectors: TitleVectors, bcfg: Bl
             "guarded": sum(g is not None for g in ours.guard.values())}
 
 
+# A product listed again the way sellers write it: each of these copies is the same product as its original.
+SELLER_VARIANTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "the same listing again": lambda r: dict(r),
+    "lower-cased, hyphens as spaces": lambda r: dict(r, title=str(r["title"]).lower().replace("-", " ")),
+    "brand left out, price 5% higher": lambda r: dict(r, brand=None, price=parse_price(r["price"]) * 1.05),
+    "words in reverse order": lambda r: dict(r, title=" ".join(reversed(str(r["title"]).split()))),
+    "'NEW' and '- free shipping' added": lambda r: dict(r, title=f"NEW {r['title']} - free shipping"),
+}
+
+
+def seller_variants(recs: pd.DataFrame, scorer: PairScorer, vectors: TitleVectors, cross: Any = None,
+                    base: TfidfBaseline | None = None,
+                    variants: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = SELLER_VARIANTS
+                    ) -> dict[str, dict[str, float]]:
+    """For each variant, the share of the records ``recs`` (``id, title, brand, price, currency``) that the job's
+    scoring matches with that copy of itself (``ours``) and that the baseline's threshold passes (``baseline``)."""
+    rows = recs.to_dict("records")
+    out: dict[str, dict[str, float]] = {}
+    for name, change in variants.items():
+        copies = pd.DataFrame([dict(change(dict(r)), id=f"{r['id']}~copy") for r in rows])
+        both = pd.concat([recs, copies], ignore_index=True)
+        cand = pd.DataFrame({"a": recs["id"].to_numpy(), "b": copies["id"].to_numpy()})
+        scores = score_candidates(both, cand, scorer, vectors, cross)
+        feats = _features(both, cand, vectors)
+        ok = scorer.is_match(scores) if cross is None else cross.is_match(scores, feats)
+        out[name] = {"ours": float(np.mean(ok | feats["same_listing"].to_numpy()))}
+        if base is not None:
+            out[name]["baseline"] = float(np.mean(base.cosine(recs["title"], copies["title"]) >= base.threshold))
+    return out
+
+
+def _sellers(data: str, scorer: PairScorer, vectors: TitleVectors, cross: Any = None, sample: int = 200
+             ) -> dict[str, Any]:
+    out = {}
+    for b in BENCHMARKS.values():
+        valid = load_pairs(data, b.name, b.splits[1])
+        recs = _pool_records(valid)
+        recs = recs.sample(min(sample, len(recs)), random_state=0).reset_index(drop=True)
+        base = TfidfBaseline(load_pairs(data, b.name, b.splits[0]))
+        out[b.name] = seller_variants(recs, scorer, vectors, cross, base)
+    return {"records": sample, "datasets": out}
+
+
 def evaluate_all(data: str, scorer: PairScorer, vectors: TitleVectors, bcfg: BlockingConfig | None = None,
                  ccfg: ClusterConfig | None = None, cross: Any = None) -> dict[str, Any]:
     bcfg, ccfg = bcfg or BlockingConfig(), ccfg or ClusterConfig()
@@ -184,7 +236,8 @@ def evaluate_all(data: str, scorer: PairScorer, vectors: TitleVectors, bcfg: Blo
             "cross": None if cross is None else {"version": cross.version, "threshold": cross.threshold},
             "pairs": _pair_scores(data, scorer, vectors, cross), "blocking": _blocking(data, vectors, bcfg),
             "blocking_config": asdict(bcfg),
-            "wdc_clusters": _wdc_clusters(data, scorer, vectors, bcfg, ccfg, cross), "cluster_config": asdict(ccfg)}
+            "wdc_clusters": _wdc_clusters(data, scorer, vectors, bcfg, ccfg, cross), "cluster_config": asdict(ccfg),
+            "sellers": _sellers(data, scorer, vectors, cross)}
 
 
 def _pct(x: float | None) -> str:
@@ -239,6 +292,17 @@ def to_markdown(r: dict[str, Any], command: str = "") -> str:
               f"{c['candidates']} candidate pairs, {c['matched_pairs']} matched; {c['predicted_clusters']} predicted "
               f"clusters, the largest of {c['largest_cluster']}; {c['guarded']} offers in guarded components "
               f"(cluster config `{r['cluster_config']}`)."]
+    sv = r.get("sellers")
+    if sv:
+        names = list(sv["datasets"])
+        lines += ["", f"### Seller variants: each listing against a copy of itself as a seller might write it "
+                      f"({sv['records']} valid records of each benchmark)", "",
+                  "Share of the pairs matched by the job's scoring, the TF-IDF baseline's in brackets.", "",
+                  "| variant | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        for variant in next(iter(sv["datasets"].values())):
+            cells = [f"{_pct(sv['datasets'][n][variant]['ours'])} ({_pct(sv['datasets'][n][variant].get('baseline'))})"
+                     for n in names]
+            lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     if command:
         lines += ["", f"Reproduce: `{command}`"]
     return "\n".join(lines) + "\n"

@@ -3,7 +3,8 @@
 A record is a mapping with ``title`` and optionally ``brand``, ``price`` and ``currency``. The embedding
 cosines come from the caller (the title embeddings of the shipped encoder, and image/fused ones when both
 products have an image). :func:`pair_features` returns the scorer's numeric inputs (:data:`FEATURES`, no
-NaN: every optional signal has a ``*_known`` indicator) plus evidence columns for analysts.
+NaN: every optional signal has a ``*_known`` indicator) plus evidence columns for analysts, among them
+``same_listing``: the two listings say the same in everything the matcher reads (:func:`same_listing_floor`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import pandas as pd
 
 from models.matching.text import brand_key, char_ngrams, model_numbers, numbers, parse_price, tokens
 
-__all__ = ["FEATURES", "Prepared", "pair_features", "prepare", "prepare_key", "record_key"]
+__all__ = ["FEATURES", "SAME_LISTING_SCORE", "Prepared", "pair_features", "prepare", "prepare_key", "record_key",
+           "same_listing_floor"]
 
 # The scorer's inputs, in order. Image and fused cosines are evidence only: no labelled pair here has
 # images, so a scorer could not learn what they are worth.
@@ -26,6 +28,18 @@ FEATURES = (
     "model_both", "model_shared", "model_conflict", "number_both", "number_jaccard",
     "brand_known", "brand_agree", "price_known", "price_similarity",
 )
+
+
+# Two listings whose title words are the same (case, spacing and punctuation aside), whose brands do not disagree
+# and whose prices agree to 1% (or are not both known), and whose photos do not differ (image cosine at least
+# 0.95, or not both with a photo), are one product listed twice as far as anything here can tell: they are a
+# match scoring at least SAME_LISTING_SCORE, whatever the pair scorer says. The rule is there because the
+# cross-encoder, trained on labelled pairs where such copies are often labelled different products (Amazon-Google:
+# 34 of its 61 train pairs with equal titles) and on a shop's own near-identical listings as non-matches, scored
+# an exact copy of a software listing under its threshold about half the time (EVALUATION.md, 2026-12-06).
+SAME_LISTING_SCORE = 0.99
+SAME_LISTING_PRICE_RATIO = 0.99
+SAME_LISTING_IMAGE_COSINE = 0.95
 
 
 @dataclass(frozen=True)
@@ -132,13 +146,15 @@ def pair_features(left: Sequence[Prepared], right: Sequence[Prepared], text_cosi
     if len(right) != n or len(text_cosine) != n:
         raise ValueError(f"pair_features: left ({n}), right ({len(right)}) and text_cosine "
                          f"({len(text_cosine)}) must have one entry per pair")
-    rows, models, brands, ratios = [], [], [], []
+    rows, models, brands, ratios, same = [], [], [], [], []
     for a, b in zip(left, right, strict=True):
         row, m, br, r = _one(a, b)
         rows.append(row)
         models.append(m)
         brands.append(br)
         ratios.append(r)
+        same.append(bool(a.compact) and a.compact == b.compact and br is not False
+                    and not r < SAME_LISTING_PRICE_RATIO)   # a NaN ratio (a price unknown) passes
     arr = np.asarray(rows, dtype=np.float64).reshape(n, len(FEATURES) - 1)
     out = pd.DataFrame(arr, columns=list(FEATURES[1:]))
     out.insert(0, "text_cosine", np.nan_to_num(np.asarray(text_cosine, dtype=np.float64), nan=0.0))
@@ -148,4 +164,14 @@ def pair_features(left: Sequence[Prepared], right: Sequence[Prepared], text_cosi
     out["model_number_match"] = pd.Series(models, dtype=object)
     out["brand_match"] = pd.Series(brands, dtype=object)
     out["price_ratio"] = np.asarray(ratios, dtype=np.float64)
+    photos_differ = out["image_cosine"].to_numpy() < SAME_LISTING_IMAGE_COSINE   # NaN (no photo pair) is False
+    out["same_listing"] = np.asarray(same, dtype=bool).reshape(n) & ~photos_differ
     return out
+
+
+def same_listing_floor(scores: np.ndarray, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, same)``: the pairs' scores with those of the same listing twice (the ``same_listing`` column of
+    :func:`pair_features`) raised to :data:`SAME_LISTING_SCORE`, and which pairs those are. Such a pair is a match
+    whatever the scorer's threshold (the caller adds ``same`` to its decisions)."""
+    same = np.asarray(features["same_listing"], dtype=bool)
+    return np.where(same, np.maximum(np.asarray(scores, np.float64), SAME_LISTING_SCORE), scores), same
