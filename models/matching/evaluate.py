@@ -83,19 +83,28 @@ def two_stage(features: np.ndarray, pairs: pd.DataFrame, cross: Any, prefilter: 
     return out
 
 
+def _decided(pairs: pd.DataFrame, feats: pd.DataFrame, scorer: PairScorer, cross: Any = None,
+             prefilter: float = 0.02) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(feature scores, scores, matches) of featurised pairs, scored and decided as the job's score step does
+    (:func:`udfs.matching.make_score_fn`): the cross-encoder's threshold where it read the pair, the feature
+    scorer's without one, and the same listing twice a match either way."""
+    f = scorer.score(feats)
+    s = f if cross is None else two_stage(f, pairs, cross, prefilter, feats)
+    s, same = same_listing_floor(s, feats)
+    match = scorer.is_match(s) if cross is None else (f >= prefilter) & cross.is_match(s, feats)
+    return f, s, match | same
+
+
 def _pair_scores(data: str, scorer: PairScorer, vectors: TitleVectors, cross: Any = None,
                  prefilter: float = 0.02) -> dict[str, Any]:
     rows, pooled_y, pooled_s = {}, [], []
     for b in BENCHMARKS.values():
         train, valid = load_pairs(data, b.name, b.splits[0]), load_pairs(data, b.name, b.splits[1])
         feats = featurize(valid, vectors)
-        f = scorer.score(feats)
-        s = f if cross is None else two_stage(f, valid, cross, prefilter, feats)
-        s, same = same_listing_floor(s, feats)
+        f, s, match = _decided(valid, feats, scorer, cross, prefilter)
         y = valid["label"].to_numpy()
         pooled_y.append(y)
         pooled_s.append(s)
-        match = (scorer.is_match(s) if cross is None else (f >= prefilter) & cross.is_match(s, feats)) | same
         rows[b.name] = {"split": b.splits[1], "pairs": len(valid), "matches": int(y.sum()),
                         "ours": prf(y, match), "best_threshold_f1": best_threshold(y, s)[1],
                         "features_only": prf(y, scorer.is_match(f)),
@@ -146,20 +155,15 @@ def _candidate_pairs_frame(recs: pd.DataFrame, cand: pd.DataFrame) -> pd.DataFra
     return pairs
 
 
-def _features(recs: pd.DataFrame, cand: pd.DataFrame, vectors: TitleVectors) -> pd.DataFrame:
-    return featurize(_candidate_pairs_frame(recs, cand), vectors)
-
-
 def score_candidates(recs: pd.DataFrame, cand: pd.DataFrame, scorer: PairScorer, vectors: TitleVectors,
-                     cross: Any = None, prefilter: float = 0.02) -> np.ndarray:
-    """Scores of candidate pairs ``cand[a], cand[b]`` over records indexed by ``id`` (the job's two-stage score
-    with ``cross``)."""
+                     cross: Any = None, prefilter: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, matches) of candidate pairs ``cand[a], cand[b]`` over records indexed by ``id``, as the job
+    scores and decides them (the two-stage score with ``cross``)."""
     pairs = _candidate_pairs_frame(recs, cand)
     if not len(pairs):
-        return np.zeros(0)
-    feats = featurize(pairs, vectors)
-    f = scorer.score(feats)
-    return same_listing_floor(f if cross is None else two_stage(f, pairs, cross, prefilter, feats), feats)[0]
+        return np.zeros(0), np.zeros(0, bool)
+    _, s, match = _decided(pairs, featurize(pairs, vectors), scorer, cross, prefilter)
+    return s, match
 
 
 def _wdc_clusters(data: str, scorer: PairScorer, vectors: TitleVectors, bcfg: BlockingConfig,
@@ -168,10 +172,7 @@ def _wdc_clusters(data: str, scorer: PairScorer, vectors: TitleVectors, bcfg: Bl
     offers = load_offers(data, split)
     truth = dict(zip(offers["id"], offers["cluster"], strict=True))
     cand = candidate_pairs(offers["id"], vectors.matrix(offers["title"]), offers["title"].fillna("").tolist(), bcfg)
-    scores = score_candidates(offers, cand, scorer, vectors, cross)
-    feats = _features(offers, cand, vectors)
-    keep = scorer.is_match(scores) if cross is None else cross.is_match(scores, feats)
-    keep |= feats["same_listing"].to_numpy()
+    scores, keep = score_candidates(offers, cand, scorer, vectors, cross)
     ours = cluster(offers["id"], cand["a"][keep].tolist(), cand["b"][keep].tolist(), scores[keep], ccfg)
     base = TfidfBaseline(load_pairs(data, "wdc_products", BENCHMARKS["wdc_products"].splits[0]))
     titles = offers.set_index("id")["title"]
@@ -208,10 +209,7 @@ def seller_variants(recs: pd.DataFrame, scorer: PairScorer, vectors: TitleVector
         copies = pd.DataFrame([dict(change(dict(r)), id=f"{r['id']}~copy") for r in rows])
         both = pd.concat([recs, copies], ignore_index=True)
         cand = pd.DataFrame({"a": recs["id"].to_numpy(), "b": copies["id"].to_numpy()})
-        scores = score_candidates(both, cand, scorer, vectors, cross)
-        feats = _features(both, cand, vectors)
-        ok = scorer.is_match(scores) if cross is None else cross.is_match(scores, feats)
-        out[name] = {"ours": float(np.mean(ok | feats["same_listing"].to_numpy()))}
+        out[name] = {"ours": float(np.mean(score_candidates(both, cand, scorer, vectors, cross)[1]))}
         if base is not None:
             out[name]["baseline"] = float(np.mean(base.cosine(recs["title"], copies["title"]) >= base.threshold))
     return out
