@@ -242,7 +242,8 @@ PRODUCT_MATCHES = TableSpec(
         Column("blocking", StringType(),
                "how the pair became a candidate: ann, lexical, model_number, or several joined by +"),
         Column("model_version", StringType(), "encoder that produced the embeddings compared"),
-        Column("scorer_version", StringType(), "pair scorer that produced the score (models/matching store)"),
+        Column("scorer_version", StringType(), "pair scorers that produced the score (models/matching store) and the "
+               "same-listing rule, joined by +"),
         Column("run_id", StringType(), "run that last wrote the row"),
         Column("updated_at", TimestampType(), "when the row was last written"),
     ),

@@ -112,6 +112,30 @@ def test_full_then_incremental_runs(spark, lake):
     assert rewritten == set(changed.loc[changed["group"].isin([2, 7]), "product_id"])
 
 
+def test_a_lake_matched_before_the_same_listing_rule_is_matched_again_in_full(spark, lake):
+    """``scorer_version`` names the same-listing rule: matches written without it (before the rule) make the
+    next run match every product again, as a new scorer does, and that run's rows carry the rule."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from models.matching.features import SAME_LISTING_RULE
+
+    df = synthetic(n_groups=4)
+    write_embeddings(spark, lake, df, "e1")
+    first = run(spark, lake, df, "m1")
+    assert first["scorer_version"].split("+")[-1] == SAME_LISTING_RULE
+    path = str(lake.path(PRODUCT_MATCHES))
+    table = DeltaTable(path).to_pyarrow_table()
+    before = first["scorer_version"].rsplit("+", 1)[0]
+    i = table.schema.get_field_index("scorer_version")
+    write_deltalake(path, table.set_column(i, "scorer_version", pa.array([before] * len(table), pa.string())),
+                    mode="overwrite")
+    again = run(spark, lake, df, "m2")
+    assert again["mode"] == "full" and again["queries"] == len(df)
+    assert set(read(lake, PRODUCT_MATCHES)["scorer_version"]) == {first["scorer_version"]}
+    assert read(lake, PRODUCT_CLUSTERS).set_index("product_id")["cluster_id"].to_dict() == planted(df)
+
+
 @pytest.mark.parametrize("with_cross", [False, True], ids=["features", "cross-encoder"])
 def test_the_driver_path_writes_what_the_spark_path_writes(spark, tmp_path, with_cross):
     """A catalog under ``driver_products`` is blocked on the driver (and, with the feature scorer alone, scored

@@ -974,12 +974,15 @@ def match_and_cluster(spark, lake, products, run_id: str, model_version: str, cf
     lake.ensure(PRODUCT_MATCHES)
     lake.ensure(PRODUCT_CLUSTERS)
     universe = _universe(lake, products, model_version)
+    from models.matching.features import SAME_LISTING_RULE
+
     version, threshold = scorer.version, scorer.threshold
     if cfg.cross:
         from models.matching.cross import cross_info
 
         cross_version, threshold = cross_info(cfg.cross)
         version = f"{scorer.version}+{cross_version}"
+    version = f"{version}+{SAME_LISTING_RULE}"   # the decision rule too: a lake matched before it is matched again
     flagged, full = _queries(lake, universe, version, cfg, changed_ids)
     flagged = flagged.persist(StorageLevel.MEMORY_AND_DISK)
     counts = flagged.agg(F.count("*").alias("n"), F.sum(F.col("in_query").cast("long")).alias("q")).first()

@@ -18,8 +18,8 @@ import pandas as pd
 
 from models.matching.text import brand_key, char_ngrams, model_numbers, numbers, parse_price, tokens
 
-__all__ = ["FEATURES", "SAME_LISTING_SCORE", "Prepared", "pair_features", "prepare", "prepare_key", "record_key",
-           "same_listing_floor"]
+__all__ = ["FEATURES", "SAME_LISTING_RULE", "SAME_LISTING_SCORE", "Prepared", "pair_features", "prepare",
+           "prepare_key", "record_key", "same_listing_floor"]
 
 # The scorer's inputs, in order. Image and fused cosines are evidence only: no labelled pair here has
 # images, so a scorer could not learn what they are worth.
@@ -38,6 +38,9 @@ FEATURES = (
 # 34 of its 61 train pairs with equal titles) and on a shop's own near-identical listings as non-matches, scored
 # an exact copy of a software listing under its threshold about half the time (EVALUATION.md, 2026-12-06).
 SAME_LISTING_SCORE = 0.99
+# Named in product_matches.scorer_version beside the scorers' versions, so that a lake matched before the rule (or
+# under another version of it) is matched again in full by its next run.
+SAME_LISTING_RULE = "same-listing"
 SAME_LISTING_PRICE_RATIO = 0.99
 SAME_LISTING_IMAGE_COSINE = 0.95
 
