@@ -47,6 +47,7 @@ from typing import Any
 
 from models.matching.blocking import BLOCKING_PASSES, BlockingConfig, blocking_label, n_cells
 from models.matching.cluster import ClusterConfig
+from models.matching.features import SAME_LISTING_RULE
 
 __all__ = ["MatchConfig", "MatchStats", "match_and_cluster"]
 
@@ -974,8 +975,6 @@ def match_and_cluster(spark, lake, products, run_id: str, model_version: str, cf
     lake.ensure(PRODUCT_MATCHES)
     lake.ensure(PRODUCT_CLUSTERS)
     universe = _universe(lake, products, model_version)
-    from models.matching.features import SAME_LISTING_RULE
-
     version, threshold = scorer.version, scorer.threshold
     if cfg.cross:
         from models.matching.cross import cross_info
