@@ -96,7 +96,13 @@ class LexicalExpert:
         nothing."""
         if min_words <= 0:
             return np.ones((len(texts), 1), dtype=np.float32)
-        return np.minimum(1.0, self.known_words(texts) / float(min_words))[:, None]
+        return self.gate_of_known(self.known_words(texts), min_words)
+
+    @staticmethod
+    def gate_of_known(known: np.ndarray, min_words: float) -> np.ndarray:
+        """(N, 1) :meth:`gate` from the counts of :meth:`known_words` (``min_words`` > 0): training fits
+        ``min_words`` over a grid with the titles' counts taken once."""
+        return np.minimum(1.0, known / float(min_words))[:, None]
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         return np.asarray(self.features(texts) @ self.weight) + self.bias

@@ -20,7 +20,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -306,7 +308,7 @@ def fit_title_expert(head: LinearHead, text_head: LinearHead, own: np.ndarray, x
 
     def gate_of(gate: float) -> np.ndarray | None:
         """(N, 1) each title's gate at ``gate`` known words (None: no gate)."""
-        return np.minimum(1.0, known / gate)[:, None] if gate > 0 and known is not None else None
+        return words.gate_of_known(known, gate) if gate > 0 and known is not None else None
 
     def fuse(w: float, gate: float) -> np.ndarray:
         g = gate_of(gate)
@@ -457,45 +459,41 @@ def _fit_text_experts(head: LinearHead, logits: np.ndarray, named: np.ndarray, l
                                  lexical_min_words=best[5]), best[4]
 
 
-def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """The softmax temperature minimising the negative log-likelihood of held-out labels (Guo et al. 2017)."""
+def _fit_temperatures(logits: np.ndarray, y: np.ndarray, n: int, row_temperature: Callable[[Any], Any],
+                      max_iter: int) -> np.ndarray:
+    """``n`` temperatures minimising the negative log-likelihood of held-out labels, the rows' logits divided by
+    ``row_temperature(temperatures)`` (a torch expression, broadcast over the rows); float32, not clipped."""
     import torch
     import torch.nn.functional as F
 
     lt, yt = torch.from_numpy(logits.astype(np.float32)), torch.from_numpy(y.astype(np.int64))
-    log_t = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
+    log_t = torch.zeros(n, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter)
 
     def closure():
         opt.zero_grad()
-        loss = F.cross_entropy(lt / log_t.exp(), yt)
+        loss = F.cross_entropy(lt / row_temperature(log_t.exp()), yt)
         loss.backward()
         return loss
 
     opt.step(closure)
-    return float(np.clip(log_t.exp().item(), 0.05, 20.0))
+    return log_t.exp().detach().numpy()
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """The softmax temperature minimising the negative log-likelihood of held-out labels (Guo et al. 2017)."""
+    t = _fit_temperatures(logits, y, 1, lambda t: t, max_iter=100)
+    return float(np.clip(t.item(), 0.05, 20.0))
 
 
 def fit_gated_temperature(logits: np.ndarray, y: np.ndarray, gate: np.ndarray) -> tuple[float, float]:
     """Two softmax temperatures minimising the negative log-likelihood of held-out labels, row i's temperature
     being ``gate[i] * t_full + (1 - gate[i]) * t_poor`` (``gate`` (N, 1) in 0-1): (t_full, t_poor)."""
     import torch
-    import torch.nn.functional as F
 
-    lt, yt = torch.from_numpy(logits.astype(np.float32)), torch.from_numpy(y.astype(np.int64))
     g = torch.from_numpy(np.asarray(gate, dtype=np.float32).reshape(-1, 1))
-    log_t = torch.zeros(2, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
-
-    def closure():
-        opt.zero_grad()
-        t = log_t.exp()
-        loss = F.cross_entropy(lt / (g * t[0] + (1 - g) * t[1]), yt)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    t_full, t_poor = np.clip(log_t.exp().detach().numpy(), 0.05, 20.0)
+    t = _fit_temperatures(logits, y, 2, lambda t: g * t[0] + (1 - g) * t[1], max_iter=200)
+    t_full, t_poor = np.clip(t, 0.05, 20.0)
     return float(t_full), float(t_poor)
 
 
