@@ -286,18 +286,12 @@ def make_score_fn(scorer_version: str, scorer_json: str, keep_all: bool = False,
     number of pairs the cross-encoder reads: what the match stage's time goes to."""
 
     def flush(held: list, scorer, model) -> Iterator[pd.DataFrame]:
-        from models.matching.features import same_listing_floor
+        from models.matching.features import match_decisions
 
         if model is not None:
             _cross_pass(held, model)
         for pdf, f, s, read in held:
-            if model is None:
-                matched = scorer.is_match(s)
-            else:
-                matched = np.zeros(len(s), bool)
-                matched[read] = model.is_match(s[read], f.iloc[read])
-            s, same = same_listing_floor(s, f)
-            matched |= same
+            s, matched = match_decisions(s, f, read, scorer, model)
             keep = np.ones(len(s), bool) if keep_all else matched
             if keep.any():
                 yield _score_rows(pdf, f, s, keep)

@@ -34,7 +34,7 @@ from models.matching.artifact import load_scorer
 from models.matching.blocking import BlockingConfig, candidate_pairs
 from models.matching.cluster import ClusterConfig, cluster, pairwise_prf
 from models.matching.data import BENCHMARKS, TitleVectors, featurize, load_offers, load_pairs
-from models.matching.features import same_listing_floor
+from models.matching.features import match_decisions
 from models.matching.scorer import PairScorer
 from models.matching.text import parse_price
 from models.matching.train import best_threshold, prf
@@ -61,8 +61,8 @@ class TfidfBaseline:
         return np.asarray(a.multiply(b).sum(axis=1)).ravel()
 
 
-def tfidf_baseline(train: pd.DataFrame, valid: pd.DataFrame) -> dict[str, float]:
-    base = TfidfBaseline(train)
+def tfidf_baseline(base: TfidfBaseline, valid: pd.DataFrame) -> dict[str, float]:
+    """The fitted baseline's figures on the ``valid`` pairs (and its threshold, tuned on its train pairs)."""
     out = prf(valid["label"], base.cosine(valid["left_title"], valid["right_title"]) >= base.threshold)
     return {**out, "threshold": base.threshold}
 
@@ -90,16 +90,15 @@ def _decided(pairs: pd.DataFrame, feats: pd.DataFrame, scorer: PairScorer, cross
     scorer's without one, and the same listing twice a match either way."""
     f = scorer.score(feats)
     s = f if cross is None else two_stage(f, pairs, cross, prefilter, feats)
-    s, same = same_listing_floor(s, feats)
-    match = scorer.is_match(s) if cross is None else (f >= prefilter) & cross.is_match(s, feats)
-    return f, s, match | same
+    s, match = match_decisions(s, feats, np.flatnonzero(f >= prefilter), scorer, cross)
+    return f, s, match
 
 
-def _pair_scores(data: str, scorer: PairScorer, vectors: TitleVectors, cross: Any = None,
-                 prefilter: float = 0.02) -> dict[str, Any]:
+def _pair_scores(data: str, scorer: PairScorer, vectors: TitleVectors, baselines: dict[str, TfidfBaseline],
+                 cross: Any = None, prefilter: float = 0.02) -> dict[str, Any]:
     rows, pooled_y, pooled_s = {}, [], []
     for b in BENCHMARKS.values():
-        train, valid = load_pairs(data, b.name, b.splits[0]), load_pairs(data, b.name, b.splits[1])
+        valid = load_pairs(data, b.name, b.splits[1])
         feats = featurize(valid, vectors)
         f, s, match = _decided(valid, feats, scorer, cross, prefilter)
         y = valid["label"].to_numpy()
@@ -108,7 +107,7 @@ def _pair_scores(data: str, scorer: PairScorer, vectors: TitleVectors, cross: An
         rows[b.name] = {"split": b.splits[1], "pairs": len(valid), "matches": int(y.sum()),
                         "ours": prf(y, match), "best_threshold_f1": best_threshold(y, s)[1],
                         "features_only": prf(y, scorer.is_match(f)),
-                        "baseline": tfidf_baseline(train, valid), "ditto_test_f1": b.ditto_f1}
+                        "baseline": tfidf_baseline(baselines[b.name], valid), "ditto_test_f1": b.ditto_f1}
     y, s = np.concatenate(pooled_y), np.concatenate(pooled_s)
     bins = np.minimum((s * 10).astype(int), 9)
     ece = sum(abs(y[bins == i].mean() - s[bins == i].mean()) * (bins == i).mean()
@@ -167,14 +166,13 @@ def score_candidates(recs: pd.DataFrame, cand: pd.DataFrame, scorer: PairScorer,
 
 
 def _wdc_clusters(data: str, scorer: PairScorer, vectors: TitleVectors, bcfg: BlockingConfig,
-                  ccfg: ClusterConfig, cross: Any = None) -> dict[str, Any]:
+                  ccfg: ClusterConfig, base: TfidfBaseline, cross: Any = None) -> dict[str, Any]:
     split = BENCHMARKS["wdc_products"].splits[1]
     offers = load_offers(data, split)
     truth = dict(zip(offers["id"], offers["cluster"], strict=True))
     cand = candidate_pairs(offers["id"], vectors.matrix(offers["title"]), offers["title"].fillna("").tolist(), bcfg)
     scores, keep = score_candidates(offers, cand, scorer, vectors, cross)
     ours = cluster(offers["id"], cand["a"][keep].tolist(), cand["b"][keep].tolist(), scores[keep], ccfg)
-    base = TfidfBaseline(load_pairs(data, "wdc_products", BENCHMARKS["wdc_products"].splits[0]))
     titles = offers.set_index("id")["title"]
     bcos = base.cosine(titles.loc[cand["a"]].to_numpy(), titles.loc[cand["b"]].to_numpy())
     bkeep = bcos >= base.threshold
@@ -215,27 +213,27 @@ def seller_variants(recs: pd.DataFrame, scorer: PairScorer, vectors: TitleVector
     return out
 
 
-def _sellers(data: str, scorer: PairScorer, vectors: TitleVectors, cross: Any = None, sample: int = 200
-             ) -> dict[str, Any]:
+def _sellers(data: str, scorer: PairScorer, vectors: TitleVectors, baselines: dict[str, TfidfBaseline],
+             cross: Any = None, sample: int = 200) -> dict[str, Any]:
     out = {}
     for b in BENCHMARKS.values():
         valid = load_pairs(data, b.name, b.splits[1])
         recs = _pool_records(valid)
         recs = recs.sample(min(sample, len(recs)), random_state=0).reset_index(drop=True)
-        base = TfidfBaseline(load_pairs(data, b.name, b.splits[0]))
-        out[b.name] = seller_variants(recs, scorer, vectors, cross, base)
+        out[b.name] = seller_variants(recs, scorer, vectors, cross, baselines[b.name])
     return {"records": sample, "datasets": out}
 
 
 def evaluate_all(data: str, scorer: PairScorer, vectors: TitleVectors, bcfg: BlockingConfig | None = None,
                  ccfg: ClusterConfig | None = None, cross: Any = None) -> dict[str, Any]:
     bcfg, ccfg = bcfg or BlockingConfig(), ccfg or ClusterConfig()
+    baselines = {b.name: TfidfBaseline(load_pairs(data, b.name, b.splits[0])) for b in BENCHMARKS.values()}
     return {"scorer": scorer.version, "encoder": vectors.version, "threshold": scorer.threshold,
             "cross": None if cross is None else {"version": cross.version, "threshold": cross.threshold},
-            "pairs": _pair_scores(data, scorer, vectors, cross), "blocking": _blocking(data, vectors, bcfg),
+            "pairs": _pair_scores(data, scorer, vectors, baselines, cross), "blocking": _blocking(data, vectors, bcfg),
             "blocking_config": asdict(bcfg),
-            "wdc_clusters": _wdc_clusters(data, scorer, vectors, bcfg, ccfg, cross), "cluster_config": asdict(ccfg),
-            "sellers": _sellers(data, scorer, vectors, cross)}
+            "wdc_clusters": _wdc_clusters(data, scorer, vectors, bcfg, ccfg, baselines["wdc_products"], cross),
+            "cluster_config": asdict(ccfg), "sellers": _sellers(data, scorer, vectors, baselines, cross)}
 
 
 def _pct(x: float | None) -> str:

@@ -12,14 +12,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from models.matching.text import brand_key, char_ngrams, model_numbers, numbers, parse_price, tokens
 
-__all__ = ["FEATURES", "SAME_LISTING_RULE", "SAME_LISTING_SCORE", "Prepared", "pair_features", "prepare",
-           "prepare_key", "record_key", "same_listing_floor"]
+__all__ = ["FEATURES", "SAME_LISTING_RULE", "SAME_LISTING_SCORE", "Prepared", "match_decisions", "pair_features",
+           "prepare", "prepare_key", "record_key", "same_listing_floor"]
 
 # The scorer's inputs, in order. Image and fused cosines are evidence only: no labelled pair here has
 # images, so a scorer could not learn what they are worth.
@@ -178,3 +179,18 @@ def same_listing_floor(scores: np.ndarray, features: pd.DataFrame) -> tuple[np.n
     whatever the scorer's threshold (the caller adds ``same`` to its decisions)."""
     same = np.asarray(features["same_listing"], dtype=bool)
     return np.where(same, np.maximum(np.asarray(scores, np.float64), SAME_LISTING_SCORE), scores), same
+
+
+def match_decisions(scores: np.ndarray, features: pd.DataFrame, read: np.ndarray, scorer: Any, cross: Any = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, matched)`` of scored pairs as the job decides them: with a cross-encoder ``cross``, the pairs it
+    read (``read``, their indices) match at its threshold (and conflict floor) and the others do not; without one,
+    the feature ``scorer``'s threshold decides; the same listing twice matches either way
+    (:func:`same_listing_floor`, which also gives the returned scores)."""
+    if cross is None:
+        matched = np.asarray(scorer.is_match(scores), dtype=bool)
+    else:
+        matched = np.zeros(len(scores), bool)
+        matched[read] = cross.is_match(np.asarray(scores)[read], features.iloc[read])
+    scores, same = same_listing_floor(scores, features)
+    return scores, matched | same
