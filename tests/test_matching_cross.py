@@ -398,3 +398,62 @@ def test_reworded_copies_reorder_one_title_and_keep_its_words_and_the_label():
         assert row.a == serialize({"title": row.left_title, "price": 12.5})          # serialised from the new title
         assert row.b == serialize({"title": row.right_title, "brand": "acme"})
     assert reworded_copies(pairs, 0.0, seed=0).empty
+
+
+def test_seller_edits_keep_the_product_and_seller_copies_pair_a_listing_with_its_edited_self():
+    """--seller-share: an edit leaves out the brand or price, moves the price by at most 10%, changes case, adds
+    sale words, moves words or toggles model codes' hyphens, and never drops a model code or a number; the copies
+    keep each pair's label, and each listing drawn against its own edited copy is a match."""
+    import random
+    import re
+
+    import pandas as pd
+
+    from models.matching.cross_train import SELLER_PREFIXES, SELLER_SUFFIXES, seller_copies, seller_edit
+
+    def codes(title: str) -> list[str]:
+        return sorted(re.sub(r"[^a-z0-9]", "", w.lower()) for w in title.split() if re.search(r"\d", w))
+
+    promo = {w.lower() for p in SELLER_PREFIXES + SELLER_SUFFIXES for w in p.split()}
+    record = {"title": "Kestrel Unisex Black Watch KE-8301 40 mm", "brand": "Kestrel", "price": 12.5}
+    rng, changed = random.Random(0), 0
+    for _ in range(300):
+        out = seller_edit(record, rng)
+        assert codes(out["title"]) == codes(record["title"])            # model codes and numbers all kept
+        assert out["brand"] in ("Kestrel", None)
+        assert out["price"] is None or 0.9 * 12.5 - 0.01 <= out["price"] <= 1.1 * 12.5 + 0.01
+        words = {w.lower().strip("!:") for w in out["title"].split()} - promo
+        assert words <= {"kestrel", "unisex", "black", "watch", "ke-8301", "ke8301", "40", "mm"}, out["title"]
+        assert {"unisex", "black", "watch", "mm"} <= words              # only the brand's word may be cut
+        changed += out != record
+    assert changed == 300                                              # every copy differs from its listing
+    assert seller_edit(record, random.Random(5)) == seller_edit(record, random.Random(5))   # seeded
+
+    rows = [("Acme Kettle AC-1000 steel", "acme steel kettle ac1000", 1), ("Zeta desk lamp", "Zeta lamp ZE-3", 0)] * 10
+    pairs = pd.DataFrame({"dataset": "abt_buy", "left_title": [a for a, _, _ in rows],
+                          "right_title": [b for _, b, _ in rows], "left_brand": "Acme", "right_brand": None,
+                          "left_price": 12.5, "right_price": 30.0, "label": [y for _, _, y in rows]})
+    pairs["a"] = [serialize({"title": t, "brand": "Acme", "price": 12.5}) for t in pairs["left_title"]]
+    pairs["b"] = [serialize({"title": t, "price": 30.0}) for t in pairs["right_title"]]
+    out = seller_copies(pairs, 0.5, seed=0)
+    edited, own = out[out["dataset"] == "abt_buy_seller_edit"], out[out["dataset"] == "abt_buy_seller"]
+    assert len(edited) == 10 and len(own) == 5 and len(out) == 15
+    assert set(edited["label"]) == {0, 1} and (own["label"] == 1).all()
+    for row in edited.itertuples(index=False):                          # labels kept, one side edited
+        original = rows[0] if row.label == 1 else rows[1]
+        now = (row.left_title, row.right_title, row.left_brand, row.right_brand, row.left_price, row.right_price)
+        assert now != (*original[:2], "Acme", None, 12.5, 30.0)
+        assert codes(row.left_title) == codes(original[0]) and codes(row.right_title) == codes(original[1])
+    for row in own.itertuples(index=False):                              # a listing against its own edited copy
+        assert codes(row.left_title) == codes(row.right_title)
+        assert row.a == serialize({"title": row.left_title, "brand": row.left_brand, "price": row.left_price})
+        assert row.b == serialize({"title": row.right_title, "brand": row.right_brand, "price": row.right_price})
+    assert seller_copies(pairs, 0.0, seed=0).empty
+
+    # The evaluation's held-out variant adds words no training copy adds, or it would measure the lexicon.
+    from models.matching.evaluate import SELLER_VARIANTS
+
+    variant = SELLER_VARIANTS["'Top Seller!!' and '(limited offer)' added"]
+    held_out = variant({"title": "x", "brand": None, "price": 1.0})
+    added = {w.lower().strip("!()") for w in held_out["title"].split()} - {"x"}
+    assert added and not added & {w.lower().strip("!:()") for w in promo}

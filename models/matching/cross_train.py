@@ -32,6 +32,7 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import random
 import re
 import sys
@@ -54,10 +55,11 @@ from models.matching.cross import (
     split_cross,
 )
 from models.matching.data import BENCHMARKS, LSPC_CATEGORIES, load_lspc, load_offers, load_pairs
+from models.matching.text import parse_price
 from models.matching.train import best_threshold, prf
 
 __all__ = ["CrossTrainConfig", "export_top", "exported_config", "load_top", "load_training_pairs", "main",
-           "mine_offer_pairs", "mine_source_pairs", "reword", "reworded_copies"]
+           "mine_offer_pairs", "mine_source_pairs", "reword", "reworded_copies", "seller_copies", "seller_edit"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,9 @@ class CrossTrainConfig:
     init: str = ""              # a stored cross-encoder version the layers start from ("": the packaged MiniLM)
     lspc: str = ""              # LSPC v2 categories whose train_medium pairs train too, comma-separated ("": none)
     reword_share: float = 0.0   # this share of the training pairs also trains reworded (reworded_copies; 0: none)
+    seller_share: float = 0.0   # this share of the training pairs also trains with one listing seller-edited, and
+    #                             half as many listings train against a seller-edited copy of themselves
+    #                             (seller_copies; 0: none)
 
 
 def _side(pairs: pd.DataFrame, side: str) -> list[str]:
@@ -226,6 +231,100 @@ def reworded_copies(pairs: pd.DataFrame, share: float, seed: int) -> pd.DataFram
     return out
 
 
+# Words sellers put around a product's name that name nothing about it. Training copies draw from these; the
+# evaluation's held-out variant (models.matching.evaluate.SELLER_VARIANTS) uses others.
+SELLER_PREFIXES = ("NEW", "New", "Brand New", "NEW!", "Sale:", "HOT SALE", "Original", "Genuine", "Best Price",
+                   "In Stock", "Great Deal -")
+SELLER_SUFFIXES = ("- free shipping", "free shipping", "- Fast Shipping", "(in stock)", "- ships today",
+                   "free delivery", "- best price", "authentic", "| Sale", "- new")
+
+
+def seller_edit(record: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    """The same listing as a seller might write it again: one to three of these edits, each leaving the product
+    what it was: the brand field left out (and, half the time, its word cut from the title); the price moved up to
+    10% either way or left out; the title upper- or lower-cased; words sellers add (``SELLER_PREFIXES``,
+    ``SELLER_SUFFIXES``) put around it; its first word moved to the end, two neighbouring words swapped, or all of
+    them shuffled; model codes' hyphens toggled. Where the edits drawn find nothing to change (no brand, no model
+    code), sale words are added. Model codes and numbers are never dropped."""
+    out = dict(record)
+    title = str(out.get("title") or "")
+    edits = rng.sample(("brand", "price", "case", "promo", "order", "code"), rng.randint(1, 3))
+    brand = out.get("brand")
+    if "brand" in edits and isinstance(brand, str) and brand.strip():
+        if rng.random() < 0.5:
+            key = set(brand.lower().split())
+            kept = [w for w in title.split() if w.lower().strip(".,;:()") not in key]
+            title = " ".join(kept) if kept else title
+        out["brand"] = None
+    if "price" in edits:
+        v = parse_price(out.get("price"))
+        out["price"] = None if rng.random() < 0.3 or math.isnan(v) else round(v * rng.uniform(0.9, 1.1), 2)
+    words = title.split()
+    if "order" in edits and len(words) > 1:
+        r = rng.random()
+        if r < 0.4:
+            words = words[1:] + words[:1]
+        elif r < 0.8:
+            i = rng.randrange(len(words) - 1)
+            words[i], words[i + 1] = words[i + 1], words[i]
+        else:
+            rng.shuffle(words)
+    if "code" in edits:
+        words = [w if (m := _CODE_JOIN.match(w)) is None else (m[1] + m[2] if "-" in w else f"{m[1]}-{m[2]}")
+                 for w in words]
+    title = " ".join(words)
+    if "case" in edits:
+        title = title.upper() if rng.random() < 0.5 else title.lower()
+    def same(f: str) -> bool:   # None and NaN both mean a field left out
+        x, y = (None if isinstance(v, float) and v != v else v for v in (out.get(f), record.get(f)))
+        return x is y or x == y
+
+    if "promo" in edits or (title == str(record.get("title") or "") and same("brand") and same("price")):
+        # the edits drawn found nothing to change
+        r = rng.random()
+        if r < 0.4:
+            title = f"{rng.choice(SELLER_PREFIXES)} {title}"
+        elif r < 0.8:
+            title = f"{title} {rng.choice(SELLER_SUFFIXES)}"
+        else:
+            title = f"{rng.choice(SELLER_PREFIXES)} {title} {rng.choice(SELLER_SUFFIXES)}"
+    out["title"] = title
+    return out
+
+
+def seller_copies(pairs: pd.DataFrame, share: float, seed: int) -> pd.DataFrame:
+    """Training pairs that teach the scorer what sellers change without changing the product (:func:`seller_edit`):
+
+    - copies of ``share`` of ``pairs`` (matches and non-matches alike, labels kept) with one listing seller-edited,
+      so that an edit by itself says nothing about the label (``dataset`` suffix ``_seller_edit``);
+    - half as many listings drawn from ``pairs``, each against a seller-edited copy of itself, as matches
+      (``_seller``). The labelled pairs hold few listings of one product written twice by one seller."""
+    if share <= 0 or pairs.empty:
+        return pairs.iloc[:0]
+    rng = random.Random(seed + 7)
+    edited = pairs.sample(frac=min(share, 1.0), random_state=seed + 7).reset_index(drop=True)
+    fields = ("title", "brand", "price")
+    for i in range(len(edited)):
+        side = rng.choice(("left", "right"))
+        rec = seller_edit({f: edited.at[i, f"{side}_{f}"] for f in fields}, rng)
+        for f in fields:
+            edited.at[i, f"{side}_{f}"] = rec[f]
+        edited.at[i, "a" if side == "left" else "b"] = serialize(rec)
+    edited["dataset"] = edited["dataset"].astype(str) + "_seller_edit"
+    own = pairs.sample(n=max(1, len(edited) // 2), random_state=seed + 8).reset_index(drop=True)
+    for i in range(len(own)):
+        side = rng.choice(("left", "right"))
+        rec = {f: own.at[i, f"{side}_{f}"] for f in fields}
+        copy = seller_edit(rec, rng)
+        first, second = (rec, copy) if rng.random() < 0.5 else (copy, rec)
+        for f in fields:
+            own.at[i, f"left_{f}"], own.at[i, f"right_{f}"] = first[f], second[f]
+        own.at[i, "a"], own.at[i, "b"] = serialize(first), serialize(second)
+    own["label"] = 1
+    own["dataset"] = own["dataset"].astype(str) + "_seller"
+    return pd.concat([edited, own], ignore_index=True)
+
+
 def _cache(bottom: Any, tokenizer: Any, a: Sequence[str], b: Sequence[str], max_length: int,
            batch: int = 128, device: str = "cpu") -> list[Any]:
     """The frozen bottom's hidden states of each pair, fp16, unpadded, on ``device``."""
@@ -366,7 +465,8 @@ def train(data: str | Path, work: Path, cfg: CrossTrainConfig, from_top: Path | 
     if cfg.limit:
         tr = tr.sample(min(cfg.limit, len(tr)), random_state=cfg.seed).reset_index(drop=True)
     fit, cal = tr[~tr["calibration"]].reset_index(drop=True), tr[tr["calibration"]].reset_index(drop=True)
-    fit = pd.concat([fit, reworded_copies(fit, cfg.reword_share, cfg.seed)], ignore_index=True)
+    fit = pd.concat([fit, reworded_copies(fit, cfg.reword_share, cfg.seed),
+                     seller_copies(fit, cfg.seller_share, cfg.seed)], ignore_index=True)
     log.info("pairs: %d train (%d matches) + %d calibration, %d valid on %s; by dataset: %s", len(fit),
              int(fit["label"].sum()), len(cal), len(va), device, fit["dataset"].value_counts().to_dict())
     quiet_transformers()
@@ -578,6 +678,14 @@ def card(cfg: CrossTrainConfig, result: dict[str, Any]) -> str:
         n = sum(v for k, v in f.get("by_dataset", {}).items() if k.endswith("_reworded"))
         extra += (f" Beside them {n:,} reworded copies of training pairs (one title's words reordered and its model "
                   "codes' hyphens toggled, labels kept).")
+    if cfg.seller_share:
+        by = f.get("by_dataset", {})
+        edited = sum(v for k, v in by.items() if k.endswith("_seller_edit"))
+        own = sum(v for k, v in by.items() if k.endswith("_seller"))
+        extra += (f" Beside them {edited:,} copies of training pairs with one listing edited as a seller might list "
+                  f"it again (brand or price left out, price moved up to 10%, case changed, sale words added, words "
+                  f"moved, model codes' hyphens toggled; labels kept), and {own:,} listings each against such a copy "
+                  "of itself, as matches.")
     start = (f"Started from the layers of `{Path(cfg.init).name}` and fine-tuned further here (its own training is "
              "in its card).\n" if cfg.init else "")
     if cfg.bottom_layers:
@@ -638,6 +746,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--reword-share", type=float, default=0.0,
                    help="also train on copies of this share of the training pairs with one title's words reordered "
                         "and its model codes' hyphens toggled (labels kept; 0: none)")
+    p.add_argument("--seller-share", type=float, default=0.0,
+                   help="also train on copies of this share of the training pairs with one listing edited as a "
+                        "seller might list it again (labels kept), and on half as many listings against such a "
+                        "copy of themselves as matches (0: none)")
     p.add_argument("--init", default="",
                    help="start from the layers of this cross-encoder (store:VERSION of --store, or a version "
                         "folder) and fine-tune it further (same --bottom-layers and --max-length), instead of the "
@@ -675,7 +787,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                bottom_layers=args.bottom_layers, lr=args.lr, batch_size=args.batch_size,
                                max_length=args.max_length, device=args.device, max_minutes=args.max_minutes,
                                source_neighbours=args.source_neighbours, init=init,
-                               lspc=args.lspc, reword_share=args.reword_share)
+                               lspc=args.lspc, reword_share=args.reword_share, seller_share=args.seller_share)
     model, result = train(args.data, args.work, cfg, from_top=args.from_top)
     sys.stdout.write(json.dumps(result["metrics"], indent=1) + "\n")
     if args.export_top:

@@ -192,6 +192,8 @@ SELLER_VARIANTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "brand left out, price 5% higher": lambda r: dict(r, brand=None, price=parse_price(r["price"]) * 1.05),
     "words in reverse order": lambda r: dict(r, title=" ".join(reversed(str(r["title"]).split()))),
     "'NEW' and '- free shipping' added": lambda r: dict(r, title=f"NEW {r['title']} - free shipping"),
+    # words no training copy adds (models.matching.cross_train.SELLER_PREFIXES / SELLER_SUFFIXES): a held-out check
+    "'Top Seller!!' and '(limited offer)' added": lambda r: dict(r, title=f"Top Seller!! {r['title']} (limited offer)"),
 }
 
 
