@@ -79,6 +79,7 @@ class CrossTrainConfig:
     seed: int = 0
     threads: int = 2
     limit: int = 0              # train and calibrate on at most this many pairs (a smoke run); 0: all
+    calibrate_all: bool = False  # with limit: calibrate on the whole calibration slice, not the sample's part of it
     device: str = "cpu"         # "cuda", or "auto": cuda where there is one
     max_minutes: float = 0.0    # stop after the epoch that passes this many minutes of training (0: no limit)
     init: str = ""              # a stored cross-encoder version the layers start from ("": the packaged MiniLM)
@@ -463,7 +464,10 @@ def train(data: str | Path, work: Path, cfg: CrossTrainConfig, from_top: Path | 
     work.mkdir(parents=True, exist_ok=True)
     tr, va = load_training_pairs(data, cfg)
     if cfg.limit:
-        tr = tr.sample(min(cfg.limit, len(tr)), random_state=cfg.seed).reset_index(drop=True)
+        sample = tr.sample(min(cfg.limit, len(tr)), random_state=cfg.seed)
+        if cfg.calibrate_all:   # the rest of the calibration slice too: never trained on, a steadier threshold
+            sample = pd.concat([sample, tr[tr["calibration"] & ~tr.index.isin(sample.index)]])
+        tr = sample.reset_index(drop=True)
     fit, cal = tr[~tr["calibration"]].reset_index(drop=True), tr[tr["calibration"]].reset_index(drop=True)
     fit = pd.concat([fit, reworded_copies(fit, cfg.reword_share, cfg.seed),
                      seller_copies(fit, cfg.seller_share, cfg.seed)], ignore_index=True)
@@ -740,6 +744,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="stop after the epoch that passes this many minutes of training (the learning-rate "
                         "schedule stays the one of --epochs)")
     p.add_argument("--limit", type=int, default=0, help="train on at most this many pairs (a smoke run)")
+    p.add_argument("--calibrate-all", action="store_true",
+                   help="with --limit: fit the calibration and threshold on the whole calibration slice, not only "
+                        "on the part of it that the sample of --limit pairs holds")
     p.add_argument("--lspc", default="",
                    help=f"also train on the train_medium pairs of these WDC LSPC v2 categories, comma-separated, of "
                         f"{', '.join(LSPC_CATEGORIES)} (crawled offer titles; not reported)")
@@ -772,7 +779,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.error(f"--from-top {args.from_top}: no top.json there (written by --export-top)")
         trained = exported_config(args.from_top)
         cfg = CrossTrainConfig(**{**asdict(trained), "threads": args.threads, "device": args.device,
-                                  "limit": args.limit})
+                                  "limit": args.limit, "calibrate_all": args.calibrate_all})
     else:
         init = ""
         if args.init:   # a version of --store (or a version folder), resolved here where the store is known
@@ -784,6 +791,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ModelIntegrityError as e:
                 p.error(f"--init: {e}")
         cfg = CrossTrainConfig(epochs=args.epochs, threads=args.threads, limit=args.limit,
+                               calibrate_all=args.calibrate_all,
                                bottom_layers=args.bottom_layers, lr=args.lr, batch_size=args.batch_size,
                                max_length=args.max_length, device=args.device, max_minutes=args.max_minutes,
                                source_neighbours=args.source_neighbours, init=init,
