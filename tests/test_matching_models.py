@@ -546,7 +546,27 @@ def test_evaluation_runs_end_to_end_on_benchmark_shaped_files(tmp_path):
     assert set(sellers) == set(BENCHMARKS) and all(v["the same listing again"]["ours"] == 1.0 for v in sellers.values())
     assert all(0 <= x[k] <= 1 for v in sellers.values() for x in v.values() for k in ("ours", "baseline"))
     assert "| words in reverse order |" in md
+    others = r["sellers"]["other_products"]
+    assert set(others) == set(BENCHMARKS)
+    assert all(0 <= x["ours"] <= 1 and 1 <= x["records"] <= r["sellers"]["records"]
+               for v in others.values() for x in v.values())
+    assert "| another model code (its last digit changed) |" in md
     assert (tmp_path / "cache" / "hash-64" / "titles.parquet").is_file()  # embeddings are cached
+
+
+def test_other_product_copies_change_the_model_code_or_the_number_and_skip_titles_without_one():
+    """The evaluation's near-identical other products: the model code with the most digits one digit off, or the
+    first number standing alone one higher; nothing else in the listing changes, and a title without one is left out."""
+    from models.matching.evaluate import OTHER_PRODUCTS
+
+    code, number = OTHER_PRODUCTS.values()
+    r = {"id": 1, "title": "Sony KDL-40EX500 40 inch LCD TV, 240-pin", "brand": "sony", "price": 499.0}
+    assert code(r) == dict(r, title="Sony KDL-40EX501 40 inch LCD TV, 240-pin")
+    assert number(r) == dict(r, title="Sony KDL-40EX500 41 inch LCD TV, 240-pin")
+    assert number({"title": "sound forge audio studio 9"})["title"] == "sound forge audio studio 10"
+    assert code({"title": "Kestrel Watch KE-8309"})["title"] == "Kestrel Watch KE-8300"
+    assert code({"title": "adobe illustrator cs3 for mac win32"}) is None     # no code with 3 digits
+    assert number({"title": "Kestrel Watch KE-8301 v2.5"}) is None            # numbers inside codes do not count
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -197,33 +198,71 @@ SELLER_VARIANTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 }
 
 
+_MODEL_CODE = re.compile(r"\b(?=[\w-]*[^\W\d_])(?=[\w-]*\d)[\w-]{4,}\b")
+_LONE_NUMBER = re.compile(r"(?<![\w.-])\d+(?![\w.-])")
+
+
+def _last_digit_changed(r: dict[str, Any]) -> dict[str, Any] | None:
+    """The title's model code (the token mixing letters with the most digits, at least 3) one digit off."""
+    codes = [m for m in _MODEL_CODE.finditer(str(r["title"])) if sum(c.isdigit() for c in m[0]) >= 3]
+    if not codes:
+        return None
+    m = max(codes, key=lambda m: sum(c.isdigit() for c in m[0]))
+    code = m[0]
+    i = max(j for j, c in enumerate(code) if c.isdigit())
+    other = code[:i] + str((int(code[i]) + 1) % 10) + code[i + 1:]
+    return dict(r, title=str(r["title"])[:m.start()] + other + str(r["title"])[m.end():])
+
+
+def _number_changed(r: dict[str, Any]) -> dict[str, Any] | None:
+    """The title's first number standing alone (a version, a size, a count) one higher."""
+    m = _LONE_NUMBER.search(str(r["title"]))
+    if m is None:
+        return None
+    return dict(r, title=str(r["title"])[:m.start()] + str(int(m[0]) + 1) + str(r["title"])[m.end():])
+
+
+# A near-identical listing of another product: each of these copies is NOT the same product as its original
+# (records without a model code or a number are left out of that row).
+OTHER_PRODUCTS: dict[str, Callable[[dict[str, Any]], dict[str, Any] | None]] = {
+    "another model code (its last digit changed)": _last_digit_changed,
+    "another version or size (the title's first lone number + 1)": _number_changed,
+}
+
+
 def seller_variants(recs: pd.DataFrame, scorer: PairScorer, vectors: TitleVectors, cross: Any = None,
                     base: TfidfBaseline | None = None,
-                    variants: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = SELLER_VARIANTS
+                    variants: dict[str, Callable[[dict[str, Any]], dict[str, Any] | None]] = SELLER_VARIANTS
                     ) -> dict[str, dict[str, float]]:
     """For each variant, the share of the records ``recs`` (``id, title, brand, price, currency``) that the job's
-    scoring matches with that copy of itself (``ours``) and that the baseline's threshold passes (``baseline``)."""
-    rows = recs.to_dict("records")
+    scoring matches with that copy of itself (``ours``) and that the baseline's threshold passes (``baseline``),
+    over the ``records`` that the variant applies to (it returns None for the others)."""
     out: dict[str, dict[str, float]] = {}
     for name, change in variants.items():
-        copies = pd.DataFrame([dict(change(dict(r)), id=f"{r['id']}~copy") for r in rows])
-        both = pd.concat([recs, copies], ignore_index=True)
-        cand = pd.DataFrame({"a": recs["id"].to_numpy(), "b": copies["id"].to_numpy()})
-        out[name] = {"ours": float(np.mean(score_candidates(both, cand, scorer, vectors, cross)[1]))}
+        pairs = [(r, c) for r in recs.to_dict("records") if (c := change(dict(r))) is not None]
+        if not pairs:
+            continue
+        orig = pd.DataFrame([r for r, _ in pairs])
+        copies = pd.DataFrame([dict(c, id=f"{r['id']}~copy") for r, c in pairs])
+        both = pd.concat([orig, copies], ignore_index=True)
+        cand = pd.DataFrame({"a": orig["id"].to_numpy(), "b": copies["id"].to_numpy()})
+        out[name] = {"ours": float(np.mean(score_candidates(both, cand, scorer, vectors, cross)[1])),
+                     "records": len(pairs)}
         if base is not None:
-            out[name]["baseline"] = float(np.mean(base.cosine(recs["title"], copies["title"]) >= base.threshold))
+            out[name]["baseline"] = float(np.mean(base.cosine(orig["title"], copies["title"]) >= base.threshold))
     return out
 
 
 def _sellers(data: str, scorer: PairScorer, vectors: TitleVectors, baselines: dict[str, TfidfBaseline],
              cross: Any = None, sample: int = 200) -> dict[str, Any]:
-    out = {}
+    out, others = {}, {}
     for b in BENCHMARKS.values():
         valid = load_pairs(data, b.name, b.splits[1])
         recs = _pool_records(valid)
         recs = recs.sample(min(sample, len(recs)), random_state=0).reset_index(drop=True)
         out[b.name] = seller_variants(recs, scorer, vectors, cross, baselines[b.name])
-    return {"records": sample, "datasets": out}
+        others[b.name] = seller_variants(recs, scorer, vectors, cross, baselines[b.name], OTHER_PRODUCTS)
+    return {"records": sample, "datasets": out, "other_products": others}
 
 
 def evaluate_all(data: str, scorer: PairScorer, vectors: TitleVectors, bcfg: BlockingConfig | None = None,
@@ -301,6 +340,16 @@ def to_markdown(r: dict[str, Any], command: str = "") -> str:
             cells = [f"{_pct(sv['datasets'][n][variant]['ours'])} ({_pct(sv['datasets'][n][variant].get('baseline'))})"
                      for n in names]
             lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+        other = sv.get("other_products", {})
+        if other:
+            lines += ["", "Near-identical listings of **other** products (the copy's model code or number changed): "
+                          "the share matched, which should be low; the number of records with such a code in "
+                          "brackets after the baseline's share.", "",
+                      "| other product | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+            for variant in OTHER_PRODUCTS:
+                cells = [f"{_pct(other[n][variant]['ours'])} ({_pct(other[n][variant].get('baseline'))}; "
+                         f"{other[n][variant]['records']})" if variant in other.get(n, {}) else "-" for n in names]
+                lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     if command:
         lines += ["", f"Reproduce: `{command}`"]
     return "\n".join(lines) + "\n"
