@@ -457,3 +457,39 @@ def test_seller_edits_keep_the_product_and_seller_copies_pair_a_listing_with_its
     held_out = variant({"title": "x", "brand": None, "price": 1.0})
     added = {w.lower().strip("!()") for w in held_out["title"].split()} - {"x"}
     assert added and not added & {w.lower().strip("!:()") for w in promo}
+
+
+def test_other_product_copies_change_one_digit_or_number_and_are_non_matches():
+    """--other-share: a listing against a copy of itself naming another product (one digit of a model code, or a
+    lone number, changed; brand and price kept) trains as a non-match; a title with neither gives no copy."""
+    import random
+    import re
+
+    import pandas as pd
+
+    from models.matching.cross_train import other_copies, other_product
+
+    rng = random.Random(0)
+    for title in ("Kestrel Unisex Black Watch KE-8301", "sound forge audio studio 9", "sony kdl-40ex500 40 inch"):
+        for _ in range(50):
+            out = other_product(title, rng)
+            assert out is not None and out != title
+            assert re.sub(r"\d", "#", out.split()[0]) == re.sub(r"\d", "#", title.split()[0])  # the words stay
+            assert re.sub(r"\d+", "#", out) == re.sub(r"\d+", "#", title)   # only digits change
+    assert other_product("adobe illustrator cs3 for mac", rng) is None
+
+    rows = [("Acme Kettle AC-1000 steel", "acme steel kettle ac1000", 1), ("Zeta desk lamp", "Zeta lamp 3pk", 0)] * 10
+    pairs = pd.DataFrame({"dataset": "abt_buy", "left_title": [a for a, _, _ in rows],
+                          "right_title": [b for _, b, _ in rows], "left_brand": "Acme", "right_brand": None,
+                          "left_price": 12.5, "right_price": 30.0, "label": [y for _, _, y in rows]})
+    pairs["a"] = [serialize({"title": t, "brand": "Acme", "price": 12.5}) for t in pairs["left_title"]]
+    pairs["b"] = [serialize({"title": t, "price": 30.0}) for t in pairs["right_title"]]
+    out = other_copies(pairs, 1.0, seed=0)
+    assert 0 < len(out) < len(pairs)                     # "Zeta desk lamp" has neither a code nor a number
+    assert (out["label"] == 0).all() and (out["dataset"] == "abt_buy_other").all()
+    for row in out.itertuples(index=False):
+        assert row.left_title != row.right_title
+        assert re.sub(r"\d+", "#", row.left_title) == re.sub(r"\d+", "#", row.right_title)
+        assert (row.left_brand, row.left_price) == (row.right_brand, row.right_price)
+        assert row.a == serialize({"title": row.left_title, "brand": row.left_brand, "price": row.left_price})
+    assert other_copies(pairs, 0.0, seed=0).empty

@@ -59,7 +59,8 @@ from models.matching.text import parse_price
 from models.matching.train import best_threshold, prf
 
 __all__ = ["CrossTrainConfig", "export_top", "exported_config", "load_top", "load_training_pairs", "main",
-           "mine_offer_pairs", "mine_source_pairs", "reword", "reworded_copies", "seller_copies", "seller_edit"]
+           "mine_offer_pairs", "mine_source_pairs", "other_copies", "other_product", "reword", "reworded_copies",
+           "seller_copies", "seller_edit"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ class CrossTrainConfig:
     init: str = ""              # a stored cross-encoder version the layers start from ("": the packaged MiniLM)
     lspc: str = ""              # LSPC v2 categories whose train_medium pairs train too, comma-separated ("": none)
     reword_share: float = 0.0   # this share of the training pairs also trains reworded (reworded_copies; 0: none)
+    other_share: float = 0.0    # this share of the training pairs' listings also trains against a copy of itself
+    #                             with a model code's digit or a number changed, as a non-match (other_copies)
     seller_share: float = 0.0   # this share of the training pairs also trains with one listing seller-edited, and
     #                             half as many listings train against a seller-edited copy of themselves
     #                             (seller_copies; 0: none)
@@ -326,6 +329,59 @@ def seller_copies(pairs: pd.DataFrame, share: float, seed: int) -> pd.DataFrame:
     return pd.concat([edited, own], ignore_index=True)
 
 
+_CODE = re.compile(r"\b(?=[\w-]*[^\W\d_])(?=[\w-]*\d)[\w-]{3,}\b")
+_LONE = re.compile(r"(?<![\w.-])\d+(?![\w.-])")
+
+
+def other_product(title: str, rng: random.Random) -> str | None:
+    """The title of a near-identical listing of another product: one digit of a model code (a token mixing letters
+    and at least two digits) set to another digit, or a number standing alone (a version, size or count) moved by 1
+    to 3 or doubled; None where the title has neither."""
+    title = str(title or "")
+    codes = [m for m in _CODE.finditer(title) if sum(c.isdigit() for c in m[0]) >= 2]
+    lone = list(_LONE.finditer(title))
+    if codes and (not lone or rng.random() < 0.5):
+        m = rng.choice(codes)
+        i = rng.choice([j for j, c in enumerate(m[0]) if c.isdigit()])
+        digit = rng.choice([d for d in "0123456789" if d != m[0][i]])
+        return title[:m.start() + i] + digit + title[m.start() + i + 1:]
+    if lone:
+        m = rng.choice(lone)
+        v = int(m[0])
+        other = v * 2 if rng.random() < 0.25 and v > 0 else max(0, v + rng.choice((-3, -2, -1, 1, 2, 3)))
+        other = other if other != v else v + 1
+        return title[:m.start()] + str(other) + title[m.end():]
+    return None
+
+
+def other_copies(pairs: pd.DataFrame, share: float, seed: int) -> pd.DataFrame:
+    """Listings of ``share`` of ``pairs`` (one side of each), each against a copy of itself that names another
+    product (:func:`other_product`: a model code's digit or a number changed; brand and price kept), as non-matches
+    (``dataset`` suffix ``_other``); listings with neither are skipped. Seller copies teach what leaves the product
+    alone; these teach what does not, so that the scorer keeps telling near-identical products apart."""
+    if share <= 0 or pairs.empty:
+        return pairs.iloc[:0]
+    rng = random.Random(seed + 9)
+    out = pairs.sample(frac=min(share, 1.0), random_state=seed + 9).reset_index(drop=True)
+    keep = np.zeros(len(out), dtype=bool)
+    for i in range(len(out)):
+        side = rng.choice(("left", "right"))
+        rec = {f: out.at[i, f"{side}_{f}"] for f in ("title", "brand", "price")}
+        title = other_product(rec["title"], rng)
+        if title is None:
+            continue
+        keep[i] = True
+        copy = dict(rec, title=title)
+        first, second = (rec, copy) if rng.random() < 0.5 else (copy, rec)
+        for f in ("title", "brand", "price"):
+            out.at[i, f"left_{f}"], out.at[i, f"right_{f}"] = first[f], second[f]
+        out.at[i, "a"], out.at[i, "b"] = serialize(first), serialize(second)
+    out = out[keep].reset_index(drop=True)
+    out["label"] = 0
+    out["dataset"] = out["dataset"].astype(str) + "_other"
+    return out
+
+
 def _cache(bottom: Any, tokenizer: Any, a: Sequence[str], b: Sequence[str], max_length: int,
            batch: int = 128, device: str = "cpu") -> list[Any]:
     """The frozen bottom's hidden states of each pair, fp16, unpadded, on ``device``."""
@@ -470,7 +526,8 @@ def train(data: str | Path, work: Path, cfg: CrossTrainConfig, from_top: Path | 
         tr = sample.reset_index(drop=True)
     fit, cal = tr[~tr["calibration"]].reset_index(drop=True), tr[tr["calibration"]].reset_index(drop=True)
     fit = pd.concat([fit, reworded_copies(fit, cfg.reword_share, cfg.seed),
-                     seller_copies(fit, cfg.seller_share, cfg.seed)], ignore_index=True)
+                     seller_copies(fit, cfg.seller_share, cfg.seed), other_copies(fit, cfg.other_share, cfg.seed)],
+                    ignore_index=True)
     log.info("pairs: %d train (%d matches) + %d calibration, %d valid on %s; by dataset: %s", len(fit),
              int(fit["label"].sum()), len(cal), len(va), device, fit["dataset"].value_counts().to_dict())
     quiet_transformers()
@@ -753,6 +810,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--reword-share", type=float, default=0.0,
                    help="also train on copies of this share of the training pairs with one title's words reordered "
                         "and its model codes' hyphens toggled (labels kept; 0: none)")
+    p.add_argument("--other-share", type=float, default=0.0,
+                   help="also train on this share of the training pairs' listings, each against a copy of itself "
+                        "with a model code's digit or a number changed, as non-matches (0: none)")
     p.add_argument("--seller-share", type=float, default=0.0,
                    help="also train on copies of this share of the training pairs with one listing edited as a "
                         "seller might list it again (labels kept), and on half as many listings against such a "
@@ -795,7 +855,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                bottom_layers=args.bottom_layers, lr=args.lr, batch_size=args.batch_size,
                                max_length=args.max_length, device=args.device, max_minutes=args.max_minutes,
                                source_neighbours=args.source_neighbours, init=init,
-                               lspc=args.lspc, reword_share=args.reword_share, seller_share=args.seller_share)
+                               lspc=args.lspc, reword_share=args.reword_share, seller_share=args.seller_share,
+                               other_share=args.other_share)
     model, result = train(args.data, args.work, cfg, from_top=args.from_top)
     sys.stdout.write(json.dumps(result["metrics"], indent=1) + "\n")
     if args.export_top:
