@@ -400,14 +400,25 @@ def test_reworded_copies_reorder_one_title_and_keep_its_words_and_the_label():
     assert reworded_copies(pairs, 0.0, seed=0).empty
 
 
+def _copy_pairs():
+    """Twenty labelled pairs (a match and a non-match, ten times each) with a brand and prices on one side."""
+    import pandas as pd
+
+    rows = [("Acme Kettle AC-1000 steel", "acme steel kettle ac1000", 1), ("Zeta desk lamp", "Zeta lamp ZE-3", 0)] * 10
+    pairs = pd.DataFrame({"dataset": "abt_buy", "left_title": [a for a, _, _ in rows],
+                          "right_title": [b for _, b, _ in rows], "left_brand": "Acme", "right_brand": None,
+                          "left_price": 12.5, "right_price": 30.0, "label": [y for _, _, y in rows]})
+    pairs["a"] = [serialize({"title": t, "brand": "Acme", "price": 12.5}) for t in pairs["left_title"]]
+    pairs["b"] = [serialize({"title": t, "price": 30.0}) for t in pairs["right_title"]]
+    return rows, pairs
+
+
 def test_seller_edits_keep_the_product_and_seller_copies_pair_a_listing_with_its_edited_self():
     """--seller-share: an edit leaves out the brand or price, moves the price by at most 10%, changes case, adds
     sale words, moves words or toggles model codes' hyphens, and never drops a model code or a number; the copies
     keep each pair's label, and each listing drawn against its own edited copy is a match."""
     import random
     import re
-
-    import pandas as pd
 
     from models.matching.cross_train import SELLER_PREFIXES, SELLER_SUFFIXES, seller_copies, seller_edit
 
@@ -429,12 +440,7 @@ def test_seller_edits_keep_the_product_and_seller_copies_pair_a_listing_with_its
     assert changed == 300                                              # every copy differs from its listing
     assert seller_edit(record, random.Random(5)) == seller_edit(record, random.Random(5))   # seeded
 
-    rows = [("Acme Kettle AC-1000 steel", "acme steel kettle ac1000", 1), ("Zeta desk lamp", "Zeta lamp ZE-3", 0)] * 10
-    pairs = pd.DataFrame({"dataset": "abt_buy", "left_title": [a for a, _, _ in rows],
-                          "right_title": [b for _, b, _ in rows], "left_brand": "Acme", "right_brand": None,
-                          "left_price": 12.5, "right_price": 30.0, "label": [y for _, _, y in rows]})
-    pairs["a"] = [serialize({"title": t, "brand": "Acme", "price": 12.5}) for t in pairs["left_title"]]
-    pairs["b"] = [serialize({"title": t, "price": 30.0}) for t in pairs["right_title"]]
+    rows, pairs = _copy_pairs()
     out = seller_copies(pairs, 0.5, seed=0)
     edited, own = out[out["dataset"] == "abt_buy_seller_edit"], out[out["dataset"] == "abt_buy_seller"]
     assert len(edited) == 10 and len(own) == 5 and len(out) == 15
@@ -465,8 +471,6 @@ def test_other_product_copies_change_one_digit_or_number_and_are_non_matches():
     import random
     import re
 
-    import pandas as pd
-
     from models.matching.cross_train import other_copies, other_product
 
     rng = random.Random(0)
@@ -478,12 +482,7 @@ def test_other_product_copies_change_one_digit_or_number_and_are_non_matches():
             assert re.sub(r"\d+", "#", out) == re.sub(r"\d+", "#", title)   # only digits change
     assert other_product("adobe illustrator cs3 for mac", rng) is None
 
-    rows = [("Acme Kettle AC-1000 steel", "acme steel kettle ac1000", 1), ("Zeta desk lamp", "Zeta lamp 3pk", 0)] * 10
-    pairs = pd.DataFrame({"dataset": "abt_buy", "left_title": [a for a, _, _ in rows],
-                          "right_title": [b for _, b, _ in rows], "left_brand": "Acme", "right_brand": None,
-                          "left_price": 12.5, "right_price": 30.0, "label": [y for _, _, y in rows]})
-    pairs["a"] = [serialize({"title": t, "brand": "Acme", "price": 12.5}) for t in pairs["left_title"]]
-    pairs["b"] = [serialize({"title": t, "price": 30.0}) for t in pairs["right_title"]]
+    rows, pairs = _copy_pairs()
     out = other_copies(pairs, 1.0, seed=0)
     assert 0 < len(out) < len(pairs)                     # "Zeta desk lamp" has neither a code nor a number
     assert (out["label"] == 0).all() and (out["dataset"] == "abt_buy_other").all()
