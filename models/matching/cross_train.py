@@ -780,7 +780,7 @@ overlap the `catalog_dedup/walmart_amazon` catalog. Images are not read.
 """
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m models.matching.cross_train", description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="the shared matching data folder")
     p.add_argument("--work", required=True, type=Path, help="checkpoints (a rerun resumes)")
@@ -828,6 +828,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="calibrate, evaluate and store layers exported by --export-top (their training "
                         "configuration is used)")
     p.add_argument("--promote", action="store_true", help="make the new version the store's current one")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = _parser()
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not 0 <= args.bottom_layers < 6:
