@@ -279,6 +279,7 @@ def seller_edit(record: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     title = " ".join(words)
     if "case" in edits:
         title = title.upper() if rng.random() < 0.5 else title.lower()
+
     def same(f: str) -> bool:   # None and NaN both mean a field left out
         x, y = (None if isinstance(v, float) and v != v else v for v in (out.get(f), record.get(f)))
         return x is y or x == y
