@@ -745,9 +745,13 @@ def card(cfg: CrossTrainConfig, result: dict[str, Any]) -> str:
         edited = sum(v for k, v in by.items() if k.endswith("_seller_edit"))
         own = sum(v for k, v in by.items() if k.endswith("_seller"))
         extra += (f" Beside them {edited:,} copies of training pairs with one listing edited as a seller might list "
-                  f"it again (brand or price left out, price moved up to 10%, case changed, sale words added, words "
+                  "it again (brand or price left out, price moved up to 10%, case changed, sale words added, words "
                   f"moved, model codes' hyphens toggled; labels kept), and {own:,} listings each against such a copy "
                   "of itself, as matches.")
+    if cfg.other_share:
+        n = sum(v for k, v in f.get("by_dataset", {}).items() if k.endswith("_other"))
+        extra += (f" Beside them {n:,} listings each against a copy of itself naming another product (a model code's "
+                  "digit or a lone number changed), as non-matches.")
     start = (f"Started from the layers of `{Path(cfg.init).name}` and fine-tuned further here (its own training is "
              "in its card).\n" if cfg.init else "")
     if cfg.bottom_layers:
