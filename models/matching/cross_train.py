@@ -37,7 +37,7 @@ import random
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,7 @@ from models.matching.cross import (
     split_cross,
 )
 from models.matching.data import BENCHMARKS, LSPC_CATEGORIES, load_lspc, load_offers, load_pairs
-from models.matching.text import parse_price
+from models.matching.text import code_spans, lone_number_spans, parse_price
 from models.matching.train import best_threshold, prf
 
 __all__ = ["CrossTrainConfig", "export_top", "exported_config", "load_top", "load_training_pairs", "main",
@@ -202,6 +202,47 @@ def load_training_pairs(data: str | Path, cfg: CrossTrainConfig) -> tuple[pd.Dat
 
 
 _CODE_JOIN = re.compile(r"^([^\W\d_]+)-?(\d[\w]*)$")
+_FIELDS = ("title", "brand", "price")
+
+
+def _toggle_hyphen(word: str) -> str:
+    """A model code joining letters to digits written with the hyphen if it had none and without it if it had one
+    ("KE-8301" <-> "KE8301"); any other word as it was."""
+    m = _CODE_JOIN.match(word)
+    return word if m is None else (m[1] + m[2] if "-" in word else f"{m[1]}-{m[2]}")
+
+
+def _one_side_changed(out: pd.DataFrame, rng: random.Random,
+                      change: Callable[[dict[str, Any], random.Random], dict[str, Any]]) -> pd.DataFrame:
+    """``out`` (pairs indexed 0..n-1, changed in place) with one listing of each, drawn at random, replaced by
+    ``change(listing, rng)`` and serialised again; labels kept."""
+    for i in range(len(out)):
+        side = rng.choice(("left", "right"))
+        rec = change({f: out.at[i, f"{side}_{f}"] for f in _FIELDS}, rng)
+        for f in _FIELDS:
+            out.at[i, f"{side}_{f}"] = rec[f]
+        out.at[i, "a" if side == "left" else "b"] = serialize(rec)
+    return out
+
+
+def _against_itself(out: pd.DataFrame, rng: random.Random,
+                    change: Callable[[dict[str, Any], random.Random], dict[str, Any] | None]) -> pd.DataFrame:
+    """Each pair of ``out`` (indexed 0..n-1, changed in place) made one of its listings, drawn at random, against
+    ``change(listing, rng)``, the two in a random order; pairs whose listing ``change`` gives None are dropped.
+    The caller sets the label."""
+    keep = np.zeros(len(out), dtype=bool)
+    for i in range(len(out)):
+        side = rng.choice(("left", "right"))
+        rec = {f: out.at[i, f"{side}_{f}"] for f in _FIELDS}
+        copy = change(rec, rng)
+        if copy is None:
+            continue
+        keep[i] = True
+        first, second = (rec, copy) if rng.random() < 0.5 else (copy, rec)
+        for f in _FIELDS:
+            out.at[i, f"left_{f}"], out.at[i, f"right_{f}"] = first[f], second[f]
+        out.at[i, "a"], out.at[i, "b"] = serialize(first), serialize(second)
+    return out[keep].reset_index(drop=True)
 
 
 def reword(title: str, rng: random.Random) -> str:
@@ -210,11 +251,7 @@ def reword(title: str, rng: random.Random) -> str:
     "KE8301"). Nothing is added or lost: the words compared without order and punctuation stay the same."""
     words = str(title or "").split()
     rng.shuffle(words)
-    out = []
-    for w in words:
-        m = _CODE_JOIN.match(w)
-        out.append(w if m is None else (m[1] + m[2] if "-" in w else f"{m[1]}-{m[2]}"))
-    return " ".join(out)
+    return " ".join(_toggle_hyphen(w) for w in words)
 
 
 def reworded_copies(pairs: pd.DataFrame, share: float, seed: int) -> pd.DataFrame:
@@ -223,14 +260,8 @@ def reworded_copies(pairs: pd.DataFrame, share: float, seed: int) -> pd.DataFram
     ``_reworded``. The labelled pairs never show a title with its words reordered, which sellers write."""
     if share <= 0 or pairs.empty:
         return pairs.iloc[:0]
-    rng = random.Random(seed)
-    out = pairs.sample(frac=min(share, 1.0), random_state=seed).reset_index(drop=True)
-    for i in range(len(out)):
-        side = rng.choice(("left", "right"))
-        title = reword(out.at[i, f"{side}_title"], rng)
-        out.at[i, f"{side}_title"] = title
-        out.at[i, "a" if side == "left" else "b"] = serialize(
-            {"title": title, "brand": out.at[i, f"{side}_brand"], "price": out.at[i, f"{side}_price"]})
+    out = _one_side_changed(pairs.sample(frac=min(share, 1.0), random_state=seed).reset_index(drop=True),
+                            random.Random(seed), lambda rec, rng: dict(rec, title=reword(rec["title"], rng)))
     out["dataset"] = out["dataset"].astype(str) + "_reworded"
     return out
 
@@ -274,8 +305,7 @@ def seller_edit(record: dict[str, Any], rng: random.Random) -> dict[str, Any]:
         else:
             rng.shuffle(words)
     if "code" in edits:
-        words = [w if (m := _CODE_JOIN.match(w)) is None else (m[1] + m[2] if "-" in w else f"{m[1]}-{m[2]}")
-                 for w in words]
+        words = [_toggle_hyphen(w) for w in words]
     title = " ".join(words)
     if "case" in edits:
         title = title.upper() if rng.random() < 0.5 else title.lower()
@@ -307,31 +337,14 @@ def seller_copies(pairs: pd.DataFrame, share: float, seed: int) -> pd.DataFrame:
     if share <= 0 or pairs.empty:
         return pairs.iloc[:0]
     rng = random.Random(seed + 7)
-    edited = pairs.sample(frac=min(share, 1.0), random_state=seed + 7).reset_index(drop=True)
-    fields = ("title", "brand", "price")
-    for i in range(len(edited)):
-        side = rng.choice(("left", "right"))
-        rec = seller_edit({f: edited.at[i, f"{side}_{f}"] for f in fields}, rng)
-        for f in fields:
-            edited.at[i, f"{side}_{f}"] = rec[f]
-        edited.at[i, "a" if side == "left" else "b"] = serialize(rec)
+    edited = _one_side_changed(pairs.sample(frac=min(share, 1.0), random_state=seed + 7).reset_index(drop=True),
+                               rng, seller_edit)
     edited["dataset"] = edited["dataset"].astype(str) + "_seller_edit"
-    own = pairs.sample(n=max(1, len(edited) // 2), random_state=seed + 8).reset_index(drop=True)
-    for i in range(len(own)):
-        side = rng.choice(("left", "right"))
-        rec = {f: own.at[i, f"{side}_{f}"] for f in fields}
-        copy = seller_edit(rec, rng)
-        first, second = (rec, copy) if rng.random() < 0.5 else (copy, rec)
-        for f in fields:
-            own.at[i, f"left_{f}"], own.at[i, f"right_{f}"] = first[f], second[f]
-        own.at[i, "a"], own.at[i, "b"] = serialize(first), serialize(second)
+    own = _against_itself(pairs.sample(n=max(1, len(edited) // 2), random_state=seed + 8).reset_index(drop=True),
+                          rng, seller_edit)
     own["label"] = 1
     own["dataset"] = own["dataset"].astype(str) + "_seller"
     return pd.concat([edited, own], ignore_index=True)
-
-
-_CODE = re.compile(r"\b(?=[\w-]*[^\W\d_])(?=[\w-]*\d)[\w-]{3,}\b")
-_LONE = re.compile(r"(?<![\w.-])\d+(?![\w.-])")
 
 
 def other_product(title: str, rng: random.Random) -> str | None:
@@ -339,8 +352,7 @@ def other_product(title: str, rng: random.Random) -> str | None:
     and at least two digits) set to another digit, or a number standing alone (a version, size or count) moved by 1
     to 3 or doubled; None where the title has neither."""
     title = str(title or "")
-    codes = [m for m in _CODE.finditer(title) if sum(c.isdigit() for c in m[0]) >= 2]
-    lone = list(_LONE.finditer(title))
+    codes, lone = code_spans(title, min_digits=2), lone_number_spans(title)
     if codes and (not lone or rng.random() < 0.5):
         m = rng.choice(codes)
         i = rng.choice([j for j, c in enumerate(m[0]) if c.isdigit()])
@@ -362,22 +374,12 @@ def other_copies(pairs: pd.DataFrame, share: float, seed: int) -> pd.DataFrame:
     alone; these teach what does not, so that the scorer keeps telling near-identical products apart."""
     if share <= 0 or pairs.empty:
         return pairs.iloc[:0]
-    rng = random.Random(seed + 9)
-    out = pairs.sample(frac=min(share, 1.0), random_state=seed + 9).reset_index(drop=True)
-    keep = np.zeros(len(out), dtype=bool)
-    for i in range(len(out)):
-        side = rng.choice(("left", "right"))
-        rec = {f: out.at[i, f"{side}_{f}"] for f in ("title", "brand", "price")}
+    def other(rec: dict[str, Any], rng: random.Random) -> dict[str, Any] | None:
         title = other_product(rec["title"], rng)
-        if title is None:
-            continue
-        keep[i] = True
-        copy = dict(rec, title=title)
-        first, second = (rec, copy) if rng.random() < 0.5 else (copy, rec)
-        for f in ("title", "brand", "price"):
-            out.at[i, f"left_{f}"], out.at[i, f"right_{f}"] = first[f], second[f]
-        out.at[i, "a"], out.at[i, "b"] = serialize(first), serialize(second)
-    out = out[keep].reset_index(drop=True)
+        return None if title is None else dict(rec, title=title)
+
+    out = _against_itself(pairs.sample(frac=min(share, 1.0), random_state=seed + 9).reset_index(drop=True),
+                          random.Random(seed + 9), other)
     out["label"] = 0
     out["dataset"] = out["dataset"].astype(str) + "_other"
     return out

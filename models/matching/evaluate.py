@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -37,7 +36,7 @@ from models.matching.cluster import ClusterConfig, cluster, pairwise_prf
 from models.matching.data import BENCHMARKS, TitleVectors, featurize, load_offers, load_pairs
 from models.matching.features import match_decisions
 from models.matching.scorer import PairScorer
-from models.matching.text import parse_price
+from models.matching.text import code_spans, lone_number_spans, parse_price
 from models.matching.train import best_threshold, prf
 
 __all__ = ["evaluate_all", "main", "to_markdown", "tfidf_baseline"]
@@ -198,13 +197,9 @@ SELLER_VARIANTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 }
 
 
-_MODEL_CODE = re.compile(r"\b(?=[\w-]*[^\W\d_])(?=[\w-]*\d)[\w-]{4,}\b")
-_LONE_NUMBER = re.compile(r"(?<![\w.-])\d+(?![\w.-])")
-
-
 def _last_digit_changed(r: dict[str, Any]) -> dict[str, Any] | None:
     """The title's model code (the token mixing letters with the most digits, at least 3) one digit off."""
-    codes = [m for m in _MODEL_CODE.finditer(str(r["title"])) if sum(c.isdigit() for c in m[0]) >= 3]
+    codes = code_spans(r["title"], min_digits=3)
     if not codes:
         return None
     m = max(codes, key=lambda m: sum(c.isdigit() for c in m[0]))
@@ -216,9 +211,10 @@ def _last_digit_changed(r: dict[str, Any]) -> dict[str, Any] | None:
 
 def _number_changed(r: dict[str, Any]) -> dict[str, Any] | None:
     """The title's first number standing alone (a version, a size, a count) one higher."""
-    m = _LONE_NUMBER.search(str(r["title"]))
-    if m is None:
+    lone = lone_number_spans(r["title"])
+    if not lone:
         return None
+    m = lone[0]
     return dict(r, title=str(r["title"])[:m.start()] + str(int(m[0]) + 1) + str(r["title"])[m.end():])
 
 

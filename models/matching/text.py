@@ -11,7 +11,8 @@ import math
 import re
 import unicodedata
 
-__all__ = ["brand_key", "char_ngrams", "model_numbers", "numbers", "parse_price", "tokens"]
+__all__ = ["brand_key", "char_ngrams", "code_spans", "lone_number_spans", "model_numbers", "numbers", "parse_price",
+           "tokens"]
 
 # Word tokens: runs of letters/digits (any script), keeping inner hyphens, dots and slashes that join
 # the parts of a model number ("ph3100u-1e3s", "t048.417.27").
@@ -21,6 +22,10 @@ _HAS_DIGIT = re.compile(r"\d")
 _HAS_ALPHA = re.compile(r"[^\W\d_]")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
 _NON_ALNUM = re.compile(r"[^\w]|_")
+# Where a title writes a model code (a token of letters, digits and hyphens mixing both) or a number standing alone
+# (not part of a code, a decimal or a hyphenated token), as written: for copies that change one in place.
+_CODE_SPAN = re.compile(r"\b(?=[\w-]*[^\W\d_])(?=[\w-]*\d)[\w-]{3,}\b")
+_LONE_NUMBER = re.compile(r"(?<![\w.-])\d+(?![\w.-])")
 
 
 def _fold(text: str | None) -> str:
@@ -49,6 +54,17 @@ def model_numbers(text: str | None, min_len: int = 4) -> set[str]:
         if i + 1 < len(toks) and 1 <= len(t) <= 3 and t.isalpha() and toks[i + 1].isdigit() and len(toks[i + 1]) >= 3:
             out.add(t + toks[i + 1])
     return out
+
+
+def code_spans(text: str | None, min_digits: int = 2) -> list[re.Match[str]]:
+    """The model codes of ``text`` as written (matches, in order) that hold at least ``min_digits`` digits."""
+    return [m for m in _CODE_SPAN.finditer(str(text or "")) if sum(c.isdigit() for c in m[0]) >= min_digits]
+
+
+def lone_number_spans(text: str | None) -> list[re.Match[str]]:
+    """The numbers of ``text`` standing alone as written (matches, in order): "9" in "studio 9", not "8301" in
+    "KE-8301" nor "2" in "v2.5"."""
+    return list(_LONE_NUMBER.finditer(str(text or "")))
 
 
 def numbers(text: str | None) -> set[str]:
