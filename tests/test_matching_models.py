@@ -559,7 +559,7 @@ def test_other_product_copies_change_the_model_code_or_the_number_and_skip_title
     first number standing alone one higher; nothing else in the listing changes, and a title without one is left out."""
     from models.matching.evaluate import OTHER_PRODUCTS
 
-    code, number = OTHER_PRODUCTS.values()
+    code, number, colour = OTHER_PRODUCTS.values()
     r = {"id": 1, "title": "Sony KDL-40EX500 40 inch LCD TV, 240-pin", "brand": "sony", "price": 499.0}
     assert code(r) == dict(r, title="Sony KDL-40EX501 40 inch LCD TV, 240-pin")
     assert number(r) == dict(r, title="Sony KDL-40EX500 41 inch LCD TV, 240-pin")
@@ -567,6 +567,27 @@ def test_other_product_copies_change_the_model_code_or_the_number_and_skip_title
     assert code({"title": "Kestrel Watch KE-8309"})["title"] == "Kestrel Watch KE-8300"
     assert code({"title": "adobe illustrator cs3 for mac win32"}) is None     # no code with 3 digits
     assert number({"title": "Kestrel Watch KE-8301 v2.5"}) is None            # numbers inside codes do not count
+    assert colour(r) is None                                                  # no colour word
+    assert colour({"title": "Kestrel Black Watch, black strap"})["title"] == "Kestrel White Watch, black strap"
+    assert colour({"title": "GREY Hoodie"})["title"] == "GOLD Hoodie"
+    assert colour({"title": "gray hoodie"})["title"] == "gold hoodie"    # gray and grey: one colour, never kept
+    assert colour({"title": "BlackBerry Bold 9700"}) is None                  # a word, not a colour
+
+
+def test_the_colour_row_is_held_out_from_the_training_copies():
+    """No other-product copy of training (--other-share) swaps a colour word: the evaluation's colour row reads a
+    kind of other product the cross-encoder was never shown."""
+    import random
+
+    from models.matching.cross_train import other_product
+    from models.matching.evaluate import COLOUR_SWAPS
+
+    rng = random.Random(0)
+    titles = [f"Acme {c} Kettle KT-{n}00 {n} litre" for c in COLOUR_SWAPS for n in range(1, 6)]
+    for t in titles:
+        out = other_product(t, rng)
+        assert out is not None and out != t
+        assert [w for w in out.split() if w in COLOUR_SWAPS] == [w for w in t.split() if w in COLOUR_SWAPS]
 
 
 @pytest.mark.slow

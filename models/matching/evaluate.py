@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -218,11 +219,32 @@ def _number_changed(r: dict[str, Any]) -> dict[str, Any] | None:
     return dict(r, title=str(r["title"])[:m.start()] + str(int(m[0]) + 1) + str(r["title"])[m.end():])
 
 
+# Colour words, each swapped for the next: no training copy (cross_train.other_product changes digits only) makes
+# another product this way, so this row is held out from --other-share.
+COLOUR_SWAPS = ("black", "white", "silver", "red", "blue", "green", "pink", "gray", "grey", "gold", "brown",
+                "purple", "yellow", "orange")
+_COLOUR_WORD = re.compile(r"\b(" + "|".join(COLOUR_SWAPS) + r")\b", re.IGNORECASE)
+
+
+def _colour_changed(r: dict[str, Any]) -> dict[str, Any] | None:
+    """The title's first colour word swapped for the next one of :data:`COLOUR_SWAPS` (gray and grey both become
+    gold: never the same colour again), in the same case."""
+    m = _COLOUR_WORD.search(str(r["title"]))
+    if m is None:
+        return None
+    word = m[0].lower()
+    i = COLOUR_SWAPS.index(word)
+    other = COLOUR_SWAPS[(i + (2 if word == "gray" else 1)) % len(COLOUR_SWAPS)]
+    other = other.upper() if m[0].isupper() else other.capitalize() if m[0][0].isupper() else other
+    return dict(r, title=str(r["title"])[:m.start()] + other + str(r["title"])[m.end():])
+
+
 # A near-identical listing of another product: each of these copies is NOT the same product as its original
-# (records without a model code or a number are left out of that row).
+# (records without a model code, a number or a colour word are left out of that row).
 OTHER_PRODUCTS: dict[str, Callable[[dict[str, Any]], dict[str, Any] | None]] = {
     "another model code (its last digit changed)": _last_digit_changed,
     "another version or size (the title's first lone number + 1)": _number_changed,
+    "another colour (the first colour word swapped; held out from training)": _colour_changed,
 }
 
 
