@@ -335,6 +335,51 @@ def test_fine_tuning_starts_from_a_stored_version_of_the_same_shape_only(random_
         _init_top(top, CrossTrainConfig(bottom_layers=4, max_length=96, init=str(random_cross)))
 
 
+def test_a_soup_is_the_weighted_mean_of_its_versions_layers_of_one_shape_only(random_cross, tmp_path):
+    """--soup: the layers are the weighted mean of the stored versions' layers (equal weights by default), nothing is
+    trained; weights that do not sum to 1, a soup of one version and a version of another shape are refused."""
+    import torch
+
+    from models.attributes.tagger import load_tower
+    from models.matching.cross import split_cross
+    from models.matching.cross_train import CrossTrainConfig, soup_top
+    from models.refs import text_tower_path
+
+    other = tmp_path / _save_random(tmp_path, threshold=0.0, seed=7)
+    a, b = load_cross(str(random_cross)).top.state_dict(), load_cross(str(other)).top.state_dict()
+    assert not torch.equal(a["head.weight"], b["head.weight"])
+    _, bert = load_tower(text_tower_path())
+    _, top = split_cross(bert, 4)
+    cfg = CrossTrainConfig(bottom_layers=4, max_length=64, soup=f"{random_cross},{other}", soup_weights="0.25,0.75")
+    done = soup_top(top, cfg)
+    assert done["losses"] == [] and done["train_seconds"] == 0.0 and "0.25 x" in done["device"]
+    for name, value in top.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, 0.25 * a[name] + 0.75 * b[name])
+    soup_top(top, CrossTrainConfig(bottom_layers=4, max_length=64, soup=f"{random_cross},{other}"))
+    torch.testing.assert_close(top.state_dict()["head.weight"], 0.5 * a["head.weight"] + 0.5 * b["head.weight"])
+    with pytest.raises(ValueError, match="summing to 1"):
+        soup_top(top, CrossTrainConfig(bottom_layers=4, max_length=64, soup=f"{random_cross},{other}",
+                                       soup_weights="0.5,0.6"))
+    with pytest.raises(ValueError, match="two or more"):
+        soup_top(top, CrossTrainConfig(bottom_layers=4, max_length=64, soup=str(random_cross)))
+    with pytest.raises(ValueError, match="max length"):
+        soup_top(top, CrossTrainConfig(bottom_layers=4, max_length=96, soup=f"{random_cross},{other}"))
+
+
+def test_the_soup_options_refuse_what_they_cannot_mean(random_cross, tmp_path, capsys):
+    from models.matching.cross_train import main
+
+    base = ["--data", str(tmp_path), "--work", str(tmp_path / "w"), "--store", str(random_cross.parent)]
+    for extra, said in ((["--soup", f"{random_cross},{random_cross}", "--init", str(random_cross)], "excludes"),
+                        (["--soup-weights", "0.5,0.5"], "needs --soup"),
+                        (["--soup", f"{random_cross},{random_cross}", "--soup-weights", "1"], "one positive weight"),
+                        (["--soup", f"{random_cross},store:no-such-version"], "--soup")):
+        with pytest.raises(SystemExit):
+            main(base + extra)
+        assert said in capsys.readouterr().err
+
+
 def test_lspc_pairs_train_with_the_crawls_markup_left_out(tmp_path):
     """--lspc: WDC LSPC v2 titles lose their quotes, language tags and Null placeholders, keep model codes and
     numbers; a pair whose side is empty once cleaned is dropped; an unknown category or split is refused."""

