@@ -4,6 +4,7 @@ refusals, lexical vectors, and both inside the real Spark match stage (synthetic
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -369,6 +370,32 @@ def test_a_soup_is_the_weighted_mean_of_its_versions_layers_of_one_shape_only(ra
         soup_top(top, CrossTrainConfig(bottom_layers=4, max_length=64, soup=str(random_cross)))
     with pytest.raises(ValueError, match="max length"):
         soup_top(top, CrossTrainConfig(bottom_layers=4, max_length=96, soup=f"{random_cross},{other}"))
+
+
+def test_training_resumes_from_its_checkpoint_and_counts_the_seconds_of_every_run(tmp_path):
+    """A rerun after an interruption resumes after the last finished epoch, and the seconds it reports (which go
+    into the manifest and card) include the earlier runs', also when every epoch was done and only calibration is
+    left."""
+    import torch
+
+    from models.attributes.tagger import load_tower
+    from models.matching.cross import split_cross
+    from models.matching.cross_train import CrossTrainConfig, _finished, _train_top
+    from models.refs import text_tower_path
+
+    torch.manual_seed(0)
+    _, bert = load_tower(text_tower_path())
+    _, top = split_cross(bert, 5)
+    hidden = [torch.randn(int(n), 384) for n in torch.randint(3, 9, (16,))]
+    labels = np.array([0.0, 1.0] * 8, np.float32)
+    cfg = CrossTrainConfig(bottom_layers=5, epochs=1, batch_size=4, threads=1)
+    first, s1 = _train_top(top, hidden, labels, tmp_path, cfg)
+    assert len(first) == 1 and s1 > 0 and _finished(tmp_path, cfg) is not None
+    assert _finished(tmp_path, replace(cfg, epochs=2)) is None          # one more epoch to go
+    both, s2 = _train_top(top, hidden, labels, tmp_path, replace(cfg, epochs=2))
+    assert len(both) == 2 and both[0] == first[0] and s2 > s1             # resumed, not started again
+    done = _finished(tmp_path, replace(cfg, epochs=2))
+    assert done is not None and done["train_seconds"] == pytest.approx(s2)
 
 
 def test_the_soup_options_refuse_what_they_cannot_mean(random_cross, tmp_path, capsys):

@@ -450,7 +450,7 @@ def _logits(top: Any, hidden: Sequence[Any], batch: int = 128) -> np.ndarray:
 def _train_top(top: Any, hidden: Sequence[Any], labels: np.ndarray, work: Path, cfg: CrossTrainConfig
                ) -> tuple[list[float], float]:
     """Train the top on the cached states for ``cfg.epochs``, checkpointing after each epoch (a rerun resumes);
-    returns the mean loss of each epoch and the seconds this call trained."""
+    returns the mean loss of each epoch and the seconds of training, those of the runs it resumed included."""
     import torch
 
     from models.precision import autocast, resolve_precision
@@ -467,18 +467,19 @@ def _train_top(top: Any, hidden: Sequence[Any], labels: np.ndarray, work: Path, 
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
     ckpt = work / "checkpoint.pt"
-    start, losses = 0, list[float]()
+    start, losses, before = 0, list[float](), 0.0
     if ckpt.is_file():
         state = torch.load(ckpt, weights_only=True, map_location=device)
         top.load_state_dict(state["top"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         start, losses = int(state["epoch"]), list(state["losses"])
+        before = float(state.get("train_seconds", 0.0))   # checkpoints written before it was kept hold none
         log.info("resumed from %s after epoch %d", ckpt, start)
     lengths = [h.shape[0] for h in hidden]
     y_all = torch.as_tensor(labels, device=device)
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    t_train = time.perf_counter()
+    t_train, seconds = time.perf_counter(), before
     for epoch in range(start, cfg.epochs):
         if cfg.max_minutes and time.perf_counter() - t_train > 60 * cfg.max_minutes:
             log.warning("stopping after epoch %d of %d: %.1f minutes of training passed", epoch, cfg.epochs,
@@ -502,12 +503,14 @@ def _train_top(top: Any, hidden: Sequence[Any], labels: np.ndarray, work: Path, 
                 log.info("epoch %d step %d/%d loss %.4f (%.0f s)", epoch + 1, step, steps_per_epoch,
                          float(run) / n, time.perf_counter() - t_train)
         losses.append(float(run) / max(n, 1))
+        seconds = before + time.perf_counter() - t_train
         torch.save({"top": top.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "epoch": epoch + 1, "losses": losses}, work / "checkpoint.tmp")
+                    "epoch": epoch + 1, "losses": losses,
+                    "train_seconds": seconds}, work / "checkpoint.tmp")
         (work / "checkpoint.tmp").replace(ckpt)
         log.info("epoch %d done: loss %.4f, checkpoint %s", epoch + 1, losses[-1], ckpt)
 
-    return losses, time.perf_counter() - t_train
+    return losses, seconds
 
 
 def train(data: str | Path, work: Path, cfg: CrossTrainConfig, from_top: Path | None = None
