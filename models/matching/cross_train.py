@@ -546,6 +546,7 @@ def train(data: str | Path, work: Path, cfg: CrossTrainConfig, from_top: Path | 
     if cfg.init and from_top is None:
         _init_top(top, cfg)
     t0 = time.perf_counter()
+    done: dict[str, Any] | None
     if cfg.soup:
         done = soup_top(top, cfg)
     else:
