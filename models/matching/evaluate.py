@@ -360,9 +360,9 @@ def to_markdown(r: dict[str, Any], command: str = "") -> str:
             lines.append(f"| {variant} | " + " | ".join(cells) + " |")
         other = sv.get("other_products", {})
         if other:
-            lines += ["", "Near-identical listings of **other** products (the copy's model code or number changed): "
-                          "the share matched, which should be low; the number of records with such a code in "
-                          "brackets after the baseline's share.", "",
+            lines += ["", "Near-identical listings of **other** products (the copy's model code, number or colour word "
+                          "changed): the share matched, which should be low; the number of records with such a code, "
+                          "number or colour word in brackets after the baseline's share ('-': none).", "",
                       "| other product | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
             for variant in OTHER_PRODUCTS:
                 cells = [f"{_pct(other[n][variant]['ours'])} ({_pct(other[n][variant].get('baseline'))}; "
