@@ -958,10 +958,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                source_neighbours=args.source_neighbours, init=init,
                                lspc=args.lspc, reword_share=args.reword_share, seller_share=args.seller_share,
                                other_share=args.other_share, soup=",".join(soup), soup_weights=args.soup_weights)
-        try:
-            soup_weights(cfg) if soup else None
-        except ValueError as e:
-            p.error(f"--soup-weights: {e}")
+        if soup:
+            try:
+                soup_weights(cfg)
+            except ValueError as e:
+                p.error(f"--soup-weights: {e}")
     model, result = train(args.data, args.work, cfg, from_top=args.from_top)
     sys.stdout.write(json.dumps(result["metrics"], indent=1) + "\n")
     if args.export_top:
