@@ -625,15 +625,13 @@ def soup_top(top: Any, cfg: CrossTrainConfig) -> dict[str, Any]:
     learnt. Returns the state as :func:`load_top` does, with no training of its own."""
     import torch
 
-    from models.matching.cross import resolve_cross
-
     refs = [r for r in cfg.soup.split(",") if r]
     if len(refs) < 2:
         raise ValueError(f"soup {cfg.soup!r}: name two or more cross-encoder versions")
     weights = soup_weights(cfg)
     mixed: dict[str, Any] = {}
     for ref, w in zip(refs, weights, strict=True):
-        _init_top(top, replace(cfg, init=str(resolve_cross(ref))))   # the shape checks of --init
+        _init_top(top, replace(cfg, init=ref))   # resolved and checked for shape as --init is
         for name, value in top.state_dict().items():
             v = value.detach().to(torch.float32) * w
             mixed[name] = v if name not in mixed else mixed[name] + v
@@ -827,18 +825,19 @@ def card(cfg: CrossTrainConfig, result: dict[str, Any]) -> str:
                   "digit or a lone number changed), as non-matches.")
     start = (f"Started from the layers of `{Path(cfg.init).name}` and fine-tuned further here (its own training is "
              "in its card).\n" if cfg.init else "")
-    pairs = f"{f['train_pairs']:,} pairs ({f['train_matches']:,} matches)"
-    trained = f"""Trained on {pairs}, each in both orders: the train splits of
-Abt-Buy, Amazon-Google, Walmart-Amazon (DeepMatcher, lower-cased) and WDC Products train_medium, plus the WDC train
-offers' {cfg.mined_neighbours} nearest TF-IDF neighbours labelled by cluster.{within}{extra}
-{start}{f.get('epochs_trained', cfg.epochs)} of {cfg.epochs} epochs, AdamW (lr {cfg.lr}, head {cfg.head_lr}), batch
-{cfg.batch_size}, max length {cfg.max_length}, {f['train_seconds']:.0f} s on {f.get('trained_on', 'cpu')}."""
     if cfg.soup:
         parts = ", ".join(f"`{Path(r).name}` ({w:g})" for r, w in zip(cfg.soup.split(","), soup_weights(cfg),
                                                                      strict=True))
         trained = (f"Not trained: its layers are the weighted mean of the layers of {parts} (a model soup, Wortsman "
                    "et al. 2022), whose training is in their cards. Max length "
                    f"{cfg.max_length}.")
+    else:
+        pairs = f"{f['train_pairs']:,} pairs ({f['train_matches']:,} matches)"
+        trained = f"""Trained on {pairs}, each in both orders: the train splits of
+Abt-Buy, Amazon-Google, Walmart-Amazon (DeepMatcher, lower-cased) and WDC Products train_medium, plus the WDC train
+offers' {cfg.mined_neighbours} nearest TF-IDF neighbours labelled by cluster.{within}{extra}
+{start}{f.get('epochs_trained', cfg.epochs)} of {cfg.epochs} epochs, AdamW (lr {cfg.lr}, head {cfg.head_lr}), batch
+{cfg.batch_size}, max length {cfg.max_length}, {f['train_seconds']:.0f} s on {f.get('trained_on', 'cpu')}."""
     if cfg.bottom_layers:
         frozen, tuned = f"its embeddings and lower {cfg.bottom_layers} layers frozen and not stored", "its upper layers"
     else:
