@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -168,3 +169,56 @@ def test_stored_tower_round_trips_through_the_store(tmp_path):
     assert np.allclose(enc.embed_texts(titles), champ.embed_texts(titles), atol=1e-6)
     assert json.loads((tmp_path / "store" / version / "open_clip_config.json").read_text())[
         "preprocess_cfg"]["resize_mode"] == "longest"
+
+
+def test_aux_labels_index_each_column_and_leave_rare_and_missing_values_out():
+    import pandas as pd
+
+    from models.training.image_tower import aux_labels
+
+    rows = pd.DataFrame({"baseColour": ["Red", "Red", " Blue ", None, "", "Blue", "Teal"],
+                         "usage": ["Casual"] * 6 + ["Sports"]})
+    y, classes = aux_labels(rows, ("baseColour", "usage"), min_count=2)
+    assert classes == [["Blue", "Red"], ["Casual"]]
+    assert y.dtype == np.int64 and y.shape == (7, 2)
+    assert y[:, 0].tolist() == [1, 1, 0, -1, -1, 0, -1]          # " Blue " trimmed; blank, missing, rare: -1
+    assert y[:, 1].tolist() == [0] * 6 + [-1]
+    with pytest.raises(ValueError, match="no column 'gender'"):
+        aux_labels(rows, ("baseColour", "gender"))
+
+
+def test_aux_classifiers_train_beside_the_category_and_resume(tmp_path):
+    champ_dir, _ = _champion(tmp_path)
+    data = _data()
+    text = np.random.default_rng(3).normal(size=(len(data), 32)).astype(np.float32)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    # Two other labels: one the photo shows (its colour channel, as the category), one it cannot (parity).
+    y_aux = np.stack([data.labels, np.arange(len(data)) % 2], axis=1).astype(np.int64)
+    y_aux[0, 1] = -1
+    cfg = ImageTowerConfig(arch="regnetx_002", image_hw=HW, epochs=1, batch_size=8, lr=1e-2, aux_weight=1.0)
+    model, _ = build_candidate(champ_dir, cfg)
+    result = train_image_tower(model, data, text, cfg, tmp_path / "work", aux=(y_aux, [3, 2]))
+    first = result["history"][0]
+    assert np.isfinite(first["aux"]) and first["aux"] > 0
+    saved = torch.load(tmp_path / "work" / "checkpoint.pt", weights_only=True)
+    assert saved["aux_heads"]["0.weight"].shape == (3, 32) and saved["aux_heads"]["1.weight"].shape == (2, 32)
+    two = dataclasses.replace(cfg, epochs=2)
+    again, _ = build_candidate(champ_dir, two)
+    resumed = train_image_tower(again, data, text, two, tmp_path / "work", aux=(y_aux, [3, 2]))
+    assert resumed["history"][0] == first and len(resumed["history"]) == 2
+    # Without the weight the classifiers are not built and the history has no auxiliary loss.
+    plain = train_image_tower(build_candidate(champ_dir, dataclasses.replace(cfg, aux_weight=0.0))[0], data, text,
+                              dataclasses.replace(cfg, aux_weight=0.0), aux=(y_aux, [3, 2]))
+    assert "aux" not in plain["history"][0]
+    with pytest.raises(ValueError, match="auxiliary labels must be"):
+        train_image_tower(model, data, text, cfg, aux=(y_aux[:5], [3, 2]))
+    with pytest.raises(ValueError, match="aux_weight"):
+        ImageTowerConfig(aux_weight=-1.0)
+
+
+def test_the_aux_options_parse():
+    from models.training.image_tower import _parser
+
+    args = _parser().parse_args(["--data", "d", "--work", "w", "--aux-weight", "0.5", "--aux-columns", "usage"])
+    assert (args.aux_weight, args.aux_columns) == (0.5, "usage")
+    assert _parser().parse_args(["--data", "d", "--work", "w"]).aux_weight == 0.0

@@ -10,7 +10,9 @@ square crop cutting the shoes off), with strong augmentation and a schedule long
   every text embedding the job writes, and everything built on them (the pair scorer, the heads' text side,
   adult recognition, the taxonomy fallback), stays exactly what it was;
 * ZhichunRoad multitask: an articleType classifier on the image embedding beside the contrastive loss (train
-  labels only); the classifier is dropped, the embedding keeps what it taught.
+  labels only); the classifier is dropped, the embedding keeps what it taught. Optionally (``--aux-weight``) one
+  classifier more for each of the photo's other labels (colour and usage by default), so that a heavier
+  articleType loss does not teach the embedding to forget what the photo says beside the type.
 
 Checkpoints are written after every epoch (``--work``); a rerun with the same ``--work`` resumes. Usage (the
 reproduce command of the model card)::
@@ -39,7 +41,7 @@ from models.core.io import cache_root
 from models.images import normalise_batch
 from models.training.data import TrainData
 
-__all__ = ["ImageTowerConfig", "augment", "main", "tower_config", "train_image_tower"]
+__all__ = ["ImageTowerConfig", "augment", "aux_labels", "main", "tower_config", "train_image_tower"]
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +69,16 @@ class ImageTowerConfig:
     seed: int = 0
     max_steps: int | None = None  # stop early (tests, smoke runs)
     bf16: bool = False            # bf16 autocast for the tower's forward and backward (CPUs with AMX, GPUs)
+    aux_weight: float = 0.0       # weight of the other labels' classifiers (0: articleType only)
+    aux_columns: tuple[str, ...] = ("baseColour", "usage")
+    aux_min_count: int = 5        # a value becomes a class of its classifier from this many train products on
 
     def __post_init__(self) -> None:
         if self.batch_size < 2:
             raise ValueError(f"ImageTowerConfig.batch_size must be >= 2 (a contrastive batch needs negatives), "
                              f"got {self.batch_size}")
-        if self.epochs < 1 or self.category_weight < 0:
-            raise ValueError("ImageTowerConfig needs epochs >= 1 and category_weight >= 0")
+        if self.epochs < 1 or self.category_weight < 0 or self.aux_weight < 0:
+            raise ValueError("ImageTowerConfig needs epochs >= 1, category_weight >= 0 and aux_weight >= 0")
 
 
 def tower_config(champion_cfg: dict[str, Any], arch: str, image_hw: tuple[int, int],
@@ -110,6 +115,24 @@ def augment(x: Any, gen: Any, shift: int, jitter: float) -> Any:
     return x
 
 
+def aux_labels(rows: Any, columns: tuple[str, ...], min_count: int = 5) -> tuple[np.ndarray, list[list[str]]]:
+    """(N, K) int64 class indices of each product's ``columns`` (-1: missing, or a value with fewer than
+    ``min_count`` products in ``rows``), and each column's classes. A column the rows lack is an error."""
+    missing = [c for c in columns if c not in rows.columns]
+    if missing:
+        raise ValueError(f"the products have no column {', '.join(map(repr, missing))} for the auxiliary labels; "
+                         f"they have {', '.join(map(str, rows.columns))}")
+    out = np.full((len(rows), len(columns)), -1, dtype=np.int64)
+    classes: list[list[str]] = []
+    for j, col in enumerate(columns):
+        vals = rows[col].astype("string").str.strip().replace("", None)     # missing and blank: no label
+        counts = vals.value_counts()                                            # missing values not counted
+        kept = sorted(str(v) for v, c in counts.items() if c >= min_count)
+        out[:, j] = vals.map({v: i for i, v in enumerate(kept)}).fillna(-1).astype("int64").to_numpy()
+        classes.append(kept)
+    return out, classes
+
+
 def _schedule(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -141,9 +164,10 @@ def _load_checkpoint(ckpt: Path, parts: dict[str, Any], gen: Any) -> dict[str, A
 
 
 def _losses(visual: Any, head: Any, logit_scale: Any, x: Any, text: Any, groups: Any, y: Any,
-            cfg: ImageTowerConfig) -> tuple[Any, Any, float]:
-    """One batch's (contrastive loss, category loss, category accuracy): the tower's forward under bf16 autocast
-    where ``cfg.bf16``, the losses in fp32."""
+            cfg: ImageTowerConfig, aux_heads: Any = None, aux_y: Any = None) -> tuple[Any, Any, float, Any]:
+    """One batch's (contrastive loss, category loss, category accuracy, auxiliary loss): the tower's forward
+    under bf16 autocast where ``cfg.bf16``, the losses in fp32. The auxiliary loss is the mean over the other
+    labels' classifiers (``aux_heads``, one per column of ``aux_y``) of their cross-entropy; 0 without them."""
     import torch
     import torch.nn.functional as F
 
@@ -153,18 +177,25 @@ def _losses(visual: Any, head: Any, logit_scale: Any, x: Any, text: Any, groups:
         z = visual(x)
     z = F.normalize(z.float(), dim=-1)
     clip = clip_loss(z, text, logit_scale, groups, cfg.max_logit_scale)
+    aux = z.sum() * 0.0
+    if aux_heads is not None and aux_y is not None and cfg.aux_weight > 0:
+        terms = [F.cross_entropy(h(z * 10.0), aux_y[:, j], ignore_index=-1, label_smoothing=cfg.label_smoothing)
+                 for j, h in enumerate(aux_heads) if bool((aux_y[:, j] >= 0).any())]
+        if terms:
+            aux = torch.stack(terms).mean()
     if cfg.category_weight > 0 and bool((y >= 0).any()):
         cat_logits = head(z * 10.0)
         cat = F.cross_entropy(cat_logits, y, ignore_index=-1, label_smoothing=cfg.label_smoothing)
-        return clip, cat, float((cat_logits.argmax(1) == y)[y >= 0].float().mean())
-    return clip, z.sum() * 0.0, 0.0
+        return clip, cat, float((cat_logits.argmax(1) == y)[y >= 0].float().mean()), aux
+    return clip, z.sum() * 0.0, 0.0, aux
 
 
 def train_image_tower(model: Any, data: TrainData, text_emb: np.ndarray, cfg: ImageTowerConfig,
-                      work: Path | None = None) -> dict[str, Any]:
+                      work: Path | None = None, aux: tuple[np.ndarray, list[int]] | None = None) -> dict[str, Any]:
     """Train ``model.visual`` (everything else frozen) on ``data`` against the fixed, L2-normalised ``text_emb``
-    (N, D) of its titles. Resumes from ``work/checkpoint.pt`` when present; returns steps, samples, seconds and
-    the per-epoch history."""
+    (N, D) of its titles. ``aux``: the other labels, (N, K) class indices (-1: none) and each column's number of
+    classes, learnt with weight ``cfg.aux_weight``. Resumes from ``work/checkpoint.pt`` when present; returns
+    steps, samples, seconds and the per-epoch history."""
     import torch
     from torch import nn
 
@@ -173,12 +204,21 @@ def train_image_tower(model: Any, data: TrainData, text_emb: np.ndarray, cfg: Im
     model.requires_grad_(False)
     visual = model.visual.to(memory_format=torch.channels_last).requires_grad_(True)
     head = nn.Linear(text_emb.shape[1], max(int(data.n_classes), 1))
+    if aux is not None and cfg.aux_weight > 0:
+        if aux[0].shape != (len(data), len(aux[1])):
+            raise ValueError(f"the auxiliary labels must be ({len(data)}, {len(aux[1])}), got {aux[0].shape}")
+        aux_heads = nn.ModuleList(nn.Linear(text_emb.shape[1], max(int(k), 1)) for k in aux[1])
+        aux_y = torch.from_numpy(np.ascontiguousarray(aux[0], dtype=np.int64))
+    else:
+        aux_heads, aux_y = nn.ModuleList(), None
     # A module holding the temperature, so that the checkpoint saves every part the same way.
     temp = nn.ParameterDict({"logit_scale": nn.Parameter(torch.tensor(cfg.init_logit_scale))})
-    opt = torch.optim.AdamW([{"params": list(visual.parameters()) + list(head.parameters()),
-                              "weight_decay": cfg.weight_decay},
+    opt = torch.optim.AdamW([{"params": list(visual.parameters()) + list(head.parameters())
+                              + list(aux_heads.parameters()), "weight_decay": cfg.weight_decay},
                              {"params": list(temp.parameters()), "weight_decay": 0.0}], lr=cfg.lr)
     parts = {"visual": visual, "head": head, "temp": temp, "opt": opt}
+    if aux_y is not None:
+        parts["aux_heads"] = aux_heads
     n = len(data)
     per_epoch = max(1, n // cfg.batch_size)   # a catalog smaller than a batch still trains
     total = per_epoch * cfg.epochs if cfg.max_steps is None else min(per_epoch * cfg.epochs, cfg.max_steps)
@@ -199,25 +239,29 @@ def train_image_tower(model: Any, data: TrainData, text_emb: np.ndarray, cfg: Im
         visual.train()
         t0 = time.perf_counter()
         order = torch.randperm(n, generator=gen)
-        sums = {"clip": 0.0, "category": 0.0, "acc": 0.0, "batches": 0}
+        sums = {"clip": 0.0, "category": 0.0, "aux": 0.0, "acc": 0.0, "batches": 0}
         for b in range(min(per_epoch, total - step)):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             x = normalise_batch(augment(pixels[idx].float(), gen, cfg.shift, cfg.jitter), mean, std)
-            clip, cat, acc = _losses(visual, head, temp["logit_scale"], x, text[idx],
-                                     None if groups is None else groups[idx], labels[idx], cfg)
+            clip, cat, acc, aux_loss = _losses(visual, head, temp["logit_scale"], x, text[idx],
+                                               None if groups is None else groups[idx], labels[idx], cfg,
+                                               aux_heads if aux_y is not None else None,
+                                               None if aux_y is None else aux_y[idx])
             sums["acc"] += acc
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * _schedule(step, total, warmup)
             opt.zero_grad(set_to_none=True)
-            (clip + cfg.category_weight * cat).backward()
+            (clip + cfg.category_weight * cat + cfg.aux_weight * aux_loss).backward()
             opt.step()
             step += 1
             sums["clip"] += clip.item()
             sums["category"] += cat.item()
+            sums["aux"] += aux_loss.item()
             sums["batches"] += 1
         k = max(sums["batches"], 1)
         row = {"epoch": epoch, "step": step, "clip": round(sums["clip"] / k, 4),
                "category": round(sums["category"] / k, 4), "train_acc": round(sums["acc"] / k, 4),
+               **({"aux": round(sums["aux"] / k, 4)} if aux_y is not None else {}),
                "seconds": round(time.perf_counter() - t0, 1)}
         state["history"].append(row)
         state["seconds"] += row["seconds"]
@@ -276,6 +320,9 @@ def _card(cfg: ImageTowerConfig, champion: str, split: Any, result: dict[str, An
                     if image_bf16_holds({IMAGE_BF16_KEY: bf16}) else
                     f"under the {IMAGE_BF16_FLOOR} floor: the enrich job runs this tower in fp32 on a CPU."))
 
+    aux_note = (f" Beside it one classifier each for {', '.join(cfg.aux_columns)} on the same embedding (the mean "
+                f"of their cross-entropies, weight {cfg.aux_weight}; values with at least {cfg.aux_min_count} train "
+                f"products), dropped after training too." if cfg.aux_weight > 0 else "")
     return model_card(
         title=f"catalog-minilm-{cfg.arch}: a convolutional image tower for the fashion catalog",
         summary=(f"The shipped default model: a {params / 1e6:.1f}M-parameter `{cfg.arch}` image tower (timm, "
@@ -286,7 +333,8 @@ def _card(cfg: ImageTowerConfig, champion: str, split: Any, result: dict[str, An
                   f"the title (learned temperature, clamped; identical titles masked out of the negatives). "
                   f"ZhichunRoad multitask: an articleType classifier on the image embedding (cross-entropy, weight "
                   f"{cfg.category_weight}, label smoothing {cfg.label_smoothing}), train labels only, dropped after "
-                  f"training. Augmentation: horizontal flips, shifts of up to {cfg.shift} px on a white border, "
+                  f"training.{aux_note} Augmentation: horizontal flips, shifts of up to {cfg.shift} px on a white "
+                  f"border, "
                   f"brightness and contrast jitter {cfg.jitter}. AdamW lr {cfg.lr}, weight decay "
                   f"{cfg.weight_decay}, {cfg.warmup_fraction:.0%} warm-up then cosine decay, batch "
                   f"{cfg.batch_size}, {cfg.epochs} epochs{', bf16 autocast' if cfg.bf16 else ''}: {result['steps']} "
@@ -304,7 +352,9 @@ def _card(cfg: ImageTowerConfig, champion: str, split: Any, result: dict[str, An
         reproduce=(f"python -m models.training.image_tower --data /work/shared/data/fashion --work DIR --arch "
                    f"{cfg.arch} --epochs {cfg.epochs} --batch {cfg.batch_size} --lr {cfg.lr} --category-weight "
                    f"{cfg.category_weight} --seed {cfg.seed} --champion {champion} --image-hw "
-                   f"{cfg.image_hw[0]}x{cfg.image_hw[1]}{' --bf16' if cfg.bf16 else ''}"),
+                   f"{cfg.image_hw[0]}x{cfg.image_hw[1]}{' --bf16' if cfg.bf16 else ''}"
+                   + (f" --aux-weight {cfg.aux_weight} --aux-columns {','.join(cfg.aux_columns)}"
+                      if cfg.aux_weight > 0 else "")),
         limitations=(f"Tiny photos (60x80{', upsampled to the box' if h > 80 else ''}): good for type and colour, "
                      "not for fine detail. The text tower is the champion's (English only; see its card). Fashion "
                      "titles are templated, so text metrics are optimistic for free-form seller titles."),
@@ -339,6 +389,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image-hw", default="x".join(map(str, d.image_hw)),
                    help="the (H)x(W) box each photo is fitted into, e.g. 120x90 (default %(default)s)")
     p.add_argument("--bf16", action="store_true", help="train under bf16 autocast (fast on CPUs with AMX)")
+    p.add_argument("--aux-weight", type=float, default=d.aux_weight,
+                   help="weight of a classifier for each of --aux-columns beside articleType's (default 0: none)")
+    p.add_argument("--aux-columns", default=",".join(d.aux_columns),
+                   help="the products' label columns the auxiliary classifiers learn (default %(default)s)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-promote", action="store_true")
     return p
@@ -359,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     cfg = ImageTowerConfig(arch=args.arch, epochs=args.epochs, batch_size=args.batch, lr=args.lr,
                            category_weight=args.category_weight, seed=args.seed, max_steps=args.max_steps,
-                           image_hw=_hw(args.image_hw), bf16=args.bf16)
+                           image_hw=_hw(args.image_hw), bf16=args.bf16, aux_weight=args.aux_weight,
+                           aux_columns=tuple(c.strip() for c in args.aux_columns.split(",") if c.strip()))
     root = store_root(args.store)
     champion = args.champion or current_version(root)
     if not champion:
@@ -374,7 +429,17 @@ def main(argv: list[str] | None = None) -> int:
     text_emb = champion_text_embeddings(champ_enc, split.train.titles, cache / f"text-{digest}.npy")
     model, model_cfg = build_candidate(champ_dir, cfg)
     work = Path(args.work).expanduser()
-    result = train_image_tower(model, split.train, text_emb, cfg, work)
+    aux = None
+    if cfg.aux_weight > 0:
+        if split.train_rows is None:
+            raise SystemExit("--aux-weight needs the products' rows beside the photos")
+        try:
+            y_aux, aux_classes = aux_labels(split.train_rows, cfg.aux_columns, cfg.aux_min_count)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
+        aux = (y_aux, [len(c) for c in aux_classes])
+        log.info("auxiliary labels: %s", dict(zip(cfg.aux_columns, map(len, aux_classes), strict=True)))
+    result = train_image_tower(model, split.train, text_emb, cfg, work, aux=aux)
     torch.set_grad_enabled(False)
     ecfg = EvalConfig()
     cand = evaluate(in_memory_encoder(model, model_cfg), split.train, split.valid, ecfg)
