@@ -190,6 +190,21 @@ def _losses(visual: Any, head: Any, logit_scale: Any, x: Any, text: Any, groups:
     return clip, z.sum() * 0.0, 0.0, aux
 
 
+def _aux_parts(aux: tuple[np.ndarray, list[int]] | None, cfg: ImageTowerConfig, n: int, dim: int
+               ) -> tuple[Any, Any]:
+    """(one linear classifier per auxiliary column, the (n, K) labels as a tensor), or (no classifiers, None) where
+    the run learns no other labels."""
+    import torch
+    from torch import nn
+
+    if aux is None or cfg.aux_weight <= 0:
+        return nn.ModuleList(), None
+    if aux[0].shape != (n, len(aux[1])):
+        raise ValueError(f"the auxiliary labels must be ({n}, {len(aux[1])}), got {aux[0].shape}")
+    return (nn.ModuleList(nn.Linear(dim, max(int(k), 1)) for k in aux[1]),
+            torch.from_numpy(np.ascontiguousarray(aux[0], dtype=np.int64)))
+
+
 def train_image_tower(model: Any, data: TrainData, text_emb: np.ndarray, cfg: ImageTowerConfig,
                       work: Path | None = None, aux: tuple[np.ndarray, list[int]] | None = None) -> dict[str, Any]:
     """Train ``model.visual`` (everything else frozen) on ``data`` against the fixed, L2-normalised ``text_emb``
@@ -204,13 +219,7 @@ def train_image_tower(model: Any, data: TrainData, text_emb: np.ndarray, cfg: Im
     model.requires_grad_(False)
     visual = model.visual.to(memory_format=torch.channels_last).requires_grad_(True)
     head = nn.Linear(text_emb.shape[1], max(int(data.n_classes), 1))
-    if aux is not None and cfg.aux_weight > 0:
-        if aux[0].shape != (len(data), len(aux[1])):
-            raise ValueError(f"the auxiliary labels must be ({len(data)}, {len(aux[1])}), got {aux[0].shape}")
-        aux_heads = nn.ModuleList(nn.Linear(text_emb.shape[1], max(int(k), 1)) for k in aux[1])
-        aux_y = torch.from_numpy(np.ascontiguousarray(aux[0], dtype=np.int64))
-    else:
-        aux_heads, aux_y = nn.ModuleList(), None
+    aux_heads, aux_y = _aux_parts(aux, cfg, len(data), text_emb.shape[1])
     # A module holding the temperature, so that the checkpoint saves every part the same way.
     temp = nn.ParameterDict({"logit_scale": nn.Parameter(torch.tensor(cfg.init_logit_scale))})
     opt = torch.optim.AdamW([{"params": list(visual.parameters()) + list(head.parameters())
