@@ -210,6 +210,9 @@ def test_aux_classifiers_train_beside_the_category_and_resume(tmp_path):
     plain = train_image_tower(build_candidate(champ_dir, dataclasses.replace(cfg, aux_weight=0.0))[0], data, text,
                               dataclasses.replace(cfg, aux_weight=0.0), aux=(y_aux, [3, 2]))
     assert "aux" not in plain["history"][0]
+    with pytest.raises(ValueError, match="other parts"):      # the aux run's checkpoint, resumed without them
+        train_image_tower(build_candidate(champ_dir, dataclasses.replace(two, aux_weight=0.0))[0], data, text,
+                          dataclasses.replace(two, aux_weight=0.0), tmp_path / "work")
     with pytest.raises(ValueError, match="auxiliary labels must be"):
         train_image_tower(model, data, text, cfg, aux=(y_aux[:5], [3, 2]))
     with pytest.raises(ValueError, match="aux_weight"):

@@ -155,6 +155,10 @@ def _load_checkpoint(ckpt: Path, parts: dict[str, Any], gen: Any) -> dict[str, A
     import torch
 
     saved = torch.load(ckpt, weights_only=True)
+    other = sorted(set(parts) ^ (set(saved) - {"gen", "state"}))
+    if other:
+        raise ValueError(f"the checkpoint {ckpt} was written by a run with other parts ({', '.join(other)}: "
+                         f"--aux-weight on one side only?); resume with the same options, or use a fresh --work")
     for k, v in parts.items():
         v.load_state_dict(saved[k])
     gen.set_state(saved["gen"])
