@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ import numpy as np
 from models.arch import FIT_PREPROCESS
 from models.core.io import cache_root
 from models.images import normalise_batch
-from models.training.data import TrainData
+from models.training.data import TrainData, encode_labels
 
 __all__ = ["ImageTowerConfig", "augment", "aux_labels", "main", "tower_config", "train_image_tower"]
 
@@ -118,6 +119,8 @@ def augment(x: Any, gen: Any, shift: int, jitter: float) -> Any:
 def aux_labels(rows: Any, columns: tuple[str, ...], min_count: int = 5) -> tuple[np.ndarray, list[list[str]]]:
     """(N, K) int64 class indices of each product's ``columns`` (-1: missing, or a value with fewer than
     ``min_count`` products in ``rows``), and each column's classes. A column the rows lack is an error."""
+    import pandas as pd
+
     missing = [c for c in columns if c not in rows.columns]
     if missing:
         raise ValueError(f"the products have no column {', '.join(map(repr, missing))} for the auxiliary labels; "
@@ -125,10 +128,9 @@ def aux_labels(rows: Any, columns: tuple[str, ...], min_count: int = 5) -> tuple
     out = np.full((len(rows), len(columns)), -1, dtype=np.int64)
     classes: list[list[str]] = []
     for j, col in enumerate(columns):
-        vals = rows[col].astype("string").str.strip().replace("", None)     # missing and blank: no label
-        counts = vals.value_counts()                                            # missing values not counted
-        kept = sorted(str(v) for v, c in counts.items() if c >= min_count)
-        out[:, j] = vals.map({v: i for i, v in enumerate(kept)}).fillna(-1).astype("int64").to_numpy()
+        vals = [None if pd.isna(v) else str(v).strip() for v in rows[col]]            # missing: no label
+        counts = Counter(v for v in vals if v)                                         # blank: no label
+        out[:, j], kept = encode_labels(vals, sorted(v for v, c in counts.items() if c >= min_count))
         classes.append(kept)
     return out, classes
 
@@ -182,7 +184,7 @@ def _losses(visual: Any, head: Any, logit_scale: Any, x: Any, text: Any, groups:
     z = F.normalize(z.float(), dim=-1)
     clip = clip_loss(z, text, logit_scale, groups, cfg.max_logit_scale)
     aux = z.sum() * 0.0
-    if aux_heads is not None and aux_y is not None and cfg.aux_weight > 0:
+    if aux_y is not None:
         terms = [F.cross_entropy(h(z * 10.0), aux_y[:, j], ignore_index=-1, label_smoothing=cfg.label_smoothing)
                  for j, h in enumerate(aux_heads) if bool((aux_y[:, j] >= 0).any())]
         if terms:
@@ -258,8 +260,7 @@ def train_image_tower(model: Any, data: TrainData, text_emb: np.ndarray, cfg: Im
             x = normalise_batch(augment(pixels[idx].float(), gen, cfg.shift, cfg.jitter), mean, std)
             clip, cat, acc, aux_loss = _losses(visual, head, temp["logit_scale"], x, text[idx],
                                                None if groups is None else groups[idx], labels[idx], cfg,
-                                               aux_heads if aux_y is not None else None,
-                                               None if aux_y is None else aux_y[idx])
+                                               aux_heads, None if aux_y is None else aux_y[idx])
             sums["acc"] += acc
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * _schedule(step, total, warmup)
@@ -347,8 +348,7 @@ def _card(cfg: ImageTowerConfig, champion: str, split: Any, result: dict[str, An
                   f"ZhichunRoad multitask: an articleType classifier on the image embedding (cross-entropy, weight "
                   f"{cfg.category_weight}, label smoothing {cfg.label_smoothing}), train labels only, dropped after "
                   f"training.{aux_note} Augmentation: horizontal flips, shifts of up to {cfg.shift} px on a white "
-                  f"border, "
-                  f"brightness and contrast jitter {cfg.jitter}. AdamW lr {cfg.lr}, weight decay "
+                  f"border, brightness and contrast jitter {cfg.jitter}. AdamW lr {cfg.lr}, weight decay "
                   f"{cfg.weight_decay}, {cfg.warmup_fraction:.0%} warm-up then cosine decay, batch "
                   f"{cfg.batch_size}, {cfg.epochs} epochs{', bf16 autocast' if cfg.bf16 else ''}: {result['steps']} "
                   f"steps, {result['samples']} samples in {result['seconds'] / 60:.1f} min on 2 CPU cores."),
@@ -444,8 +444,6 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work).expanduser()
     aux = None
     if cfg.aux_weight > 0:
-        if split.train_rows is None:
-            raise SystemExit("--aux-weight needs the products' rows beside the photos")
         try:
             y_aux, aux_classes = aux_labels(split.train_rows, cfg.aux_columns, cfg.aux_min_count)
         except ValueError as e:
