@@ -14,11 +14,14 @@ from typing import Any
 from models.refs import MINILM_PLACEHOLDER, RANDOM_SEED, text_tower_path
 from models.store import CONFIG_FILE, FROZEN_PREFIX, WEIGHTS_FILE, ModelIntegrityError, verify_version
 
-__all__ = ["FIT_PREPROCESS", "build_clip", "default_preprocess", "load_model", "pixel_geometry", "resolve_text_cfg"]
+__all__ = ["ENSEMBLE_KEY", "FIT_PREPROCESS", "build_clip", "default_preprocess", "ensemble_size", "load_model",
+           "pixel_geometry", "resolve_text_cfg"]
 
 # The convolutional towers read the whole photo fitted into their (H, W) box on white; the ViT towers (a square
 # ``image_size``) read open_clip's centre square.
 FIT_PREPROCESS = {"resize_mode": "longest", "fill_color": 255, "interpolation": "bicubic"}
+# ``model_cfg`` key: the number of ``vision_cfg`` towers whose embeddings are averaged (models/ensemble.py).
+ENSEMBLE_KEY = "vision_ensemble"
 
 
 def pixel_geometry(model_cfg: dict[str, Any]) -> int | tuple[int, int]:
@@ -33,6 +36,15 @@ def default_preprocess(model_cfg: dict[str, Any]) -> dict[str, Any]:
     return dict(FIT_PREPROCESS) if isinstance(pixel_geometry(model_cfg), tuple) else {}
 
 
+def ensemble_size(model_cfg: dict[str, Any]) -> int:
+    """How many image towers of ``vision_cfg`` the model runs side by side (:class:`models.ensemble.ImageEnsemble`;
+    1: a single tower, as every config without ``vision_ensemble``)."""
+    n = model_cfg.get(ENSEMBLE_KEY, 1)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{ENSEMBLE_KEY} must be a whole number of towers >= 1, got {n!r}")
+    return n
+
+
 def resolve_text_cfg(text_cfg: dict[str, Any]) -> dict[str, Any]:
     cfg = dict(text_cfg)
     for key in ("hf_model_name", "hf_tokenizer_name"):
@@ -44,8 +56,9 @@ def resolve_text_cfg(text_cfg: dict[str, Any]) -> dict[str, Any]:
 
 def build_clip(model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any] | None = None, device: str = "cpu",
                seed: int = RANDOM_SEED) -> Any:
-    """A ``CustomTextCLIP`` for ``model_cfg``: seeded random image tower, pretrained HF text tower (unless the
-    config says ``hf_model_pretrained: false``), preprocessing config set on ``model.visual``."""
+    """A ``CustomTextCLIP`` for ``model_cfg``: seeded random image tower (or ``vision_ensemble`` of them, one
+    :class:`models.ensemble.ImageEnsemble`), pretrained HF text tower (unless the config says
+    ``hf_model_pretrained: false``), preprocessing config set on ``model.visual``."""
     import open_clip
     import torch
     from open_clip.transform import PreprocessCfg, merge_preprocess_dict
@@ -53,10 +66,20 @@ def build_clip(model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any] | None 
     cfg = copy.deepcopy(model_cfg)
     cfg["text_cfg"] = resolve_text_cfg(cfg["text_cfg"])
     cfg.pop("custom_text", None)
+    members = ensemble_size(cfg)
+    cfg.pop(ENSEMBLE_KEY, None)
     # Seeded so that every Spark worker and every test builds the same untrained weights.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = open_clip.CustomTextCLIP(**cfg)
+        if members > 1:
+            from open_clip.model import CLIPVisionCfg, _build_vision_tower
+
+            from models.ensemble import ImageEnsemble
+
+            vision_cfg = CLIPVisionCfg(**cfg["vision_cfg"])
+            model.visual = ImageEnsemble([model.visual] + [_build_vision_tower(cfg["embed_dim"], vision_cfg)
+                                                           for _ in range(members - 1)])
     pp = merge_preprocess_dict(PreprocessCfg(), preprocess_cfg or default_preprocess(model_cfg))
     pp["size"] = model.visual.image_size
     open_clip.set_model_preprocess_cfg(model, pp)

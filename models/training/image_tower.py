@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from models.arch import FIT_PREPROCESS
+from models.arch import ENSEMBLE_KEY, FIT_PREPROCESS
 from models.core.io import cache_root
 from models.images import normalise_batch
 from models.training.data import TrainData, encode_labels
@@ -85,8 +85,10 @@ class ImageTowerConfig:
 def tower_config(champion_cfg: dict[str, Any], arch: str, image_hw: tuple[int, int],
                  drop_rate: float = 0.0) -> dict[str, Any]:
     """The champion's architecture with its vision tower replaced by a timm ``arch`` (random init, average pooling,
-    a linear projection to the shared embedding) at ``image_hw``; the text tower is the champion's."""
+    a linear projection to the shared embedding) at ``image_hw``; the text tower is the champion's. A champion
+    made of several towers (``vision_ensemble``) gives one new tower."""
     cfg = json.loads(json.dumps(champion_cfg))
+    cfg.pop(ENSEMBLE_KEY, None)
     cfg["vision_cfg"] = {"timm_model_name": arch, "timm_model_pretrained": False, "timm_pool": "avg",
                          "timm_proj": "linear", "timm_drop": drop_rate, "image_size": list(image_hw)}
     return cfg
