@@ -134,6 +134,7 @@ def _join(args: argparse.Namespace) -> int:
     from models.store import (
         CARD_FILE,
         CONFIG_FILE,
+        ModelIntegrityError,
         promote,
         read_manifest,
         save_version,
@@ -147,8 +148,15 @@ def _join(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     root = store_root(args.store)
-    dirs = [member_dir(root, r.strip()) for r in args.members.split(",") if r.strip()]
-    manifests = [read_manifest(d) for d in dirs]
+    refs = [r.strip() for r in args.members.split(",") if r.strip()]
+    dirs = [member_dir(root, r) for r in refs]
+    for r, d in zip(refs, dirs, strict=True):
+        if not d.is_dir():
+            raise SystemExit(f"member {r!r}: no such folder, and no such version in the store {root}")
+    try:
+        manifests = [read_manifest(d) for d in dirs]
+    except ModelIntegrityError as e:
+        raise SystemExit(f"a member is not a model version: {e}") from None
     names = [str(m.get("version", d.name)) for m, d in zip(manifests, dirs, strict=True)]
     pps = [json.loads((d / CONFIG_FILE).read_text()).get("preprocess_cfg") for d in dirs]
     if any(pp != pps[0] for pp in pps):
