@@ -23,9 +23,9 @@ from pyspark.sql.types import (
 )
 
 __all__ = [
-    "CATALOG", "CATALOG_REQUIRED", "ENRICHMENT_RUNS", "MODEL_RUNS", "PRODUCT_ADULT_FLAGS", "PRODUCT_ATTRIBUTES",
-    "PRODUCT_CATEGORIES", "PRODUCT_CLUSTERS", "PRODUCT_EMBEDDINGS", "PRODUCT_MATCHES", "QUARANTINE", "TABLES",
-    "TableSpec",
+    "CATALOG", "CATALOG_ADDED", "CATALOG_REQUIRED", "ENRICHMENT_RUNS", "MODEL_RUNS", "PRODUCT_ADULT_FLAGS",
+    "PRODUCT_ATTRIBUTES", "PRODUCT_CATEGORIES", "PRODUCT_CLUSTERS", "PRODUCT_EMBEDDINGS", "PRODUCT_MATCHES",
+    "QUARANTINE", "TABLES", "TableSpec",
 ]
 
 
@@ -72,8 +72,14 @@ CATALOG = StructType([
     StructField("brand", StringType()), StructField("category", StringType()),
     StructField("price", DoubleType()), StructField("currency", StringType()),
     StructField("language", StringType()), StructField("updated_at", TimestampType()),
+    # The manufacturer's part or model number as the seller gives it (a shopping feed's ``mpn``): read by
+    # matching only, where two listings with one title and different numbers are two products.
+    StructField("mpn", StringType()),
 ])
 CATALOG_REQUIRED = ("product_id", "title")
+# Columns added to the contract after lakes were written: a row hashes (content_hash, row_id) as before when they
+# are null, so adding one does not make every existing product new (jobs/stages/validate.py).
+CATALOG_ADDED = ("mpn",)
 
 PRODUCT_EMBEDDINGS = TableSpec(
     "product_embeddings",

@@ -140,4 +140,4 @@ def test_the_raw_record_keeps_a_bounded_prefix_of_an_over_cap_value(spark, tmp_p
     assert q.loc["bad-price", "reason_code"] == "invalid_price"
     assert json.loads(q.loc["bad-price", "raw_record"]) == {
         "product_id": "bad-price", "title": "Mug", "description": within, "image_uri": None, "brand": "Acme",
-        "category": None, "price": -1.0, "currency": None, "language": None, "updated_at": None}
+        "category": None, "price": -1.0, "currency": None, "language": None, "updated_at": None, "mpn": None}

@@ -12,14 +12,16 @@ from pyspark.sql.types import StringType
 
 from models.core.errors import CatalogEnrichError
 from schemas import reasons
-from schemas.tables import CATALOG, CATALOG_REQUIRED
+from schemas.tables import CATALOG, CATALOG_ADDED, CATALOG_REQUIRED
 from udfs.images import STAT_FIELDS
 
 __all__ = ["CatalogError", "changed_products", "quarantine_rows", "read_catalog", "validate"]
 
-# The content a product's embeddings depend on. The image counts by its bytes, not its URI: a moved
-# photo is the same content, a re-shot photo at the same URI is not.
-CONTENT_COLUMNS = ("title", "description", "brand", "category", "price", "currency", "language", "image_sha256")
+# The content a product's enrichment depends on (``mpn`` only its matching; a product whose number changes is
+# enriched again, which is rare and cheap). The image counts by its bytes, not its URI: a moved photo is the same
+# content, a re-shot photo at the same URI is not.
+CONTENT_COLUMNS = ("title", "description", "brand", "category", "price", "currency", "language", "image_sha256",
+                   "mpn")
 
 
 # A title is a line of text; a longer one is junk (or an attack on the tokenizer and the Arrow batches).
@@ -29,7 +31,7 @@ MAX_TITLE_CHARS = 4096
 # nobody would learn that the feed is broken. The caps are far above real values (a long product description
 # is a few thousand characters) and far below what hurts: one 5 MB description cost 0.5 GB in the model stage.
 MAX_TEXT_CHARS = {"product_id": 512, "description": 20_000, "brand": 256, "category": 1_024, "currency": 16,
-                  "language": 35, "image_uri": 4_096}
+                  "language": 35, "image_uri": 4_096, "mpn": 256}
 # The quarantine's raw record keeps a text value over its cap (the title's included) only as its first
 # characters (this many, or the cap when that is smaller) and the marker "[... N characters cut]": the record
 # stays valid JSON, says what it lost, and a 5 MB description costs a kilobyte in the quarantine table.
@@ -41,6 +43,20 @@ _INVISIBLE = r"\p{Z}\p{C}\p{M}\x{115F}\x{1160}\x{3164}\x{FFA0}\x{2800}\x{1D159}"
 
 # JSON of a row keeps its null fields: the raw record shows every column, and hashes see explicit nulls.
 _KEEP_NULLS = {"ignoreNullFields": "false"}
+
+
+def _hashed_json(columns):
+    """JSON of ``columns`` (nulls kept) for a hash, where a column of :data:`schemas.tables.CATALOG_ADDED` counts
+    only when it holds a value: a row without one gives the JSON it gave before the column existed, so its
+    ``content_hash`` and ``row_id`` do not change when the contract grows (every product would be new)."""
+    from pyspark.sql import functions as F
+
+    names = [str(c) for c in columns]
+    out = F.to_json(F.struct(*[F.col(c) for c in names if c not in CATALOG_ADDED]), _KEEP_NULLS)
+    for c in (c for c in names if c in CATALOG_ADDED):
+        out = F.when(F.col(c).isNull(), out).otherwise(
+            F.concat(out, F.lit("\x1f"), F.to_json(F.struct(F.col(c)), _KEEP_NULLS)))
+    return out
 
 
 class CatalogError(CatalogEnrichError, ValueError):
@@ -170,7 +186,7 @@ def validate(catalog, inspect_udf, known=None):
     from pyspark.sql import functions as F
 
     # The row's identity (duplicate ties, row_id) is the whole row; only the stored raw_record is cut.
-    whole = F.to_json(F.struct(*[F.col(f.name) for f in CATALOG.fields]), _KEEP_NULLS)
+    whole = _hashed_json(f.name for f in CATALOG.fields)
     df = catalog.withColumn("_whole", whole).withColumn("raw_record", _raw_record())
     if "_problem_code" not in df.columns:
         df = df.withColumn("_problem_code", F.lit(None).cast("string")).withColumn("_problem_detail",
@@ -218,8 +234,7 @@ def validate(catalog, inspect_udf, known=None):
           .withColumn("image_path", F.col("_img.image_path"))
           .withColumn("image_sha256", F.col("_img.image_sha256"))
           .withColumn("_image_stat", F.struct(*(F.col(f"_img.{f}").alias(f) for f in (*STAT_FIELDS, "image_read")))))
-    content = F.to_json(F.struct(*[F.col(c) for c in CONTENT_COLUMNS]), _KEEP_NULLS)
-    df = df.withColumn("content_hash", F.sha2(content, 256))
+    df = df.withColumn("content_hash", F.sha2(_hashed_json(CONTENT_COLUMNS), 256))
     return df.drop("_rank", "_copy", "_img", "_known", "_pre", "_pre_detail", "_problem_code", "_problem_detail",
                    "_whole")
 
