@@ -115,10 +115,20 @@ DATASETS = {"walmart_amazon": _walmart_amazon, "wdc_products": _wdc_products,
             "amazon_google": _magellan("amazon_google", "title", "manufacturer")}
 
 
-def load_catalog(data: str | Path, name: str) -> CatalogSet:
+def load_catalog(data: str | Path, name: str, mpn: bool = False) -> CatalogSet:
+    """``mpn``: give the catalog the job's optional ``mpn`` column from the records' own part numbers (only
+    walmart_amazon has them: its ``modelno`` field)."""
     if name not in DATASETS:
         raise ValueError(f"unknown whole-catalog dataset {name!r}: expected one of {sorted(DATASETS)}")
-    return DATASETS[name](Path(data))
+    cs = DATASETS[name](Path(data))
+    if not mpn:
+        return cs
+    if name != "walmart_amazon":
+        raise ValueError(f"{name} has no part numbers to give as mpn (only walmart_amazon: its modelno field)")
+    r = pd.read_parquet(Path(data) / "catalog_dedup" / "walmart_amazon" / "records.parquet")
+    number = dict(zip(r["record_id"].astype(str), r["modelno"].fillna("").astype(str).str.strip(), strict=True))
+    cat = cs.catalog.assign(mpn=[number.get(p) or None for p in cs.catalog["product_id"]])
+    return CatalogSet(cs.name, cat, cs.truth)
 
 
 def part_of(group: str) -> str:
@@ -268,11 +278,12 @@ def sweep(sets: Mapping[str, tuple[CatalogSet, pd.DataFrame]], grid: Iterable[di
 
 
 def evaluate(data: str | Path, work: Path, names: Iterable[str], reuse_embeddings: bool = False,
-             job_args: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The enrich job (with ``job_args``) and the baseline on each whole catalog, scored on both parts."""
+             job_args: tuple[str, ...] = (), mpn: bool = False) -> dict[str, Any]:
+    """The enrich job (with ``job_args``) and the baseline on each whole catalog, scored on both parts
+    (``mpn``: :func:`load_catalog`'s)."""
     out: dict[str, Any] = {}
     for name in names:
-        cs = load_catalog(data, name)
+        cs = load_catalog(data, name, mpn)
         job = run_job(cs, work / name, reuse_embeddings, job_args)
         job["matches"].to_parquet(work / name / "matches.parquet", index=False)   # for offline sweeps
         out[name] = {"records": len(cs.catalog), "seconds": job["seconds"],
@@ -311,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reuse-embeddings", action="store_true",
                     help="keep the work lakes' embeddings; re-match and re-cluster only")
     ap.add_argument("--pair-model", default=None, help="the enrich job's --pair-model (default: its own default)")
+    ap.add_argument("--mpn", action="store_true",
+                    help="give the job the records' own part numbers as its mpn column (walmart_amazon only)")
     a = ap.parse_args(argv)
     names = [n.strip() for n in a.datasets.split(",") if n.strip()]
     unknown = sorted(set(names) - set(DATASETS))
@@ -318,7 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--datasets: unknown {unknown}; expected some of {sorted(DATASETS)}")
     work = Path(a.work)
     job_args = ("--pair-model", a.pair_model) if a.pair_model else ()
-    result = evaluate(a.data, work, names, a.reuse_embeddings, job_args)
+    if a.mpn and set(names) - {"walmart_amazon"}:
+        ap.error("--mpn: only walmart_amazon carries part numbers; name it alone in --datasets")
+    result = evaluate(a.data, work, names, a.reuse_embeddings, job_args, a.mpn)
     cmd = "python -m jobs.catalog_eval " + " ".join(argv if argv is not None else sys.argv[1:])
     text = to_markdown(result, cmd)
     (work / "catalog_eval.json").write_text(pd.Series(result).to_json(indent=1))

@@ -181,6 +181,9 @@ def test_catalogs_are_built_without_the_shop_or_the_truth(tmp_path):
     assert cs.catalog["brand"].tolist() == ["Draper", None]
     assert cs.catalog["price"].iloc[0] == 58.45 and np.isnan(cs.catalog["price"].iloc[1])
     assert cs.truth == {"Walmart:0": "g1", "Amazon:7": "g1"}
+    with_numbers = load_catalog(tmp_path, "walmart_amazon", mpn=True)
+    assert with_numbers.catalog["mpn"].tolist() == ["121066", None]
+    assert with_numbers.catalog.drop(columns="mpn").equals(cs.catalog)
     (tmp_path / "wdc_products").mkdir()
     pd.DataFrame({"offer_id": [11, 12, 13], "cluster_id": [5, 5, 5], "brand": [None, "Seagate", "Seagate"],
                   "title": ["HDD 4TB ST4000NE001", "Seagate IronWolf 4TB", "IronWolf 4TB NAS"],
@@ -195,6 +198,8 @@ def test_catalogs_are_built_without_the_shop_or_the_truth(tmp_path):
     assert wdc.truth == {"wdc:11": "5", "wdc:12": "5"}
     with pytest.raises(ValueError, match="unknown whole-catalog dataset"):
         load_catalog(tmp_path, "beer")
+    with pytest.raises(ValueError, match="no part numbers"):
+        load_catalog(tmp_path, "wdc_products", mpn=True)
 
 
 def test_magellan_catalogs_hold_each_record_once_with_the_labelled_matches_as_truth(tmp_path):
