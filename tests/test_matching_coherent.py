@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jobs.catalog_eval import CatalogSet, part_of, score_clusters, tfidf_mutual_nn
+from jobs.catalog_eval import CatalogSet, baseline_texts, part_of, score_clusters, tfidf_mutual_nn
 from models.matching.cluster import ClusterConfig, average_linkage, cluster, coherent_edges
 
 # W1's true duplicate is A1; A2 is a near-identical neighbour (one model digit apart) whose own duplicate is W2.
@@ -131,6 +131,17 @@ def test_tfidf_baseline_pairs_reworded_listings():
     both = [r[p] for p in ("dev", "heldout")]
     assert sum(x["true_pairs"] for x in both) == 4
     assert sum(x["predicted_pairs"] for x in both) >= 3 and max(x["largest_cluster"] for x in both) == 2
+
+
+def test_tfidf_baseline_reads_the_part_numbers_the_job_gets():
+    """One title twice, two products: with the part numbers the baseline sees two texts, and a missing number adds
+    nothing to a listing's text."""
+    cat = pd.DataFrame({"product_id": ["a1", "a2", "b1"], "title": ["Energizer lithium batteries"] * 2 + ["Kettle"],
+                        "brand": ["Energizer", "Energizer", None]})
+    assert baseline_texts(cat) == ["Energizer Energizer lithium batteries"] * 2 + ["Kettle"]
+    numbered = baseline_texts(cat.assign(mpn=["EA91BP-4", "EA92BP-4", None]))
+    assert numbered == ["Energizer Energizer lithium batteries EA91BP-4", "Energizer Energizer lithium batteries "
+                        "EA92BP-4", "Kettle"]
 
 
 @pytest.mark.spark
