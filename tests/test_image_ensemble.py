@@ -23,7 +23,7 @@ def _member(tmp_path, champ_dir, seed: int) -> tuple:
     """A stored single-tower version: a seeded regnetx_002 against the champion's text tower (untrained: the
     seeds make the towers differ, which is all an ensemble needs to be told apart from either member)."""
     model, cfg = build_candidate(champ_dir, ImageTowerConfig(arch="regnetx_002", image_hw=HW, seed=seed))
-    model.eval()
+    model.eval().requires_grad_(False)   # as training leaves it: the version stores the champion's text layers only
     with torch.no_grad():   # BatchNorm statistics that are not the init's, so the folding has work to do
         for m in model.visual.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -37,7 +37,7 @@ def _member(tmp_path, champ_dir, seed: int) -> tuple:
 
 @pytest.fixture()
 def members(tmp_path):
-    champ_dir, _ = _champion(tmp_path)
+    champ_dir, _ = _champion(tmp_path, locked_text=True)
     return [_member(tmp_path, champ_dir, s) for s in (1, 2)]
 
 
@@ -156,6 +156,15 @@ def test_the_command_stores_evaluates_and_promotes_only_when_asked(members, tmp_
     man = read_manifest(store / version)
     assert man["ensemble_of"] == [da.name, db.name] and man["text_tower_of"] == da.name
     assert "probe_image_acc" in man["metrics"]["valid"] and set(man["metrics"]["members_valid"]) == {da.name, db.name}
+    # what the members stored and no more: not the packaged text transformer's other layers
+    from safetensors import safe_open
+
+    with safe_open(str(store / version / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    text = {k for k in stored_state(da)[1] if not k.startswith("visual.")}
+    towers = {f"visual.members.{i}.{k.removeprefix('visual.')}" for i, d in enumerate((da, db))
+              for k in stored_state(d)[1] if k.startswith("visual.")}
+    assert keys == text | towers
     card = (store / version / "MODEL_CARD.md").read_text()
     assert da.name in card and db.name in card and "--members" in card and "its card gives no command" in card
     enc = load_encoder(str(store / version), "cpu")
@@ -169,5 +178,5 @@ def test_the_command_stores_evaluates_and_promotes_only_when_asked(members, tmp_
     assert current_version(store) == capsys.readouterr().out.strip().splitlines()[-1]
     with pytest.raises(SystemExit, match="at least two"):
         main(["--data", str(data), "--members", f"store:{da.name}", "--store", str(store)])
-    with pytest.raises(SystemExit, match="'store:nope': no such folder"):
+    with pytest.raises(SystemExit, match="has no version 'nope'"):
         main(["--data", str(data), "--members", f"store:nope,store:{da.name}", "--store", str(store)])

@@ -24,8 +24,9 @@ from tests.tiny_models import tiny_model_cfg
 HW = (32, 24)
 
 
-def _champion(tmp_path):
-    """A stored tiny champion (ViT tower, random BERT) whose text tower the candidate must keep."""
+def _champion(tmp_path, locked_text: bool = False):
+    """A stored tiny champion (ViT tower, random BERT) whose text tower the candidate must keep. ``locked_text``:
+    the transformer locked but its last layer, so the version stores that layer only (as the shipped ones do)."""
     from models.store import save_version, trained_state_dict
 
     cfg = tiny_model_cfg(tmp_path)
@@ -34,6 +35,8 @@ def _champion(tmp_path):
         model.text.proj.weight.mul_(-0.5)
         for p in model.text.transformer.encoder.layer[-1].parameters():
             p.add_(0.01)
+    if locked_text:
+        model.text.transformer.requires_grad_(False)
     model.text.transformer.encoder.layer[-1].requires_grad_(True)
     pp = {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.visual.preprocess_cfg.items()}
     version = save_version(tmp_path / "store", "tiny", cfg, pp, trained_state_dict(model),

@@ -19,24 +19,13 @@ import json
 import logging
 import re
 import sys
-from pathlib import Path
 from typing import Any
 
 from models.arch import ENSEMBLE_KEY, ensemble_size
 
-__all__ = ["ensemble_state", "main", "member_dir", "member_recipe"]
+__all__ = ["ensemble_state", "main", "member_recipe"]
 
 log = logging.getLogger(__name__)
-
-
-def member_dir(root: Path, ref: str) -> Path:
-    """A member's version folder: an existing folder as given, else a version of the store ``root``."""
-    from models.store import version_dir
-
-    p = Path(ref).expanduser()
-    if p.is_dir():
-        return p
-    return version_dir(root, ref.removeprefix("store:"))
 
 
 def ensemble_state(members: list[tuple[dict[str, Any], dict[str, Any]]], half: bool = True
@@ -131,6 +120,7 @@ def _join(args: argparse.Namespace) -> int:
 
     from models.arch import build_clip, pixel_geometry
     from models.encoders import IMAGE_BF16_KEY, load_encoder, measure_image_bf16
+    from models.refs import resolve_substore_ref
     from models.store import (
         CARD_FILE,
         CONFIG_FILE,
@@ -139,7 +129,6 @@ def _join(args: argparse.Namespace) -> int:
         read_manifest,
         save_version,
         store_root,
-        trained_state_dict,
     )
     from models.training.evaluate import EvalConfig, evaluate
     from models.training.fashion import load_fashion
@@ -148,14 +137,10 @@ def _join(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     root = store_root(args.store)
-    refs = [r.strip() for r in args.members.split(",") if r.strip()]
-    dirs = [member_dir(root, r) for r in refs]
-    for r, d in zip(refs, dirs, strict=True):
-        if not d.is_dir():
-            raise SystemExit(f"member {r!r}: no such folder, and no such version in the store {root}")
     try:
+        dirs = [resolve_substore_ref(r.strip(), root, "image tower") for r in args.members.split(",") if r.strip()]
         manifests = [read_manifest(d) for d in dirs]
-    except ModelIntegrityError as e:
+    except (ValueError, ModelIntegrityError) as e:   # ModelIntegrityError: a version folder without a manifest
         raise SystemExit(f"a member is not a model version: {e}") from None
     names = [str(m.get("version", d.name)) for m, d in zip(manifests, dirs, strict=True)]
     pps = [json.loads((d / CONFIG_FILE).read_text()).get("preprocess_cfg") for d in dirs]
@@ -170,19 +155,17 @@ def _join(args: argparse.Namespace) -> int:
     if missing:
         raise SystemExit(f"the members' tensors do not fill the ensemble: missing {missing[:5]}")
     model.load_state_dict(state, strict=False)
-    model.stored_text_keys = frozenset(k for k in state if k.startswith("text.transformer."))
     split = load_fashion(args.data, size=pixel_geometry(model_cfg), cache_dir=args.cache_dir)
     cand = evaluate(in_memory_encoder(model, model_cfg), split.train, split.valid, EvalConfig())
     bf16 = measure_image_bf16(model, split.valid.pixels)
     member_metrics = [m.get("metrics", {}).get("valid", {}) for m in manifests]
     cmd = (f"python -m models.training.image_ensemble --data {args.data} --members "
            + ",".join(f"store:{n}" for n in names) + (" --full-precision" if args.full_precision else ""))
-    stored_state_dict = trained_state_dict(model)
-    # fp16 members are stored as they came (the model holds them in fp32 once loaded)
-    stored_state_dict.update({k: v for k, v in state.items() if k.startswith("visual.")})
+    # Stored as joined: the first member's text tensors and the towers in fp16 (the model holds them in fp32 once
+    # loaded). Not the model's own state: it holds the whole packaged text transformer too (76 MB more).
     version = save_version(
         root, manifests[0].get("name", "catalog-minilm") + f"-x{len(dirs)}", model_cfg, stored_preprocess(model),
-        stored_state_dict, training_data=str(manifests[0].get("training_data", split.snapshot)),
+        state, training_data=str(manifests[0].get("training_data", split.snapshot)),
         metrics={"valid": cand, "members_valid": dict(zip(names, member_metrics, strict=True))},
         extra={"base_architecture": manifests[0].get("base_architecture"), "languages": ["en"],
                "text_tower_of": names[0], "ensemble_of": names, IMAGE_BF16_KEY: bf16},
