@@ -11,6 +11,7 @@ from deltalake import DeltaTable
 from jobs import enrich
 from jobs.stages.matching import matching_title
 from jobs.stages.validate import _KEEP_NULLS, read_catalog, validate
+from models.matching.text import with_part_number
 from udfs.images import ImagePolicy, make_inspect_udf
 
 pytestmark = pytest.mark.spark
@@ -56,6 +57,9 @@ def test_the_matching_title_gains_the_number_only_where_it_lacks_it(spark):
     df = spark.createDataFrame([(t, m) for t, m, _ in cases], "title string, mpn string")
     got = [r[0] for r in df.select(matching_title(F.col("title"), F.col("mpn"))).collect()]
     assert got == [want for _, _, want in cases]
+    # the same rule in Python, for the labelled pairs that carry part numbers (models.matching.data.load_pairs)
+    assert [with_part_number(t, m) for t, m, _ in cases] == [want for _, _, want in cases]
+    assert with_part_number("Acme Kettle", float("nan")) == "Acme Kettle"
 
 
 def test_listings_with_one_title_and_different_part_numbers_are_not_matched(spark, tmp_path):

@@ -501,12 +501,14 @@ def _tiny_benchmarks(root):
                                   root / b.path.format(split=name))
         else:
             out = {"split": df["split"], "label": df["label"]}
-            for side, t, pr in (("left", "lt", "lp"), ("right", "rt", "rp")):
+            for side, t, pr, c in (("left", "lt", "lp", "lc"), ("right", "rt", "rp", "rc")):
                 out[f"{side}_{b.title}"] = df[t]
                 if b.brand:
                     out[f"{side}_{b.brand}"] = ""
                 out[f"{side}_{b.price}"] = df[pr].astype(str)
                 out[f"{side}_serialized"] = df[t] + " " + df[pr].astype(str)
+                if b.mpn:   # a part number the title lacks on every third product, none on the rest
+                    out[f"{side}_{b.mpn}"] = [f"PN-{k}X" if k % 3 == 0 else "" for k in df[c]]
             pd.DataFrame(out).to_parquet(path)
 
 
@@ -535,9 +537,14 @@ def test_evaluation_runs_end_to_end_on_benchmark_shaped_files(tmp_path):
     scorer = train_pair_scorer(train, valid, ScorerTrainConfig(n_trees=20, folds=2))
     r = evaluate_all(str(data), scorer, vectors, BlockingConfig(block_size=20, neighbours=3, min_cosine=0.0))
     for name, d in r["pairs"]["datasets"].items():
-        assert d["pairs"] == len(load_pairs(data, name, BENCHMARKS[name].splits[1]))
+        base = name.removesuffix(" + mpn")
+        assert d["pairs"] == len(load_pairs(data, base, BENCHMARKS[base].splits[1]))
         assert 0 <= d["ours"]["f1"] <= d["best_threshold_f1"] + 1e-9 <= 1 + 1e-9
-        assert r["blocking"][name]["pair_completeness"] > 0.5  # shared model numbers are lexical keys
+        if name in BENCHMARKS:
+            assert r["blocking"][name]["pair_completeness"] > 0.5  # shared model numbers are lexical keys
+    # the benchmark with part numbers is read a second time with them, outside the pooled figures
+    assert set(r["pairs"]["datasets"]) == set(BENCHMARKS) | {"walmart_amazon + mpn"}
+    assert r["pairs"]["pooled"]["pairs"] == sum(r["pairs"]["datasets"][b]["pairs"] for b in BENCHMARKS)
     c = r["wdc_clusters"]
     assert c["offers"] == len(load_offers(data, BENCHMARKS["wdc_products"].splits[1])) and c["ours"]["recall"] > 0.5
     md = to_markdown(r, "python -m models.matching.evaluate ...")
@@ -552,6 +559,53 @@ def test_evaluation_runs_end_to_end_on_benchmark_shaped_files(tmp_path):
                for v in others.values() for x in v.values())
     assert "| another model code (its last digit changed) |" in md
     assert (tmp_path / "cache" / "hash-64" / "titles.parquet").is_file()  # embeddings are cached
+
+
+def test_part_numbers_are_read_into_the_titles_as_the_job_reads_them(tmp_path):
+    """``load_pairs(..., mpn=True)`` writes Walmart-Amazon's part numbers into the titles that lack them, by the
+    job's rule; the other benchmarks load as without it; and the evaluation's features keep the embedding cosine
+    of the plain titles, as the job embeds the plain title."""
+    from models.matching.data import TitleVectors, featurize, load_pairs
+    from models.matching.evaluate import with_part_numbers
+
+    data = tmp_path / "data"
+    _tiny_benchmarks(data)
+    plain, numbered = (load_pairs(data, "walmart_amazon", "valid", mpn=m) for m in (False, True))
+    raw = pd.read_parquet(data / "er_magellan" / "walmart_amazon_structured.parquet").query("split == 'valid'")
+    for side in ("left", "right"):
+        got, was, number = numbered[f"{side}_title"], plain[f"{side}_title"], raw[f"{side}_modelno"].to_numpy()
+        assert list(got) == [t if not n else f"{t} {n}" for t, n in zip(was, number, strict=True)]
+    assert (numbered["left_title"] != plain["left_title"]).any() and (number == "").any()
+    assert numbered["left_id"].equals(plain["left_id"])   # the same records
+    abt = load_pairs(data, "abt_buy", "valid", mpn=True)
+    assert abt.equals(load_pairs(data, "abt_buy", "valid"))
+    vectors = TitleVectors(_hash_embed, "hash-64", tmp_path / "cache")
+    pairs, feats = with_part_numbers(str(data), "walmart_amazon", "valid", vectors)
+    assert pairs.equals(numbered)
+    assert np.allclose(feats["text_cosine"], featurize(plain, vectors)["text_cosine"])
+    assert not np.allclose(featurize(numbered, vectors)["text_cosine"], feats["text_cosine"])
+    assert not feats["token_jaccard"].equals(featurize(plain, vectors)["token_jaccard"])
+
+
+def test_the_cross_encoder_trains_and_calibrates_with_the_part_numbers_only_when_asked(tmp_path):
+    from models.matching.cross_train import CrossTrainConfig, load_training_pairs
+
+    data = tmp_path / "data"
+    _tiny_benchmarks(data)
+    (plain_tr, plain_va), (tr, va) = (load_training_pairs(data, CrossTrainConfig(source_neighbours=2, mpn=m))
+                                      for m in (False, True))
+
+    def walmart(df):
+        return df["dataset"].str.startswith("walmart_amazon")
+
+    def numbered(df):
+        return (df["a"] + df["b"]).str.contains("PN-")
+
+    assert not numbered(plain_tr).any() and not numbered(plain_va).any()
+    for part in (tr[~tr["calibration"]], tr[tr["calibration"]], va, tr[tr["dataset"] == "walmart_amazon_mined"]):
+        assert numbered(part[walmart(part)]).any()
+    assert not numbered(tr[~walmart(tr)]).any() and not numbered(va[~walmart(va)]).any()
+    assert len(va) == len(plain_va) and va[~walmart(va)].equals(plain_va[~walmart(plain_va)])
 
 
 def test_other_product_copies_change_the_model_code_or_the_number_and_skip_titles_without_one():

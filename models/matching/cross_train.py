@@ -94,6 +94,8 @@ class CrossTrainConfig:
     soup: str = ""              # stored cross-encoder versions, comma-separated, whose layers are averaged instead
     #                             of training (soup_top; "": train)
     soup_weights: str = ""      # their weights, comma-separated ("": equal)
+    mpn: bool = False           # Walmart-Amazon's titles read with the records' part numbers, as the job reads a
+    #                             catalog with the optional mpn column (load_pairs' mpn), in every split
 
 
 def _side(pairs: pd.DataFrame, side: str) -> list[str]:
@@ -142,7 +144,7 @@ def _same_text(x: pd.Series, y: pd.Series) -> np.ndarray:
     return (norm(x).to_numpy() == norm(y).to_numpy())
 
 
-def mine_source_pairs(data: str | Path, name: str, split: str, k: int) -> pd.DataFrame:
+def mine_source_pairs(data: str | Path, name: str, split: str, k: int, mpn: bool = False) -> pd.DataFrame:
     """Hard pairs from within one source of a two-source benchmark (the job meets them: a shop's own near-identical
     listings, one model digit or one capacity apart). Each record of the split's pairs with its ``k`` nearest
     TF-IDF character-n-gram neighbours among the records of the same side (left table or right table).
@@ -151,7 +153,7 @@ def mine_source_pairs(data: str | Path, name: str, split: str, k: int) -> pd.Dat
     whose titles are equal once lower-cased (a source's own duplicates, which the truth does not list) and pairs
     whose records both match one record of the other side (a match by transitivity, or label noise: on Abt-Buy
     such pairs carry different model numbers)."""
-    pairs = load_pairs(data, name, split)
+    pairs = load_pairs(data, name, split, mpn)
     fields = ("id", "title", "brand", "price", "currency")
     found = []
     for side, other in (("left", "right"), ("right", "left")):
@@ -174,14 +176,14 @@ def load_training_pairs(data: str | Path, cfg: CrossTrainConfig) -> tuple[pd.Dat
     has ``calibration`` (True on the held-out calibration slice)."""
     train, valid = [], []
     for name, b in BENCHMARKS.items():
-        train.append(load_pairs(data, name, b.splits[0]))
-        valid.append(load_pairs(data, name, b.splits[1]))
+        train.append(load_pairs(data, name, b.splits[0], cfg.mpn))
+        valid.append(load_pairs(data, name, b.splits[1], cfg.mpn))
     if cfg.mined_neighbours > 0:
         train.append(mine_offer_pairs(data, BENCHMARKS["wdc_products"].splits[0], cfg.mined_neighbours))
     if cfg.source_neighbours > 0:
         for name, b in BENCHMARKS.items():
             if name != "wdc_products":   # two-source benchmarks only; WDC's offers are mined by cluster above
-                train.append(mine_source_pairs(data, name, b.splits[0], cfg.source_neighbours))
+                train.append(mine_source_pairs(data, name, b.splits[0], cfg.source_neighbours, cfg.mpn))
     for category in filter(None, (c.strip() for c in cfg.lspc.split(","))):
         train.append(load_lspc(data, category))
 
@@ -823,6 +825,10 @@ def card(cfg: CrossTrainConfig, result: dict[str, Any]) -> str:
         n = sum(v for k, v in f.get("by_dataset", {}).items() if k.endswith("_other"))
         extra += (f" Beside them {n:,} listings each against a copy of itself naming another product (a model code's "
                   "digit or a lone number changed), as non-matches.")
+    numbers = (" Walmart-Amazon's titles read with each record's part number (`modelno`) written in where the title "
+               "lacks it, as the enrich job reads a catalog with the optional `mpn` column, in training, "
+               "calibration and the valid figures below." if cfg.mpn else "")
+    extra += numbers
     start = (f"Started from the layers of `{Path(cfg.init).name}` and fine-tuned further here (its own training is "
              "in its card).\n" if cfg.init else "")
     if cfg.soup:
@@ -830,7 +836,7 @@ def card(cfg: CrossTrainConfig, result: dict[str, Any]) -> str:
                                                                      strict=True))
         trained = (f"Not trained: its layers are the weighted mean of the layers of {parts} (a model soup, Wortsman "
                    "et al. 2022), whose training is in their cards. Max length "
-                   f"{cfg.max_length}.")
+                   f"{cfg.max_length}.{numbers}")
     else:
         pairs = f"{f['train_pairs']:,} pairs ({f['train_matches']:,} matches)"
         trained = f"""Trained on {pairs}, each in both orders: the train splits of
@@ -912,6 +918,10 @@ def _parser() -> argparse.ArgumentParser:
                         "--store or version folders, comma-separated; same --bottom-layers and --max-length), then "
                         "calibrate, evaluate and store as after training")
     p.add_argument("--soup-weights", default="", help="with --soup: their weights, comma-separated (default: equal)")
+    p.add_argument("--mpn", action="store_true",
+                   help="read Walmart-Amazon's titles with the records' part numbers (modelno) written in where the "
+                        "title lacks them, as the enrich job reads a catalog with the optional mpn column: in "
+                        "training, calibration and the valid figures")
     p.add_argument("--export-top", type=Path, default=None,
                    help="write the trained layers to this folder instead of storing a version (a GPU machine "
                         "without the model store)")
@@ -956,7 +966,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                max_length=args.max_length, device=args.device, max_minutes=args.max_minutes,
                                source_neighbours=args.source_neighbours, init=init,
                                lspc=args.lspc, reword_share=args.reword_share, seller_share=args.seller_share,
-                               other_share=args.other_share, soup=",".join(soup), soup_weights=args.soup_weights)
+                               other_share=args.other_share, soup=",".join(soup), soup_weights=args.soup_weights,
+                               mpn=args.mpn)
         if soup:
             try:
                 soup_weights(cfg)

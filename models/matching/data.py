@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from models.matching.features import pair_features, prepare
+from models.matching.text import with_part_number
 
 __all__ = ["BENCHMARKS", "LSPC_CATEGORIES", "Benchmark", "TitleVectors", "clean_lspc_title", "default_cache_dir",
            "featurize", "load_lspc", "load_offers", "load_pairs", "offer_candidate_pairs"]
@@ -38,6 +39,7 @@ class Benchmark:
     currency: str | None = None
     splits: tuple[str, str] = ("train", "valid")   # (train split, valid split)
     ditto_f1: float | None = None                  # published Ditto test F1 (Li et al., VLDB 2021)
+    mpn: str | None = None                         # the records' manufacturer part number (read only when asked)
 
 
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
@@ -45,7 +47,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("amazon_google", "er_magellan/amazon_google.parquet", "title", "manufacturer", "price",
               ditto_f1=75.58),
     Benchmark("walmart_amazon", "er_magellan/walmart_amazon_structured.parquet", "title", "brand", "price",
-              ditto_f1=86.76),
+              ditto_f1=86.76, mpn="modelno"),
     Benchmark("wdc_products", "wdc_products/wdcproducts80cc20rnd000un_{split}.parquet", "title", "brand", "price",
               "priceCurrency", splits=("train_medium", "valid_medium")),
 )}
@@ -55,9 +57,13 @@ def _record_id(*parts) -> str:
     return hashlib.sha1("\x1f".join("" if p is None else str(p) for p in parts).encode()).hexdigest()[:16]
 
 
-def load_pairs(data_dir: str | os.PathLike, name: str, split: str) -> pd.DataFrame:
+def load_pairs(data_dir: str | os.PathLike, name: str, split: str, mpn: bool = False) -> pd.DataFrame:
     """Pairs of one benchmark split: ``left_id, left_title, left_brand, left_price, left_currency`` (and the
-    same for ``right_``), ``label`` and, for WDC Products, ``left_cluster``/``right_cluster``."""
+    same for ``right_``), ``label`` and, for WDC Products, ``left_cluster``/``right_cluster``.
+
+    ``mpn``: where the benchmark's records carry a part number (Walmart-Amazon's ``modelno``), each title reads
+    as the enrich job's matching reads a catalog row with that number in its optional ``mpn`` column
+    (:func:`models.matching.text.with_part_number`); the other benchmarks are loaded as without it."""
     try:
         b = BENCHMARKS[name]
     except KeyError:
@@ -81,6 +87,10 @@ def load_pairs(data_dir: str | os.PathLike, name: str, split: str) -> pd.DataFra
                 vals = df[f"{side}_{col}"] if col else pd.Series([None] * len(df))
                 out[f"{side}_{field}"] = vals.where(vals.astype(str).str.strip() != "", None) if col else vals
             out[f"{side}_id"] = [f"{side[0]}:{_record_id(s)}" for s in df[f"{side}_serialized"]]
+    if mpn and b.mpn:
+        for side in ("left", "right"):
+            out[f"{side}_title"] = pd.Series([with_part_number(t, m) for t, m in zip(
+                out[f"{side}_title"], df[f"{side}_{b.mpn}"], strict=True)], dtype=object)
     pairs = pd.DataFrame(out)
     pairs["label"] = df["label"].astype(int).to_numpy()
     pairs.insert(0, "dataset", name)

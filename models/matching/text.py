@@ -12,7 +12,7 @@ import re
 import unicodedata
 
 __all__ = ["brand_key", "char_ngrams", "code_spans", "lone_number_spans", "model_numbers", "numbers", "parse_price",
-           "tokens"]
+           "tokens", "with_part_number"]
 
 # Word tokens: runs of letters/digits (any script), keeping inner hyphens, dots and slashes that join
 # the parts of a model number ("ph3100u-1e3s", "t048.417.27").
@@ -32,6 +32,21 @@ def _fold(text: str | None) -> str:
     if not text:
         return ""
     return unicodedata.normalize("NFKC", str(text)).lower()
+
+
+def _letters_digits(text: str) -> str:
+    return "".join(ch for ch in text.lower() if ch.isalnum())
+
+
+def with_part_number(title: str | None, mpn: object) -> str | None:
+    """``title`` with the seller's part number ``mpn`` written after it when the title does not already hold it
+    (letters and digits compared, case and punctuation aside); the rule of the enrich job's matching title
+    (``jobs.stages.matching.matching_title``, on Spark columns), for the labelled pairs that carry a part number."""
+    number = "" if mpn is None or (isinstance(mpn, float) and math.isnan(mpn)) else str(mpn).strip()
+    key = _letters_digits(number)
+    if not key or (title is not None and key in _letters_digits(str(title))):
+        return title
+    return number if title is None else f"{title} {number}"
 
 
 def tokens(text: str | None) -> list[str]:
