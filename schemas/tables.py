@@ -235,7 +235,8 @@ PRODUCT_MATCHES = TableSpec(
         Column("product_id_b", StringType(), "the larger product id of the pair (key); product_id_a < product_id_b",
                nullable=False),
         Column("score", DoubleType(), "calibrated probability that both listings are the same product; at least "
-               "0.99 for the same listing twice (the same title words, brands and prices that do not differ)"),
+               "0.99 for the same listing twice (the same title words, brands and prices that do not differ) and "
+               "for two listings with the same part number (mpn) whose brands do not differ"),
         Column("fused_cosine", FloatType(), "cosine of the fused embeddings"),
         Column("text_cosine", FloatType(), "cosine of the title embeddings"),
         Column("image_cosine", FloatType(), "cosine of the image embeddings; null unless both products have an image"),
@@ -249,7 +250,7 @@ PRODUCT_MATCHES = TableSpec(
                "how the pair became a candidate: ann, lexical, model_number, or several joined by +"),
         Column("model_version", StringType(), "encoder that produced the embeddings compared"),
         Column("scorer_version", StringType(), "pair scorers that produced the score (models/matching store) and the "
-               "same-listing rule, joined by +"),
+               "same-listing and same-part-number rules, joined by +"),
         Column("run_id", StringType(), "run that last wrote the row"),
         Column("updated_at", TimestampType(), "when the row was last written"),
     ),

@@ -64,14 +64,24 @@ def test_the_matching_title_gains_the_number_only_where_it_lacks_it(spark):
 
 def test_listings_with_one_title_and_different_part_numbers_are_not_matched(spark, tmp_path):
     """Two pairs of listings whose titles are equal word for word: one pair with different part numbers (two
-    products of one line), one without numbers (the same listing twice, a match by the job's rule)."""
+    products of one line), one without numbers (the same listing twice, a match by the job's rule). And two
+    listings written differently with one part number (a match by the job's rule, score 0.99 or more), against
+    two of other brands with one number between them (not matched by that rule)."""
     title = "Energizer Advanced Lithium Batteries 4 pack"
     rows = [{"product_id": "line-1", "title": title, "brand": "Energizer", "price": 9.99, "mpn": "EA91BP-4"},
             {"product_id": "line-2", "title": title, "brand": "Energizer", "price": 9.99, "mpn": "EA92BP-4"},
             {"product_id": "twice-1", "title": "Acme Steel Kettle 1.7 l", "brand": "Acme", "price": 20.0,
              "mpn": None},
             {"product_id": "twice-2", "title": "Acme Steel Kettle 1.7 l", "brand": "Acme", "price": 20.0,
-             "mpn": None}]
+             "mpn": None},
+            {"product_id": "number-1", "title": "Canon CLI-226 Black Ink Tank in Retail Packaging", "brand": "Canon",
+             "price": 14.0, "mpn": "4546B001"},
+            {"product_id": "number-2", "title": "CLI 226 ink, black (genuine)", "brand": "Canon", "price": 17.5,
+             "mpn": "4546-b001"},
+            {"product_id": "brands-1", "title": "HDMI to DVI Video Cable 2 m", "brand": "Cables To Go",
+             "price": 12.0, "mpn": "40320"},
+            {"product_id": "brands-2", "title": "Matte White Manual Projection Screen", "brand": "Da-Lite",
+             "price": 120.0, "mpn": "40320"}]
     catalog, lake = _write(tmp_path / "catalog.parquet", rows), tmp_path / "lake"
     assert enrich.main(["--catalog", str(catalog), "--lake", str(lake), "--run-id", "r1",
                         "--encoder-loader", "models.testing:load_fake_encoder", "--model", "fake:",
@@ -80,3 +90,7 @@ def test_listings_with_one_title_and_different_part_numbers_are_not_matched(spar
         ["product_id_a", "product_id_b"]].itertuples(index=False)}
     assert ("twice-1", "twice-2") in pairs
     assert ("line-1", "line-2") not in pairs
+    scores = {(a, b): x for a, b, x in DeltaTable(str(lake / "product_matches")).to_pandas()[
+        ["product_id_a", "product_id_b", "score"]].itertuples(index=False)}
+    assert scores.get(("number-1", "number-2"), 0.0) >= 0.99
+    assert ("brands-1", "brands-2") not in pairs

@@ -113,17 +113,17 @@ def test_full_then_incremental_runs(spark, lake):
 
 
 def test_a_lake_matched_before_the_same_listing_rule_is_matched_again_in_full(spark, lake):
-    """``scorer_version`` names the same-listing rule: matches written without it (before the rule) make the
-    next run match every product again, as a new scorer does, and that run's rows carry the rule."""
+    """``scorer_version`` names the decision rules: matches written without the last (before it) make the
+    next run match every product again, as a new scorer does, and that run's rows carry the rules."""
     import pyarrow as pa
     from deltalake import write_deltalake
 
-    from models.matching.features import SAME_LISTING_RULE
+    from models.matching.features import SAME_LISTING_RULE, SAME_PART_NUMBER_RULE
 
     df = synthetic(n_groups=4)
     write_embeddings(spark, lake, df, "e1")
     first = run(spark, lake, df, "m1")
-    assert first["scorer_version"].split("+")[-1] == SAME_LISTING_RULE
+    assert first["scorer_version"].split("+")[-2:] == [SAME_LISTING_RULE, SAME_PART_NUMBER_RULE]
     path = str(lake.path(PRODUCT_MATCHES))
     table = DeltaTable(path).to_pyarrow_table()
     before = first["scorer_version"].rsplit("+", 1)[0]

@@ -222,6 +222,30 @@ def test_the_same_listing_twice_is_recognised_by_its_words_brand_price_and_photo
     assert scores.tolist() == [SAME_LISTING_SCORE, 0.995, 0.3] and flag.tolist() == [True, True, False]
 
 
+def test_the_same_part_number_is_one_product_unless_the_brands_differ():
+    """``same_part_number``: both listings carry one part number (letters and digits, at least five with a digit,
+    compared as a key) and brands that do not disagree; a short or digit-less number, another number, another
+    brand, or a number on one side only is not; the floor makes such a pair a match."""
+    from models.matching.text import part_number_key
+
+    base = {"title": "Canon CLI-226 Black Ink Tank 4546B001 in Retail Packaging", "brand": "Canon",
+            "mpn": "4546B001"}
+    same = [dict(base, title="Canon CLI-226 Black Ink Tank", mpn="4546-b001"), dict(base, title="Ink tank",
+                                                                                 brand=None, mpn=" 4546B001 ")]
+    differ = [dict(base, mpn="4546B002"), dict(base, brand="Epson"), dict(base, mpn=None), {"title": base["title"]}]
+    others = same + differ
+    f = pair_features([prepare(base)] * len(others), [prepare(x) for x in others], np.zeros(len(others)))
+    assert f["same_part_number"].tolist() == [True] * len(same) + [False] * len(differ)
+    assert [part_number_key(x) for x in ("KD-55X80K", "40320", "ea91", "black-xl", "n/a", None, float("nan"))] == [
+        "kd55x80k", "40320", "", "", "", "", ""]
+    short = pair_features([prepare({"title": "a", "mpn": "ab1"})], [prepare({"title": "b", "mpn": "AB-1"})],
+                          np.zeros(1))
+    assert not short["same_part_number"].any()   # too short to name one product
+    frame = pd.DataFrame({"same_listing": [False, False], "same_part_number": [True, False]})
+    scores, flag = same_listing_floor(np.array([0.05, 0.3]), frame)
+    assert scores.tolist() == [SAME_LISTING_SCORE, 0.3] and flag.tolist() == [True, False]
+
+
 def test_the_score_step_matches_a_software_listing_with_its_copy():
     """The job's score step (the shipped feature scorer and cross-encoder) matches each listing with an exact copy
     of itself at SAME_LISTING_SCORE or more: the cross-encoder alone, trained on labels that call many such copies
@@ -585,6 +609,10 @@ def test_part_numbers_are_read_into_the_titles_as_the_job_reads_them(tmp_path):
     assert np.allclose(feats["text_cosine"], featurize(plain, vectors)["text_cosine"])
     assert not np.allclose(featurize(numbered, vectors)["text_cosine"], feats["text_cosine"])
     assert not feats["token_jaccard"].equals(featurize(plain, vectors)["token_jaccard"])
+    # the numbers are read beside the titles too, as the job's same-part-number rule reads them
+    assert numbered["left_mpn"].notna().any() and "left_mpn" not in plain
+    assert feats["same_part_number"].any() and (feats.loc[feats["same_part_number"], "label"] == 1).all()
+    assert not featurize(plain, vectors)["same_part_number"].any()
 
 
 def test_the_cross_encoder_trains_and_calibrates_with_the_part_numbers_only_when_asked(tmp_path):

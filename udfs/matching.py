@@ -211,8 +211,10 @@ def _prepared(pdf: pd.DataFrame, side: str) -> list:
     from models.matching.features import prepare_key, record_key
 
     out = []
-    for raw in pdf[[f"title_{side}", f"brand_{side}", f"price_{side}", f"currency_{side}"]
-                   ].itertuples(index=False, name=None):
+    fields = [f"title_{side}", f"brand_{side}", f"price_{side}", f"currency_{side}"]
+    if f"mpn_{side}" in pdf.columns:   # the catalog's optional part number (a frame without it: none)
+        fields.append(f"mpn_{side}")
+    for raw in pdf[fields].itertuples(index=False, name=None):
         rec = _RAW.get(raw)
         if rec is None:
             key = record_key(*raw)
@@ -274,13 +276,15 @@ def _score_rows(pdf: pd.DataFrame, f: pd.DataFrame, s: np.ndarray, keep: np.ndar
 
 def make_score_fn(scorer_version: str, scorer_json: str, keep_all: bool = False, cross: CrossSpec | None = None,
                   read_counter=None) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
-    """Candidate rows (``a, b``, cosines, ``blocking`` and ``title/brand/price/currency`` of both sides as
-    ``<field>_a``/``<field>_b``) -> :data:`SCORE_SCHEMA` rows of the matches (every pair with ``keep_all``).
+    """Candidate rows (``a, b``, cosines, ``blocking`` and ``title/brand/price/currency``, and optionally ``mpn``,
+    of both sides as ``<field>_a``/``<field>_b``) -> :data:`SCORE_SCHEMA` rows of the matches (every pair with
+    ``keep_all``).
 
     With ``cross``, the feature scorer is a first pass: a pair whose feature score reaches ``cross.prefilter``
     is read by the cross-encoder, whose probability becomes its score and whose threshold decides the match; a
     pair below the prefilter keeps its feature score (below any threshold worth using) and is not read. Either
-    way the same listing twice is a match (:func:`models.matching.features.same_listing_floor`). The
+    way the same listing twice, or two listings with the same part number, are a match
+    (:func:`models.matching.features.same_listing_floor`). The
     cross-encoder reads the pairs of up to :data:`POOL_BATCHES` batches in one pass; the rows come out in the
     order of the batches either way. ``read_counter`` (a Spark accumulator, or anything with ``add``) gets the
     number of pairs the cross-encoder reads: what the match stage's time goes to."""

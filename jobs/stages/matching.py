@@ -47,7 +47,7 @@ from typing import Any
 
 from models.matching.blocking import BLOCKING_PASSES, BlockingConfig, blocking_label, n_cells
 from models.matching.cluster import ClusterConfig
-from models.matching.features import SAME_LISTING_RULE
+from models.matching.features import SAME_LISTING_RULE, SAME_PART_NUMBER_RULE
 
 __all__ = ["MatchConfig", "MatchStats", "match_and_cluster", "matching_title"]
 
@@ -174,8 +174,10 @@ def _universe(lake, products, model_version: str):
     from pyspark.sql import functions as F
 
     emb = _current_embeddings(lake, model_version, "content_hash")
-    title = matching_title(F.col("title"), F.col("mpn")) if "mpn" in products.columns else F.col("title")
-    attrs = products.select("product_id", title.alias("title"), "brand", "price", "currency"
+    has_mpn = "mpn" in products.columns
+    title = matching_title(F.col("title"), F.col("mpn")) if has_mpn else F.col("title")
+    mpn = F.col("mpn") if has_mpn else F.lit(None).cast("string")
+    attrs = products.select("product_id", title.alias("title"), "brand", "price", "currency", mpn.alias("mpn")
                             ).dropDuplicates(["product_id"])
     return (attrs.join(emb, "product_id")
             .withColumn("matched_hash", F.concat_ws(":", F.lit(model_version), F.col("content_hash")))
@@ -452,8 +454,10 @@ def _score(cand, flagged, scorer, parts: int, cfg: MatchConfig, read_counter=Non
 
     from udfs.matching import SCORE_SCHEMA
 
-    attrs = flagged.select("product_id", "title", "brand", F.col("price").cast("double").alias("price"), "currency")
-    side = {s: attrs.toDF(s, f"title_{s}", f"brand_{s}", f"price_{s}", f"currency_{s}") for s in ("a", "b")}
+    attrs = flagged.select("product_id", "title", "brand", F.col("price").cast("double").alias("price"), "currency",
+                           "mpn")
+    side = {s: attrs.toDF(s, f"title_{s}", f"brand_{s}", f"price_{s}", f"currency_{s}", f"mpn_{s}")
+            for s in ("a", "b")}
     joined = cand.join(side["a"], "a").join(side["b"], "b").repartition(parts)
     return joined.mapInPandas(_score_fn(scorer, cfg, read_counter), SCORE_SCHEMA)
 
@@ -847,8 +851,8 @@ def _driver_candidates(pdf, pos: dict, n: int, full: bool, cfg: BlockingConfig, 
 # The candidate rows the score function reads, as the driver path builds them (both sides' fields).
 _CAND_SCHEMA = "a string, b string, fused_cosine float, text_cosine float, image_cosine float, blocking string"
 _FRAME_SCHEMA = (_CAND_SCHEMA + ", "
-                 + ", ".join(f"title_{s} string, brand_{s} string, price_{s} double, currency_{s} string"
-                             for s in ("a", "b")))
+                 + ", ".join(f"title_{s} string, brand_{s} string, price_{s} double, currency_{s} string, "
+                             f"mpn_{s} string" for s in ("a", "b")))
 
 
 def _match_pairs_on_driver(spark, lake, flagged, n: int, full: bool, scorer, version: str, run_id: str,
@@ -866,7 +870,7 @@ def _match_pairs_on_driver(spark, lake, flagged, n: int, full: bool, scorer, ver
 
     t0 = time.perf_counter()
     listings = flagged.select("product_id", "in_query", "title", "brand",
-                              F.col("price").cast("double").alias("price"), "currency").toPandas()
+                              F.col("price").cast("double").alias("price"), "currency", "mpn").toPandas()
     pdf = (listings.merge(_driver_embeddings(lake, model_version).drop_duplicates("product_id"), on="product_id")
            .sort_values("product_id", kind="stable").reset_index(drop=True))
     pos = {p: i for i, p in enumerate(pdf["product_id"])}
@@ -891,7 +895,7 @@ def _match_pairs_on_driver(spark, lake, flagged, n: int, full: bool, scorer, ver
         frame = cand[cols].copy()
         for side in ("a", "b"):
             idx = frame[side].map(pos).to_numpy()
-            for f in ("title", "brand", "price", "currency"):
+            for f in ("title", "brand", "price", "currency", "mpn"):
                 frame[f"{f}_{side}"] = pdf[f].to_numpy()[idx]
         if cfg.cross and len(frame):   # few pairs (an increment): sent with their listings, no Spark join
             new = (spark.createDataFrame(frame, _FRAME_SCHEMA).mapInPandas(_score_fn(scorer, cfg, read), SCORE_SCHEMA)
@@ -1000,7 +1004,8 @@ def match_and_cluster(spark, lake, products, run_id: str, model_version: str, cf
 
         cross_version, threshold = cross_info(cfg.cross)
         version = f"{scorer.version}+{cross_version}"
-    version = f"{version}+{SAME_LISTING_RULE}"   # the decision rule too: a lake matched before it is matched again
+    # the decision rules too: a lake matched before them (or under other ones) is matched again
+    version = f"{version}+{SAME_LISTING_RULE}+{SAME_PART_NUMBER_RULE}"
     flagged, full = _queries(lake, universe, version, cfg, changed_ids)
     flagged = flagged.persist(StorageLevel.MEMORY_AND_DISK)
     counts = flagged.agg(F.count("*").alias("n"), F.sum(F.col("in_query").cast("long")).alias("q")).first()

@@ -63,7 +63,8 @@ def load_pairs(data_dir: str | os.PathLike, name: str, split: str, mpn: bool = F
 
     ``mpn``: where the benchmark's records carry a part number (Walmart-Amazon's ``modelno``), each title reads
     as the enrich job's matching reads a catalog row with that number in its optional ``mpn`` column
-    (:func:`models.matching.text.with_part_number`); the other benchmarks are loaded as without it."""
+    (:func:`models.matching.text.with_part_number`), and the number is given as ``left_mpn``/``right_mpn`` (the
+    job's same-part-number rule reads it); the other benchmarks are loaded as without it."""
     try:
         b = BENCHMARKS[name]
     except KeyError:
@@ -87,10 +88,12 @@ def load_pairs(data_dir: str | os.PathLike, name: str, split: str, mpn: bool = F
                 vals = df[f"{side}_{col}"] if col else pd.Series([None] * len(df))
                 out[f"{side}_{field}"] = vals.where(vals.astype(str).str.strip() != "", None) if col else vals
             out[f"{side}_id"] = [f"{side[0]}:{_record_id(s)}" for s in df[f"{side}_serialized"]]
-    if mpn and b.mpn:
+    if mpn and b.mpn:   # as a catalog row with the mpn column: the number in the title, and beside it
         for side in ("left", "right"):
+            number = df[f"{side}_{b.mpn}"].astype(object)
             out[f"{side}_title"] = pd.Series([with_part_number(t, m) for t, m in zip(
-                out[f"{side}_title"], df[f"{side}_{b.mpn}"], strict=True)], dtype=object)
+                out[f"{side}_title"], number, strict=True)], dtype=object)
+            out[f"{side}_mpn"] = number.where(number.astype(str).str.strip() != "", None)
     pairs = pd.DataFrame(out)
     pairs["label"] = df["label"].astype(int).to_numpy()
     pairs.insert(0, "dataset", name)
@@ -188,9 +191,12 @@ def _records(pairs: pd.DataFrame, side: str) -> list:
     cache: dict[str, object] = {}
     out = []
     cols = [f"{side}_{f}" for f in ("id", "title", "brand", "price", "currency")]
-    for rid, title, brand, price, currency in pairs[cols].itertuples(index=False, name=None):
+    mpn = pairs[f"{side}_mpn"] if f"{side}_mpn" in pairs else pd.Series([None] * len(pairs), index=pairs.index)
+    for (rid, title, brand, price, currency), number in zip(pairs[cols].itertuples(index=False, name=None), mpn,
+                                                             strict=True):
         if rid not in cache:
-            cache[rid] = prepare({"title": title, "brand": brand, "price": price, "currency": currency})
+            cache[rid] = prepare({"title": title, "brand": brand, "price": price, "currency": currency,
+                                  "mpn": number})
         out.append(cache[rid])
     return out
 

@@ -12,7 +12,7 @@ import re
 import unicodedata
 
 __all__ = ["brand_key", "char_ngrams", "code_spans", "lone_number_spans", "model_numbers", "numbers", "parse_price",
-           "tokens", "with_part_number"]
+           "part_number_key", "tokens", "with_part_number"]
 
 # Word tokens: runs of letters/digits (any script), keeping inner hyphens, dots and slashes that join
 # the parts of a model number ("ph3100u-1e3s", "t048.417.27").
@@ -36,6 +36,21 @@ def _fold(text: str | None) -> str:
 
 def _letters_digits(text: str) -> str:
     return "".join(ch for ch in text.lower() if ch.isalnum())
+
+
+# A part number names one product when it is this long (letters and digits) and holds a digit: "40320" or
+# "ea91bp4", not "n/a", "black" or "1".
+PART_NUMBER_MIN_LENGTH = 5
+
+
+def part_number_key(mpn: object) -> str:
+    """The seller's part number as two listings of one product share it: lower-cased letters and digits ("KD-55X80K"
+    and "kd55x80k" are one key); ``""`` when it cannot name a product (shorter than
+    :data:`PART_NUMBER_MIN_LENGTH`, or without a digit)."""
+    if mpn is None or (isinstance(mpn, float) and math.isnan(mpn)):
+        return ""
+    key = _letters_digits(unicodedata.normalize("NFKC", str(mpn)))
+    return key if len(key) >= PART_NUMBER_MIN_LENGTH and any(ch.isdigit() for ch in key) else ""
 
 
 def with_part_number(title: str | None, mpn: object) -> str | None:
