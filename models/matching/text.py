@@ -46,11 +46,13 @@ PART_NUMBER_MIN_LENGTH = 5
 def part_number_key(mpn: object) -> str:
     """The seller's part number as two listings of one product share it: lower-cased letters and digits ("KD-55X80K"
     and "kd55x80k" are one key); ``""`` when it cannot name a product (shorter than
-    :data:`PART_NUMBER_MIN_LENGTH`, or without a digit)."""
+    :data:`PART_NUMBER_MIN_LENGTH`, without a digit, or one character repeated)."""
     if mpn is None or (isinstance(mpn, float) and math.isnan(mpn)):
         return ""
     key = _letters_digits(unicodedata.normalize("NFKC", str(mpn)))
-    return key if len(key) >= PART_NUMBER_MIN_LENGTH and any(ch.isdigit() for ch in key) else ""
+    if len(key) < PART_NUMBER_MIN_LENGTH or not any(ch.isdigit() for ch in key) or len(set(key)) < 2:
+        return ""   # too short, no digit, or a filler such as "00000"
+    return key
 
 
 def with_part_number(title: str | None, mpn: object) -> str | None:
