@@ -83,17 +83,16 @@ def load_pairs(data_dir: str | os.PathLike, name: str, split: str, mpn: bool = F
         df = df[df["split"] == split].reset_index(drop=True)
         if df.empty:
             raise ValueError(f"{b.name} has no split {split!r}")
+        fields = (("title", b.title), ("brand", b.brand), ("price", b.price), ("currency", b.currency))
+        numbered = bool(mpn and b.mpn)
         for side in ("left", "right"):
-            for field, col in (("title", b.title), ("brand", b.brand), ("price", b.price), ("currency", b.currency)):
+            for field, col in fields + ((("mpn", b.mpn),) if numbered else ()):
                 vals = df[f"{side}_{col}"] if col else pd.Series([None] * len(df))
                 out[f"{side}_{field}"] = vals.where(vals.astype(str).str.strip() != "", None) if col else vals
             out[f"{side}_id"] = [f"{side[0]}:{_record_id(s)}" for s in df[f"{side}_serialized"]]
-    if mpn and b.mpn:   # as a catalog row with the mpn column: the number in the title, and beside it
-        for side in ("left", "right"):
-            number = df[f"{side}_{b.mpn}"].astype(object)
-            out[f"{side}_title"] = pd.Series([with_part_number(t, m) for t, m in zip(
-                out[f"{side}_title"], number, strict=True)], dtype=object)
-            out[f"{side}_mpn"] = number.where(number.astype(str).str.strip() != "", None)
+            if numbered:   # as a catalog row with the mpn column: the number beside the title, and in it
+                out[f"{side}_title"] = pd.Series([with_part_number(t, m) for t, m in zip(
+                    out[f"{side}_title"], out[f"{side}_mpn"], strict=True)], dtype=object)
     pairs = pd.DataFrame(out)
     pairs["label"] = df["label"].astype(int).to_numpy()
     pairs.insert(0, "dataset", name)
@@ -201,15 +200,19 @@ def _records(pairs: pd.DataFrame, side: str) -> list:
     return out
 
 
-def featurize(pairs: pd.DataFrame, vectors: TitleVectors | Mapping[str, np.ndarray]) -> pd.DataFrame:
-    """The pair features of :func:`load_pairs` rows (plus ``dataset`` and ``label``)."""
-    if isinstance(vectors, TitleVectors):
-        a, b = vectors.matrix(pairs["left_title"]), vectors.matrix(pairs["right_title"])
-    else:
-        a = np.stack([vectors[_title(t)] for t in pairs["left_title"]])
-        b = np.stack([vectors[_title(t)] for t in pairs["right_title"]])
-    cos = (a * b).sum(axis=1) if len(pairs) else np.zeros(0)
-    feats = pair_features(_records(pairs, "left"), _records(pairs, "right"), cos)
+def featurize(pairs: pd.DataFrame, vectors: TitleVectors | Mapping[str, np.ndarray],
+              text_cosine: np.ndarray | None = None) -> pd.DataFrame:
+    """The pair features of :func:`load_pairs` rows (plus ``dataset`` and ``label``). ``text_cosine``: the
+    pairs' title cosines computed elsewhere (the job embeds the plain title, not the one a part number was
+    written into), instead of embedding these titles with ``vectors``."""
+    if text_cosine is None:
+        if isinstance(vectors, TitleVectors):
+            a, b = vectors.matrix(pairs["left_title"]), vectors.matrix(pairs["right_title"])
+        else:
+            a = np.stack([vectors[_title(t)] for t in pairs["left_title"]])
+            b = np.stack([vectors[_title(t)] for t in pairs["right_title"]])
+        text_cosine = (a * b).sum(axis=1) if len(pairs) else np.zeros(0)
+    feats = pair_features(_records(pairs, "left"), _records(pairs, "right"), text_cosine)
     feats.insert(0, "dataset", pairs["dataset"].to_numpy())
     feats["label"] = pairs["label"].to_numpy()
     return feats

@@ -95,17 +95,16 @@ def _decided(pairs: pd.DataFrame, feats: pd.DataFrame, scorer: PairScorer, cross
     return f, s, match
 
 
-def with_part_numbers(data: str, name: str, split: str, vectors: TitleVectors) -> tuple[pd.DataFrame, pd.DataFrame]:
+def with_part_numbers(data: str, name: str, split: str, vectors: TitleVectors,
+                      plain: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(pairs, features) of a benchmark split whose records carry part numbers, read as the job reads a catalog
     with the optional ``mpn`` column: the titles the matching rules and the cross-encoder read hold the number
     (:func:`load_pairs` with ``mpn``), while the title embeddings, which the job computes from the plain title,
-    do not."""
-    plain, numbered = load_pairs(data, name, split), load_pairs(data, name, split, mpn=True)
-    feats = featurize(numbered, vectors)
-    embedded = featurize(plain, vectors)
-    for col in ("text_cosine", "fused_cosine"):
-        feats[col] = embedded[col].to_numpy()
-    return numbered, feats
+    do not. ``plain``: the split's features without the numbers, where the caller has them (else computed)."""
+    if plain is None:
+        plain = featurize(load_pairs(data, name, split), vectors)
+    numbered = load_pairs(data, name, split, mpn=True)
+    return numbered, featurize(numbered, vectors, text_cosine=plain["text_cosine"].to_numpy())
 
 
 def _pair_row(b: Any, valid: pd.DataFrame, feats: pd.DataFrame, scorer: PairScorer, baseline: TfidfBaseline,
@@ -125,12 +124,12 @@ def _pair_scores(data: str, scorer: PairScorer, vectors: TitleVectors, baselines
     rows, pooled_y, pooled_s = {}, [], []
     for b in BENCHMARKS.values():
         valid = load_pairs(data, b.name, b.splits[1])
-        rows[b.name], y, s = _pair_row(b, valid, featurize(valid, vectors), scorer, baselines[b.name], cross,
-                                       prefilter)
+        feats = featurize(valid, vectors)
+        rows[b.name], y, s = _pair_row(b, valid, feats, scorer, baselines[b.name], cross, prefilter)
         pooled_y.append(y)
         pooled_s.append(s)
         if b.mpn:
-            numbered, feats = with_part_numbers(data, b.name, b.splits[1], vectors)
+            numbered, feats = with_part_numbers(data, b.name, b.splits[1], vectors, plain=feats)
             base = TfidfBaseline(load_pairs(data, b.name, b.splits[0], mpn=True))
             rows[f"{b.name} + mpn"] = _pair_row(b, numbered, feats, scorer, base, cross, prefilter)[0]
     y, s = np.concatenate(pooled_y), np.concatenate(pooled_s)

@@ -17,7 +17,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.matching.text import brand_key, char_ngrams, model_numbers, numbers, parse_price, part_number_key, tokens
+from models.matching.text import (
+    as_text,
+    brand_key,
+    char_ngrams,
+    model_numbers,
+    numbers,
+    parse_price,
+    part_number_key,
+    tokens,
+)
 
 __all__ = ["FEATURES", "SAME_LISTING_RULE", "SAME_LISTING_SCORE", "SAME_PART_NUMBER_RULE", "Prepared",
            "match_decisions", "pair_features", "prepare", "prepare_key", "record_key", "same_listing_floor"]
@@ -67,18 +76,12 @@ class Prepared:
     mpn: str = ""        # the seller's part number as a key (models.matching.text.part_number_key; "": none)
 
 
-def _text(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    return str(v)
-
-
 def record_key(title: object, brand: object, price: object, currency: object, mpn: object = None
                ) -> tuple[str, str, float | None, str, str]:
     """What :func:`prepare` reads of a record, normalised as it normalises it (a NaN price as None): records with
     equal keys prepare equal, so the key can name a prepared record in a memo."""
     p = parse_price(price)
-    return (_text(title), brand_key(_text(brand)), None if math.isnan(p) else p, _text(currency).strip().upper(),
+    return (as_text(title), brand_key(as_text(brand)), None if math.isnan(p) else p, as_text(currency).strip().upper(),
             part_number_key(mpn))
 
 

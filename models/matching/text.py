@@ -11,8 +11,8 @@ import math
 import re
 import unicodedata
 
-__all__ = ["brand_key", "char_ngrams", "code_spans", "lone_number_spans", "model_numbers", "numbers", "parse_price",
-           "part_number_key", "tokens", "with_part_number"]
+__all__ = ["as_text", "brand_key", "char_ngrams", "code_spans", "lone_number_spans", "model_numbers", "numbers",
+           "parse_price", "part_number_key", "tokens", "with_part_number"]
 
 # Word tokens: runs of letters/digits (any script), keeping inner hyphens, dots and slashes that join
 # the parts of a model number ("ph3100u-1e3s", "t048.417.27").
@@ -35,7 +35,15 @@ def _fold(text: str | None) -> str:
 
 
 def _letters_digits(text: str) -> str:
-    return "".join(ch for ch in text.lower() if ch.isalnum())
+    """The lower-cased letters and digits of ``text``: case, spacing and punctuation set aside."""
+    return _NON_ALNUM.sub("", text.lower())
+
+
+def as_text(value: object) -> str:
+    """A field's value as text: ``""`` for a missing one (None, or the NaN that pandas gives for it)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value)
 
 
 # A part number names one product when it is this long (letters and digits) and holds a digit: "40320" or
@@ -47,9 +55,7 @@ def part_number_key(mpn: object) -> str:
     """The seller's part number as two listings of one product share it: lower-cased letters and digits ("KD-55X80K"
     and "kd55x80k" are one key); ``""`` when it cannot name a product (shorter than
     :data:`PART_NUMBER_MIN_LENGTH`, without a digit, or one character repeated)."""
-    if mpn is None or (isinstance(mpn, float) and math.isnan(mpn)):
-        return ""
-    key = _letters_digits(unicodedata.normalize("NFKC", str(mpn)))
+    key = _letters_digits(_fold(as_text(mpn)))
     if len(key) < PART_NUMBER_MIN_LENGTH or not any(ch.isdigit() for ch in key) or len(set(key)) < 2:
         return ""   # too short, no digit, or a filler such as "00000"
     return key
@@ -59,7 +65,7 @@ def with_part_number(title: str | None, mpn: object) -> str | None:
     """``title`` with the seller's part number ``mpn`` written after it when the title does not already hold it
     (letters and digits compared, case and punctuation aside); the rule of the enrich job's matching title
     (``jobs.stages.matching.matching_title``, on Spark columns), for the labelled pairs that carry a part number."""
-    number = "" if mpn is None or (isinstance(mpn, float) and math.isnan(mpn)) else str(mpn).strip()
+    number = as_text(mpn).strip()
     key = _letters_digits(number)
     if not key or (title is not None and key in _letters_digits(str(title))):
         return title
@@ -107,7 +113,7 @@ def numbers(text: str | None) -> set[str]:
 
 def brand_key(brand: str | None) -> str:
     """A brand compared case- and punctuation-insensitively ("KESTREL", "Kestrel" -> "kestrel")."""
-    return _NON_ALNUM.sub("", _fold(brand))
+    return _letters_digits(_fold(brand))
 
 
 def char_ngrams(text: str | None, n: int = 3) -> set[str]:
