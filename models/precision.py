@@ -8,7 +8,8 @@ the attribute extractors (the shipped tagger's valid F1 moved -0.07, +0.06 and +
 (embedding cosine to fp32 >= 0.99997 on fashion valid, the heads' metrics within 0.08 points;
 ``python bench/encoder_precision.py``). The encoder's image tower runs bf16 on a CPU only where its version records
 a measurement that holds issue 21's cosine floor of 0.999 (:func:`models.encoders.image_bf16_holds`): a tower
-trained under bf16 autocast (2026-12-05, not shipped) did, the shipped fp32-trained one (cosine 0.9986) does not.
+trained under bf16 autocast (2026-12-05, not shipped) did; the shipped fp32-trained one does with its stem and first
+stage in fp32 (lowest cosine 0.99989; 0.9986 all in bf16; :func:`models.encoders.early_layers_fp32`).
 On a CPU without bf16 instructions bf16 is emulated and several times slower than fp32 (measured on an AVX2-only
 EPYC: 6.8 against 46 GFLOPS for a MiniLM-sized linear layer), which is why ``auto`` asks the CPU first. On a Xeon
 with AMX (2026-12-04) a 2048 x 2048 bf16 matrix product ran at 1,446 GFLOP/s on one thread against 203 in fp32.

@@ -37,8 +37,8 @@ from models.digest import sha256_file
 __all__ = [
     "CONFIG_FILE", "DEFAULT_STORE", "MANIFEST_FILE", "VERSION_NAME", "WEIGHTS_FILE", "ModelIntegrityError",
     "check_safetensors", "check_version_name", "code_version", "current_version", "list_versions", "promote",
-    "read_manifest", "save_version", "store_root", "text_tower_origin", "trained_state_dict", "verify_version",
-    "version_dir",
+    "read_manifest", "record_measurement", "save_version", "store_root", "text_tower_origin", "trained_state_dict",
+    "verify_version", "version_dir",
 ]
 
 DEFAULT_STORE = Path(__file__).resolve().parent / "store"
@@ -95,6 +95,23 @@ def read_manifest(vdir: Path) -> dict[str, Any]:
         raise ModelIntegrityError(f"model version {vdir} has no {MANIFEST_FILE}") from None
     except json.JSONDecodeError as e:
         raise ModelIntegrityError(f"{vdir / MANIFEST_FILE} is not valid JSON: {e}") from None
+
+
+# What a manifest says about the files themselves; a measurement added later never changes them.
+_MANIFEST_OWN = frozenset({"version", "name", "created_at", "code_version", "training_data", "files"})
+
+
+def record_measurement(vdir: Path, key: str, value: Mapping[str, Any]) -> dict[str, Any]:
+    """Add (or replace) the measurement ``key`` in the manifest of the version in ``vdir``, atomically, and return
+    the manifest: what was measured on a version after it was saved (:func:`models.encoders.measure_image_bf16`).
+    The files, their checksums and the version's name are untouched, so the version stays what it was; the keys
+    that describe them are refused."""
+    if key in _MANIFEST_OWN:
+        raise ValueError(f"{key!r} describes the version's files; it is not a measurement")
+    manifest = read_manifest(vdir)
+    manifest[key] = dict(value)
+    atomic_write(vdir / MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
 
 
 def text_tower_origin(root: Path, version: str, max_links: int = 16) -> str | None:

@@ -13,6 +13,7 @@ from PIL import Image
 
 from models.encoders import (
     IMAGE_BF16_FLOOR,
+    early_layers_fp32,
     image_bf16_holds,
     load_encoder,
     measure_image_bf16,
@@ -55,21 +56,33 @@ def sample():
     return titles, images
 
 
-def test_bf16_text_tower_holds_the_fp32_embeddings_and_an_unmeasured_image_tower_stays_fp32(sample):
+def test_bf16_towers_hold_the_fp32_embeddings_of_the_measured_default(sample):
     titles, images = sample
     fp32, bf16 = load_encoder("default", "cpu", "fp32"), load_encoder("default", "cpu", "bf16")
-    assert (bf16.text_precision, bf16.image_precision) == ("bf16", "fp32")   # the default records no measurement
+    # the default records a measurement that holds (models.training.image_precision, 2026-12-07)
+    assert (bf16.text_precision, bf16.image_precision) == ("bf16", "bf16")
     t32, t16 = fp32.embed_texts(titles), bf16.embed_texts(titles)
     assert t16.dtype == np.float32 and t16.shape == t32.shape
     assert not np.array_equal(t32, t16)                      # bf16 really ran: the numbers move a little
     cos = (t32 * t16).sum(axis=1)
     assert cos.min() >= 0.999                                 # issue 21's floor for embeddings
     i32, i16 = fp32.embed_images(images), bf16.embed_images(images)
-    np.testing.assert_array_equal(i32, i16)                   # the image tower stays fp32 on a CPU
+    assert not np.array_equal(i32, i16)
+    assert (i32 * i16).sum(axis=1).min() >= IMAGE_BF16_FLOOR
 
 
-def _measured_copy(tmp_path, cosine_min: float):
-    """A copy of the default version whose manifest records a bf16 measurement with ``cosine_min``."""
+def test_an_unmeasured_image_tower_stays_fp32_on_a_cpu(sample, tmp_path):
+    _, images = sample
+    unmeasured = _measured_copy(tmp_path, None)
+    enc = load_encoder(unmeasured, "cpu", "bf16")
+    assert (enc.text_precision, enc.image_precision) == ("bf16", "fp32")
+    fp32 = load_encoder(unmeasured, "cpu", "fp32")
+    np.testing.assert_array_equal(enc.embed_images(images), fp32.embed_images(images))
+
+
+def _measured_copy(tmp_path, cosine_min: float | None):
+    """A copy of the default version whose manifest records a bf16 measurement with ``cosine_min`` (None: no
+    measurement)."""
     import json
     import shutil
 
@@ -79,7 +92,9 @@ def _measured_copy(tmp_path, cosine_min: float):
     dst = tmp_path / os.path.basename(src)
     shutil.copytree(src, dst)
     manifest = json.loads((dst / "manifest.json").read_text())
-    manifest["image_bf16_on_cpu"] = {"photos": 3574, "cosine_min": cosine_min}
+    manifest.pop("image_bf16_on_cpu", None)
+    if cosine_min is not None:
+        manifest["image_bf16_on_cpu"] = {"photos": 3574, "cosine_min": cosine_min}
     (dst / "manifest.json").write_text(json.dumps(manifest))
     return str(dst)
 
@@ -155,3 +170,43 @@ def test_bf16_linears_cast_once_give_autocasts_outputs_bit_for_bit(sample):
     plain = load_encoder("default", "cpu")                      # fp32 weights, cast by autocast on each call
     plain.text_precision = "bf16"
     np.testing.assert_array_equal(cast.embed_texts(titles), plain.embed_texts(titles))
+
+
+def test_the_first_layers_of_the_jobs_image_tower_run_fp32_under_autocast(sample):
+    _, images = sample
+    enc = load_encoder("default", "cpu", "bf16")
+    trunk = enc.model.visual.trunk
+    dtypes = {}
+    hooks = [getattr(trunk, name).register_forward_hook(
+        lambda _m, _i, out, name=name: dtypes.__setitem__(name, out.dtype)) for name in ("stem", "s1", "s2", "s4")]
+    try:
+        enc.embed_images(images[:4])
+    finally:
+        for h in hooks:
+            h.remove()
+    assert dtypes == {"stem": torch.float32, "s1": torch.float32, "s2": torch.bfloat16, "s4": torch.bfloat16}
+    assert early_layers_fp32(enc.model.visual) == 0               # a second call wraps nothing more
+    stored = load_encoder("default", "cpu")
+    assert early_layers_fp32(stored.model.visual) == 2            # the stem and the first stage
+    assert early_layers_fp32(load_encoder("default", "cpu").model.text) == 0   # no convolutional trunk
+
+
+def test_a_measurement_is_recorded_in_the_manifest_and_the_version_stays_valid(tmp_path):
+    import shutil
+
+    from models.refs import parse_model_ref
+    from models.store import read_manifest, record_measurement, verify_version
+
+    src = parse_model_ref("default").name
+    dst = tmp_path / os.path.basename(src)
+    shutil.copytree(src, dst)
+    before = read_manifest(dst)
+    record_measurement(dst, "image_bf16_on_cpu", {"photos": 3, "cosine_min": 0.5})
+    after = verify_version(dst)                                     # checksums and name still hold
+    assert after["image_bf16_on_cpu"] == {"photos": 3, "cosine_min": 0.5}
+    assert {k: v for k, v in after.items() if k != "image_bf16_on_cpu"} == {
+        k: v for k, v in before.items() if k != "image_bf16_on_cpu"}
+    for own in ("files", "version", "code_version"):
+        with pytest.raises(ValueError, match="not a measurement"):
+            record_measurement(dst, own, {})
+    assert read_manifest(dst) == after

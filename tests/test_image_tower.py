@@ -228,3 +228,42 @@ def test_the_aux_options_parse():
     args = _parser().parse_args(["--data", "d", "--work", "w", "--aux-weight", "0.5", "--aux-columns", "usage"])
     assert (args.aux_weight, args.aux_columns) == (0.5, "usage")
     assert _parser().parse_args(["--data", "d", "--work", "w"]).aux_weight == 0.0
+
+
+def test_a_stored_tower_is_measured_in_bf16_and_the_measurement_recorded(tmp_path, capsys):
+    import pandas as pd
+    from PIL import Image
+
+    from models.encoders import image_bf16_holds
+    from models.store import read_manifest, save_version, trained_state_dict, verify_version
+    from models.training.data import split_of
+    from models.training.image_precision import main
+
+    champ_dir, _ = _champion(tmp_path)
+    model, model_cfg = build_candidate(champ_dir, ImageTowerConfig(arch="regnetx_002", image_hw=HW))
+    pp = {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.visual.preprocess_cfg.items()}
+    version = save_version(tmp_path / "store", "tower", model_cfg, pp, trained_state_dict(model),
+                           training_data="synthetic", metrics={})
+    data = tmp_path / "fashion"
+    (data / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(60):
+        path = f"images/{i}.jpg"
+        Image.fromarray(rng.integers(0, 255, (80, 60, 3), dtype=np.uint8)).save(data / path)
+        rows.append({"product_id": f"p{i}", "title": f"item {i}", "articleType": f"t{i % 3}", "image_path": path})
+    pd.DataFrame(rows).to_parquet(data / "products.parquet")
+    held_out = sum(split_of(r["product_id"]) == "valid" for r in rows)
+    assert held_out > 0
+    args = ["--data", str(data), "--store", str(tmp_path / "store"), "--version", version,
+            "--cache-dir", str(tmp_path / "cache")]
+    assert main([*args, "--dry-run"]) == 0
+    assert "image_bf16_on_cpu" not in read_manifest(tmp_path / "store" / version)
+    assert main(args) == 0
+    m = verify_version(tmp_path / "store" / version)["image_bf16_on_cpu"]
+    assert m["photos"] == held_out and 0.0 < m["cosine_min"] <= m["cosine_median"] <= 1.0 + 1e-6
+    assert image_bf16_holds({"image_bf16_on_cpu": m}) == (m["cosine_min"] >= 0.999)
+    assert "bf16 on a CPU:" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="not a convolutional tower"):
+        main(["--data", str(data), "--store", str(tmp_path / "store"), "--version", champ_dir.name,
+              "--cache-dir", str(tmp_path / "cache")])
