@@ -165,6 +165,8 @@ def tower_precisions(precision: str | None, device: str, image_bf16_on_cpu: bool
 
 IMAGE_BF16_KEY = "image_bf16_on_cpu"   # in a version's manifest: the measurement that lets its tower run bf16
 IMAGE_BF16_FLOOR = 0.999               # issue 21's floor: every embedding's cosine to its fp32 one
+# What a measurement measured (:func:`serving_form`), recorded beside its figures.
+SERVING_FORM = "folded, channels-last, stem and first stage fp32"
 
 
 def image_bf16_holds(manifest: dict) -> bool:
@@ -198,9 +200,10 @@ def measure_image_bf16(model: Any, pixels: np.ndarray, batch: int = 64) -> dict[
     # A photo the tower maps to NaN in either precision counts as cosine 0: it does not hold.
     c = np.nan_to_num(torch.cat(cos).numpy(), nan=0.0) if cos else np.ones(0, dtype=np.float32)
     if not len(c):
-        return {"photos": 0, "cosine_min": 0.0}
+        return {"photos": 0, "cosine_min": 0.0, "serving_form": SERVING_FORM}
     return {"photos": int(len(c)), "cosine_min": round(float(c.min()), 6),
-            "cosine_p1": round(float(np.percentile(c, 1)), 6), "cosine_median": round(float(np.median(c)), 6)}
+            "cosine_p1": round(float(np.percentile(c, 1)), 6), "cosine_median": round(float(np.median(c)), 6),
+            "serving_form": SERVING_FORM}
 
 
 def _hf_tokenizer(path: str, context_length: int):

@@ -101,6 +101,10 @@ def read_manifest(vdir: Path) -> dict[str, Any]:
 _MANIFEST_OWN = frozenset({"version", "name", "created_at", "code_version", "training_data", "files"})
 
 
+def _manifest_text(manifest: Mapping[str, Any]) -> str:
+    return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+
+
 def record_measurement(vdir: Path, key: str, value: Mapping[str, Any]) -> dict[str, Any]:
     """Add (or replace) the measurement ``key`` in the manifest of the version in ``vdir``, atomically, and return
     the manifest: what was measured on a version after it was saved (:func:`models.encoders.measure_image_bf16`).
@@ -110,7 +114,7 @@ def record_measurement(vdir: Path, key: str, value: Mapping[str, Any]) -> dict[s
         raise ValueError(f"{key!r} describes the version's files; it is not a measurement")
     manifest = read_manifest(vdir)
     manifest[key] = dict(value)
-    atomic_write(vdir / MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    atomic_write(vdir / MANIFEST_FILE, _manifest_text(manifest))
     return manifest
 
 
@@ -286,6 +290,6 @@ def save_version(root: Path, name: str, model_cfg: dict[str, Any], preprocess_cf
         "files": {f: sha256_file(tmp / f) for f in files},
         **dict(extra or {}),
     }
-    (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    (tmp / MANIFEST_FILE).write_text(_manifest_text(manifest))
     os.replace(tmp, version_dir(root, version))  # the version appears complete or not at all
     return version

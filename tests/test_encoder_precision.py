@@ -188,7 +188,7 @@ def test_the_first_layers_of_the_jobs_image_tower_run_fp32_under_autocast(sample
     assert early_layers_fp32(enc.model.visual) == 0               # a second call wraps nothing more
     stored = load_encoder("default", "cpu")
     assert early_layers_fp32(stored.model.visual) == 2            # the stem and the first stage
-    assert early_layers_fp32(load_encoder("default", "cpu").model.text) == 0   # no convolutional trunk
+    assert early_layers_fp32(stored.model.text) == 0               # no convolutional trunk
 
 
 def test_a_measurement_is_recorded_in_the_manifest_and_the_version_stays_valid(tmp_path):

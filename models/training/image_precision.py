@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from models.encoders import IMAGE_BF16_KEY, image_bf16_holds, load_encoder, measure_image_bf16
-    from models.store import current_version, record_measurement, store_root, verify_version, version_dir
+    from models.encoders import IMAGE_BF16_FLOOR, IMAGE_BF16_KEY, image_bf16_holds, load_encoder, measure_image_bf16
+    from models.store import current_version, record_measurement, store_root, version_dir
     from models.training.fashion import load_fashion
 
     root = store_root(args.store)
@@ -44,16 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     if not version:
         raise SystemExit(f"no --version given and no current version in {root}")
     vdir = version_dir(root, version)
-    verify_version(vdir)
-    enc = load_encoder(str(vdir), "cpu")
+    enc = load_encoder(str(vdir), "cpu")   # verifies the version's checksums and name first
     if enc.resize_mode != "longest":
         raise SystemExit(f"{version}: not a convolutional tower over the whole photo; nothing to measure here")
     split = load_fashion(args.data, size=enc.image_hw, cache_dir=args.cache_dir)
     m = measure_image_bf16(enc.model, split.valid.pixels)
-    m["serving_form"] = "folded, channels-last, stem and first stage fp32"
     verdict = "holds" if image_bf16_holds({IMAGE_BF16_KEY: m}) else "does not hold"
     sys.stdout.write(json.dumps({version: m}, indent=2) + f"\nbf16 on a CPU: {verdict} (lowest cosine "
-                     f"{m['cosine_min']}, floor 0.999)\n")
+                     f"{m['cosine_min']}, floor {IMAGE_BF16_FLOOR})\n")
     if not args.dry_run:
         record_measurement(vdir, IMAGE_BF16_KEY, m)
         log.info("recorded %s in %s", IMAGE_BF16_KEY, vdir / "manifest.json")
