@@ -167,6 +167,33 @@ def test_pandas_udfs_and_map_in_pandas_run_in_workers_of_one_preloading_daemon(s
     assert len(daemons) == 1, seen
     assert all("udfs.daemon" in s.split("|")[1] for s in seen), seen
     assert all(s.endswith("|True") for s in seen), seen    # torch came with the fork
+    # Forked by a manager of the daemon the driver started early (udfs.daemon.start_early), not by Spark's launcher.
+    assert all("udfs.daemon --early" in s.split("|")[1] for s in seen), seen
+
+
+def test_workers_of_the_early_daemon_keep_sparks_thread_limits_and_environment(spark):
+    """The early daemon imported torch and numpy with the driver's environment; its workers still run with the
+    environment Spark gives them (its OMP_NUM_THREADS, the worker factory's secret, the hash seed)."""
+    from pyspark.sql.functions import pandas_udf
+
+    @pandas_udf("string")
+    def seen(ids: pd.Series) -> pd.Series:
+        import json
+        import os as _os
+
+        import torch
+        from threadpoolctl import threadpool_info
+
+        pools = sorted({p["num_threads"] for p in threadpool_info()})
+        return pd.Series([json.dumps([_os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads(), pools,
+                                      "PYTHON_WORKER_FACTORY_SECRET" in _os.environ, hash("abc")])] * len(ids))
+
+    rows = {r[0] for r in spark.range(4).select(seen("id")).collect()}
+    for row in rows:
+        omp, torch_threads, pools, secret, _ = json.loads(row)
+        assert omp is not None and torch_threads == int(omp) and pools == [int(omp)], row
+        assert secret
+    assert len({json.loads(r)[4] for r in rows}) == 1   # one hash seed for every worker
 
 
 def test_preload_skips_what_does_not_import():

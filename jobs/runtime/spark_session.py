@@ -114,6 +114,7 @@ def build_session(app_name: str = "catalog-enrich", conf: dict[str, str] | None 
             # executor instead of once per worker (udfs/daemon.py). Only where the workers' Python imports the
             # project by itself: the daemon starts before --py-files reach sys.path (on a cluster it failed).
             wanted[daemon] = "udfs.daemon"
+            _start_early_daemon(wanted)
         if _cores() <= FEW_CORES:
             wanted.update(FEW_CORES_DEFAULTS)
     wanted.update(conf or {})
@@ -158,6 +159,39 @@ def quiet_library_loggers(spark_level: str = "WARN") -> None:
         logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
 
 
+_EARLY: list = []   # the early worker daemon of this process's session, if one was started
+
+
+def _stop_early() -> None:
+    while _EARLY:
+        _EARLY.pop().stop()
+
+
+def _start_early_daemon(wanted: dict[str, str]) -> None:
+    """Start the workers' daemon now, before the JVM starts the first Python task (udfs/daemon.py: its imports of
+    torch and open_clip run beside the SparkContext's start-up), and give its socket to the workers' environment.
+    Any earlier one of this process goes first; a failure only logs: the daemon Spark launches imports by itself."""
+    import atexit
+    import logging
+
+    from udfs.daemon import EARLY_ENV, EARLY_SWITCH, start_early
+
+    if os.environ.get(EARLY_SWITCH, "1") == "0" or os.environ.get("CATALOG_ENRICH_WORKER_PRELOAD", "1") == "0":
+        return
+    _stop_early()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_GATEWAY")}
+    env["PYTHONHASHSEED"] = os.environ.get("PYTHONHASHSEED", "0")   # fixed at start: as pyspark gives its workers
+    try:
+        early = start_early(env, os.environ.get("PYSPARK_PYTHON") or sys.executable)
+    except OSError as e:
+        logging.getLogger(__name__).debug("the early worker daemon did not start: %s", e)
+        return
+    atexit.unregister(_stop_early)   # registered once
+    atexit.register(_stop_early)
+    _EARLY.append(early)
+    wanted[f"spark.executorEnv.{EARLY_ENV}"] = early.path
+
+
 def _workers_import_the_project() -> bool:
     """Whether the Python workers' interpreter finds ``udfs.daemon`` with no path of ours (an installed or
     editable project), checked once in a subprocess as the workers start: no PYTHONPATH, another folder."""
@@ -197,8 +231,9 @@ def start_python_workers(spark):
     The daemon imports torch and open_clip before it forks a worker (udfs/daemon.py: 6-7 s on 2 cores). Started
     here, while the driver verifies models, reads the lake and plans the first query, that import runs beside
     the driver's work instead of after it; the first pandas UDF then finds the daemon up, or waits for the one
-    already starting. A failure here is only logged (and kept as the thread's ``error``): the UDF that needs a
-    worker starts the daemon itself.
+    already starting. Where the session started the daemon's imports earlier still (:func:`_start_early_daemon`),
+    this job has Spark launch the daemon, which takes over the early one's imports. A failure here is only logged
+    (and kept as the thread's ``error``): the UDF that needs a worker starts the daemon itself.
     """
     import logging
     import threading
