@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from udfs.daemon import EARLY_ENV, start_early
+from udfs.daemon import EARLY_ENV, early_supported, start_early
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists() or not hasattr(os, "pidfd_open"),
-                                reason="needs Linux")
+pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists() or not early_supported(), reason="needs Linux")
 
 
 def _parent(pid: int) -> int:

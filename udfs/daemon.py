@@ -44,8 +44,8 @@ import os
 import sys
 import time
 
-__all__ = ["EARLY_ENV", "EARLY_SWITCH", "PRELOAD", "TUNING_ENV", "EarlyDaemon", "drop_java_archives", "main",
-           "prefer_installed_pyspark", "preload", "start_early"]
+__all__ = ["EARLY_ENV", "EARLY_SWITCH", "PRELOAD", "TUNING_ENV", "EarlyDaemon", "drop_java_archives",
+           "early_supported", "main", "prefer_installed_pyspark", "preload", "start_early"]
 
 TUNING_ENV = "CATALOG_ENRICH_WORKER_TUNING"
 EARLY_ENV = "CATALOG_ENRICH_EARLY_DAEMON"      # in the workers' environment: the early daemon's socket
@@ -157,6 +157,14 @@ class EarlyDaemon:
             self.process.kill()
             self.process.wait()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def early_supported() -> bool:
+    """Whether this system has what the hand-over needs: Unix sockets that pass descriptors and tell the peer's
+    user, and process descriptors to wait on (Linux)."""
+    import socket
+
+    return sys.platform.startswith("linux") and hasattr(os, "pidfd_open") and hasattr(socket, "SO_PEERCRED")
 
 
 def start_early(env: dict[str, str], python: str | None = None) -> EarlyDaemon:
@@ -354,9 +362,9 @@ def _hand_over(path: str, wait_s: float = EARLY_WAIT_S) -> bool:
                            "python": [sys.executable, sys.prefix, sys.version]}).encode()
         socket.send_fds(conn, [len(spec).to_bytes(8, "big") + spec], [0, 1, 2])
         pid = int(_read_until(conn, 24, b"\n"))
-        pidfd = os.pidfd_open(pid)
+        pidfd = os.pidfd_open(pid)   # Linux 5.3 and later; start_early is not used elsewhere
         conn.sendall(b"go")
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         return False
     conn.close()
 
