@@ -45,7 +45,7 @@ import sys
 import time
 
 __all__ = ["EARLY_ENV", "EARLY_SWITCH", "PRELOAD", "TUNING_ENV", "EarlyDaemon", "drop_java_archives",
-           "early_supported", "main", "prefer_installed_pyspark", "preload", "start_early"]
+           "early_supported", "main", "prefer_installed_pyspark", "preload", "preload_enabled", "start_early"]
 
 TUNING_ENV = "CATALOG_ENRICH_WORKER_TUNING"
 EARLY_ENV = "CATALOG_ENRICH_EARLY_DAEMON"      # in the workers' environment: the early daemon's socket
@@ -185,7 +185,6 @@ def start_early(env: dict[str, str], python: str | None = None) -> EarlyDaemon:
 def _serve_early(path: str) -> None:
     """The early daemon: listen first (a launcher that comes during the imports waits for them), import, then fork
     one manager for each launcher that hands over its pipes, until standard input closes."""
-    import gc
     import select
     import signal
     import socket
@@ -193,13 +192,8 @@ def _serve_early(path: str) -> None:
     listen = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listen.bind(path)
     listen.listen(8)
-    prefer_installed_pyspark()
-    gc.disable()
-    took = preload() if os.environ.get("CATALOG_ENRICH_WORKER_PRELOAD", "1") != "0" else {}
-    if os.environ.get("CATALOG_ENRICH_WORKER_PRELOAD_LOG"):
-        sys.stderr.write(f"catalog-enrich early worker daemon {os.getpid()}: imported {took}\n")
-    gc.freeze()
-    gc.enable()
+    tuning = _import_before_forking("early worker daemon")
+    _freeze_imported(tuning)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)   # the managers are reaped as they end
     while True:
         ready = select.select([listen.fileno(), 0], [], [])[0]
@@ -381,15 +375,15 @@ def _hand_over(path: str, wait_s: float = EARLY_WAIT_S) -> bool:
     return True
 
 
-def main() -> None:
-    import gc
+def preload_enabled() -> bool:
+    """Whether the daemon imports :data:`PRELOAD` before it forks (``CATALOG_ENRICH_WORKER_PRELOAD=0``: no)."""
+    return os.environ.get("CATALOG_ENRICH_WORKER_PRELOAD", "1") != "0"
 
-    if len(sys.argv) > 2 and sys.argv[1] == "--early":
-        _serve_early(sys.argv[2])
-        return
-    early = os.environ.get(EARLY_ENV)
-    if early and _appeared(early) and _hand_over(early):
-        return
+
+def _import_before_forking(who: str) -> str:
+    """What a daemon does before its first fork, launched by Spark or started early: the path, the imports with the
+    collector off, as ``CATALOG_ENRICH_WORKER_TUNING`` says. Returns that tuning (:func:`_freeze_imported`)."""
+    import gc
 
     tuning = os.environ.get(TUNING_ENV, "all")   # none | path | all: what bench/worker_tasks.py compares
     if tuning in ("path", "all"):
@@ -398,12 +392,16 @@ def main() -> None:
         # No collection while the libraries import: they allocate about half a million objects that all live on,
         # and the passes the allocator triggers over them cost 0.7 s of CPU (of 4.9) on the run's critical path.
         gc.disable()
-    if os.environ.get("CATALOG_ENRICH_WORKER_PRELOAD", "1") != "0":
+    if preload_enabled():
         # stdout carries the daemon's port to the JVM: nothing else may be written there.
         took = preload()
         if os.environ.get("CATALOG_ENRICH_WORKER_PRELOAD_LOG"):
-            sys.stderr.write(f"catalog-enrich worker daemon {os.getpid()}: imported {took}\n")
-    from pyspark import daemon
+            sys.stderr.write(f"catalog-enrich {who} {os.getpid()}: imported {took}\n")
+    return tuning
+
+
+def _freeze_imported(tuning: str) -> None:
+    import gc
 
     if tuning == "all":
         # pyspark's daemon runs gc.collect() in a reused worker after every task: with the preloaded libraries
@@ -412,6 +410,19 @@ def main() -> None:
         # the workers collect their own objects as usual.
         gc.freeze()
         gc.enable()
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--early":
+        _serve_early(sys.argv[2])
+        return
+    early = os.environ.get(EARLY_ENV)
+    if early and _appeared(early) and _hand_over(early):
+        return
+    tuning = _import_before_forking("worker daemon")
+    from pyspark import daemon
+
+    _freeze_imported(tuning)
     daemon.manager()
 
 

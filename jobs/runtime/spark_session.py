@@ -174,10 +174,9 @@ def _start_early_daemon(wanted: dict[str, str]) -> None:
     import atexit
     import logging
 
-    from udfs.daemon import EARLY_ENV, EARLY_SWITCH, early_supported, start_early
+    from udfs.daemon import EARLY_ENV, EARLY_SWITCH, early_supported, preload_enabled, start_early
 
-    if (os.environ.get(EARLY_SWITCH, "1") == "0" or os.environ.get("CATALOG_ENRICH_WORKER_PRELOAD", "1") == "0"
-            or not early_supported()):
+    if os.environ.get(EARLY_SWITCH, "1") == "0" or not preload_enabled() or not early_supported():
         return
     _stop_early()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYSPARK_GATEWAY")}
