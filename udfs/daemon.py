@@ -139,9 +139,9 @@ def _holds_python(archive: str) -> bool:
 class EarlyDaemon:
     """The driver's handle on a daemon started early (:func:`start_early`); :meth:`stop` ends it."""
 
-    def __init__(self, folder: str, process):
+    def __init__(self, folder: str, path: str, process):
         self.folder = folder
-        self.path = os.path.join(folder, "daemon.sock")
+        self.path = path   # its socket, in ``folder``
         self.process = process
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -176,10 +176,10 @@ def start_early(env: dict[str, str], python: str | None = None) -> EarlyDaemon:
     import tempfile
 
     folder = tempfile.mkdtemp(prefix="catalog-enrich-daemon-")   # mode 0700: this user's only
-    process = subprocess.Popen([python or sys.executable, "-m", "udfs.daemon", "--early", os.path.join(folder,
-                                "daemon.sock")], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env,
-                               close_fds=True)
-    return EarlyDaemon(folder, process)
+    path = os.path.join(folder, "daemon.sock")
+    process = subprocess.Popen([python or sys.executable, "-m", "udfs.daemon", "--early", path],
+                               stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, close_fds=True)
+    return EarlyDaemon(folder, path, process)
 
 
 def _serve_early(path: str) -> None:
