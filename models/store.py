@@ -38,7 +38,7 @@ __all__ = [
     "CONFIG_FILE", "DEFAULT_STORE", "MANIFEST_FILE", "VERSION_NAME", "WEIGHTS_FILE", "ModelIntegrityError",
     "check_safetensors", "check_version_name", "code_version", "current_version", "list_versions", "promote",
     "read_manifest", "record_measurement", "save_version", "store_root", "text_tower_origin", "trained_state_dict",
-    "verify_version", "version_dir",
+    "unused_version", "verify_version", "version_dir",
 ]
 
 DEFAULT_STORE = Path(__file__).resolve().parent / "store"
@@ -50,7 +50,7 @@ CARD_FILE = "MODEL_CARD.md"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 # Parameters that stay in the MiniLM package unless fine-tuned (then the trained ones are saved too).
 FROZEN_PREFIX = "text.transformer."
-# A version folder's name: what save_version writes (a scorer store adds -<n> to a name taken twice in a second).
+# A version folder's name: what save_version writes (-<n> added to a name taken twice in a second: unused_version).
 VERSION_NAME = re.compile(r"^(?P<name>.+)-(?P<time>\d{8}T\d{6})-(?P<digest>[0-9a-f]{10})(?:-\d+)?$")
 
 
@@ -70,6 +70,16 @@ def version_dir(root: Path, version: str) -> Path:
     if not version or "/" in version or version.startswith("."):
         raise ValueError(f"invalid model version id {version!r}")
     return root / version
+
+
+def unused_version(root: Path, base: str) -> str:
+    """``base``, or ``base-2``, ``base-3``, ... where a version of that name is in ``root`` already: the same model
+    saved twice within one second (the name is the time to the second and a digest of the content)."""
+    version, n = base, 1
+    while version_dir(root, version).exists():
+        n += 1
+        version = f"{base}-{n}"
+    return version
 
 
 def current_version(root: Path) -> str | None:
@@ -271,8 +281,8 @@ def save_version(root: Path, name: str, model_cfg: dict[str, Any], preprocess_cf
                else save_bytes(dict(state), metadata={"format": "pt", "parts": "trained-only"}))
     digest = hashlib.sha256(config_text.encode() + weights).hexdigest()[:10]
     created = datetime.now(timezone.utc)
-    version = f"{name}-{created:%Y%m%dT%H%M%S}-{digest}"
     root.mkdir(parents=True, exist_ok=True)
+    version = unused_version(root, f"{name}-{created:%Y%m%dT%H%M%S}-{digest}")
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{version}."))
     (tmp / CONFIG_FILE).write_text(config_text + "\n")
     (tmp / WEIGHTS_FILE).write_bytes(weights)

@@ -212,3 +212,28 @@ def test_the_shipped_encoders_that_share_title_embeddings():
               if v.startswith("catalog-") and store.text_tower_origin(store.DEFAULT_STORE, v) != origin]
     assert others and not same_text_tower(current, f"store:{others[0]}")
     assert not same_text_tower(current, "builtin:catalog-tiny-minilm")
+
+
+def test_the_same_model_saved_twice_within_one_second_gets_a_second_version(saved, tmp_path, monkeypatch):
+    """The name is the time to the second and a digest of the content: a second save of the same weights in that
+    second (the ensemble command run again with --promote) gets "-2", instead of failing on the taken folder."""
+    import datetime as dt
+
+    root, version, _ = saved
+    at = dt.datetime.strptime(store.VERSION_NAME.match(version)["time"], "%Y%m%dT%H%M%S").replace(
+        tzinfo=dt.timezone.utc)
+
+    class Frozen(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return at
+
+    monkeypatch.setattr(store, "datetime", Frozen)
+    weights = (root / version / "model.safetensors").read_bytes()   # the same bytes: the same digest
+    again = store.save_version(root, "tiny", tiny_model_cfg(tmp_path), {"size": [16, 16]}, {}, training_data="test",
+                               metrics={"x": 1.0}, card="# card {version}\n", weights_file=weights)
+    assert again == f"{version}-2" and store.VERSION_NAME.match(again)
+    assert store.read_manifest(root / again)["version"] == again
+    assert again in (root / again / "MODEL_CARD.md").read_text()
+    store.verify_version(root / again)
+    assert store.read_manifest(root / version)["version"] == version   # the first one untouched

@@ -24,7 +24,14 @@ from models.core.io import atomic_write
 from models.digest import sha256_file
 from models.matching.features import FEATURES
 from models.matching.scorer import PairScorer
-from models.store import ModelIntegrityError, check_version_name, code_version, current_version, version_dir
+from models.store import (
+    ModelIntegrityError,
+    check_version_name,
+    code_version,
+    current_version,
+    unused_version,
+    version_dir,
+)
 
 __all__ = ["DEFAULT_SCORER_STORE", "SCORER_FILE", "load_scorer", "promote_scorer", "resolve_scorer", "save_scorer"]
 
@@ -40,12 +47,8 @@ def save_scorer(root: Path, scorer: PairScorer, *, name: str = "pair-scorer", tr
     """Write a new version and return its id (``<name>-<UTC time>-<digest>``); ``current`` is not touched."""
     text = scorer.to_json() + "\n"
     created = datetime.now(timezone.utc)
-    version = base = f"{name}-{created:%Y%m%dT%H%M%S}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
     root.mkdir(parents=True, exist_ok=True)
-    n = 1
-    while version_dir(root, version).exists():  # the same scorer saved twice within one second: a new version
-        n += 1
-        version = f"{base}-{n}"
+    version = unused_version(root, f"{name}-{created:%Y%m%dT%H%M%S}-{hashlib.sha256(text.encode()).hexdigest()[:10]}")
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{version}."))
     (tmp / SCORER_FILE).write_text(text)
     manifest = {"version": version, "name": name, "created_at": created.isoformat(timespec="seconds"),
