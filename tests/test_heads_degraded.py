@@ -368,3 +368,69 @@ def test_recalibrating_a_stored_bundles_head_keeps_its_weights_and_decisions():
         np.testing.assert_array_equal(new.predict(deg.valid_txt[c], vimg, valid[c]).argmax(axis=1),
                                       old.predict(deg.valid_txt[c], vimg, valid[c]).argmax(axis=1))
     assert recalibrate_head(text_head, {"va_img": vimg}, deg, vy) is text_head   # no title expert: unchanged
+
+
+def test_a_title_that_names_two_types_leaves_the_type_to_the_photo(tmp_path):
+    """A seller's title stuffed with another type's name: with ``ambiguous_titles`` the title expert gets no
+    weight there (the fused head without it decides, at the poor title's temperature); a title naming at most one
+    type is read exactly as before; the flag survives the store and a bundle saved before it loads without it."""
+    fused, own, x, vt, vy, _ = _late_fused(400)
+    fused = dataclasses.replace(fused, fusion_temperature_poor=2.0)
+    flagged = dataclasses.replace(fused, ambiguous_titles=True)
+    stuffed_titles = [f"{t} {CLASSES[(c + 1) % 3]}" if t else t for t, c in zip(vt, vy, strict=True)]
+    xs = _text_tower(stuffed_titles)
+    gate = flagged.title_gate(stuffed_titles)
+    two = np.array([sum(c.lower() in t.lower().split() for c in CLASSES) >= 2 for t in stuffed_titles])
+    assert two.sum() > 100 and np.all(gate[two] == 0.0) and np.all(gate[~two] == fused.title_gate(stuffed_titles)[~two])
+    # where the title names two types, the fused head's own log-probabilities decide (the photo, here)
+    np.testing.assert_allclose(flagged.fused_log_probs(own, xs, stuffed_titles)[two], own[two], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(flagged.fusion_temperatures(gate))[two], 2.0)   # an empty title's
+    assert not np.allclose(fused.fused_log_probs(own, xs, stuffed_titles)[two], own[two])   # the expert spoke
+    # titles naming one type or none: nothing changes
+    np.testing.assert_array_equal(flagged.fused_log_probs(own, x, vt), fused.fused_log_probs(own, x, vt))
+    head = dataclasses.replace(flagged, name="category")
+    save_heads(tmp_path, "heads-test", HeadBundle("enc-v1", head), training_data="synthetic", metrics={})
+    assert load_heads(find_heads(tmp_path, "enc-v1")).category.ambiguous_titles is True
+    desc = {k: v for k, v in head.describe().items() if k != "ambiguous_titles"}   # a bundle saved before the flag
+    assert LinearHead.from_parts("category", desc, head.tensors()).ambiguous_titles is False
+
+
+def test_stuffed_titles_append_other_types_words_and_keep_the_label():
+    from models.heads.degrade import stuffed
+
+    words = {"Shirt": ["Blue Shirt"], "Shoe": ["Casual Shoe"], "Watch": ["Steel Watch"]}
+    titles, labels = ["Nike Men Blue Shirt", "Fossil Watch", ""], ["Shirt", "Watch", "Shoe"]
+    out = stuffed(titles, labels, words, 2, seed=0)
+    assert out == stuffed(titles, labels, words, 2, seed=0) and len(out) == 3
+    for t, o, c in zip(titles, out, labels, strict=True):
+        extra = o[len(t):].strip()
+        others = [w for k, v in words.items() if k != c for w in v]
+        assert o.startswith(t) and words[c][0] not in extra
+        assert sum(extra.count(w) for w in others) == 2   # two phrases, each of another type
+
+
+def test_the_types_a_title_names_are_read_as_sellers_write_them():
+    from models.heads.bundle import named_classes
+
+    classes = ("Tshirts", "Casual Shoes", "Sports Shoes", "Watches", "Dresses", "Body Lotion", "Shorts", "Heels")
+    titles = ["Nike Men Blue T-Shirt", "Puma Men Black Sports Shoes", "Nike Women Black T-Shirts Body Lotion Shorts",
+              "Fossil Watch & Heels", "", "Sports Shoes Casual Shoes", "Women Red Dress", "Titan Men Steel Strap"]
+    assert named_classes(titles, classes).tolist() == [1, 1, 3, 2, 0, 2, 1, 0]
+
+
+def test_a_changed_description_stores_the_same_weight_bytes(tmp_path):
+    """A new version that changes only a head's description keeps the earlier version's weight file byte for byte
+    (no second copy of the tensors in git), and refuses where the tensors differ."""
+    head = LinearHead("category", "text", tuple(CLASSES), np.zeros(4, np.float32), np.ones(4, np.float32),
+                      ((np.arange(12, dtype=np.float32).reshape(4, 3), np.zeros(3, np.float32)),))
+    first = save_heads(tmp_path, "heads-test", HeadBundle("enc-v1", head), training_data="synthetic", metrics={})
+    src = tmp_path / "heads" / first
+    second = save_heads(tmp_path, "heads-test", HeadBundle("enc-v1", dataclasses.replace(head, ambiguous_titles=True)),
+                        training_data="synthetic", metrics={}, same_weights_as=src)
+    assert second != first
+    assert (tmp_path / "heads" / second / "model.safetensors").read_bytes() == (src / "model.safetensors").read_bytes()
+    assert load_heads(tmp_path / "heads" / second).category.ambiguous_titles is True
+    other = dataclasses.replace(head, mean=np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="tensors are not those of"):
+        save_heads(tmp_path, "heads-test", HeadBundle("enc-v1", other), training_data="synthetic", metrics={},
+                   same_weights_as=src)

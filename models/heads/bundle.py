@@ -22,8 +22,8 @@ import numpy as np
 from models.heads.lexical import LexicalExpert
 
 __all__ = [
-    "HEADS_DIR", "HeadBundle", "LinearHead", "find_heads", "head_input", "load_heads", "mentions", "save_heads",
-    "softmax",
+    "HEADS_DIR", "HeadBundle", "LinearHead", "find_heads", "head_input", "load_heads", "mentions", "named_classes",
+    "save_heads", "softmax",
 ]
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,52 @@ def mentions(texts: list[str], classes: tuple[str, ...]) -> np.ndarray:
     return out
 
 
+def _type_word(word: str) -> str:
+    """A word as :func:`named_classes` compares it: lower case, letters and digits only, a plural ending off
+    ("T-Shirts" and "Tshirt" -> "tshirt", "Watches" -> "watch", "Dresses" and "Dress" -> "dress")."""
+    w = re.sub(r"[^0-9a-z]", "", word.lower())
+    if len(w) > 4 and w.endswith(("sses", "shes", "ches", "xes")):
+        return w[:-2]
+    if len(w) > 3 and w.endswith("s") and not w.endswith("ss"):
+        return w[:-1]
+    return w
+
+
+_NAME_SPLIT = re.compile(r"[\s/,&+|()]+")
+
+
+@functools.lru_cache(maxsize=64)
+def _class_names(classes: tuple[str, ...]) -> tuple[dict[tuple[str, ...], frozenset[int]], int]:
+    names: dict[tuple[str, ...], set[int]] = {}
+    for i, c in enumerate(classes):
+        key = tuple(w for w in (_type_word(x) for x in c.split()) if w)
+        if key:
+            names.setdefault(key, set()).add(i)
+    return {k: frozenset(v) for k, v in names.items()}, max((len(k) for k in names), default=0)
+
+
+def named_classes(texts: list[str], classes: tuple[str, ...]) -> np.ndarray:
+    """(N,) how many different ``classes`` each text names, its words compared as :func:`_type_word` writes them
+    (so "T-Shirt" names ``Tshirts``), the longest name first ("Sports Shoes" is one name, not also "Shoes")."""
+    names, longest = _class_names(tuple(classes))
+    out = np.zeros(len(texts), dtype=np.int64)
+    for i, t in enumerate(texts):
+        words = [w for w in (_type_word(x) for x in _NAME_SPLIT.split(t or "")) if w]
+        found: set[int] = set()
+        j = 0
+        while j < len(words):
+            for n in range(min(longest, len(words) - j), 0, -1):
+                hit = names.get(tuple(words[j:j + n]))
+                if hit is not None:
+                    found |= hit
+                    j += n
+                    break
+            else:
+                j += 1
+        out[i] = len(found)
+    return out
+
+
 @dataclass(frozen=True)
 class LinearHead:
     """An MLP head (one or two layers, GELU between) on standardised inputs, with a softmax temperature.
@@ -117,6 +163,13 @@ class LinearHead:
     the same gate as the expert's weight. One temperature fitted over full and degraded titles together left the
     colour head sure of itself on full titles and unsure without one (mean confidence 0.43 where it was right
     0.62 of the time with no title).
+
+    ``ambiguous_titles``: a title that names two or more of the head's classes ("... Black T-Shirts Body Lotion
+    Shorts", a seller stuffing the title with other products' words; :func:`named_classes`, which reads "T-Shirts"
+    as ``Tshirts``) gives its title expert a gate of 0, as an empty title does: the fused head, which sees the
+    photo, decides, at the poor title's temperature. The title expert reads the text alone and follows the stuffed
+    words (category accuracy 0.44 on such titles, the fused head without it 0.89; ``python -m
+    models.heads.ambiguity``).
     """
 
     name: str
@@ -136,6 +189,7 @@ class LinearHead:
     title_min_words: float = 0.0           # the title expert's full weight from this many known title words on
     fusion_temperature: float = 1.0
     fusion_temperature_poor: float | None = None   # at a title gate of 0 (None: fusion_temperature throughout)
+    ambiguous_titles: bool = False         # a title naming two or more classes gives the title expert no weight
 
     def __post_init__(self) -> None:
         if self.inputs not in INPUTS:
@@ -197,10 +251,15 @@ class LinearHead:
 
     def title_gate(self, texts: list[str]) -> np.ndarray | float:
         """(N, 1) how much each title says, 0-1: its words known to the head's lexical vocabulary, else the title
-        expert's, over ``title_min_words`` (1.0 without a vocabulary)."""
+        expert's, over ``title_min_words`` (1.0 without a vocabulary); 0 for a title that names two or more classes
+        (:func:`named_classes`) when :attr:`ambiguous_titles` is set."""
         expert = self.title_expert
         vocab = self.lexical if self.lexical is not None else (None if expert is None else expert.lexical)
-        return vocab.gate(texts, self.title_min_words) if vocab is not None else 1.0
+        gate = vocab.gate(texts, self.title_min_words) if vocab is not None else 1.0
+        if not self.ambiguous_titles:
+            return gate
+        named = named_classes(texts, self.classes)[:, None]
+        return np.where(named >= 2, 0.0, np.broadcast_to(gate, named.shape)).astype(np.float32)
 
     def fusion_temperatures(self, gate: np.ndarray | float) -> np.ndarray | float:
         """The fusion temperature of each product: ``fusion_temperature_poor`` at gate 0, ``fusion_temperature``
@@ -247,7 +306,7 @@ class LinearHead:
                 "title_expert": None if self.title_expert is None else self.title_expert.describe(),
                 "title_weight": self.title_weight, "title_min_words": self.title_min_words,
                 "fusion_temperature": self.fusion_temperature,
-                "fusion_temperature_poor": self.fusion_temperature_poor}
+                "fusion_temperature_poor": self.fusion_temperature_poor, "ambiguous_titles": self.ambiguous_titles}
 
     @classmethod
     def from_parts(cls, name: str, desc: dict[str, Any], tensors: dict[str, np.ndarray]) -> LinearHead:
@@ -264,7 +323,8 @@ class LinearHead:
                                                                             tensors),
                    float(desc.get("title_weight", 0.0)), float(desc.get("title_min_words", 0.0)),
                    float(desc.get("fusion_temperature", 1.0)),
-                   None if desc.get("fusion_temperature_poor") is None else float(desc["fusion_temperature_poor"]))
+                   None if desc.get("fusion_temperature_poor") is None else float(desc["fusion_temperature_poor"]),
+                   bool(desc.get("ambiguous_titles", False)))
 
 
 @dataclass(frozen=True)
@@ -290,11 +350,14 @@ class HeadBundle:
 
 
 def save_heads(store: Path, name: str, bundle: HeadBundle, *, training_data: str, metrics: dict[str, Any],
-               card: str | None = None) -> str:
-    """Write ``bundle`` as a new version under ``<store>/heads``; returns the version id."""
+               card: str | None = None, same_weights_as: Path | None = None) -> str:
+    """Write ``bundle`` as a new version under ``<store>/heads``; returns the version id. ``same_weights_as``: an
+    earlier version's folder whose weight file holds exactly the bundle's tensors, stored again byte for byte (a
+    bundle with a changed description only: serialised again, safetensors' metadata may come out in another order
+    and give git a second copy of the same tensors); ValueError where the tensors differ."""
     import torch
 
-    from models.store import save_version
+    from models.store import WEIGHTS_FILE, save_version
 
     config = {
         "kind": "heads",
@@ -312,8 +375,18 @@ def save_heads(store: Path, name: str, bundle: HeadBundle, *, training_data: str
     # The lexical experts' (terms, classes) weights are most of a bundle: float16 halves them (the loader casts
     # back to float32; the change to a log-probability is about 1e-3 of its size).
     tensors = {k: v.half() if k.endswith(LEXICAL_WEIGHT_SUFFIX) else v for k, v in tensors.items()}
+    weights_file = None
+    if same_weights_as is not None:
+        from safetensors.torch import load as load_bytes
+
+        weights_file = (Path(same_weights_as) / WEIGHTS_FILE).read_bytes()
+        stored = load_bytes(weights_file)
+        if stored.keys() != tensors.keys() or any(
+                stored[k].dtype != v.dtype or not torch.equal(stored[k], v) for k, v in tensors.items()):
+            raise ValueError(f"save_heads: the bundle's tensors are not those of {same_weights_as}")
     return save_version(store / HEADS_DIR, name, config, {}, tensors, training_data=training_data, metrics=metrics,
-                        extra={"kind": "heads", "encoder_version": bundle.encoder_version}, card=card)
+                        extra={"kind": "heads", "encoder_version": bundle.encoder_version}, card=card,
+                        weights_file=weights_file)
 
 
 def load_heads(vdir: Path) -> HeadBundle:

@@ -13,11 +13,11 @@ random order).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["KINDS", "brand_of", "degrade", "degrade_mixed", "known_brands"]
+__all__ = ["KINDS", "brand_of", "degrade", "degrade_mixed", "known_brands", "stuffed"]
 
 KINDS = ("brand", "half", "empty", "shuffle")
 _GENDER_WORDS = {"men", "women", "boys", "girls", "unisex"}
@@ -101,3 +101,21 @@ def degrade_mixed(titles: Sequence[str], seed: int, brands: Sequence[str] = (),
         for i, t in zip(idx, degrade([titles[i] for i in idx], kind, seed + 1 + k, brands), strict=True):
             out[i] = t
     return out, which
+
+
+def stuffed(titles: Sequence[str], labels: Sequence[str], words: Mapping[str, Sequence[str]], n: int, seed: int
+            ) -> list[str]:
+    """Each title with ``n`` other products' words appended, as a seller stuffs a listing with search words: for
+    each, a class other than the title's own label drawn at random, and one of its entries in ``words`` (class ->
+    phrases: its name, or the last words of its titles). The label stays the title's own."""
+    rng = np.random.default_rng(seed)
+    pool = sorted(c for c, ws in words.items() if len(ws))
+    out = []
+    for title, label in zip(titles, labels, strict=True):
+        extra: list[str] = []
+        while len(extra) < n and len(pool) > 1:
+            c = pool[int(rng.integers(len(pool)))]
+            if c != label:
+                extra.append(words[c][int(rng.integers(len(words[c])))])
+        out.append(" ".join([title or "", *extra]).strip())
+    return out

@@ -37,7 +37,7 @@ from models.heads.metrics import md_table
 from models.heads.robustness import CONDITIONS, DegradedTitles, calibration_table, robustness_table
 from models.heads.train import fit_fusion_temperatures
 
-__all__ = ["main", "recalibrate_head"]
+__all__ = ["bundle_tool_parser", "main", "open_bundle", "publish", "recalibrate_head"]
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +111,10 @@ def compare(old: HeadBundle, new: HeadBundle, e: dict[str, np.ndarray], deg: Deg
     return metrics, "\n\n".join(sections)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def bundle_tool_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments of a tool that reads a stored head bundle and stores a changed copy (this module,
+    :mod:`models.heads.ambiguity`)."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--fashion", required=True, help="the fashion folder (products.parquet + images/)")
     p.add_argument("--bundle", default="shipped", help="'shipped' (the store's newest for the default encoder) or a "
                                                        "bundle folder")
@@ -120,16 +122,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", default=str(cache_root()))
     p.add_argument("--report", default=None, help="also write the markdown report here")
     p.add_argument("--no-save", action="store_true")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return p
 
+
+def open_bundle(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Path, Path, HeadBundle, Any]:
+    """``(store, bundle folder, bundle, its encoder)`` of a :func:`bundle_tool_parser` command line."""
     from models.encoders import load_encoder
-    from models.heads import fashion
-    from models.heads.bundle import find_heads, load_heads, save_heads
-    from models.heads.robustness import degraded_titles
+    from models.heads.bundle import find_heads, load_heads
     from models.store import store_root
-    from models.training.fashion import load_fashion
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = store_root(args.store)
     if args.bundle == "shipped":
         encoder = load_encoder("default", "cpu")
@@ -138,9 +140,20 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"no head bundle for {encoder.version} in {store}")
     else:
         vdir = Path(args.bundle)
-    old = load_heads(vdir)
+    bundle = load_heads(vdir)
     if args.bundle != "shipped":
-        encoder = load_encoder(old.encoder_version, "cpu")
+        encoder = load_encoder(bundle.encoder_version, "cpu")
+    return store, vdir, bundle, encoder
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = bundle_tool_parser(__doc__.split("\n")[0])
+    args = p.parse_args(argv)
+    from models.heads import fashion
+    from models.heads.robustness import degraded_titles
+    from models.training.fashion import load_fashion
+
+    store, vdir, old, encoder = open_bundle(p, args)
     split = load_fashion(args.fashion, size=encoder.pixel_geometry, cache_dir=args.cache_dir)
     e = fashion._embed(encoder, split, Path(args.cache_dir))
     tr_rows, va_rows = split.train_rows.copy(), split.valid_rows.copy()
@@ -166,15 +179,24 @@ def main(argv: list[str] | None = None) -> int:
               "as two, a full title's and an empty one's, blended per product by the title expert's gate, on the "
               "set-aside half of the valid split in all four title conditions. Figures on the other half "
               f"({len(rep_rows)} products).\n\n{md}\n")
+    return publish(args, store, new, split.snapshot, report, {"recalibrated_from": vdir.name, **metrics}, vdir,
+                   f"Made by `python -m models.heads.recalibrate --fashion FASHION_DIR --bundle {vdir.name}` (the "
+                   f"bundle folder). The heads' training report: the card of `{vdir.name}`.")
+
+
+def publish(args: argparse.Namespace, store: Path, bundle: HeadBundle, training_data: str, report: str,
+            metrics: dict[str, Any], source: Path, made_by: str) -> int:
+    """Print ``report`` (and write it to ``--report``), then, unless ``--no-save``, store ``bundle`` as a new
+    version whose card is the report and ``made_by``, its weight file that of ``source`` byte for byte (the tools
+    change no weight)."""
+    from models.heads.bundle import save_heads
+
     sys.stdout.write(report)
     if args.report:
         Path(args.report).write_text(report)
     if not args.no_save:
-        version = save_heads(store, "heads-fashion", new, training_data=split.snapshot,
-                             metrics={"recalibrated_from": vdir.name, **metrics},
-                             card=f"# Head bundle {{version}}\n\n{report}\nMade by `python -m models.heads.recalibrate "
-                                  f"--fashion FASHION_DIR --bundle {vdir.name}` (the bundle folder). The heads' "
-                                  f"training report: the card of `{vdir.name}`.\n")
+        version = save_heads(store, "heads-fashion", bundle, training_data=training_data, metrics=metrics,
+                             card=f"# Head bundle {{version}}\n\n{report}\n{made_by}\n", same_weights_as=source)
         log.info("saved head bundle %s", version)
     return 0
 
