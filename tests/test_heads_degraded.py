@@ -416,6 +416,7 @@ def test_the_types_a_title_names_are_read_as_sellers_write_them():
     titles = ["Nike Men Blue T-Shirt", "Puma Men Black Sports Shoes", "Nike Women Black T-Shirts Body Lotion Shorts",
               "Fossil Watch & Heels", "", "Sports Shoes Casual Shoes", "Women Red Dress", "Titan Men Steel Strap"]
     assert named_classes(titles, classes).tolist() == [1, 1, 3, 2, 0, 2, 1, 0]
+    assert named_classes([None, float("nan")], classes).tolist() == [0, 0]
 
 
 def test_a_changed_description_stores_the_same_weight_bytes(tmp_path):

@@ -114,11 +114,12 @@ def _class_names(classes: tuple[str, ...]) -> tuple[dict[tuple[str, ...], frozen
 
 def named_classes(texts: list[str], classes: tuple[str, ...]) -> np.ndarray:
     """(N,) how many different ``classes`` each text names, its words compared as :func:`_type_word` writes them
-    (so "T-Shirt" names ``Tshirts``), the longest name first ("Sports Shoes" is one name, not also "Shoes")."""
+    (so "T-Shirt" names ``Tshirts``), the longest name first ("Sports Shoes" is one name, not also "Shoes"). A text
+    that is not a string (None, NaN) names none."""
     names, longest = _class_names(tuple(classes))
     out = np.zeros(len(texts), dtype=np.int64)
     for i, t in enumerate(texts):
-        words = [w for w in (_type_word(x) for x in _NAME_SPLIT.split(t or "")) if w]
+        words = [w for w in (_type_word(x) for x in _NAME_SPLIT.split(t if isinstance(t, str) else "")) if w]
         found: set[int] = set()
         j = 0
         while j < len(words):
