@@ -51,20 +51,10 @@ def stuffed_conditions(titles: list[str], labels: list[str], train_titles: list[
     return {name: stuffed(titles, labels, pools[kind], n, STUFF_SEED) for name, (kind, n) in STUFFED.items()}
 
 
-def _accuracy_f1(gold: np.ndarray, pred: np.ndarray, classes: list[str]) -> tuple[float, float]:
-    """Accuracy and macro-F1 as the heads' report counts them (:func:`models.heads.metrics.accuracy_f1`: over the
-    types present in ``gold``; a product whose type no head knows is left out)."""
-    from models.heads.metrics import accuracy_f1
-
-    index = {c: i for i, c in enumerate(classes)}
-    m = accuracy_f1(np.array([index.get(g, -1) for g in gold]), np.array([index.get(p, -2) for p in pred]))
-    return m["accuracy"], m["macro_f1"]
-
-
 def main(argv: list[str] | None = None) -> int:
     from models.heads import fashion
     from models.heads.bundle import head_input
-    from models.heads.metrics import md_table
+    from models.heads.metrics import accuracy_f1, md_table
     from models.heads.recalibrate import bundle_tool_parser, open_bundle, publish
     from models.heads.robustness import CONDITIONS, degraded_titles, tfidf_char_baseline
     from models.training.fashion import load_fashion
@@ -90,26 +80,31 @@ def main(argv: list[str] | None = None) -> int:
     for name, ts in stuffed_conditions(titles, gold.tolist(), tr["title"].astype(str).tolist(),
                                        tr[column].astype(str).tolist()).items():
         conditions[name] = (ts, encoder.embed_texts(ts))
+    # every label as an index into the category head's classes (-1: a type the head does not know, left out)
+    index = {c: i for i, c in enumerate(old.category.classes)}
+    y = np.array([index.get(g, -1) for g in gold])
     classes = sorted(set(tr[column].astype(str)))
+    pos = {c: i for i, c in enumerate(classes)}
     baseline = tfidf_char_baseline(tr["title"].astype(str).tolist(),
-                                   np.array([classes.index(c) for c in tr[column].astype(str)]))
+                                   np.array([pos[c] for c in tr[column].astype(str)]))
+    as_head = np.array([index.get(c, -1) for c in classes])
     dev = fashion.dev_half(va)
     rows: list[list] = []
     metrics: dict[str, dict[str, dict[str, float]]] = {}
+    switch = "title expert off on ambiguous titles"
     for cond, (ts, txt) in conditions.items():
         x = head_input(txt, e["va_img"], old.category.inputs)
-        preds = {"title expert always on": np.array(old.category.classes)[old.category.probs(x, ts).argmax(axis=1)],
-                 "title expert off on ambiguous titles": np.array(new.category.classes)[
-                     new.category.probs(x, ts).argmax(axis=1)],
-                 "TF-IDF word + char n-grams + LR": np.array(classes)[baseline(ts)]}
+        preds = {"title expert always on": old.category.probs(x, ts).argmax(axis=1),
+                 switch: new.category.probs(x, ts).argmax(axis=1),
+                 "TF-IDF word + char n-grams + LR": as_head[baseline(ts)]}
         switched = (np.asarray(new.category.title_gate(ts)) == 0).ravel() & ~(
             np.asarray(old.category.title_gate(ts)) == 0).ravel()
         for model, pred in preds.items():
-            known = list(old.category.classes)
-            d, r = _accuracy_f1(gold[dev], pred[dev], known), _accuracy_f1(gold[~dev], pred[~dev], known)
-            metrics.setdefault(model, {})[cond] = {"dev_accuracy": d[0], "accuracy": r[0], "macro_f1": r[1]}
-            rows.append([cond, model, d[0], r[0], r[1], int(switched[~dev].sum()) if model in (
-                "title expert off on ambiguous titles",) else ""])
+            d, r = accuracy_f1(y[dev], pred[dev]), accuracy_f1(y[~dev], pred[~dev])
+            metrics.setdefault(model, {})[cond] = {"dev_accuracy": d["accuracy"], "accuracy": r["accuracy"],
+                                                   "macro_f1": r["macro_f1"]}
+            rows.append([cond, model, d["accuracy"], r["accuracy"], r["macro_f1"],
+                         int(switched[~dev].sum()) if model == switch else ""])
     header = ["titles", "category", "accuracy, dev half", "accuracy, report half", "macro-F1, report half",
               "report-half titles whose expert is switched off"]
     report = (f"### The title expert switched off on titles that name two or more types: `{vdir.name}`\n\n"
