@@ -395,6 +395,66 @@ def test_a_title_that_names_two_types_leaves_the_type_to_the_photo(tmp_path):
     assert LinearHead.from_parts("category", desc, head.tensors()).ambiguous_titles is False
 
 
+def _fused_text_and_photo():
+    """A fused head on text + photo with a late-fused title expert (fitted on half-empty titles), as the shipped
+    category head is built, and a valid catalog: ``(head, valid titles, valid photos, labels)``."""
+    from models.heads.bundle import head_input, log_softmax
+    from models.heads.train import fit_title_expert
+
+    titles, img, y = _catalog(1200, 0)
+    cfg = HeadTrainConfig(epochs=8, hidden=32, calibration_fraction=0.2, lexical_features=0)
+    pad = lambda a: np.pad(a, ((0, 0), (0, 8)))   # noqa: E731  (image embeddings as wide as the text's)
+    txt = _text_tower(titles)
+    text_head = fit_head(txt, y, CLASSES, cfg, name="category", inputs="text")
+    head = fit_head(np.concatenate([txt, pad(img)], axis=1), y, CLASSES, cfg, name="category",
+                    inputs="text+image", text_slice=slice(0, 16), image_slice=slice(16, 32))
+    vt, vimg, vy = _catalog(900, seed=7)
+    vimg = pad(vimg)
+    fit_t = [t if i % 2 else "" for i, t in enumerate(vt)]
+    x = head_input(_text_tower(fit_t), vimg, "text+image")
+    fused = fit_title_expert(head, text_head, log_softmax(head.logits(x) / head.temperature), x, vy, fit_t,
+                             np.ones(len(vy), dtype=bool), LexicalExpert.fit(titles, y, len(CLASSES)))
+    return dataclasses.replace(fused, ambiguous_titles=True), vt, vimg, vy
+
+
+def test_the_types_an_ambiguous_title_names_get_the_fitted_weight(tmp_path):
+    """On a title that names two or more types, each type it names gets ``named_weight`` on its fused
+    log-probability (nothing else moves); the weight is fitted where the label is among the named types, and
+    stays 0 where a seller's title names only other types; it survives the store, and a bundle saved before it
+    loads with 0."""
+    from models.heads.ambiguity import NAMED_WEIGHTS, fit_named_weight
+    from models.heads.bundle import head_input, named_class_mask
+
+    head, vt, vimg, vy = _fused_text_and_photo()
+    # the title's own type and one other (a seller stuffing it), or two others with the own type cut off
+    own_and_other = [f"{t} {CLASSES[(c + 1) % 3]}" for t, c in zip(vt, vy, strict=True)]
+    others_only = [" ".join(t.split()[:-1] + [CLASSES[(c + 1) % 3], CLASSES[(c + 2) % 3]])
+                   for t, c in zip(vt, vy, strict=True)]
+    x = {k: head_input(_text_tower(ts), vimg, "text+image") for k, ts in
+         (("own", own_and_other), ("others", others_only), ("plain", vt))}
+    weighted = dataclasses.replace(head, named_weight=2.0)
+    lp0, gate0 = head.fused_before_temperature(x["own"], own_and_other)
+    lp2, gate2 = weighted.fused_before_temperature(x["own"], own_and_other)
+    mask = named_class_mask(own_and_other, head.classes)
+    assert mask.sum(axis=1).min() == 2 and np.all(mask[np.arange(len(vy)), vy])
+    np.testing.assert_allclose(lp2 - lp0, 2.0 * mask, atol=1e-5)
+    np.testing.assert_array_equal(gate0, gate2)
+    np.testing.assert_allclose(weighted.fused_before_temperature(x["plain"], vt)[0],    # one type named: as before
+                               head.fused_before_temperature(x["plain"], vt)[0], atol=1e-6)
+
+    rows = np.arange(len(vy)) % 3 > 0
+    w, curve = fit_named_weight(head, [(x["own"], own_and_other)], vy, rows)
+    assert w > 0 and max(curve) > curve[0] and len(curve) == len(NAMED_WEIGHTS)
+    acc = lambda h, k, ts: (h.probs(x[k], ts).argmax(axis=1) == vy)[~rows].mean()   # noqa: E731
+    assert acc(dataclasses.replace(head, named_weight=w), "own", own_and_other) > acc(head, "own", own_and_other)
+    assert fit_named_weight(head, [(x["others"], others_only)], vy, rows)[0] == 0.0
+
+    save_heads(tmp_path, "heads-test", HeadBundle("enc-v1", weighted), training_data="synthetic", metrics={})
+    assert load_heads(find_heads(tmp_path, "enc-v1")).category.named_weight == 2.0
+    desc = {k: v for k, v in weighted.describe().items() if k != "named_weight"}   # a bundle saved before it
+    assert LinearHead.from_parts("category", desc, weighted.tensors()).named_weight == 0.0
+
+
 def test_stuffed_titles_append_other_types_words_and_keep_the_label():
     from models.heads.degrade import stuffed
 
@@ -410,13 +470,16 @@ def test_stuffed_titles_append_other_types_words_and_keep_the_label():
 
 
 def test_the_types_a_title_names_are_read_as_sellers_write_them():
-    from models.heads.bundle import named_classes
+    from models.heads.bundle import named_class_mask, named_classes
 
     classes = ("Tshirts", "Casual Shoes", "Sports Shoes", "Watches", "Dresses", "Body Lotion", "Shorts", "Heels")
     titles = ["Nike Men Blue T-Shirt", "Puma Men Black Sports Shoes", "Nike Women Black T-Shirts Body Lotion Shorts",
               "Fossil Watch & Heels", "", "Sports Shoes Casual Shoes", "Women Red Dress", "Titan Men Steel Strap"]
     assert named_classes(titles, classes).tolist() == [1, 1, 3, 2, 0, 2, 1, 0]
     assert named_classes([None, float("nan")], classes).tolist() == [0, 0]
+    mask = named_class_mask(titles, classes)
+    assert [sorted(classes[j] for j in np.flatnonzero(m)) for m in mask[[2, 5]]] == [
+        ["Body Lotion", "Shorts", "Tshirts"], ["Casual Shoes", "Sports Shoes"]]
 
 
 def test_a_changed_description_stores_the_same_weight_bytes(tmp_path):

@@ -22,8 +22,8 @@ import numpy as np
 from models.heads.lexical import LexicalExpert
 
 __all__ = [
-    "HEADS_DIR", "HeadBundle", "LinearHead", "find_heads", "head_input", "load_heads", "mentions", "named_classes",
-    "save_heads", "softmax",
+    "HEADS_DIR", "HeadBundle", "LinearHead", "find_heads", "head_input", "load_heads", "mentions", "named_class_mask",
+    "named_classes", "save_heads", "softmax",
 ]
 
 log = logging.getLogger(__name__)
@@ -112,27 +112,30 @@ def _class_names(classes: tuple[str, ...]) -> tuple[dict[tuple[str, ...], frozen
     return {k: frozenset(v) for k, v in names.items()}, max((len(k) for k in names), default=0)
 
 
-def named_classes(texts: list[str], classes: tuple[str, ...]) -> np.ndarray:
-    """(N,) how many different ``classes`` each text names, its words compared as :func:`_type_word` writes them
-    (so "T-Shirt" names ``Tshirts``), the longest name first ("Sports Shoes" is one name, not also "Shoes"). A text
+def named_class_mask(texts: list[str], classes: tuple[str, ...]) -> np.ndarray:
+    """(N, C) bool: which of ``classes`` each text names, its words compared as :func:`_type_word` writes them (so
+    "T-Shirt" names ``Tshirts``), the longest name first ("Sports Shoes" is one name, not also "Shoes"). A text
     that is not a string (None, NaN) names none."""
     names, longest = _class_names(tuple(classes))
-    out = np.zeros(len(texts), dtype=np.int64)
+    out = np.zeros((len(texts), len(classes)), dtype=bool)
     for i, t in enumerate(texts):
         words = [w for w in (_type_word(x) for x in _NAME_SPLIT.split(t if isinstance(t, str) else "")) if w]
-        found: set[int] = set()
         j = 0
         while j < len(words):
             for n in range(min(longest, len(words) - j), 0, -1):
                 hit = names.get(tuple(words[j:j + n]))
                 if hit is not None:
-                    found |= hit
+                    out[i, list(hit)] = True
                     j += n
                     break
             else:
                 j += 1
-        out[i] = len(found)
     return out
+
+
+def named_classes(texts: list[str], classes: tuple[str, ...]) -> np.ndarray:
+    """(N,) how many different ``classes`` each text names (:func:`named_class_mask`)."""
+    return named_class_mask(texts, classes).sum(axis=1).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,12 @@ class LinearHead:
     photo, decides, at the poor title's temperature. The title expert reads the text alone and follows the stuffed
     words (category accuracy 0.44 on such titles, the fused head without it 0.89; ``python -m
     models.heads.ambiguity``).
+
+    ``named_weight`` (with ``ambiguous_titles``): on such a title each class it names gets this much added to its
+    fused log-probability, before the fusion temperature. The product is most likely one of the types its seller
+    named, and the photo picks which; the fused head alone, reading a sentence embedding that the stuffed words
+    move, may pick a type the title never named. Fitted on the set-aside half of the valid split
+    (``python -m models.heads.ambiguity``).
     """
 
     name: str
@@ -191,6 +200,7 @@ class LinearHead:
     fusion_temperature: float = 1.0
     fusion_temperature_poor: float | None = None   # at a title gate of 0 (None: fusion_temperature throughout)
     ambiguous_titles: bool = False         # a title naming two or more classes gives the title expert no weight
+    named_weight: float = 0.0              # ... and adds this to the fused log-probability of each class it names
 
     def __post_init__(self) -> None:
         if self.inputs not in INPUTS:
@@ -245,22 +255,30 @@ class LinearHead:
 
     def fused_before_temperature(self, x: np.ndarray, texts: list[str]) -> tuple[np.ndarray, np.ndarray | float]:
         """The late-fused log-probabilities before the fusion temperature (the head's own, calibrated, plus its
-        title expert's; :meth:`fused_log_probs`), and each title's gate (:meth:`title_gate`)."""
+        title expert's; :meth:`fused_log_probs`; on a title naming two or more classes, with :attr:`named_weight`
+        added to those it names), and each title's gate (:meth:`title_gate`)."""
         own = log_softmax(self.combined_logits(x, texts) / self.temperature)
-        gate = self.title_gate(texts)
-        return self.fused_log_probs(own, x, texts, gate), gate
+        named = named_class_mask(texts, self.classes) if self.ambiguous_titles else None
+        gate = self.title_gate(texts, named)
+        lp = self.fused_log_probs(own, x, texts, gate)
+        if named is not None and self.named_weight:
+            lp = lp + self.named_weight * (named & (named.sum(axis=1, keepdims=True) >= 2))
+        return lp, gate
 
-    def title_gate(self, texts: list[str]) -> np.ndarray | float:
+    def title_gate(self, texts: list[str], named: np.ndarray | None = None) -> np.ndarray | float:
         """(N, 1) how much each title says, 0-1: its words known to the head's lexical vocabulary, else the title
         expert's, over ``title_min_words`` (1.0 without a vocabulary); 0 for a title that names two or more classes
-        (:func:`named_classes`) when :attr:`ambiguous_titles` is set."""
+        when :attr:`ambiguous_titles` is set (``named``: :func:`named_class_mask` of ``texts``, computed if not
+        given)."""
         expert = self.title_expert
         vocab = self.lexical if self.lexical is not None else (None if expert is None else expert.lexical)
         gate = vocab.gate(texts, self.title_min_words) if vocab is not None else 1.0
         if not self.ambiguous_titles:
             return gate
-        named = named_classes(texts, self.classes)[:, None]
-        return np.where(named >= 2, 0.0, np.broadcast_to(gate, named.shape)).astype(np.float32)
+        if named is None:
+            named = named_class_mask(texts, self.classes)
+        count = named.sum(axis=1)[:, None]
+        return np.where(count >= 2, 0.0, np.broadcast_to(gate, count.shape)).astype(np.float32)
 
     def fusion_temperatures(self, gate: np.ndarray | float) -> np.ndarray | float:
         """The fusion temperature of each product: ``fusion_temperature_poor`` at gate 0, ``fusion_temperature``
@@ -307,7 +325,8 @@ class LinearHead:
                 "title_expert": None if self.title_expert is None else self.title_expert.describe(),
                 "title_weight": self.title_weight, "title_min_words": self.title_min_words,
                 "fusion_temperature": self.fusion_temperature,
-                "fusion_temperature_poor": self.fusion_temperature_poor, "ambiguous_titles": self.ambiguous_titles}
+                "fusion_temperature_poor": self.fusion_temperature_poor, "ambiguous_titles": self.ambiguous_titles,
+                "named_weight": self.named_weight}
 
     @classmethod
     def from_parts(cls, name: str, desc: dict[str, Any], tensors: dict[str, np.ndarray]) -> LinearHead:
@@ -325,7 +344,7 @@ class LinearHead:
                    float(desc.get("title_weight", 0.0)), float(desc.get("title_min_words", 0.0)),
                    float(desc.get("fusion_temperature", 1.0)),
                    None if desc.get("fusion_temperature_poor") is None else float(desc["fusion_temperature_poor"]),
-                   bool(desc.get("ambiguous_titles", False)))
+                   bool(desc.get("ambiguous_titles", False)), float(desc.get("named_weight", 0.0)))
 
 
 @dataclass(frozen=True)
