@@ -217,6 +217,13 @@ class LinearHead:
         return replace(self, temperature=float(t), mention_weight=w, lexical_weight=lw,
                        lexical=self.lexical if lw else None, lexical_min_words=gate if lw else 0.0)
 
+    def with_typo_correction(self, on: bool = True) -> LinearHead:
+        """The head with every lexical expert it reads (its own, its title expert's) correcting typos or not
+        (:attr:`models.heads.lexical.LexicalExpert.correct_typos`); nothing else changes."""
+        lexical = None if self.lexical is None else replace(self.lexical, correct_typos=on)
+        expert = None if self.title_expert is None else self.title_expert.with_typo_correction(on)
+        return replace(self, lexical=lexical, title_expert=expert)
+
     def with_class_bias(self, bias: np.ndarray | None, t: float) -> LinearHead:
         """The head with a logit adjustment (None: none) and the temperature refitted for it."""
         if bias is not None:

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["KINDS", "brand_of", "degrade", "degrade_mixed", "known_brands", "stuffed"]
+__all__ = ["KINDS", "brand_of", "degrade", "degrade_mixed", "known_brands", "mistyped", "stuffed"]
 
 KINDS = ("brand", "half", "empty", "shuffle")
 _GENDER_WORDS = {"men", "women", "boys", "girls", "unisex"}
@@ -118,4 +118,44 @@ def stuffed(titles: Sequence[str], labels: Sequence[str], words: Mapping[str, Se
             if c != label:
                 extra.append(words[c][int(rng.integers(len(words[c])))])
         out.append(" ".join([title or "", *extra]).strip())
+    return out
+
+
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz"
+
+
+def _typo(word: str, rng: np.random.Generator) -> str:
+    """``word`` with one typing error inside it (never its first or last letter): two neighbours swapped, a letter
+    dropped, one added or one changed."""
+    j = int(rng.integers(1, len(word) - 2)) if len(word) > 3 else 1
+    kind = int(rng.integers(4))
+    letter = _ALPHABET[int(rng.integers(len(_ALPHABET)))]
+    if kind == 0:
+        return word[:j] + word[j + 1] + word[j] + word[j + 2:]
+    if kind == 1:
+        return word[:j] + word[j + 1:]
+    if kind == 2:
+        return word[:j] + letter + word[j:]
+    return word[:j] + letter + word[j + 1:]
+
+
+def mistyped(titles: Sequence[str], words: str, seed: int) -> list[str]:
+    """Each title with typing errors, as sellers make them: in its ``words`` "last" word (the type, in a templated
+    title), in "one" word drawn at random, or in "two" of them; only words of four or more letters without a digit
+    are mistyped (a title without one stays as it is)."""
+    if words not in ("last", "one", "two"):
+        raise ValueError(f"mistyped: words must be 'last', 'one' or 'two', got {words!r}")
+    rng = np.random.default_rng(seed)
+    out = []
+    for title in titles:
+        ws = _words(title)
+        ok = [i for i, w in enumerate(ws) if len(w) >= 4 and w.isalpha()]
+        if words == "last":
+            chosen = ok[-1:]
+        else:
+            k = min(len(ok), 1 if words == "one" else 2)
+            chosen = [ok[int(i)] for i in rng.choice(len(ok), size=k, replace=False)] if k else []
+        for i in chosen:
+            ws[i] = _typo(ws[i], rng)
+        out.append(" ".join(ws))
     return out

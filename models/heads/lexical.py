@@ -8,6 +8,12 @@ only as far as it helps.
 
 Training uses scikit-learn; inference re-implements the vectoriser's transform (lower-cased word 1-2 grams,
 sublinear term frequency, smoothed idf, l2 norm) so a Spark worker needs only numpy and scipy.
+
+Sellers mistype words ("Tshrit", "Sandlas"). A word the vocabulary does not hold tells the expert nothing, and the
+title's other words then decide with the weight of a whole title (category accuracy on fashion valid falls from
+0.975 to 0.875 with one typo in the type word). With ``correct_typos`` an unknown word of four or more letters (no
+digit) is read as the vocabulary's most frequent word one edit away (a letter dropped, added, changed, or two
+neighbours swapped), where there is one; every other word is read as written.
 """
 
 from __future__ import annotations
@@ -36,8 +42,31 @@ def _words(text: str) -> tuple[str, ...]:
 @functools.lru_cache(maxsize=16384)
 def _terms(text: str) -> tuple[str, ...]:
     """The words and word pairs of ``text`` (the vectoriser's terms), kept like :func:`_words`."""
-    words = _words(text)
+    return _terms_of(_words(text))
+
+
+def _terms_of(words: tuple[str, ...]) -> tuple[str, ...]:
     return (*words, *(f"{a} {b}" for a, b in zip(words, words[1:], strict=False)))
+
+
+_TYPO_MIN_LETTERS = 4
+_FIXES_KEPT = 200_000     # corrected words remembered per expert before the memo starts again
+
+
+def _deletes(word: str) -> set[str]:
+    return {word[:i] + word[i + 1:] for i in range(len(word))}
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` differ by one letter dropped, added or changed, or two neighbours swapped."""
+    if abs(len(a) - len(b)) > 1 or a == b:
+        return False
+    if len(a) == len(b):
+        diff = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]]
+                                  and a[diff[1]] == b[diff[0]])
+    short, long = (a, b) if len(a) < len(b) else (b, a)
+    return any(long[:i] + long[i + 1:] == short for i in range(len(long)))
 
 
 @dataclass(frozen=True)
@@ -46,6 +75,7 @@ class LexicalExpert:
     idf: np.ndarray        # (V,)
     weight: np.ndarray     # (V, C)
     bias: np.ndarray       # (C,)
+    correct_typos: bool = False   # an unknown word is read as the known word one edit away (module docstring)
 
     @classmethod
     def fit(cls, texts: Sequence[str], y: np.ndarray, n_classes: int, max_features: int = 5000, c: float = 10.0,
@@ -75,7 +105,7 @@ class LexicalExpert:
         from scipy.sparse import csr_matrix
 
         n, index = len(texts), self._index
-        cols = [[j for j in map(index.get, _terms(text or "")) if j is not None] for text in texts]
+        cols = [[j for j in map(index.get, self._terms(text)) if j is not None] for text in texts]
         lengths = np.fromiter(map(len, cols), dtype=np.int64, count=n)
         flat = np.fromiter((j for c in cols for j in c), dtype=np.int64, count=int(lengths.sum()))
         m = csr_matrix((np.ones(len(flat)), (np.repeat(np.arange(n), lengths), flat)), shape=(n, len(self.vocab)))
@@ -88,7 +118,7 @@ class LexicalExpert:
     def known_words(self, texts: Sequence[str]) -> np.ndarray:
         """(N,) how many distinct words of each text the vocabulary holds (the evidence the expert reads)."""
         index = self._index
-        return np.array([len({w for w in _words(t or "") if w in index}) for t in texts], dtype=np.float32)
+        return np.array([len({w for w in self._words(t) if w in index}) for t in texts], dtype=np.float32)
 
     def gate(self, texts: Sequence[str], min_words: float) -> np.ndarray:
         """(N, 1) weight of the expert per text: ``known words / min_words``, at most 1 (1 when ``min_words`` is
@@ -116,15 +146,61 @@ class LexicalExpert:
     def _index(self) -> dict[str, int]:
         return {t: i for i, t in enumerate(self.vocab)}
 
+    def _words(self, text: str | None) -> tuple[str, ...]:
+        """The words of ``text`` as this expert reads them: typos corrected when :attr:`correct_typos` is set."""
+        words = _words(text or "")
+        if not self.correct_typos:
+            return words
+        index, fixes = self._index, self._fixes
+        out = []
+        for w in words:
+            if w not in index:
+                if w not in fixes:
+                    if len(fixes) >= _FIXES_KEPT:
+                        fixes.clear()
+                    fixes[w] = self._nearest(w)
+                w = fixes[w]
+            out.append(w)
+        return tuple(out)
+
+    def _terms(self, text: str | None) -> tuple[str, ...]:
+        return _terms_of(self._words(text)) if self.correct_typos else _terms(text or "")
+
+    @functools.cached_property
+    def _fixes(self) -> dict[str, str]:
+        return {}
+
+    @functools.cached_property
+    def _by_deletion(self) -> dict[str, tuple[str, ...]]:
+        """Every vocabulary word of :data:`_TYPO_MIN_LETTERS` or more letters (no digit), and each string one
+        letter shorter, -> the vocabulary words it comes from, most frequent (lowest idf) first."""
+        index = self._index
+        words = [t for t in self.vocab if " " not in t and len(t) >= _TYPO_MIN_LETTERS - 1
+                 and not any(ch.isdigit() for ch in t)]
+        words.sort(key=lambda t: (float(self.idf[index[t]]), t))
+        table: dict[str, list[str]] = {}
+        for t in words:
+            for key in {t} | _deletes(t):
+                table.setdefault(key, []).append(t)
+        return {k: tuple(v) for k, v in table.items()}
+
+    def _nearest(self, word: str) -> str:
+        """The most frequent vocabulary word one edit from ``word`` (:func:`_one_edit`), else ``word``."""
+        if len(word) < _TYPO_MIN_LETTERS or any(ch.isdigit() for ch in word):
+            return word
+        table, idf, index = self._by_deletion, self.idf, self._index
+        found = {t for key in {word} | _deletes(word) for t in table.get(key, ()) if _one_edit(word, t)}
+        return min(found, key=lambda t: (float(idf[index[t]]), t)) if found else word
+
     # -- serialisation (inside a head's tensors and description) --
     def tensors(self, prefix: str) -> dict[str, np.ndarray]:
         return {f"{prefix}.idf": self.idf.astype(np.float32), f"{prefix}.weight": self.weight.astype(np.float32),
                 f"{prefix}.bias": self.bias.astype(np.float32)}
 
     def describe(self) -> dict[str, Any]:
-        return {"vocab": list(self.vocab)}
+        return {"vocab": list(self.vocab), "correct_typos": self.correct_typos}
 
     @classmethod
     def from_parts(cls, prefix: str, desc: dict[str, Any], tensors: dict[str, np.ndarray]) -> LexicalExpert:
         return cls(tuple(desc["vocab"]), tensors[f"{prefix}.idf"], tensors[f"{prefix}.weight"],
-                   tensors[f"{prefix}.bias"])
+                   tensors[f"{prefix}.bias"], bool(desc.get("correct_typos", False)))
