@@ -119,11 +119,12 @@ def test_a_lake_matched_before_the_same_listing_rule_is_matched_again_in_full(sp
     from deltalake import write_deltalake
 
     from models.matching.features import SAME_LISTING_RULE, SAME_PART_NUMBER_RULE
+    from models.matching.spelling import SPELLING_RULE
 
     df = synthetic(n_groups=4)
     write_embeddings(spark, lake, df, "e1")
     first = run(spark, lake, df, "m1")
-    assert first["scorer_version"].split("+")[-2:] == [SAME_LISTING_RULE, SAME_PART_NUMBER_RULE]
+    assert first["scorer_version"].split("+")[-3:] == [SAME_LISTING_RULE, SAME_PART_NUMBER_RULE, SPELLING_RULE]
     path = str(lake.path(PRODUCT_MATCHES))
     table = DeltaTable(path).to_pyarrow_table()
     before = first["scorer_version"].rsplit("+", 1)[0]
@@ -321,3 +322,27 @@ def test_sample_changed_listing_leaves_its_cluster_and_the_others_keep_their_ids
     assert set(after.index[after["run_id"] == "s3"]) == others | {target}
     matches = DeltaTable(str(lake / "product_matches")).to_pandas()
     assert not ((matches["product_id_a"] == target) | (matches["product_id_b"] == target)).any()
+
+
+def test_a_listing_with_a_typo_is_scored_as_the_catalog_spells_it(spark, tmp_path):
+    """A seller's copy of a listing with one word mistyped ("Blendr") is read as the catalog writes that word: the
+    job stores the pair with the score of the same copy written correctly, and one cluster holds both."""
+    from jobs.lake.lakehouse import Lake
+
+    df = synthetic()
+    original = df[df["title"].str.contains("Blender") & df["title"].str.endswith("steel")].iloc[0]
+    scores = {}
+    for typed in ("Blender", "Blendr"):
+        copy = dict(original, product_id="COPY", title=original["title"].replace("Blender", typed), price=None)
+        catalog = pd.concat([df, pd.DataFrame([copy])], ignore_index=True)
+        lake = Lake(spark, tmp_path / typed)
+        write_embeddings(spark, lake, catalog, "e1")
+        run(spark, lake, catalog, "m1")
+        m = read(lake, PRODUCT_MATCHES)
+        pair = m[(m["product_id_a"] == original["product_id"]) & (m["product_id_b"] == "COPY")
+                 | (m["product_id_b"] == original["product_id"]) & (m["product_id_a"] == "COPY")]
+        assert len(pair) == 1, typed
+        clusters = read(lake, PRODUCT_CLUSTERS).set_index("product_id")["cluster_id"]
+        assert clusters["COPY"] == clusters[original["product_id"]]
+        scores[typed] = float(pair["score"].iloc[0])
+    assert scores["Blendr"] == pytest.approx(scores["Blender"])

@@ -275,7 +275,7 @@ def _score_rows(pdf: pd.DataFrame, f: pd.DataFrame, s: np.ndarray, keep: np.ndar
 
 
 def make_score_fn(scorer_version: str, scorer_json: str, keep_all: bool = False, cross: CrossSpec | None = None,
-                  read_counter=None) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+                  read_counter=None, spelling=None) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
     """Candidate rows (``a, b``, cosines, ``blocking`` and ``title/brand/price/currency``, and optionally ``mpn``,
     of both sides as ``<field>_a``/``<field>_b``) -> :data:`SCORE_SCHEMA` rows of the matches (every pair with
     ``keep_all``).
@@ -287,7 +287,9 @@ def make_score_fn(scorer_version: str, scorer_json: str, keep_all: bool = False,
     (:func:`models.matching.features.same_listing_floor`). The
     cross-encoder reads the pairs of up to :data:`POOL_BATCHES` batches in one pass; the rows come out in the
     order of the batches either way. ``read_counter`` (a Spark accumulator, or anything with ``add``) gets the
-    number of pairs the cross-encoder reads: what the match stage's time goes to."""
+    number of pairs the cross-encoder reads: what the match stage's time goes to. ``spelling`` (a
+    :class:`models.matching.spelling.CatalogSpelling`): both titles are read as the catalog spells them first, by
+    both scorers and the decision rules."""
 
     def flush(held: list, scorer, model) -> Iterator[pd.DataFrame]:
         from models.matching.features import match_decisions
@@ -308,6 +310,9 @@ def make_score_fn(scorer_version: str, scorer_json: str, keep_all: bool = False,
         for pdf in batches:
             if pdf.empty:
                 continue
+            if spelling is not None:
+                pdf = pdf.assign(title_a=spelling.titles(pdf["title_a"].tolist()),
+                                 title_b=spelling.titles(pdf["title_b"].tolist()))
             f, s = _features(pdf, scorer)
             read = np.flatnonzero(s >= cross.prefilter) if cross is not None else np.zeros(0, np.int64)
             if read_counter is not None and len(read):

@@ -48,6 +48,7 @@ from typing import Any
 from models.matching.blocking import BLOCKING_PASSES, BlockingConfig, blocking_label, n_cells
 from models.matching.cluster import ClusterConfig
 from models.matching.features import SAME_LISTING_RULE, SAME_PART_NUMBER_RULE
+from models.matching.spelling import SPELLING_RULE
 
 __all__ = ["MatchConfig", "MatchStats", "match_and_cluster", "matching_title"]
 
@@ -441,15 +442,31 @@ def _candidates(spark, flagged, n: int, full: bool, cfg: BlockingConfig, blocks:
         lex_only.select(*cols, label.alias("blocking"))), both, cell_counters
 
 
-def _score_fn(scorer, cfg: MatchConfig, read_counter=None):
-    """The Spark tasks' score function for ``cfg`` (the feature scorer, then the cross-encoder when there is one)."""
+def _score_fn(scorer, cfg: MatchConfig, read_counter=None, spelling=None):
+    """The Spark tasks' score function for ``cfg`` (the feature scorer, then the cross-encoder when there is one),
+    reading the titles as ``spelling`` (:func:`_spelling`) has them."""
     from udfs.matching import CrossSpec, make_score_fn
 
     cross = CrossSpec(cfg.cross, cfg.cross_prefilter, cfg.torch_threads, precision=cfg.precision) if cfg.cross else None
-    return make_score_fn(scorer.version, scorer.to_json(), cross=cross, read_counter=read_counter)
+    return make_score_fn(scorer.version, scorer.to_json(), cross=cross, read_counter=read_counter, spelling=spelling)
 
 
-def _score(cand, flagged, scorer, parts: int, cfg: MatchConfig, read_counter=None):
+def _spelling(flagged=None, titles=None):
+    """The catalog's spelling (:class:`models.matching.spelling.CatalogSpelling`) from every product's matching
+    title: counted by pandas from ``titles`` on the driver's path, by a Spark job over ``flagged`` otherwise (the
+    same runs of letters, lower-cased, four or more)."""
+    from models.matching.spelling import MIN_COUNT, MIN_LETTERS, CatalogSpelling
+
+    if titles is not None:
+        return CatalogSpelling.from_titles(titles)
+    from pyspark.sql import functions as F
+
+    words = (flagged.select(F.explode(F.split(F.lower(F.col("title")), "[^\\p{L}]+")).alias("w"))
+             .where(F.length("w") >= MIN_LETTERS).groupBy("w").count().where(F.col("count") >= MIN_COUNT))
+    return CatalogSpelling.of({r["w"]: int(r["count"]) for r in words.collect()})
+
+
+def _score(cand, flagged, scorer, parts: int, cfg: MatchConfig, read_counter=None, spelling=None):
     from pyspark.sql import functions as F
 
     from udfs.matching import SCORE_SCHEMA
@@ -459,7 +476,7 @@ def _score(cand, flagged, scorer, parts: int, cfg: MatchConfig, read_counter=Non
     side = {s: attrs.toDF(s, f"title_{s}", f"brand_{s}", f"price_{s}", f"currency_{s}", f"mpn_{s}")
             for s in ("a", "b")}
     joined = cand.join(side["a"], "a").join(side["b"], "b").repartition(parts)
-    return joined.mapInPandas(_score_fn(scorer, cfg, read_counter), SCORE_SCHEMA)
+    return joined.mapInPandas(_score_fn(scorer, cfg, read_counter, spelling), SCORE_SCHEMA)
 
 
 def _read_counter(spark, cfg: MatchConfig):
@@ -705,7 +722,7 @@ def _match_pairs(spark, lake, flagged, n: int, full: bool, scorer, version: str,
     parts = max(spark.sparkContext.defaultParallelism, math.ceil(n_cand / cfg.rows_per_partition))
     t1 = time.perf_counter()
     read = _read_counter(spark, cfg)
-    new = (_score(cand, flagged, scorer, parts, cfg, read)
+    new = (_score(cand, flagged, scorer, parts, cfg, read, _spelling(flagged))
            .withColumn("model_version", F.lit(model_version)).withColumn("scorer_version", F.lit(version))
            .withColumn("run_id", F.lit(run_id)).withColumn("updated_at", F.lit(now).cast("timestamp"))
            .persist(StorageLevel.MEMORY_AND_DISK))
@@ -880,6 +897,7 @@ def _match_pairs_on_driver(spark, lake, flagged, n: int, full: bool, scorer, ver
     blocking_seconds = round(time.perf_counter() - t0, 3)
     t1 = time.perf_counter()
     read = _read_counter(spark, cfg)
+    spelling = _spelling(titles=pdf["title"])
     cols = ["a", "b", "fused_cosine", "text_cosine", "image_cosine", "blocking"]
     if cfg.cross and len(cand) > cfg.rows_per_partition:
         # The cross-encoder reads the pairs in the Python workers, on every core: they imported torch and loaded
@@ -889,7 +907,7 @@ def _match_pairs_on_driver(spark, lake, flagged, n: int, full: bool, scorer, ver
         # the 459,000 candidates of a 20,000-product run took 75-79 s to score against 48 s.
         rows = spark.createDataFrame(cand[cols], _CAND_SCHEMA)
         parts = max(spark.sparkContext.defaultParallelism, math.ceil(len(cand) / cfg.rows_per_partition))
-        new = _score(rows, flagged, scorer, parts, cfg, read).toPandas()
+        new = _score(rows, flagged, scorer, parts, cfg, read, spelling).toPandas()
         new = new if len(new) else None
     else:
         frame = cand[cols].copy()
@@ -898,11 +916,11 @@ def _match_pairs_on_driver(spark, lake, flagged, n: int, full: bool, scorer, ver
             for f in ("title", "brand", "price", "currency", "mpn"):
                 frame[f"{f}_{side}"] = pdf[f].to_numpy()[idx]
         if cfg.cross and len(frame):   # few pairs (an increment): sent with their listings, no Spark join
-            new = (spark.createDataFrame(frame, _FRAME_SCHEMA).mapInPandas(_score_fn(scorer, cfg, read), SCORE_SCHEMA)
-                   .toPandas())
+            new = (spark.createDataFrame(frame, _FRAME_SCHEMA)
+                   .mapInPandas(_score_fn(scorer, cfg, read, spelling), SCORE_SCHEMA).toPandas())
             new = new if len(new) else None
         else:   # the feature scorer alone: numpy on the driver, in the Arrow batches a Spark task would get
-            score = make_score_fn(scorer.version, scorer.to_json())
+            score = make_score_fn(scorer.version, scorer.to_json(), spelling=spelling)
             chunk = 2048
             parts = list(score(frame.iloc[s:s + chunk] for s in range(0, len(frame), chunk)))
             new = pd.concat(parts, ignore_index=True) if parts else None
@@ -1005,7 +1023,7 @@ def match_and_cluster(spark, lake, products, run_id: str, model_version: str, cf
         cross_version, threshold = cross_info(cfg.cross)
         version = f"{scorer.version}+{cross_version}"
     # the decision rules too: a lake matched before them (or under other ones) is matched again
-    version = f"{version}+{SAME_LISTING_RULE}+{SAME_PART_NUMBER_RULE}"
+    version = f"{version}+{SAME_LISTING_RULE}+{SAME_PART_NUMBER_RULE}+{SPELLING_RULE}"
     flagged, full = _queries(lake, universe, version, cfg, changed_ids)
     flagged = flagged.persist(StorageLevel.MEMORY_AND_DISK)
     counts = flagged.agg(F.count("*").alias("n"), F.sum(F.col("in_query").cast("long")).alias("q")).first()

@@ -23,7 +23,8 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from models.matching.cluster import ClusterConfig, cluster, pairwise_prf
 from models.matching.data import BENCHMARKS, TitleVectors, featurize, load_offers, load_pairs
 from models.matching.features import match_decisions
 from models.matching.scorer import PairScorer
+from models.matching.spelling import CatalogSpelling
 from models.matching.text import code_spans, lone_number_spans, parse_price
 from models.matching.train import best_threshold, prf
 
@@ -124,12 +126,17 @@ def _pair_scores(data: str, scorer: PairScorer, vectors: TitleVectors, baselines
     rows, pooled_y, pooled_s = {}, [], []
     for b in BENCHMARKS.values():
         valid = load_pairs(data, b.name, b.splits[1])
-        feats = featurize(valid, vectors)
-        rows[b.name], y, s = _pair_row(b, valid, feats, scorer, baselines[b.name], cross, prefilter)
+        # read as the job reads a catalog of the split's records: as that catalog spells them
+        spelled, feats = as_job_reads(valid, vectors, CatalogSpelling.from_titles(_pool_records(valid)["title"]))
+        rows[b.name], y, s = _pair_row(b, spelled, feats, scorer, baselines[b.name], cross, prefilter)
         pooled_y.append(y)
         pooled_s.append(s)
         if b.mpn:
             numbered, feats = with_part_numbers(data, b.name, b.splits[1], vectors, plain=feats)
+            spelling = CatalogSpelling.from_titles(_pool_records(numbered)["title"])
+            numbered = numbered.assign(left_title=spelling.titles(numbered["left_title"].tolist()),
+                                       right_title=spelling.titles(numbered["right_title"].tolist()))
+            feats = featurize(numbered, vectors, text_cosine=feats["text_cosine"].to_numpy())
             base = TfidfBaseline(load_pairs(data, b.name, b.splits[0], mpn=True))
             rows[f"{b.name} + mpn"] = _pair_row(b, numbered, feats, scorer, base, cross, prefilter)[0]
     y, s = np.concatenate(pooled_y), np.concatenate(pooled_s)
@@ -178,14 +185,30 @@ def _candidate_pairs_frame(recs: pd.DataFrame, cand: pd.DataFrame) -> pd.DataFra
     return pairs
 
 
+def as_job_reads(pairs: pd.DataFrame, vectors: TitleVectors, spelling: CatalogSpelling | None
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(pairs, features) as the job's score step reads them: the titles as the catalog spells them
+    (:class:`models.matching.spelling.CatalogSpelling`, None: as written) for the scorers and the rules, the title
+    cosine from the titles as written (the job's stored embeddings)."""
+    if spelling is None:
+        return pairs, featurize(pairs, vectors)
+    a, b = vectors.matrix(pairs["left_title"]), vectors.matrix(pairs["right_title"])
+    cosine = (a * b).sum(axis=1) if len(pairs) else np.zeros(0)
+    spelled = pairs.assign(left_title=spelling.titles(pairs["left_title"].tolist()),
+                           right_title=spelling.titles(pairs["right_title"].tolist()))
+    return spelled, featurize(spelled, vectors, text_cosine=cosine)
+
+
 def score_candidates(recs: pd.DataFrame, cand: pd.DataFrame, scorer: PairScorer, vectors: TitleVectors,
-                     cross: Any = None, prefilter: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
+                     cross: Any = None, prefilter: float = 0.02, spelling: CatalogSpelling | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """(scores, matches) of candidate pairs ``cand[a], cand[b]`` over records indexed by ``id``, as the job
-    scores and decides them (the two-stage score with ``cross``)."""
+    scores and decides them (the two-stage score with ``cross``; the titles as ``spelling`` reads them)."""
     pairs = _candidate_pairs_frame(recs, cand)
     if not len(pairs):
         return np.zeros(0), np.zeros(0, bool)
-    _, s, match = _decided(pairs, featurize(pairs, vectors), scorer, cross, prefilter)
+    pairs, feats = as_job_reads(pairs, vectors, spelling)
+    _, s, match = _decided(pairs, feats, scorer, cross, prefilter)
     return s, match
 
 
@@ -195,7 +218,8 @@ def _wdc_clusters(data: str, scorer: PairScorer, vectors: TitleVectors, bcfg: Bl
     offers = load_offers(data, split)
     truth = dict(zip(offers["id"], offers["cluster"], strict=True))
     cand = candidate_pairs(offers["id"], vectors.matrix(offers["title"]), offers["title"].fillna("").tolist(), bcfg)
-    scores, keep = score_candidates(offers, cand, scorer, vectors, cross)
+    scores, keep = score_candidates(offers, cand, scorer, vectors, cross,
+                                    spelling=CatalogSpelling.from_titles(offers["title"]))
     ours = cluster(offers["id"], cand["a"][keep].tolist(), cand["b"][keep].tolist(), scores[keep], ccfg)
     titles = offers.set_index("id")["title"]
     bcos = base.cosine(titles.loc[cand["a"]].to_numpy(), titles.loc[cand["b"]].to_numpy())
@@ -209,6 +233,16 @@ def _wdc_clusters(data: str, scorer: PairScorer, vectors: TitleVectors, bcfg: Bl
             "guarded": sum(g is not None for g in ours.guard.values())}
 
 
+def _mistyped(r: dict[str, Any], words: str) -> dict[str, Any] | None:
+    """The record with typing errors in ``words`` ("one" or "two") of its title's words of four or more letters
+    (:func:`models.heads.degrade.mistyped`, drawn by the record's id); None where no word can be mistyped."""
+    from models.heads.degrade import mistyped
+
+    title = str(r["title"])
+    typed = mistyped([title], words, zlib.crc32(str(r["id"]).encode()))[0]
+    return None if typed == title else dict(r, title=typed)
+
+
 # A product listed again the way sellers write it: each of these copies is the same product as its original.
 SELLER_VARIANTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "the same listing again": lambda r: dict(r),
@@ -218,6 +252,8 @@ SELLER_VARIANTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "'NEW' and '- free shipping' added": lambda r: dict(r, title=f"NEW {r['title']} - free shipping"),
     # words no training copy adds (models.matching.cross_train.SELLER_PREFIXES / SELLER_SUFFIXES): a held-out check
     "'Top Seller!!' and '(limited offer)' added": lambda r: dict(r, title=f"Top Seller!! {r['title']} (limited offer)"),
+    "one typo in one word": lambda r: _mistyped(r, "one"),
+    "typos in two words": lambda r: _mistyped(r, "two"),
 }
 
 
@@ -273,11 +309,13 @@ OTHER_PRODUCTS: dict[str, Callable[[dict[str, Any]], dict[str, Any] | None]] = {
 
 def seller_variants(recs: pd.DataFrame, scorer: PairScorer, vectors: TitleVectors, cross: Any = None,
                     base: TfidfBaseline | None = None,
-                    variants: dict[str, Callable[[dict[str, Any]], dict[str, Any] | None]] = SELLER_VARIANTS
-                    ) -> dict[str, dict[str, float]]:
+                    variants: dict[str, Callable[[dict[str, Any]], dict[str, Any] | None]] = SELLER_VARIANTS,
+                    catalog: Sequence[object] | None = None) -> dict[str, dict[str, float]]:
     """For each variant, the share of the records ``recs`` (``id, title, brand, price, currency``) that the job's
     scoring matches with that copy of itself (``ours``) and that the baseline's threshold passes (``baseline``),
-    over the ``records`` that the variant applies to (it returns None for the others)."""
+    over the ``records`` that the variant applies to (it returns None for the others). ``catalog``: the titles of
+    the catalog the records come from; the job reads the pairs as that catalog with the copies in it spells them
+    (None: as written)."""
     out: dict[str, dict[str, float]] = {}
     for name, change in variants.items():
         pairs = [(r, c) for r in recs.to_dict("records") if (c := change(dict(r))) is not None]
@@ -287,7 +325,9 @@ def seller_variants(recs: pd.DataFrame, scorer: PairScorer, vectors: TitleVector
         copies = pd.DataFrame([dict(c, id=f"{r['id']}~copy") for r, c in pairs])
         both = pd.concat([orig, copies], ignore_index=True)
         cand = pd.DataFrame({"a": orig["id"].to_numpy(), "b": copies["id"].to_numpy()})
-        out[name] = {"ours": float(np.mean(score_candidates(both, cand, scorer, vectors, cross)[1])),
+        spelling = None if catalog is None else CatalogSpelling.from_titles([*catalog, *copies["title"]])
+        out[name] = {"ours": float(np.mean(score_candidates(both, cand, scorer, vectors, cross,
+                                                            spelling=spelling)[1])),
                      "records": len(pairs)}
         if base is not None:
             out[name]["baseline"] = float(np.mean(base.cosine(orig["title"], copies["title"]) >= base.threshold))
@@ -299,10 +339,12 @@ def _sellers(data: str, scorer: PairScorer, vectors: TitleVectors, baselines: di
     out, others = {}, {}
     for b in BENCHMARKS.values():
         valid = load_pairs(data, b.name, b.splits[1])
-        recs = _pool_records(valid)
-        recs = recs.sample(min(sample, len(recs)), random_state=0).reset_index(drop=True)
-        out[b.name] = seller_variants(recs, scorer, vectors, cross, baselines[b.name])
-        others[b.name] = seller_variants(recs, scorer, vectors, cross, baselines[b.name], OTHER_PRODUCTS)
+        pool = _pool_records(valid)
+        recs = pool.sample(min(sample, len(pool)), random_state=0).reset_index(drop=True)
+        titles = pool["title"].tolist()
+        out[b.name] = seller_variants(recs, scorer, vectors, cross, baselines[b.name], catalog=titles)
+        others[b.name] = seller_variants(recs, scorer, vectors, cross, baselines[b.name], OTHER_PRODUCTS,
+                                         catalog=titles)
     return {"records": sample, "datasets": out, "other_products": others}
 
 

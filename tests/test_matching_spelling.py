@@ -1,0 +1,69 @@
+"""A catalog's own spelling: a mistyped title word read as the catalog's word one edit away before pairs are scored."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.matching.spelling import CatalogSpelling, catalog_words
+
+CATALOG = ["Microsoft Office 2007 Student", "Microsoft Office Mac 2008", "Microsoft Windows Vista",
+           "SanDisk Cruzer Blade 8GB", "SanDisk Cruzer Blade 16GB", "Zalman CNPS9700NT Cooler",
+           "Zalman CNPS9700LED Cooler", "Nikon Coolpix P500", "Nikon Coolpix P510", "Pliancy watch", "Plaincy watch"]
+
+
+def test_the_catalog_counts_its_words_of_four_letters_or_more_and_knows_those_written_twice():
+    counts = catalog_words([*CATALOG, None, 7])
+    assert counts["microsoft"] == 3 and counts["cnps"] == 2 and "mac" not in counts and "gb" not in counts
+    spelling = CatalogSpelling.from_titles(CATALOG)
+    assert set(spelling.known) == {"microsoft", "office", "sandisk", "cruzer", "blade", "zalman", "cnps",
+                                   "cooler", "nikon", "coolpix", "watch"}
+
+
+@pytest.mark.parametrize("typed, read", [
+    ("Micrsoft Office 2007", "microsoft Office 2007"),       # a letter dropped
+    ("SanDisk Cruzer Bladde 8GB", "SanDisk Cruzer blade 8GB"),  # a letter added
+    ("Nikon Coolpox P500", "Nikon coolpix P500"),            # a letter changed
+    ("Zalman CNPS9700NT Cooelr", "Zalman CNPS9700NT cooler"),  # two neighbours swapped
+])
+def test_a_mistyped_word_is_read_as_the_catalogs_word(typed, read):
+    assert CatalogSpelling.from_titles(CATALOG).title(typed) == read
+
+
+def test_model_codes_short_words_rare_names_and_non_strings_are_read_as_written():
+    spelling = CatalogSpelling.from_titles(CATALOG)
+    for title in ("Zalman CNPS9700N Cooler", "Zalman CNPZ-9700 Cooler", "Nikon Cool-pix P500", "Vista Home Mac",
+                  "Plaincy watch", "Pliancy watch", ""):
+        assert spelling.title(title) == title   # codes; hyphenated; three letters; two names each written once
+    assert spelling.title(None) is None and np.isnan(spelling.title(float("nan")))
+    assert CatalogSpelling.from_titles([]).title("Micrsoft") == "Micrsoft"
+
+
+def test_the_most_frequent_of_two_known_words_one_edit_away_wins():
+    spelling = CatalogSpelling.from_titles(["black watch"] * 5 + ["black match"] * 2)
+    assert spelling.title("Black Wxtch") == "Black watch" and spelling.title("Black Mxtch") == "Black match"
+    assert spelling.title("Black Xatch") == "Black watch"   # one edit from both: the more frequent
+
+
+def test_the_score_step_reads_both_titles_as_the_catalog_spells_them():
+    """A listing against a copy of itself with a typo in one word: with the catalog's spelling the score step scores
+    the pair as the listing against itself; without it the typo costs the pair its score."""
+    import udfs.matching as um
+    from jobs.stages.matching import resolve_matching
+    from models.matching.artifact import load_scorer
+
+    titles = ["Microsoft Office 2007 Student", "Microsoft Office 2007 Stuednt", "Microsoft Office 2007 Student"]
+    frame = pd.DataFrame({
+        "a": ["p1", "p1"], "b": ["p2", "p3"], "fused_cosine": [0.9, 0.9], "text_cosine": [0.9, 0.9],
+        "image_cosine": [np.nan, np.nan], "blocking": ["ann", "ann"], "title_a": [titles[0]] * 2,
+        "brand_a": ["Microsoft"] * 2, "price_a": [99.0, 99.0], "currency_a": ["USD"] * 2,
+        "title_b": titles[1:], "brand_b": ["Microsoft"] * 2, "price_b": [99.0, 99.0], "currency_b": ["USD"] * 2})
+    scorer = load_scorer(resolve_matching("auto"))
+    spelling = CatalogSpelling.from_titles(["Microsoft Office 2007 Student", "Microsoft Office Student 2010"])
+    plain = pd.concat(um.make_score_fn(scorer.version, scorer.to_json(), keep_all=True)(iter([frame])))
+    read = pd.concat(um.make_score_fn(scorer.version, scorer.to_json(), keep_all=True, spelling=spelling)(
+        iter([frame])))
+    assert read["score"].iloc[0] == pytest.approx(read["score"].iloc[1])      # the typo read back
+    assert plain["score"].iloc[0] < plain["score"].iloc[1]                    # as written, the typo costs
+    assert read["score"].iloc[1] == pytest.approx(plain["score"].iloc[1])    # a clean pair is scored as before
