@@ -177,6 +177,7 @@ def _match(df, emb: dict, threads: int, out: Path, precision: str = "auto") -> d
     from models.matching.artifact import load_scorer
     from models.matching.blocking import candidate_pairs
     from models.matching.cluster import cluster
+    from models.matching.spelling import CatalogSpelling
     from udfs.matching import CrossSpec, make_score_fn
 
     scorer_dir = resolve_matching("auto")
@@ -201,7 +202,8 @@ def _match(df, emb: dict, threads: int, out: Path, precision: str = "auto") -> d
             frame[f"{f}_{side}"] = rows[f].to_numpy()[idx]
         frame[f"price_{side}"] = frame[f"price_{side}"].astype("float64")
     cross = CrossSpec(cfg.cross, cfg.cross_prefilter, cfg.torch_threads, precision=cfg.precision) if cfg.cross else None
-    score = make_score_fn(scorer.version, scorer.to_json(), cross=cross)
+    spelling = CatalogSpelling.from_titles(rows["title"])   # the catalog's spelling, as the match stage reads it
+    score = make_score_fn(scorer.version, scorer.to_json(), cross=cross, spelling=spelling)
     parts = list(score(frame.iloc[s:s + ARROW_ROWS] for s in range(0, len(frame), ARROW_ROWS)))
     matches = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
         {"product_id_a": [], "product_id_b": [], "score": []})
