@@ -110,12 +110,14 @@ def with_part_numbers(data: str, name: str, split: str, vectors: TitleVectors,
 
 
 def _pair_row(b: Any, valid: pd.DataFrame, feats: pd.DataFrame, scorer: PairScorer, baseline: TfidfBaseline,
-              cross: Any, prefilter: float) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+              cross: Any, prefilter: float, written: pd.DataFrame) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """One benchmark's row: ``valid`` and ``feats`` as the job reads them, ``written`` the same pairs as written
+    (the baseline reads those)."""
     f, s, match = _decided(valid, feats, scorer, cross, prefilter)
     y = valid["label"].to_numpy()
     row = {"split": b.splits[1], "pairs": len(valid), "matches": int(y.sum()), "ours": prf(y, match),
            "best_threshold_f1": best_threshold(y, s)[1], "features_only": prf(y, scorer.is_match(f)),
-           "baseline": tfidf_baseline(baseline, valid), "ditto_test_f1": b.ditto_f1}
+           "baseline": tfidf_baseline(baseline, written), "ditto_test_f1": b.ditto_f1}
     return row, y, s
 
 
@@ -128,17 +130,17 @@ def _pair_scores(data: str, scorer: PairScorer, vectors: TitleVectors, baselines
         valid = load_pairs(data, b.name, b.splits[1])
         # read as the job reads a catalog of the split's records: as that catalog spells them
         spelled, feats = as_job_reads(valid, vectors, CatalogSpelling.from_titles(_pool_records(valid)["title"]))
-        rows[b.name], y, s = _pair_row(b, spelled, feats, scorer, baselines[b.name], cross, prefilter)
+        rows[b.name], y, s = _pair_row(b, spelled, feats, scorer, baselines[b.name], cross, prefilter, valid)
         pooled_y.append(y)
         pooled_s.append(s)
         if b.mpn:
             numbered, feats = with_part_numbers(data, b.name, b.splits[1], vectors, plain=feats)
             spelling = CatalogSpelling.from_titles(_pool_records(numbered)["title"])
-            numbered = numbered.assign(left_title=spelling.titles(numbered["left_title"].tolist()),
-                                       right_title=spelling.titles(numbered["right_title"].tolist()))
-            feats = featurize(numbered, vectors, text_cosine=feats["text_cosine"].to_numpy())
+            spelled = numbered.assign(left_title=spelling.titles(numbered["left_title"].tolist()),
+                                      right_title=spelling.titles(numbered["right_title"].tolist()))
+            feats = featurize(spelled, vectors, text_cosine=feats["text_cosine"].to_numpy())
             base = TfidfBaseline(load_pairs(data, b.name, b.splits[0], mpn=True))
-            rows[f"{b.name} + mpn"] = _pair_row(b, numbered, feats, scorer, base, cross, prefilter)[0]
+            rows[f"{b.name} + mpn"] = _pair_row(b, spelled, feats, scorer, base, cross, prefilter, numbered)[0]
     y, s = np.concatenate(pooled_y), np.concatenate(pooled_s)
     bins = np.minimum((s * 10).astype(int), 9)
     ece = sum(abs(y[bins == i].mean() - s[bins == i].mean()) * (bins == i).mean()
