@@ -334,10 +334,10 @@ def test_one_temperature_where_the_rows_do_not_span_both_ends_of_the_gate():
     assert full_only.fusion_temperature == pytest.approx(no_gate.fusion_temperature)
 
 
-def test_recalibrating_a_stored_bundles_head_keeps_its_weights_and_decisions():
+def _fused_text_and_photo(n_valid: int):
+    """A fused head on text + photo with a late-fused title expert (fitted on half-empty titles), as the shipped
+    category head is built: ``(head, its text head, train titles, valid titles, valid photos, valid labels)``."""
     from models.heads.bundle import head_input, log_softmax
-    from models.heads.recalibrate import recalibrate_head
-    from models.heads.robustness import DegradedTitles
     from models.heads.train import fit_title_expert
 
     titles, img, y = _catalog(1200, 0)
@@ -347,13 +347,20 @@ def test_recalibrating_a_stored_bundles_head_keeps_its_weights_and_decisions():
     text_head = fit_head(txt, y, CLASSES, cfg, name="category", inputs="text")
     head = fit_head(np.concatenate([txt, pad(img)], axis=1), y, CLASSES, cfg, name="category",
                     inputs="text+image", text_slice=slice(0, 16), image_slice=slice(16, 32))
-    vt, vimg, vy = _catalog(800, seed=7)
+    vt, vimg, vy = _catalog(n_valid, seed=7)
     vimg = pad(vimg)
     fit_t = [t if i % 2 else "" for i, t in enumerate(vt)]
     x = head_input(_text_tower(fit_t), vimg, "text+image")
-    own = log_softmax(head.logits(x) / head.temperature)
-    fused = fit_title_expert(head, text_head, own, x, vy, fit_t, np.ones(len(vy), dtype=bool),
-                             LexicalExpert.fit(titles, y, len(CLASSES)))
+    fused = fit_title_expert(head, text_head, log_softmax(head.logits(x) / head.temperature), x, vy, fit_t,
+                             np.ones(len(vy), dtype=bool), LexicalExpert.fit(titles, y, len(CLASSES)))
+    return fused, text_head, titles, vt, vimg, vy
+
+
+def test_recalibrating_a_stored_bundles_head_keeps_its_weights_and_decisions():
+    from models.heads.recalibrate import recalibrate_head
+    from models.heads.robustness import DegradedTitles
+
+    fused, text_head, titles, vt, vimg, vy = _fused_text_and_photo(800)
     assert fused.title_weight > 0 and fused.title_min_words > 0
     old = dataclasses.replace(fused, fusion_temperature_poor=None)   # as a bundle saved before the change
     brands = known_brands(titles)
@@ -395,28 +402,6 @@ def test_a_title_that_names_two_types_leaves_the_type_to_the_photo(tmp_path):
     assert LinearHead.from_parts("category", desc, head.tensors()).ambiguous_titles is False
 
 
-def _fused_text_and_photo():
-    """A fused head on text + photo with a late-fused title expert (fitted on half-empty titles), as the shipped
-    category head is built, and a valid catalog: ``(head, valid titles, valid photos, labels)``."""
-    from models.heads.bundle import head_input, log_softmax
-    from models.heads.train import fit_title_expert
-
-    titles, img, y = _catalog(1200, 0)
-    cfg = HeadTrainConfig(epochs=8, hidden=32, calibration_fraction=0.2, lexical_features=0)
-    pad = lambda a: np.pad(a, ((0, 0), (0, 8)))   # noqa: E731  (image embeddings as wide as the text's)
-    txt = _text_tower(titles)
-    text_head = fit_head(txt, y, CLASSES, cfg, name="category", inputs="text")
-    head = fit_head(np.concatenate([txt, pad(img)], axis=1), y, CLASSES, cfg, name="category",
-                    inputs="text+image", text_slice=slice(0, 16), image_slice=slice(16, 32))
-    vt, vimg, vy = _catalog(900, seed=7)
-    vimg = pad(vimg)
-    fit_t = [t if i % 2 else "" for i, t in enumerate(vt)]
-    x = head_input(_text_tower(fit_t), vimg, "text+image")
-    fused = fit_title_expert(head, text_head, log_softmax(head.logits(x) / head.temperature), x, vy, fit_t,
-                             np.ones(len(vy), dtype=bool), LexicalExpert.fit(titles, y, len(CLASSES)))
-    return dataclasses.replace(fused, ambiguous_titles=True), vt, vimg, vy
-
-
 def test_the_types_an_ambiguous_title_names_get_the_fitted_weight(tmp_path):
     """On a title that names two or more types, each type it names gets ``named_weight`` on its fused
     log-probability (nothing else moves); the weight is fitted where the label is among the named types, and
@@ -425,7 +410,8 @@ def test_the_types_an_ambiguous_title_names_get_the_fitted_weight(tmp_path):
     from models.heads.ambiguity import NAMED_WEIGHTS, fit_named_weight
     from models.heads.bundle import head_input, named_class_mask
 
-    head, vt, vimg, vy = _fused_text_and_photo()
+    head, _, _, vt, vimg, vy = _fused_text_and_photo(900)
+    head = dataclasses.replace(head, ambiguous_titles=True)
     # the title's own type and one other (a seller stuffing it), or two others with the own type cut off
     own_and_other = [f"{t} {CLASSES[(c + 1) % 3]}" for t, c in zip(vt, vy, strict=True)]
     others_only = [" ".join(t.split()[:-1] + [CLASSES[(c + 1) % 3], CLASSES[(c + 2) % 3]])

@@ -37,7 +37,7 @@ from models.heads.metrics import md_table
 from models.heads.robustness import CONDITIONS, DegradedTitles, calibration_table, robustness_table
 from models.heads.train import fit_fusion_temperatures
 
-__all__ = ["bundle_tool_parser", "main", "open_bundle", "publish", "recalibrate_head"]
+__all__ = ["Opened", "bundle_tool_parser", "main", "open_bundle", "open_with_valid", "publish", "recalibrate_head"]
 
 log = logging.getLogger(__name__)
 
@@ -146,21 +146,47 @@ def open_bundle(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[P
     return store, vdir, bundle, encoder
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = bundle_tool_parser(__doc__.split("\n")[0])
-    args = p.parse_args(argv)
+@dataclasses.dataclass
+class Opened:
+    """What a :func:`bundle_tool_parser` command works on (:func:`open_with_valid`)."""
+
+    store: Path
+    folder: Path
+    bundle: HeadBundle
+    encoder: Any
+    split: Any                       # models.training.fashion's split
+    embeddings: dict[str, np.ndarray]
+    train_rows: Any                  # pandas rows, each with a ``gender`` column read from its title
+    valid_rows: Any
+    degraded: DegradedTitles         # the valid titles in the robustness report's conditions
+
+
+def open_with_valid(p: argparse.ArgumentParser, args: argparse.Namespace) -> Opened:
+    """The bundle of a :func:`bundle_tool_parser` command line, with the fashion split embedded by its encoder and
+    the valid titles' degraded copies."""
     from models.heads import fashion
     from models.heads.robustness import degraded_titles
     from models.training.fashion import load_fashion
 
-    store, vdir, old, encoder = open_bundle(p, args)
+    store, vdir, bundle, encoder = open_bundle(p, args)
     split = load_fashion(args.fashion, size=encoder.pixel_geometry, cache_dir=args.cache_dir)
     e = fashion._embed(encoder, split, Path(args.cache_dir))
-    tr_rows, va_rows = split.train_rows.copy(), split.valid_rows.copy()
+    tr_rows, va_rows = split.train_rows.copy(), split.valid_rows.reset_index(drop=True)
     for rows in (tr_rows, va_rows):
         rows["gender"] = [fashion.gender_of(t) for t in rows["title"].astype(str)]
     deg = degraded_titles(encoder, tr_rows["title"].astype(str).tolist(), va_rows["title"].astype(str).tolist(),
                           Path(args.cache_dir), e["va_txt"])
+    return Opened(store, vdir, bundle, encoder, split, e, tr_rows, va_rows, deg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = bundle_tool_parser(__doc__.split("\n")[0])
+    args = p.parse_args(argv)
+    from models.heads import fashion
+
+    o = open_with_valid(p, args)
+    store, vdir, old, split, e, va_rows, deg = o.store, o.folder, o.bundle, o.split, o.embeddings, o.valid_rows, \
+        o.degraded
     part = fashion.dev_half(va_rows)
     dev_e, dev_deg, dev_rows = fashion._valid_part(e, deg, va_rows, part)
     rep_e, rep_deg, rep_rows = fashion._valid_part(e, deg, va_rows, ~part)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 
 import numpy as np
 
@@ -54,20 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     from models.heads import fashion
     from models.heads.bundle import head_input
     from models.heads.metrics import accuracy_f1, md_table
-    from models.heads.recalibrate import bundle_tool_parser, open_bundle, publish
-    from models.heads.robustness import CONDITIONS, degraded_titles, tfidf_char_baseline
-    from models.training.fashion import load_fashion
+    from models.heads.recalibrate import bundle_tool_parser, open_with_valid, publish
+    from models.heads.robustness import CONDITIONS, tfidf_char_baseline
 
     p = bundle_tool_parser(__doc__.split("\n")[0])
     args = p.parse_args(argv)
-    store, vdir, given, encoder = open_bundle(p, args)
-    split = load_fashion(args.fashion, size=encoder.pixel_geometry, cache_dir=args.cache_dir)
-    e = fashion._embed(encoder, split, Path(args.cache_dir))
-    tr, va = split.train_rows.copy(), split.valid_rows.reset_index(drop=True)
-    for part in (tr, va):
-        part["gender"] = [fashion.gender_of(t) for t in part["title"].astype(str)]
+    o = open_with_valid(p, args)
+    store, vdir, given, encoder, split, e, deg = o.store, o.folder, o.bundle, o.encoder, o.split, o.embeddings, \
+        o.degraded
+    tr, va = o.train_rows, o.valid_rows
     titles = va["title"].astype(str).tolist()
-    deg = degraded_titles(encoder, tr["title"].astype(str).tolist(), titles, Path(args.cache_dir), e["va_txt"])
     conditions = {CONDITIONS[c]: (deg.valid[c], deg.valid_txt[c]) for c in CONDITIONS}
     for name, ts in mistyped_conditions(titles).items():
         conditions[name] = (ts, encoder.embed_texts(ts))
