@@ -11,7 +11,7 @@ sublinear term frequency, smoothed idf, l2 norm) so a Spark worker needs only nu
 
 Sellers mistype words ("Tshrit", "Sandlas"). A word the vocabulary does not hold tells the expert nothing, and the
 title's other words then decide with the weight of a whole title (category accuracy on fashion valid falls from
-0.975 to 0.875 with one typo in the type word). With ``correct_typos`` an unknown word of four or more letters (no
+0.975 to 0.872 with one typo in the type word). With ``correct_typos`` an unknown word of four or more letters (no
 digit) is read as the vocabulary's most frequent word one edit away (a letter dropped, added, changed, or two
 neighbours swapped), where there is one; every other word is read as written.
 """
