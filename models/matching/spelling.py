@@ -68,6 +68,7 @@ class CatalogSpelling:
 
     known: dict[str, int]
     _fixes: dict[str, str | None] = field(default_factory=dict, repr=False, compare=False)
+    _titles: dict[str, str] = field(default_factory=dict, repr=False, compare=False)   # each title is in many pairs
 
     @classmethod
     def of(cls, counts: Counter | dict[str, int]) -> CatalogSpelling:
@@ -95,12 +96,17 @@ class CatalogSpelling:
         """``title`` as the catalog spells it (anything not a string is returned as is)."""
         if not isinstance(title, str) or not self.known:
             return title
+        done = self._titles.get(title)
+        if done is None:
+            if len(self._titles) >= _FIXES_KEPT:
+                self._titles.clear()
 
-        def fix(m: re.Match) -> str:
-            w = self.word(m.group(0))
-            return m.group(0) if w is None else w
+            def fix(m: re.Match) -> str:
+                w = self.word(m.group(0))
+                return m.group(0) if w is None else w
 
-        return _WORD.sub(fix, title)
+            done = self._titles[title] = _WORD.sub(fix, title)
+        return done
 
     def titles(self, titles: Sequence[object]) -> list[object]:
         return [self.title(t) for t in titles]
