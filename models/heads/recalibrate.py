@@ -185,8 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     from models.heads import fashion
 
     o = open_with_valid(p, args)
-    store, vdir, old, split, e, va_rows, deg = o.store, o.folder, o.bundle, o.split, o.embeddings, o.valid_rows, \
-        o.degraded
+    vdir, old, e, va_rows, deg = o.folder, o.bundle, o.embeddings, o.valid_rows, o.degraded
     part = fashion.dev_half(va_rows)
     dev_e, dev_deg, dev_rows = fashion._valid_part(e, deg, va_rows, part)
     rep_e, rep_deg, rep_rows = fashion._valid_part(e, deg, va_rows, ~part)
@@ -205,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
               "as two, a full title's and an empty one's, blended per product by the title expert's gate, on the "
               "set-aside half of the valid split in all four title conditions. Figures on the other half "
               f"({len(rep_rows)} products).\n\n{md}\n")
-    return publish(args, store, new, split.snapshot, report, {"recalibrated_from": vdir.name, **metrics}, vdir,
+    return publish(args, o.store, new, o.split.snapshot, report, {"recalibrated_from": vdir.name, **metrics}, vdir,
                    f"Made by `python -m models.heads.recalibrate --fashion FASHION_DIR --bundle {vdir.name}` (the "
                    f"bundle folder). The heads' training report: the card of `{vdir.name}`.")
 
