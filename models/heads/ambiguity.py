@@ -28,11 +28,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 
 import numpy as np
 
-from models.heads.bundle import LinearHead, named_class_mask
+from models.heads.bundle import LinearHead, ambiguous_names, named_class_mask
 from models.heads.degrade import stuffed
 
 __all__ = ["NAMED_WEIGHTS", "STUFFED", "fit_named_weight", "main", "stuffed_conditions"]
@@ -66,11 +65,11 @@ def fit_named_weight(head: LinearHead, inputs: list[tuple[np.ndarray, list[str]]
     and each weight's mean accuracy. The head's other parameters stay; ``ambiguous_titles`` is taken as set."""
     head = dataclasses.replace(head, ambiguous_titles=True, named_weight=0.0)
     fused = [(head.fused_before_temperature(x[rows], [ts[i] for i in np.flatnonzero(rows)])[0],
-              named_class_mask([ts[i] for i in np.flatnonzero(rows)], head.classes)) for x, ts in inputs]
+              ambiguous_names(named_class_mask([ts[i] for i in np.flatnonzero(rows)], head.classes)))
+             for x, ts in inputs]
     accuracy = []
     for w in weights:
-        hits = [((lp + w * (m & (m.sum(axis=1, keepdims=True) >= 2))).argmax(axis=1) == y[rows]).mean()
-                for lp, m in fused]
+        hits = [((lp + w * named).argmax(axis=1) == y[rows]).mean() for lp, named in fused]
         accuracy.append(float(np.mean(hits)))
     return float(weights[int(np.argmax(accuracy))]), accuracy
 
@@ -79,25 +78,23 @@ def main(argv: list[str] | None = None) -> int:
     from models.heads import fashion
     from models.heads.bundle import head_input
     from models.heads.metrics import accuracy_f1, md_table
-    from models.heads.recalibrate import bundle_tool_parser, open_bundle, publish
-    from models.heads.robustness import CONDITIONS, degraded_titles, tfidf_char_baseline
+    from models.heads.recalibrate import bundle_tool_parser, open_bundle, open_with_valid, publish
+    from models.heads.robustness import CONDITIONS, tfidf_char_baseline
     from models.heads.train import expected_calibration_error
-    from models.training.fashion import load_fashion
 
     p = bundle_tool_parser(__doc__.split("\n")[0])
     args = p.parse_args(argv)
-    store, vdir, given, encoder = open_bundle(p, args)
+    opened = open_bundle(p, args)
+    store, vdir, given, encoder = opened
     if given.category is None or given.category.title_expert is None:
         p.error(f"{vdir.name} has no category head with a title expert: nothing to change")
     base = given.category
     off, switch = (dataclasses.replace(base, ambiguous_titles=on, named_weight=0.0) for on in (False, True))
 
-    split = load_fashion(args.fashion, size=encoder.pixel_geometry, cache_dir=args.cache_dir)
-    e = fashion._embed(encoder, split, Path(args.cache_dir))
+    o = open_with_valid(p, args, opened)
+    split, e, deg, tr, va = o.split, o.embeddings, o.degraded, o.train_rows, o.valid_rows
     column = fashion.TASKS["category"]
-    tr, va = split.train_rows, split.valid_rows.reset_index(drop=True)
     titles, gold = va["title"].astype(str).tolist(), va[column].astype(str).to_numpy()
-    deg = degraded_titles(encoder, tr["title"].astype(str).tolist(), titles, Path(args.cache_dir), e["va_txt"])
     conditions = {CONDITIONS[c]: (deg.valid[c], deg.valid_txt[c]) for c in CONDITIONS}
     for name, ts in stuffed_conditions(titles, gold.tolist(), tr["title"].astype(str).tolist(),
                                        tr[column].astype(str).tolist()).items():

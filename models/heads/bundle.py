@@ -22,8 +22,8 @@ import numpy as np
 from models.heads.lexical import LexicalExpert
 
 __all__ = [
-    "HEADS_DIR", "HeadBundle", "LinearHead", "find_heads", "head_input", "load_heads", "mentions", "named_class_mask",
-    "named_classes", "save_heads", "softmax",
+    "HEADS_DIR", "HeadBundle", "LinearHead", "ambiguous_names", "find_heads", "head_input", "load_heads", "mentions",
+    "named_class_mask", "named_classes", "save_heads", "softmax",
 ]
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,12 @@ def named_class_mask(texts: list[str], classes: tuple[str, ...]) -> np.ndarray:
 def named_classes(texts: list[str], classes: tuple[str, ...]) -> np.ndarray:
     """(N,) how many different ``classes`` each text names (:func:`named_class_mask`)."""
     return named_class_mask(texts, classes).sum(axis=1).astype(np.int64)
+
+
+def ambiguous_names(named: np.ndarray) -> np.ndarray:
+    """(N, C) bool: of :func:`named_class_mask`'s ``named``, the classes of the texts that name two or more (a seller
+    stuffing a title with other products' words); a text naming one class or none has none."""
+    return named & (named.sum(axis=1, keepdims=True) >= 2)
 
 
 @dataclass(frozen=True)
@@ -269,7 +275,7 @@ class LinearHead:
         gate = self.title_gate(texts, named)
         lp = self.fused_log_probs(own, x, texts, gate)
         if named is not None and self.named_weight:
-            lp = lp + self.named_weight * (named & (named.sum(axis=1, keepdims=True) >= 2))
+            lp = lp + self.named_weight * ambiguous_names(named)
         return lp, gate
 
     def title_gate(self, texts: list[str], named: np.ndarray | None = None) -> np.ndarray | float:
@@ -284,8 +290,8 @@ class LinearHead:
             return gate
         if named is None:
             named = named_class_mask(texts, self.classes)
-        count = named.sum(axis=1)[:, None]
-        return np.where(count >= 2, 0.0, np.broadcast_to(gate, count.shape)).astype(np.float32)
+        stuffed = ambiguous_names(named).any(axis=1)[:, None]
+        return np.where(stuffed, 0.0, np.broadcast_to(gate, stuffed.shape)).astype(np.float32)
 
     def fusion_temperatures(self, gate: np.ndarray | float) -> np.ndarray | float:
         """The fusion temperature of each product: ``fusion_temperature_poor`` at gate 0, ``fusion_temperature``

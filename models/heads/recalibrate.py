@@ -161,14 +161,16 @@ class Opened:
     degraded: DegradedTitles         # the valid titles in the robustness report's conditions
 
 
-def open_with_valid(p: argparse.ArgumentParser, args: argparse.Namespace) -> Opened:
+def open_with_valid(p: argparse.ArgumentParser, args: argparse.Namespace,
+                    opened: tuple[Path, Path, HeadBundle, Any] | None = None) -> Opened:
     """The bundle of a :func:`bundle_tool_parser` command line, with the fashion split embedded by its encoder and
-    the valid titles' degraded copies."""
+    the valid titles' degraded copies. ``opened``: :func:`open_bundle`'s result where the caller checked the bundle
+    before the split is read (minutes)."""
     from models.heads import fashion
     from models.heads.robustness import degraded_titles
     from models.training.fashion import load_fashion
 
-    store, vdir, bundle, encoder = open_bundle(p, args)
+    store, vdir, bundle, encoder = opened if opened is not None else open_bundle(p, args)
     split = load_fashion(args.fashion, size=encoder.pixel_geometry, cache_dir=args.cache_dir)
     e = fashion._embed(encoder, split, Path(args.cache_dir))
     tr_rows, va_rows = split.train_rows.copy(), split.valid_rows.reset_index(drop=True)

@@ -133,12 +133,10 @@ def _pair_scores(data: str, scorer: PairScorer, vectors: TitleVectors, baselines
         rows[b.name], y, s = _pair_row(b, spelled, feats, scorer, baselines[b.name], cross, prefilter, valid)
         pooled_y.append(y)
         pooled_s.append(s)
-        if b.mpn:
-            numbered, feats = with_part_numbers(data, b.name, b.splits[1], vectors, plain=feats)
+        if b.mpn:   # as with_part_numbers reads them, and spelled: the plain titles' cosine, the numbered titles
+            numbered = load_pairs(data, b.name, b.splits[1], mpn=True)
             spelling = CatalogSpelling.from_titles(_pool_records(numbered)["title"])
-            spelled = numbered.assign(left_title=spelling.titles(numbered["left_title"].tolist()),
-                                      right_title=spelling.titles(numbered["right_title"].tolist()))
-            feats = featurize(spelled, vectors, text_cosine=feats["text_cosine"].to_numpy())
+            spelled, feats = as_job_reads(numbered, vectors, spelling, text_cosine=feats["text_cosine"].to_numpy())
             base = TfidfBaseline(load_pairs(data, b.name, b.splits[0], mpn=True))
             rows[f"{b.name} + mpn"] = _pair_row(b, spelled, feats, scorer, base, cross, prefilter, numbered)[0]
     y, s = np.concatenate(pooled_y), np.concatenate(pooled_s)
@@ -187,18 +185,20 @@ def _candidate_pairs_frame(recs: pd.DataFrame, cand: pd.DataFrame) -> pd.DataFra
     return pairs
 
 
-def as_job_reads(pairs: pd.DataFrame, vectors: TitleVectors, spelling: CatalogSpelling | None
-                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def as_job_reads(pairs: pd.DataFrame, vectors: TitleVectors, spelling: CatalogSpelling | None,
+                 text_cosine: np.ndarray | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(pairs, features) as the job's score step reads them: the titles as the catalog spells them
     (:class:`models.matching.spelling.CatalogSpelling`, None: as written) for the scorers and the rules, the title
-    cosine from the titles as written (the job's stored embeddings)."""
+    cosine from the titles as written (the job's stored embeddings), or ``text_cosine`` where the caller has it
+    (the plain titles' cosine of pairs whose titles carry a part number)."""
     if spelling is None:
-        return pairs, featurize(pairs, vectors)
-    a, b = vectors.matrix(pairs["left_title"]), vectors.matrix(pairs["right_title"])
-    cosine = (a * b).sum(axis=1) if len(pairs) else np.zeros(0)
+        return pairs, featurize(pairs, vectors, text_cosine=text_cosine)
+    if text_cosine is None:
+        a, b = vectors.matrix(pairs["left_title"]), vectors.matrix(pairs["right_title"])
+        text_cosine = (a * b).sum(axis=1) if len(pairs) else np.zeros(0)
     spelled = pairs.assign(left_title=spelling.titles(pairs["left_title"].tolist()),
                            right_title=spelling.titles(pairs["right_title"].tolist()))
-    return spelled, featurize(spelled, vectors, text_cosine=cosine)
+    return spelled, featurize(spelled, vectors, text_cosine=text_cosine)
 
 
 def score_candidates(recs: pd.DataFrame, cand: pd.DataFrame, scorer: PairScorer, vectors: TitleVectors,

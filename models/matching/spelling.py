@@ -12,8 +12,11 @@ copy of themselves (TF-IDF character grams: 98%). So the job reads each title as
   neighbours swapped), where there is one; every other word is read as written.
 
 The vocabulary is the catalog's, not a dictionary's: it knows "Cruzer" where the catalog lists Cruzers, and it learns
-a new catalog's words without training. Two products whose names are one letter apart and each written only once
-are not corrected towards each other (neither is known).
+a new catalog's words without training. The heads' lexical experts read typos the same way against their own
+vocabulary of a few thousand words (:class:`models.heads.lexical.LexicalExpert`), through a table of every
+vocabulary word with each letter dropped; a catalog's vocabulary runs to :data:`MAX_WORDS`, where that table would
+hold millions of keys, so here each unknown word's few hundred edits are looked up instead. Two products whose names
+are one letter apart and each written only once are not corrected towards each other (neither is known).
 """
 
 from __future__ import annotations
