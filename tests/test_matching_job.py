@@ -118,13 +118,14 @@ def test_a_lake_matched_before_the_same_listing_rule_is_matched_again_in_full(sp
     import pyarrow as pa
     from deltalake import write_deltalake
 
-    from models.matching.features import SAME_LISTING_RULE, SAME_PART_NUMBER_RULE
+    from models.matching.features import DIFFERENT_PRODUCTS_RULE, SAME_LISTING_RULE, SAME_PART_NUMBER_RULE
     from models.matching.spelling import SPELLING_RULE
 
     df = synthetic(n_groups=4)
     write_embeddings(spark, lake, df, "e1")
     first = run(spark, lake, df, "m1")
-    assert first["scorer_version"].split("+")[-3:] == [SAME_LISTING_RULE, SAME_PART_NUMBER_RULE, SPELLING_RULE]
+    assert first["scorer_version"].split("+")[-4:] == [SAME_LISTING_RULE, SAME_PART_NUMBER_RULE, SPELLING_RULE,
+                                                       DIFFERENT_PRODUCTS_RULE]
     path = str(lake.path(PRODUCT_MATCHES))
     table = DeltaTable(path).to_pyarrow_table()
     before = first["scorer_version"].rsplit("+", 1)[0]
@@ -163,7 +164,8 @@ def test_the_driver_path_writes_what_the_spark_path_writes(spark, tmp_path, with
         write_embeddings(spark, lake, df, "e1")
         first = run(spark, lake, df, "m1", cfg)
         changed = df.copy()
-        changed.loc[changed["product_id"] == "S0021", "title"] = "Orbit lamp OR-1259 relisted"
+        # relisted as another brand's product, brand and title (brands that disagree need the conflict floor)
+        changed.loc[changed["product_id"] == "S0021", ["title", "brand"]] = ["Orbit lamp OR-1259 relisted", "Orbit"]
         write_embeddings(spark, lake, changed[changed["product_id"] == "S0021"], "e2")
         second = run(spark, lake, changed, "m2", cfg)
         out[name] = (first, second, read(lake, PRODUCT_MATCHES), read(lake, PRODUCT_CLUSTERS))

@@ -246,6 +246,66 @@ def test_the_same_part_number_is_one_product_unless_the_brands_differ():
     assert scores.tolist() == [SAME_LISTING_SCORE, 0.3] and flag.tolist() == [True, False]
 
 
+@pytest.mark.parametrize(("a", "b", "differ"), [
+    ("Puma Men's Black T-shirt", "Puma Men's White T-shirt", True),            # two colours
+    ("Titan Men Silver Dial Watch", "Titan Men Gold Dial Watch", True),
+    ("Nike Men Navy Shorts", "Nike Men Blue Shorts", False),                  # one colour family
+    ("Lee Men Grey Jeans", "Lee Men Silver-Grey Jeans", False),
+    ("Diva Women Multi Coloured Kurta", "Diva Women Red Kurta", False),       # many colours: none in particular
+    ("Sony Black Headphones", "Sony Headphones", False),                      # one side names no colour
+    ("Puma Men Kuris Sports Shoes", "Puma Women Kuris Sports Shoes", True),    # men's and women's
+    ("Fastrack Unisex Sunglasses", "Fastrack Men Sunglasses", False),         # a unisex product is for men
+    ("Gini and Jony Kids Jeans", "Gini and Jony Girls Jeans", False),
+    ("Gini and Jony Boys Jeans", "Gini and Jony Girls Jeans", True),
+    ("Nintendo Game Boy Advance", "Pac-Man for Women", False),                # singulars name products
+])
+def test_titles_that_name_other_colours_or_genders_tell_of_different_products(a, b, differ):
+    f = pair_features([prepare({"title": a})], [prepare({"title": b})], np.ones(1))
+    assert bool(f["different_products"].iloc[0]) is differ
+
+
+def test_a_title_that_names_nothing_beyond_its_brand_matches_nothing():
+    """An empty title, a placeholder, or a title cut to its brand names no product: a pair with one never matches
+    on what the scorers say, not even as the same listing twice; the same part number still does."""
+    from models.matching.features import match_decisions
+    from models.matching.text import names_product
+
+    assert [names_product(t, b) for t, b in [("Samsung", "Samsung"), ("", "Sony"), ("N/A", None), (None, None),
+                                             ("NEW", None), ("United Colors of Benetton", "United Colors of Benetton"),
+                                             ("Samsung TV", "samsung"), ("Quill", None), ("mediarecover", "allume")]
+            ] == [False, False, False, False, False, False, True, True, True]
+    samsung = {"title": "Samsung", "brand": "Samsung"}
+    tv = {"title": "Samsung TV UE55", "brand": "Samsung"}
+    left = [samsung, {"title": "", "brand": "Sony"}, dict(samsung, mpn="UE55TU7100"), tv]
+    right = [samsung, {"title": "", "brand": "Sony"}, dict(samsung, mpn="UE-55TU7100"), tv]
+    f = pair_features([prepare(x) for x in left], [prepare(x) for x in right], np.ones(4))
+    assert f["different_products"].tolist() == [True, True, True, False]
+    assert f["same_listing"].tolist() == [False, False, False, True]
+
+    class Everything:   # a scorer that matches every pair
+        def is_match(self, scores):
+            return np.ones(len(scores), bool)
+
+    scores, matched = match_decisions(np.full(4, 0.95), f, np.arange(4), Everything())
+    assert matched.tolist() == [False, False, True, True]   # the part number, and a title that names a product
+    assert scores.tolist() == [0.95, 0.95, SAME_LISTING_SCORE, SAME_LISTING_SCORE]
+
+
+def test_brands_that_disagree_need_the_conflict_floor():
+    """Like model numbers that disagree, brands that both listings give and that disagree make a pair a match only
+    at the cross-encoder's conflict floor; a brand on one side only, or brands that agree, keep its threshold."""
+    from models.matching.cross import CrossEncoder
+
+    model = CrossEncoder(None, None, None, max_length=16, calibration=(1.0, 0.0), threshold=0.2)
+    f = pair_features([prepare({"title": "Titan Men Black Dial Watch", "brand": "Titan"})] * 3,
+                      [prepare({"title": "Timex Men Black Dial Watch", "brand": b}) for b in ("Timex", None, "titan")],
+                      np.ones(3))
+    assert f["brand_match"].tolist() == [False, None, True]
+    assert model.is_match(np.full(3, 0.6), f).tolist() == [False, True, True]
+    assert model.is_match(np.full(3, 0.95), f).tolist() == [True, True, True]
+    assert model.is_match(np.full(3, 0.6)).tolist() == [True, True, True]   # without the evidence: the threshold
+
+
 def test_the_score_step_matches_a_software_listing_with_its_copy():
     """The job's score step (the shipped feature scorer and cross-encoder) matches each listing with an exact copy
     of itself at SAME_LISTING_SCORE or more: the cross-encoder alone, trained on labels that call many such copies
@@ -279,6 +339,30 @@ def test_the_score_step_matches_a_software_listing_with_its_copy():
     own = um._cross(spec).score(um._serialised(frame.iloc[[-1]], "a"), um._serialised(frame.iloc[[-1]], "b"), f) \
         if s[0] >= spec.prefilter else s
     assert not f["same_listing"].iloc[0] and by_pair["p9"] == pytest.approx(float(own[0]), abs=1e-5)
+
+
+def test_the_score_step_keeps_apart_listings_that_tell_of_different_products():
+    """With the shipped scorers, which matched each of these pairs of different products before the rule
+    (scores 0.27-0.94): another colour, another gender, another brand, titles cut to the brand, empty titles. A
+    seller's rewording of one product, with its colour and gender, still matches."""
+    import udfs.matching as um
+    from jobs.stages.matching import resolve_matching, resolve_pair_model
+
+    pairs = [("Puma Men's Sless Black T-shirt", None, "Puma Men's Ferrari White T-shirt", None),
+             ("Nike Men Solid Black T-shirt", None, "Nike Women Solid Black T-shirt", None),
+             ("Estd. 1977 Men Black Sandals", "Estd. 1977", "Coolers Men Black Sandals", "Coolers"),
+             ("Samsung", "Samsung", "Samsung", "Samsung"), ("", "Samsung", "", "Samsung"),
+             ("Fjord Cap for Kids - Yellow (FJ-7521)", "Fjord", "NEW FJORD cap yellow FJ-7521 kids", "Fjord")]
+    frame = pd.DataFrame([{"a": f"p{i}", "b": f"q{i}", "title_a": ta, "brand_a": ba, "price_a": None, "title_b": tb,
+                           "brand_b": bb, "price_b": None} for i, (ta, ba, tb, bb) in enumerate(pairs)])
+    frame["currency_a"] = frame["currency_b"] = None
+    frame["fused_cosine"] = frame["text_cosine"] = np.float32(0.95)
+    frame["image_cosine"] = np.float32(np.nan)
+    frame["blocking"] = "ann"
+    scorer = load_scorer(resolve_matching("auto"))
+    spec = um.CrossSpec(str(resolve_pair_model("auto")), precision="fp32")
+    matches = pd.concat(um.make_score_fn(scorer.version, scorer.to_json(), cross=spec)(iter([frame])))
+    assert set(matches["product_id_a"]) == {f"p{len(pairs) - 1}"}
 
 
 def _walk(trees, row: np.ndarray) -> float:

@@ -67,3 +67,47 @@ def test_the_score_step_reads_both_titles_as_the_catalog_spells_them():
     assert read["score"].iloc[0] == pytest.approx(read["score"].iloc[1])      # the typo read back
     assert plain["score"].iloc[0] < plain["score"].iloc[1]                    # as written, the typo costs
     assert read["score"].iloc[1] == pytest.approx(plain["score"].iloc[1])    # a clean pair is scored as before
+
+
+def test_titles_that_three_listings_write_alike_are_shared():
+    """A title written by three or more listings (letters and digits, case and punctuation aside) is shared; two
+    are not; empty titles never are."""
+    from models.matching.spelling import shared_title_keys
+
+    titles = ["Quill", "quill", "QUILL!", "Nike Men Black T-Shirt", "nike men black tshirt", "", "", "", None, "-"]
+    assert shared_title_keys(titles) == frozenset({"quill"})
+    spelling = CatalogSpelling.from_titles(titles)
+    assert spelling.shared_titles(["Quill", "Q-uill", "Nike Men Black T-shirt", "", None]).tolist() == [
+        True, True, False, False, False]
+    assert not CatalogSpelling.from_titles(CATALOG).shared_titles(CATALOG).any()
+
+
+@pytest.mark.spark
+def test_the_spark_path_counts_the_catalogs_words_and_shared_titles_as_pandas_does(spark):
+    from jobs.stages.matching import _spelling
+
+    titles = [*CATALOG, "Quill", "quill", "QUILL!", "Nike Men Black T-Shirt", "nike men black tshirt", "", None]
+    flagged = spark.createDataFrame(pd.DataFrame({"title": titles}), "title string")
+    on_spark, on_driver = _spelling(flagged=flagged), _spelling(titles=pd.Series(titles))
+    assert on_spark.known == on_driver.known and on_spark.shared == on_driver.shared == frozenset({"quill"})
+
+
+def test_a_listing_whose_title_the_catalog_shares_is_matched_by_its_part_number_only():
+    """Three listings titled "Quill" (a catalog whose titles were cut to the brand) are not the same product for
+    it, not even as the same listing twice; with the same part number two of them are."""
+    import udfs.matching as um
+    from jobs.stages.matching import resolve_matching
+    from models.matching.artifact import load_scorer
+
+    frame = pd.DataFrame({
+        "a": ["p1", "p1"], "b": ["p2", "p3"], "fused_cosine": [0.99, 0.99], "text_cosine": [1.0, 1.0],
+        "image_cosine": [np.nan, np.nan], "blocking": ["ann", "ann"], "title_a": ["Quill"] * 2,
+        "brand_a": [None] * 2, "price_a": [None] * 2, "currency_a": [None] * 2, "mpn_a": ["QU-7101"] * 2,
+        "title_b": ["Quill"] * 2, "brand_b": [None] * 2, "price_b": [None] * 2, "currency_b": [None] * 2,
+        "mpn_b": ["QU-9999", "QU7101"]})
+    scorer = load_scorer(resolve_matching("auto"))
+    score = um.make_score_fn(scorer.version, scorer.to_json(),
+                             spelling=CatalogSpelling.from_titles(["Quill"] * 3 + CATALOG))
+    assert pd.concat(score(iter([frame])))["product_id_b"].tolist() == ["p3"]
+    alone = um.make_score_fn(scorer.version, scorer.to_json(), spelling=CatalogSpelling.from_titles(["Quill"] * 2))
+    assert pd.concat(alone(iter([frame])))["product_id_b"].tolist() == ["p2", "p3"]   # two listings: a listing twice

@@ -310,10 +310,17 @@ def make_score_fn(scorer_version: str, scorer_json: str, keep_all: bool = False,
         for pdf in batches:
             if pdf.empty:
                 continue
+            shared = None
             if spelling is not None:
+                a, b = pdf["title_a"].tolist(), pdf["title_b"].tolist()
+                shared = spelling.shared_titles(a) | spelling.shared_titles(b)
                 pdf = pdf.assign(title_a=spelling.titles(pdf["title_a"].tolist()),
                                  title_b=spelling.titles(pdf["title_b"].tolist()))
             f, s = _features(pdf, scorer)
+            if shared is not None:
+                from models.matching.features import mark_shared_titles
+
+                mark_shared_titles(f, shared)
             read = np.flatnonzero(s >= cross.prefilter) if cross is not None else np.zeros(0, np.int64)
             if read_counter is not None and len(read):
                 read_counter.add(len(read))

@@ -47,7 +47,7 @@ from typing import Any
 
 from models.matching.blocking import BLOCKING_PASSES, BlockingConfig, blocking_label, n_cells
 from models.matching.cluster import ClusterConfig
-from models.matching.features import SAME_LISTING_RULE, SAME_PART_NUMBER_RULE
+from models.matching.features import DIFFERENT_PRODUCTS_RULE, SAME_LISTING_RULE, SAME_PART_NUMBER_RULE
 from models.matching.spelling import SPELLING_RULE
 
 __all__ = ["MatchConfig", "MatchStats", "match_and_cluster", "matching_title"]
@@ -455,7 +455,7 @@ def _spelling(flagged=None, titles=None):
     """The catalog's spelling (:class:`models.matching.spelling.CatalogSpelling`) from every product's matching
     title: counted by pandas from ``titles`` on the driver's path, by a Spark job over ``flagged`` otherwise (the
     same runs of letters, lower-cased, four or more)."""
-    from models.matching.spelling import MIN_COUNT, MIN_LETTERS, CatalogSpelling
+    from models.matching.spelling import MIN_COUNT, MIN_LETTERS, SHARED_TITLE_MIN, CatalogSpelling
 
     if titles is not None:
         return CatalogSpelling.from_titles(titles)
@@ -463,7 +463,10 @@ def _spelling(flagged=None, titles=None):
 
     words = (flagged.select(F.explode(F.split(F.lower(F.col("title")), "[^\\p{L}]+")).alias("w"))
              .where(F.length("w") >= MIN_LETTERS).groupBy("w").count().where(F.col("count") >= MIN_COUNT))
-    return CatalogSpelling.of({r["w"]: int(r["count"]) for r in words.collect()})
+    # the titles' keys as models.matching.text.title_key writes them (letters and digits, lower-cased)
+    keys = (flagged.select(F.regexp_replace(F.lower(F.col("title")), "[^\\p{L}\\p{N}]+", "").alias("k"))
+            .where(F.length("k") > 0).groupBy("k").count().where(F.col("count") >= SHARED_TITLE_MIN))
+    return CatalogSpelling.of({r["w"]: int(r["count"]) for r in words.collect()}, [r["k"] for r in keys.collect()])
 
 
 def _score(cand, flagged, scorer, parts: int, cfg: MatchConfig, read_counter=None, spelling=None):
@@ -1023,7 +1026,7 @@ def match_and_cluster(spark, lake, products, run_id: str, model_version: str, cf
         cross_version, threshold = cross_info(cfg.cross)
         version = f"{scorer.version}+{cross_version}"
     # the decision rules too: a lake matched before them (or under other ones) is matched again
-    version = f"{version}+{SAME_LISTING_RULE}+{SAME_PART_NUMBER_RULE}+{SPELLING_RULE}"
+    version = f"{version}+{SAME_LISTING_RULE}+{SAME_PART_NUMBER_RULE}+{SPELLING_RULE}+{DIFFERENT_PRODUCTS_RULE}"
     flagged, full = _queries(lake, universe, version, cfg, changed_ids)
     flagged = flagged.persist(StorageLevel.MEMORY_AND_DISK)
     counts = flagged.agg(F.count("*").alias("n"), F.sum(F.col("in_query").cast("long")).alias("q")).first()

@@ -165,15 +165,20 @@ class CrossEncoder:
 
     # A pair whose listings both carry model numbers and share none is a match only at this score or above: two
     # listings one model code apart (TU-2204 / TU-9990) read alike to the network. Chosen with the clustering
-    # settings on the dev parts of the whole catalogs (jobs.catalog_eval; EVALUATION.md).
+    # settings on the dev parts of the whole catalogs (jobs.catalog_eval; EVALUATION.md). Brands that disagree
+    # need it too (2026-12-07): the network matched a fashion catalog's listings of different brands on their
+    # templated titles ("Titan Men Black Dial Watch" / "Timex Men Black Dial Watch").
     conflict_floor: float = 0.9
 
     def is_match(self, scores: np.ndarray, features: Any = None) -> np.ndarray:
-        """Scores at or above the threshold; with ``features``, a model-number conflict needs
-        :attr:`conflict_floor`."""
+        """Scores at or above the threshold; with ``features``, a pair whose model numbers or brands disagree
+        (both known, none shared) needs :attr:`conflict_floor`."""
         ok = np.asarray(scores) >= self.threshold
         if features is not None:
             conflict = np.asarray(features["model_conflict"], np.float64) > 0
+            if "brand_known" in features:
+                conflict |= ((np.asarray(features["brand_known"], np.float64) > 0)
+                             & (np.asarray(features["brand_agree"], np.float64) == 0))
             ok &= ~conflict | (np.asarray(scores) >= self.conflict_floor)
         return ok
 

@@ -36,7 +36,7 @@ from models.matching.artifact import load_scorer
 from models.matching.blocking import BlockingConfig, candidate_pairs
 from models.matching.cluster import ClusterConfig, cluster, pairwise_prf
 from models.matching.data import BENCHMARKS, TitleVectors, featurize, load_offers, load_pairs
-from models.matching.features import match_decisions
+from models.matching.features import mark_shared_titles, match_decisions
 from models.matching.scorer import PairScorer
 from models.matching.spelling import CatalogSpelling
 from models.matching.text import code_spans, lone_number_spans, parse_price
@@ -196,9 +196,11 @@ def as_job_reads(pairs: pd.DataFrame, vectors: TitleVectors, spelling: CatalogSp
     if text_cosine is None:
         a, b = vectors.matrix(pairs["left_title"]), vectors.matrix(pairs["right_title"])
         text_cosine = (a * b).sum(axis=1) if len(pairs) else np.zeros(0)
+    left, right = pairs["left_title"].tolist(), pairs["right_title"].tolist()
+    shared = spelling.shared_titles(left) | spelling.shared_titles(right)
     spelled = pairs.assign(left_title=spelling.titles(pairs["left_title"].tolist()),
                            right_title=spelling.titles(pairs["right_title"].tolist()))
-    return spelled, featurize(spelled, vectors, text_cosine=text_cosine)
+    return spelled, mark_shared_titles(featurize(spelled, vectors, text_cosine=text_cosine), shared)
 
 
 def score_candidates(recs: pd.DataFrame, cand: pd.DataFrame, scorer: PairScorer, vectors: TitleVectors,

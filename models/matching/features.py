@@ -21,15 +21,22 @@ from models.matching.text import (
     as_text,
     brand_key,
     char_ngrams,
+    colours,
+    colours_disagree,
+    genders,
+    genders_disagree,
     model_numbers,
+    names_product,
     numbers,
     parse_price,
     part_number_key,
     tokens,
 )
 
-__all__ = ["FEATURES", "SAME_LISTING_RULE", "SAME_LISTING_SCORE", "SAME_PART_NUMBER_RULE", "Prepared",
-           "match_decisions", "pair_features", "prepare", "prepare_key", "record_key", "same_listing_floor"]
+__all__ = ["DIFFERENT_PRODUCTS_RULE", "FEATURES", "SAME_LISTING_RULE", "SAME_LISTING_SCORE", "SAME_PART_NUMBER_RULE",
+           "Prepared",
+           "mark_shared_titles", "match_decisions", "pair_features", "prepare", "prepare_key", "record_key",
+           "same_listing_floor"]
 
 # The scorer's inputs, in order. Image and fused cosines are evidence only: no labelled pair here has
 # images, so a scorer could not learn what they are worth.
@@ -57,6 +64,15 @@ SAME_LISTING_RULE = "same-listing"
 # number are how shopping feeds name a product. In the Walmart-Amazon pairs no non-match shares one (0 of 5,568
 # train, 0 of 1,856 valid), half the matches do (285 of 576, 99 of 193). Named in scorer_version as the rule above.
 SAME_PART_NUMBER_RULE = "same-part-number"
+# Two listings are never one product, whatever the scorers say, where their titles name colours and none in common,
+# or say who the product is for and disagree (men's / women's), or where either title names nothing beyond its brand
+# (empty, "N/A", or cut to the brand): the cross-encoder, trained on electronics and software listings, matched
+# different products of a fashion catalog on their templated titles ("Puma Men's Black T-shirt" / "Puma Men's White
+# T-shirt" 0.93), and two titles that say only "Samsung" at 0.94. On the labelled pairs of the four benchmarks these
+# rules veto 1 of the job's 1,808 true train matches and none of the valid ones (EVALUATION.md, 2026-12-07 night).
+# Brands that disagree need the cross-encoder's conflict floor, as model numbers that disagree do
+# (models.matching.cross.CrossEncoder.is_match). Named in scorer_version as the rules above.
+DIFFERENT_PRODUCTS_RULE = "different-products"
 SAME_LISTING_PRICE_RATIO = 0.99
 SAME_LISTING_IMAGE_COSINE = 0.95
 
@@ -74,6 +90,9 @@ class Prepared:
     price: float
     currency: str
     mpn: str = ""        # the seller's part number as a key (models.matching.text.part_number_key; "": none)
+    colours: frozenset[str] = frozenset()   # the colour families the title names (models.matching.text.colours)
+    genders: frozenset[str] = frozenset()   # who the title says the product is for (models.matching.text.genders)
+    names_product: bool = True              # the title says something beyond the brand (text.names_product)
 
 
 def record_key(title: object, brand: object, price: object, currency: object, mpn: object = None
@@ -93,6 +112,7 @@ def prepare_key(key: tuple[str, str, float | None, str, str]) -> Prepared:
         words=frozenset(words), grams=frozenset(char_ngrams(title)), codes=frozenset(model_numbers(title)),
         nums=frozenset(numbers(title)), compact="".join(c for c in "".join(words) if c.isalnum()),
         brand=brand, price=math.nan if price is None else price, currency=currency, mpn=mpn,
+        colours=colours(title), genders=genders(title), names_product=names_product(title, brand),
     )
 
 
@@ -158,19 +178,21 @@ def pair_features(left: Sequence[Prepared], right: Sequence[Prepared], text_cosi
     ``image_cosine``, ``fused_cosine`` (NaN when not given), ``model_number_match``, ``brand_match`` (object:
     True/False/None) and ``price_ratio`` (NaN when unknown; the feature ``price_similarity`` is 0 then), named
     like the columns of ``product_matches``; and the rule columns ``same_listing`` and ``same_part_number``
-    (:func:`same_listing_floor`)."""
+    (:func:`same_listing_floor`) and ``different_products`` (:data:`DIFFERENT_PRODUCTS_RULE`)."""
     n = len(left)
     if len(right) != n or len(text_cosine) != n:
         raise ValueError(f"pair_features: left ({n}), right ({len(right)}) and text_cosine "
                          f"({len(text_cosine)}) must have one entry per pair")
-    rows, models, brands, ratios, same, number = [], [], [], [], [], []
+    rows, models, brands, ratios, same, number, differ = [], [], [], [], [], [], []
     for a, b in zip(left, right, strict=True):
         row, m, br, r = _one(a, b)
         rows.append(row)
         models.append(m)
         brands.append(br)
         ratios.append(r)
-        same.append(bool(a.compact) and a.compact == b.compact and br is not False
+        differ.append(not (a.names_product and b.names_product) or colours_disagree(a.colours, b.colours)
+                      or genders_disagree(a.genders, b.genders))
+        same.append(bool(a.compact) and a.compact == b.compact and br is not False and not differ[-1]
                     and not r < SAME_LISTING_PRICE_RATIO)   # a NaN ratio (a price unknown) passes
         number.append(bool(a.mpn) and a.mpn == b.mpn and br is not False)
     arr = np.asarray(rows, dtype=np.float64).reshape(n, len(FEATURES) - 1)
@@ -185,7 +207,19 @@ def pair_features(left: Sequence[Prepared], right: Sequence[Prepared], text_cosi
     photos_differ = out["image_cosine"].to_numpy() < SAME_LISTING_IMAGE_COSINE   # NaN (no photo pair) is False
     out["same_listing"] = np.asarray(same, dtype=bool).reshape(n) & ~photos_differ
     out["same_part_number"] = np.asarray(number, dtype=bool).reshape(n)
+    out["different_products"] = np.asarray(differ, dtype=bool).reshape(n)
     return out
+
+
+def mark_shared_titles(features: pd.DataFrame, shared: np.ndarray) -> pd.DataFrame:
+    """``features`` (of :func:`pair_features`) with the pairs ``shared`` (a listing whose title the catalog writes
+    for several listings: :meth:`models.matching.spelling.CatalogSpelling.shared_titles`) marked
+    ``different_products`` and not ``same_listing``: such a title names a kind of product, so the pair matches by a
+    part number only. The frame is changed in place and returned."""
+    shared = np.asarray(shared, dtype=bool)
+    features["different_products"] = np.asarray(features["different_products"], dtype=bool) | shared
+    features["same_listing"] = np.asarray(features["same_listing"], dtype=bool) & ~shared
+    return features
 
 
 def same_listing_floor(scores: np.ndarray, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -203,12 +237,15 @@ def match_decisions(scores: np.ndarray, features: pd.DataFrame, read: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray]:
     """``(scores, matched)`` of scored pairs as the job decides them: with a cross-encoder ``cross``, the pairs it
     read (``read``, their indices) match at its threshold (and conflict floor) and the others do not; without one,
-    the feature ``scorer``'s threshold decides; the same listing twice matches either way
+    the feature ``scorer``'s threshold decides; two listings that tell of different products do not match
+    (:data:`DIFFERENT_PRODUCTS_RULE`); the same listing twice, or the same part number, matches either way
     (:func:`same_listing_floor`, which also gives the returned scores)."""
     if cross is None:
         matched = np.asarray(scorer.is_match(scores), dtype=bool)
     else:
         matched = np.zeros(len(scores), bool)
         matched[read] = cross.is_match(np.asarray(scores)[read], features.iloc[read])
+    if "different_products" in features:
+        matched &= ~np.asarray(features["different_products"], dtype=bool)
     scores, same = same_listing_floor(scores, features)
     return scores, matched | same

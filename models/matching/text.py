@@ -11,8 +11,9 @@ import math
 import re
 import unicodedata
 
-__all__ = ["as_text", "brand_key", "char_ngrams", "code_spans", "lone_number_spans", "model_numbers", "numbers",
-           "parse_price", "part_number_key", "tokens", "with_part_number"]
+__all__ = ["as_text", "brand_key", "char_ngrams", "code_spans", "colours", "colours_disagree", "genders",
+           "genders_disagree", "lone_number_spans", "model_numbers", "names_product", "numbers", "parse_price",
+           "part_number_key", "title_key", "tokens", "with_part_number"]
 
 # Word tokens: runs of letters/digits (any script), keeping inner hyphens, dots and slashes that join
 # the parts of a model number ("ph3100u-1e3s", "t048.417.27").
@@ -70,6 +71,91 @@ def with_part_number(title: str | None, mpn: object) -> str | None:
     if not key or (title is not None and key in _letters_digits(str(title))):
         return title
     return number if title is None else f"{title} {number}"
+
+
+# Colour words, each read as its family, so that two ways of writing one colour ("navy" / "blue", "grey" / "silver")
+# agree. Only words that are a colour wherever they stand in a product title: "gold" and "silver" stay (a watch's
+# colour), but "coffee", "wine", "olive", "charcoal", "rose", "cream", "ivory", "tan", "copper" or "bronze" name
+# other things in titles too, and are left out.
+COLOUR_FAMILIES: dict[str, str] = {
+    "black": "black", "white": "white",
+    "grey": "grey", "gray": "grey", "silver": "grey",
+    "red": "red", "maroon": "red", "burgundy": "red",
+    "blue": "blue", "navy": "blue", "teal": "blue", "turquoise": "blue",
+    "green": "green",
+    "pink": "pink", "magenta": "pink", "fuchsia": "pink",
+    "gold": "gold", "golden": "gold",
+    "brown": "brown", "beige": "brown", "khaki": "brown",
+    "purple": "purple", "violet": "purple", "lavender": "purple", "mauve": "purple", "lilac": "purple",
+    "yellow": "yellow", "mustard": "yellow",
+    "orange": "orange",
+}
+# A title that says it has many colours names none in particular.
+MULTICOLOUR_WORDS = frozenset({"multi", "multicolor", "multicolour", "multicolored", "multicoloured", "assorted"})
+# Who a product is for, from the words sellers write; the singulars "man", "boy", "girl" are left out, since they
+# are in product names ("Pac-Man", "Game Boy").
+GENDER_WORDS: dict[str, str] = {
+    "men": "men", "mens": "men", "male": "men",
+    "women": "women", "womens": "women", "female": "women", "ladies": "women",
+    "boys": "boys", "girls": "girls", "kids": "kids", "unisex": "unisex",
+}
+# Pairs of different words that one product can carry: a unisex product is for men and for women, a kids' one for
+# boys and for girls.
+_GENDERS_THAT_AGREE = frozenset({("unisex", "men"), ("unisex", "women"), ("kids", "boys"), ("kids", "girls")})
+# Words a title holds where it names no product: what a feed writes in an empty field, or a bare "NEW".
+PLACEHOLDER_WORDS = frozenset({"na", "nan", "none", "null", "nil", "untitled", "unknown", "tbd", "tba", "title",
+                               "notitle", "product", "item", "new", "test", "sample", "default"})
+_LETTER_WORD = re.compile(r"[^\W\d_]+")
+
+
+def _letter_words(text: str | None) -> list[str]:
+    """The runs of letters of the lower-cased text, an apostrophe dropped ("Men's" -> "mens")."""
+    return _LETTER_WORD.findall(_fold(text).replace("'", "").replace("\u2019", ""))
+
+
+def colours(text: str | None) -> frozenset[str]:
+    """The colour families a title names (:data:`COLOUR_FAMILIES`); none where it says it has many colours."""
+    words = _letter_words(text)
+    if MULTICOLOUR_WORDS.intersection(words):
+        return frozenset()
+    return frozenset(COLOUR_FAMILIES[w] for w in words if w in COLOUR_FAMILIES)
+
+
+def colours_disagree(a: frozenset[str], b: frozenset[str]) -> bool:
+    """Two titles that both name colours, none of them in common: two colour variants, two products."""
+    return bool(a) and bool(b) and not (a & b)
+
+
+def genders(text: str | None) -> frozenset[str]:
+    """Who a title says the product is for (:data:`GENDER_WORDS`)."""
+    return frozenset(GENDER_WORDS[w] for w in _letter_words(text) if w in GENDER_WORDS)
+
+
+def genders_disagree(a: frozenset[str], b: frozenset[str]) -> bool:
+    """Two titles that both say who the product is for, with no word in common and no pair that one product can
+    carry (unisex with men or women, kids with boys or girls): a men's and a women's version, two products."""
+    if not a or not b or a & b:
+        return False
+    return not any((x, y) in _GENDERS_THAT_AGREE or (y, x) in _GENDERS_THAT_AGREE for x in a for y in b)
+
+
+def title_key(title: object) -> str:
+    """A title as listings that write it alike share it: its lower-cased letters and digits ("Nike Men Black
+    T-Shirt" and "nike men black tshirt" are one key; "" for an empty or missing title)."""
+    return _letters_digits(_fold(as_text(title)))
+
+
+def names_product(title: str | None, brand: str | None = None) -> bool:
+    """Whether a title says anything beyond its brand: a word (letters and digits) that is not part of the brand
+    (:func:`brand_key`) and not a placeholder (:data:`PLACEHOLDER_WORDS`). An empty title, "N/A", or a title cut to
+    the brand ("Samsung" of brand Samsung) names no product: two such listings are not one product for saying the
+    same nothing."""
+    key = brand_key(brand)
+    for word in tokens(title):
+        compact = _letters_digits(word)
+        if compact and compact not in PLACEHOLDER_WORDS and not (key and compact in key):
+            return True
+    return False
 
 
 def tokens(text: str | None) -> list[str]:
