@@ -111,3 +111,5 @@ def test_a_listing_whose_title_the_catalog_shares_is_matched_by_its_part_number_
     assert pd.concat(score(iter([frame])))["product_id_b"].tolist() == ["p3"]
     alone = um.make_score_fn(scorer.version, scorer.to_json(), spelling=CatalogSpelling.from_titles(["Quill"] * 2))
     assert pd.concat(alone(iter([frame])))["product_id_b"].tolist() == ["p2", "p3"]   # two listings: a listing twice
+    priced = frame.assign(price_a=49.0, price_b=[49.0, 12.0])   # one price for both: the same listing twice
+    assert pd.concat(score(iter([priced])))["product_id_b"].tolist() == ["p2", "p3"]

@@ -34,9 +34,8 @@ from models.matching.text import (
 )
 
 __all__ = ["DIFFERENT_PRODUCTS_RULE", "FEATURES", "SAME_LISTING_RULE", "SAME_LISTING_SCORE", "SAME_PART_NUMBER_RULE",
-           "Prepared",
-           "mark_shared_titles", "match_decisions", "pair_features", "prepare", "prepare_key", "record_key",
-           "same_listing_floor"]
+           "Prepared", "mark_shared_titles", "match_decisions", "pair_features", "prepare", "prepare_key",
+           "record_key", "same_listing_floor"]
 
 # The scorer's inputs, in order. Image and fused cosines are evidence only: no labelled pair here has
 # images, so a scorer could not learn what they are worth.
@@ -69,7 +68,8 @@ SAME_PART_NUMBER_RULE = "same-part-number"
 # (empty, "N/A", or cut to the brand): the cross-encoder, trained on electronics and software listings, matched
 # different products of a fashion catalog on their templated titles ("Puma Men's Black T-shirt" / "Puma Men's White
 # T-shirt" 0.93), and two titles that say only "Samsung" at 0.94. On the labelled pairs of the four benchmarks these
-# rules veto 1 of the job's 1,808 true train matches and none of the valid ones (EVALUATION.md, 2026-12-07 night).
+# rules veto 4 of the job's 3,140 true train matches and none of its 776 true valid ones (EVALUATION.md, 2026-12-07
+# night). A title the catalog shares among several listings is a kind of product too (mark_shared_titles).
 # Brands that disagree need the cross-encoder's conflict floor, as model numbers that disagree do
 # (models.matching.cross.CrossEncoder.is_match). Named in scorer_version as the rules above.
 DIFFERENT_PRODUCTS_RULE = "different-products"
@@ -215,8 +215,13 @@ def mark_shared_titles(features: pd.DataFrame, shared: np.ndarray) -> pd.DataFra
     """``features`` (of :func:`pair_features`) with the pairs ``shared`` (a listing whose title the catalog writes
     for several listings: :meth:`models.matching.spelling.CatalogSpelling.shared_titles`) marked
     ``different_products`` and not ``same_listing``: such a title names a kind of product, so the pair matches by a
-    part number only. The frame is changed in place and returned."""
-    shared = np.asarray(shared, dtype=bool)
+    part number, or as the same listing twice where both prices are known and agree (a price unknown vouches for
+    nothing here: three listings titled "Quill" without prices are three products). The frame is changed in place
+    and returned."""
+    ratio = np.asarray(features["price_ratio"], dtype=np.float64)
+    vouched = np.asarray(features["same_listing"], dtype=bool) & (np.nan_to_num(ratio, nan=0.0)
+                                                                    >= SAME_LISTING_PRICE_RATIO)
+    shared = np.asarray(shared, dtype=bool) & ~vouched
     features["different_products"] = np.asarray(features["different_products"], dtype=bool) | shared
     features["same_listing"] = np.asarray(features["same_listing"], dtype=bool) & ~shared
     return features

@@ -21,8 +21,9 @@ are one letter apart and each written only once are not corrected towards each o
 It also knows which titles the catalog writes :data:`SHARED_TITLE_MIN` or more times, letter for letter once case,
 spacing and punctuation are set aside (:func:`models.matching.text.title_key`): such a title names a kind of product,
 not one ("Nike Men Black T-shirt", a bare brand where titles were cut to it). A listing with one is matched by its part
-number only (:func:`models.matching.features.mark_shared_titles`). In the four whole electronics catalogs, 5 of the
-120 pairs of listings that share a title written three or more times are one product by their truths.
+number, or as the same listing twice at one known price, only (:func:`models.matching.features.mark_shared_titles`).
+In the four whole electronics catalogs, 5 of the 120 pairs of listings that share a title written three or more times
+are one product by their truths.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ class CatalogSpelling:
     shared: frozenset[str] = frozenset()
     _fixes: dict[str, str | None] = field(default_factory=dict, repr=False, compare=False)
     _titles: dict[str, str] = field(default_factory=dict, repr=False, compare=False)   # each title is in many pairs
+    _is_shared: dict[object, bool] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def of(cls, counts: Counter | dict[str, int], shared: Iterable[str] = ()) -> CatalogSpelling:
@@ -110,7 +112,16 @@ class CatalogSpelling:
 
         if not self.shared:
             return np.zeros(len(titles), bool)
-        return np.fromiter((title_key(t) in self.shared for t in titles), bool, len(titles))
+        memo = self._is_shared
+        if len(memo) >= _FIXES_KEPT:
+            memo.clear()
+        out = np.empty(len(titles), bool)
+        for i, t in enumerate(titles):
+            hit = memo.get(t)
+            if hit is None:
+                hit = memo[t] = title_key(t) in self.shared
+            out[i] = hit
+        return out
 
     def word(self, word: str) -> str | None:
         """The known word ``word`` is read as, or None where it is read as written."""
