@@ -312,10 +312,8 @@ def make_score_fn(scorer_version: str, scorer_json: str, keep_all: bool = False,
                 continue
             shared = None
             if spelling is not None:
-                a, b = pdf["title_a"].tolist(), pdf["title_b"].tolist()
-                shared = spelling.shared_titles(a) | spelling.shared_titles(b)
-                pdf = pdf.assign(title_a=spelling.titles(pdf["title_a"].tolist()),
-                                 title_b=spelling.titles(pdf["title_b"].tolist()))
+                a, b, shared = spelling.read_pairs(pdf["title_a"].tolist(), pdf["title_b"].tolist())
+                pdf = pdf.assign(title_a=a, title_b=b)
             f, s = _features(pdf, scorer)
             if shared is not None:
                 from models.matching.features import mark_shared_titles

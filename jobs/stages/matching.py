@@ -185,6 +185,14 @@ def _universe(lake, products, model_version: str):
             .drop("content_hash"))
 
 
+def _letters_digits(c):
+    """A Spark string column's lower-cased letters and digits: how ``models.matching.text.title_key`` keys a title
+    (case, spacing and punctuation aside)."""
+    from pyspark.sql import functions as F
+
+    return F.regexp_replace(F.lower(c), "[^\\p{L}\\p{N}]", "")
+
+
 def matching_title(title, mpn):
     """The title matching reads (Spark columns): the seller's part number ``mpn`` written after the title when the
     title does not already hold it (letters and digits compared, case and punctuation aside). Listings of one
@@ -194,11 +202,9 @@ def matching_title(title, mpn):
     raised their pair F1 from 67.6 to 78.1 with the same models (EVALUATION.md)."""
     from pyspark.sql import functions as F
 
-    def key(c):
-        return F.regexp_replace(F.lower(c), "[^\\p{L}\\p{N}]", "")
-
     number = F.trim(mpn)
-    add = number.isNotNull() & (key(number) != "") & ~F.coalesce(F.instr(key(title), key(number)) > 0, F.lit(False))
+    add = (number.isNotNull() & (_letters_digits(number) != "")
+           & ~F.coalesce(F.instr(_letters_digits(title), _letters_digits(number)) > 0, F.lit(False)))
     return F.when(add, F.concat_ws(" ", title, number)).otherwise(title)
 
 
@@ -454,7 +460,7 @@ def _score_fn(scorer, cfg: MatchConfig, read_counter=None, spelling=None):
 def _spelling(flagged=None, titles=None):
     """The catalog's spelling (:class:`models.matching.spelling.CatalogSpelling`) from every product's matching
     title: counted by pandas from ``titles`` on the driver's path, by a Spark job over ``flagged`` otherwise (the
-    same runs of letters, lower-cased, four or more)."""
+    same runs of letters, lower-cased, four or more; the same title keys, letters and digits)."""
     from models.matching.spelling import MIN_COUNT, MIN_LETTERS, SHARED_TITLE_MIN, CatalogSpelling
 
     if titles is not None:
@@ -463,9 +469,8 @@ def _spelling(flagged=None, titles=None):
 
     words = (flagged.select(F.explode(F.split(F.lower(F.col("title")), "[^\\p{L}]+")).alias("w"))
              .where(F.length("w") >= MIN_LETTERS).groupBy("w").count().where(F.col("count") >= MIN_COUNT))
-    # the titles' keys as models.matching.text.title_key writes them (letters and digits, lower-cased)
-    keys = (flagged.select(F.regexp_replace(F.lower(F.col("title")), "[^\\p{L}\\p{N}]+", "").alias("k"))
-            .where(F.length("k") > 0).groupBy("k").count().where(F.col("count") >= SHARED_TITLE_MIN))
+    keys = (flagged.select(_letters_digits(F.col("title")).alias("k")).where(F.length("k") > 0)
+            .groupBy("k").count().where(F.col("count") >= SHARED_TITLE_MIN))
     return CatalogSpelling.of({r["w"]: int(r["count"]) for r in words.collect()}, [r["k"] for r in keys.collect()])
 
 

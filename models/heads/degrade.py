@@ -13,6 +13,7 @@ random order).
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -121,15 +122,12 @@ def stuffed(titles: Sequence[str], labels: Sequence[str], words: Mapping[str, Se
     return out
 
 
-_ALPHABET = "abcdefghijklmnopqrstuvwxyz"
-
-
 def _typo(word: str, rng: np.random.Generator) -> str:
     """``word`` with one typing error inside it (never its first or last letter): two neighbours swapped, a letter
     dropped, one added or one changed."""
     j = int(rng.integers(1, len(word) - 2)) if len(word) > 3 else 1
     kind = int(rng.integers(4))
-    letter = _ALPHABET[int(rng.integers(len(_ALPHABET)))]
+    letter = string.ascii_lowercase[int(rng.integers(len(string.ascii_lowercase)))]
     if kind == 0:
         return word[:j] + word[j + 1] + word[j] + word[j + 2:]
     if kind == 1:

@@ -196,10 +196,8 @@ def as_job_reads(pairs: pd.DataFrame, vectors: TitleVectors, spelling: CatalogSp
     if text_cosine is None:
         a, b = vectors.matrix(pairs["left_title"]), vectors.matrix(pairs["right_title"])
         text_cosine = (a * b).sum(axis=1) if len(pairs) else np.zeros(0)
-    left, right = pairs["left_title"].tolist(), pairs["right_title"].tolist()
-    shared = spelling.shared_titles(left) | spelling.shared_titles(right)
-    spelled = pairs.assign(left_title=spelling.titles(pairs["left_title"].tolist()),
-                           right_title=spelling.titles(pairs["right_title"].tolist()))
+    left, right, shared = spelling.read_pairs(pairs["left_title"].tolist(), pairs["right_title"].tolist())
+    spelled = pairs.assign(left_title=left, right_title=right)
     return spelled, mark_shared_titles(featurize(spelled, vectors, text_cosine=text_cosine), shared)
 
 

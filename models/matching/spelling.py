@@ -29,6 +29,7 @@ are one product by their truths.
 from __future__ import annotations
 
 import re
+import string
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -49,7 +50,6 @@ _FIXES_KEPT = 200_000
 
 _RUN = re.compile(r"[^\W\d_]+")                                 # runs of letters: what the vocabulary counts
 _WORD = re.compile(r"(?<![\w-])[^\W\d_]{%d,}(?![\w-])" % MIN_LETTERS)   # whole words a typo may be read back in
-_ALPHABET = "abcdefghijklmnopqrstuvwxyz"
 
 
 def catalog_words(titles: Iterable[object]) -> Counter:
@@ -74,7 +74,7 @@ def shared_title_keys(titles: Iterable[object]) -> frozenset[str]:
 def _edits(word: str) -> set[str]:
     """Every string one edit from ``word``: a letter dropped, added or changed (from a-z and the word's own
     letters), or two neighbours swapped."""
-    letters = set(_ALPHABET) | set(word)
+    letters = set(string.ascii_lowercase) | set(word)
     splits = [(word[:i], word[i:]) for i in range(len(word) + 1)]
     out = {a + b[1:] for a, b in splits if b}
     out |= {a + b[1] + b[0] + b[2:] for a, b in splits if len(b) > 1}
@@ -153,3 +153,9 @@ class CatalogSpelling:
 
     def titles(self, titles: Sequence[object]) -> list[object]:
         return [self.title(t) for t in titles]
+
+    def read_pairs(self, left: Sequence[object], right: Sequence[object]
+                   ) -> tuple[list[object], list[object], np.ndarray]:
+        """Pairs of titles (as written) as the match stage reads them: both sides as the catalog spells them, and
+        which pairs hold a title the catalog shares (:meth:`shared_titles`)."""
+        return self.titles(left), self.titles(right), self.shared_titles(left) | self.shared_titles(right)
