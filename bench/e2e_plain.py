@@ -123,6 +123,7 @@ def _embed(df, model: str, device: str | None, batch_size: int, decode_threads: 
             out[k] += [None if emb[k][i] is None else np.asarray(emb[k][i], np.float32) for i in ok]
         for k in ("category", "confidence", "is_adult"):
             out[k] += list(heads[k])
+    out["types"] = list(plan.types)   # the match stage's type rule reads them (jobs.enrich._match)
     return out
 
 
@@ -184,7 +185,7 @@ def _match(df, emb: dict, threads: int, out: Path, precision: str = "auto") -> d
     if scorer_dir is None:
         return {}
     cfg = MatchConfig(scorer=scorer_dir, cross=resolve_pair_model("auto"), torch_threads=threads,
-                      precision=precision)   # as jobs.enrich._match builds it
+                      precision=precision, types=tuple(emb["types"]))   # as jobs.enrich._match builds it
     scorer = load_scorer(cfg.scorer)
     rows = df.iloc[emb["row"]].reset_index(drop=True)
     ids = rows["product_id"].astype(str).to_numpy()
@@ -202,7 +203,7 @@ def _match(df, emb: dict, threads: int, out: Path, precision: str = "auto") -> d
             frame[f"{f}_{side}"] = rows[f].to_numpy()[idx]
         frame[f"price_{side}"] = frame[f"price_{side}"].astype("float64")
     cross = CrossSpec(cfg.cross, cfg.cross_prefilter, cfg.torch_threads, precision=cfg.precision) if cfg.cross else None
-    spelling = CatalogSpelling.from_titles(rows["title"])   # the catalog's spelling, as the match stage reads it
+    spelling = CatalogSpelling.from_titles(rows["title"], cfg.types)   # as the match stage reads the catalog
     score = make_score_fn(scorer.version, scorer.to_json(), cross=cross, spelling=spelling)
     parts = list(score(frame.iloc[s:s + ARROW_ROWS] for s in range(0, len(frame), ARROW_ROWS)))
     matches = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(

@@ -383,7 +383,7 @@ def run(spark, cfg: EnrichConfig) -> RunSummary:
     if opened is not None:
         opened.unpersist()
     checkpoint("tables_committed")
-    matched = _match(ctx, scorer, cross, v.valid)
+    matched = _match(ctx, scorer, cross, v.valid, e.plan.types)
     e.embedded.unpersist()
     checkpoint("matched")
     v.validated.unpersist()
@@ -600,14 +600,16 @@ def _commit_tables(ctx: RunContext, v: _Validated, e: _Embedded, scored, head_fr
     return results[PRODUCT_EMBEDDINGS.name], results[QUARANTINE.name]
 
 
-def _match(ctx: RunContext, scorer, cross, valid) -> dict:
-    """Duplicate matching and clusters (skipped without a pair scorer)."""
+def _match(ctx: RunContext, scorer, cross, valid, types: tuple[str, ...]) -> dict:
+    """Duplicate matching and clusters (skipped without a pair scorer); ``types``: the category head's product types
+    (the heads' plan), for the type rule."""
     from jobs.stages.matching import MatchConfig, match_and_cluster
 
     if scorer is None:
         return {"matches_written": 0, "clusters": 0}
     with ctx.stage("match"):
-        cfg = MatchConfig(scorer=scorer, cross=cross, torch_threads=ctx.task_cpus, precision=ctx.cfg.precision)
+        cfg = MatchConfig(scorer=scorer, cross=cross, torch_threads=ctx.task_cpus, precision=ctx.cfg.precision,
+                          types=types)
         matched = match_and_cluster(ctx.spark, ctx.lake, valid, ctx.cfg.run_id, ctx.version, cfg)
         ctx.stage.count(matched["queries"], "products")
     return matched

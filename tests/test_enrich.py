@@ -175,6 +175,15 @@ def test_default_model_end_to_end(default_sample_run):
         assert row.attribute in asked, (row.product_id, row.attribute)
     cats = table(lake, "product_categories").to_pandas()
     assert set(cats["product_id"]) == set(emb["product_id"]) and cats["confidence"].between(0, 1).all()
+    # The match stage read the category head's product types: its rows name the type rule by their digest.
+    from models.heads.bundle import find_heads, load_heads
+    from models.matching.spelling import type_rule_version
+    from models.store import DEFAULT_STORE
+
+    types = load_heads(find_heads(DEFAULT_STORE, parse_model_ref("default").version)).category.classes
+    matches = table(lake, "product_matches").to_pandas()
+    assert len(types) > 100 and len(matches) > 0
+    assert matches["scorer_version"].str.endswith("+" + type_rule_version(types)).all()
 
 
 def test_unchanged_images_are_not_read_again_and_a_replaced_photo_is(spark, sample, tmp_path, capsys):

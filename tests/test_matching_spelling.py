@@ -113,3 +113,60 @@ def test_a_listing_whose_title_the_catalog_shares_is_matched_by_its_part_number_
     assert pd.concat(alone(iter([frame])))["product_id_b"].tolist() == ["p2", "p3"]   # two listings: a listing twice
     priced = frame.assign(price_a=49.0, price_b=[49.0, 12.0])   # one price for both: the same listing twice
     assert pd.concat(score(iter([priced])))["product_id_b"].tolist() == ["p2", "p3"]
+
+
+TYPES = ("Belts", "Wallets", "Tshirts", "Casual Shoes", "Sports Shoes", "Kurtas", "Kurtis")
+
+
+@pytest.mark.parametrize("left, right, differ", [
+    ("Peter England Men Brown Wallet", "Peter England Men Brown Belt", True),
+    ("W Women Printed Cream Kurtis", "W Women Printed White Kurta", True),
+    ("Franco Leone Men Brown Casual Shoes", "Franco Leone Men Sports Shoes", True),
+    ("Puma Men Black T-Shirt", "Puma Men's Black Tshirts", False),     # one type, spelled two ways
+    ("Puma Men Black T-Shirt", "Puma Men Black Ferrari Tee", False),   # the other names no type
+    ("Baggit Women Wallet and Belt combo", "Baggit Women Brown Belt", False),   # a type in common
+    ("", None, False),
+])
+def test_titles_that_name_different_product_types_tell_of_two_products(left, right, differ):
+    spelling = CatalogSpelling.from_titles([left, right], types=TYPES)
+    assert spelling.other_types([left], [right]).tolist() == [differ]
+    assert spelling.read_pairs([left], [right]).other_types.tolist() == [differ]
+    assert not CatalogSpelling.from_titles([left, right]).other_types([left], [right]).any()   # no types, no rule
+
+
+def test_types_are_read_in_the_titles_as_the_catalog_spells_them():
+    catalog = ["Lee Men Brown Belt", "Lee Men Black Belt", "Lee Men Blue Wallet", "Lee Men Black Wallet"]
+    spelling = CatalogSpelling.from_titles(catalog, types=TYPES)
+    assert spelling.read_pairs(["Lee Men Brown Walet"], ["Lee Men Brown Belt"]).other_types.tolist() == [True]
+
+
+def test_the_type_rule_is_named_by_its_types_in_the_scorer_version():
+    from models.matching.spelling import type_rule_version
+
+    assert type_rule_version(()) == "different-types-none"
+    assert type_rule_version(TYPES) == type_rule_version(tuple(reversed(TYPES))) != type_rule_version(TYPES[:-1])
+
+
+def test_the_score_function_keeps_apart_listings_of_different_types():
+    """Two listings of one brand and colour, a wallet and a belt, that the shipped scorers match on their words
+    alone: with the category head's types they are two products; the same listing written twice still matches."""
+    import udfs.matching as um
+    from jobs.stages.matching import resolve_matching
+    from models.matching.artifact import load_scorer
+
+    titles = [("Peter England Men Brown Wallet", "Peter England Men Brown Belt"),
+              ("Peter England Men Brown Belt", "Peter England Men's Brown Belt")]
+    n = len(titles)
+    frame = pd.DataFrame({
+        "a": ["p1", "p2"], "b": ["p2", "p3"], "fused_cosine": [0.97] * n, "text_cosine": [0.97] * n,
+        "image_cosine": [np.nan] * n, "blocking": ["ann"] * n, "title_a": [a for a, _ in titles],
+        "brand_a": [None] * n, "price_a": [None] * n, "currency_a": [None] * n, "mpn_a": [None] * n,
+        "title_b": [b for _, b in titles], "brand_b": [None] * n, "price_b": [None] * n, "currency_b": [None] * n,
+        "mpn_b": [None] * n})
+    scorer = load_scorer(resolve_matching("auto"))
+    catalog = [t for pair in titles for t in pair]
+    blind = um.make_score_fn(scorer.version, scorer.to_json(), spelling=CatalogSpelling.from_titles(catalog))
+    typed = um.make_score_fn(scorer.version, scorer.to_json(),
+                             spelling=CatalogSpelling.from_titles(catalog, types=TYPES))
+    assert pd.concat(blind(iter([frame])))["product_id_b"].tolist() == ["p2", "p3"]
+    assert pd.concat(typed(iter([frame])))["product_id_b"].tolist() == ["p3"]

@@ -45,6 +45,8 @@ class HeadsPlan:
     zero_shot: ZeroShotLabels | None = None
     top_k: int = 5
     terms: TermList | None = None          # loaded on the driver (None: the shipped multilingual term list)
+    types: tuple[str, ...] = ()            # the category head's classes where it names the categories: the product
+                                           # types the match stage's type rule reads (jobs.stages.matching)
 
     def __post_init__(self) -> None:
         if self.category_mode not in ("head", "zero-shot", "none"):

@@ -310,15 +310,15 @@ def make_score_fn(scorer_version: str, scorer_json: str, keep_all: bool = False,
         for pdf in batches:
             if pdf.empty:
                 continue
-            shared = None
+            reading = None
             if spelling is not None:
-                a, b, shared = spelling.read_pairs(pdf["title_a"].tolist(), pdf["title_b"].tolist())
-                pdf = pdf.assign(title_a=a, title_b=b)
+                reading = spelling.read_pairs(pdf["title_a"].tolist(), pdf["title_b"].tolist())
+                pdf = pdf.assign(title_a=reading.left, title_b=reading.right)
             f, s = _features(pdf, scorer)
-            if shared is not None:
+            if reading is not None:
                 from models.matching.features import mark_shared_titles
 
-                mark_shared_titles(f, shared)
+                mark_shared_titles(f, reading.shared, reading.other_types)
             read = np.flatnonzero(s >= cross.prefilter) if cross is not None else np.zeros(0, np.int64)
             if read_counter is not None and len(read):
                 read_counter.add(len(read))

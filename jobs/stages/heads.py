@@ -107,7 +107,8 @@ def plan_heads(cfg: HeadsConfig, encoder_version: str, category_counts: dict[str
         else:
             mode = "none"
     terms = TermList.load(cfg.adult_terms)
-    plan = HeadsPlan(str(bundle_dir) if bundle_dir else None, mode, zero_shot, cfg.top_k, terms)
+    types = tuple(bundle.category.classes) if mode == "head" and bundle is not None and bundle.category else ()
+    plan = HeadsPlan(str(bundle_dir) if bundle_dir else None, mode, zero_shot, cfg.top_k, terms, types)
     if mode == "head":
         what = f"category head of {bundle.version}"
     elif mode == "zero-shot":

@@ -48,7 +48,7 @@ from typing import Any
 from models.matching.blocking import BLOCKING_PASSES, BlockingConfig, blocking_label, n_cells
 from models.matching.cluster import ClusterConfig
 from models.matching.features import DIFFERENT_PRODUCTS_RULE, SAME_LISTING_RULE, SAME_PART_NUMBER_RULE
-from models.matching.spelling import SPELLING_RULE
+from models.matching.spelling import SPELLING_RULE, type_rule_version
 
 __all__ = ["MatchConfig", "MatchStats", "match_and_cluster", "matching_title"]
 
@@ -64,6 +64,8 @@ class MatchConfig:
     cross_prefilter: float = 0.02        # feature score a candidate needs to be read by the cross-encoder
     torch_threads: int | None = None     # torch threads per Python worker for the cross-encoder
     precision: str = "fp32"              # the cross-encoder's: auto, fp32 or bf16 (models.precision)
+    types: tuple[str, ...] = ()          # product types (the category head's classes): two titles naming different
+                                         # ones never match (models.matching.spelling.TYPE_RULE); none: no such rule
     full: bool = False                   # match every product, not only new and changed ones
     rows_per_partition: int = 20_000
     max_rounds: int = 100                # connected-components rounds before giving up
@@ -457,21 +459,23 @@ def _score_fn(scorer, cfg: MatchConfig, read_counter=None, spelling=None):
     return make_score_fn(scorer.version, scorer.to_json(), cross=cross, read_counter=read_counter, spelling=spelling)
 
 
-def _spelling(flagged=None, titles=None):
+def _spelling(flagged=None, titles=None, types: tuple[str, ...] = ()):
     """The catalog's spelling (:class:`models.matching.spelling.CatalogSpelling`) from every product's matching
-    title: counted by pandas from ``titles`` on the driver's path, by a Spark job over ``flagged`` otherwise (the
-    same runs of letters, lower-cased, four or more; the same title keys, letters and digits)."""
+    title, knowing the product ``types``: counted by pandas from ``titles`` on the driver's path, by a Spark job over
+    ``flagged`` otherwise (the same runs of letters, lower-cased, four or more; the same title keys, letters and
+    digits)."""
     from models.matching.spelling import MIN_COUNT, MIN_LETTERS, SHARED_TITLE_MIN, CatalogSpelling
 
     if titles is not None:
-        return CatalogSpelling.from_titles(titles)
+        return CatalogSpelling.from_titles(titles, types)
     from pyspark.sql import functions as F
 
     words = (flagged.select(F.explode(F.split(F.lower(F.col("title")), "[^\\p{L}]+")).alias("w"))
              .where(F.length("w") >= MIN_LETTERS).groupBy("w").count().where(F.col("count") >= MIN_COUNT))
     keys = (flagged.select(_letters_digits(F.col("title")).alias("k")).where(F.length("k") > 0)
             .groupBy("k").count().where(F.col("count") >= SHARED_TITLE_MIN))
-    return CatalogSpelling.of({r["w"]: int(r["count"]) for r in words.collect()}, [r["k"] for r in keys.collect()])
+    return CatalogSpelling.of({r["w"]: int(r["count"]) for r in words.collect()}, [r["k"] for r in keys.collect()],
+                              types)
 
 
 def _score(cand, flagged, scorer, parts: int, cfg: MatchConfig, read_counter=None, spelling=None):
@@ -730,7 +734,7 @@ def _match_pairs(spark, lake, flagged, n: int, full: bool, scorer, version: str,
     parts = max(spark.sparkContext.defaultParallelism, math.ceil(n_cand / cfg.rows_per_partition))
     t1 = time.perf_counter()
     read = _read_counter(spark, cfg)
-    new = (_score(cand, flagged, scorer, parts, cfg, read, _spelling(flagged))
+    new = (_score(cand, flagged, scorer, parts, cfg, read, _spelling(flagged, types=cfg.types))
            .withColumn("model_version", F.lit(model_version)).withColumn("scorer_version", F.lit(version))
            .withColumn("run_id", F.lit(run_id)).withColumn("updated_at", F.lit(now).cast("timestamp"))
            .persist(StorageLevel.MEMORY_AND_DISK))
@@ -905,7 +909,7 @@ def _match_pairs_on_driver(spark, lake, flagged, n: int, full: bool, scorer, ver
     blocking_seconds = round(time.perf_counter() - t0, 3)
     t1 = time.perf_counter()
     read = _read_counter(spark, cfg)
-    spelling = _spelling(titles=pdf["title"])
+    spelling = _spelling(titles=pdf["title"], types=cfg.types)
     cols = ["a", "b", "fused_cosine", "text_cosine", "image_cosine", "blocking"]
     if cfg.cross and len(cand) > cfg.rows_per_partition:
         # The cross-encoder reads the pairs in the Python workers, on every core: they imported torch and loaded
@@ -1031,7 +1035,8 @@ def match_and_cluster(spark, lake, products, run_id: str, model_version: str, cf
         cross_version, threshold = cross_info(cfg.cross)
         version = f"{scorer.version}+{cross_version}"
     # the decision rules too: a lake matched before them (or under other ones) is matched again
-    version = f"{version}+{SAME_LISTING_RULE}+{SAME_PART_NUMBER_RULE}+{SPELLING_RULE}+{DIFFERENT_PRODUCTS_RULE}"
+    version = (f"{version}+{SAME_LISTING_RULE}+{SAME_PART_NUMBER_RULE}+{SPELLING_RULE}+{DIFFERENT_PRODUCTS_RULE}"
+               f"+{type_rule_version(cfg.types)}")
     flagged, full = _queries(lake, universe, version, cfg, changed_ids)
     flagged = flagged.persist(StorageLevel.MEMORY_AND_DISK)
     counts = flagged.agg(F.count("*").alias("n"), F.sum(F.col("in_query").cast("long")).alias("q")).first()

@@ -122,20 +122,21 @@ def _pair_row(b: Any, valid: pd.DataFrame, feats: pd.DataFrame, scorer: PairScor
 
 
 def _pair_scores(data: str, scorer: PairScorer, vectors: TitleVectors, baselines: dict[str, TfidfBaseline],
-                 cross: Any = None, prefilter: float = 0.02) -> dict[str, Any]:
+                 cross: Any = None, prefilter: float = 0.02, types: Sequence[str] = ()) -> dict[str, Any]:
     """Each benchmark's valid pairs as the job decides them, pooled; a benchmark whose records carry part numbers
     gets a second row read with them (``<name> + mpn``: not pooled, the baseline trained with them too)."""
     rows, pooled_y, pooled_s = {}, [], []
     for b in BENCHMARKS.values():
         valid = load_pairs(data, b.name, b.splits[1])
         # read as the job reads a catalog of the split's records: as that catalog spells them
-        spelled, feats = as_job_reads(valid, vectors, CatalogSpelling.from_titles(_pool_records(valid)["title"]))
+        spelled, feats = as_job_reads(valid, vectors, CatalogSpelling.from_titles(_pool_records(valid)["title"],
+                                                                                          types))
         rows[b.name], y, s = _pair_row(b, spelled, feats, scorer, baselines[b.name], cross, prefilter, valid)
         pooled_y.append(y)
         pooled_s.append(s)
         if b.mpn:   # as with_part_numbers reads them, and spelled: the plain titles' cosine, the numbered titles
             numbered = load_pairs(data, b.name, b.splits[1], mpn=True)
-            spelling = CatalogSpelling.from_titles(_pool_records(numbered)["title"])
+            spelling = CatalogSpelling.from_titles(_pool_records(numbered)["title"], types)
             spelled, feats = as_job_reads(numbered, vectors, spelling, text_cosine=feats["text_cosine"].to_numpy())
             base = TfidfBaseline(load_pairs(data, b.name, b.splits[0], mpn=True))
             rows[f"{b.name} + mpn"] = _pair_row(b, spelled, feats, scorer, base, cross, prefilter, numbered)[0]
@@ -196,9 +197,10 @@ def as_job_reads(pairs: pd.DataFrame, vectors: TitleVectors, spelling: CatalogSp
     if text_cosine is None:
         a, b = vectors.matrix(pairs["left_title"]), vectors.matrix(pairs["right_title"])
         text_cosine = (a * b).sum(axis=1) if len(pairs) else np.zeros(0)
-    left, right, shared = spelling.read_pairs(pairs["left_title"].tolist(), pairs["right_title"].tolist())
-    spelled = pairs.assign(left_title=left, right_title=right)
-    return spelled, mark_shared_titles(featurize(spelled, vectors, text_cosine=text_cosine), shared)
+    read = spelling.read_pairs(pairs["left_title"].tolist(), pairs["right_title"].tolist())
+    spelled = pairs.assign(left_title=read.left, right_title=read.right)
+    return spelled, mark_shared_titles(featurize(spelled, vectors, text_cosine=text_cosine), read.shared,
+                                       read.other_types)
 
 
 def score_candidates(recs: pd.DataFrame, cand: pd.DataFrame, scorer: PairScorer, vectors: TitleVectors,
@@ -215,13 +217,14 @@ def score_candidates(recs: pd.DataFrame, cand: pd.DataFrame, scorer: PairScorer,
 
 
 def _wdc_clusters(data: str, scorer: PairScorer, vectors: TitleVectors, bcfg: BlockingConfig,
-                  ccfg: ClusterConfig, base: TfidfBaseline, cross: Any = None) -> dict[str, Any]:
+                  ccfg: ClusterConfig, base: TfidfBaseline, cross: Any = None, types: Sequence[str] = ()
+                  ) -> dict[str, Any]:
     split = BENCHMARKS["wdc_products"].splits[1]
     offers = load_offers(data, split)
     truth = dict(zip(offers["id"], offers["cluster"], strict=True))
     cand = candidate_pairs(offers["id"], vectors.matrix(offers["title"]), offers["title"].fillna("").tolist(), bcfg)
     scores, keep = score_candidates(offers, cand, scorer, vectors, cross,
-                                    spelling=CatalogSpelling.from_titles(offers["title"]))
+                                    spelling=CatalogSpelling.from_titles(offers["title"], types))
     ours = cluster(offers["id"], cand["a"][keep].tolist(), cand["b"][keep].tolist(), scores[keep], ccfg)
     titles = offers.set_index("id")["title"]
     bcos = base.cosine(titles.loc[cand["a"]].to_numpy(), titles.loc[cand["b"]].to_numpy())
@@ -312,12 +315,13 @@ OTHER_PRODUCTS: dict[str, Callable[[dict[str, Any]], dict[str, Any] | None]] = {
 def seller_variants(recs: pd.DataFrame, scorer: PairScorer, vectors: TitleVectors, cross: Any = None,
                     base: TfidfBaseline | None = None,
                     variants: dict[str, Callable[[dict[str, Any]], dict[str, Any] | None]] = SELLER_VARIANTS,
-                    catalog: Sequence[object] | None = None) -> dict[str, dict[str, float]]:
+                    catalog: Sequence[object] | None = None, types: Sequence[str] = ()
+                    ) -> dict[str, dict[str, float]]:
     """For each variant, the share of the records ``recs`` (``id, title, brand, price, currency``) that the job's
     scoring matches with that copy of itself (``ours``) and that the baseline's threshold passes (``baseline``),
     over the ``records`` that the variant applies to (it returns None for the others). ``catalog``: the titles of
     the catalog the records come from; the job reads the pairs as that catalog with the copies in it spells them
-    (None: as written)."""
+    (None: as written), knowing the product ``types`` (the category head's)."""
     out: dict[str, dict[str, float]] = {}
     for name, change in variants.items():
         pairs = [(r, c) for r in recs.to_dict("records") if (c := change(dict(r))) is not None]
@@ -327,7 +331,7 @@ def seller_variants(recs: pd.DataFrame, scorer: PairScorer, vectors: TitleVector
         copies = pd.DataFrame([dict(c, id=f"{r['id']}~copy") for r, c in pairs])
         both = pd.concat([orig, copies], ignore_index=True)
         cand = pd.DataFrame({"a": orig["id"].to_numpy(), "b": copies["id"].to_numpy()})
-        spelling = None if catalog is None else CatalogSpelling.from_titles([*catalog, *copies["title"]])
+        spelling = None if catalog is None else CatalogSpelling.from_titles([*catalog, *copies["title"]], types)
         out[name] = {"ours": float(np.mean(score_candidates(both, cand, scorer, vectors, cross,
                                                             spelling=spelling)[1])),
                      "records": len(pairs)}
@@ -337,29 +341,43 @@ def seller_variants(recs: pd.DataFrame, scorer: PairScorer, vectors: TitleVector
 
 
 def _sellers(data: str, scorer: PairScorer, vectors: TitleVectors, baselines: dict[str, TfidfBaseline],
-             cross: Any = None, sample: int = 200) -> dict[str, Any]:
+             cross: Any = None, sample: int = 200, types: Sequence[str] = ()) -> dict[str, Any]:
     out, others = {}, {}
     for b in BENCHMARKS.values():
         valid = load_pairs(data, b.name, b.splits[1])
         pool = _pool_records(valid)
         recs = pool.sample(min(sample, len(pool)), random_state=0).reset_index(drop=True)
         titles = pool["title"].tolist()
-        out[b.name] = seller_variants(recs, scorer, vectors, cross, baselines[b.name], catalog=titles)
+        out[b.name] = seller_variants(recs, scorer, vectors, cross, baselines[b.name], catalog=titles, types=types)
         others[b.name] = seller_variants(recs, scorer, vectors, cross, baselines[b.name], OTHER_PRODUCTS,
-                                         catalog=titles)
+                                         catalog=titles, types=types)
     return {"records": sample, "datasets": out, "other_products": others}
 
 
 def evaluate_all(data: str, scorer: PairScorer, vectors: TitleVectors, bcfg: BlockingConfig | None = None,
-                 ccfg: ClusterConfig | None = None, cross: Any = None) -> dict[str, Any]:
+                 ccfg: ClusterConfig | None = None, cross: Any = None, types: Sequence[str] = ()) -> dict[str, Any]:
+    """Every figure of the matching report; ``types``: the product types the job's type rule reads (the category
+    head's classes: :func:`job_types`)."""
     bcfg, ccfg = bcfg or BlockingConfig(), ccfg or ClusterConfig()
     baselines = {b.name: TfidfBaseline(load_pairs(data, b.name, b.splits[0])) for b in BENCHMARKS.values()}
     return {"scorer": scorer.version, "encoder": vectors.version, "threshold": scorer.threshold,
             "cross": None if cross is None else {"version": cross.version, "threshold": cross.threshold},
-            "pairs": _pair_scores(data, scorer, vectors, baselines, cross), "blocking": _blocking(data, vectors, bcfg),
-            "blocking_config": asdict(bcfg),
-            "wdc_clusters": _wdc_clusters(data, scorer, vectors, bcfg, ccfg, baselines["wdc_products"], cross),
-            "cluster_config": asdict(ccfg), "sellers": _sellers(data, scorer, vectors, baselines, cross)}
+            "types": len(types),
+            "pairs": _pair_scores(data, scorer, vectors, baselines, cross, types=types),
+            "blocking": _blocking(data, vectors, bcfg), "blocking_config": asdict(bcfg),
+            "wdc_clusters": _wdc_clusters(data, scorer, vectors, bcfg, ccfg, baselines["wdc_products"], cross, types),
+            "cluster_config": asdict(ccfg), "sellers": _sellers(data, scorer, vectors, baselines, cross, types=types)}
+
+
+def job_types(encoder_version: str) -> tuple[str, ...]:
+    """The product types the enrich job's type rule reads for a catalog embedded by ``encoder_version``: the
+    category classes of the model store's head bundle for it (none without one)."""
+    from models.heads.bundle import find_heads, load_heads
+    from models.store import DEFAULT_STORE
+
+    found = find_heads(DEFAULT_STORE, encoder_version)
+    bundle = load_heads(found) if found is not None else None
+    return tuple(bundle.category.classes) if bundle is not None and bundle.category is not None else ()
 
 
 def _pct(x: float | None) -> str:
@@ -375,7 +393,8 @@ def to_markdown(r: dict[str, Any], command: str = "") -> str:
            "valid split)")
     lines = [
         "## Product matching: evaluation on the shared valid splits", "",
-        f"{who}; title embeddings from `{r['encoder']}`. Figures in percent.", "",
+        f"{who}; title embeddings from `{r['encoder']}`; the type rule reads the {r.get('types', 0)} product types "
+        "of the category head. Figures in percent.", "",
         "### Pair-level (labelled valid pairs)", "",
         "| benchmark | split | pairs (matches) | ours P | ours R | ours F1 | ours F1, best threshold | "
         "feature scorer alone F1 | TF-IDF baseline F1 | Ditto F1 (published, *test*) |",
@@ -467,8 +486,8 @@ def matching_report(data_root: str | Path, model: str = "default", scorer: str |
     sc = load_scorer(scorer)
     enc = load_encoder(model, "cpu")
     vectors = TitleVectors(enc.embed_texts, enc.version, None)
-    return to_markdown(evaluate_all(data_root, sc, vectors, cross=_load_cross(pair_model)),
-                       f"python -m models.matching.evaluate --data {data_root} --out matching.md")
+    result = evaluate_all(data_root, sc, vectors, cross=_load_cross(pair_model), types=job_types(enc.version))
+    return to_markdown(result, f"python -m models.matching.evaluate --data {data_root} --out matching.md")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -489,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("scorer %s was trained on embeddings of %s, evaluating with %s", scorer.version,
                     scorer.meta.get("encoder_version"), enc.version)
     vectors = TitleVectors(enc.embed_texts, enc.version, Path(a.cache) if a.cache else None)
-    result = evaluate_all(a.data, scorer, vectors, cross=_load_cross(a.pair_model))
+    result = evaluate_all(a.data, scorer, vectors, cross=_load_cross(a.pair_model), types=job_types(enc.version))
     cmd = "python -m models.matching.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
     Path(a.out).write_text(to_markdown(result, cmd))
     log.info("wrote %s", a.out)

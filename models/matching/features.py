@@ -211,18 +211,23 @@ def pair_features(left: Sequence[Prepared], right: Sequence[Prepared], text_cosi
     return out
 
 
-def mark_shared_titles(features: pd.DataFrame, shared: np.ndarray) -> pd.DataFrame:
+def mark_shared_titles(features: pd.DataFrame, shared: np.ndarray, other_types: np.ndarray | None = None
+                       ) -> pd.DataFrame:
     """``features`` (of :func:`pair_features`) with the pairs ``shared`` (a listing whose title the catalog writes
     for several listings: :meth:`models.matching.spelling.CatalogSpelling.shared_titles`) marked
     ``different_products`` and not ``same_listing``: such a title names a kind of product, so the pair matches by a
     part number, or as the same listing twice where both prices are known and agree (a price unknown vouches for
-    nothing here: three listings titled "Quill" without prices are three products). The frame is changed in place
-    and returned."""
+    nothing here: three listings titled "Quill" without prices are three products). The pairs ``other_types`` (whose
+    titles name different product types: :meth:`models.matching.spelling.CatalogSpelling.other_types`) are marked
+    ``different_products`` too. The frame is changed in place and returned."""
     ratio = np.asarray(features["price_ratio"], dtype=np.float64)
     vouched = np.asarray(features["same_listing"], dtype=bool) & (np.nan_to_num(ratio, nan=0.0)
                                                                     >= SAME_LISTING_PRICE_RATIO)
     shared = np.asarray(shared, dtype=bool) & ~vouched
-    features["different_products"] = np.asarray(features["different_products"], dtype=bool) | shared
+    differ = np.asarray(features["different_products"], dtype=bool) | shared
+    if other_types is not None:
+        differ = differ | np.asarray(other_types, dtype=bool)
+    features["different_products"] = differ
     features["same_listing"] = np.asarray(features["same_listing"], dtype=bool) & ~shared
     return features
 

@@ -24,23 +24,33 @@ not one ("Nike Men Black T-shirt", a bare brand where titles were cut to it). A 
 number, or as the same listing twice at one known price, only (:func:`models.matching.features.mark_shared_titles`).
 In the four whole electronics catalogs, 5 of the 120 pairs of listings that share a title written three or more times
 are one product by their truths.
+
+And it may know the product types of the catalog's category head (:attr:`CatalogSpelling.types`, the head's leaf
+classes): two titles that name types, none in common ("... Brown Wallet" / "... Brown Belt", "... Kurtis" /
+"... Kurta"), are two products (:data:`TYPE_RULE`; the names are read as the head's stuffed-title switch reads them,
+:func:`models.heads.bundle.named_class_mask`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import string
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["MIN_COUNT", "MIN_LETTERS", "SHARED_TITLE_MIN", "SPELLING_RULE", "CatalogSpelling", "catalog_words",
-           "shared_title_keys"]
+__all__ = ["MIN_COUNT", "MIN_LETTERS", "SHARED_TITLE_MIN", "SPELLING_RULE", "TYPE_RULE", "CatalogSpelling",
+           "PairReading", "catalog_words", "shared_title_keys", "type_rule_version"]
 
 # named in product_matches.scorer_version: a lake matched before the rule is matched again once
 SPELLING_RULE = "catalog-spelling"
+# Two titles that name product types of the category head, none in common, are two products. Named in
+# scorer_version with a digest of the type names (type_rule_version): a lake is matched again when they change.
+TYPE_RULE = "different-types"
 
 MIN_COUNT = 2       # a word the catalog writes this many times is known
 MIN_LETTERS = 4     # shorter words are read as written (too many words lie one edit from a short one)
@@ -71,6 +81,23 @@ def shared_title_keys(titles: Iterable[object]) -> frozenset[str]:
     return frozenset(k for k, c in counts.items() if c >= SHARED_TITLE_MIN)
 
 
+def type_rule_version(types: Sequence[str]) -> str:
+    """The type rule as ``product_matches.scorer_version`` names it: :data:`TYPE_RULE` and the first 8 hex digits of
+    the sha256 of the sorted type names ("none" without any)."""
+    if not types:
+        return f"{TYPE_RULE}-none"
+    return f"{TYPE_RULE}-{hashlib.sha256(chr(10).join(sorted(types)).encode()).hexdigest()[:8]}"
+
+
+class PairReading(NamedTuple):
+    """Pairs of titles as the match stage reads them (:meth:`CatalogSpelling.read_pairs`)."""
+
+    left: list[object]       # the left titles as the catalog spells them
+    right: list[object]
+    shared: np.ndarray       # (N,) bool: a title of the pair is one the catalog shares
+    other_types: np.ndarray  # (N,) bool: the titles name product types, none in common
+
+
 def _edits(word: str) -> set[str]:
     """Every string one edit from ``word``: a letter dropped, added or changed (from a-z and the word's own
     letters), or two neighbours swapped."""
@@ -87,24 +114,28 @@ def _edits(word: str) -> set[str]:
 @dataclass
 class CatalogSpelling:
     """The known words of a catalog with their counts (:func:`catalog_words`, those written :data:`MIN_COUNT` or
-    more times, at most :data:`MAX_WORDS`), and the keys of the titles it shares (:func:`shared_title_keys`)."""
+    more times, at most :data:`MAX_WORDS`), the keys of the titles it shares (:func:`shared_title_keys`), and the
+    product types its category head knows (``types``: none, no type rule)."""
 
     known: dict[str, int]
     shared: frozenset[str] = frozenset()
+    types: tuple[str, ...] = ()
     _fixes: dict[str, str | None] = field(default_factory=dict, repr=False, compare=False)
     _titles: dict[str, str] = field(default_factory=dict, repr=False, compare=False)   # each title is in many pairs
     _is_shared: dict[object, bool] = field(default_factory=dict, repr=False, compare=False)
+    _named: dict[object, frozenset[int]] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def of(cls, counts: Counter | dict[str, int], shared: Iterable[str] = ()) -> CatalogSpelling:
+    def of(cls, counts: Counter | dict[str, int], shared: Iterable[str] = (), types: Sequence[str] = ()
+           ) -> CatalogSpelling:
         kept = sorted(((w, c) for w, c in counts.items() if c >= MIN_COUNT and len(w) >= MIN_LETTERS),
                       key=lambda wc: (-wc[1], wc[0]))[:MAX_WORDS]
-        return cls(dict(kept), frozenset(shared))
+        return cls(dict(kept), frozenset(shared), tuple(types))
 
     @classmethod
-    def from_titles(cls, titles: Iterable[object]) -> CatalogSpelling:
+    def from_titles(cls, titles: Iterable[object], types: Sequence[str] = ()) -> CatalogSpelling:
         titles = list(titles)
-        return cls.of(catalog_words(titles), shared_title_keys(titles))
+        return cls.of(catalog_words(titles), shared_title_keys(titles), types)
 
     def shared_titles(self, titles: Sequence[object]) -> np.ndarray:
         """Which of ``titles`` (as written) the catalog shares among :data:`SHARED_TITLE_MIN` or more listings."""
@@ -122,6 +153,28 @@ class CatalogSpelling:
                 hit = memo[t] = title_key(t) in self.shared
             out[i] = hit
         return out
+
+    def named_types(self, titles: Sequence[object]) -> list[frozenset[int]]:
+        """The indices in :attr:`types` of the types each title names (:func:`models.heads.bundle.named_class_mask`;
+        empty sets without types)."""
+        if not self.types:
+            return [frozenset()] * len(titles)
+        from models.heads.bundle import named_class_mask
+
+        memo = self._named
+        if len(memo) >= _FIXES_KEPT:
+            memo.clear()
+        keys = [t if isinstance(t, str) else "" for t in titles]
+        todo = list(dict.fromkeys(k for k in keys if k not in memo))
+        if todo:
+            for k, row in zip(todo, named_class_mask(todo, self.types), strict=True):
+                memo[k] = frozenset(np.flatnonzero(row).tolist())
+        return [memo[k] for k in keys]
+
+    def other_types(self, left: Sequence[object], right: Sequence[object]) -> np.ndarray:
+        """Which pairs of titles both name product types (:meth:`named_types`) with none in common."""
+        a, b = self.named_types(left), self.named_types(right)
+        return np.fromiter((bool(x) and bool(y) and not (x & y) for x, y in zip(a, b, strict=True)), bool, len(a))
 
     def word(self, word: str) -> str | None:
         """The known word ``word`` is read as, or None where it is read as written."""
@@ -154,8 +207,9 @@ class CatalogSpelling:
     def titles(self, titles: Sequence[object]) -> list[object]:
         return [self.title(t) for t in titles]
 
-    def read_pairs(self, left: Sequence[object], right: Sequence[object]
-                   ) -> tuple[list[object], list[object], np.ndarray]:
-        """Pairs of titles (as written) as the match stage reads them: both sides as the catalog spells them, and
-        which pairs hold a title the catalog shares (:meth:`shared_titles`)."""
-        return self.titles(left), self.titles(right), self.shared_titles(left) | self.shared_titles(right)
+    def read_pairs(self, left: Sequence[object], right: Sequence[object]) -> PairReading:
+        """Pairs of titles (as written) as the match stage reads them: both sides as the catalog spells them, which
+        pairs hold a title the catalog shares (:meth:`shared_titles`), and which name different product types
+        (:meth:`other_types`, read in the spelled titles)."""
+        a, b = self.titles(left), self.titles(right)
+        return PairReading(a, b, self.shared_titles(left) | self.shared_titles(right), self.other_types(a, b))
