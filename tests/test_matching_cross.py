@@ -201,7 +201,7 @@ def test_match_stage_scores_with_the_cross_encoder(spark, lake, random_cross):
 
     from jobs.stages.matching import MatchConfig, match_and_cluster
     from models.matching.features import DIFFERENT_PRODUCTS_RULE, SAME_LISTING_RULE, SAME_PART_NUMBER_RULE
-    from models.matching.spelling import SPELLING_RULE, type_rule_version
+    from models.matching.spelling import LEAD_RULE, SPELLING_RULE, type_rule_version
     from schemas.tables import PRODUCT_MATCHES
     from tests.test_matching_job import VERSION, products, synthetic, write_embeddings
 
@@ -211,7 +211,8 @@ def test_match_stage_scores_with_the_cross_encoder(spark, lake, random_cross):
                               MatchConfig(cross=str(random_cross), cross_prefilter=0.5, torch_threads=1))
     model = load_cross(str(random_cross))
     assert stats["scorer_version"].split("+")[1:] == [model.version, SAME_LISTING_RULE, SAME_PART_NUMBER_RULE,
-                                                      SPELLING_RULE, DIFFERENT_PRODUCTS_RULE, type_rule_version(())]
+                                                      SPELLING_RULE, DIFFERENT_PRODUCTS_RULE, type_rule_version(()),
+                                                      LEAD_RULE]
     assert stats["threshold"] == 0.0
     m = DeltaTable(str(lake.path(PRODUCT_MATCHES))).to_pandas()
     assert len(m) > 0 and set(m["scorer_version"]) == {stats["scorer_version"]}

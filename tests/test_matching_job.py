@@ -119,13 +119,13 @@ def test_a_lake_matched_before_the_same_listing_rule_is_matched_again_in_full(sp
     from deltalake import write_deltalake
 
     from models.matching.features import DIFFERENT_PRODUCTS_RULE, SAME_LISTING_RULE, SAME_PART_NUMBER_RULE
-    from models.matching.spelling import SPELLING_RULE, type_rule_version
+    from models.matching.spelling import LEAD_RULE, SPELLING_RULE, type_rule_version
 
     df = synthetic(n_groups=4)
     write_embeddings(spark, lake, df, "e1")
     first = run(spark, lake, df, "m1")
-    assert first["scorer_version"].split("+")[-5:] == [SAME_LISTING_RULE, SAME_PART_NUMBER_RULE, SPELLING_RULE,
-                                                       DIFFERENT_PRODUCTS_RULE, type_rule_version(())]
+    assert first["scorer_version"].split("+")[-6:] == [SAME_LISTING_RULE, SAME_PART_NUMBER_RULE, SPELLING_RULE,
+                                                       DIFFERENT_PRODUCTS_RULE, type_rule_version(()), LEAD_RULE]
     path = str(lake.path(PRODUCT_MATCHES))
     table = DeltaTable(path).to_pyarrow_table()
     before = first["scorer_version"].rsplit("+", 1)[0]

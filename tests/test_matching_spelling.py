@@ -86,10 +86,13 @@ def test_titles_that_three_listings_write_alike_are_shared():
 def test_the_spark_path_counts_the_catalogs_words_and_shared_titles_as_pandas_does(spark):
     from jobs.stages.matching import _spelling
 
-    titles = [*CATALOG, "Quill", "quill", "QUILL!", "Nike Men Black T-Shirt", "nike men black tshirt", "", None]
+    titles = [*CATALOG, "Quill", "quill", "QUILL!", "Nike Men Black T-Shirt", "nike men black tshirt", "", None,
+              *LEADS_CATALOG, "- Pokémon!", "3 Nike"]
     flagged = spark.createDataFrame(pd.DataFrame({"title": titles}), "title string")
     on_spark, on_driver = _spelling(flagged=flagged), _spelling(titles=pd.Series(titles))
     assert on_spark.known == on_driver.known and on_spark.shared == on_driver.shared == frozenset({"quill"})
+    assert on_spark.leads == on_driver.leads == frozenset({"microsoft", "quill", "fila", "lotto", "pokemon", "wd",
+                                                           "western"})
 
 
 def test_a_listing_whose_title_the_catalog_shares_is_matched_by_its_part_number_only():
@@ -170,3 +173,44 @@ def test_the_score_function_keeps_apart_listings_of_different_types():
                              spelling=CatalogSpelling.from_titles(catalog, types=TYPES))
     assert pd.concat(blind(iter([frame])))["product_id_b"].tolist() == ["p2", "p3"]
     assert pd.concat(typed(iter([frame])))["product_id_b"].tolist() == ["p3"]
+
+
+LEADS_CATALOG = ["Fila Men Black Sandals", "Fila Men Grey Shoes", "Fila Women Pink Top", "Lotto Men Black Sandals",
+                 "Lotto Men Blue Shoes", "LOTTO Women Red Shorts", "Pokémon TCG Darkness Ablaze",
+                 "POKEMON TCG Rebel Clash", "Pokemon Sword Elite Box", "Puma Men Black T-shirt", "New Puma Cap",
+                 *[f"WD {t}" for t in ("Blue 1TB", "Red 2TB", "My Passport 1TB")],
+                 *[f"Western Digital {t}" for t in ("Blue 1TB", "Green 2TB", "My Passport 1TB")]]
+
+
+@pytest.mark.parametrize("left, right, differ", [
+    ("Fila Men Black Sandals", "Lotto Men Black Sandals", True),       # two of the catalog's leading words
+    ("Fila Men Black Sandals", "Lotto Men Black Fila Sandals", False),  # the other title writes it
+    ("Pokémon TCG Darkness Ablaze", "POKEMON TCG Darkness Ablaze", False),   # accents aside, one word
+    ("Fila Men Black Sandals", "Puma Men Black Sandals", False),       # "puma" starts only one title
+    ("Fila Men Black Sandals", "Men's Lotto Black Sandals", False),    # a title that does not start with one
+    ("WD My Passport 1TB", "Western Digital My Passport 1TB", False),  # a brand written short, by its initials
+])
+def test_titles_that_start_with_two_of_the_catalogs_brands_are_read_as_two_brands(left, right, differ):
+    from models.matching.text import lead_word
+
+    assert lead_word("  -Sony- Cyber-shot") == "sony" and lead_word("3 pack") == "" and lead_word(None) == ""
+    spelling = CatalogSpelling.from_titles(LEADS_CATALOG)
+    assert spelling.leads == frozenset({"fila", "lotto", "pokemon", "wd", "western"})
+    assert spelling.read_pairs([left], [right]).other_leads.tolist() == [differ]
+
+
+def test_two_brands_read_from_the_titles_need_the_conflict_floor_unless_the_brand_column_agrees():
+    from models.matching.cross import CrossEncoder
+    from models.matching.features import mark_catalog_reading, pair_features, prepare
+
+    model = CrossEncoder(None, None, None, max_length=16, calibration=(1.0, 0.0), threshold=0.2)
+    spelling = CatalogSpelling.from_titles(LEADS_CATALOG)
+    left = ["Fila Men Black Sandals"] * 2
+    right = ["Lotto Men Black Sandals"] * 2
+    f = pair_features([prepare({"title": t, "brand": b}) for t, b in zip(left, [None, "Fila"], strict=True)],
+                      [prepare({"title": t, "brand": b}) for t, b in zip(right, [None, "fila"], strict=True)],
+                      np.ones(2))
+    mark_catalog_reading(f, spelling.read_pairs(left, right))
+    assert f["leads_disagree"].tolist() == [True, True]
+    assert model.is_match(np.full(2, 0.6), f).tolist() == [False, True]   # the brand column says they agree
+    assert model.is_match(np.full(2, 0.95), f).tolist() == [True, True]

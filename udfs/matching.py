@@ -316,9 +316,9 @@ def make_score_fn(scorer_version: str, scorer_json: str, keep_all: bool = False,
                 pdf = pdf.assign(title_a=reading.left, title_b=reading.right)
             f, s = _features(pdf, scorer)
             if reading is not None:
-                from models.matching.features import mark_shared_titles
+                from models.matching.features import mark_catalog_reading
 
-                mark_shared_titles(f, reading.shared, reading.other_types)
+                mark_catalog_reading(f, reading)
             read = np.flatnonzero(s >= cross.prefilter) if cross is not None else np.zeros(0, np.int64)
             if read_counter is not None and len(read):
                 read_counter.add(len(read))

@@ -48,7 +48,7 @@ from typing import Any
 from models.matching.blocking import BLOCKING_PASSES, BlockingConfig, blocking_label, n_cells
 from models.matching.cluster import ClusterConfig
 from models.matching.features import DIFFERENT_PRODUCTS_RULE, SAME_LISTING_RULE, SAME_PART_NUMBER_RULE
-from models.matching.spelling import SPELLING_RULE, type_rule_version
+from models.matching.spelling import LEAD_RULE, SPELLING_RULE, type_rule_version
 
 __all__ = ["MatchConfig", "MatchStats", "match_and_cluster", "matching_title"]
 
@@ -463,8 +463,11 @@ def _spelling(flagged=None, titles=None, types: tuple[str, ...] = ()):
     """The catalog's spelling (:class:`models.matching.spelling.CatalogSpelling`) from every product's matching
     title, knowing the product ``types``: counted by pandas from ``titles`` on the driver's path, by a Spark job over
     ``flagged`` otherwise (the same runs of letters, lower-cased, four or more; the same title keys, letters and
-    digits)."""
-    from models.matching.spelling import MIN_COUNT, MIN_LETTERS, SHARED_TITLE_MIN, CatalogSpelling
+    digits; the same leading words)."""
+    from collections import Counter
+
+    from models.matching.spelling import LEAD_MIN, MIN_COUNT, MIN_LETTERS, SHARED_TITLE_MIN, CatalogSpelling
+    from models.matching.text import lead_word
 
     if titles is not None:
         return CatalogSpelling.from_titles(titles, types)
@@ -474,8 +477,16 @@ def _spelling(flagged=None, titles=None, types: tuple[str, ...] = ()):
              .where(F.length("w") >= MIN_LETTERS).groupBy("w").count().where(F.col("count") >= MIN_COUNT))
     keys = (flagged.select(_letters_digits(F.col("title")).alias("k")).where(F.length("k") > 0)
             .groupBy("k").count().where(F.col("count") >= SHARED_TITLE_MIN))
+    # the first run of letters and digits, counted here and read as lead_word reads a title (accents off) on the
+    # driver: one row per distinct first word
+    firsts = (flagged.select(F.regexp_extract(F.lower(F.col("title")), "^[^\\p{L}\\p{N}]*([\\p{L}\\p{N}]+)", 1)
+                             .alias("f")).where(F.length("f") > 0).groupBy("f").count())
+    leads: Counter = Counter()
+    for r in firsts.collect():
+        if w := lead_word(r["f"]):
+            leads[w] += int(r["count"])
     return CatalogSpelling.of({r["w"]: int(r["count"]) for r in words.collect()}, [r["k"] for r in keys.collect()],
-                              types)
+                              types, (w for w, c in leads.items() if c >= LEAD_MIN))
 
 
 def _score(cand, flagged, scorer, parts: int, cfg: MatchConfig, read_counter=None, spelling=None):
@@ -1036,7 +1047,7 @@ def match_and_cluster(spark, lake, products, run_id: str, model_version: str, cf
         version = f"{scorer.version}+{cross_version}"
     # the decision rules too: a lake matched before them (or under other ones) is matched again
     version = (f"{version}+{SAME_LISTING_RULE}+{SAME_PART_NUMBER_RULE}+{SPELLING_RULE}+{DIFFERENT_PRODUCTS_RULE}"
-               f"+{type_rule_version(cfg.types)}")
+               f"+{type_rule_version(cfg.types)}+{LEAD_RULE}")
     flagged, full = _queries(lake, universe, version, cfg, changed_ids)
     flagged = flagged.persist(StorageLevel.MEMORY_AND_DISK)
     counts = flagged.agg(F.count("*").alias("n"), F.sum(F.col("in_query").cast("long")).alias("q")).first()

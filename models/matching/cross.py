@@ -172,13 +172,17 @@ class CrossEncoder:
 
     def is_match(self, scores: np.ndarray, features: Any = None) -> np.ndarray:
         """Scores at or above the threshold; with ``features``, a pair whose model numbers or brands disagree
-        (both known, none shared) needs :attr:`conflict_floor`."""
+        (both known, none shared), or whose titles start with two brands (``leads_disagree``, where the brands are
+        not known to agree), needs :attr:`conflict_floor`."""
         ok = np.asarray(scores) >= self.threshold
         if features is not None:
             conflict = np.asarray(features["model_conflict"], np.float64) > 0
             if "brand_known" in features:
                 conflict |= ((np.asarray(features["brand_known"], np.float64) > 0)
                              & (np.asarray(features["brand_agree"], np.float64) == 0))
+            if "leads_disagree" in features:
+                agree = np.asarray(features["brand_agree"], np.float64) > 0 if "brand_agree" in features else False
+                conflict |= np.asarray(features["leads_disagree"], bool) & ~agree
             ok &= ~conflict | (np.asarray(scores) >= self.conflict_floor)
         return ok
 

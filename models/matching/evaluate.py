@@ -36,7 +36,7 @@ from models.matching.artifact import load_scorer
 from models.matching.blocking import BlockingConfig, candidate_pairs
 from models.matching.cluster import ClusterConfig, cluster, pairwise_prf
 from models.matching.data import BENCHMARKS, TitleVectors, featurize, load_offers, load_pairs
-from models.matching.features import mark_shared_titles, match_decisions
+from models.matching.features import mark_catalog_reading, match_decisions
 from models.matching.scorer import PairScorer
 from models.matching.spelling import CatalogSpelling
 from models.matching.text import code_spans, lone_number_spans, parse_price
@@ -199,8 +199,7 @@ def as_job_reads(pairs: pd.DataFrame, vectors: TitleVectors, spelling: CatalogSp
         text_cosine = (a * b).sum(axis=1) if len(pairs) else np.zeros(0)
     read = spelling.read_pairs(pairs["left_title"].tolist(), pairs["right_title"].tolist())
     spelled = pairs.assign(left_title=read.left, right_title=read.right)
-    return spelled, mark_shared_titles(featurize(spelled, vectors, text_cosine=text_cosine), read.shared,
-                                       read.other_types)
+    return spelled, mark_catalog_reading(featurize(spelled, vectors, text_cosine=text_cosine), read)
 
 
 def score_candidates(recs: pd.DataFrame, cand: pd.DataFrame, scorer: PairScorer, vectors: TitleVectors,

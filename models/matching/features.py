@@ -34,8 +34,8 @@ from models.matching.text import (
 )
 
 __all__ = ["DIFFERENT_PRODUCTS_RULE", "FEATURES", "SAME_LISTING_RULE", "SAME_LISTING_SCORE", "SAME_PART_NUMBER_RULE",
-           "Prepared", "mark_shared_titles", "match_decisions", "pair_features", "prepare", "prepare_key",
-           "record_key", "same_listing_floor"]
+           "Prepared", "mark_catalog_reading", "mark_shared_titles", "match_decisions", "pair_features", "prepare",
+           "prepare_key", "record_key", "same_listing_floor"]
 
 # The scorer's inputs, in order. Image and fused cosines are evidence only: no labelled pair here has
 # images, so a scorer could not learn what they are worth.
@@ -211,24 +211,32 @@ def pair_features(left: Sequence[Prepared], right: Sequence[Prepared], text_cosi
     return out
 
 
-def mark_shared_titles(features: pd.DataFrame, shared: np.ndarray, other_types: np.ndarray | None = None
-                       ) -> pd.DataFrame:
+def mark_shared_titles(features: pd.DataFrame, shared: np.ndarray) -> pd.DataFrame:
     """``features`` (of :func:`pair_features`) with the pairs ``shared`` (a listing whose title the catalog writes
     for several listings: :meth:`models.matching.spelling.CatalogSpelling.shared_titles`) marked
     ``different_products`` and not ``same_listing``: such a title names a kind of product, so the pair matches by a
     part number, or as the same listing twice where both prices are known and agree (a price unknown vouches for
-    nothing here: three listings titled "Quill" without prices are three products). The pairs ``other_types`` (whose
-    titles name different product types: :meth:`models.matching.spelling.CatalogSpelling.other_types`) are marked
-    ``different_products`` too. The frame is changed in place and returned."""
+    nothing here: three listings titled "Quill" without prices are three products). The frame is changed in place
+    and returned."""
     ratio = np.asarray(features["price_ratio"], dtype=np.float64)
     vouched = np.asarray(features["same_listing"], dtype=bool) & (np.nan_to_num(ratio, nan=0.0)
                                                                     >= SAME_LISTING_PRICE_RATIO)
     shared = np.asarray(shared, dtype=bool) & ~vouched
-    differ = np.asarray(features["different_products"], dtype=bool) | shared
-    if other_types is not None:
-        differ = differ | np.asarray(other_types, dtype=bool)
-    features["different_products"] = differ
+    features["different_products"] = np.asarray(features["different_products"], dtype=bool) | shared
     features["same_listing"] = np.asarray(features["same_listing"], dtype=bool) & ~shared
+    return features
+
+
+def mark_catalog_reading(features: pd.DataFrame, reading: Any) -> pd.DataFrame:
+    """``features`` (of :func:`pair_features`) with what the catalog's reading of the pairs tells
+    (:meth:`models.matching.spelling.CatalogSpelling.read_pairs`): shared titles (:func:`mark_shared_titles`); titles
+    that name different product types, marked ``different_products``; and titles that start with two of the catalog's
+    brands, marked ``leads_disagree`` (the cross-encoder's conflict floor decides them, as brands that disagree:
+    :meth:`models.matching.cross.CrossEncoder.is_match`). The frame is changed in place and returned."""
+    mark_shared_titles(features, reading.shared)
+    features["different_products"] = (np.asarray(features["different_products"], dtype=bool)
+                                      | np.asarray(reading.other_types, dtype=bool))
+    features["leads_disagree"] = np.asarray(reading.other_leads, dtype=bool)
     return features
 
 

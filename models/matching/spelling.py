@@ -25,6 +25,12 @@ number, or as the same listing twice at one known price, only (:func:`models.mat
 In the four whole electronics catalogs, 5 of the 120 pairs of listings that share a title written three or more times
 are one product by their truths.
 
+It knows the words that start :data:`LEAD_MIN` or more of the catalog's titles (:func:`models.matching.text.lead_word`:
+mostly brands, as sellers start a title with the brand). Two titles that start with two such words, neither written in
+the other title, are of two brands as far as the titles tell (:attr:`PairReading.other_leads`): the cross-encoder must
+be sure of them, as of two brands the catalog's brand column names (:data:`LEAD_RULE`). A fashion catalog without a
+brand column otherwise matched "Fila Men Black Sandals" with "Lotto Men Black Sandals".
+
 And it may know the product types of the catalog's category head (:attr:`CatalogSpelling.types`, the head's leaf
 classes): two titles that name types, none in common ("... Brown Wallet" / "... Brown Belt", "... Kurtis" /
 "... Kurta"), are two products (:data:`TYPE_RULE`; the names are read as the head's stuffed-title switch reads them,
@@ -43,14 +49,19 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["MIN_COUNT", "MIN_LETTERS", "SHARED_TITLE_MIN", "SPELLING_RULE", "TYPE_RULE", "CatalogSpelling",
-           "PairReading", "catalog_words", "shared_title_keys", "type_rule_version"]
+__all__ = ["LEAD_MIN", "LEAD_RULE", "MIN_COUNT", "MIN_LETTERS", "SHARED_TITLE_MIN", "SPELLING_RULE", "TYPE_RULE",
+           "CatalogSpelling", "PairReading", "catalog_words", "lead_words", "shared_title_keys", "type_rule_version"]
 
 # named in product_matches.scorer_version: a lake matched before the rule is matched again once
 SPELLING_RULE = "catalog-spelling"
 # Two titles that name product types of the category head, none in common, are two products. Named in
 # scorer_version with a digest of the type names (type_rule_version): a lake is matched again when they change.
 TYPE_RULE = "different-types"
+# Two titles that start with two of the catalog's leading words (LEAD_MIN or more titles start with each), neither
+# written in the other, are read as two brands: the cross-encoder's conflict floor decides them. Named in
+# scorer_version.
+LEAD_RULE = "leading-brands"
+LEAD_MIN = 3
 
 MIN_COUNT = 2       # a word the catalog writes this many times is known
 MIN_LETTERS = 4     # shorter words are read as written (too many words lie one edit from a short one)
@@ -81,6 +92,14 @@ def shared_title_keys(titles: Iterable[object]) -> frozenset[str]:
     return frozenset(k for k, c in counts.items() if c >= SHARED_TITLE_MIN)
 
 
+def lead_words(titles: Iterable[object]) -> frozenset[str]:
+    """The words (:func:`models.matching.text.lead_word`) that start :data:`LEAD_MIN` or more of ``titles``."""
+    from models.matching.text import lead_word
+
+    counts = Counter(w for w in map(lead_word, titles) if w)
+    return frozenset(w for w, c in counts.items() if c >= LEAD_MIN)
+
+
 def type_rule_version(types: Sequence[str]) -> str:
     """The type rule as ``product_matches.scorer_version`` names it: :data:`TYPE_RULE` and the first 8 hex digits of
     the sha256 of the sorted type names ("none" without any)."""
@@ -96,6 +115,7 @@ class PairReading(NamedTuple):
     right: list[object]
     shared: np.ndarray       # (N,) bool: a title of the pair is one the catalog shares
     other_types: np.ndarray  # (N,) bool: the titles name product types, none in common
+    other_leads: np.ndarray  # (N,) bool: the titles start with two of the catalog's leading words, neither in the other
 
 
 def _edits(word: str) -> set[str]:
@@ -120,22 +140,24 @@ class CatalogSpelling:
     known: dict[str, int]
     shared: frozenset[str] = frozenset()
     types: tuple[str, ...] = ()
+    leads: frozenset[str] = frozenset()
     _fixes: dict[str, str | None] = field(default_factory=dict, repr=False, compare=False)
     _titles: dict[str, str] = field(default_factory=dict, repr=False, compare=False)   # each title is in many pairs
     _is_shared: dict[object, bool] = field(default_factory=dict, repr=False, compare=False)
     _named: dict[object, frozenset[int]] = field(default_factory=dict, repr=False, compare=False)
+    _leads_of: dict[str, tuple[str, str, str]] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def of(cls, counts: Counter | dict[str, int], shared: Iterable[str] = (), types: Sequence[str] = ()
-           ) -> CatalogSpelling:
+    def of(cls, counts: Counter | dict[str, int], shared: Iterable[str] = (), types: Sequence[str] = (),
+           leads: Iterable[str] = ()) -> CatalogSpelling:
         kept = sorted(((w, c) for w, c in counts.items() if c >= MIN_COUNT and len(w) >= MIN_LETTERS),
                       key=lambda wc: (-wc[1], wc[0]))[:MAX_WORDS]
-        return cls(dict(kept), frozenset(shared), tuple(types))
+        return cls(dict(kept), frozenset(shared), tuple(types), frozenset(leads))
 
     @classmethod
     def from_titles(cls, titles: Iterable[object], types: Sequence[str] = ()) -> CatalogSpelling:
         titles = list(titles)
-        return cls.of(catalog_words(titles), shared_title_keys(titles), types)
+        return cls.of(catalog_words(titles), shared_title_keys(titles), types, lead_words(titles))
 
     def shared_titles(self, titles: Sequence[object]) -> np.ndarray:
         """Which of ``titles`` (as written) the catalog shares among :data:`SHARED_TITLE_MIN` or more listings."""
@@ -176,6 +198,34 @@ class CatalogSpelling:
         a, b = self.named_types(left), self.named_types(right)
         return np.fromiter((bool(x) and bool(y) and not (x & y) for x, y in zip(a, b, strict=True)), bool, len(a))
 
+    def other_leads(self, left: Sequence[object], right: Sequence[object]) -> np.ndarray:
+        """Which pairs of titles start with two different leading words of the catalog (:data:`LEAD_MIN`), neither
+        of them written in the other title (letters and digits compared, accents aside)."""
+        out = np.zeros(len(left), bool)
+        if not self.leads:
+            return out
+        for i, (a, b) in enumerate(zip(left, right, strict=True)):
+            (la, ka, ia), (lb, kb, ib) = self._lead(a), self._lead(b)
+            if la != lb and la in self.leads and lb in self.leads:
+                out[i] = la not in kb and lb not in ka and not ia.startswith(lb) and not ib.startswith(la)
+        return out
+
+    def _lead(self, title: object) -> tuple[str, str, str]:
+        """(leading word, plain key, initials of its words) of a title, memoised: a title is in many pairs. A
+        leading word that the other title's initials start with is its brand written short ("WD" for "Western
+        Digital")."""
+        from models.matching.text import lead_word, plain_letters, title_key
+
+        key = title if isinstance(title, str) else ""
+        hit = self._leads_of.get(key)
+        if hit is None:
+            if len(self._leads_of) >= _FIXES_KEPT:
+                self._leads_of.clear()
+            plain = plain_letters(key.lower())
+            hit = self._leads_of[key] = (lead_word(key), plain_letters(title_key(key)),
+                                         "".join(w[0] for w in _RUN.findall(plain)))
+        return hit
+
     def word(self, word: str) -> str | None:
         """The known word ``word`` is read as, or None where it is read as written."""
         low = word.lower()
@@ -209,7 +259,9 @@ class CatalogSpelling:
 
     def read_pairs(self, left: Sequence[object], right: Sequence[object]) -> PairReading:
         """Pairs of titles (as written) as the match stage reads them: both sides as the catalog spells them, which
-        pairs hold a title the catalog shares (:meth:`shared_titles`), and which name different product types
-        (:meth:`other_types`, read in the spelled titles)."""
+        pairs hold a title the catalog shares (:meth:`shared_titles`), which name different product types
+        (:meth:`other_types`) and which start with two brands (:meth:`other_leads`), both read in the spelled
+        titles."""
         a, b = self.titles(left), self.titles(right)
-        return PairReading(a, b, self.shared_titles(left) | self.shared_titles(right), self.other_types(a, b))
+        return PairReading(a, b, self.shared_titles(left) | self.shared_titles(right), self.other_types(a, b),
+                           self.other_leads(a, b))

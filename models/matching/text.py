@@ -12,8 +12,8 @@ import re
 import unicodedata
 
 __all__ = ["as_text", "brand_key", "char_ngrams", "code_spans", "colours", "colours_disagree", "genders",
-           "genders_disagree", "lone_number_spans", "model_numbers", "names_product", "numbers", "parse_price",
-           "part_number_key", "title_key", "tokens", "with_part_number"]
+           "genders_disagree", "lead_word", "lone_number_spans", "model_numbers", "names_product", "numbers",
+           "parse_price", "part_number_key", "plain_letters", "title_key", "tokens", "with_part_number"]
 
 # Word tokens: runs of letters/digits (any script), keeping inner hyphens, dots and slashes that join
 # the parts of a model number ("ph3100u-1e3s", "t048.417.27").
@@ -137,6 +137,27 @@ def genders_disagree(a: frozenset[str], b: frozenset[str]) -> bool:
     if not a or not b or a & b:
         return False
     return not any((x, y) in _GENDERS_THAT_AGREE or (y, x) in _GENDERS_THAT_AGREE for x in a for y in b)
+
+
+_LEAD = re.compile(r"[^\W_]+")
+_DIGITS = re.compile(r"\d+")
+
+
+def lead_word(title: object) -> str:
+    """The first word of a title, lower-cased: its first run of letters and digits ("" where that is shorter than
+    two characters or all digits, or there is none). Sellers start a title with the brand ("Puma Men Black
+    T-shirt", "Sony Cyber-shot DSC-W800"), so a word that starts many of a catalog's titles is mostly one."""
+    m = _LEAD.search(plain_letters(_fold(as_text(title))))
+    w = m.group(0) if m else ""
+    return "" if len(w) < 2 or _DIGITS.fullmatch(w) else w
+
+
+def plain_letters(text: str) -> str:
+    """``text`` with its accents off ("Pokémon" -> "Pokemon"): the letters decomposed, their combining marks
+    dropped."""
+    if text.isascii():
+        return text
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
 
 
 def title_key(title: object) -> str:
