@@ -194,6 +194,7 @@ def test_titles_that_start_with_two_of_the_catalogs_brands_are_read_as_two_brand
     from models.matching.text import lead_word
 
     assert lead_word("  -Sony- Cyber-shot") == "sony" and lead_word("3 pack") == "" and lead_word(None) == ""
+    assert lead_word("Q&Q Men Black Watch") == "qq" and lead_word("U.S. Polo Assn. Men") == "us"   # up to a space
     spelling = CatalogSpelling.from_titles(LEADS_CATALOG)
     assert spelling.leads == frozenset({"fila", "lotto", "pokemon", "wd", "western"})
     assert spelling.read_pairs([left], [right]).other_leads.tolist() == [differ]

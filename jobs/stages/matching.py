@@ -477,10 +477,10 @@ def _spelling(flagged=None, titles=None, types: tuple[str, ...] = ()):
              .where(F.length("w") >= MIN_LETTERS).groupBy("w").count().where(F.col("count") >= MIN_COUNT))
     keys = (flagged.select(_letters_digits(F.col("title")).alias("k")).where(F.length("k") > 0)
             .groupBy("k").count().where(F.col("count") >= SHARED_TITLE_MIN))
-    # the first run of letters and digits, counted here and read as lead_word reads a title (accents off) on the
-    # driver: one row per distinct first word
-    firsts = (flagged.select(F.regexp_extract(F.lower(F.col("title")), "^[^\\p{L}\\p{N}]*([\\p{L}\\p{N}]+)", 1)
-                             .alias("f")).where(F.length("f") > 0).groupBy("f").count())
+    # the first word (up to the first space), counted here and read as lead_word reads it (letters and digits,
+    # accents off) on the driver: one row per distinct first word
+    firsts = (flagged.select(F.regexp_extract(F.lower(F.col("title")), "^\\s*(\\S+)", 1).alias("f"))
+              .where(F.length("f") > 0).groupBy("f").count())
     leads: Counter = Counter()
     for r in firsts.collect():
         if w := lead_word(r["f"]):

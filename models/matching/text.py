@@ -139,16 +139,19 @@ def genders_disagree(a: frozenset[str], b: frozenset[str]) -> bool:
     return not any((x, y) in _GENDERS_THAT_AGREE or (y, x) in _GENDERS_THAT_AGREE for x in a for y in b)
 
 
-_LEAD = re.compile(r"[^\W_]+")
+# A title's first word: up to the first space (the ASCII spaces, as Spark's regular expressions read \\s)
+_FIRST = re.compile(r"[ \t\n\x0b\f\r]*([^ \t\n\x0b\f\r]+)")
+_NOT_LETTER_DIGIT = re.compile(r"[\W_]+")
 _DIGITS = re.compile(r"\d+")
 
 
 def lead_word(title: object) -> str:
-    """The first word of a title, lower-cased: its first run of letters and digits ("" where that is shorter than
-    two characters or all digits, or there is none). Sellers start a title with the brand ("Puma Men Black
-    T-shirt", "Sony Cyber-shot DSC-W800"), so a word that starts many of a catalog's titles is mostly one."""
-    m = _LEAD.search(plain_letters(_fold(as_text(title))))
-    w = m.group(0) if m else ""
+    """The first word of a title (up to the first space), lower-cased, its letters and digits only, accents off
+    ("Q&Q" -> "qq", "U.S." -> "us", "Pokémon" -> "pokemon"; "" where that is shorter than two characters or all
+    digits). Sellers start a title with the brand ("Puma Men Black T-shirt", "Sony Cyber-shot DSC-W800"), so a
+    word that starts many of a catalog's titles is mostly one."""
+    m = _FIRST.match(plain_letters(_fold(as_text(title))))
+    w = _NOT_LETTER_DIGIT.sub("", m.group(1)) if m else ""
     return "" if len(w) < 2 or _DIGITS.fullmatch(w) else w
 
 
