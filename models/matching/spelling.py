@@ -145,7 +145,7 @@ class CatalogSpelling:
     _titles: dict[str, str] = field(default_factory=dict, repr=False, compare=False)   # each title is in many pairs
     _is_shared: dict[object, bool] = field(default_factory=dict, repr=False, compare=False)
     _named: dict[object, frozenset[int]] = field(default_factory=dict, repr=False, compare=False)
-    _leads_of: dict[str, tuple[str, str, str]] = field(default_factory=dict, repr=False, compare=False)
+    _leads_of: dict[str, tuple[str, str, str, frozenset[str]]] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def of(cls, counts: Counter | dict[str, int], shared: Iterable[str] = (), types: Sequence[str] = (),
@@ -205,15 +205,16 @@ class CatalogSpelling:
         if not self.leads:
             return out
         for i, (a, b) in enumerate(zip(left, right, strict=True)):
-            (la, ka, ia), (lb, kb, ib) = self._lead(a), self._lead(b)
+            (la, ka, ia, wa), (lb, kb, ib, wb) = self._lead(a), self._lead(b)
             if la != lb and la in self.leads and lb in self.leads:
-                out[i] = la not in kb and lb not in ka and not ia.startswith(lb) and not ib.startswith(la)
+                out[i] = not (la in kb or lb in ka or ia.startswith(lb) or ib.startswith(la)
+                              or ia[:2] in wb or ia[:3] in wb or ib[:2] in wa or ib[:3] in wa)
         return out
 
-    def _lead(self, title: object) -> tuple[str, str, str]:
-        """(leading word, plain key, initials of its words) of a title, memoised: a title is in many pairs. A
-        leading word that the other title's initials start with is its brand written short ("WD" for "Western
-        Digital")."""
+    def _lead(self, title: object) -> tuple[str, str, str, frozenset[str]]:
+        """(leading word, plain key, initials of its words, its words) of a title, memoised: a title is in many
+        pairs. A brand may be written short in the other title: as its leading word ("WD My Passport" / "Western
+        Digital My Passport": the initials start with it) or anywhere ("HDD extern WD My Passport")."""
         from models.matching.text import lead_word, plain_letters, title_key
 
         key = title if isinstance(title, str) else ""
@@ -221,9 +222,9 @@ class CatalogSpelling:
         if hit is None:
             if len(self._leads_of) >= _FIXES_KEPT:
                 self._leads_of.clear()
-            plain = plain_letters(key.lower())
-            hit = self._leads_of[key] = (lead_word(key), plain_letters(title_key(key)),
-                                         "".join(w[0] for w in _RUN.findall(plain)))
+            words = _RUN.findall(plain_letters(key.lower()))
+            hit = self._leads_of[key] = (lead_word(key), plain_letters(title_key(key)), "".join(w[0] for w in words),
+                                         frozenset(w for w in words if len(w) >= 2))
         return hit
 
     def word(self, word: str) -> str | None:
