@@ -610,3 +610,33 @@ def test_other_product_copies_change_one_digit_or_number_and_are_non_matches():
         assert (row.left_brand, row.left_price) == (row.right_brand, row.right_price)
         assert row.a == serialize({"title": row.left_title, "brand": row.left_brand, "price": row.left_price})
     assert other_copies(pairs, 0.0, seed=0).empty
+
+
+def test_the_score_step_reads_two_brands_in_the_titles_of_the_pairs_the_cross_encoder_reads(random_cross):
+    """Two titles that start with two of the catalog's leading words need the conflict floor (0.9): at the random
+    cross-encoder's threshold of 0 the pair matches in a catalog where each word starts one title, not where each
+    starts three."""
+    import pandas as pd
+
+    import udfs.matching as um
+    from jobs.stages.matching import resolve_matching
+    from models.matching.artifact import load_scorer
+    from models.matching.spelling import CatalogSpelling
+    from udfs.matching import CrossSpec
+
+    catalog = ["Fila Men Black Sandals", "Fila Men Grey Shoes", "Fila Women Pink Top", "Lotto Men Black Sandals",
+               "Lotto Men Blue Shoes", "Lotto Women Red Shorts"]
+    frame = pd.DataFrame({
+        "a": ["p1"], "b": ["p2"], "fused_cosine": [0.98], "text_cosine": [0.98], "image_cosine": [np.nan],
+        "blocking": ["ann"], "title_a": [catalog[0]], "brand_a": [None], "price_a": [None], "currency_a": [None],
+        "mpn_a": [None], "title_b": [catalog[3]], "brand_b": [None], "price_b": [None], "currency_b": [None],
+        "mpn_b": [None]})
+    scorer = load_scorer(resolve_matching("auto"))
+    spec = CrossSpec(str(random_cross), 0.0, 1)
+    found = {}
+    for name, titles in (("leads", catalog), ("once each", [catalog[0], catalog[3]])):
+        score = um.make_score_fn(scorer.version, scorer.to_json(), cross=spec,
+                                 spelling=CatalogSpelling.from_titles(titles))
+        out = list(score(iter([frame])))
+        found[name] = pd.concat(out)["product_id_b"].tolist() if out else []
+    assert found == {"leads": [], "once each": ["p2"]}

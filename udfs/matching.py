@@ -311,15 +311,15 @@ def make_score_fn(scorer_version: str, scorer_json: str, keep_all: bool = False,
             if pdf.empty:
                 continue
             reading = None
-            if spelling is not None:
-                reading = spelling.read_pairs(pdf["title_a"].tolist(), pdf["title_b"].tolist())
+            if spelling is not None:   # the leading words are read below, for the pairs the cross-encoder reads
+                reading = spelling.read_pairs(pdf["title_a"].tolist(), pdf["title_b"].tolist(), np.zeros(0, np.int64))
                 pdf = pdf.assign(title_a=reading.left, title_b=reading.right)
             f, s = _features(pdf, scorer)
+            read = np.flatnonzero(s >= cross.prefilter) if cross is not None else np.zeros(0, np.int64)
             if reading is not None:
                 from models.matching.features import mark_catalog_reading
 
-                mark_catalog_reading(f, reading)
-            read = np.flatnonzero(s >= cross.prefilter) if cross is not None else np.zeros(0, np.int64)
+                mark_catalog_reading(f, spelling.read_leads(reading, read))
             if read_counter is not None and len(read):
                 read_counter.add(len(read))
             held.append((pdf, f, s, read))

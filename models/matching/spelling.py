@@ -258,11 +258,22 @@ class CatalogSpelling:
     def titles(self, titles: Sequence[object]) -> list[object]:
         return [self.title(t) for t in titles]
 
-    def read_pairs(self, left: Sequence[object], right: Sequence[object]) -> PairReading:
+    def read_pairs(self, left: Sequence[object], right: Sequence[object], leads_of: np.ndarray | None = None
+                   ) -> PairReading:
         """Pairs of titles (as written) as the match stage reads them: both sides as the catalog spells them, which
         pairs hold a title the catalog shares (:meth:`shared_titles`), which name different product types
         (:meth:`other_types`) and which start with two brands (:meth:`other_leads`), both read in the spelled
-        titles."""
+        titles. ``leads_of``: the indices of the pairs whose leading words are read (None: every pair; the others
+        are False): the score step reads them only for the pairs the cross-encoder reads, the only ones whose
+        decision they change (:meth:`read_leads`)."""
         a, b = self.titles(left), self.titles(right)
-        return PairReading(a, b, self.shared_titles(left) | self.shared_titles(right), self.other_types(a, b),
-                           self.other_leads(a, b))
+        reading = PairReading(a, b, self.shared_titles(left) | self.shared_titles(right), self.other_types(a, b),
+                              np.zeros(len(a), bool))
+        return self.read_leads(reading, np.arange(len(a)) if leads_of is None else leads_of)
+
+    def read_leads(self, reading: PairReading, among: np.ndarray) -> PairReading:
+        """``reading`` with :meth:`other_leads` read for the pairs ``among`` (indices; in place, and returned)."""
+        if len(among):
+            reading.other_leads[among] = self.other_leads([reading.left[i] for i in among],
+                                                          [reading.right[i] for i in among])
+        return reading
