@@ -92,7 +92,7 @@ def test_the_spark_path_counts_the_catalogs_words_and_shared_titles_as_pandas_do
     on_spark, on_driver = _spelling(flagged=flagged), _spelling(titles=pd.Series(titles))
     assert on_spark.known == on_driver.known and on_spark.shared == on_driver.shared == frozenset({"quill"})
     assert on_spark.leads == on_driver.leads == frozenset({"microsoft", "quill", "fila", "lotto", "pokemon", "wd",
-                                                           "western", "hdd"})
+                                                           "western", "hdd", "flia"})
 
 
 def test_a_listing_whose_title_the_catalog_shares_is_matched_by_its_part_number_only():
@@ -180,7 +180,8 @@ LEADS_CATALOG = ["Fila Men Black Sandals", "Fila Men Grey Shoes", "Fila Women Pi
                  "POKEMON TCG Rebel Clash", "Pokemon Sword Elite Box", "Puma Men Black T-shirt", "New Puma Cap",
                  *[f"WD {t}" for t in ("Blue 1TB", "Red 2TB", "My Passport 1TB")],
                  *[f"Western Digital {t}" for t in ("Blue 1TB", "Green 2TB", "My Passport 1TB")],
-                 *[f"HDD {t}" for t in ("extern Seagate 2TB", "intern Toshiba 1TB", "extern WD My Passport 1TB")]]
+                 *[f"HDD {t}" for t in ("extern Seagate 2TB", "intern Toshiba 1TB", "extern WD My Passport 1TB")],
+                 *[f"Flia {t}" for t in ("Men Black Sandals", "Men Grey Shoes", "Women Pink Top")]]
 
 
 @pytest.mark.parametrize("left, right, differ", [
@@ -191,6 +192,7 @@ LEADS_CATALOG = ["Fila Men Black Sandals", "Fila Men Grey Shoes", "Fila Women Pi
     ("Fila Men Black Sandals", "Men's Lotto Black Sandals", False),    # a title that does not start with one
     ("WD My Passport 1TB", "Western Digital My Passport 1TB", False),  # a brand written short, by its initials
     ("Western Digital My Passport 1TB", "HDD extern WD My Passport 1TB", False),   # the same, anywhere
+    ("Fila Men Black Sandals", "Flia Men Black Sandals", False),       # a brand mistyped, as sellers repeat it
 ])
 def test_titles_that_start_with_two_of_the_catalogs_brands_are_read_as_two_brands(left, right, differ):
     from models.matching.text import lead_word
@@ -198,7 +200,7 @@ def test_titles_that_start_with_two_of_the_catalogs_brands_are_read_as_two_brand
     assert lead_word("  -Sony- Cyber-shot") == "sony" and lead_word("3 pack") == "" and lead_word(None) == ""
     assert lead_word("Q&Q Men Black Watch") == "qq" and lead_word("U.S. Polo Assn. Men") == "us"   # up to a space
     spelling = CatalogSpelling.from_titles(LEADS_CATALOG)
-    assert spelling.leads == frozenset({"fila", "lotto", "pokemon", "wd", "western", "hdd"})
+    assert spelling.leads == frozenset({"fila", "lotto", "pokemon", "wd", "western", "hdd", "flia"})
     assert spelling.read_pairs([left], [right]).other_leads.tolist() == [differ]
 
 

@@ -92,6 +92,22 @@ def shared_title_keys(titles: Iterable[object]) -> frozenset[str]:
     return frozenset(k for k, c in counts.items() if c >= SHARED_TITLE_MIN)
 
 
+def _one_edit(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` are one typing error apart (a letter dropped, added or changed, or two neighbours
+    swapped): "Snoy" and "Sny" are Sony mistyped, not two brands (short words are not corrected by the spelling)."""
+    if a == b:
+        return True
+    if abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]]
+                                  and a[diff[1]] == b[diff[0]])
+    short, long = (a, b) if len(a) < len(b) else (b, a)
+    i = next((k for k, (x, y) in enumerate(zip(short, long, strict=False)) if x != y), len(short))
+    return short[i:] == long[i + 1:]
+
+
 def lead_words(titles: Iterable[object]) -> frozenset[str]:
     """The words (:func:`models.matching.text.lead_word`) that start :data:`LEAD_MIN` or more of ``titles``."""
     from models.matching.text import lead_word
@@ -208,7 +224,8 @@ class CatalogSpelling:
             (la, ka, ia, wa), (lb, kb, ib, wb) = self._lead(a), self._lead(b)
             if la != lb and la in self.leads and lb in self.leads:
                 out[i] = not (la in kb or lb in ka or ia.startswith(lb) or ib.startswith(la)
-                              or ia[:2] in wb or ia[:3] in wb or ib[:2] in wa or ib[:3] in wa)
+                              or ia[:2] in wb or ia[:3] in wb or ib[:2] in wa or ib[:3] in wa
+                              or _one_edit(la, lb))
         return out
 
     def _lead(self, title: object) -> tuple[str, str, str, frozenset[str]]:
