@@ -150,8 +150,9 @@ def _edits(word: str) -> set[str]:
 @dataclass
 class CatalogSpelling:
     """The known words of a catalog with their counts (:func:`catalog_words`, those written :data:`MIN_COUNT` or
-    more times, at most :data:`MAX_WORDS`), the keys of the titles it shares (:func:`shared_title_keys`), and the
-    product types its category head knows (``types``: none, no type rule)."""
+    more times, at most :data:`MAX_WORDS`), the keys of the titles it shares (:func:`shared_title_keys`), the
+    product types its category head knows (``types``: none, no type rule) and its leading words (:func:`lead_words`).
+    """
 
     known: dict[str, int]
     shared: frozenset[str] = frozenset()
