@@ -5,7 +5,8 @@
 
 For each dataset a catalog is built the way ``catalog_dedup/README.md`` says (``product_id`` = record id,
 ``title``, ``brand``, ``price`` parsed; neither the shop nor the truth is passed), the real enrich job runs on it
-(``jobs.enrich.main``, attributes, heads and categories off: only embeddings and matching matter here) and its
+(``jobs.enrich.main``, open attributes off; the heads on as by default, since the match stage's type rule reads
+the category head's types) and its
 ``product_clusters`` table is scored pairwise (every pair inside a predicted cluster against every pair inside
 a true group) and per cluster (clusters equal to a true group). Beside it: a TF-IDF mutual-nearest-neighbour
 baseline on the same records.
@@ -252,8 +253,7 @@ def run_job(cs: CatalogSet, work: Path, reuse_embeddings: bool = False, job_args
             shutil.rmtree(lake / table, ignore_errors=True)
     elif lake.exists():
         shutil.rmtree(lake)
-    seconds = run_enrich(["--catalog", str(path), "--lake", str(lake), "--attributes", "none", "--heads", "none",
-                          "--categories", "none", *job_args], cs.name)
+    seconds = run_enrich(["--catalog", str(path), "--lake", str(lake), "--attributes", "none", *job_args], cs.name)
     clusters = read_table(lake, "product_clusters")
     return {"seconds": seconds, "clusters": dict(zip(clusters["product_id"], clusters["cluster_id"], strict=True)),
             "matches": read_table(lake, "product_matches")}
