@@ -181,8 +181,10 @@ class CrossEncoder:
                 conflict |= ((np.asarray(features["brand_known"], np.float64) > 0)
                              & (np.asarray(features["brand_agree"], np.float64) == 0))
             if "leads_disagree" in features:
-                agree = np.asarray(features["brand_agree"], np.float64) > 0 if "brand_agree" in features else False
-                conflict |= np.asarray(features["leads_disagree"], bool) & ~agree
+                leads = np.asarray(features["leads_disagree"], bool)
+                if "brand_agree" in features:
+                    leads = leads & ~(np.asarray(features["brand_agree"], np.float64) > 0)
+                conflict |= leads
             ok &= ~conflict | (np.asarray(scores) >= self.conflict_floor)
         return ok
 

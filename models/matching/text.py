@@ -139,7 +139,7 @@ def genders_disagree(a: frozenset[str], b: frozenset[str]) -> bool:
     return not any((x, y) in _GENDERS_THAT_AGREE or (y, x) in _GENDERS_THAT_AGREE for x in a for y in b)
 
 
-# A title's first word: up to the first space (the ASCII spaces, as Spark's regular expressions read \\s)
+# A title's first word: up to the first space (the ASCII spaces, as Spark's regular expressions read \s)
 _FIRST = re.compile(r"[ \t\n\x0b\f\r]*([^ \t\n\x0b\f\r]+)")
 _NOT_LETTER_DIGIT = re.compile(r"[\W_]+")
 _DIGITS = re.compile(r"\d+")
