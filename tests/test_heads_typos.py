@@ -9,7 +9,7 @@ import pytest
 
 from models.heads.bundle import HeadBundle, LinearHead, find_heads, load_heads, save_heads
 from models.heads.degrade import mistyped
-from models.heads.lexical import LexicalExpert, _one_edit
+from models.heads.lexical import LexicalExpert, one_edit
 
 CLASSES = ["Tshirts", "Sandals", "Watches"]
 TITLES = (["Nike Men Blue Tshirt", "Puma Women Black Tshirt", "Lee Men Grey Tshirt"] * 10
@@ -42,7 +42,7 @@ def test_short_words_numbers_and_far_words_are_read_as_written():
 def test_the_most_frequent_of_two_known_words_one_edit_away_wins():
     titles = ["Black Watch"] * 20 + ["Black Match"] * 2 + ["Blue Tshirt"] * 20
     expert = dataclasses.replace(LexicalExpert.fit(titles, np.array([0] * 22 + [1] * 20), 2), correct_typos=True)
-    assert _one_edit("wxtch", "watch") and _one_edit("wxtch", "match") is False
+    assert one_edit("wxtch", "watch") and one_edit("wxtch", "match") is False
     assert expert._words("Black Xatch") == ("black", "watch")   # one edit from watch (20 titles) and match (2)
 
 
@@ -82,7 +82,7 @@ def test_mistyped_titles_change_the_chosen_words_by_one_edit_each():
         assert out[2] == "" and out[3].split()[:2] == ["Lee", "501"]
         for t, o in zip(titles[:2], out[:2], strict=True):
             changed = [(a, b) for a, b in zip(t.split(), o.split(), strict=True) if a != b]
-            assert len(changed) == n and all(_one_edit(a, b) for a, b in changed)
+            assert len(changed) == n and all(one_edit(a, b) for a, b in changed)
             if words == "last":
                 assert changed[0][0] == t.split()[-1]
     with pytest.raises(ValueError, match="must be"):

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LexicalExpert"]
+__all__ = ["LexicalExpert", "one_edit"]
 
 _TOKEN = re.compile(r"(?u)\b\w\w+\b")   # scikit-learn's default token pattern
 _ABSENT = -30.0                          # bias of a class the expert never saw in training
@@ -57,7 +57,7 @@ def _deletes(word: str) -> set[str]:
     return {word[:i] + word[i + 1:] for i in range(len(word))}
 
 
-def _one_edit(a: str, b: str) -> bool:
+def one_edit(a: str, b: str) -> bool:
     """Whether ``a`` and ``b`` differ by one letter dropped, added or changed, or two neighbours swapped."""
     if abs(len(a) - len(b)) > 1 or a == b:
         return False
@@ -185,11 +185,11 @@ class LexicalExpert:
         return {k: tuple(v) for k, v in table.items()}
 
     def _nearest(self, word: str) -> str:
-        """The most frequent vocabulary word one edit from ``word`` (:func:`_one_edit`), else ``word``."""
+        """The most frequent vocabulary word one edit from ``word`` (:func:`one_edit`), else ``word``."""
         if len(word) < _TYPO_MIN_LETTERS or any(ch.isdigit() for ch in word):
             return word
         table, idf, index = self._by_deletion, self.idf, self._index
-        found = {t for key in {word} | _deletes(word) for t in table.get(key, ()) if _one_edit(word, t)}
+        found = {t for key in {word} | _deletes(word) for t in table.get(key, ()) if one_edit(word, t)}
         return min(found, key=lambda t: (float(idf[index[t]]), t)) if found else word
 
     # -- serialisation (inside a head's tensors and description) --

@@ -92,22 +92,6 @@ def shared_title_keys(titles: Iterable[object]) -> frozenset[str]:
     return frozenset(k for k, c in counts.items() if c >= SHARED_TITLE_MIN)
 
 
-def _one_edit(a: str, b: str) -> bool:
-    """Whether ``a`` and ``b`` are one typing error apart (a letter dropped, added or changed, or two neighbours
-    swapped): "Snoy" and "Sny" are Sony mistyped, not two brands (short words are not corrected by the spelling)."""
-    if a == b:
-        return True
-    if abs(len(a) - len(b)) > 1:
-        return False
-    if len(a) == len(b):
-        diff = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
-        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]]
-                                  and a[diff[1]] == b[diff[0]])
-    short, long = (a, b) if len(a) < len(b) else (b, a)
-    i = next((k for k, (x, y) in enumerate(zip(short, long, strict=False)) if x != y), len(short))
-    return short[i:] == long[i + 1:]
-
-
 def lead_words(titles: Iterable[object]) -> frozenset[str]:
     """The words (:func:`models.matching.text.lead_word`) that start :data:`LEAD_MIN` or more of ``titles``."""
     from models.matching.text import lead_word
@@ -217,7 +201,11 @@ class CatalogSpelling:
 
     def other_leads(self, left: Sequence[object], right: Sequence[object]) -> np.ndarray:
         """Which pairs of titles start with two different leading words of the catalog (:data:`LEAD_MIN`), neither
-        of them written in the other title (letters and digits compared, accents aside)."""
+        of them written in the other title (letters and digits compared, accents aside), nor written short there
+        (:meth:`_lead`), nor one typing error from the other ("Sony" / "Snoy": short words are not read back by the
+        spelling)."""
+        from models.heads.lexical import one_edit
+
         out = np.zeros(len(left), bool)
         if not self.leads:
             return out
@@ -226,7 +214,7 @@ class CatalogSpelling:
             if la != lb and la in self.leads and lb in self.leads:
                 out[i] = not (la in kb or lb in ka or ia.startswith(lb) or ib.startswith(la)
                               or ia[:2] in wb or ia[:3] in wb or ib[:2] in wa or ib[:3] in wa
-                              or _one_edit(la, lb))
+                              or one_edit(la, lb))
         return out
 
     def _lead(self, title: object) -> tuple[str, str, str, frozenset[str]]:
