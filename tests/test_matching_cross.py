@@ -622,15 +622,13 @@ def test_the_score_step_reads_two_brands_in_the_titles_of_the_pairs_the_cross_en
     from jobs.stages.matching import resolve_matching
     from models.matching.artifact import load_scorer
     from models.matching.spelling import CatalogSpelling
+    from tests.test_matching_models import candidate_rows
     from udfs.matching import CrossSpec
 
     catalog = ["Fila Men Black Sandals", "Fila Men Grey Shoes", "Fila Women Pink Top", "Lotto Men Black Sandals",
                "Lotto Men Blue Shoes", "Lotto Women Red Shorts"]
-    frame = pd.DataFrame({
-        "a": ["p1"], "b": ["p2"], "fused_cosine": [0.98], "text_cosine": [0.98], "image_cosine": [np.nan],
-        "blocking": ["ann"], "title_a": [catalog[0]], "brand_a": [None], "price_a": [None], "currency_a": [None],
-        "mpn_a": [None], "title_b": [catalog[3]], "brand_b": [None], "price_b": [None], "currency_b": [None],
-        "mpn_b": [None]})
+    frame = candidate_rows([{"a": "p1", "b": "p2", "title_a": catalog[0], "brand_a": None, "price_a": None,
+                             "title_b": catalog[3], "brand_b": None, "price_b": None}], cosine=0.98)
     scorer = load_scorer(resolve_matching("auto"))
     spec = CrossSpec(str(random_cross), 0.0, 1)
     found = {}

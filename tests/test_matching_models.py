@@ -306,7 +306,7 @@ def test_brands_that_disagree_need_the_conflict_floor():
     assert model.is_match(np.full(3, 0.6)).tolist() == [True, True, True]   # without the evidence: the threshold
 
 
-def _candidates(rows: list[dict], cosine: float) -> pd.DataFrame:
+def candidate_rows(rows: list[dict], cosine: float) -> pd.DataFrame:
     """The score step's candidate rows for ``rows`` (``a, b`` and both sides' title, brand and price): no currency,
     no photos, the title and fused cosines ``cosine``."""
     frame = pd.DataFrame(rows)
@@ -332,7 +332,7 @@ def test_the_score_step_matches_a_software_listing_with_its_copy():
              "price_b": pr} for i, (t, br, pr) in enumerate(listings)]
     rows.append({"a": "p9", "b": "q9", "title_a": "ares rising", "brand_a": "interplay", "price_a": 69.95,
                  "title_b": "ares rising", "brand_b": None, "price_b": 29.95})
-    frame = _candidates(rows, cosine=1.0)
+    frame = candidate_rows(rows, cosine=1.0)
 
     scorer = load_scorer(resolve_matching("auto"))
     spec = um.CrossSpec(str(resolve_pair_model("auto")), precision="fp32")
@@ -360,7 +360,7 @@ def test_the_score_step_keeps_apart_listings_that_tell_of_different_products():
              ("Estd. 1977 Men Black Sandals", "Estd. 1977", "Coolers Men Black Sandals", "Coolers"),
              ("Samsung", "Samsung", "Samsung", "Samsung"), ("", "Samsung", "", "Samsung"),
              ("Fjord Cap for Kids - Yellow (FJ-7521)", "Fjord", "NEW FJORD cap yellow FJ-7521 kids", "Fjord")]
-    frame = _candidates([{"a": f"p{i}", "b": f"q{i}", "title_a": ta, "brand_a": ba, "price_a": None, "title_b": tb,
+    frame = candidate_rows([{"a": f"p{i}", "b": f"q{i}", "title_a": ta, "brand_a": ba, "price_a": None, "title_b": tb,
                           "brand_b": bb, "price_b": None} for i, (ta, ba, tb, bb) in enumerate(pairs)], cosine=0.95)
     scorer = load_scorer(resolve_matching("auto"))
     spec = um.CrossSpec(str(resolve_pair_model("auto")), precision="fp32")

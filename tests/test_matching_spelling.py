@@ -156,16 +156,14 @@ def test_the_score_function_keeps_apart_listings_of_different_types():
     import udfs.matching as um
     from jobs.stages.matching import resolve_matching
     from models.matching.artifact import load_scorer
+    from tests.test_matching_models import candidate_rows
 
     titles = [("Peter England Men Brown Wallet", "Peter England Men Brown Belt"),
               ("Peter England Men Brown Belt", "Peter England Men's Brown Belt")]
-    n = len(titles)
-    frame = pd.DataFrame({
-        "a": ["p1", "p2"], "b": ["p2", "p3"], "fused_cosine": [0.97] * n, "text_cosine": [0.97] * n,
-        "image_cosine": [np.nan] * n, "blocking": ["ann"] * n, "title_a": [a for a, _ in titles],
-        "brand_a": [None] * n, "price_a": [None] * n, "currency_a": [None] * n, "mpn_a": [None] * n,
-        "title_b": [b for _, b in titles], "brand_b": [None] * n, "price_b": [None] * n, "currency_b": [None] * n,
-        "mpn_b": [None] * n})
+    frame = candidate_rows([{"a": a_id, "b": b_id, "title_a": a, "brand_a": None, "price_a": None, "title_b": b,
+                             "brand_b": None, "price_b": None}
+                            for (a_id, b_id), (a, b) in zip([("p1", "p2"), ("p2", "p3")], titles, strict=True)],
+                           cosine=0.97)
     scorer = load_scorer(resolve_matching("auto"))
     catalog = [t for pair in titles for t in pair]
     blind = um.make_score_fn(scorer.version, scorer.to_json(), spelling=CatalogSpelling.from_titles(catalog))
