@@ -464,10 +464,7 @@ def _spelling(flagged=None, titles=None, types: tuple[str, ...] = ()):
     title, knowing the product ``types``: counted by pandas from ``titles`` on the driver's path, by a Spark job over
     ``flagged`` otherwise (the same runs of letters, lower-cased, four or more; the same title keys, letters and
     digits; the same leading words)."""
-    from collections import Counter
-
-    from models.matching.spelling import LEAD_MIN, MIN_COUNT, MIN_LETTERS, SHARED_TITLE_MIN, CatalogSpelling
-    from models.matching.text import lead_word
+    from models.matching.spelling import MIN_COUNT, MIN_LETTERS, SHARED_TITLE_MIN, CatalogSpelling, lead_words
 
     if titles is not None:
         return CatalogSpelling.from_titles(titles, types)
@@ -480,13 +477,9 @@ def _spelling(flagged=None, titles=None, types: tuple[str, ...] = ()):
     # the first word (up to the first space), counted here and read as lead_word reads it (letters and digits,
     # accents off) on the driver: one row per distinct first word
     firsts = (flagged.select(F.regexp_extract(F.lower(F.col("title")), "^\\s*(\\S+)", 1).alias("f"))
-              .where(F.length("f") > 0).groupBy("f").count())
-    leads: Counter = Counter()
-    for r in firsts.collect():
-        if w := lead_word(r["f"]):
-            leads[w] += int(r["count"])
+              .where(F.length("f") > 0).groupBy("f").count().collect())
     return CatalogSpelling.of({r["w"]: int(r["count"]) for r in words.collect()}, [r["k"] for r in keys.collect()],
-                              types, (w for w, c in leads.items() if c >= LEAD_MIN))
+                              types, lead_words([r["f"] for r in firsts], [int(r["count"]) for r in firsts]))
 
 
 def _score(cand, flagged, scorer, parts: int, cfg: MatchConfig, read_counter=None, spelling=None):

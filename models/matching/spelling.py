@@ -92,12 +92,17 @@ def shared_title_keys(titles: Iterable[object]) -> frozenset[str]:
     return frozenset(k for k, c in counts.items() if c >= SHARED_TITLE_MIN)
 
 
-def lead_words(titles: Iterable[object]) -> frozenset[str]:
-    """The words (:func:`models.matching.text.lead_word`) that start :data:`LEAD_MIN` or more of ``titles``."""
+def lead_words(titles: Iterable[object], counts: Iterable[int] | None = None) -> frozenset[str]:
+    """The words (:func:`models.matching.text.lead_word`) that start :data:`LEAD_MIN` or more of ``titles``;
+    ``counts``: how many titles each of ``titles`` stands for (one each by default; Spark's path counts the distinct
+    first words of a catalog's titles)."""
     from models.matching.text import lead_word
 
-    counts = Counter(w for w in map(lead_word, titles) if w)
-    return frozenset(w for w, c in counts.items() if c >= LEAD_MIN)
+    tally: Counter = Counter()
+    for title, n in ((t, 1) for t in titles) if counts is None else zip(titles, counts, strict=True):
+        if w := lead_word(title):
+            tally[w] += n
+    return frozenset(w for w, c in tally.items() if c >= LEAD_MIN)
 
 
 def type_rule_version(types: Sequence[str]) -> str:
