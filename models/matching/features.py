@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,9 @@ from models.matching.text import (
     part_number_key,
     tokens,
 )
+
+if TYPE_CHECKING:
+    from models.matching.spelling import PairReading
 
 __all__ = ["DIFFERENT_PRODUCTS_RULE", "FEATURES", "SAME_LISTING_RULE", "SAME_LISTING_SCORE", "SAME_PART_NUMBER_RULE",
            "Prepared", "mark_catalog_reading", "mark_shared_titles", "match_decisions", "pair_features", "prepare",
@@ -227,7 +230,7 @@ def mark_shared_titles(features: pd.DataFrame, shared: np.ndarray) -> pd.DataFra
     return features
 
 
-def mark_catalog_reading(features: pd.DataFrame, reading: Any) -> pd.DataFrame:
+def mark_catalog_reading(features: pd.DataFrame, reading: PairReading) -> pd.DataFrame:
     """``features`` (of :func:`pair_features`) with what the catalog's reading of the pairs tells
     (:meth:`models.matching.spelling.CatalogSpelling.read_pairs`): shared titles (:func:`mark_shared_titles`); titles
     that name different product types, marked ``different_products``; and titles that start with two of the catalog's
