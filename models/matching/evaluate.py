@@ -129,8 +129,8 @@ def _pair_scores(data: str, scorer: PairScorer, vectors: TitleVectors, baselines
     for b in BENCHMARKS.values():
         valid = load_pairs(data, b.name, b.splits[1])
         # read as the job reads a catalog of the split's records: as that catalog spells them
-        spelled, feats = as_job_reads(valid, vectors, CatalogSpelling.from_titles(_pool_records(valid)["title"],
-                                                                                          types))
+        spelling = CatalogSpelling.from_titles(_pool_records(valid)["title"], types)
+        spelled, feats = as_job_reads(valid, vectors, spelling)
         rows[b.name], y, s = _pair_row(b, spelled, feats, scorer, baselines[b.name], cross, prefilter, valid)
         pooled_y.append(y)
         pooled_s.append(s)
