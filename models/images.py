@@ -17,7 +17,7 @@ from models.core.errors import CatalogEnrichError
 
 __all__ = ["DEFAULT_MAX_ASPECT_RATIO", "DEFAULT_MAX_PIXELS", "ImageAspectError", "ImageDecodeError",
            "aspect_problem", "box_hw", "center_square", "decode_image", "fit_box", "normalise_batch",
-           "to_model_array"]
+           "to_model_array", "trim_to_aspect"]
 
 # Product photos are rarely above 4k x 4k; anything larger is refused before decoding.
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -25,6 +25,9 @@ DEFAULT_MAX_PIXELS = 40_000_000
 # long side becomes ratio x the input size: a 1 x 150,000 PNG of 373 bytes became 64 x 9.6M pixels (4 GB in
 # one Python worker). Beyond 20:1 the centre square is under 5% of the picture: no product photo, only harm.
 DEFAULT_MAX_ASPECT_RATIO = 20.0
+# How far (in 0-255 levels, every channel) a pixel of a plain margin may read from the canvas colour: a JPEG's
+# white background reads 240-255 around the product.
+BACKGROUND_TOLERANCE = 15
 
 
 class ImageDecodeError(CatalogEnrichError, ValueError):
@@ -110,12 +113,51 @@ def box_hw(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return (int(size[0]), int(size[1])) if isinstance(size, (tuple, list)) else (int(size), int(size))
 
 
+def _plain_run(plain: np.ndarray) -> int:
+    """How many leading entries of a boolean vector are True."""
+    return len(plain) if plain.all() else int(np.argmin(plain))
+
+
+def trim_to_aspect(img: Image.Image, height: int, width: int, fill: int = 255,
+                   tolerance: int = BACKGROUND_TOLERANCE) -> Image.Image:
+    """``img`` with plain ``fill``-coloured margins cut off the sides that make it wider (or taller) than a
+    ``width`` x ``height`` box, no more than restores the box's aspect ratio; the image itself where its ratio is
+    the box's (within 2%) or no such margin is there.
+
+    Sellers post a photo on a canvas of their marketplace's shape: a 3:4 photo padded with white to a square.
+    Fitted into the box as it is, the product shrinks to three quarters of its size, and the image tower, which
+    learnt the catalog's own framing, reads another photo (median cosine 0.64 to the unpadded one). Only margins of
+    pixels within ``tolerance`` of ``fill`` in every channel go (JPEG noise), taken from both sides in proportion
+    to their widths; a photo with a scene behind the product keeps every pixel."""
+    w, h = img.size
+    want = width / height
+    if abs(w / h - want) <= 0.02 * want:
+        return img
+    arr = np.asarray(img.convert("RGB") if img.mode != "RGB" else img)
+    plain = (np.abs(arr.astype(np.int16) - fill) <= tolerance).all(axis=2)
+    wide = w / h > want
+    lines = plain.all(axis=0) if wide else plain.all(axis=1)
+    if lines.all():   # a blank picture: nothing to centre on
+        return img
+    first, last = _plain_run(lines), _plain_run(lines[::-1])
+    excess = (w - round(h * want)) if wide else (h - round(w / want))
+    cut = min(excess, first + last)
+    if cut <= 0:
+        return img
+    head = min(first, round(cut * first / (first + last)))
+    tail = min(last, cut - head)
+    head = cut - tail
+    return img.crop((head, 0, w - tail, h) if wide else (0, head, w, h - tail))
+
+
 def fit_box(img: Image.Image, height: int, width: int, fill: int = 255) -> Image.Image:
     """Scale ``img`` to fit inside ``width`` x ``height`` keeping its aspect ratio, centred on a ``fill`` canvas
-    (white: the background of product photos). Nothing of the photo is cut; a 60x80 photo fits 60x80 exactly.
+    (white: the background of product photos). Nothing of the photo is cut but plain margins that only pad it to
+    another shape (:func:`trim_to_aspect`); a 60x80 photo fits 60x80 exactly.
 
     An image more elongated than :data:`DEFAULT_MAX_ASPECT_RATIO` is scaled the same way: its long side becomes
     the box's, so the memory used stays that of the box."""
+    img = trim_to_aspect(img, height, width, fill)
     w, h = img.size
     scale = min(width / w, height / h)
     nw, nh = max(1, min(width, round(w * scale))), max(1, min(height, round(h * scale)))

@@ -157,6 +157,89 @@ def test_fit_box_keeps_the_whole_photo_on_white():
     assert (wide[40, :] == 0).all() and (wide[0, :] == 255).all()
 
 
+def _product(w: int = 60, h: int = 80) -> Image.Image:
+    """A 3:4 product photo: a dark, shaded product touching every edge, as a catalog frames it (no plain margin)."""
+    y, x = np.mgrid[0:h, 0:w]
+    arr = np.stack([40 + 60 * x / w, 30 + 80 * y / h, 60 + 30 * (x + y) / (w + h)], axis=2)
+    return Image.fromarray(arr.astype(np.uint8))
+
+
+def _jpeg(img: Image.Image) -> Image.Image:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=85)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+@pytest.mark.parametrize(("canvas", "jpeg"), [((80, 80), True), ((107, 80), True), ((70, 80), False)],
+                         ids=["square", "landscape", "a little wide, PNG"])
+def test_a_photo_padded_with_white_to_another_shape_fits_as_the_photo_itself(canvas, jpeg):
+    from PIL import ImageOps
+
+    from models.images import fit_box
+
+    # (JPEG's ringing spreads a product that touches the photo's edge into a 5-pixel margin: not plain any more)
+    photo = _product()
+    padded = ImageOps.pad(photo, canvas, color="white")
+    padded = _jpeg(padded) if jpeg else padded
+    want = np.asarray(fit_box(photo, 80, 60), dtype=np.float32)
+    got = np.asarray(fit_box(padded, 80, 60), dtype=np.float32)
+    assert got.shape == (80, 60, 3)
+    # JPEG noise and a pixel of rounding at the seams; without the trim the product is a narrower band in the middle
+    # of white (the columns at the sides are white: 255 against the product's 30-120)
+    assert np.abs(got - want).mean() < 12
+    assert got[:, 0].mean() < 150 and got[:, -1].mean() < 150
+
+
+def test_a_square_photo_at_four_times_the_size_is_trimmed_before_it_is_scaled():
+    from PIL import ImageOps
+
+    from models.images import fit_box
+
+    photo = _product()
+    big = _jpeg(ImageOps.pad(photo.resize((240, 320), Image.BICUBIC), (320, 320), color="white"))
+    got = np.asarray(fit_box(big, 80, 60), dtype=np.float32)
+    assert np.abs(got - np.asarray(fit_box(photo, 80, 60), dtype=np.float32)).mean() < 12
+
+
+def test_only_plain_margins_are_cut_and_only_to_the_box_shape():
+    from models.images import trim_to_aspect
+
+    # The box's own shape: the very same image object, whatever its margins.
+    photo = Image.new("RGB", (60, 80), (255, 255, 255))
+    photo.paste(Image.new("RGB", (20, 20), (0, 0, 0)), (20, 30))
+    assert trim_to_aspect(photo, 80, 60) is photo
+    # A scene behind the product (no plain margin): nothing is cut.
+    scene = _product(100, 80)
+    assert trim_to_aspect(scene, 80, 60).size == (100, 80)
+    # A square with white margins 30 px wide at each side: cut to 3:4 (60x80), no further, from both sides.
+    sq = Image.new("RGB", (80, 80), (255, 255, 255))
+    sq.paste(Image.new("RGB", (20, 80), (0, 0, 0)), (30, 0))
+    out = trim_to_aspect(sq, 80, 60)
+    assert out.size == (60, 80)
+    arr = np.asarray(out)
+    assert (arr[:, 20:40] == 0).all() and (arr[:, :20] == 255).all() and (arr[:, 40:] == 255).all()
+    # Margins on one side only: taken from that side.
+    left = Image.new("RGB", (80, 80), (255, 255, 255))
+    left.paste(Image.new("RGB", (60, 80), (0, 0, 0)), (20, 0))
+    assert (np.asarray(trim_to_aspect(left, 80, 60)) == 0).all()
+    # Margins narrower than the excess: cut as far as they go.
+    thin = Image.new("RGB", (80, 80), (255, 255, 255))
+    thin.paste(Image.new("RGB", (76, 80), (0, 0, 0)), (2, 0))
+    assert trim_to_aspect(thin, 80, 60).size == (76, 80)
+    # A tall strip with white above and below: cut from the top and bottom.
+    tall = Image.new("RGB", (60, 120), (255, 255, 255))
+    tall.paste(Image.new("RGB", (60, 80), (0, 0, 0)), (0, 20))
+    assert trim_to_aspect(tall, 80, 60).size == (60, 80)
+    # A blank picture stays as it is.
+    blank = Image.new("RGB", (80, 80), (255, 255, 255))
+    assert trim_to_aspect(blank, 80, 60).size == (80, 80)
+    # Another canvas colour counts as a margin only when it is the fill.
+    grey = Image.new("RGB", (80, 80), (128, 128, 128))
+    grey.paste(Image.new("RGB", (20, 80), (0, 0, 0)), (30, 0))
+    assert trim_to_aspect(grey, 80, 60).size == (80, 80)
+    assert trim_to_aspect(grey, 80, 60, fill=128).size == (60, 80)
+
+
 def test_model_array_longest_mode_is_height_by_width():
     img = Image.new("RGB", (60, 80), (255, 0, 0))
     arr = to_model_array(img, (80, 60), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), resize_mode="longest")

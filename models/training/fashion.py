@@ -62,7 +62,8 @@ def load_fashion(root: str | Path, size: int | tuple[int, int] = 64,
     table = root / "products.parquet"
     digest = sha256_file(table)
     df = pd.read_parquet(table).sort_values("product_id", kind="stable").reset_index(drop=True)
-    tag = size if isinstance(size, int) else f"fit{size[0]}x{size[1]}"
+    # "trim": photos decoded since plain margins that pad a photo to another shape are cut (models.images)
+    tag = size if isinstance(size, int) else f"fit{size[0]}x{size[1]}-trim"
     cache = (Path(cache_dir) if cache_dir else cache_root()) / f"fashion-{digest[:12]}-{tag}.npz"
     if cache.is_file():
         with np.load(cache) as z:
