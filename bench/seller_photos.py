@@ -1,0 +1,108 @@
+"""The category head on photos as sellers post them: the report half of the fashion valid split, each photo also
+posted on a white square canvas (4x the size), on a white 4:3 canvas and with a white border all round (JPEG), with
+and without the trim of plain margins (:func:`models.images.trim_to_aspect`).
+
+    python bench/seller_photos.py --fashion /work/shared/data/fashion
+
+Prints one Markdown row per photo kind and trim: the image embedding's cosine to the catalog photo's (median / 5th
+percentile), then the shipped head bundle's category accuracy on full titles / titles cut to the brand / no title.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import models.images as images  # noqa: E402
+
+
+def _jpeg(img: Image.Image) -> Image.Image:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=85)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+KINDS: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "as in the catalog": lambda im: im,
+    "on a white square canvas, 4x the size": lambda im: _jpeg(ImageOps.pad(
+        im.resize((im.width * 4, im.height * 4), Image.BICUBIC), (im.height * 4,) * 2, color="white")),
+    "on a white 4:3 landscape canvas": lambda im: _jpeg(ImageOps.pad(im, (round(im.height * 4 / 3), im.height),
+                                                                     color="white")),
+    "with a white border of 10% all round": lambda im: _jpeg(ImageOps.expand(
+        im, border=(round(im.width * 0.1), round(im.height * 0.1)), fill="white")),
+}
+
+
+@contextmanager
+def _untrimmed() -> Iterator[None]:
+    """``fit_box`` as it was before the trim: the photo fitted whole, margins and all."""
+    trim = images.trim_to_aspect
+    images.trim_to_aspect = lambda img, *a, **k: img   # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        images.trim_to_aspect = trim   # type: ignore[assignment]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--fashion", required=True, help="the fashion folder (products.parquet + images/)")
+    ap.add_argument("--store", default=None, help="model store root (default: the shipped store)")
+    a = ap.parse_args(argv)
+
+    from models.encoders import load_encoder
+    from models.heads.bundle import find_heads, load_heads
+    from models.heads.degrade import degrade, known_brands
+    from models.heads.fashion import dev_half
+    from models.store import store_root
+    from models.training.fashion import load_fashion
+
+    enc = load_encoder("default", "cpu", "fp32")
+    bundle_dir = find_heads(store_root(a.store), enc.version)
+    if bundle_dir is None:
+        ap.error(f"no head bundle in the store for {enc.version}")
+    head = load_heads(bundle_dir).category
+    if head is None:
+        ap.error(f"the head bundle {bundle_dir} has no category head")
+    split = load_fashion(a.fashion, size=enc.pixel_geometry)
+    valid = split.valid_rows.reset_index(drop=True)
+    rows = valid[~dev_half(valid)].reset_index(drop=True)   # the report half, as models.heads.fashion reports
+    titles = rows["title"].astype(str).tolist()
+    brands = known_brands(split.train_rows["title"].astype(str).tolist())
+    conditions = {"full": titles, "brand": degrade(titles, "brand", 0, brands), "none": [""] * len(titles)}
+    text = {k: enc.embed_texts(v) for k, v in conditions.items()}
+    gold = rows["articleType"].astype(str).to_numpy()
+    classes = np.array(head.classes)
+    photos = [Image.open(f"{a.fashion}/{p}").convert("RGB") for p in rows["image_path"]]
+    catalog = enc.embed_images(photos)
+    print(f"{enc.version}, {bundle_dir.name}: {len(rows)} products (report half)\n")
+    print("| photos | trim | image cosine to the catalog photo, median / 5th percentile | category accuracy, "
+          "full titles / cut to the brand / no title |")
+    print("|---|---|---|---|")
+    for name, post in KINDS.items():
+        posted = [post(im) for im in photos]
+        for trim in (False, True):
+            if trim:
+                e = enc.embed_images(posted)
+            else:
+                with _untrimmed():
+                    e = enc.embed_images(posted)
+            cos = (e * catalog).sum(axis=1)
+            acc = [float(np.mean(classes[head.predict(text[c], e, ts).argmax(axis=1)] == gold))
+                   for c, ts in conditions.items()]
+            print(f"| {name} | {'yes' if trim else 'no'} | {np.median(cos):.3f} / {np.quantile(cos, 0.05):.3f} | "
+                  + " / ".join(f"{x:.3f}" for x in acc) + " |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
