@@ -1,11 +1,15 @@
 """The category head on photos as sellers post them: the report half of the fashion valid split, each photo also
-posted on a white square canvas (4x the size), on a white 4:3 canvas and with a white border all round (JPEG), with
-and without the trim of plain margins (:func:`models.images.trim_to_aspect`).
+posted on a white square canvas (4x the size), on a white 4:3 canvas, with a white border all round (JPEG), cut
+out on a transparent background (PNG, black under the transparent pixels, as many exporters leave it) and cut
+out on a square transparent canvas; decoded as the job decodes them (:func:`models.images.decode_image`), with and
+without what the job does since 2026-12-08 (transparency laid over white, :func:`models.images.flatten`; plain
+margins that pad a photo to another shape cut, :func:`models.images.trim_to_aspect`).
 
     python bench/seller_photos.py --fashion /work/shared/data/fashion
 
-Prints one Markdown row per photo kind and trim: the image embedding's cosine to the catalog photo's (median / 5th
-percentile), then the shipped head bundle's category accuracy on full titles / titles cut to the brand / no title.
+Prints one Markdown row per photo kind and reading: the image embedding's cosine to the catalog photo's (median /
+5th percentile), then the shipped head bundle's category accuracy on full titles / titles cut to the brand / no
+title.
 """
 
 from __future__ import annotations
@@ -25,32 +29,49 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import models.images as images  # noqa: E402
 
 
-def _jpeg(img: Image.Image) -> Image.Image:
+def _jpeg(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=85)
-    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    return buf.getvalue()
 
 
-KINDS: dict[str, Callable[[Image.Image], Image.Image]] = {
-    "as in the catalog": lambda im: im,
-    "on a white square canvas, 4x the size": lambda im: _jpeg(ImageOps.pad(
-        im.resize((im.width * 4, im.height * 4), Image.BICUBIC), (im.height * 4,) * 2, color="white")),
-    "on a white 4:3 landscape canvas": lambda im: _jpeg(ImageOps.pad(im, (round(im.height * 4 / 3), im.height),
-                                                                     color="white")),
-    "with a white border of 10% all round": lambda im: _jpeg(ImageOps.expand(
+def _cut_out(img: Image.Image) -> bytes:
+    """The photo as a PNG cut-out: its white background transparent, stored black under the transparency."""
+    arr = np.asarray(img.convert("RGB"))
+    clear = arr.min(axis=2) >= 240
+    rgba = np.dstack([np.where(clear[..., None], 0, arr), np.where(clear, 0, 255)]).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _square(img: Image.Image, fill: str | tuple[int, ...] = "white") -> Image.Image:
+    return ImageOps.pad(img, (img.height,) * 2, color=fill)
+
+
+KINDS: dict[str, Callable[[Image.Image, bytes], bytes]] = {
+    "as in the catalog": lambda im, raw: raw,
+    "on a white square canvas, 4x the size": lambda im, raw: _jpeg(_square(
+        im.resize((im.width * 4, im.height * 4), Image.BICUBIC))),
+    "on a white 4:3 landscape canvas": lambda im, raw: _jpeg(ImageOps.pad(
+        im, (round(im.height * 4 / 3), im.height), color="white")),
+    "with a white border of 10% all round": lambda im, raw: _jpeg(ImageOps.expand(
         im, border=(round(im.width * 0.1), round(im.height * 0.1)), fill="white")),
+    "cut out on transparency (PNG)": lambda im, raw: _cut_out(im),
+    "cut out on a transparent square (PNG)": lambda im, raw: _cut_out(_square(im)),
 }
 
 
 @contextmanager
-def _untrimmed() -> Iterator[None]:
-    """``fit_box`` as it was before the trim: the photo fitted whole, margins and all."""
-    trim = images.trim_to_aspect
+def _as_before() -> Iterator[None]:
+    """Photos read as before 2026-12-08: alpha dropped, the photo fitted whole, margins and all."""
+    trim, flatten = images.trim_to_aspect, images.flatten
     images.trim_to_aspect = lambda img, *a, **k: img   # type: ignore[assignment]
+    images.flatten = lambda img, *a, **k: img.convert("RGB")   # type: ignore[assignment]
     try:
         yield
     finally:
-        images.trim_to_aspect = trim   # type: ignore[assignment]
+        images.trim_to_aspect, images.flatten = trim, flatten   # type: ignore[assignment]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,24 +103,29 @@ def main(argv: list[str] | None = None) -> int:
     text = {k: enc.embed_texts(v) for k, v in conditions.items()}
     gold = rows["articleType"].astype(str).to_numpy()
     classes = np.array(head.classes)
-    photos = [Image.open(f"{a.fashion}/{p}").convert("RGB") for p in rows["image_path"]]
-    catalog = enc.embed_images(photos)
+    raws = [(Path(a.fashion) / p).read_bytes() for p in rows["image_path"]]
+    photos = [images.decode_image(raw) for raw in raws]
+
+    def embed(data: list[bytes]):
+        return enc.embed_images([images.decode_image(d, target_size=enc.image_size) for d in data])
+
+    catalog = embed(raws)
     print(f"{enc.version}, {bundle_dir.name}: {len(rows)} products (report half)\n")
-    print("| photos | trim | image cosine to the catalog photo, median / 5th percentile | category accuracy, "
+    print("| photos | read | image cosine to the catalog photo, median / 5th percentile | category accuracy, "
           "full titles / cut to the brand / no title |")
     print("|---|---|---|---|")
     for name, post in KINDS.items():
-        posted = [post(im) for im in photos]
-        for trim in (False, True):
-            if trim:
-                e = enc.embed_images(posted)
+        posted = [post(im, raw) for im, raw in zip(photos, raws, strict=True)]
+        for now in (False, True):
+            if now:
+                e = embed(posted)
             else:
-                with _untrimmed():
-                    e = enc.embed_images(posted)
+                with _as_before():
+                    e = embed(posted)
             cos = (e * catalog).sum(axis=1)
             acc = [float(np.mean(classes[head.predict(text[c], e, ts).argmax(axis=1)] == gold))
                    for c, ts in conditions.items()]
-            print(f"| {name} | {'yes' if trim else 'no'} | {np.median(cos):.3f} / {np.quantile(cos, 0.05):.3f} | "
+            print(f"| {name} | {'now' if now else 'before'} | {np.median(cos):.3f} / {np.quantile(cos, 0.05):.3f} | "
                   + " / ".join(f"{x:.3f}" for x in acc) + " |", flush=True)
     return 0
 

@@ -16,8 +16,8 @@ from PIL import Image
 from models.core.errors import CatalogEnrichError
 
 __all__ = ["DEFAULT_MAX_ASPECT_RATIO", "DEFAULT_MAX_PIXELS", "ImageAspectError", "ImageDecodeError",
-           "aspect_problem", "box_hw", "center_square", "decode_image", "fit_box", "normalise_batch",
-           "to_model_array", "trim_to_aspect"]
+           "aspect_problem", "box_hw", "center_square", "decode_image", "fit_box", "flatten",
+           "normalise_batch", "to_model_array", "trim_to_aspect"]
 
 # Product photos are rarely above 4k x 4k; anything larger is refused before decoding.
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -77,7 +77,7 @@ def decode_image(data: bytes, target_size: int | None = None, max_pixels: int = 
                 img.draft("RGB", (target_size, target_size))
             img.load()
             if img.mode != "RGB":
-                img = img.convert("RGB")
+                img = flatten(img)
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -87,6 +87,19 @@ def decode_image(data: bytes, target_size: int | None = None, max_pixels: int = 
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ... on bad input
         raise ImageDecodeError(f"{type(e).__name__}: {e}") from None
     return img
+
+
+def flatten(img: Image.Image, fill: int = 255) -> Image.Image:
+    """``img`` in RGB, any transparency laid over a ``fill``-coloured canvas (white: the background of product
+    photos). A product cut out on a transparent background (a PNG as sellers export it) keeps, under its
+    transparent pixels, whatever colour the exporting program left there, black as often as not: converted without
+    its alpha channel it became a product on black, which the image tower, trained on photos on white, reads as
+    another photo."""
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (fill, fill, fill, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return img.convert("RGB")
 
 
 def center_square(img: Image.Image, size: int) -> Image.Image:

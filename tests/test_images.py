@@ -240,6 +240,49 @@ def test_only_plain_margins_are_cut_and_only_to_the_box_shape():
     assert trim_to_aspect(grey, 80, 60, fill=128).size == (60, 80)
 
 
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_a_cut_out_on_transparency_is_decoded_on_white_whatever_lies_under_it(mode):
+    # A red square product in the middle of a transparent canvas whose hidden colour is black, as exporters leave it.
+    rgba = np.zeros((40, 30, 4), dtype=np.uint8)
+    rgba[10:30, 5:25] = (200, 0, 0, 255)
+    img = Image.fromarray(rgba, "RGBA")
+    if mode == "LA":
+        img = img.convert("LA")
+    elif mode == "P":
+        img = img.convert("P", palette=Image.Palette.ADAPTIVE)
+        pal = img.getpalette()
+        black = next(i for i in range(256) if pal[3 * i:3 * i + 3] == [0, 0, 0])
+        img.info["transparency"] = black
+    data = _png(img)
+    assert Image.open(io.BytesIO(data)).convert("RGB").getpixel((0, 0)) == (0, 0, 0)   # what the alpha hid
+    out = np.asarray(decode_image(data))
+    assert out.shape == (40, 30, 3)
+    assert (out[0, 0] == 255).all() and (out[39, 29] == 255).all()   # the canvas is white now
+    product = out[20, 15].astype(int)
+    if mode == "LA":   # grey levels: the red reads as a dark grey
+        assert product.max() - product.min() < 5 and product[0] < 200
+    else:
+        assert product[0] > 100 and product[1] < 60 and product[2] < 60
+
+
+def test_half_transparent_pixels_are_blended_with_white_and_opaque_images_are_untouched():
+    from models.images import flatten
+
+    rgba = np.zeros((2, 2, 4), dtype=np.uint8)
+    rgba[..., 3] = 128   # black at half opacity over white: mid grey
+    grey = np.asarray(flatten(Image.fromarray(rgba, "RGBA")))
+    assert np.all(np.abs(grey.astype(int) - 127) <= 1)
+    rgb = Image.fromarray(np.full((2, 2, 3), 7, dtype=np.uint8))
+    assert (np.asarray(flatten(rgb)) == 7).all()
+    assert (np.asarray(flatten(rgb.convert("L"))) == 7).all()
+
+
 def test_model_array_longest_mode_is_height_by_width():
     img = Image.new("RGB", (60, 80), (255, 0, 0))
     arr = to_model_array(img, (80, 60), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), resize_mode="longest")
