@@ -1,9 +1,11 @@
 """The category head on photos as sellers post them: the report half of the fashion valid split, each photo also
 posted on a white square canvas (4x the size), on a white 4:3 canvas, with a white border all round (JPEG), cut
-out on a transparent background (PNG, black under the transparent pixels, as many exporters leave it) and cut
-out on a square transparent canvas; decoded as the job decodes them (:func:`models.images.decode_image`), with and
-without what the job does since 2026-12-08 (transparency laid over white, :func:`models.images.flatten`; plain
-margins that pad a photo to another shape cut, :func:`models.images.trim_to_aspect`).
+out on a transparent background (PNG, black under the transparent pixels, as many exporters leave it), cut
+out on a square transparent canvas, and stored on its side with the EXIF orientation that turns it upright (as
+phones store photos); decoded as the job decodes them (:func:`models.images.decode_image`), with and
+without what the job does since 2026-12-08 (the EXIF orientation applied, :func:`models.images.upright`;
+transparency laid over white, :func:`models.images.flatten`; plain margins that pad a photo to another shape cut,
+:func:`models.images.trim_to_aspect`).
 
     python bench/seller_photos.py --fashion /work/shared/data/fashion
 
@@ -45,6 +47,15 @@ def _cut_out(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def _on_its_side(img: Image.Image) -> bytes:
+    """The photo as a phone stores it: on its side, with the EXIF orientation (6) that turns it upright."""
+    tags = Image.Exif()
+    tags[0x0112] = 6
+    buf = io.BytesIO()
+    img.transpose(Image.Transpose.ROTATE_90).save(buf, "JPEG", quality=85, exif=tags.tobytes())
+    return buf.getvalue()
+
+
 def _square(img: Image.Image, fill: str | tuple[int, ...] = "white") -> Image.Image:
     return ImageOps.pad(img, (img.height,) * 2, color=fill)
 
@@ -59,19 +70,22 @@ KINDS: dict[str, Callable[[Image.Image, bytes], bytes]] = {
         im, border=(round(im.width * 0.1), round(im.height * 0.1)), fill="white")),
     "cut out on transparency (PNG)": lambda im, raw: _cut_out(im),
     "cut out on a transparent square (PNG)": lambda im, raw: _cut_out(_square(im)),
+    "stored on its side with an EXIF orientation (JPEG)": lambda im, raw: _on_its_side(im),
 }
 
 
 @contextmanager
 def _as_before() -> Iterator[None]:
-    """Photos read as before 2026-12-08: alpha dropped, the photo fitted whole, margins and all."""
-    trim, flatten = images.trim_to_aspect, images.flatten
+    """Photos read as before 2026-12-08: EXIF orientation and alpha ignored, the photo fitted whole, margins and
+    all."""
+    trim, flatten, upright = images.trim_to_aspect, images.flatten, images.upright
     images.trim_to_aspect = lambda img, *a, **k: img   # type: ignore[assignment]
     images.flatten = lambda img, *a, **k: img.convert("RGB")   # type: ignore[assignment]
+    images.upright = lambda img: None   # type: ignore[assignment]
     try:
         yield
     finally:
-        images.trim_to_aspect, images.flatten = trim, flatten   # type: ignore[assignment]
+        images.trim_to_aspect, images.flatten, images.upright = trim, flatten, upright   # type: ignore[assignment]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,13 +11,13 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from models.core.errors import CatalogEnrichError
 
 __all__ = ["DEFAULT_MAX_ASPECT_RATIO", "DEFAULT_MAX_PIXELS", "ImageAspectError", "ImageDecodeError",
            "aspect_problem", "box_hw", "center_square", "decode_image", "fit_box", "flatten",
-           "normalise_batch", "to_model_array", "trim_to_aspect"]
+           "normalise_batch", "to_model_array", "trim_to_aspect", "upright"]
 
 # Product photos are rarely above 4k x 4k; anything larger is refused before decoding.
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -76,6 +76,7 @@ def decode_image(data: bytes, target_size: int | None = None, max_pixels: int = 
             if target_size and img.format == "JPEG":
                 img.draft("RGB", (target_size, target_size))
             img.load()
+            upright(img)
             if img.mode != "RGB":
                 img = flatten(img)
     except ImageDecodeError:
@@ -87,6 +88,18 @@ def decode_image(data: bytes, target_size: int | None = None, max_pixels: int = 
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ... on bad input
         raise ImageDecodeError(f"{type(e).__name__}: {e}") from None
     return img
+
+
+def upright(img: Image.Image) -> None:
+    """Turn ``img`` in place as its EXIF orientation tag says it is to be shown. A phone stores a photo taken
+    upright as the sensor read it, on its side, with a tag for the viewer: read without the tag, the product lies on
+    its side in the model's box. A tag that cannot be read leaves the pixels as stored (the photo stays usable)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # PIL warns of a corrupt EXIF block, then reads what it can
+            ImageOps.exif_transpose(img, in_place=True)
+    except Exception:  # noqa: BLE001 - a broken EXIF block is no reason to refuse the photo's pixels
+        pass
 
 
 def flatten(img: Image.Image, fill: int = 255) -> Image.Image:

@@ -283,6 +283,42 @@ def test_half_transparent_pixels_are_blended_with_white_and_opaque_images_are_un
     assert (np.asarray(flatten(rgb.convert("L"))) == 7).all()
 
 
+def _sideways(img: Image.Image, orientation: int, exif: bytes | None = None) -> bytes:
+    """``img`` as a phone stores it: its pixels turned so that the EXIF ``orientation`` turns them back."""
+    stored = {6: img.transpose(Image.Transpose.ROTATE_90), 8: img.transpose(Image.Transpose.ROTATE_270),
+              3: img.transpose(Image.Transpose.ROTATE_180)}[orientation]
+    if exif is None:
+        tags = Image.Exif()
+        tags[0x0112] = orientation
+        exif = tags.tobytes()
+    buf = io.BytesIO()
+    stored.save(buf, "JPEG", quality=95, exif=exif)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("orientation", [6, 8, 3])
+def test_a_photo_stored_on_its_side_with_an_exif_orientation_is_decoded_upright(orientation):
+    photo = _product()   # 60 wide, 80 high, darker at the top left
+    data = _sideways(photo, orientation)
+    assert Image.open(io.BytesIO(data)).size == ((80, 60) if orientation in (6, 8) else (60, 80))
+    out = decode_image(data)
+    assert out.size == (60, 80)
+    assert np.abs(np.asarray(out, dtype=np.float32) - np.asarray(photo, dtype=np.float32)).mean() < 4
+    # decoded at a reduced scale too (the JPEG draft), still upright
+    assert decode_image(data, target_size=32).size[1] > decode_image(data, target_size=32).size[0]
+
+
+def test_an_unreadable_exif_block_leaves_the_photo_as_stored():
+    from models.images import upright
+
+    photo = _product()
+    img = Image.open(io.BytesIO(_sideways(photo, 6, exif=b"Exif\x00\x00II*\x00\x08\x00\x00\x00\xff\xff")))
+    img.load()
+    upright(img)   # no exception
+    assert img.size in ((80, 60), (60, 80))
+    assert decode_image(_sideways(photo, 6, exif=b"Exif\x00\x00garbage")).size in ((80, 60), (60, 80))
+
+
 def test_model_array_longest_mode_is_height_by_width():
     img = Image.new("RGB", (60, 80), (255, 0, 0))
     arr = to_model_array(img, (80, 60), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), resize_mode="longest")
