@@ -1,8 +1,8 @@
 """The category head on photos as sellers post them: the report half of the fashion valid split, each photo also
-posted on a white square canvas (4x the size), on a white 4:3 canvas, with a white border all round (JPEG), cut
-out on a transparent background (PNG, black under the transparent pixels, as many exporters leave it), cut
-out on a square transparent canvas, and stored on its side with the EXIF orientation that turns it upright (as
-phones store photos); decoded as the job decodes them (:func:`models.images.decode_image`), with and
+posted on a white and a light grey square canvas (4x the size), on a white 4:3 canvas, with a white border all
+round (JPEG), cut out on a transparent background (PNG, black under the transparent pixels, as many exporters
+leave it), cut out on a square transparent canvas, and stored on its side with the EXIF orientation that turns it
+upright (as phones store photos); decoded as the job decodes them (:func:`models.images.decode_image`), with and
 without what the job does since 2026-12-08 (the EXIF orientation applied, :func:`models.images.upright`;
 transparency laid over white, :func:`models.images.flatten`; plain margins that pad a photo to another shape cut,
 :func:`models.images.trim_to_aspect`).
@@ -64,6 +64,8 @@ KINDS: dict[str, Callable[[Image.Image, bytes], bytes]] = {
     "as in the catalog": lambda im, raw: raw,
     "on a white square canvas, 4x the size": lambda im, raw: _jpeg(_square(
         im.resize((im.width * 4, im.height * 4), Image.BICUBIC))),
+    "on a light grey (#EEEEEE) square canvas, 4x the size": lambda im, raw: _jpeg(_square(
+        im.resize((im.width * 4, im.height * 4), Image.BICUBIC), (238, 238, 238))),
     "on a white 4:3 landscape canvas": lambda im, raw: _jpeg(ImageOps.pad(
         im, (round(im.height * 4 / 3), im.height), color="white")),
     "with a white border of 10% all round": lambda im, raw: _jpeg(ImageOps.expand(

@@ -25,9 +25,11 @@ DEFAULT_MAX_PIXELS = 40_000_000
 # long side becomes ratio x the input size: a 1 x 150,000 PNG of 373 bytes became 64 x 9.6M pixels (4 GB in
 # one Python worker). Beyond 20:1 the centre square is under 5% of the picture: no product photo, only harm.
 DEFAULT_MAX_ASPECT_RATIO = 20.0
-# How far (in 0-255 levels, every channel) a pixel of a plain margin may read from the canvas colour: a JPEG's
+# How far (in 0-255 levels, every channel) a pixel of a plain margin may read from the margin's colour: a JPEG's
 # white background reads 240-255 around the product.
 BACKGROUND_TOLERANCE = 15
+# The darkest level (every channel) a canvas that pads a photo may have: white and light greys (#CCCCCC is 204).
+CANVAS_MIN_LEVEL = 200
 
 
 class ImageDecodeError(CatalogEnrichError, ValueError):
@@ -144,28 +146,40 @@ def _plain_run(plain: np.ndarray) -> int:
     return len(plain) if plain.all() else int(np.argmin(plain))
 
 
-def trim_to_aspect(img: Image.Image, height: int, width: int, fill: int = 255,
-                   tolerance: int = BACKGROUND_TOLERANCE) -> Image.Image:
-    """``img`` with plain ``fill``-coloured margins cut off the sides that make it wider (or taller) than a
-    ``width`` x ``height`` box, no more than restores the box's aspect ratio; the image itself where its ratio is
-    the box's (within 2%) or no such margin is there.
+def _margin(lines: np.ndarray, tolerance: int) -> int:
+    """How many lines of ``lines`` (n, length, 3), the outermost first, are of one plain, light colour: the colour
+    of the outermost line (its median; every channel at least :data:`CANVAS_MIN_LEVEL`), every pixel within
+    ``tolerance`` of it in every channel. A dark plain line is taken for the product, not a canvas."""
+    ref = np.median(lines[0], axis=0)
+    if ref.min() < CANVAS_MIN_LEVEL:
+        return 0
+    plain = (np.abs(lines.astype(np.int16) - ref.astype(np.int16)) <= tolerance).all(axis=(1, 2))
+    return _plain_run(plain)
 
-    Sellers post a photo on a canvas of their marketplace's shape: a 3:4 photo padded with white to a square.
-    Fitted into the box as it is, the product shrinks to three quarters of its size, and the image tower, which
-    learnt the catalog's own framing, reads another photo (median cosine 0.64 to the unpadded one). Only margins of
-    pixels within ``tolerance`` of ``fill`` in every channel go (JPEG noise), taken from both sides in proportion
-    to their widths; a photo with a scene behind the product keeps every pixel."""
+
+def trim_to_aspect(img: Image.Image, height: int, width: int, tolerance: int = BACKGROUND_TOLERANCE) -> Image.Image:
+    """``img`` with plain margins cut off the sides that make it wider (or taller) than a ``width`` x ``height``
+    box, no more than restores the box's aspect ratio; the image itself where its ratio is the box's (within 2%) or
+    no such margin is there.
+
+    Sellers post a photo on a canvas of their marketplace's shape: a 3:4 photo padded with white (or grey) to a
+    square. Fitted into the box as it is, the product shrinks to three quarters of its size, and the image tower,
+    which learnt the catalog's own framing, reads another photo (median cosine 0.64 to the unpadded one). A margin
+    is the run of lines, from the edge in, of the colour of the outermost line when that colour is light (a
+    canvas, not a dark product touching the edge): every pixel within ``tolerance`` of it in every channel (JPEG
+    noise). The margins are taken from both sides in proportion to their widths; a photo
+    with a scene behind the product keeps every pixel."""
     w, h = img.size
     want = width / height
     if abs(w / h - want) <= 0.02 * want:
         return img
     arr = np.asarray(img.convert("RGB") if img.mode != "RGB" else img)
-    plain = (np.abs(arr.astype(np.int16) - fill) <= tolerance).all(axis=2)
     wide = w / h > want
-    lines = plain.all(axis=0) if wide else plain.all(axis=1)
-    if lines.all():   # a blank picture: nothing to centre on
+    lines = arr.transpose(1, 0, 2) if wide else arr   # (lines across the long side, line length, 3)
+    first = _margin(lines, tolerance)
+    if first == len(lines):   # a blank picture: nothing to centre on
         return img
-    first, last = _plain_run(lines), _plain_run(lines[::-1])
+    last = _margin(lines[::-1], tolerance)
     excess = (w - round(h * want)) if wide else (h - round(w / want))
     cut = min(excess, first + last)
     if cut <= 0:
@@ -183,7 +197,7 @@ def fit_box(img: Image.Image, height: int, width: int, fill: int = 255) -> Image
 
     An image more elongated than :data:`DEFAULT_MAX_ASPECT_RATIO` is scaled the same way: its long side becomes
     the box's, so the memory used stays that of the box."""
-    img = trim_to_aspect(img, height, width, fill)
+    img = trim_to_aspect(img, height, width)
     w, h = img.size
     scale = min(width / w, height / h)
     nw, nh = max(1, min(width, round(w * scale))), max(1, min(height, round(h * scale)))

@@ -233,11 +233,23 @@ def test_only_plain_margins_are_cut_and_only_to_the_box_shape():
     # A blank picture stays as it is.
     blank = Image.new("RGB", (80, 80), (255, 255, 255))
     assert trim_to_aspect(blank, 80, 60).size == (80, 80)
-    # Another canvas colour counts as a margin only when it is the fill.
-    grey = Image.new("RGB", (80, 80), (128, 128, 128))
+    # A light canvas of another colour is a margin too, each side with its own colour.
+    grey = Image.new("RGB", (80, 80), (230, 230, 230))
+    grey.paste(Image.new("RGB", (10, 80), (250, 240, 205)), (70, 0))
     grey.paste(Image.new("RGB", (20, 80), (0, 0, 0)), (30, 0))
-    assert trim_to_aspect(grey, 80, 60).size == (80, 80)
-    assert trim_to_aspect(grey, 80, 60, fill=128).size == (60, 80)
+    out = np.asarray(trim_to_aspect(grey, 80, 60))
+    assert out.shape == (80, 60, 3)
+    # margins of 30 and 10 columns, 20 to cut: 15 and 5
+    assert (out[:, 0] == 230).all() and (out[:, -1] == (250, 240, 205)).all() and (out[:, 15:35] == 0).all()
+    # A dark plain side is the product touching the edge, not a canvas: only the light side is cut.
+    dark = Image.new("RGB", (80, 80), (255, 255, 255))
+    dark.paste(Image.new("RGB", (70, 80), (90, 30, 30)), (10, 0))
+    assert trim_to_aspect(dark, 80, 60).size == (70, 80)
+    # A side whose outermost line is not of one colour (a gradient, a scene) has no margin.
+    ramp = np.full((80, 80, 3), 255, dtype=np.uint8)
+    ramp[:, :10] = np.linspace(0, 250, 80, dtype=np.uint8)[:, None, None]
+    ramp[:, 10:70] = 0
+    assert trim_to_aspect(Image.fromarray(ramp), 80, 60).size == (70, 80)   # only the white right side goes
 
 
 def _png(img: Image.Image) -> bytes:
