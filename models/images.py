@@ -167,8 +167,8 @@ def trim_to_aspect(img: Image.Image, height: int, width: int, tolerance: int = B
     which learnt the catalog's own framing, reads another photo (median cosine 0.64 to the unpadded one). A margin
     is the run of lines, from the edge in, of the colour of the outermost line when that colour is light (a
     canvas, not a dark product touching the edge): every pixel within ``tolerance`` of it in every channel (JPEG
-    noise). The margins are taken from both sides in proportion to their widths; a photo
-    with a scene behind the product keeps every pixel."""
+    noise). The margins are taken from both sides in proportion to their widths. A photo with a scene behind the
+    product keeps every pixel; a light product that fills a whole edge can lose lines up to the box's shape."""
     w, h = img.size
     want = width / height
     if abs(w / h - want) <= 0.02 * want:
