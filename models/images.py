@@ -114,6 +114,12 @@ def flatten(img: Image.Image, fill: int = 255) -> Image.Image:
         rgba = img.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (fill, fill, fill, 255))
         return Image.alpha_composite(canvas, rgba).convert("RGB")
+    if img.mode.startswith("I;16") or img.mode == "I":
+        # 16-bit grey levels (a 16-bit greyscale PNG): PIL's conversion clips them at 255, which turned all but the
+        # darkest 1/256 of the range white; they are scaled to 8 bits instead
+        grey = np.asarray(img, dtype=np.int64)
+        grey = grey >> 8 if grey.max(initial=0) > 255 else grey
+        return Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8), "L").convert("RGB")
     return img.convert("RGB")
 
 

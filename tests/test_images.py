@@ -331,6 +331,17 @@ def test_an_unreadable_exif_block_leaves_the_photo_as_stored():
     assert decode_image(_sideways(photo, 6, exif=b"Exif\x00\x00garbage")).size in ((80, 60), (60, 80))
 
 
+def test_a_16_bit_greyscale_png_keeps_its_grey_levels():
+    ramp = np.linspace(0, 65535, 64 * 48).reshape(64, 48).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, "PNG")
+    assert Image.open(io.BytesIO(buf.getvalue())).mode.startswith("I;16")
+    out = np.asarray(decode_image(buf.getvalue())).astype(int)
+    assert out.shape == (64, 48, 3)
+    assert np.abs(out[..., 0] - (ramp.astype(int) >> 8)).max() <= 1   # was 255 nearly everywhere
+    assert out[0, 0, 0] == 0 and out[-1, -1, 0] == 255 and 100 < out.mean() < 155
+
+
 def test_model_array_longest_mode_is_height_by_width():
     img = Image.new("RGB", (60, 80), (255, 0, 0))
     arr = to_model_array(img, (80, 60), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), resize_mode="longest")
