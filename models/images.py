@@ -152,14 +152,19 @@ def _plain_run(plain: np.ndarray) -> int:
     return len(plain) if plain.all() else int(np.argmin(plain))
 
 
-def _margin(lines: np.ndarray, tolerance: int) -> int:
-    """How many lines of ``lines`` (n, length, 3), the outermost first, are of one plain, light colour: the colour
-    of the outermost line (its median; every channel at least :data:`CANVAS_MIN_LEVEL`), every pixel within
-    ``tolerance`` of it in every channel. A dark plain line is taken for the product, not a canvas."""
-    ref = np.median(lines[0], axis=0)
+def _margin(block: np.ndarray, axis: int, tolerance: int) -> int:
+    """How many lines of ``block`` (H, W, 3), the outermost first along ``axis`` (1: columns, 0: rows), are of one
+    plain, light colour: the colour of the outermost line (its median; every channel at least
+    :data:`CANVAS_MIN_LEVEL`), every pixel within ``tolerance`` of it in every channel. A dark plain line is taken
+    for the product, not a canvas."""
+    outer = block[:, 0] if axis == 1 else block[0]
+    ref = np.median(outer, axis=0)
     if ref.min() < CANVAS_MIN_LEVEL:
         return 0
-    plain = (np.abs(lines.astype(np.int16) - ref.astype(np.int16)) <= tolerance).all(axis=(1, 2))
+    across = 0 if axis == 1 else 1
+    # each line's darkest and lightest level per channel (two uint8 reductions), against the margin's colour
+    low, high = block.min(axis=across).astype(np.int16), block.max(axis=across).astype(np.int16)
+    plain = ((low >= ref - tolerance) & (high <= ref + tolerance)).all(axis=1)
     return _plain_run(plain)
 
 
@@ -173,20 +178,23 @@ def trim_to_aspect(img: Image.Image, height: int, width: int, tolerance: int = B
     which learnt the catalog's own framing, reads another photo (median cosine 0.64 to the unpadded one). A margin
     is the run of lines, from the edge in, of the colour of the outermost line when that colour is light (a
     canvas, not a dark product touching the edge): every pixel within ``tolerance`` of it in every channel (JPEG
-    noise). The margins are taken from both sides in proportion to their widths. A photo with a scene behind the
-    product keeps every pixel; a light product that fills a whole edge can lose lines up to the box's shape."""
+    noise). Only the lines that could go are read (up to the excess and one more), and the cut is shared between
+    the two sides in proportion to the margins read. A photo with a scene behind the product keeps every pixel; a
+    light product that fills a whole edge can lose lines up to the box's shape."""
     w, h = img.size
     want = width / height
     if abs(w / h - want) <= 0.02 * want:
         return img
     arr = np.asarray(img.convert("RGB") if img.mode != "RGB" else img)
     wide = w / h > want
-    lines = arr.transpose(1, 0, 2) if wide else arr   # (lines across the long side, line length, 3)
-    first = _margin(lines, tolerance)
-    if first == len(lines):   # a blank picture: nothing to centre on
-        return img
-    last = _margin(lines[::-1], tolerance)
     excess = (w - round(h * want)) if wide else (h - round(w / want))
+    k = min(excess + 1, w if wide else h)
+    if wide:
+        first, last = _margin(arr[:, :k], 1, tolerance), _margin(arr[:, w - k:][:, ::-1], 1, tolerance)
+    else:
+        first, last = _margin(arr[:k], 0, tolerance), _margin(arr[h - k:][::-1], 0, tolerance)
+    if first > excess and _margin(arr, 1 if wide else 0, tolerance) == (w if wide else h):   # blank: no product
+        return img
     cut = min(excess, first + last)
     if cut <= 0:
         return img

@@ -239,8 +239,8 @@ def test_only_plain_margins_are_cut_and_only_to_the_box_shape():
     grey.paste(Image.new("RGB", (20, 80), (0, 0, 0)), (30, 0))
     out = np.asarray(trim_to_aspect(grey, 80, 60))
     assert out.shape == (80, 60, 3)
-    # margins of 30 and 10 columns, 20 to cut: 15 and 5
-    assert (out[:, 0] == 230).all() and (out[:, -1] == (250, 240, 205)).all() and (out[:, 15:35] == 0).all()
+    # margins of 30 and 10 columns, read up to 21 (20 to cut, and one more): 14 cut on the left, 6 on the right
+    assert (out[:, 0] == 230).all() and (out[:, -1] == (250, 240, 205)).all() and (out[:, 16:36] == 0).all()
     # A dark plain side is the product touching the edge, not a canvas: only the light side is cut.
     dark = Image.new("RGB", (80, 80), (255, 255, 255))
     dark.paste(Image.new("RGB", (70, 80), (90, 30, 30)), (10, 0))
