@@ -198,9 +198,8 @@ def trim_to_aspect(img: Image.Image, height: int, width: int, tolerance: int = B
     cut = min(excess, first + last)
     if cut <= 0:
         return img
-    head = min(first, round(cut * first / (first + last)))
-    tail = min(last, cut - head)
-    head = cut - tail
+    head = round(cut * first / (first + last))   # at most ``first``, and ``cut - head`` at most ``last``: cut <= both
+    tail = cut - head
     return img.crop((head, 0, w - tail, h) if wide else (0, head, w, h - tail))
 
 
