@@ -77,7 +77,7 @@ KINDS: dict[str, Callable[[Image.Image, bytes], bytes]] = {
 
 
 @contextmanager
-def _as_before() -> Iterator[None]:
+def as_before() -> Iterator[None]:
     """Photos read as before 2026-12-08: EXIF orientation and alpha ignored, the photo fitted whole, margins and
     all."""
     trim, flatten, upright = images.trim_to_aspect, images.flatten, images.upright
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             if now:
                 e = embed(posted)
             else:
-                with _as_before():
+                with as_before():
                     e = embed(posted)
             cos = (e * catalog).sum(axis=1)
             acc = [float(np.mean(classes[head.predict(text[c], e, ts).argmax(axis=1)] == gold))
